@@ -1,0 +1,562 @@
+"""Boot, drive and end a two-node soft-RDMA lab (nodes a and b, fabrics x and y).
+
+Each node is one QEMU TCG guest under `timeout`, joined to its peer by `-netdev dgram` wires on
+127.0.0.1 UDP only. The host talks to a node's agent through the node's writable 9p share
+(jobs in, output and status out) and to QEMU through its QMP socket (cable pull, pause, resume).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hsp_rdma.errors import LabError, LabTimeout
+from hsp_rdma.lab.prepare import Artefacts, artefacts, cache_root
+from hsp_rdma.lab.qmp import qmp
+
+NODES = ("a", "b")
+FABRICS = ("x", "y")
+RDMA_KINDS = ("rxe", "siw")
+LAB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+PORT_BASE, PORT_SLOTS = 40000, 2000  # lab wires use UDP ports 40000-47999 on 127.0.0.1
+AGENT = Path(__file__).with_name("guest") / "agent.py"
+POLL_S = 0.05
+JOB_GRACE_S = 15.0  # beyond a job's own timeout, how long the host waits for the agent
+Output = Callable[[bytes], None]
+_job_ids = itertools.count()
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """What a command run in a node did."""
+
+    node: str
+    argv: tuple[str, ...]
+    rc: int
+    stdout: str
+    stderr: str
+    timed_out: bool
+    duration_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0 and not self.timed_out
+
+
+def fabric_plan(node: str, rdma: str, fabrics: int) -> list[dict[str, Any]]:
+    """Addressing of one node: fabric x is eth0 on 10.77.1.0/24, y is eth1 on 10.77.2.0/24."""
+    host = NODES.index(node) + 1
+    return [
+        {
+            "name": fab,
+            "netdev": f"eth{i}",
+            "ipv4": f"10.77.{i + 1}.{host}",
+            "rdma_dev": f"{rdma}{i}",
+            "mac": f"52:54:00:77:{i + 1:02x}:{host:02x}",
+        }
+        for i, fab in enumerate(FABRICS[:fabrics])
+    ]
+
+
+def _proc_alive(pid: int | None, marker: str) -> bool:
+    """True when PID runs (not a zombie) and its command line names MARKER (no pid reuse)."""
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return False
+    if state == "Z":
+        try:  # our own child (a lab booted from this process): collect it
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        return False
+    return marker.encode() in cmdline
+
+
+def _udp_port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.rename(path)
+
+
+def _tail(path: Path, lines: int = 12) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no console output)"
+    return "\n".join("    " + ln for ln in text[-lines:]) or "(no console output)"
+
+
+class Job:
+    """A command running in a node; output pumped on poll(), ended by kill() or its timeout."""
+
+    def __init__(self, lab: Lab, node: str, jdir: Path, argv: list[str], timeout: float,
+                 on_stdout: Output | None = None, on_stderr: Output | None = None):
+        self.lab, self.node, self.dir, self.argv, self.timeout = lab, node, jdir, argv, timeout
+        self.started = time.monotonic()
+        self._sinks = {"stdout": on_stdout, "stderr": on_stderr}
+        self._bufs = {"stdout": bytearray(), "stderr": bytearray()}
+        self._result: ExecResult | None = None
+
+    def _pump(self) -> None:
+        for name, buf in self._bufs.items():
+            try:
+                with open(self.dir / name, "rb") as f:
+                    f.seek(len(buf))
+                    chunk = f.read()
+            except FileNotFoundError:
+                continue
+            if chunk:
+                buf += chunk
+                sink = self._sinks[name]
+                if sink:
+                    sink(chunk)
+
+    def poll(self) -> ExecResult | None:
+        """The result when the command has ended, else None (output is pumped either way)."""
+        if self._result is not None:
+            return self._result
+        status_path = self.dir / "status.json"
+        done = status_path.exists()
+        self._pump()
+        if not done:
+            return None
+        status = json.loads(status_path.read_text())
+        if status.get("error") and status.get("rc") is None:
+            raise LabError(f"node {self.node}: {status['error']}")
+        stderr = self._bufs["stderr"].decode(errors="replace")
+        if status.get("error"):
+            stderr += f"\nhsp-lab: {status['error']}\n"
+        self._result = ExecResult(
+            node=self.node,
+            argv=tuple(self.argv),
+            rc=124 if status["timed_out"] else int(status["rc"]),
+            stdout=self._bufs["stdout"].decode(errors="replace"),
+            stderr=stderr,
+            timed_out=bool(status["timed_out"]),
+            duration_s=time.monotonic() - self.started,
+        )
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return self._result
+
+    def wait(self, timeout: float | None = None) -> ExecResult:
+        """Block until the command ends; LabTimeout if the node stops answering."""
+        limit = self.timeout + JOB_GRACE_S if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        checked = time.monotonic()
+        while True:
+            res = self.poll()
+            if res is not None:
+                return res
+            now = time.monotonic()
+            if now - checked > 1.0:
+                checked = now
+                if not self.lab.node_alive(self.node):
+                    self._abandon()
+                    raise LabError(
+                        f"node {self.node} went down while running '{' '.join(self.argv)}'"
+                    )
+            if now > deadline:
+                self.kill()
+                raise LabTimeout(
+                    f"node {self.node}: '{' '.join(self.argv)}' gave no result in {limit:.0f} s "
+                    "(the guest may be hung or paused); see 'hsp-lab status'"
+                )
+            time.sleep(POLL_S)
+
+    def kill(self) -> None:
+        """Ask the agent to SIGKILL the command's whole session."""
+        if self._result is None and self.dir.exists():
+            (self.dir / "kill").touch()
+
+    def _abandon(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Lab:
+    """One lab: its directory, its QEMU processes, its nodes' agents."""
+
+    def __init__(self, lab_id: str = "default", root: Path | None = None):
+        if not LAB_ID_RE.match(lab_id):
+            raise LabError(
+                f"lab id '{lab_id}' is not valid: use 1-32 letters, digits, '-' or '_'"
+            )
+        self.lab_id = lab_id
+        self.root = root or cache_root()
+        self.dir = self.root / "labs" / lab_id
+        self.state_path = self.dir / "state.json"
+        base = PORT_BASE + (zlib.crc32(lab_id.encode()) % PORT_SLOTS) * 4
+        self.ports = {fab: (base + 2 * i, base + 2 * i + 1) for i, fab in enumerate(FABRICS)}
+
+    # ---- state -------------------------------------------------------------------------
+    def state(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return None
+
+    def _save(self, state: dict[str, Any]) -> None:
+        _write_json(self.state_path, state)
+
+    def _require_up(self) -> dict[str, Any]:
+        state = self.state()
+        if state is None:
+            raise LabError(f"lab '{self.lab_id}' is not up: run 'hsp-lab up' first")
+        return state
+
+    def _check_node(self, node: str) -> None:
+        if node not in NODES:
+            raise LabError(f"unknown node '{node}': the lab's nodes are {', '.join(NODES)}")
+
+    def node_dir(self, node: str) -> Path:
+        return self.dir / node
+
+    def node_alive(self, node: str) -> bool:
+        state = self.state()
+        if not state:
+            return False
+        return _proc_alive(state["nodes"].get(node, {}).get("qemu_pid"), str(self.dir))
+
+    def running(self) -> bool:
+        return any(self.node_alive(n) for n in NODES)
+
+    # ---- boot --------------------------------------------------------------------------
+    def up(self, rdma: str = "rxe", fabrics: int = 2, smp: int = 1, mem: int = 1024,
+           boot_timeout: float = 180.0, ttl: float = 7200.0,
+           progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Boot nodes a and b; returns info() once every rdma port is ACTIVE."""
+        if rdma not in RDMA_KINDS:
+            raise LabError(f"unknown rdma kind '{rdma}': choose one of {', '.join(RDMA_KINDS)}")
+        if fabrics not in (1, 2):
+            raise LabError(f"--fabrics must be 1 or 2, not {fabrics}")
+        if not 1 <= smp <= 4:
+            raise LabError(f"--smp should be between 1 and 4, not {smp}")
+        if not 256 <= mem <= 8192:
+            raise LabError(f"--mem should be between 256 and 8192 MiB, not {mem}")
+        if self.state() is not None:
+            if self.running():
+                raise LabError(
+                    f"lab '{self.lab_id}' is already up: run 'hsp-lab down --lab-id "
+                    f"{self.lab_id}' first, or use another --lab-id"
+                )
+            self._cleanup()  # left over from a host reboot or a kill: nothing runs
+        for binary in ("qemu-system-x86_64", "timeout"):
+            if shutil.which(binary) is None:
+                raise LabError(f"'{binary}' is not installed: run scripts/bootstrap")
+        art = artefacts(self.root)
+        for fab in FABRICS[:fabrics]:
+            for port in self.ports[fab]:
+                if not _udp_port_free(port):
+                    raise LabError(
+                        f"UDP port 127.0.0.1:{port} (fabric {fab}) is taken: another program "
+                        "or lab uses it; pick another --lab-id"
+                    )
+        self.dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "lab_id": self.lab_id, "rdma": rdma, "fabrics": fabrics, "smp": smp, "mem": mem,
+            "ttl": ttl, "kver": art.kver, "created": time.time(),
+            "nodes": {n: {} for n in NODES},
+            "links": {n: {f: "up" for f in FABRICS[:fabrics]} for n in NODES},
+        }
+        self._save(state)
+        try:
+            for node in NODES:
+                self._start_node(node, art, state)
+            return self._wait_ready(NODES, boot_timeout, progress)
+        except BaseException:
+            self.down()
+            raise
+
+    def boot_node(self, node: str, boot_timeout: float = 180.0) -> dict[str, Any]:
+        """Power a killed node on again (same config, links up); returns info()."""
+        self._check_node(node)
+        state = self._require_up()
+        if self.node_alive(node):
+            raise LabError(f"node {node} is already running")
+        state["links"][node] = {f: "up" for f in FABRICS[: state["fabrics"]]}
+        self._start_node(node, artefacts(self.root), state)
+        return self._wait_ready((node,), boot_timeout, None)
+
+    def _start_node(self, node: str, art: Artefacts, state: dict[str, Any]) -> None:
+        ndir = self.node_dir(node)
+        if ndir.exists():
+            shutil.rmtree(ndir)
+        share = ndir / "share"
+        (share / "jobs").mkdir(parents=True)
+        shutil.copy2(AGENT, share / "agent.py")
+        plan = fabric_plan(node, state["rdma"], state["fabrics"])
+        _write_json(share / "config.json", {"node": node, "rdma": state["rdma"], "fabrics": plan})
+        qmp_sock = ndir / "qmp.sock"
+        if len(str(qmp_sock)) > 100:
+            raise LabError(f"{qmp_sock} is too long for a unix socket: use a shorter HSP_LAB_DIR")
+        argv = ["timeout", "--kill-after=10", f"{int(state['ttl'])}s", *self._qemu_argv(
+            node, art, state, plan, ndir)]
+        with open(ndir / "qemu.log", "wb") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    start_new_session=True)
+        state["nodes"][node] = {
+            "timeout_pid": proc.pid, "qemu_pid": None, "started": time.time(),
+            "qmp": str(qmp_sock), "killed": False,
+        }
+        self._save(state)
+        pidfile = ndir / "qemu.pid"
+        deadline = time.monotonic() + 15
+        while not pidfile.exists() or not pidfile.read_text().strip():
+            if proc.poll() is not None:
+                raise LabError(
+                    f"QEMU for node {node} exited at once (exit {proc.returncode}):\n"
+                    + _tail(ndir / "qemu.log")
+                )
+            if time.monotonic() > deadline:
+                raise LabTimeout(f"QEMU for node {node} wrote no pid file in 15 s")
+            time.sleep(POLL_S)
+        state["nodes"][node]["qemu_pid"] = int(pidfile.read_text().strip())
+        self._save(state)
+
+    def _qemu_argv(self, node: str, art: Artefacts, state: dict[str, Any],
+                   plan: list[dict[str, Any]], ndir: Path) -> list[str]:
+        me = NODES.index(node)
+        argv = [
+            "qemu-system-x86_64", "-name", f"hsp-lab-{self.lab_id}-{node}",
+            "-accel", "tcg", "-cpu", "max", "-smp", str(state["smp"]), "-m", str(state["mem"]),
+            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-kernel", str(art.vmlinux), "-initrd", str(art.initramfs),
+            "-append", "console=ttyS0 quiet loglevel=4 panic=-1 "
+                       f"hsp_modules={art.modules}",
+            "-serial", f"file:{ndir / 'console.log'}",
+            "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,"
+                       "multidevs=remap",
+            "-virtfs", f"local,path={ndir / 'share'},mount_tag=labshare,security_model=none,"
+                       "multidevs=remap",
+            "-qmp", f"unix:{ndir / 'qmp.sock'},server=on,wait=off",
+            "-pidfile", str(ndir / "qemu.pid"),
+        ]
+        for fab in plan:
+            mine, peer = self.ports[fab["name"]]
+            if me == 1:
+                mine, peer = peer, mine
+            argv += [
+                "-netdev", f"dgram,id=n{fab['name']},local.type=inet,local.host=127.0.0.1,"
+                           f"local.port={mine},remote.type=inet,remote.host=127.0.0.1,"
+                           f"remote.port={peer}",
+                "-device", f"virtio-net-pci,netdev=n{fab['name']},mac={fab['mac']}",
+            ]
+        return argv
+
+    def _wait_ready(self, nodes: tuple[str, ...], timeout: float,
+                    progress: Callable[[str], None] | None) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        pending = list(nodes)
+        while pending:
+            for node in list(pending):
+                share = self.node_dir(node) / "share"
+                if (share / "ready.json").exists():
+                    pending.remove(node)
+                    if progress:
+                        info = json.loads((share / "ready.json").read_text())
+                        progress(f"node {node} ready ({info['uptime_s']:.1f} s after its boot)")
+                    continue
+                if (share / "failed.json").exists():
+                    err = json.loads((share / "failed.json").read_text())["error"]
+                    raise LabError(f"node {node} booted but could not set up RDMA: {err}")
+                if not self.node_alive(node):
+                    raise LabError(
+                        f"node {node} stopped while booting; its console said:\n"
+                        + _tail(self.node_dir(node) / "console.log")
+                        + "\n" + _tail(self.node_dir(node) / "qemu.log", 4)
+                    )
+            if pending and time.monotonic() > deadline:
+                raise LabTimeout(
+                    f"node(s) {', '.join(pending)} did not finish booting in {timeout:.0f} s; "
+                    "console of the first:\n" + _tail(self.node_dir(pending[0]) / "console.log")
+                )
+            time.sleep(0.1)
+        return self.info()
+
+    # ---- queries -----------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        """node -> fabric -> {netdev, ipv4, rdma_dev, gid_index, port_state} of booted nodes."""
+        state = self._require_up()
+        out: dict[str, Any] = {}
+        for node in NODES:
+            ready = self.node_dir(node) / "share" / "ready.json"
+            if ready.exists():
+                data = json.loads(ready.read_text())
+                out[node] = {
+                    f["name"]: {k: f[k] for k in ("netdev", "ipv4", "rdma_dev", "gid_index",
+                                                   "port_state")}
+                    for f in data["fabrics"]
+                }
+        out["rdma"] = state["rdma"]
+        return out
+
+    def status(self) -> dict[str, Any]:
+        """What runs, since when, and the state of each node's links."""
+        state = self.state()
+        if state is None:
+            return {"lab_id": self.lab_id, "up": False, "nodes": {}}
+        nodes = {}
+        for node in NODES:
+            n = state["nodes"].get(node, {})
+            alive = self.node_alive(node)
+            run = "dead" if not alive else "running"
+            if alive:
+                try:
+                    run = qmp(Path(n["qmp"]), "query-status", timeout=5)["status"]
+                except LabError:
+                    run = "unresponsive"
+            elif n.get("killed"):
+                run = "killed"
+            nodes[node] = {
+                "state": run, "qemu_pid": n.get("qemu_pid"),
+                "uptime_s": round(time.time() - n["started"], 1) if alive else None,
+                "links": state["links"][node],
+                "ready": (self.node_dir(node) / "share" / "ready.json").exists(),
+            }
+        return {"lab_id": self.lab_id, "up": self.running(), "rdma": state["rdma"],
+                "fabrics": state["fabrics"], "kver": state["kver"], "dir": str(self.dir),
+                "nodes": nodes}
+
+    # ---- commands ----------------------------------------------------------------------
+    def spawn(self, node: str, argv: list[str], timeout: float = 60.0, cwd: str | None = None,
+              env: dict[str, str] | None = None, on_stdout: Output | None = None,
+              on_stderr: Output | None = None) -> Job:
+        """Start ARGV as root in NODE (host paths visible unchanged); returns at once."""
+        self._check_node(node)
+        self._require_up()
+        if not argv:
+            raise LabError("no command given to run in the node")
+        if not self.node_alive(node):
+            raise LabError(f"node {node} is not running: see 'hsp-lab status'")
+        if not (self.node_dir(node) / "share" / "ready.json").exists():
+            raise LabError(f"node {node} is not ready (RDMA bring-up failed or still booting)")
+        if not 0 < timeout <= 86400:
+            raise LabError(f"timeout should be between 0 and 86400 s, not {timeout}")
+        jobs = self.node_dir(node) / "share" / "jobs"
+        jid = f"{os.getpid()}-{next(_job_ids)}-{time.monotonic_ns()}"
+        tmp = jobs / (jid + ".tmp")
+        tmp.mkdir()
+        cmd = {"argv": list(argv), "cwd": cwd or os.getcwd(), "timeout": timeout,
+               "env": env if env is not None else dict(os.environ)}
+        _write_json(tmp / "cmd.json", cmd)
+        tmp.rename(jobs / jid)
+        return Job(self, node, jobs / jid, list(argv), timeout, on_stdout, on_stderr)
+
+    def exec(self, node: str, argv: list[str], timeout: float = 60.0, check: bool = False,
+             **kw: Any) -> ExecResult:
+        """Run ARGV in NODE to its end; with check=True a non-zero exit raises LabError."""
+        res = self.spawn(node, argv, timeout=timeout, **kw).wait()
+        if check and not res.ok:
+            why = "timed out" if res.timed_out else f"exit {res.rc}"
+            raise LabError(
+                f"node {node}: '{' '.join(argv)}' {why}: {res.stderr.strip()[-800:]}"
+            )
+        return res
+
+    def python(self, node: str, *args: str, timeout: float = 60.0, **kw: Any) -> ExecResult:
+        """Run this interpreter (the project's venv) in NODE with ARGS."""
+        return self.exec(node, [sys.executable, *args], timeout=timeout, **kw)
+
+    # ---- faults ------------------------------------------------------------------------
+    def fault(self, node: str, kind: str, *args: str) -> None:
+        """link x|y down|up, netem x|y SPEC|clear, kill, pause, resume."""
+        self._check_node(node)
+        state = self._require_up()
+        fabrics = FABRICS[: state["fabrics"]]
+        if kind in ("link", "netem"):
+            if len(args) != 2:
+                raise LabError(f"usage: fault NODE {kind} x|y " +
+                               ("down|up" if kind == "link" else "'SPEC'|clear"))
+            fab, what = args
+            if fab not in fabrics:
+                raise LabError(
+                    f"unknown fabric '{fab}': this lab has {', '.join(fabrics)}"
+                )
+        if not self.node_alive(node):
+            raise LabError(f"node {node} is not running: see 'hsp-lab status'")
+        qmp_path = Path(state["nodes"][node]["qmp"])
+        if kind == "link":
+            if what not in ("down", "up"):
+                raise LabError(f"link state must be down or up, not '{what}'")
+            qmp(qmp_path, "set_link", name=f"n{fab}", up=(what == "up"))
+            state["links"][node][fab] = what
+            self._save(state)
+        elif kind == "netem":
+            netdev = f"eth{FABRICS.index(fab)}"
+            self.python(node, "-m", "hsp_rdma.lab.netem", netdev, what, timeout=30, check=True)
+        elif kind == "kill":
+            pid = state["nodes"][node]["qemu_pid"]
+            os.kill(pid, signal.SIGKILL)
+            state["nodes"][node]["killed"] = True
+            self._save(state)
+            deadline = time.monotonic() + 5
+            while self.node_alive(node) and time.monotonic() < deadline:
+                time.sleep(POLL_S)
+        elif kind == "pause":
+            qmp(qmp_path, "stop")
+        elif kind == "resume":
+            qmp(qmp_path, "cont")
+        else:
+            raise LabError(
+                f"unknown fault '{kind}': use link, netem, kill, pause or resume"
+            )
+
+    # ---- end ---------------------------------------------------------------------------
+    def down(self) -> list[str]:
+        """End every process this lab started (by pid) and remove its directory."""
+        state = self.state()
+        ended: list[str] = []
+        if state is not None:
+            for node, n in state["nodes"].items():
+                qpid, tpid = n.get("qemu_pid"), n.get("timeout_pid")
+                if _proc_alive(qpid, str(self.dir)):
+                    try:
+                        qmp(Path(n["qmp"]), "quit", timeout=3)
+                    except LabError:
+                        pass
+                    deadline = time.monotonic() + 5
+                    while _proc_alive(qpid, str(self.dir)) and time.monotonic() < deadline:
+                        time.sleep(POLL_S)
+                    ended.append(f"node {node} (qemu pid {qpid})")
+                for pid in (qpid, tpid):
+                    if _proc_alive(pid, str(self.dir)):
+                        os.kill(pid, signal.SIGKILL)
+                for pid in (qpid, tpid):
+                    deadline = time.monotonic() + 5
+                    while _proc_alive(pid, str(self.dir)) and time.monotonic() < deadline:
+                        time.sleep(POLL_S)
+        self._cleanup()
+        return ended
+
+    def _cleanup(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+__all__ = ["ExecResult", "Job", "Lab", "fabric_plan", "NODES", "FABRICS", "RDMA_KINDS"]
