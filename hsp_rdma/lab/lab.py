@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hsp_rdma.errors import LabError, LabTimeout
+from hsp_rdma.errors import LabError, LabTimeout, LabUnavailable
+from hsp_rdma.lab.netem import parse_spec
 from hsp_rdma.lab.prepare import Artefacts, artefacts, cache_root
 from hsp_rdma.lab.qmp import qmp
 
@@ -269,7 +270,7 @@ class Lab:
             self._cleanup()  # left over from a host reboot or a kill: nothing runs
         for binary in ("qemu-system-x86_64", "timeout"):
             if shutil.which(binary) is None:
-                raise LabError(f"'{binary}' is not installed: run scripts/bootstrap")
+                raise LabUnavailable(f"'{binary}' is not installed: run scripts/bootstrap")
         art = artefacts(self.root)
         for fab in FABRICS[:fabrics]:
             for port in self.ports[fab]:
@@ -510,6 +511,8 @@ class Lab:
             self._save(state)
         elif kind == "netem":
             netdev = f"eth{FABRICS.index(fab)}"
+            if what != "clear":
+                parse_spec(what)  # a wrong spec is refused here, before the guest is asked
             self.python(node, "-m", "hsp_rdma.lab.netem", netdev, what, timeout=30, check=True)
         elif kind == "kill":
             pid = state["nodes"][node]["qemu_pid"]

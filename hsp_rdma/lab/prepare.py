@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hsp_rdma.errors import LabError
+from hsp_rdma.errors import LabError, LabUnavailable
 
 # Modules the initramfs loads before it can mount the host's root over virtio-9p; the rest
 # (rdma, netem) are modprobed after switch_root from the bind-mounted guest module tree.
@@ -40,7 +40,7 @@ def _run(argv: list[str], what: str, cwd: Path | None = None, timeout: float = 6
             argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
         )
     except FileNotFoundError as exc:
-        raise LabError(
+        raise LabUnavailable(
             f"{what}: '{argv[0]}' is not installed; run scripts/bootstrap (it installs "
             "the lab's Debian packages)"
         ) from exc
@@ -59,7 +59,7 @@ def guest_kernel_version() -> str:
     out = _run(["apt-cache", "depends", "linux-image-amd64"], "finding Debian's kernel")
     m = re.search(r"Depends:\s*linux-image-(\S+)", out)
     if not m:
-        raise LabError(
+        raise LabUnavailable(
             "apt-cache names no kernel for linux-image-amd64: run 'apt-get update' "
             "(scripts/bootstrap does it) and try again"
         )
@@ -171,7 +171,7 @@ def _build_siw(a: Artefacts, log: Step) -> None:
         return
     headers = Path(f"/usr/src/linux-headers-{a.kver}")
     if not headers.is_dir():
-        raise LabError(
+        raise LabUnavailable(
             f"{headers} is missing: install linux-headers-{a.kver} "
             "(scripts/bootstrap does it) to build siw"
         )
@@ -275,7 +275,7 @@ def _build_initramfs(a: Artefacts, log: Step) -> None:
         return
     busybox = Path("/bin/busybox")
     if not busybox.exists():
-        raise LabError("/bin/busybox is missing: install busybox-static (scripts/bootstrap)")
+        raise LabUnavailable("/bin/busybox is missing: install busybox-static (scripts/bootstrap)")
     log("building the initramfs")
     work = a.kdir / "initramfs"
     if work.exists():
@@ -334,7 +334,7 @@ def artefacts(root: Path | None = None) -> Artefacts:
         kver = guest_kernel_version()
     a = Artefacts(root, kver)
     if not a.ready():
-        raise LabError(
+        raise LabUnavailable(
             f"the lab cache is not prepared ({', '.join(a.missing())} missing): "
             "run 'hsp-lab setup' first"
         )

@@ -1,0 +1,190 @@
+"""hsp-lab: prepare, boot, drive, fault and end the two-node soft-RDMA lab (QEMU + rxe/siw)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from hsp_rdma.cli.common import (
+    EXIT_CODES_HELP,
+    EXIT_OK,
+    EXIT_USAGE,
+    Parser,
+    bounded,
+    err_console,
+    run_cli,
+)
+from hsp_rdma.lab import FABRICS, NODES, RDMA_KINDS, Lab
+from hsp_rdma.lab.prepare import prepare
+
+console = Console(highlight=False)
+
+
+def build_parser() -> Parser:
+    p = Parser(
+        prog="hsp-lab",
+        description="Two-node soft-RDMA lab: QEMU TCG guests on Debian's kernel with rdma_rxe "
+        "(RoCE v2) or siw (iWARP), joined by virtual wires on 127.0.0.1 UDP. Artefacts live "
+        "under HSP_LAB_DIR (default /var/tmp/hsp-lab).",
+        epilog=EXIT_CODES_HELP,
+    )
+    p.add_argument("--lab-id", default="default",
+                   help="keeps labs apart on ports and directories (default: default)")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
+
+    sub.add_parser("setup", help="prepare the cache: guest kernel, siw, vmlinux, initramfs")
+
+    up = sub.add_parser("up", help="boot nodes a and b; returns when every RDMA port is ACTIVE")
+    up.add_argument("--rdma", choices=RDMA_KINDS, default="rxe")
+    up.add_argument("--fabrics", type=int, choices=(1, 2), default=2,
+                    help="1 = fabric x only, 2 = x and y (default 2)")
+    up.add_argument("--smp", type=bounded(int, 1, 4, "--smp"), default=1,
+                    help="vCPUs per node (default 1: more is slower under TCG)")
+    up.add_argument("--mem", type=bounded(int, 256, 8192, "--mem"), default=1024,
+                    help="MiB per node (default 1024)")
+    up.add_argument("--boot-timeout", type=bounded(float, 5, 1800, "--boot-timeout"),
+                    default=180.0, help="seconds to wait for both nodes (default 180)")
+    up.add_argument("--ttl", type=bounded(float, 60, 86400, "--ttl"), default=7200.0,
+                    help="every QEMU process ends after this many seconds (default 7200)")
+    up.add_argument("--json", action="store_true", help="print the node table as JSON")
+
+    ex = sub.add_parser("exec", help="run a command as root in a node, output streamed live",
+                        description="Run CMD in NODE. The host's filesystem is visible at the "
+                        "same paths (read-only, with a tmpfs overlay), so this checkout and "
+                        "its .venv run unchanged. Exits with CMD's status (124 on timeout).")
+    ex.add_argument("node", choices=NODES)
+    ex.add_argument("--timeout", type=bounded(float, 0.1, 86400, "--timeout"), default=600.0,
+                    help="seconds before CMD is killed (default 600)")
+    ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+
+    fa = sub.add_parser("fault", help="inject a fault: link, netem, kill, pause, resume",
+                        description="link x|y down|up pulls or plugs a cable from outside "
+                        "the guest; netem x|y 'delay 5ms loss 1%%'|clear shapes a fabric "
+                        "inside the guest; kill is power loss; pause/resume freeze and thaw.")
+    fa.add_argument("node", choices=NODES)
+    fa.add_argument("fault", choices=("link", "netem", "kill", "pause", "resume"))
+    fa.add_argument("args", nargs="*", help="fabric (x|y) and what (down|up, SPEC|clear)")
+
+    st = sub.add_parser("status", help="what runs, for how long, link states")
+    st.add_argument("--json", action="store_true")
+    sub.add_parser("down", help="end every process of the lab (by pid) and remove its files")
+    return p
+
+
+def _node_table(info: dict) -> Table:
+    t = Table(title=f"hsp-lab nodes ({info['rdma']})")
+    for col in ("node", "fabric", "netdev", "IPv4", "rdma device", "GID index", "port"):
+        t.add_column(col)
+    for node in NODES:
+        for fab in FABRICS:
+            f = info.get(node, {}).get(fab)
+            if f:
+                t.add_row(node, fab, f["netdev"], f["ipv4"], f["rdma_dev"],
+                          str(f["gid_index"]), f["port_state"].split(": ")[-1])
+    return t
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    with console.status("preparing the lab cache") as status:
+        def log(msg: str) -> None:
+            status.update(msg)
+            console.print(f"[dim]{time.monotonic() - t0:6.1f} s[/] {msg}")
+        prepare(log=log)
+    return EXIT_OK
+
+
+def cmd_up(args: argparse.Namespace, lab: Lab) -> int:
+    t0 = time.monotonic()
+    with console.status(f"booting lab '{lab.lab_id}' ({args.rdma}, {args.fabrics} fabric(s))"):
+        info = lab.up(rdma=args.rdma, fabrics=args.fabrics, smp=args.smp, mem=args.mem,
+                      boot_timeout=args.boot_timeout, ttl=args.ttl,
+                      progress=lambda m: console.print(f"[dim]{time.monotonic() - t0:5.1f} s[/] {m}"))
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        console.print(_node_table(info))
+        console.print(f"lab '{lab.lab_id}' up in {time.monotonic() - t0:.1f} s; "
+                      f"'hsp-lab --lab-id {lab.lab_id} down' ends it")
+    return EXIT_OK
+
+
+def cmd_exec(args: argparse.Namespace, lab: Lab) -> int:
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        err_console.print("hsp-lab exec: no command given: hsp-lab exec NODE -- CMD ...")
+        return EXIT_USAGE
+
+    def out(chunk: bytes) -> None:
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+
+    def err(chunk: bytes) -> None:
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.buffer.flush()
+
+    job = lab.spawn(args.node, argv, timeout=args.timeout, on_stdout=out, on_stderr=err)
+    try:
+        res = job.wait()
+    except KeyboardInterrupt:
+        job.kill()
+        raise
+    if res.timed_out:
+        err_console.print(f"hsp-lab exec: '{' '.join(argv)}' timed out after {args.timeout:g} s "
+                          "and was killed")
+    return res.rc
+
+
+def cmd_fault(args: argparse.Namespace, lab: Lab) -> int:
+    lab.fault(args.node, args.fault, *args.args)
+    console.print(f"node {args.node}: {args.fault} {' '.join(args.args)} done")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, lab: Lab) -> int:
+    st = lab.status()
+    if args.json:
+        print(json.dumps(st, indent=1))
+        return EXIT_OK
+    if not st["nodes"]:
+        console.print(f"lab '{lab.lab_id}' is down")
+        return EXIT_OK
+    t = Table(title=f"lab '{lab.lab_id}': {st['rdma']}, kernel {st['kver']}")
+    for col in ("node", "state", "qemu pid", "uptime [s]", "links", "RDMA ready"):
+        t.add_column(col)
+    for node, n in st["nodes"].items():
+        links = " ".join(f"{f}:{s}" for f, s in n["links"].items())
+        t.add_row(node, n["state"], str(n["qemu_pid"] or "-"),
+                  f"{n['uptime_s']:.0f}" if n["uptime_s"] is not None else "-", links,
+                  "yes" if n["ready"] else "no")
+    console.print(t)
+    return EXIT_OK
+
+
+def cmd_down(args: argparse.Namespace, lab: Lab) -> int:
+    ended = lab.down()
+    console.print(f"lab '{lab.lab_id}' down" + (f": ended {', '.join(ended)}" if ended else
+                                                 " (nothing was running)"))
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        if args.cmd == "setup":
+            return cmd_setup(args)
+        lab = Lab(args.lab_id)
+        return {"up": cmd_up, "exec": cmd_exec, "fault": cmd_fault, "status": cmd_status,
+                "down": cmd_down}[args.cmd](args, lab)
+
+    return run_cli("hsp-lab", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

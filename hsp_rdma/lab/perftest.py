@@ -1,0 +1,93 @@
+"""Run perftest (ib_write_bw, ib_send_lat, …) between two lab nodes and parse its result table.
+
+The server starts first; a client that the server rejects because it is not listening yet is
+retried, and every retry is counted in the result (LAB.md pitfall 1), never hidden.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from hsp_rdma.errors import LabError
+from hsp_rdma.lab.lab import FABRICS, ExecResult, Lab
+
+BW_COLUMNS = ("bytes", "iterations", "bw_peak_MBps", "bw_avg_MBps", "msg_rate_Mpps")
+LAT_COLUMNS = ("bytes", "iterations", "t_min_us", "t_max_us", "t_typical_us", "t_avg_us",
+               "t_stdev_us", "p99_us", "p99_9_us")
+# What a client prints when the server's rdma_cm listener is not there (yet).
+_NOT_LISTENING = ("REJECTED", "Unable to perform rdma_client", "Couldn't connect",
+                  "Failed to connect", "ADDR_ERROR", "UNREACHABLE")
+
+
+@dataclass
+class PerftestResult:
+    tool: str
+    fabric: str
+    device: str
+    row: dict[str, float]
+    retries: int
+    server: ExecResult
+    client: ExecResult
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_table(tool: str, text: str) -> dict[str, float]:
+    """The numbers under perftest's '#bytes' header, named by BW_COLUMNS or LAT_COLUMNS."""
+    cols = LAT_COLUMNS if tool.endswith("_lat") else BW_COLUMNS
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith("#bytes"):
+            for row in lines[i + 1:]:
+                parts = row.split()
+                if not parts:
+                    continue
+                try:
+                    values = [float(p) for p in parts[: len(cols)]]
+                except ValueError:
+                    break
+                if len(values) == len(cols):
+                    return dict(zip(cols, values))
+                break
+    raise LabError(f"{tool}: no result table in its output:\n{text.strip()[-600:]}")
+
+
+def device_args(lab: Lab, node: str, fabric: str) -> list[str]:
+    info = lab.info()
+    f = info[node][fabric]
+    return ["-d", f["rdma_dev"], "-x", str(f["gid_index"]), "-R", "-F"]
+
+
+def run(lab: Lab, tool: str, fabric: str = "x", args: tuple[str, ...] = (),
+        server: str = "a", client: str = "b", timeout: float = 120.0,
+        retries: int = 3) -> PerftestResult:
+    """TOOL from CLIENT to SERVER on FABRIC (perftest over rdma_cm, -R); parsed client table."""
+    if fabric not in FABRICS:
+        raise LabError(f"unknown fabric '{fabric}'")
+    info = lab.info()
+    target = info[server][fabric]["ipv4"]
+    srv_argv = [tool, *device_args(lab, server, fabric), *args]
+    cli_argv = [tool, *device_args(lab, client, fabric), *args, target]
+    notes: list[str] = []
+    for attempt in range(retries + 1):
+        srv = lab.spawn(server, srv_argv, timeout=timeout)
+        time.sleep(0.5 + attempt)
+        cli = lab.exec(client, cli_argv, timeout=timeout)
+        if cli.ok:
+            srv_res = srv.wait(timeout=timeout)
+            row = parse_table(tool, cli.stdout)
+            return PerftestResult(tool, fabric, info[client][fabric]["rdma_dev"], row,
+                                  attempt, srv_res, cli, notes)
+        srv.kill()
+        srv_res = srv.wait(timeout=30)
+        text = cli.stdout + cli.stderr
+        if cli.timed_out or not any(s in text for s in _NOT_LISTENING):
+            raise LabError(
+                f"{tool} {client}->{server} on fabric {fabric} failed "
+                f"({'timed out' if cli.timed_out else f'exit {cli.rc}'}):\n"
+                f"{text.strip()[-800:]}\nserver said:\n"
+                f"{(srv_res.stdout + srv_res.stderr).strip()[-400:]}"
+            )
+        notes.append(f"attempt {attempt + 1}: client rejected (server not listening yet); retried")
+    raise LabError(f"{tool} on fabric {fabric}: client rejected {retries + 1} times; see notes: "
+                   + "; ".join(notes))
