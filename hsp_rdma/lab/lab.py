@@ -38,6 +38,8 @@ POLL_S = 0.05
 JOB_GRACE_S = 15.0  # beyond a job's own timeout, how long the host waits for the agent
 Output = Callable[[bytes], None]
 _job_ids = itertools.count()
+SHARE_9P_OPTS = "security_model=none,multidevs=remap"
+HOSTROOT_9P = f"local,path=/,mount_tag=hostroot,readonly=on,{SHARE_9P_OPTS}"
 
 
 @dataclass(frozen=True)
@@ -349,13 +351,10 @@ class Lab:
             "-accel", "tcg", "-cpu", "max", "-smp", str(state["smp"]), "-m", str(state["mem"]),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-kernel", str(art.vmlinux), "-initrd", str(art.initramfs),
-            "-append", "console=ttyS0 quiet loglevel=4 panic=-1 "
-                       f"hsp_modules={art.modules}",
+            "-append", f"console=ttyS0 quiet loglevel=4 panic=-1 hsp_modules={art.modules}",
             "-serial", f"file:{ndir / 'console.log'}",
-            "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,"
-                       "multidevs=remap",
-            "-virtfs", f"local,path={ndir / 'share'},mount_tag=labshare,security_model=none,"
-                       "multidevs=remap",
+            "-virtfs", HOSTROOT_9P,
+            "-virtfs", f"local,path={ndir / 'share'},mount_tag=labshare,{SHARE_9P_OPTS}",
             "-qmp", f"unix:{ndir / 'qmp.sock'},server=on,wait=off",
             "-pidfile", str(ndir / "qemu.pid"),
         ]
@@ -364,9 +363,9 @@ class Lab:
             if me == 1:
                 mine, peer = peer, mine
             argv += [
-                "-netdev", f"dgram,id=n{fab['name']},local.type=inet,local.host=127.0.0.1,"
-                           f"local.port={mine},remote.type=inet,remote.host=127.0.0.1,"
-                           f"remote.port={peer}",
+                "-netdev", (f"dgram,id=n{fab['name']},local.type=inet,local.host=127.0.0.1,"
+                            f"local.port={mine},remote.type=inet,remote.host=127.0.0.1,"
+                            f"remote.port={peer}"),
                 "-device", f"virtio-net-pci,netdev=n{fab['name']},mac={fab['mac']}",
             ]
         return argv
@@ -562,4 +561,4 @@ class Lab:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-__all__ = ["ExecResult", "Job", "Lab", "fabric_plan", "NODES", "FABRICS", "RDMA_KINDS"]
+__all__ = ["FABRICS", "NODES", "RDMA_KINDS", "ExecResult", "Job", "Lab", "fabric_plan"]

@@ -127,7 +127,7 @@ def _download(pkg: str, debs: Path) -> Path:
 
 def _package_version(pkg: str) -> str:
     out = _run(["apt-cache", "show", "--no-all-versions", pkg], f"looking up {pkg}")
-    m = re.search(r"^Version:\s*(\S+)", out, re.M)
+    m = re.search(r"^Version:\s*(\S+)", out, re.MULTILINE)
     if not m:
         raise LabError(f"apt-cache has no version for {pkg}: run 'apt-get update'")
     return m.group(1)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from hsp_rdma.errors import LabError, LabTimeout, LabUnavailable
+from hsp_rdma.errors import LabError, LabTimeout
 from hsp_rdma.lab import Lab, fabric_plan
 from hsp_rdma.lab.netem import parse_spec
 from hsp_rdma.lab.perftest import parse_table
@@ -16,7 +16,7 @@ from hsp_rdma.lab.perftest import parse_table
 
 def hsp_lab(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hsp_rdma.cli.lab", *args],
-                          capture_output=True, text=True, timeout=60, env=env)
+                          capture_output=True, text=True, timeout=60, env=env, check=False)
 
 
 def test_exec_before_up_says_what_to_do() -> None:
@@ -47,7 +47,7 @@ def test_missing_qemu_is_unavailable(tmp_path) -> None:
     env = dict(os.environ, PATH=str(tmp_path))
     res = subprocess.run(
         [sys.executable, "-c", "from hsp_rdma.lab import Lab; Lab('noqemu').up()"],
-        capture_output=True, text=True, env=env, timeout=60,
+        capture_output=True, text=True, env=env, timeout=60, check=False,
     )
     assert "LabUnavailable" in res.stderr and "qemu-system-x86_64" in res.stderr
     assert not Lab("noqemu").dir.exists()
@@ -59,7 +59,8 @@ def test_guest_that_does_not_boot_in_time_leaves_nothing(lab_artefacts) -> None:
         lab.up(boot_timeout=0.3)
     assert not lab.dir.exists()
     assert not lab.running()
-    out = subprocess.run(["pgrep", "-f", "hsp-lab-noboot"], capture_output=True, text=True)
+    out = subprocess.run(["pgrep", "-f", "hsp-lab-noboot"], capture_output=True, text=True,
+                         check=False)
     assert out.stdout == "", "no QEMU process may outlive a failed up"
 
 

@@ -23,7 +23,7 @@ JOB_LOCK = threading.Lock()  # held while a job starts, so reap() never sees it 
 
 
 def sh(*argv, check=True):
-    res = subprocess.run(argv, capture_output=True, text=True)
+    res = subprocess.run(argv, capture_output=True, text=True, check=False)
     if check and res.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)}: exit {res.returncode}: {res.stderr.strip()}")
     return res.stdout
