@@ -247,6 +247,8 @@ def _module_order(a: Artefacts) -> list[Path]:
 INIT_SCRIPT = r"""#!/bin/busybox sh
 # hsp-lab stage 1: load the 9p/overlay/virtio modules, mount the host's / read-only with a
 # tmpfs overlay, mount the lab share, switch_root and start the agent (stage 2) as PID 1.
+# /tmp stays the overlay's (host content visible, writes kept in the guest): a checkout may
+# live there, and it must be visible at the same path.
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
@@ -262,7 +264,6 @@ mkdir -p /newroot/hsp
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 labshare /newroot/hsp \
   || { echo "hsp-lab: cannot mount the lab share"; poweroff -f; }
 for d in proc sys dev; do mount --move /$d /newroot/$d; done
-mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
 mount -t tmpfs -o mode=0755 tmpfs /newroot/run
 mount --bind "/newroot$hsp_modules" /newroot/lib/modules \
   || echo "hsp-lab: cannot bind the guest modules $hsp_modules"

@@ -137,7 +137,10 @@ class Job(threading.Thread):
                         start_new_session=True,
                     )
                 except OSError as exc:
-                    status["error"] = f"cannot start {cmd['argv'][0]}: {exc.strerror}"
+                    cwd = cmd.get("cwd") or "/"
+                    what = (f"working directory {cwd} does not exist in this node"
+                            if not os.path.isdir(cwd) else exc.strerror)
+                    status["error"] = f"cannot start {cmd['argv'][0]}: {what}"
                     status["rc"] = 127
                     return
                 finally:
