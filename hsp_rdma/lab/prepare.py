@@ -7,6 +7,7 @@ seconds. Nothing is installed on the host: the kernel is unpacked under the cach
 from __future__ import annotations
 
 import gzip
+import hashlib
 import lzma
 import os
 import re
@@ -92,7 +93,9 @@ class Artefacts:
 
     @property
     def initramfs(self) -> Path:
-        return self.kdir / "initramfs.cpio.gz"
+        """Named by the hash of what goes in it, so a changed init never boots stale."""
+        recipe = (INIT_SCRIPT + "\n".join(EARLY_MODULES)).encode()
+        return self.kdir / f"initramfs-{hashlib.sha256(recipe).hexdigest()[:12]}.cpio.gz"
 
     @property
     def siw_ko(self) -> Path:
@@ -306,6 +309,8 @@ def _build_initramfs(a: Artefacts, log: Step) -> None:
 
     tmp = a.initramfs.with_suffix(".tmp")
     tmp.write_bytes(gzip.compress(cpio.stdout, compresslevel=6))
+    for old in a.kdir.glob("initramfs*.cpio.gz"):
+        old.unlink()
     tmp.rename(a.initramfs)
     shutil.rmtree(work)
 
