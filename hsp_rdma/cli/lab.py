@@ -60,7 +60,8 @@ def build_parser() -> Parser:
     ex.add_argument("node", choices=NODES)
     ex.add_argument("--timeout", type=bounded(float, 0.1, 86400, "--timeout"), default=600.0,
                     help="seconds before CMD is killed (default 600)")
-    ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    ex.add_argument("argv", nargs="*", metavar="-- CMD ...",
+                    help="the command; put it after '--' when it has options of its own")
 
     fa = sub.add_parser("fault", help="inject a fault: link, netem, kill, pause, resume",
                         description="link x|y down|up pulls or plugs a cable from outside "
@@ -115,7 +116,7 @@ def cmd_up(args: argparse.Namespace, lab: Lab) -> int:
 
 
 def cmd_exec(args: argparse.Namespace, lab: Lab) -> int:
-    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    argv = args.argv
     if not argv:
         err_console.print("hsp-lab exec: no command given: hsp-lab exec NODE -- CMD ...")
         return EXIT_USAGE
@@ -174,7 +175,16 @@ def cmd_down(args: argparse.Namespace, lab: Lab) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    raw = sys.argv[1:] if argv is None else list(argv)
+    command: list[str] = []
+    if "--" in raw:  # everything after '--' is the command for exec, options included
+        at = raw.index("--")
+        raw, command = raw[:at], raw[at + 1:]
+    args = build_parser().parse_args(raw)
+    if args.cmd == "exec":
+        args.argv = [*args.argv, *command]
+    elif command:
+        build_parser().error(f"'--' is only for exec, not for {args.cmd}")
 
     def body() -> int:
         if args.cmd == "setup":

@@ -166,7 +166,7 @@ class Job:
             timed_out=bool(status["timed_out"]),
             duration_s=time.monotonic() - self.started,
         )
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self._abandon()
         return self._result
 
     def wait(self, timeout: float | None = None) -> ExecResult:
@@ -197,10 +197,15 @@ class Job:
     def kill(self) -> None:
         """Ask the agent to SIGKILL the command's whole session."""
         if self._result is None and self.dir.exists():
-            (self.dir / "kill").touch()
+            self._kill_path.touch()
+
+    @property
+    def _kill_path(self) -> Path:
+        return self.dir.with_name(self.dir.name + ".kill")
 
     def _abandon(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+        self._kill_path.unlink(missing_ok=True)
 
 
 class Lab:

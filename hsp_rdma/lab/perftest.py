@@ -76,8 +76,14 @@ def run(lab: Lab, tool: str, fabric: str = "x", args: tuple[str, ...] = (),
         if cli.ok:
             srv_res = srv.wait(timeout=timeout)
             row = parse_table(tool, cli.stdout)
-            return PerftestResult(tool, fabric, info[client][fabric]["rdma_dev"], row,
-                                  attempt, srv_res, cli, notes)
+            if row.get("bw_avg_MBps", 1.0) > 0 and row.get("t_typical_us", 1.0) > 0:
+                return PerftestResult(tool, fabric, info[client][fabric]["rdma_dev"], row,
+                                      attempt, srv_res, cli, notes)
+            # Seen under TCG: a run that completes but reports a 0.00 average. It is not a
+            # measurement; run again, and say so.
+            notes.append(f"attempt {attempt + 1}: {tool} completed but reported a zero "
+                         "result; retried")
+            continue
         srv.kill()
         srv_res = srv.wait(timeout=30)
         text = cli.stdout + cli.stderr

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -102,3 +105,17 @@ def test_netem_shapes_and_clears_a_fabric(healthy_lab: Lab) -> None:
     assert "delay 5ms loss 1%" in lab.exec("a", ["tc", "qdisc", "show", "dev", "eth1"]).stdout
     lab.fault("a", "netem", "y", "clear")
     assert "netem" not in lab.exec("a", ["tc", "qdisc", "show", "dev", "eth1"]).stdout
+
+
+def test_cli_exec_streams_and_passes_exit_status(healthy_lab: Lab) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "hsp_rdma.cli.lab", "--lab-id",
+                               healthy_lab.lab_id, *args], capture_output=True, text=True,
+                              timeout=60, check=False)
+
+    res = cli("exec", "b", "--", "sh", "-c", "echo $0; echo oops >&2; exit 3", "--timeout")
+    assert (res.returncode, res.stdout, res.stderr) == (3, "--timeout\n", "oops\n")
+    res = cli("exec", "b", "--timeout", "1", "--", "sleep", "30")
+    assert res.returncode == 124 and "timed out after 1 s" in res.stderr
+    res = cli("status", "--json")
+    assert json.loads(res.stdout)["nodes"]["b"]["state"] == "running"

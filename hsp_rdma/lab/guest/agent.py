@@ -8,6 +8,7 @@ out, and one directory per job under /hsp/jobs (cmd.json in; stdout, stderr, sta
 import json
 import os
 import resource
+import select
 import signal
 import subprocess
 import sys
@@ -17,7 +18,8 @@ import traceback
 
 SHARE = "/hsp"
 JOBS = os.path.join(SHARE, "jobs")
-POLL_S = 0.05
+POLL_S = 0.05  # a stat of the jobs directory: one 9p round trip
+SCAN_S = 1.0  # a full listing regardless, in case two changes fell in one mtime tick
 JOB_PIDS = set()  # pids of running job commands, owned by their Job thread
 JOB_LOCK = threading.Lock()  # held while a job starts, so reap() never sees it half-made
 
@@ -115,6 +117,12 @@ class Job(threading.Thread):
         super().__init__(daemon=True)
         self.jid = jid
         self.dir = os.path.join(JOBS, jid)
+        # Written to when the host posts jobs/<jid>.kill; the job sleeps on it and on a
+        # pidfd, so a running job costs no polling.
+        self.kill_r, self.kill_w = os.pipe()
+
+    def request_kill(self):
+        os.write(self.kill_w, b"k")
 
     def run(self):
         status = {"rc": None, "timed_out": False, "killed": False, "error": None}
@@ -148,19 +156,24 @@ class Job(threading.Thread):
                         JOB_PIDS.add(proc.pid)
                     JOB_LOCK.release()
                 deadline = time.monotonic() + cmd.get("timeout", 3600)
-                while proc.poll() is None:
-                    if time.monotonic() > deadline:
-                        status["timed_out"] = True
-                    elif os.path.exists(os.path.join(self.dir, "kill")):
-                        status["killed"] = True
-                    if status["timed_out"] or status["killed"]:
-                        try:
-                            os.killpg(proc.pid, signal.SIGKILL)
-                        except ProcessLookupError:
-                            pass
-                        proc.wait()
-                        break
-                    time.sleep(POLL_S)
+                pidfd = os.pidfd_open(proc.pid)
+                try:
+                    while proc.poll() is None:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            status["timed_out"] = True
+                        elif select.select([pidfd, self.kill_r], [], [], left)[0] == [
+                            self.kill_r
+                        ]:
+                            status["killed"] = True
+                        if status["timed_out"] or status["killed"]:
+                            try:
+                                os.killpg(proc.pid, signal.SIGKILL)
+                            except ProcessLookupError:
+                                pass
+                            proc.wait()
+                finally:
+                    os.close(pidfd)
                 status["rc"] = proc.returncode
                 JOB_PIDS.discard(proc.pid)
                 # Everything the command left behind in its session ends with it.
@@ -176,20 +189,22 @@ class Job(threading.Thread):
 
 def reap():
     """PID 1 duty: reap orphans re-parented to us, but never a job's own child (its Popen
-    must see the real exit status)."""
+    must see the real exit status). waitid(WNOWAIT) peeks without reaping; cheap, unlike a
+    scan of /proc."""
     while True:
         time.sleep(1)
-        with JOB_LOCK:
-            zombies = [e for e in os.listdir("/proc") if e.isdigit() and int(e) not in JOB_PIDS]
-        for entry in zombies:
+        while True:
             try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] == "Z" and fields[1] == "1":
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                break
+            if info is None:
+                break
+            with JOB_LOCK:
+                if info.si_pid in JOB_PIDS:
+                    break  # the job's thread collects it within POLL_S
                 try:
-                    os.waitpid(int(entry), os.WNOHANG)
+                    os.waitpid(info.si_pid, os.WNOHANG)
                 except ChildProcessError:
                     pass
 
@@ -221,19 +236,37 @@ def main():
         )
         print(f"hsp-lab agent: bring-up failed: {exc}", file=sys.stderr, flush=True)
     threading.Thread(target=reap, daemon=True).start()
-    seen = set()
+    # Polling a 9p directory costs guest CPU, and under TCG the guest CPU is what RDMA runs
+    # on: look at the directory's stat every POLL_S and list it only when it changed.
+    jobs = {}
+    last_key, last_scan = None, 0.0
     while True:
-        try:
-            names = os.listdir(JOBS)
-        except OSError:
-            names = []
-        for jid in names:
-            if jid in seen or jid.endswith(".tmp"):
-                continue
-            seen.add(jid)
-            Job(jid).start()
-        seen &= set(names)
         time.sleep(POLL_S)
+        try:
+            st = os.stat(JOBS)
+            key = (st.st_mtime_ns, st.st_nlink, st.st_size)
+        except OSError:
+            key = None
+        now = time.monotonic()
+        if key == last_key and now - last_scan < SCAN_S:
+            continue
+        last_key, last_scan = key, now
+        try:
+            names = set(os.listdir(JOBS))
+        except OSError:
+            continue
+        for name in names:
+            if name.endswith(".kill"):
+                job = jobs.get(name[: -len(".kill")])
+                if job is not None:
+                    job.request_kill()
+            elif not name.endswith(".tmp") and name not in jobs:
+                jobs[name] = Job(name)
+                jobs[name].start()
+        for jid in [j for j in jobs if j not in names]:
+            job = jobs.pop(jid)
+            os.close(job.kill_r)
+            os.close(job.kill_w)
 
 
 if __name__ == "__main__":
