@@ -49,7 +49,6 @@ setup(
         "console_scripts": [
             "hsp-lab=hsp_rdma.cli.lab:main",
             "hsp-bench=hsp_rdma.cli.bench:main",
-            "hsp-failover-test=hsp_rdma.cli.failover:main",
         ]
     },
 )
