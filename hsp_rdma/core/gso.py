@@ -10,13 +10,15 @@ and the states of a GSO it receives are the standby side (B, the target). A comp
 moves A into ``NORMAL_STANDBY`` and B into ``NORMAL_ACTIVE``, so switch-back is the same
 protocol with the roles reversed.
 
-Epochs. Every GSO has an epoch, one more than the highest the source knows; the target adopts
-it from Start-GSO. A message, local completion or heart beat of another epoch is stale: it is
-ignored and counted in ``stale_ignored`` (late duplicates are normal on two fabrics, and an
-error would turn a harmless one into an outage). A Start-GSO of a newer epoch starts a GSO
-(or is refused); a Cancel of a newer epoch is adopted, so the Start-GSO it overtook is ignored.
-An event of the current epoch that the table has no entry for is a protocol violation:
-``IllegalTransition`` is raised and stays raised (sticky) for every later ``feed``.
+Epochs. Every GSO has an epoch, one more than the highest epoch the source has seen; the
+target adopts it from Start-GSO. A message, local completion or heart beat of another epoch
+than the node's current one is stale: it is ignored and counted in ``stale_ignored`` (late
+duplicates are normal on two fabrics, and an error would turn a harmless one into an outage).
+Only a Start-GSO above every epoch the node has seen (``seen``) starts a GSO; a refused one is
+seen too, so a late duplicate can never start an epoch the node already refused (its source
+took the refusal as final). A Cancel above ``seen`` is adopted, so the Start-GSO it overtook is
+ignored. An event of the current epoch that the table has no entry for is a protocol
+violation: ``IllegalTransition`` is raised and stays raised (sticky) for every later ``feed``.
 
 The marker (``marker_value``) is a 64-bit word, ``epoch << 16 | 0xfabe``: the agreed constant in
 the low 16 bits, the epoch (up to 48 bits) above. B zeroes it before sending "ready", and only
@@ -197,7 +199,11 @@ class ImageVerified(Event):
 
 @dataclass(frozen=True, slots=True)
 class FenceConfirmed(Event):
-    """Local (A): the fence action took the peer down."""
+    """Local (A): the fence action took the peer down.
+
+    Report it only after this node's queue pairs to the peer are destroyed, so that nothing
+    the fenced peer sent can still arrive; a peer that comes back joins as a new session.
+    """
 
     epoch: int
 
@@ -493,7 +499,9 @@ _ENTER_DOUBT = (
     _e(Op.ARM, Timer.FENCE),
 )
 _B_ABORTS_AFTER_READY = (_e(Op.RESUME_STANDBY_RESYNC),) + _ABORTED
-_B_BUSY = {
+# A Start-GSO of a newer epoch while this node is in a GSO: refused, nothing stops. (After
+# the marker, A can meet B's switch-back request before B's Done.)
+_BUSY = {
     On.START_GSO_NEW: (_IGNORE, (_e(Op.SEND_ABORT, R.BUSY),)),
     On.START_GSO_BAD: (_IGNORE, (_e(Op.SEND_ABORT, R.BUSY),)),
 }
@@ -545,7 +553,8 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
             On.TICK_EXPIRED: (S.IN_DOUBT, _ENTER_DOUBT),
             On.ALL_FABRICS_LOST: (S.IN_DOUBT, _ENTER_DOUBT),
             On.REQUEST_GSO: (_IGNORE, _REFUSE),
-            **_ignore(On.READY, On.TICK, On.LINK_LOST),
+            **_BUSY,
+            **_ignore(On.CANCEL_AHEAD, On.READY, On.TICK, On.LINK_LOST),
         }),
         S.IN_DOUBT: _steps(S.IN_DOUBT, {
             On.ABORT: (S.NORMAL_ACTIVE, (_e(Op.CLEAR_ALARM),) + _RESUME_A + _ABORTED),
@@ -553,7 +562,8 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
             On.PEER_ACTIVE: (S.NORMAL_STANDBY, (_e(Op.CLEAR_ALARM),) + _TO_STANDBY),
             On.TICK_EXPIRED: (S.FENCING, (_e(Op.FENCE_PEER),)),
             On.REQUEST_GSO: (_IGNORE, _REFUSE),
-            **_ignore(On.READY, On.TICK, On.LINK_LOST, On.ALL_FABRICS_LOST),
+            **_BUSY,
+            **_ignore(On.CANCEL_AHEAD, On.READY, On.TICK, On.LINK_LOST, On.ALL_FABRICS_LOST),
         }),
         # B is being taken down: its Done no longer counts; its Abort still does.
         S.FENCING: _steps(S.FENCING, {
@@ -562,7 +572,8 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
             On.FENCE_FAILED: (S.IN_DOUBT, _ENTER_DOUBT[1:]),
             On.ABORT: (S.NORMAL_ACTIVE, (_e(Op.CLEAR_ALARM),) + _RESUME_A + _ABORTED),
             On.REQUEST_GSO: (_IGNORE, _REFUSE),
-            **_ignore(On.DONE, On.PEER_ACTIVE, On.READY, On.TICK, On.LINK_LOST,
+            **_BUSY,
+            **_ignore(On.CANCEL_AHEAD, On.DONE, On.PEER_ACTIVE, On.READY, On.TICK, On.LINK_LOST,
                       On.ALL_FABRICS_LOST),
         }),
     },
@@ -589,7 +600,7 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
             On.TICK_EXPIRED: (S.NORMAL_STANDBY, (_e(Op.SEND_ABORT, R.GSO_TIMEOUT),
                                                  _e(Op.RESUME_STANDBY)) + _ABORTED),
             On.REQUEST_GSO: (_IGNORE, _REFUSE),
-            **_B_BUSY,
+            **_BUSY,
             **_ignore(On.START_GSO_DUP, On.CANCEL_AHEAD, On.MARKER_OTHER, On.PEER_ACTIVE,
                       On.TICK, On.LINK_LOST, On.ALL_FABRICS_LOST),
         }),
@@ -602,7 +613,7 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
             On.CANCEL: (S.NORMAL_STANDBY, (_e(Op.SEND_ABORT, R.CANCELLED),)
                         + _B_ABORTS_AFTER_READY),
             On.REQUEST_GSO: (_IGNORE, _REFUSE),
-            **_B_BUSY,
+            **_BUSY,
             **_ignore(On.START_GSO_DUP, On.CANCEL_AHEAD, On.PEER_ACTIVE, On.TICK, On.LINK_LOST,
                       On.ALL_FABRICS_LOST),
         }),
@@ -614,7 +625,7 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
             On.CANCEL: (S.NORMAL_STANDBY, (_e(Op.SEND_ABORT, R.CANCELLED),)
                         + _B_ABORTS_AFTER_READY),
             On.REQUEST_GSO: (_IGNORE, _REFUSE),
-            **_B_BUSY,
+            **_BUSY,
             **_ignore(On.START_GSO_DUP, On.CANCEL_AHEAD, On.MARKER_OURS, On.MARKER_OTHER,
                       On.PEER_ACTIVE, On.TICK, On.LINK_LOST, On.ALL_FABRICS_LOST),
         }),
@@ -661,13 +672,15 @@ class GsoMachine:
     """One node's GSO state. Build with ``active()`` or ``standby()``; drive with ``feed``.
 
     ``region_size`` is the size of this node's registered state region (checked when it is
-    the target); ``epoch`` the highest GSO epoch this node knows (persist it across restarts).
+    the target); ``epoch`` the GSO this node is in or last took part in, ``seen`` the highest
+    epoch it started, joined or refused (persist both across restarts).
     """
 
     state: GsoState
     epoch: int = 0
     region_size: int = 0
     timeouts: Timeouts = field(default_factory=Timeouts)
+    seen: int = 0  # highest epoch this node started, joined or refused; new ones go above
     active_since: int = 0  # epoch this node became active in; its heart beats carry it
     image_length: int = 0
     digest_algo: DigestAlgo = DigestAlgo.BLAKE2B_256
@@ -679,13 +692,13 @@ class GsoMachine:
     def active(cls, epoch: int = 0, region_size: int = 0,
                timeouts: Timeouts | None = None) -> GsoMachine:
         """A node serving as active, at ``epoch``."""
-        return cls(S.NORMAL_ACTIVE, epoch, region_size, timeouts or Timeouts(), epoch)
+        return cls(S.NORMAL_ACTIVE, epoch, region_size, timeouts or Timeouts(), epoch, epoch)
 
     @classmethod
     def standby(cls, epoch: int = 0, region_size: int = 0,
                 timeouts: Timeouts | None = None) -> GsoMachine:
         """A standby node whose registered state region holds ``region_size`` bytes."""
-        return cls(S.NORMAL_STANDBY, epoch, region_size, timeouts or Timeouts())
+        return cls(S.NORMAL_STANDBY, epoch, region_size, timeouts or Timeouts(), epoch)
 
     @property
     def role(self) -> Role:
@@ -734,10 +747,10 @@ class GsoMachine:
     # The classifier: which table key an event is, given this machine's epoch and deadline.
     def _kind(self, event: Event, now: float) -> On | None:
         if isinstance(event, StartGso):
-            if event.epoch > self.epoch:
+            if event.epoch > self.seen:
                 return On.START_GSO_BAD if self._start_problem(event) else On.START_GSO_NEW
             return On.START_GSO_DUP if event.epoch == self.epoch else None
-        if isinstance(event, Cancel) and event.epoch > self.epoch:
+        if isinstance(event, Cancel) and event.epoch > self.seen:
             return On.CANCEL_AHEAD
         if isinstance(event, _EPOCHED):
             if event.epoch != self.epoch:
@@ -776,8 +789,8 @@ class GsoMachine:
                     f"standby's registered region of {req.peer_region_size} bytes")
         if req.image_length < 0:
             return f"GSO refused: image length {req.image_length} is negative"
-        if self.epoch + 1 > min(MAX_EPOCH, MAX_MARKER_EPOCH):
-            return f"GSO refused: epoch {self.epoch} is the last one a frame can carry"
+        if self.seen + 1 > min(MAX_EPOCH, MAX_MARKER_EPOCH):
+            return f"GSO refused: epoch {self.seen} is the last one a frame can carry"
         return None
 
     def _refusal(self, event: Event) -> str:
@@ -796,12 +809,12 @@ class GsoMachine:
         match op:
             case Op.BEGIN:
                 assert isinstance(event, RequestGso)
-                self.epoch += 1
+                self.epoch = self.seen = self.seen + 1
                 self.image_length, self.digest_algo = event.image_length, event.digest_algo
                 return [SendMessage(StartGso(self.epoch, self.image_length, self.digest_algo))]
             case Op.ADOPT:
                 assert isinstance(event, (StartGso, Cancel))
-                self.epoch = event.epoch
+                self.epoch = self.seen = event.epoch
                 if isinstance(event, StartGso):
                     self.image_length, self.digest_algo = event.image_length, event.digest_algo
                 return []
@@ -840,7 +853,7 @@ class GsoMachine:
             case Op.FENCE_PEER:
                 return [FencePeer(self.epoch)]
             case Op.PROMOTE:
-                self.epoch += 1
+                self.epoch = self.seen = self.seen + 1
                 self.active_since = self.epoch
                 return []
             case Op.RAISE_ALARM:
@@ -862,7 +875,9 @@ class GsoMachine:
 
     def _abort_for(self, event: Event, reason: AbortReason | Timer | Outcome | None) -> Abort:
         if isinstance(event, StartGso):
-            # A refusal answers the Start-GSO's own epoch, whatever this node's epoch is.
+            # A refusal answers the Start-GSO's own epoch and is final: that epoch is seen,
+            # so a late duplicate of the same Start-GSO can never start it afterwards.
+            self.seen = max(self.seen, event.epoch)
             return Abort(event.epoch, reason or self._start_problem(event) or R.BUSY)
         assert isinstance(reason, AbortReason)
         return Abort(self.epoch, reason)
