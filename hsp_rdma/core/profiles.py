@@ -1,0 +1,254 @@
+"""Hardware profiles: per-NIC facts and tuning, one TOML file per device kind in hw-profiles/.
+
+``parse_profile`` validates strictly (unknown field, wrong type, value out of range: a
+ConfigError naming the file, line, field and allowed values); ``pick_profile`` chooses by
+device name. Only ``load_profile``/``load_profiles`` read files.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import re
+import tomllib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hsp_rdma.errors import ConfigError
+
+# The checkout's profile folder (hw-profiles/ next to the package).
+PROFILE_DIR = Path(__file__).resolve().parents[2] / "hw-profiles"
+
+IB_MTUS = (256, 512, 1024, 2048, 4096)
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
+_SLEEP = re.compile(r"sleep_us:(\d+)\Z")
+MAX_SLEEP_US = 100_000
+
+
+class Transport(enum.Enum):
+    """The RDMA transport of the device's port."""
+
+    ROCE_V2 = "roce_v2"
+    IWARP = "iwarp"
+    IB = "ib"
+
+
+class GidRule(enum.Enum):
+    """How to choose the GID index when the profile does not give a number."""
+
+    ROCE_V2_IPV4 = "roce_v2_ipv4"  # the RoCE v2 GID of the port's IPv4 address
+    ZERO = "zero"  # index 0 (iWARP, InfiniBand)
+
+
+class PollMode(enum.Enum):
+    """How B looks at the marker word between reads."""
+
+    BUSY = "busy"  # spin: fine when the NIC, not the CPU, moves the data
+    YIELD = "yield"  # sched_yield between looks: soft devices on one vCPU
+    SLEEP = "sleep"  # sleep ``sleep_us`` between looks
+
+
+@dataclass(frozen=True, slots=True)
+class MarkerPoll:
+    """``marker_poll`` parsed: a mode and, for SLEEP, the pause in microseconds."""
+
+    mode: PollMode
+    sleep_us: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """One device kind. ``mtu`` is the path MTU to ask for (the port's active MTU caps it)."""
+
+    name: str
+    match: tuple[str, ...]
+    transport: Transport
+    mtu: int
+    gid_index_rule: GidRule | int
+    max_inline: int
+    chunk_size: int
+    queue_depth: int
+    rdma_read: bool
+    marker_poll: MarkerPoll
+    notes: str = ""
+    path: str | None = None
+
+    def matches(self, device_name: str) -> bool:
+        """Whether ``device_name`` (e.g. "rxe0") matches one of this profile's globs."""
+        return any(fnmatch.fnmatchcase(device_name, glob) for glob in self.match)
+
+    def gid_index(self, gids: Sequence[tuple[str, str]]) -> int:
+        """The GID index to use, given the port's GID table as (gid, type) pairs by index.
+
+        Types are sysfs's words ("RoCE v2", "IB/RoCE v1"); an IPv4 GID is IPv4-mapped
+        (``0000:0000:0000:0000:0000:ffff:…``).
+        """
+        if isinstance(self.gid_index_rule, int):
+            return self.gid_index_rule
+        if self.gid_index_rule is GidRule.ZERO:
+            return 0
+        for index, (gid, kind) in enumerate(gids):
+            if kind.strip() == "RoCE v2" and gid.lower().startswith("0000:0000:0000:0000:0000:ffff:"):
+                return index
+        raise ConfigError(
+            f"profile {self.name}: no RoCE v2 GID of an IPv4 address on this port; "
+            "give the netdev an IPv4 address or set gid_index_rule to a number",
+            self.path,
+        )
+
+
+# field -> (checker, description of the allowed values); checkers return the parsed value
+# or None when the value is not allowed.
+def _int_in(low: int, high: int):
+    def check(value: Any) -> int | None:
+        ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+        return value if ok else None
+
+    return check, f"an integer between {low} and {high}"
+
+
+def _one_of(enum_type: type[enum.Enum]):
+    def check(value: Any):
+        try:
+            return enum_type(value) if isinstance(value, str) else None
+        except ValueError:
+            return None
+
+    return check, "one of " + ", ".join(f'"{m.value}"' for m in enum_type)
+
+
+def _check_name(value: Any) -> str | None:
+    return value if isinstance(value, str) and _NAME.match(value) else None
+
+
+def _check_match(value: Any) -> tuple[str, ...] | None:
+    globs = [value] if isinstance(value, str) else value
+    if not isinstance(globs, list) or not globs:
+        return None
+    if not all(isinstance(g, str) and g.strip() for g in globs):
+        return None
+    return tuple(globs)
+
+
+def _check_mtu(value: Any) -> int | None:
+    return value if type(value) is int and value in IB_MTUS else None
+
+
+def _check_gid(value: Any) -> GidRule | int | None:
+    if type(value) is int:
+        return value if 0 <= value <= 255 else None
+    return _one_of(GidRule)[0](value)
+
+
+def _check_bool(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def _check_poll(value: Any) -> MarkerPoll | None:
+    if not isinstance(value, str):
+        return None
+    if value in ("busy", "yield"):
+        return MarkerPoll(PollMode(value))
+    sleep = _SLEEP.match(value)
+    if sleep and 1 <= int(sleep.group(1)) <= MAX_SLEEP_US:
+        return MarkerPoll(PollMode.SLEEP, int(sleep.group(1)))
+    return None
+
+
+def _check_notes(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+FIELDS: dict[str, tuple[Any, str]] = {
+    "name": (_check_name, "a lower-case name of letters, digits, '_' and '-'"),
+    "match": (_check_match, 'a device-name glob or a non-empty list of globs, e.g. "rxe*"'),
+    "transport": _one_of(Transport),
+    "mtu": (_check_mtu, "one of " + ", ".join(map(str, IB_MTUS))),
+    "gid_index_rule": (_check_gid, '"roce_v2_ipv4", "zero" or an integer between 0 and 255'),
+    "max_inline": _int_in(0, 4096),
+    "chunk_size": _int_in(4096, 1 << 30),
+    "queue_depth": _int_in(1, 16384),
+    "rdma_read": (_check_bool, "true or false"),
+    "marker_poll": (_check_poll, f'"busy", "yield" or "sleep_us:N", N from 1 to {MAX_SLEEP_US}'),
+    "notes": (_check_notes, "a string"),
+}
+OPTIONAL = frozenset({"notes"})
+
+
+def _line_of(text: str, key: str) -> int | None:
+    found = re.search(rf"^[ \t]*{re.escape(key)}[ \t]*=", text, re.MULTILINE)
+    return text.count("\n", 0, found.start()) + 1 if found else None
+
+
+def parse_profile(text: str, path: str | None = None) -> Profile:
+    """The profile in TOML ``text``; ``path`` only names the source in errors."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = re.search(r"line (\d+)", str(exc))
+        raise ConfigError(f"not valid TOML: {exc}", path,
+                          int(line.group(1)) if line else None) from None
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in FIELDS:
+            raise ConfigError(
+                f"unknown field {key!r}; the fields are: {', '.join(FIELDS)}",
+                path, _line_of(text, key))
+        check, allowed = FIELDS[key]
+        parsed = check(value)
+        if parsed is None:
+            raise ConfigError(f"field {key} = {value!r}: should be {allowed}",
+                              path, _line_of(text, key))
+        values[key] = parsed
+    missing = [key for key in FIELDS if key not in values and key not in OPTIONAL]
+    if missing:
+        raise ConfigError(f"missing field(s): {', '.join(missing)}", path)
+    return Profile(**values, path=path)
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read and validate one profile file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read profile: {exc.strerror}", str(path)) from None
+    return parse_profile(text, str(path))
+
+
+def load_profiles(directory: str | Path = PROFILE_DIR) -> list[Profile]:
+    """Every ``*.toml`` profile in ``directory``, by file name; names must be unique."""
+    directory = Path(directory)
+    files = sorted(directory.glob("*.toml"))
+    if not files:
+        raise ConfigError("no hardware profiles (*.toml) found", str(directory))
+    profiles = [load_profile(f) for f in files]
+    check_unique(profiles)
+    return profiles
+
+
+def check_unique(profiles: Iterable[Profile]) -> None:
+    """Raise ConfigError when two profiles share a name."""
+    seen: dict[str, Profile] = {}
+    for profile in profiles:
+        if profile.name in seen:
+            raise ConfigError(f"profile name {profile.name!r} also used by "
+                              f"{seen[profile.name].path}", profile.path)
+        seen[profile.name] = profile
+
+
+def pick_profile(device_name: str, profiles: Iterable[Profile]) -> Profile:
+    """The one profile whose ``match`` globs match ``device_name``."""
+    profiles = list(profiles)
+    found = [p for p in profiles if p.matches(device_name)]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        known = "; ".join(f"{p.name}: {', '.join(p.match)}" for p in profiles) or "none loaded"
+        raise ConfigError(f"no hardware profile matches device {device_name!r} (profiles: "
+                          f"{known}); add a file to hw-profiles/ for this NIC kind")
+    names = ", ".join(p.name for p in found)
+    raise ConfigError(f"device {device_name!r} matches several profiles ({names}); "
+                      "make their match globs disjoint")
