@@ -1,0 +1,354 @@
+"""The GSO machine step by step: Fig. 3's happy path, each abort path, refusals, epochs."""
+
+from __future__ import annotations
+
+import pytest
+
+from hsp_rdma.core.frames import PROTOCOL_VERSION
+from hsp_rdma.core.gso import (
+    ALARMED,
+    MARKER_MAGIC,
+    SERVING,
+    TIMED,
+    TRANSITIONS,
+    Abort,
+    AbortReason,
+    AllFabricsLost,
+    Cancel,
+    CancelCopy,
+    ClearAlarm,
+    CopyComplete,
+    CopyFailed,
+    Done,
+    FenceConfirmed,
+    FenceFailed,
+    FencePeer,
+    GsoMachine,
+    GsoState,
+    ImageVerified,
+    LinkLost,
+    MarkerSeen,
+    Notify,
+    On,
+    Outcome,
+    PeerActive,
+    PollMarker,
+    Quiesced,
+    RaiseAlarm,
+    Ready,
+    RequestGso,
+    RestartAsStandby,
+    ResumeApplication,
+    ResumeAsActive,
+    ResumeStandby,
+    Role,
+    SendMessage,
+    StartCopy,
+    StartGso,
+    StopActivity,
+    StopApplication,
+    Tick,
+    Timeouts,
+    VerifyImage,
+    WriteMarker,
+    ZeroMarker,
+    marker_value,
+    render_markdown,
+    render_mermaid,
+)
+from hsp_rdma.errors import GsoRefused, IllegalTransition
+
+REGION = 1 << 20
+T = Timeouts(ready=1, copy=10, done=2, fence=3, gso=20)
+
+
+def sent(actions):
+    return [a.message for a in actions if isinstance(a, SendMessage)]
+
+
+def pair():
+    return GsoMachine.active(4, REGION, T), GsoMachine.standby(4, REGION, T)
+
+
+def to_copying(a: GsoMachine, b: GsoMachine):
+    (start,) = sent(a.feed(RequestGso(1000, REGION), 0))
+    assert b.feed(start, 0) == [StopActivity(), ZeroMarker()]
+    (ready,) = sent(b.feed(Quiesced(5), 0.1))
+    assert a.feed(ready, 0.1) == [StopApplication(), StartCopy(5, 1000)]
+    return start
+
+
+def test_marker_value_combines_fabe_and_epoch():
+    assert marker_value(1) == 0x1_FABE and marker_value(0x1234) == 0x1234_FABE
+    assert marker_value(5) & 0xFFFF == MARKER_MAGIC
+    assert marker_value((1 << 48) - 1) < 1 << 64
+    for bad in (0, -1, 1 << 48):
+        with pytest.raises(ValueError, match="epoch should be between 1"):
+            marker_value(bad)
+
+
+def test_happy_path_fig3():
+    a, b = pair()
+    start = to_copying(a, b)
+    assert start == StartGso(5, 1000)
+    assert (a.state, b.state) == (GsoState.COPYING, GsoState.GSO_INTERRUPT)
+    assert a.feed(CopyComplete(5), 0.5) == [WriteMarker(marker_value(5))]
+    assert b.feed(MarkerSeen(marker_value(5)), 0.6) == [VerifyImage(5, 1000, start.digest_algo)]
+    acts = b.feed(ImageVerified(5, True), 0.7)
+    assert acts == [SendMessage(Done(5)), ResumeAsActive(5), Notify(Outcome.COMPLETED, 5)]
+    assert a.feed(Done(5), 0.8) == [RestartAsStandby(5), Notify(Outcome.COMPLETED, 5)]
+    assert (a.state, b.state) == (GsoState.NORMAL_STANDBY, GsoState.NORMAL_ACTIVE)
+    assert (a.role, b.role) == (Role.STANDBY, Role.ACTIVE)
+    assert b.serving and not a.serving and b.active_since == 5
+
+
+def test_switch_back_uses_the_next_epoch():
+    a, b = pair()
+    to_copying(a, b)
+    a.feed(CopyComplete(5), 0)
+    b.feed(MarkerSeen(marker_value(5)), 0)
+    b.feed(ImageVerified(5, True), 0)
+    a.feed(Done(5), 0)
+    (start,) = sent(b.feed(RequestGso(10, REGION), 1))
+    assert start.epoch == 6
+    assert a.feed(start, 1) == [StopActivity(), ZeroMarker()]
+
+
+def test_ready_timeout_a_aborts_and_stays_active():
+    a, _ = pair()
+    a.feed(RequestGso(1000, REGION), 0)
+    assert a.feed(Tick(), 0.5) == []
+    acts = a.feed(Tick(), 1.0)
+    assert acts == [SendMessage(Cancel(5, AbortReason.READY_TIMEOUT)),
+                    Notify(Outcome.ABORTED, 5)]
+    assert a.state is GsoState.NORMAL_ACTIVE and a.serving
+    assert a.feed(Ready(5), 1.1) == []  # the late "ready" starts nothing
+
+
+def test_digest_mismatch_b_aborts_a_resumes():
+    a, b = pair()
+    to_copying(a, b)
+    a.feed(CopyComplete(5), 0.5)
+    b.feed(MarkerSeen(marker_value(5)), 0.6)
+    acts = b.feed(ImageVerified(5, False), 0.7)
+    assert acts[:2] == [SendMessage(Abort(5, AbortReason.DIGEST_MISMATCH)),
+                        ResumeStandby(needs_resync=True)]
+    assert b.state is GsoState.NORMAL_STANDBY
+    acts = a.feed(Abort(5, AbortReason.DIGEST_MISMATCH), 0.8)
+    assert acts == [ResumeApplication(), Notify(Outcome.ABORTED, 5, AbortReason.DIGEST_MISMATCH)]
+    assert a.serving
+
+
+def test_copy_failure_before_the_marker_resumes_active():
+    a, b = pair()
+    to_copying(a, b)
+    acts = a.feed(CopyFailed(5, "IBV_WC_RETRY_EXC_ERR"), 0.3)
+    assert CancelCopy(5) in acts and ResumeApplication() in acts
+    assert not any(isinstance(x, WriteMarker) for x in acts)
+    assert a.serving
+
+
+def test_link_lost_after_the_marker_goes_in_doubt_until_b_answers():
+    a, b = pair()
+    to_copying(a, b)
+    a.feed(CopyComplete(5), 0.5)
+    acts = a.feed(AllFabricsLost(), 0.6)
+    assert isinstance(acts[0], RaiseAlarm)
+    assert SendMessage(Cancel(5, AbortReason.IN_DOUBT)) in acts
+    assert a.state is GsoState.IN_DOUBT and a.alarmed and not a.serving
+    # No timer, fabric event or request makes A resume on its own.
+    for event in (Tick(), LinkLost("x"), AllFabricsLost(), Ready(5)):
+        a.feed(event, 1.0)
+        assert not a.serving
+    with pytest.raises(GsoRefused, match="already in progress"):
+        a.feed(RequestGso(1, REGION), 1.0)
+    # B had aborted: its answer lets A resume.
+    acts = a.feed(Abort(5, AbortReason.CANCELLED), 1.1)
+    assert acts[:2] == [ClearAlarm(), ResumeApplication()]
+    assert a.serving and not a.alarmed
+
+
+def test_done_lost_b_resumed_a_in_doubt_learns_and_becomes_standby():
+    a, b = pair()
+    to_copying(a, b)
+    a.feed(CopyComplete(5), 0.5)
+    b.feed(MarkerSeen(marker_value(5)), 0.6)
+    b.feed(ImageVerified(5, True), 0.7)  # Done is lost
+    acts = a.feed(Tick(), 2.5)  # done deadline
+    (cancel,) = sent(acts)
+    assert a.state is GsoState.IN_DOUBT
+    # B is active: it answers A's question with Done, never with Abort.
+    assert sent(b.feed(cancel, 2.6)) == [Done(5)]
+    assert b.serving
+    acts = a.feed(Done(5), 2.7)
+    assert acts[0] == ClearAlarm() and RestartAsStandby(5) in acts
+    assert not a.serving
+
+
+def test_in_doubt_heart_beat_of_active_b_makes_a_standby():
+    a, b = pair()
+    to_copying(a, b)
+    a.feed(CopyComplete(5), 0.5)
+    a.feed(Tick(), 2.5)
+    assert a.feed(PeerActive(4), 2.6) == []  # B's heart beat from before the GSO: stale
+    assert a.state is GsoState.IN_DOUBT
+    a.feed(PeerActive(5), 2.7)
+    assert a.state is GsoState.NORMAL_STANDBY
+
+
+def test_in_doubt_then_fence_then_resume_with_a_new_epoch():
+    a, b = pair()
+    to_copying(a, b)
+    a.feed(CopyComplete(5), 0.5)
+    a.feed(Tick(), 2.5)
+    assert a.feed(Tick(), 5.5) == [FencePeer(5)]
+    assert a.state is GsoState.FENCING and a.alarmed
+    assert a.feed(Done(5), 5.6) == []  # B is being taken down: its Done no longer counts
+    acts = a.feed(FenceFailed(5, "ipmi timeout"), 6.0)
+    assert SendMessage(Cancel(5, AbortReason.IN_DOUBT)) in acts and a.state is GsoState.IN_DOUBT
+    a.feed(Tick(), 9.0)
+    acts = a.feed(FenceConfirmed(5), 9.5)
+    assert ResumeApplication() in acts and Notify(Outcome.FENCED, 5) in acts
+    assert a.serving and a.epoch == 6  # a promotion raises the epoch
+    assert a.feed(Done(5), 9.6) == [] and a.stale_ignored == 1
+
+
+def test_b_marker_timeout_aborts_and_returns_to_standby():
+    a, b = pair()
+    to_copying(a, b)
+    assert b.feed(Tick(), 19.9) == []
+    acts = b.feed(Tick(), 20.0)
+    assert sent(acts) == [Abort(5, AbortReason.GSO_TIMEOUT)]
+    assert ResumeStandby(needs_resync=True) in acts
+    assert b.state is GsoState.NORMAL_STANDBY
+    # The marker arriving after B gave up changes nothing, and A, told, resumes.
+    assert b.feed(MarkerSeen(marker_value(5)), 21) == []
+    assert not b.serving
+    a.feed(Abort(5, AbortReason.GSO_TIMEOUT), 21)
+    assert a.serving
+
+
+def test_stale_marker_never_completes_a_later_gso():
+    a, b = pair()
+    to_copying(a, b)
+    # A marker left by GSO 4 (or a late write of it) keeps B polling, past that value.
+    acts = b.feed(MarkerSeen(marker_value(4)), 0.2)
+    assert acts == [PollMarker(marker_value(5), marker_value(4), 20.0)]
+    assert b.feed(MarkerSeen(MARKER_MAGIC), 0.3)[0].not_equal_to == MARKER_MAGIC
+    assert b.state is GsoState.GSO_INTERRUPT and not b.serving
+
+
+def test_cancel_during_start_gso_stops_nothing_more():
+    a, b = pair()
+    (start,) = sent(a.feed(RequestGso(1000, REGION), 0))
+    b.feed(start, 0)
+    acts = b.feed(Cancel(5, AbortReason.READY_TIMEOUT), 0.1)
+    assert acts[:2] == [SendMessage(Abort(5, AbortReason.CANCELLED)),
+                        ResumeStandby(needs_resync=False)]
+    assert b.feed(Quiesced(5), 0.2) == []  # late completion ignored
+    assert b.feed(start, 0.3) == []  # duplicate Start-GSO ignored
+    assert b.state is GsoState.NORMAL_STANDBY
+
+
+def test_cancel_overtaking_its_start_gso_makes_the_start_stale():
+    b = GsoMachine.standby(4, REGION, T)
+    assert sent(b.feed(Cancel(5, AbortReason.READY_TIMEOUT), 0)) == [
+        Abort(5, AbortReason.CANCELLED)]
+    assert b.feed(StartGso(5, 10), 0.1) == [] and b.state is GsoState.NORMAL_STANDBY
+
+
+# ------------------------------------------------------------------ refusals, before any stop
+def test_image_larger_than_the_standby_region_is_refused_before_anything_stops():
+    a, _ = pair()
+    with pytest.raises(GsoRefused, match="exceeds the standby's registered region"):
+        a.feed(RequestGso(REGION + 1, REGION), 0)
+    assert a.state is GsoState.NORMAL_ACTIVE and a.epoch == 4 and a.serving
+
+
+def test_peer_of_another_protocol_version_is_refused():
+    a, _ = pair()
+    with pytest.raises(GsoRefused, match=f"peer speaks protocol version 9, we speak "
+                                         f"{PROTOCOL_VERSION}"):
+        a.feed(RequestGso(10, REGION, peer_version=9), 0)
+
+
+def test_gso_asked_of_a_standby_is_refused():
+    _, b = pair()
+    with pytest.raises(GsoRefused, match="this node is the standby"):
+        b.feed(RequestGso(10, REGION), 0)
+
+
+def test_two_gsos_at_once_are_refused():
+    a, _ = pair()
+    a.feed(RequestGso(10, REGION), 0)
+    with pytest.raises(GsoRefused, match="GSO epoch 5 is already in progress"):
+        a.feed(RequestGso(10, REGION), 0)
+    assert a.state is GsoState.PRE_GSO
+
+
+def test_standby_refuses_a_start_it_cannot_hold_or_understand():
+    b = GsoMachine.standby(4, REGION, T)
+    assert b.feed(StartGso(5, REGION + 1), 0) == [
+        SendMessage(Abort(5, AbortReason.IMAGE_TOO_LARGE))]
+    assert b.feed(StartGso(6, 10, version=PROTOCOL_VERSION + 1), 0) == [
+        SendMessage(Abort(6, AbortReason.VERSION_MISMATCH))]
+    assert b.state is GsoState.NORMAL_STANDBY
+    # A refused epoch stays refused: its duplicate does not start it later.
+    assert b.feed(StartGso(6, 10), 0) == []
+
+
+def test_busy_standby_refuses_a_second_gso_for_good():
+    a, b = pair()
+    to_copying(a, b)
+    assert sent(b.feed(StartGso(6, 10), 0.2)) == [Abort(6, AbortReason.BUSY)]
+    assert b.epoch == 5 and b.state is GsoState.GSO_INTERRUPT
+    b.feed(Tick(), 20)  # GSO 5 ends
+    assert b.feed(StartGso(6, 10), 21) == []  # the refused epoch never starts
+
+
+def test_start_gso_reaching_an_active_is_refused():
+    a, _ = pair()
+    assert sent(a.feed(StartGso(9, 10), 0)) == [Abort(9, AbortReason.NOT_STANDBY)]
+    assert a.serving
+
+
+# ------------------------------------------------------------------------ the table itself
+def test_illegal_event_raises_and_stays_raised():
+    a, _ = pair()
+    with pytest.raises(IllegalTransition, match="Done .* in state NORMAL_ACTIVE"):
+        a.feed(Done(4), 0)
+    with pytest.raises(IllegalTransition):
+        a.feed(Tick(), 1)  # sticky, even for an event that was fine
+
+
+def test_not_an_event():
+    a, _ = pair()
+    with pytest.raises(TypeError, match="not a GSO event"):
+        a.feed(object(), 0)  # type: ignore[arg-type]
+
+
+def test_timeouts_must_be_positive():
+    with pytest.raises(ValueError, match="timeout ready should be > 0"):
+        Timeouts(ready=0)
+
+
+def test_every_state_is_in_the_table_and_the_rendered_docs():
+    states = {s for table in TRANSITIONS.values() for s in table}
+    assert states == set(GsoState)
+    targets = {step.next for table in TRANSITIONS.values() for steps in table.values()
+               for step in steps.values()}
+    assert targets <= states
+    markdown, mermaid = render_markdown(), render_mermaid()
+    for state in GsoState:
+        assert f"| {state.value} |" in markdown and state.value in mermaid
+    for kind in On:
+        assert kind.value in markdown
+    assert SERVING <= states and ALARMED <= states
+
+
+def test_every_state_answers_a_gso_request_and_time():
+    for table in TRANSITIONS.values():
+        for state, steps in table.items():
+            assert On.REQUEST_GSO in steps and On.TICK in steps, state
+            # A state holding a deadline says what happens when it passes.
+            assert (On.TICK_EXPIRED in steps) == (state in TIMED), state
