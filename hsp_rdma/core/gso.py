@@ -489,7 +489,6 @@ def _ignore(*kinds: On) -> dict[On, tuple[None, tuple[Effect, ...]]]:
     return {kind: (_IGNORE, ()) for kind in kinds}
 
 
-_ACTIVE_STATES = {S.NORMAL_ACTIVE, S.PRE_GSO, S.COPYING, S.AWAIT_DONE, S.IN_DOUBT, S.FENCING}
 _RESUME_A = (_e(Op.RESUME_APPLICATION),)
 _ABORTED = (_e(Op.NOTIFY, Outcome.ABORTED),)
 _TO_STANDBY = (_e(Op.RESTART_AS_STANDBY), _e(Op.NOTIFY, Outcome.COMPLETED))
