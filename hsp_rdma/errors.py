@@ -63,31 +63,3 @@ class IllegalTransition(ProtocolError):
 
 class GsoRefused(HspError):
     """A Graceful Switch Over was refused before anything stopped; says why."""
-
-
-class ProtocolError(HspError):
-    """A peer or a caller broke a protocol rule (bad frame, illegal transition)."""
-
-
-class FrameError(ProtocolError):
-    """A received frame cannot be decoded: truncated, bad magic, length or CRC."""
-
-
-class VersionMismatch(FrameError):
-    """The peer speaks another protocol version; carries both numbers."""
-
-    def __init__(self, theirs: int, ours: int):
-        super().__init__(
-            f"peer speaks protocol version {theirs}, we speak {ours}: "
-            "upgrade one side so both run the same hsp_rdma protocol"
-        )
-        self.theirs = theirs
-        self.ours = ours
-
-
-class IllegalTransition(ProtocolError):
-    """An event arrived in a state whose table has no entry for it; the machine is now broken."""
-
-
-class GsoRefused(HspError):
-    """A Graceful Switch Over was refused before anything stopped; says why."""
