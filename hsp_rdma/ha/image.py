@@ -1,0 +1,135 @@
+"""The state image a Graceful Switch Over copies: header | protected memory | application blob.
+
+The active keeps its protected memory (P.mem) inside the registered image buffer, so the copy
+needs no staging; at freeze time only the application blob is copied in after it. The header
+(written last, just before the marker) binds the epoch, the lengths and a digest of the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import struct
+import zlib
+from dataclasses import dataclass
+
+from hsp_rdma.core.gso import DigestAlgo
+from hsp_rdma.errors import HspError
+
+MAGIC = b"HSPIMAGE"
+IMAGE_VERSION = 1
+HEADER = struct.Struct("<8sHHIQQQ32s")  # magic, version, digest algo, flags, epoch,
+#                                          pmem length, blob length, digest (zero padded)
+HEADER_SPACE = 128  # the payload starts here: cache-line aligned, room to grow the header
+
+
+class ImageError(HspError):
+    """An image cannot be built or is not what was announced; says which field."""
+
+
+class Digest:
+    """Incremental digest over the header fields and the payload, per DigestAlgo."""
+
+    def __init__(self, algo: DigestAlgo):
+        self.algo = algo
+        if algo is DigestAlgo.BLAKE2B_256:
+            self._h = hashlib.blake2b(digest_size=32)
+        elif algo is DigestAlgo.CRC32:
+            self._crc = 0
+        else:
+            raise ImageError(f"digest {algo.name} is not supported for images: use "
+                             "BLAKE2B_256 or CRC32")
+
+    def update(self, data) -> None:
+        if self.algo is DigestAlgo.BLAKE2B_256:
+            self._h.update(data)
+        else:
+            self._crc = zlib.crc32(data, self._crc)
+
+    def digest(self) -> bytes:
+        if self.algo is DigestAlgo.BLAKE2B_256:
+            return self._h.digest()
+        return self._crc.to_bytes(4, "little").ljust(32, b"\0")
+
+
+def _bound_fields(epoch: int, pmem_len: int, blob_len: int) -> bytes:
+    return struct.pack("<QQQ", epoch, pmem_len, blob_len)
+
+
+class StateImage:
+    """The active's image buffer (page-aligned, to be registered) and its P.mem view."""
+
+    def __init__(self, pmem_size: int, blob_capacity: int):
+        if pmem_size < 0 or blob_capacity < 0:
+            raise ImageError("image sizes must not be negative")
+        self.pmem_size = pmem_size
+        self.blob_capacity = blob_capacity
+        self.capacity = HEADER_SPACE + pmem_size + blob_capacity
+        self.buf = mmap.mmap(-1, self.capacity)
+        self.pmem = memoryview(self.buf)[HEADER_SPACE:HEADER_SPACE + pmem_size]
+        self.length = 0  # of the sealed image; 0 until seal()
+
+    def load_blob(self, blob: bytes) -> int:
+        """Copy the frozen application blob after P.mem; returns the image length."""
+        if len(blob) > self.blob_capacity:
+            raise ImageError(f"the application blob has {len(blob)} bytes, more than the "
+                             f"{self.blob_capacity} reserved for it")
+        at = HEADER_SPACE + self.pmem_size
+        self.buf[at:at + len(blob)] = blob
+        self.blob_len = len(blob)
+        self.length = at + len(blob)
+        return self.length
+
+    def header(self, epoch: int, digest: bytes, algo: DigestAlgo) -> bytes:
+        return HEADER.pack(MAGIC, IMAGE_VERSION, int(algo), 0, epoch, self.pmem_size,
+                           self.blob_len, digest)
+
+    def digest_start(self, epoch: int, algo: DigestAlgo) -> Digest:
+        d = Digest(algo)
+        d.update(_bound_fields(epoch, self.pmem_size, self.blob_len))
+        return d
+
+    def seal(self, epoch: int, algo: DigestAlgo) -> bytes:
+        """Digest the whole payload at once and write the header into the buffer."""
+        d = self.digest_start(epoch, algo)
+        d.update(memoryview(self.buf)[HEADER_SPACE:self.length])
+        hdr = self.header(epoch, d.digest(), algo)
+        self.buf[:HEADER.size] = hdr
+        return hdr
+
+    def close(self) -> None:
+        self.pmem.release()
+        self.buf.close()
+
+
+@dataclass(frozen=True)
+class Verified:
+    ok: bool
+    reason: str
+    pmem_len: int = 0
+    blob_len: int = 0
+
+
+def verify(region, epoch: int, image_length: int, algo: DigestAlgo) -> Verified:
+    """Check a copied image in REGION against what Start-GSO announced."""
+    if image_length < HEADER_SPACE or image_length > len(region):
+        return Verified(False, f"announced length {image_length} does not fit the region "
+                               f"of {len(region)} bytes")
+    magic, version, algo_v, _flags, ep, pmem_len, blob_len, digest = HEADER.unpack_from(region)
+    if magic != MAGIC:
+        return Verified(False, "no image header (bad magic)")
+    if version != IMAGE_VERSION:
+        return Verified(False, f"image version {version}, expected {IMAGE_VERSION}")
+    if ep != epoch:
+        return Verified(False, f"image of epoch {ep}, expected {epoch} (stale image)")
+    if algo_v != int(algo):
+        return Verified(False, f"image digest algorithm {algo_v}, announced {int(algo)}")
+    if HEADER_SPACE + pmem_len + blob_len != image_length:
+        return Verified(False, f"image length {HEADER_SPACE + pmem_len + blob_len}, "
+                               f"announced {image_length}")
+    d = Digest(algo)
+    d.update(_bound_fields(ep, pmem_len, blob_len))
+    d.update(memoryview(region)[HEADER_SPACE:image_length])
+    if d.digest() != digest:
+        return Verified(False, "digest mismatch: the image is not what the active sent")
+    return Verified(True, "ok", pmem_len, blob_len)

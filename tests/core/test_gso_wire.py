@@ -1,0 +1,51 @@
+"""GSO messages survive the wire, and anything malformed is a FrameError, never a crash."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hsp_rdma.core.frames import Channel, Frame, encode
+from hsp_rdma.core.gso import Abort, AbortReason, Cancel, DigestAlgo, Done, Ready, StartGso
+from hsp_rdma.core.gso_wire import Hello, decode_message, encode_message
+from hsp_rdma.errors import FrameError
+
+epochs = st.integers(1, 0xFFFF_FFFF)
+messages = st.one_of(
+    st.builds(StartGso, epoch=epochs, image_length=st.integers(0, 1 << 40),
+              digest_algo=st.sampled_from(DigestAlgo)),
+    st.builds(Ready, epoch=epochs),
+    st.builds(Done, epoch=epochs),
+    st.builds(Abort, epoch=epochs, reason=st.sampled_from(AbortReason)),
+    st.builds(Cancel, epoch=epochs, reason=st.sampled_from(AbortReason)),
+    st.builds(Hello, region_addr=st.integers(0, (1 << 64) - 1),
+              region_handle=st.integers(0, (1 << 32) - 1), region_size=st.integers(0, 1 << 40),
+              marker_addr=st.integers(0, (1 << 64) - 1),
+              marker_handle=st.integers(0, (1 << 32) - 1), serving=st.booleans(),
+              active_since=st.integers(0, 1 << 48)),
+)
+
+
+@given(messages, st.integers(0, (1 << 64) - 1))
+def test_round_trip(msg, seq) -> None:
+    assert decode_message(encode_message(msg, seq)) == (msg, seq)
+
+
+@given(messages, st.data())
+def test_truncated_is_frame_error(msg, data) -> None:
+    wire = encode_message(msg, 1)
+    cut = data.draw(st.integers(0, len(wire) - 1))
+    with pytest.raises(FrameError):
+        decode_message(wire[:cut])
+
+
+def test_forged_frames_are_named() -> None:
+    with pytest.raises(FrameError, match="unknown gso message type 99"):
+        decode_message(encode(Frame(Channel.GSO, 99, 1, 1, b"")))
+    with pytest.raises(FrameError, match="Ready: payload of 3 bytes"):
+        decode_message(encode(Frame(Channel.GSO, 2, 1, 1, b"abc")))
+    with pytest.raises(FrameError, match="channel PMEM on the gso channel"):
+        decode_message(encode(Frame(Channel.PMEM, 2, 1, 1, b"")))
+    with pytest.raises(FrameError, match="Abort"):
+        decode_message(encode(Frame(Channel.GSO, 4, 1, 1, (999).to_bytes(2, "little"))))

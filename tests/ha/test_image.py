@@ -1,0 +1,57 @@
+"""State images: what the active seals is what the standby verifies; anything else is named."""
+
+from __future__ import annotations
+
+import pytest
+
+from hsp_rdma.core.gso import DigestAlgo
+from hsp_rdma.ha.image import HEADER_SPACE, ImageError, StateImage, verify
+
+
+@pytest.fixture(params=[DigestAlgo.CRC32, DigestAlgo.BLAKE2B_256])
+def sealed(request):
+    img = StateImage(pmem_size=8192, blob_capacity=1000)
+    img.pmem[:5] = b"hello"
+    length = img.load_blob(b"app-state")
+    img.seal(7, request.param)
+    region = bytearray(16384)
+    region[:length] = img.buf[:length]
+    yield img, region, length, request.param
+    img.close()
+
+
+def test_verified_image_round_trips(sealed) -> None:
+    _img, region, length, algo = sealed
+    v = verify(region, 7, length, algo)
+    assert v.ok and (v.pmem_len, v.blob_len) == (8192, 9)
+    assert region[HEADER_SPACE:HEADER_SPACE + 5] == b"hello"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "why"),
+    [
+        (lambda r, n: r.__setitem__(HEADER_SPACE + 100, 1), "digest mismatch"),
+        (lambda r, n: r.__setitem__(0, 0), "bad magic"),
+    ],
+)
+def test_corruption_is_detected(sealed, mutate, why) -> None:
+    _img, region, length, algo = sealed
+    mutate(region, length)
+    v = verify(region, 7, length, algo)
+    assert not v.ok and why in v.reason
+
+
+def test_stale_epoch_length_and_algo_are_refused(sealed) -> None:
+    _img, region, length, algo = sealed
+    assert "stale image" in verify(region, 8, length, algo).reason
+    assert "announced" in verify(region, 7, length - 1, algo).reason
+    other = DigestAlgo.BLAKE2B_256 if algo is DigestAlgo.CRC32 else DigestAlgo.CRC32
+    assert "digest algorithm" in verify(region, 7, length, other).reason
+    assert "does not fit" in verify(region[:100], 7, length, algo).reason
+
+
+def test_blob_larger_than_reserved_is_refused() -> None:
+    img = StateImage(pmem_size=0, blob_capacity=4)
+    with pytest.raises(ImageError, match="more than the 4 reserved"):
+        img.load_blob(b"12345")
+    img.close()
