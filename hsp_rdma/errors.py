@@ -63,3 +63,32 @@ class IllegalTransition(ProtocolError):
 
 class GsoRefused(HspError):
     """A Graceful Switch Over was refused before anything stopped; says why."""
+
+
+# errno -> what a user can do about it, for the verbs calls that commonly fail.
+_VERBS_HINTS = {
+    12: "raise the memlock limit (ulimit -l) or register less memory",  # ENOMEM
+    13: "run as root or give the user access to /dev/infiniband",  # EACCES
+    19: "the RDMA device is gone (module unloaded or device removed)",  # ENODEV
+    22: "an argument is out of the device's limits (see VipQueryNic)",  # EINVAL
+    110: "the peer did not answer in time (is it up, and is the link up?)",  # ETIMEDOUT
+    111: "nothing listens at that address and discriminator",  # ECONNREFUSED
+    113: "no route to the peer on this fabric (link down or wrong address)",  # EHOSTUNREACH
+}
+
+
+class VerbsError(HspError):
+    """A libibverbs or librdmacm call failed; carries the call and errno."""
+
+    def __init__(self, call: str, errno: int, detail: str = ""):
+        import os
+
+        self.call = call
+        self.errno = errno
+        msg = f"{call}: {os.strerror(errno) if errno else 'failed'}"
+        if detail:
+            msg += f" ({detail})"
+        hint = _VERBS_HINTS.get(errno)
+        if hint:
+            msg += f" — {hint}"
+        super().__init__(msg)

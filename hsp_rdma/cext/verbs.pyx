@@ -1,0 +1,661 @@
+# cython: language_level=3
+"""Cython bindings to rdma-core: one class per C object, verbs calls without the GIL.
+
+Device (an rdma_cm-owned ibv_context, so connections and memory share it), PD, MR, CQ (with
+its completion channel), EventChannel and CMId (an rdma_cm id with its RC QP). Every class
+closes once, children first; errors are VerbsError(call, errno).
+"""
+
+cimport cython
+from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from libc.errno cimport EINTR, errno
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memset, strcmp
+
+from hsp_rdma.cext.ibdefs cimport *
+
+import os
+import weakref
+
+from hsp_rdma.errors import VerbsError
+
+
+cdef extern from "<poll.h>" nogil:
+    cdef struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+    enum: POLLIN
+
+
+cdef extern from "<netinet/in.h>" nogil:
+    cdef struct in_addr:
+        uint32_t s_addr
+    cdef struct sockaddr_in:
+        unsigned short sin_family
+        unsigned short sin_port
+        in_addr sin_addr
+    unsigned short htons(unsigned short)
+    enum: AF_INET
+
+
+cdef extern from "<arpa/inet.h>" nogil:
+    int inet_pton(int af, const char *src, void *dst)
+
+
+DEF MAX_SGE = 16
+DEF MAX_CHAIN = 64
+DEF MAX_POLL = 64
+
+# Access flags and opcodes, for the Python side.
+ACCESS_LOCAL_WRITE = IBV_ACCESS_LOCAL_WRITE
+ACCESS_REMOTE_WRITE = IBV_ACCESS_REMOTE_WRITE
+ACCESS_REMOTE_READ = IBV_ACCESS_REMOTE_READ
+WR_SEND = IBV_WR_SEND
+WR_SEND_WITH_IMM = IBV_WR_SEND_WITH_IMM
+WR_RDMA_WRITE = IBV_WR_RDMA_WRITE
+WR_RDMA_WRITE_WITH_IMM = IBV_WR_RDMA_WRITE_WITH_IMM
+WR_RDMA_READ = IBV_WR_RDMA_READ
+WC_SUCCESS = IBV_WC_SUCCESS
+WC_LOC_LEN_ERR = IBV_WC_LOC_LEN_ERR
+WC_LOC_PROT_ERR = IBV_WC_LOC_PROT_ERR
+WC_WR_FLUSH_ERR = IBV_WC_WR_FLUSH_ERR
+WC_REM_INV_REQ_ERR = IBV_WC_REM_INV_REQ_ERR
+WC_REM_ACCESS_ERR = IBV_WC_REM_ACCESS_ERR
+WC_REM_OP_ERR = IBV_WC_REM_OP_ERR
+WC_RETRY_EXC_ERR = IBV_WC_RETRY_EXC_ERR
+WC_RNR_RETRY_EXC_ERR = IBV_WC_RNR_RETRY_EXC_ERR
+WC_RECV = IBV_WC_RECV
+WC_RECV_RDMA_WITH_IMM = IBV_WC_RECV_RDMA_WITH_IMM
+WC_WITH_IMM = IBV_WC_WITH_IMM
+
+EV_ADDR_RESOLVED = RDMA_CM_EVENT_ADDR_RESOLVED
+EV_ADDR_ERROR = RDMA_CM_EVENT_ADDR_ERROR
+EV_ROUTE_RESOLVED = RDMA_CM_EVENT_ROUTE_RESOLVED
+EV_ROUTE_ERROR = RDMA_CM_EVENT_ROUTE_ERROR
+EV_CONNECT_REQUEST = RDMA_CM_EVENT_CONNECT_REQUEST
+EV_CONNECT_ERROR = RDMA_CM_EVENT_CONNECT_ERROR
+EV_UNREACHABLE = RDMA_CM_EVENT_UNREACHABLE
+EV_REJECTED = RDMA_CM_EVENT_REJECTED
+EV_ESTABLISHED = RDMA_CM_EVENT_ESTABLISHED
+EV_DISCONNECTED = RDMA_CM_EVENT_DISCONNECTED
+EV_DEVICE_REMOVAL = RDMA_CM_EVENT_DEVICE_REMOVAL
+EV_TIMEWAIT_EXIT = RDMA_CM_EVENT_TIMEWAIT_EXIT
+
+
+def wc_status_str(int status):
+    return ibv_wc_status_str(<ibv_wc_status>status).decode()
+
+
+def cm_event_str(int event):
+    return rdma_event_str(<rdma_cm_event_type>event).decode()
+
+
+cdef int _wait_fd(int fd, int timeout_ms) nogil:
+    """poll(2) one fd for input; 1 ready, 0 timeout, -1 error (errno). Retries EINTR."""
+    cdef pollfd p
+    cdef int rc
+    p.fd = fd
+    p.events = POLLIN
+    while True:
+        p.revents = 0
+        rc = poll(&p, 1, timeout_ms)
+        if rc < 0 and errno == EINTR:
+            continue
+        return rc
+
+
+cdef class Device:
+    """An RDMA device, opened through rdma_cm so that CM ids and our PDs share its context."""
+    cdef object __weakref__
+    cdef ibv_context **_list
+    cdef ibv_context *ctx
+    cdef readonly str name
+    cdef object _children
+    cdef int _pid
+
+    def __cinit__(self, str name=None):
+        cdef int n = 0, i
+        self._list = rdma_get_devices(&n)
+        self._children = weakref.WeakSet()
+        self._pid = os.getpid()
+        if self._list == NULL or n == 0:
+            if self._list != NULL:
+                rdma_free_devices(self._list)
+                self._list = NULL
+            raise VerbsError("rdma_get_devices", errno or 19,
+                             "no RDMA device in this host: load rdma_rxe or siw and "
+                             "'rdma link add', or run in the lab (hsp-lab up)")
+        names = []
+        for i in range(n):
+            dn = self._list[i].device.name.decode()
+            names.append(dn)
+            if name is None or dn == name:
+                self.ctx = self._list[i]
+                self.name = dn
+                break
+        if self.ctx == NULL:
+            rdma_free_devices(self._list)
+            self._list = NULL
+            raise VerbsError("ibv_open_device", 19,
+                             f"no RDMA device named '{name}'; this host has {', '.join(names)}")
+
+    def add_ref(self, obj):
+        self._children.add(obj)
+
+    def query_device(self):
+        cdef ibv_device_attr a
+        cdef int rc
+        self._check()
+        with nogil:
+            rc = ibv_query_device(self.ctx, &a)
+        if rc:
+            raise VerbsError("ibv_query_device", rc)
+        return {"fw_ver": a.fw_ver.decode(), "max_mr_size": a.max_mr_size,
+                "vendor_id": a.vendor_id, "vendor_part_id": a.vendor_part_id,
+                "hw_ver": a.hw_ver, "max_qp": a.max_qp, "max_qp_wr": a.max_qp_wr,
+                "max_sge": a.max_sge, "max_cq": a.max_cq, "max_cqe": a.max_cqe,
+                "max_mr": a.max_mr, "max_pd": a.max_pd, "max_qp_rd_atom": a.max_qp_rd_atom}
+
+    def query_port(self, int port=1):
+        cdef ibv_port_attr a
+        cdef int rc
+        self._check()
+        with nogil:
+            rc = ibv_query_port(self.ctx, <uint8_t>port, &a)
+        if rc:
+            raise VerbsError("ibv_query_port", rc)
+        return {"state": a.state, "max_mtu": 128 << a.max_mtu, "active_mtu": 128 << a.active_mtu,
+                "gid_tbl_len": a.gid_tbl_len, "max_msg_sz": a.max_msg_sz,
+                "link_layer": a.link_layer}
+
+    def query_gid(self, int index, int port=1):
+        cdef ibv_gid g
+        self._check()
+        if ibv_query_gid(self.ctx, <uint8_t>port, index, &g):
+            raise VerbsError("ibv_query_gid", errno)
+        return bytes(g.raw[:16])
+
+    cdef _check(self):
+        if self.ctx == NULL:
+            raise VerbsError("device", 9, f"device {self.name} is closed")
+
+    def close(self):
+        if self._list == NULL:
+            return
+        for child in list(self._children):
+            child.close()
+        if self._pid == os.getpid():
+            rdma_free_devices(self._list)
+        self._list = NULL
+        self.ctx = NULL
+
+    def __dealloc__(self):
+        if self._list != NULL and self._pid == os.getpid():
+            rdma_free_devices(self._list)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+cdef class PD:
+    """A protection domain (VIPL: Ptag)."""
+    cdef object __weakref__
+    cdef ibv_pd *pd
+    cdef readonly Device device
+    cdef object _children
+
+    def __cinit__(self, Device device not None):
+        device._check()
+        self.device = device
+        self._children = weakref.WeakSet()
+        self.pd = ibv_alloc_pd(device.ctx)
+        if self.pd == NULL:
+            raise VerbsError("ibv_alloc_pd", errno)
+        device.add_ref(self)
+
+    def add_ref(self, obj):
+        self._children.add(obj)
+
+    cdef _check(self):
+        if self.pd == NULL:
+            raise VerbsError("pd", 9, "protection domain is closed")
+
+    def close(self):
+        if self.pd == NULL:
+            return
+        for child in list(self._children):
+            child.close()
+        rc = ibv_dealloc_pd(self.pd)
+        self.pd = NULL
+        if rc:
+            raise VerbsError("ibv_dealloc_pd", rc)
+
+    def __dealloc__(self):
+        if self.pd != NULL:
+            ibv_dealloc_pd(self.pd)
+
+
+cdef class MR:
+    """Registered memory over a writable buffer-protocol object (pinned until close)."""
+    cdef object __weakref__
+    cdef ibv_mr *mr
+    cdef Py_buffer view
+    cdef bint has_view
+    cdef readonly PD pd
+
+    def __cinit__(self, PD pd not None, buffer, int access):
+        pd._check()
+        PyObject_GetBuffer(buffer, &self.view, PyBUF_WRITABLE)
+        self.has_view = True
+        self.pd = pd
+        with nogil:
+            self.mr = ibv_reg_mr(pd.pd, self.view.buf, self.view.len, access)
+        if self.mr == NULL:
+            err = errno
+            PyBuffer_Release(&self.view)
+            self.has_view = False
+            raise VerbsError("ibv_reg_mr", err, f"{self.view.len} bytes")
+        pd.add_ref(self)
+
+    @property
+    def lkey(self):
+        return self.mr.lkey if self.mr != NULL else 0
+
+    @property
+    def rkey(self):
+        return self.mr.rkey if self.mr != NULL else 0
+
+    @property
+    def addr(self):
+        return <uint64_t>self.mr.addr if self.mr != NULL else 0
+
+    @property
+    def length(self):
+        return self.mr.length if self.mr != NULL else 0
+
+    @property
+    def closed(self):
+        return self.mr == NULL
+
+    def close(self):
+        if self.mr != NULL:
+            rc = ibv_dereg_mr(self.mr)
+            self.mr = NULL
+            if rc:
+                raise VerbsError("ibv_dereg_mr", rc)
+        if self.has_view:
+            PyBuffer_Release(&self.view)
+            self.has_view = False
+
+    def __dealloc__(self):
+        if self.mr != NULL:
+            ibv_dereg_mr(self.mr)
+        if self.has_view:
+            PyBuffer_Release(&self.view)
+
+
+def buffer_address(buffer, size_t offset=0):
+    """The virtual address of BUFFER[offset] (a writable buffer-protocol object)."""
+    cdef Py_buffer v
+    PyObject_GetBuffer(buffer, &v, PyBUF_WRITABLE)
+    try:
+        if offset > <size_t>v.len:
+            raise ValueError(f"offset {offset} is beyond the buffer's {v.len} bytes")
+        return <uint64_t>v.buf + offset
+    finally:
+        PyBuffer_Release(&v)
+
+
+cdef class CQ:
+    """A completion queue with its own completion channel (sleep instead of spinning)."""
+    cdef object __weakref__
+    cdef ibv_cq *cq
+    cdef ibv_comp_channel *ch
+    cdef readonly Device device
+    cdef unsigned int _unacked
+    cdef ibv_wc wc[MAX_POLL]
+
+    def __cinit__(self, Device device not None, int cqe):
+        device._check()
+        self.device = device
+        self.ch = ibv_create_comp_channel(device.ctx)
+        if self.ch == NULL:
+            raise VerbsError("ibv_create_comp_channel", errno)
+        self.cq = ibv_create_cq(device.ctx, cqe, NULL, self.ch, 0)
+        if self.cq == NULL:
+            err = errno
+            ibv_destroy_comp_channel(self.ch)
+            self.ch = NULL
+            raise VerbsError("ibv_create_cq", err, f"{cqe} entries")
+        device.add_ref(self)
+
+    def poll(self, int max_entries=16):
+        """Up to MAX_ENTRIES completions: (wr_id, status, opcode, byte_len, imm, wc_flags)."""
+        cdef int n, i
+        if self.cq == NULL:
+            raise VerbsError("ibv_poll_cq", 9, "completion queue is closed")
+        if max_entries > MAX_POLL:
+            max_entries = MAX_POLL
+        with nogil:
+            n = ibv_poll_cq(self.cq, max_entries, self.wc)
+        if n < 0:
+            raise VerbsError("ibv_poll_cq", -n if n < 0 else 5)
+        return [(self.wc[i].wr_id, self.wc[i].status, self.wc[i].opcode, self.wc[i].byte_len,
+                 self.wc[i].imm_data, self.wc[i].wc_flags) for i in range(n)]
+
+    def arm(self):
+        cdef int rc
+        with nogil:
+            rc = ibv_req_notify_cq(self.cq, 0)
+        if rc:
+            raise VerbsError("ibv_req_notify_cq", rc)
+
+    def wait(self, int timeout_ms):
+        """Sleep (GIL released) until the armed CQ has an event; False on timeout."""
+        cdef ibv_cq *ev_cq
+        cdef void *ctx
+        cdef int rc
+        if self.cq == NULL:
+            raise VerbsError("ibv_get_cq_event", 9, "completion queue is closed")
+        with nogil:
+            rc = _wait_fd(self.ch.fd, timeout_ms)
+        if rc < 0:
+            raise VerbsError("poll", errno)
+        if rc == 0:
+            return False
+        with nogil:
+            rc = ibv_get_cq_event(self.ch, &ev_cq, &ctx)
+        if rc:
+            raise VerbsError("ibv_get_cq_event", errno)
+        self._unacked += 1
+        if self._unacked >= 64:
+            ibv_ack_cq_events(self.cq, self._unacked)
+            self._unacked = 0
+        return True
+
+    def close(self):
+        if self.cq != NULL:
+            if self._unacked:
+                ibv_ack_cq_events(self.cq, self._unacked)
+                self._unacked = 0
+            rc = ibv_destroy_cq(self.cq)
+            self.cq = NULL
+            if rc:
+                raise VerbsError("ibv_destroy_cq", rc)
+        if self.ch != NULL:
+            ibv_destroy_comp_channel(self.ch)
+            self.ch = NULL
+
+    def __dealloc__(self):
+        if self.cq != NULL:
+            if self._unacked:
+                ibv_ack_cq_events(self.cq, self._unacked)
+            ibv_destroy_cq(self.cq)
+        if self.ch != NULL:
+            ibv_destroy_comp_channel(self.ch)
+
+
+cdef class EventChannel:
+    """An rdma_cm event channel; get() waits with a timeout, GIL released."""
+    cdef object __weakref__
+    cdef rdma_event_channel *ch
+    cdef object _ids
+
+    def __cinit__(self):
+        self.ch = rdma_create_event_channel()
+        if self.ch == NULL:
+            raise VerbsError("rdma_create_event_channel", errno,
+                             "is rdma_ucm loaded (modprobe rdma_ucm)?")
+        self._ids = weakref.WeakValueDictionary()
+
+    def register(self, CMId cid):
+        self._ids[<uint64_t>cid.cid] = cid
+
+    def get(self, int timeout_ms):
+        """(event, status, CMId, listen CMId or None, private data) or None on timeout."""
+        cdef rdma_cm_event *ev
+        cdef int rc
+        cdef CMId new
+        if self.ch == NULL:
+            raise VerbsError("rdma_get_cm_event", 9, "event channel is closed")
+        with nogil:
+            rc = _wait_fd(self.ch.fd, timeout_ms)
+        if rc < 0:
+            raise VerbsError("poll", errno)
+        if rc == 0:
+            return None
+        with nogil:
+            rc = rdma_get_cm_event(self.ch, &ev)
+        if rc:
+            raise VerbsError("rdma_get_cm_event", errno)
+        try:
+            pdata = b""
+            if ev.param.conn.private_data != NULL and ev.param.conn.private_data_len:
+                pdata = (<const char *>ev.param.conn.private_data)[:ev.param.conn.private_data_len]
+            listen = self._ids.get(<uint64_t>ev.listen_id) if ev.listen_id != NULL else None
+            if ev.event == RDMA_CM_EVENT_CONNECT_REQUEST:
+                new = CMId.__new__(CMId, self, None, False)
+                new.cid = ev.id
+                self.register(new)
+                cid = new
+            else:
+                cid = self._ids.get(<uint64_t>ev.id)
+            return (ev.event, ev.status, cid, listen, pdata)
+        finally:
+            rdma_ack_cm_event(ev)
+
+    def close(self):
+        if self.ch != NULL:
+            for cid in list(self._ids.values()):
+                cid.close()
+            rdma_destroy_event_channel(self.ch)
+            self.ch = NULL
+
+    def __dealloc__(self):
+        if self.ch != NULL:
+            rdma_destroy_event_channel(self.ch)
+
+
+cdef int _sockaddr(str ip, int port, sockaddr_in *sa) except -1:
+    memset(sa, 0, sizeof(sockaddr_in))
+    sa.sin_family = AF_INET
+    sa.sin_port = htons(<unsigned short>port)
+    b = ip.encode()
+    if inet_pton(AF_INET, b, &sa.sin_addr) != 1:
+        raise ValueError(f"'{ip}' is not an IPv4 address")
+    return 0
+
+
+cdef class CMId:
+    """An rdma_cm id and, once created on it, its RC queue pair."""
+    cdef object __weakref__
+    cdef rdma_cm_id *cid
+    cdef readonly EventChannel channel
+    cdef readonly object pd
+    cdef readonly object send_cq
+    cdef readonly object recv_cq
+    cdef bint has_qp
+    cdef ibv_sge sge[MAX_SGE * MAX_CHAIN]
+    cdef ibv_send_wr swr[MAX_CHAIN]
+    cdef ibv_recv_wr rwr
+
+    def __cinit__(self, EventChannel channel not None, context=None, bint create=True):
+        self.channel = channel
+        if create:
+            if rdma_create_id(channel.ch, &self.cid, NULL, RDMA_PS_TCP):
+                raise VerbsError("rdma_create_id", errno)
+            channel.register(self)
+
+    @property
+    def device_name(self):
+        if self.cid == NULL or self.cid.verbs == NULL:
+            return None
+        return self.cid.verbs.device.name.decode()
+
+    def bind(self, str ip, int port):
+        cdef sockaddr_in sa
+        _sockaddr(ip, port, &sa)
+        if rdma_bind_addr(self.cid, <void *>&sa):
+            raise VerbsError("rdma_bind_addr", errno, f"{ip}:{port}")
+
+    def listen(self, int backlog=8):
+        if rdma_listen(self.cid, backlog):
+            raise VerbsError("rdma_listen", errno)
+
+    def resolve_addr(self, str src_ip, str dst_ip, int port, int timeout_ms):
+        cdef sockaddr_in src, dst
+        _sockaddr(src_ip, 0, &src)
+        _sockaddr(dst_ip, port, &dst)
+        if rdma_resolve_addr(self.cid, <void *>&src, <void *>&dst, timeout_ms):
+            raise VerbsError("rdma_resolve_addr", errno, f"{src_ip} -> {dst_ip}")
+
+    def resolve_route(self, int timeout_ms):
+        if rdma_resolve_route(self.cid, timeout_ms):
+            raise VerbsError("rdma_resolve_route", errno)
+
+    def create_qp(self, PD pd not None, CQ send_cq not None, CQ recv_cq not None,
+                  int max_send_wr, int max_recv_wr, int max_sge=4, int max_inline=0):
+        cdef ibv_qp_init_attr a
+        if self.cid.verbs != pd.device.ctx:
+            raise VerbsError("rdma_create_qp", 22, "the protection domain is on another "
+                             "device than the connection")
+        memset(&a, 0, sizeof(a))
+        a.send_cq = send_cq.cq
+        a.recv_cq = recv_cq.cq
+        a.qp_type = IBV_QPT_RC
+        a.sq_sig_all = 0
+        a.cap.max_send_wr = max_send_wr
+        a.cap.max_recv_wr = max_recv_wr
+        a.cap.max_send_sge = max_sge
+        a.cap.max_recv_sge = max_sge
+        a.cap.max_inline_data = max_inline
+        if rdma_create_qp(self.cid, pd.pd, &a):
+            raise VerbsError("rdma_create_qp", errno,
+                             f"{max_send_wr} send / {max_recv_wr} receive descriptors")
+        self.has_qp = True
+        self.pd, self.send_cq, self.recv_cq = pd, send_cq, recv_cq
+        pd.add_ref(self)
+
+    @property
+    def qp_num(self):
+        return self.cid.qp.qp_num if self.has_qp else None
+
+    def connect(self, bytes private_data=b"", int retry_count=7, int rnr_retry_count=0):
+        cdef rdma_conn_param p
+        memset(&p, 0, sizeof(p))
+        p.private_data = <const char *>private_data
+        p.private_data_len = len(private_data)
+        p.responder_resources = 1
+        p.initiator_depth = 1
+        p.retry_count = retry_count
+        p.rnr_retry_count = rnr_retry_count
+        if rdma_connect(self.cid, &p):
+            raise VerbsError("rdma_connect", errno)
+
+    def accept(self, bytes private_data=b"", int rnr_retry_count=0):
+        cdef rdma_conn_param p
+        memset(&p, 0, sizeof(p))
+        p.private_data = <const char *>private_data
+        p.private_data_len = len(private_data)
+        p.responder_resources = 1
+        p.initiator_depth = 1
+        p.rnr_retry_count = rnr_retry_count
+        if rdma_accept(self.cid, &p):
+            raise VerbsError("rdma_accept", errno)
+
+    def reject(self, bytes private_data=b""):
+        if rdma_reject(self.cid, <const char *>private_data, len(private_data)):
+            raise VerbsError("rdma_reject", errno)
+
+    def disconnect(self):
+        if self.cid != NULL and rdma_disconnect(self.cid):
+            raise VerbsError("rdma_disconnect", errno)
+
+    def post_send(self, uint64_t wr_id, int opcode, list sges, uint64_t remote_addr=0,
+                  uint32_t rkey=0, uint32_t imm=0, bint signaled=True, bint fence=False):
+        """One work request; SGES = [(addr, length, lkey), ...]."""
+        cdef ibv_send_wr *bad
+        cdef int rc, i, n = len(sges)
+        if not self.has_qp:
+            raise VerbsError("ibv_post_send", 22, "no queue pair: connect first")
+        if n > MAX_SGE:
+            raise VerbsError("ibv_post_send", 22, f"{n} segments, at most {MAX_SGE}")
+        memset(&self.swr[0], 0, sizeof(ibv_send_wr))
+        for i in range(n):
+            self.sge[i].addr, self.sge[i].length, self.sge[i].lkey = sges[i]
+        self.swr[0].wr_id = wr_id
+        self.swr[0].sg_list = self.sge
+        self.swr[0].num_sge = n
+        self.swr[0].opcode = <ibv_wr_opcode>opcode
+        self.swr[0].send_flags = (IBV_SEND_SIGNALED if signaled else 0) | (IBV_SEND_FENCE if fence else 0)
+        self.swr[0].imm_data = imm
+        self.swr[0].wr.rdma.remote_addr = remote_addr
+        self.swr[0].wr.rdma.rkey = rkey
+        with nogil:
+            rc = ibv_post_send(self.cid.qp, self.swr, &bad)
+        if rc:
+            raise VerbsError("ibv_post_send", rc)
+
+    def post_write_chain(self, list writes):
+        """Post RDMA Writes [(wr_id, laddr, length, lkey, raddr, rkey), ...] with one
+        doorbell (a linked list of work requests), every one signaled."""
+        cdef ibv_send_wr *bad
+        cdef int rc, i, n = len(writes)
+        if not self.has_qp:
+            raise VerbsError("ibv_post_send", 22, "no queue pair: connect first")
+        if n == 0 or n > MAX_CHAIN:
+            raise VerbsError("ibv_post_send", 22, f"a chain holds 1 to {MAX_CHAIN} writes")
+        memset(self.swr, 0, sizeof(ibv_send_wr) * n)
+        for i in range(n):
+            wid, laddr, length, lkey, raddr, rkey = writes[i]
+            self.sge[i].addr, self.sge[i].length, self.sge[i].lkey = laddr, length, lkey
+            self.swr[i].wr_id = wid
+            self.swr[i].sg_list = &self.sge[i]
+            self.swr[i].num_sge = 1
+            self.swr[i].opcode = IBV_WR_RDMA_WRITE
+            self.swr[i].send_flags = IBV_SEND_SIGNALED
+            self.swr[i].wr.rdma.remote_addr = raddr
+            self.swr[i].wr.rdma.rkey = rkey
+            self.swr[i].next = &self.swr[i + 1] if i + 1 < n else NULL
+        with nogil:
+            rc = ibv_post_send(self.cid.qp, self.swr, &bad)
+        if rc:
+            raise VerbsError("ibv_post_send", rc, "write chain")
+
+    def post_recv(self, uint64_t wr_id, list sges):
+        cdef ibv_recv_wr *bad
+        cdef int rc, i, n = len(sges)
+        if not self.has_qp:
+            raise VerbsError("ibv_post_recv", 22, "no queue pair: connect first")
+        if n > MAX_SGE:
+            raise VerbsError("ibv_post_recv", 22, f"{n} segments, at most {MAX_SGE}")
+        for i in range(n):
+            self.sge[i].addr, self.sge[i].length, self.sge[i].lkey = sges[i]
+        self.rwr.wr_id = wr_id
+        self.rwr.next = NULL
+        self.rwr.sg_list = self.sge
+        self.rwr.num_sge = n
+        with nogil:
+            rc = ibv_post_recv(self.cid.qp, &self.rwr, &bad)
+        if rc:
+            raise VerbsError("ibv_post_recv", rc)
+
+    def close(self):
+        if self.cid == NULL:
+            return
+        if self.has_qp:
+            rdma_destroy_qp(self.cid)
+            self.has_qp = False
+        rdma_destroy_id(self.cid)
+        self.cid = NULL
+
+    def __dealloc__(self):
+        if self.cid != NULL:
+            if self.has_qp:
+                rdma_destroy_qp(self.cid)
+            rdma_destroy_id(self.cid)

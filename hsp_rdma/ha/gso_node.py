@@ -1,0 +1,155 @@
+"""One node of a GSO pair, as a process: `python -m hsp_rdma.ha.gso_node --device rxe0 ...`.
+
+Runs a demo application (a transaction counter and a table in P.mem), switches over back and
+forth `--runs` times with its peer, and prints one JSON line per event on stdout for the
+orchestrator (hsp-bench, the tests). `--inject` makes it misbehave on purpose for the drills.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+import sys
+import time
+import zlib
+
+from hsp_rdma.core import gso
+from hsp_rdma.core.profiles import load_profiles, pick_profile
+from hsp_rdma.errors import GsoRefused, HspError
+from hsp_rdma.ha.switchover import Application, Engine
+
+COUNTER = struct.Struct("<Q")
+INJECTIONS = ("none", "stale-marker", "no-ready", "bad-version")
+
+
+def emit(event: str, **fields) -> None:
+    print(json.dumps({"event": event, "t": time.monotonic(), **fields}), flush=True)
+
+
+class DemoApp:
+    """A counter of committed transactions at P.mem[0:8]; each transaction also stamps a
+    table row, so a lost or torn byte shows in the P.mem CRC."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.pmem = None
+        self.running = False
+
+    def attach(self, pmem: memoryview) -> None:
+        self.pmem = pmem
+
+    @property
+    def counter(self) -> int:
+        return COUNTER.unpack_from(self.pmem, 0)[0]
+
+    def transact(self, n: int) -> None:
+        rows = (len(self.pmem) - 8) // 64
+        for _ in range(n):
+            c = self.counter + 1
+            if rows:
+                row = 8 + (c % rows) * 64
+                self.pmem[row:row + 8] = COUNTER.pack(c)
+            COUNTER.pack_into(self.pmem, 0, c)
+
+    def crc(self) -> int:
+        return zlib.crc32(self.pmem)
+
+    def freeze(self) -> bytes:
+        self.running = False
+        blob = json.dumps({"counter": self.counter, "from": self.name}).encode()
+        emit("frozen", counter=self.counter, pmem_crc=self.crc())
+        return blob
+
+    def resume(self, pmem: memoryview, blob: bytes) -> None:
+        meta = json.loads(blob.rstrip(b"\0"))
+        self.running = True
+        emit("resumed", counter=self.counter, blob_counter=meta["counter"],
+             blob_from=meta["from"], pmem_crc=self.crc())
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from hsp_rdma.cli.units import size_arg
+
+    p = argparse.ArgumentParser(prog="gso_node", description=__doc__)
+    p.add_argument("--name", required=True)
+    p.add_argument("--device", required=True)
+    p.add_argument("--local-ip", required=True)
+    p.add_argument("--peer-ip", help="connect to this peer (else listen)")
+    p.add_argument("--serving", action="store_true", help="start as the active")
+    p.add_argument("--pmem", type=size_arg(64, 1 << 34, "--pmem"), default=16 << 20)
+    p.add_argument("--blob", type=size_arg(0, 1 << 24, "--blob"), default=4096)
+    p.add_argument("--runs", type=int, default=1)
+    p.add_argument("--chunk", type=size_arg(512, 1 << 30, "--chunk"), default=0)
+    p.add_argument("--depth", type=int, default=0)
+    p.add_argument("--digest", choices=("crc32", "blake2b"), default="crc32")
+    p.add_argument("--transactions", type=int, default=1000)
+    p.add_argument("--inject", choices=INJECTIONS, default="none")
+    p.add_argument("--ready-timeout", type=float, default=2.0)
+    p.add_argument("--gso-timeout", type=float, default=60.0)
+    p.add_argument("--copy-timeout", type=float, default=60.0)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    profile = pick_profile(args.device, load_profiles())
+    app = DemoApp(args.name)
+    timeouts = gso.Timeouts(ready=args.ready_timeout, copy=args.copy_timeout,
+                            done=10.0, gso=args.gso_timeout)
+    eng = Engine.open(args.device, profile, args.pmem, args.blob, serving=args.serving,
+                      timeouts=timeouts, app=Application(freeze=app.freeze, resume=app.resume),
+                      chunk_size=args.chunk, queue_depth=args.depth)
+    eng.digest_algo = (gso.DigestAlgo.CRC32 if args.digest == "crc32"
+                       else gso.DigestAlgo.BLAKE2B_256)
+    app.attach(eng.image.pmem)
+    try:
+        if args.serving:
+            # Fill the state once, so the copy moves real, checkable bytes.
+            eng.image.pmem[:] = bytes(range(256)) * (args.pmem // 256) + bytes(args.pmem % 256)
+            COUNTER.pack_into(eng.image.pmem, 0, 0)
+            app.running = True
+        if args.inject == "bad-version":
+            eng.hello_version = 99
+        hello = eng.connect(args.local_ip, args.peer_ip)
+        emit("connected", profile=profile.name, chunk=eng.chunk_size, depth=eng.queue_depth,
+             peer_region=hello.region_size, serving=eng.machine.serving)
+        if args.inject == "no-ready":
+            eng.drop_ready = True
+        if args.inject == "stale-marker":
+            eng.stale_marker_first = True
+        done = 0
+        while done < args.runs:
+            if eng.machine.serving:
+                app.transact(args.transactions)
+                emit("request", epoch=eng.machine.seen + 1, counter=app.counter)
+                try:
+                    eng.request_gso()
+                except GsoRefused as exc:
+                    emit("refused", reason=str(exc))
+                    return 1
+            before = len(eng.reports)
+            eng.serve(until=lambda n=before: len(eng.reports) > n)
+            rep = eng.reports[-1]
+            done += 1
+            emit("gso", epoch=rep.epoch, outcome=rep.outcome, role=rep.role,
+                 reason=rep.reason, image_bytes=rep.image_bytes, writes=rep.writes,
+                 copy_s=rep.copy_end_t - rep.copy_start_t, copy_MBps=rep.copy_MBps,
+                 blackout_s=rep.blackout_s, verify_s=rep.verify_s,
+                 serving=eng.machine.serving, alarm=eng.alarm,
+                 stale_ignored=eng.machine.stale_ignored,
+                 markers_ignored=eng.markers_ignored)
+            if rep.outcome != "completed":
+                break
+        emit("end", serving=eng.machine.serving, counter=app.counter, gsos=done)
+        return 0
+    except HspError as exc:
+        emit("error", error=str(exc), serving=eng.machine.serving)
+        print(f"gso_node {args.name}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        eng.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
