@@ -1,0 +1,109 @@
+"""Graceful Switch Over in the lab, on rxe and siw: the acceptance cases of Interface B."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from hsp_rdma.ha.gso_pair import NodeRun, finish_pair, run_pair, start_pair
+from hsp_rdma.lab import Lab
+
+pytestmark = pytest.mark.lab
+MiB = 1 << 20
+
+
+def only(run: NodeRun, kind: str) -> dict:
+    evs = run.of(kind)
+    assert len(evs) == 1, f"node {run.name}: expected one '{kind}' event, got {run.events}"
+    return evs[0]
+
+
+def wait_event(runs: list[NodeRun], kind: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for r in runs:
+            r.job.poll()
+            if r.of(kind):
+                return r.of(kind)[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no '{kind}' event in {timeout} s: {[r.events for r in runs]}")
+
+
+def test_gso_of_16mib_and_switch_back_continue_the_application(healthy_lab: Lab) -> None:
+    res = run_pair(healthy_lab, 16 * MiB, runs=2)
+    a, b = res.standby, res.active
+    assert res.rc == {"a": 0, "b": 0}, res.stderr
+    # GSO 1: b -> a. Every byte of P.mem arrived (same CRC) and the counter continues.
+    frozen_b, resumed_a = b.of("frozen")[0], a.of("resumed")[0]
+    assert resumed_a["pmem_crc"] == frozen_b["pmem_crc"]
+    assert resumed_a["counter"] == resumed_a["blob_counter"] == frozen_b["counter"] > 0
+    # GSO 2 (switch-back): a ran more transactions, then handed them back to b.
+    frozen_a, resumed_b = a.of("frozen")[0], b.of("resumed")[0]
+    assert frozen_a["counter"] == frozen_b["counter"] + 1000
+    assert resumed_b["counter"] == frozen_a["counter"]
+    assert resumed_b["pmem_crc"] == frozen_a["pmem_crc"]
+    assert [e["outcome"] for e in b.of("gso")] == ["completed", "completed"]
+    assert only(b, "end")["serving"] and not only(a, "end")["serving"]
+
+
+def test_stale_marker_does_not_complete_a_new_gso(healthy_lab: Lab) -> None:
+    res = run_pair(healthy_lab, 4 * MiB, runs=1, extra_b=("--inject", "stale-marker"))
+    a, b = res.standby, res.active
+    g = only(a, "gso")
+    assert g["outcome"] == "completed" and g["markers_ignored"] >= 1
+    assert only(a, "resumed")["pmem_crc"] == only(b, "frozen")["pmem_crc"]
+
+
+def test_standby_not_ready_makes_active_abort_and_stay_active(healthy_lab: Lab) -> None:
+    res = run_pair(healthy_lab, 1 * MiB, runs=1, extra_a=("--inject", "no-ready"),
+                   extra_b=("--ready-timeout", "1"))
+    a, b = res.standby, res.active
+    assert only(b, "gso")["outcome"] == "aborted" and only(b, "end")["serving"]
+    assert not b.of("frozen"), "the active must not stop before the standby is ready"
+    assert not a.of("resumed")
+
+
+def test_link_pulled_mid_copy_never_yields_two_actives(healthy_lab: Lab) -> None:
+    lab = healthy_lab
+    a, b = start_pair(lab, 48 * MiB, runs=1, extra_a=("--gso-timeout", "20"),
+                      extra_b=("--copy-timeout", "15"), timeout=180)
+    try:
+        wait_event([b], "frozen")
+        time.sleep(0.3)
+        lab.fault("a", "link", "x", "down")
+        res = finish_pair(a, b)
+    finally:
+        lab.fault("a", "link", "x", "up")
+    act = b.of("gso") or b.of("error")
+    assert act and act[0]["serving"], f"the active must resume: {b.events}"
+    assert not a.of("resumed"), "the standby must not resume without the marker"
+    assert not any(e.get("serving") for e in a.of("gso") + a.of("end") + a.of("error"))
+    assert res.rc["b"] == 0 or b.of("error")
+
+
+def test_standby_killed_mid_copy_leaves_active_active(healthy_lab: Lab) -> None:
+    lab = healthy_lab
+    a, b = start_pair(lab, 48 * MiB, runs=1, extra_b=("--copy-timeout", "15"), timeout=180)
+    wait_event([b], "frozen")
+    time.sleep(0.3)
+    lab.fault("a", "kill")
+    res = finish_pair(a, b)
+    assert res.rc["a"] == -1  # the node went down with its process
+    act = b.of("gso") or b.of("error")
+    assert act and act[0]["serving"], f"the active must keep serving: {b.events}"
+
+
+def test_image_larger_than_standby_region_is_refused_before_stopping(healthy_lab: Lab) -> None:
+    a, b = start_pair(healthy_lab, 2 * MiB, runs=1, extra_a=("--pmem", str(1 * MiB)))
+    res = finish_pair(a, b, timeout=60)
+    refused = only(b, "refused")
+    assert "exceeds the standby's registered region" in refused["reason"]
+    assert not b.of("frozen") and res.rc["b"] == 1
+
+
+def test_peer_with_another_protocol_version_is_refused(healthy_lab: Lab) -> None:
+    a, b = start_pair(healthy_lab, 1 * MiB, runs=1, extra_b=("--inject", "bad-version"))
+    res = finish_pair(a, b, timeout=90)
+    assert "peer speaks protocol version 99" in only(a, "error")["error"]
+    assert not b.of("frozen") and res.rc["a"] == 1
