@@ -11,24 +11,33 @@ it resumed), so it is an upper bound of the real blackout, on one clock.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import math
 import statistics
+import subprocess
 import sys
 import time
 
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from hsp_rdma.cli.common import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, Parser, bounded, run_cli
+from hsp_rdma.cli.common import (
+    EXIT_CODES_HELP,
+    EXIT_FAILED,
+    EXIT_OK,
+    Parser,
+    bounded,
+    make_console,
+    run_cli,
+)
 from hsp_rdma.cli.units import format_size, size_arg
 from hsp_rdma.core.profiles import load_profiles, pick_profile
 from hsp_rdma.errors import HspError, LabError
 from hsp_rdma.ha.gso_pair import finish_pair, start_pair
 from hsp_rdma.lab import RDMA_KINDS, Lab, perftest
 
-console = Console(highlight=False, stderr=False)
+console = make_console()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -38,6 +47,13 @@ def percentile(values: list[float], q: float) -> float:
     return s[k]
 
 
+def ipv4(text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an IPv4 address") from None
+
+
 def build_parser() -> Parser:
     p = Parser(prog="hsp-bench", description=__doc__, epilog=EXIT_CODES_HELP,
                formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,6 +61,11 @@ def build_parser() -> Parser:
     g = sub.add_parser("gso", help="stop-and-copy and blackout of a Graceful Switch Over")
     g.add_argument("--lab", choices=RDMA_KINDS, default="rxe",
                    help="soft device of the built-in lab (default rxe)")
+    g.add_argument("--peer", metavar="ADDRESS", type=ipv4,
+                   help="two real hosts: the IPv4 of the host running 'hsp-bench serve' "
+                   "(then --device and --local-ip are needed, --lab is ignored)")
+    g.add_argument("--device", help="with --peer: this host's RDMA device (e.g. mlx5_0)")
+    g.add_argument("--local-ip", type=ipv4, help="with --peer: this host's IPv4 on that device")
     g.add_argument("--lab-id", default="bench")
     g.add_argument("--size", type=size_arg(4096, 1 << 30, "--size"), default=16 << 20,
                    help="state image (P.mem) size, e.g. 16MiB (default 16MiB)")
@@ -57,6 +78,12 @@ def build_parser() -> Parser:
     g.add_argument("--fabric", choices=("x", "y"), default="x")
     g.add_argument("--keep", action="store_true", help="leave the lab up")
     g.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    sv = sub.add_parser("serve", help="the standby side of 'gso --peer' on two real hosts")
+    sv.add_argument("--device", required=True, help="this host's RDMA device")
+    sv.add_argument("--local-ip", required=True, type=ipv4,
+                    help="this host's IPv4 on that device")
+    for opt in ("--size", "--runs", "--chunk", "--depth"):
+        sv._add_action(next(a for a in g._actions if opt in a.option_strings))
     return p
 
 
@@ -99,36 +126,119 @@ def bench_gso_lab(args) -> dict:
             while a.job.poll() is None or b.job.poll() is None:
                 time.sleep(0.1)
             res = finish_pair(a, b)
-        failed = [e for e in a.of("gso") + b.of("gso") if e["outcome"] != "completed"]
-        errors = [e["error"] for e in a.of("error") + b.of("error")]
-        if errors or failed or len(gsos) != args.runs:
-            raise HspError("GSO runs failed: " + "; ".join(
-                errors + [f"epoch {e['epoch']}: {e['outcome']} ({e['reason']})" for e in failed]
-                + [f"rc {res.rc}", res.stderr.get("a", "")[-300:], res.stderr.get("b", "")[-300:]]))
-        mbps = [e["copy_MBps"] for e in gsos]
-        blk = [e["blackout_s"] * 1000 for e in gsos]
-        base_bw = base.row["bw_avg_MBps"]
-        copy_bw = statistics.median(mbps)
-        return {
-            "state_bytes": args.size, "image_bytes": gsos[0]["image_bytes"],
-            "stop_and_copy_MBps": round(copy_bw, 2),
-            "baseline_ib_write_bw_MBps": base_bw,
-            "ratio": round(copy_bw / base_bw, 3) if base_bw else None,
-            "blackout_ms": {"min": round(min(blk), 1), "p50": round(statistics.median(blk), 1),
-                            "p99": round(percentile(blk, 99), 1), "max": round(max(blk), 1)},
-            "blackout_goal_ms": round(args.size / (base_bw * 1e6) * 1000 + 20, 1),
-            "verify_ms_p50": round(statistics.median(
-                e["verify_s"] * 1000 for e in a.of("gso") + b.of("gso")
-                if e["role"] == "standby"), 1),
-            "runs": args.runs, "device": device, "profile": profile.name, "chunk": chunk,
-            "queue_depth": depth, "baseline_retries": base.retries, "lab": args.lab,
-            "per_run": [{"epoch": e["epoch"], "copy_MBps": round(e["copy_MBps"], 2),
-                         "blackout_ms": round(e["blackout_s"] * 1000, 1)} for e in gsos],
-            "method": __doc__.split("Method: ", 1)[1].strip(),
-        }
+        return summarize(args, a.events + b.events, base.row["bw_avg_MBps"], base.retries,
+                         device, profile.name, chunk, depth,
+                         extra=f"rc {res.rc} {res.stderr.get('a', '')[-300:]}"
+                               f" {res.stderr.get('b', '')[-300:]}") | {"lab": args.lab}
     finally:
         if booted and not args.keep:
             lab.down()
+
+
+def summarize(args, events: list[dict], base_bw: float, base_retries: int, device: str,
+              profile: str, chunk: int, depth: int, extra: str = "",
+              expect: int | None = None) -> dict:
+    """The bench's result from gso_node events (lab and real hosts alike). EXPECT is how
+    many GSOs these events saw from the active side (on two hosts: this host's half)."""
+    expect = args.runs if expect is None else expect
+    gsos = [e for e in events if e["event"] == "gso" and e["role"] == "active"]
+    failed = [e for e in events if e["event"] == "gso" and e["outcome"] != "completed"]
+    errors = [e["error"] for e in events if e["event"] == "error"]
+    if errors or failed or len(gsos) != expect:
+        raise HspError("GSO runs failed: " + "; ".join(
+            errors + [f"epoch {e['epoch']}: {e['outcome']} ({e['reason']})" for e in failed]
+            + [f"{len(gsos)} of {expect} completed", extra]))
+    copy_bw = statistics.median(e["copy_MBps"] for e in gsos)
+    blk = [e["blackout_s"] * 1000 for e in gsos]
+    verify = [e["verify_s"] * 1000 for e in events
+              if e["event"] == "gso" and e["role"] == "standby"]
+    return {
+        "state_bytes": args.size, "image_bytes": gsos[0]["image_bytes"],
+        "stop_and_copy_MBps": round(copy_bw, 2),
+        "baseline_ib_write_bw_MBps": base_bw,
+        "ratio": round(copy_bw / base_bw, 3) if base_bw else None,
+        "blackout_ms": {"min": round(min(blk), 1), "p50": round(statistics.median(blk), 1),
+                        "p99": round(percentile(blk, 99), 1), "max": round(max(blk), 1)},
+        "blackout_samples": len(blk),
+        "blackout_goal_ms": round(args.size / (base_bw * 1e6) * 1000 + 20, 1),
+        "verify_ms_p50": round(statistics.median(verify), 1) if verify else None,
+        "runs": args.runs, "device": device, "profile": profile, "chunk": chunk,
+        "queue_depth": depth, "baseline_retries": base_retries,
+        "per_run": [{"epoch": e["epoch"], "copy_MBps": round(e["copy_MBps"], 2),
+                     "blackout_ms": round(e["blackout_s"] * 1000, 1)} for e in gsos],
+        "method": " ".join(__doc__.split("Method: ", 1)[1].split()),
+    }
+
+
+def _node_argv(args, chunk: int, depth: int, serving: bool) -> list[str]:
+    argv = [sys.executable, "-m", "hsp_rdma.ha.gso_node", "--name", "local",
+            "--device", args.device, "--local-ip", args.local_ip, "--pmem", str(args.size),
+            "--runs", str(args.runs), "--chunk", str(chunk), "--depth", str(depth)]
+    if serving:
+        argv += ["--serving", "--peer-ip", args.peer]
+    return argv
+
+
+def _perftest_argv(args, chunk: int, depth: int) -> list[str]:
+    iters = max(args.size // chunk, 50)
+    return ["ib_write_bw", "-d", args.device, "-R", "-F", "-s", str(chunk), "-t", str(depth),
+            "-n", str(iters)]
+
+
+def _run_node(argv: list[str], timeout: float) -> list[dict]:
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise HspError(f"gso_node gave no result in {timeout:.0f} s") from exc
+    events = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+    if res.returncode != 0 and not any(e["event"] == "error" for e in events):
+        raise HspError(f"gso_node exited {res.returncode}: {res.stderr.strip()[-500:]}")
+    return events
+
+
+def _real_params(args) -> tuple[str, int, int]:
+    profile = pick_profile(args.device, load_profiles())
+    return profile.name, args.chunk or profile.chunk_size, args.depth or profile.queue_depth
+
+
+def bench_gso_peer(args) -> dict:
+    """Active side on two real hosts: ib_write_bw to the peer, then the GSO runs."""
+    profile, chunk, depth = _real_params(args)
+    base = None
+    for attempt in range(10):
+        res = subprocess.run([*_perftest_argv(args, chunk, depth), args.peer],
+                             capture_output=True, text=True, timeout=600, check=False)
+        if res.returncode == 0:
+            base = perftest.parse_table("ib_write_bw", res.stdout)
+            break
+        time.sleep(1)  # the peer's ib_write_bw server may not listen yet
+    if base is None:
+        raise HspError(f"ib_write_bw to {args.peer} failed: is 'hsp-bench serve' running "
+                       f"there? {res.stderr.strip()[-300:]}")
+    time.sleep(2)  # the peer starts its gso_node listener after its perftest server ends
+    with console.status(f"{args.runs} GSO(s) of {format_size(args.size)} to {args.peer}"):
+        events = _run_node(_node_argv(args, chunk, depth, True),
+                           timeout=120 + args.runs * (5 + args.size / 2e6))
+    # Runs alternate direction: this host is the active of runs 1, 3, 5 ...
+    return summarize(args, events, base["bw_avg_MBps"], attempt, args.device, profile, chunk,
+                     depth, expect=(args.runs + 1) // 2) | {"peer": args.peer}
+
+
+def serve(args) -> int:
+    """Standby side on two real hosts: an ib_write_bw server, then a gso_node listener."""
+    _profile, chunk, depth = _real_params(args)
+    console.print(f"serving: ib_write_bw server on {args.device}, then {args.runs} GSO(s) of "
+                  f"{format_size(args.size)} at {args.local_ip}")
+    res = subprocess.run(_perftest_argv(args, chunk, depth), capture_output=True, text=True,
+                         timeout=600, check=False)
+    if res.returncode != 0:
+        raise HspError(f"ib_write_bw server failed: {res.stderr.strip()[-300:]}")
+    events = _run_node(_node_argv(args, chunk, depth, False),
+                       timeout=180 + args.runs * (5 + args.size / 2e6))
+    done = [e for e in events if e["event"] == "gso"]
+    errors = [e["error"] for e in events if e["event"] == "error"]
+    console.print(f"served {len(done)} GSO(s)" + (f"; errors: {errors}" if errors else ""))
+    return EXIT_OK if done and not errors else EXIT_FAILED
 
 
 def show(r: dict) -> None:
@@ -156,7 +266,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        r = bench_gso_lab(args)
+        if args.cmd == "serve":
+            return serve(args)
+        if args.peer:
+            if not (args.device and args.local_ip):
+                build_parser().error("--peer needs --device and --local-ip")
+            r = bench_gso_peer(args)
+        else:
+            r = bench_gso_lab(args)
         if args.json:
             print(json.dumps(r, indent=1))
         else:

@@ -25,6 +25,15 @@ EXIT_CODES_HELP = (
 err_console = Console(stderr=True, highlight=False)
 
 
+def make_console() -> Console:
+    """stdout console; 120 columns when not a terminal (CI logs, pipes), so tables keep
+    their perftest column words instead of being cut at rich's default of 80."""
+    c = Console(highlight=False)
+    if not c.is_terminal:
+        c = Console(highlight=False, width=120)
+    return c
+
+
 class Parser(argparse.ArgumentParser):
     """argparse that exits with EX_USAGE (64), as sysexits documents, not argparse's 2."""
 

@@ -14,17 +14,16 @@ import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from hsp_rdma.cli.bench import bench_gso_lab
 from hsp_rdma.cli.bench import show as show_bench
-from hsp_rdma.cli.common import EXIT_CODES_HELP, EXIT_OK, Parser, run_cli
+from hsp_rdma.cli.common import EXIT_CODES_HELP, EXIT_OK, Parser, make_console, run_cli
 from hsp_rdma.errors import HspError, LabError
 from hsp_rdma.ha.gso_pair import run_pair
 from hsp_rdma.lab import FABRICS, RDMA_KINDS, Lab, perftest
 
-console = Console(highlight=False)
+console = make_console()
 
 
 def host_rdma_devices() -> list[str]:

@@ -7,7 +7,6 @@ import json
 import sys
 import time
 
-from rich.console import Console
 from rich.table import Table
 
 from hsp_rdma.cli.common import (
@@ -17,12 +16,13 @@ from hsp_rdma.cli.common import (
     Parser,
     bounded,
     err_console,
+    make_console,
     run_cli,
 )
 from hsp_rdma.lab import FABRICS, NODES, RDMA_KINDS, Lab
 from hsp_rdma.lab.prepare import prepare
 
-console = Console(highlight=False)
+console = make_console()
 
 
 def build_parser() -> Parser:

@@ -107,3 +107,25 @@ def test_peer_with_another_protocol_version_is_refused(healthy_lab: Lab) -> None
     res = finish_pair(a, b, timeout=90)
     assert "peer speaks protocol version 99" in only(a, "error")["error"]
     assert not b.of("frozen") and res.rc["a"] == 1
+
+
+def test_bench_on_two_hosts_serve_and_peer(healthy_lab: Lab) -> None:
+    """hsp-bench's real-host mode, on the lab's two nodes as the two hosts."""
+    import json
+    import sys
+
+    info = healthy_lab.info()
+    a, b = info["a"]["x"], info["b"]["x"]
+    common = ["--size", "2MiB", "--runs", "2"]
+    srv = healthy_lab.spawn("a", [sys.executable, "-m", "hsp_rdma.cli.bench", "serve",
+                                  "--device", a["rdma_dev"], "--local-ip", a["ipv4"], *common],
+                            timeout=240)
+    res = healthy_lab.exec("b", [sys.executable, "-m", "hsp_rdma.cli.bench", "gso", "--peer",
+                                 a["ipv4"], "--device", b["rdma_dev"], "--local-ip", b["ipv4"],
+                                 "--json", *common], timeout=240)
+    served = srv.wait()
+    assert res.rc == 0, res.stderr
+    r = json.loads(res.stdout)
+    assert r["runs"] == 2 and r["ratio"] > 0 and r["baseline_ib_write_bw_MBps"] > 0
+    assert set(r["blackout_ms"]) == {"min", "p50", "p99", "max"}
+    assert served.rc == 0 and "served 2 GSO(s)" in served.stdout
