@@ -1,6 +1,7 @@
 """hsp-bench: stop-and-copy bandwidth and switch-over blackout beside perftest, same run, same pair.
 
 `hsp-bench gso --lab rxe|siw` runs in the built-in two-node lab (booting it if needed).
+`hsp-bench cext` compares the Cython bindings with ib_write_bw / ib_send_lat (its own method).
 Method: ib_write_bw with the GSO's chunk size and queue depth gives the baseline; then the
 demo application switches over back and forth --runs times with a state image of --size.
 Stop-and-copy MB/s = image bytes / (first data write posted .. last completed) on the active.
@@ -22,6 +23,7 @@ import time
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from hsp_rdma.cext import bench as cext_bench
 from hsp_rdma.cli.common import (
     EXIT_CODES_HELP,
     EXIT_FAILED,
@@ -78,6 +80,9 @@ def build_parser() -> Parser:
     g.add_argument("--fabric", choices=("x", "y"), default="x")
     g.add_argument("--keep", action="store_true", help="leave the lab up")
     g.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    cx = sub.add_parser("cext", help="cext RDMA Write bandwidth and send/receive latency beside "
+                        "ib_write_bw and ib_send_lat, same run")
+    cext_bench.add_arguments(cx)
     sv = sub.add_parser("serve", help="the standby side of 'gso --peer' on two real hosts")
     sv.add_argument("--device", required=True, help="this host's RDMA device")
     sv.add_argument("--local-ip", required=True, type=ipv4,
@@ -266,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        if args.cmd == "cext":
+            return cext_bench.run_args(args)
         if args.cmd == "serve":
             return serve(args)
         if args.peer:

@@ -1,0 +1,489 @@
+"""The cext beside perftest, same run, same lab pair: RDMA Write bandwidth and send/receive latency.
+
+Method: for each size, ib_write_bw (-s SIZE -t DEPTH -n ITERS, rdma_cm -R) from node b to node a,
+then the cext with the same size, depth and iterations: DEPTH signaled RDMA Writes in flight from
+one registered buffer into the server's (address and rkey from the accept private data), each
+completion refilled at once; MB/sec = SIZE x ITERS / (first post .. last completion) / 2^20, as
+perftest counts (MB = 2^20 bytes). Then ib_send_lat (-s 2 -n LAT_ITERS) and the cext ping-pong
+of 2-byte sends with receives pre-posted: one sample per round trip (post .. reply received),
+half round trip reported, t_typical = median as in perftest. Both sides of both tools busy-poll
+their CQs unless --bw-poll event (then the cext writer sleeps on its completion channel).
+Unlike perftest the cext sends are not inline (the binding has no inline flag).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import struct
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hsp_rdma.cli.units import format_size, parse_size, size_arg
+from hsp_rdma.errors import HspError
+
+# Written by the server into the accept private data: magic, buffer address, rkey, length.
+ACCEPT = struct.Struct("<4sQII")
+ACCEPT_MAGIC = b"HCB1"
+BW_GOAL = 0.9  # cext MB/s >= 0.9 x ib_write_bw
+LAT_GOAL = 1.2  # cext half round trip <= 1.2 x ib_send_lat t_typical
+LAT_BYTES = 2  # ib_send_lat's default size
+BYTE_BUDGET = 32 << 20  # default iterations: about this much data per size (TCG is slow)
+DEFAULT_PORT = 19870
+RECVS_POSTED = 16
+
+
+# ---- guest side: one process per role and measurement ------------------------------------
+
+
+def _emit(**ev: Any) -> None:
+    print(json.dumps(ev), flush=True)
+
+
+def _cm_wait(ch, kinds: tuple[int, ...], timeout_s: float, what: str):
+    """The next rdma_cm event, which must be one of KINDS; RuntimeError otherwise."""
+    from hsp_rdma.cext import verbs as cx
+
+    ev = ch.get(int(timeout_s * 1000))
+    if ev is None:
+        raise RuntimeError(f"{what}: no rdma_cm event in {timeout_s:.0f} s")
+    if ev[0] not in kinds:
+        raise RuntimeError(f"{what}: got {cx.cm_event_str(ev[0])} (status {ev[1]})")
+    return ev
+
+
+class _Poller:
+    """Completions from one CQ, busy-polled or slept for; a stall watchdog on both."""
+
+    def __init__(self, cq, mode: str, stall_s: float):
+        self.cq, self.event, self.stall_s = cq, mode == "event", stall_s
+
+    def take(self) -> list[tuple]:
+        """At least one completion (status checked), or RuntimeError after stall_s without."""
+        from hsp_rdma.cext import verbs as cx
+
+        deadline = time.monotonic() + self.stall_s
+        while True:
+            wcs = self.cq.poll(64)
+            if not wcs and self.event:
+                self.cq.arm()  # arm, then look again: a completion may beat the arming
+                wcs = self.cq.poll(64)
+                if not wcs:
+                    self.cq.wait(int(max(deadline - time.monotonic(), 0.001) * 1000))
+                    wcs = self.cq.poll(64)
+            if wcs:
+                for wc in wcs:
+                    if wc[1] != cx.WC_SUCCESS:
+                        raise RuntimeError(f"work request {wc[0]} completed with "
+                                           f"{cx.wc_status_str(wc[1])}")
+                return wcs
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no completion in {self.stall_s:.0f} s (rxe under TCG "
+                                   "stalls now and then: run again)")
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Node a: listen, publish the buffer in the accept, then echo sends (lat) or wait."""
+    from hsp_rdma.cext import verbs as cx
+
+    size = args.size if args.mode == "write" else LAT_BYTES
+    dev = cx.Device(args.device)
+    pd = cx.PD(dev)
+    buf = bytearray(max(size, 64))
+    mr = cx.MR(pd, buf, cx.ACCESS_LOCAL_WRITE | cx.ACCESS_REMOTE_WRITE)
+    cq = cx.CQ(dev, 2 * RECVS_POSTED + 2 * args.depth + 8)
+    ch = cx.EventChannel()
+    lid = cx.CMId(ch)
+    lid.bind(args.ip, args.port)
+    lid.listen(1)
+    _emit(event="listening", ip=args.ip, port=args.port)
+    ev = _cm_wait(ch, (cx.EV_CONNECT_REQUEST,), args.timeout, "waiting for the client")
+    cid = ev[2]
+    cid.create_qp(pd, cq, cq, RECVS_POSTED + 1, RECVS_POSTED + 1, 1, 0)
+    if args.mode == "lat":
+        for i in range(RECVS_POSTED):
+            cid.post_recv(i, [(mr.addr, LAT_BYTES, mr.lkey)])
+    cid.accept(ACCEPT.pack(ACCEPT_MAGIC, mr.addr, mr.rkey, len(buf)), 7)
+    _cm_wait(ch, (cx.EV_ESTABLISHED,), args.timeout, "accepting")
+    if args.mode == "lat":
+        poller = _Poller(cq, "busy", args.stall_s)  # ib_send_lat's server busy-polls too
+        replies = in_flight = 0
+        while replies < args.iters:
+            for wc in poller.take():
+                if wc[2] == cx.WC_RECV:
+                    cid.post_recv(wc[0], [(mr.addr, LAT_BYTES, mr.lkey)])
+                    while in_flight >= RECVS_POSTED:  # keep the send queue from overflowing
+                        in_flight -= sum(w[2] != cx.WC_RECV for w in poller.take())
+                    cid.post_send(1 << 32, cx.WR_SEND, [(mr.addr, LAT_BYTES, mr.lkey)])
+                    in_flight += 1
+                    replies += 1
+                else:
+                    in_flight -= 1
+    _cm_wait(ch, (cx.EV_DISCONNECTED,), args.timeout, "waiting for the client to finish")
+    _emit(event="done")
+    ch.close()
+    dev.close()
+
+
+def client(args: argparse.Namespace) -> None:
+    """Node b: connect, then time RDMA Writes (write) or send/receive round trips (lat)."""
+    from hsp_rdma.cext import verbs as cx
+
+    size = args.size if args.mode == "write" else LAT_BYTES
+    dev = cx.Device(args.device)
+    pd = cx.PD(dev)
+    buf = bytearray(max(size, 64))
+    mr = cx.MR(pd, buf, cx.ACCESS_LOCAL_WRITE)
+    cq = cx.CQ(dev, 2 * RECVS_POSTED + 2 * args.depth + 8)
+    ch = cx.EventChannel()
+    cid = cx.CMId(ch)
+    cid.resolve_addr(args.ip, args.peer, args.port, 5000)
+    _cm_wait(ch, (cx.EV_ADDR_RESOLVED,), 10, f"resolving {args.peer}")
+    cid.resolve_route(5000)
+    _cm_wait(ch, (cx.EV_ROUTE_RESOLVED,), 10, f"route to {args.peer}")
+    if cid.device_name != dev.name:
+        raise RuntimeError(f"{args.peer} is reached through {cid.device_name}, not {dev.name}")
+    cid.create_qp(pd, cq, cq, max(args.depth, RECVS_POSTED) + 1, RECVS_POSTED + 1, 1, 0)
+    if args.mode == "lat":
+        for i in range(RECVS_POSTED):
+            cid.post_recv(i, [(mr.addr, LAT_BYTES, mr.lkey)])
+    cid.connect(b"", 7, 7)
+    ev = _cm_wait(ch, (cx.EV_ESTABLISHED,), args.timeout, f"connecting to {args.peer}")
+    magic, raddr, rkey, rlen = ACCEPT.unpack_from(ev[4].ljust(ACCEPT.size, b"\0"))
+    if magic != ACCEPT_MAGIC or rlen < size:
+        raise RuntimeError(f"the server's accept data is not ours ({ev[4][:ACCEPT.size]!r})")
+    if args.mode == "write":
+        _emit(event="result", mode="write", **_write_bw(cid, _Poller(cq, args.poll, args.stall_s),
+                                                        mr, size, raddr, rkey, args))
+    else:
+        _emit(event="result", mode="lat", **_ping_pong(cid, _Poller(cq, "busy", args.stall_s),
+                                                       mr, args.iters))
+    cid.disconnect()
+    ch.close()
+    dev.close()
+
+
+def _write_bw(cid, poller: _Poller, mr, size: int, raddr: int, rkey: int,
+              args: argparse.Namespace) -> dict[str, Any]:
+    from hsp_rdma.cext import verbs as cx
+
+    iters, depth = args.iters, args.depth
+    sge = [(mr.addr, size, mr.lkey)]
+    posted = done = 0
+    t0 = time.perf_counter()
+    while posted < min(depth, iters):
+        cid.post_send(posted, cx.WR_RDMA_WRITE, sge, raddr, rkey)
+        posted += 1
+    while done < iters:
+        done += len(poller.take())
+        while posted < iters and posted - done < depth:
+            cid.post_send(posted, cx.WR_RDMA_WRITE, sge, raddr, rkey)
+            posted += 1
+    secs = time.perf_counter() - t0
+    return {"bytes": size, "iterations": iters, "depth": depth, "seconds": secs,
+            "MBps": size * iters / secs / (1 << 20), "poll": args.poll}
+
+
+def _ping_pong(cid, poller: _Poller, mr, iters: int) -> dict[str, Any]:
+    from hsp_rdma.cext import verbs as cx
+
+    sge = [(mr.addr, LAT_BYTES, mr.lkey)]
+    in_flight = 0
+    stamps: list[int] = []
+    for _ in range(iters):
+        while in_flight >= RECVS_POSTED:
+            in_flight -= sum(w[2] != cx.WC_RECV for w in poller.take())
+        stamps.append(time.perf_counter_ns())
+        cid.post_send(1 << 32, cx.WR_SEND, sge)
+        in_flight += 1
+        got = False
+        while not got:
+            for wc in poller.take():
+                if wc[2] == cx.WC_RECV:
+                    cid.post_recv(wc[0], sge)
+                    got = True
+                else:
+                    in_flight -= 1
+    stamps.append(time.perf_counter_ns())
+    half = sorted((b - a) / 2000 for a, b in itertools.pairwise(stamps))
+    return {"bytes": LAT_BYTES, "iterations": iters, "t_min_us": half[0],
+            "t_typical_us": statistics.median(half), "t_avg_us": statistics.fmean(half),
+            "p99_us": half[min(len(half) - 1, int(len(half) * 0.99))], "t_max_us": half[-1]}
+
+
+def guest_main(argv: list[str]) -> int:
+    """`serve` / `client` roles; one JSON line per event, errors as {"event": "error"}."""
+    p = argparse.ArgumentParser(prog="python -m hsp_rdma.cext.bench")
+    p.add_argument("role", choices=("serve", "client"))
+    p.add_argument("--mode", choices=("write", "lat"), required=True)
+    p.add_argument("--device", required=True)
+    p.add_argument("--ip", required=True, help="this node's IPv4 on the device")
+    p.add_argument("--peer", help="client: the server's IPv4")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--size", type=parse_size, default=65536)
+    p.add_argument("--depth", type=int, default=16)
+    p.add_argument("--iters", type=int, default=1000)
+    p.add_argument("--poll", choices=("busy", "event"), default="busy")
+    p.add_argument("--timeout", type=float, default=60.0, help="rdma_cm waits [s]")
+    p.add_argument("--stall-s", type=float, default=20.0, help="no completion for this long "
+                   "fails the run [s]")
+    args = p.parse_args(argv)
+    if args.role == "client" and not args.peer:
+        p.error("client needs --peer")
+    try:
+        (serve if args.role == "serve" else client)(args)
+    except (HspError, RuntimeError, OSError, ValueError) as exc:  # one JSON line, exit 1
+        _emit(event="error", role=args.role, error=f"{type(exc).__name__}: {exc}")
+        return 1
+    return 0
+
+
+# ---- host side: the lab, perftest and the cext, back to back --------------------------------
+
+
+@dataclass
+class _GuestRun:
+    """One guest role: its job and the JSON events it printed so far."""
+
+    node: str
+    job: Any = None
+    events: list[dict] = field(default_factory=list)
+    _partial: bytes = b""
+
+    def feed(self, chunk: bytes) -> None:
+        self._partial += chunk
+        *lines, self._partial = self._partial.split(b"\n")
+        self.events += [json.loads(ln) for ln in lines if ln.startswith(b"{")]
+
+    def of(self, kind: str) -> list[dict]:
+        return [e for e in self.events if e["event"] == kind]
+
+
+def _cext_pair(lab, fabric: str, mode: str, size: int, depth: int, iters: int, poll: str,
+               port: int, timeout: float) -> dict[str, Any]:
+    """Server role on node a, client on node b; the client's result event."""
+    from hsp_rdma.errors import LabError
+
+    info = lab.info()
+    a, b = info["a"][fabric], info["b"][fabric]
+    common = ["--mode", mode, "--port", str(port), "--size", str(size), "--depth", str(depth),
+              "--iters", str(iters), "--timeout", str(timeout)]
+    srv, cli = _GuestRun("a"), _GuestRun("b")
+    srv.job = lab.spawn("a", [sys.executable, "-m", "hsp_rdma.cext.bench", "serve", "--device",
+                              a["rdma_dev"], "--ip", a["ipv4"], *common],
+                        timeout=timeout + 30, on_stdout=srv.feed)
+    deadline = time.monotonic() + 60
+    while not srv.of("listening"):
+        res = srv.job.poll()
+        if res is not None or time.monotonic() > deadline:
+            if res is None:
+                srv.job.kill()
+            err = "; ".join(e["error"] for e in srv.of("error")) or (
+                res.stderr.strip()[-400:] if res else "no 'listening' in 60 s")
+            raise LabError(f"cext {mode} server on node a did not start: {err}")
+        time.sleep(0.05)
+    cli.job = lab.spawn("b", [sys.executable, "-m", "hsp_rdma.cext.bench", "client", "--device",
+                              b["rdma_dev"], "--ip", b["ipv4"], "--peer", a["ipv4"],
+                              "--poll", poll, *common],
+                        timeout=timeout + 30, on_stdout=cli.feed)
+    cres = cli.job.wait()
+    if not cres.ok:
+        srv.job.kill()
+    sres = srv.job.wait()
+    errors = [f"node {r.node}: {e['error']}" for r in (cli, srv) for e in r.of("error")]
+    result = cli.of("result")
+    if errors or not result:
+        detail = "; ".join(errors) or (cres.stderr + sres.stderr).strip()[-600:]
+        raise LabError(f"cext {mode} run ({format_size(size)}) failed: {detail}")
+    return result[0]
+
+
+def default_iters(size: int, depth: int) -> int:
+    """About BYTE_BUDGET bytes per size, at least 4 x DEPTH writes."""
+    return max(BYTE_BUDGET // size, 4 * depth)
+
+
+def run_bench(lab, fabric: str = "x", sizes: tuple[int, ...] = (64 << 10, 1 << 20),
+              depth: int = 16, iters: int = 0, lat_iters: int = 1000, poll: str = "busy",
+              port: int = DEFAULT_PORT,
+              step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Baseline and cext back to back for each size, then both latencies; the result dict."""
+    from hsp_rdma.lab import perftest
+
+    step = step or (lambda _msg: None)
+    info = lab.info()
+    device = info["b"][fabric]["rdma_dev"]
+    rows, notes = [], []
+    for k, size in enumerate(sizes):
+        n = iters or default_iters(size, depth)
+        timeout = 60 + size * n / 1e6  # 1 MB/s is far below anything the lab has shown
+        step(f"ib_write_bw -s {size} -t {depth} -n {n}")
+        base = perftest.run(lab, "ib_write_bw", fabric,
+                            ("-s", str(size), "-t", str(depth), "-n", str(n)), timeout=timeout)
+        notes += base.notes
+        step(f"cext RDMA Write {format_size(size)} x {n}, depth {depth}")
+        ours = _cext_pair(lab, fabric, "write", size, depth, n, poll, port + k, timeout)
+        b_mbps = base.row["bw_avg_MBps"]
+        rows.append({"bytes": size, "iterations": n, "cext_MBps": round(ours["MBps"], 2),
+                     "baseline_ib_write_bw_MBps": b_mbps,
+                     "ratio": round(ours["MBps"] / b_mbps, 3), "goal": BW_GOAL,
+                     "met": ours["MBps"] >= BW_GOAL * b_mbps,
+                     "baseline_retries": base.retries})
+    step(f"ib_send_lat -s {LAT_BYTES} -n {lat_iters}")
+    base = perftest.run(lab, "ib_send_lat", fabric, ("-s", str(LAT_BYTES), "-n", str(lat_iters)),
+                        timeout=60 + lat_iters * 0.01)
+    notes += base.notes
+    step(f"cext send/receive ping-pong {LAT_BYTES} B x {lat_iters}")
+    ours = _cext_pair(lab, fabric, "lat", LAT_BYTES, depth, lat_iters, "busy",
+                      port + len(sizes), 60 + lat_iters * 0.01)
+    b_typ = base.row["t_typical_us"]
+    latency = {"bytes": LAT_BYTES, "iterations": lat_iters,
+               "cext_half_rtt_us": round(ours["t_typical_us"], 2),
+               "cext_half_rtt_stats_us": {k: round(ours[k], 2) for k in (
+                   "t_min_us", "t_typical_us", "t_avg_us", "p99_us", "t_max_us")},
+               "baseline_ib_send_lat_typical_us": b_typ,
+               "ratio": round(ours["t_typical_us"] / b_typ, 3), "goal": LAT_GOAL,
+               "met": ours["t_typical_us"] <= LAT_GOAL * b_typ,
+               "baseline_retries": base.retries}
+    return {"rdma": info["rdma"], "device": device, "fabric": fabric, "depth": depth,
+            "bw_poll": poll, "write_bw": rows, "latency": latency, "notes": notes,
+            "method": " ".join(__doc__.split("Method: ", 1)[1].split())}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The orchestrator's options (shared with `hsp-bench cext`)."""
+    from hsp_rdma.cli.common import bounded
+    from hsp_rdma.lab import FABRICS, RDMA_KINDS
+
+    def sizes(text: str) -> tuple[int, ...]:
+        one = size_arg(64, 1 << 30, "--sizes")
+        return tuple(one(s) for s in text.split(",") if s.strip())
+
+    p.add_argument("--lab", choices=RDMA_KINDS, default="rxe",
+                   help="soft device of the lab (default rxe)")
+    p.add_argument("--lab-id", default="cextbench", help="lab to use or boot (default cextbench)")
+    p.add_argument("--sizes", type=sizes, default=(64 << 10, 1 << 20),
+                   help="RDMA Write sizes, comma-separated (default 64KiB,1MiB)")
+    p.add_argument("--depth", type=bounded(int, 1, 64, "--depth"), default=16,
+                   help="writes in flight, also perftest's -t (default 16)")
+    p.add_argument("--iters", type=bounded(int, 0, 1_000_000, "--iters"), default=0,
+                   help="writes per size, also perftest's -n (default: about 32 MiB per size)")
+    p.add_argument("--lat-iters", type=bounded(int, 10, 100_000, "--lat-iters"), default=1000,
+                   help="round trips, also ib_send_lat's -n (default 1000)")
+    p.add_argument("--bw-poll", choices=("busy", "event"), default="busy",
+                   help="how the cext writer waits for completions (default busy, as perftest)")
+    p.add_argument("--fabric", choices=FABRICS, default="x")
+    p.add_argument("--port", type=bounded(int, 1024, 65000, "--port"), default=DEFAULT_PORT,
+                   help="first rdma_cm port of the cext runs (one per run)")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 when a goal (bandwidth >= 0.9x, latency <= 1.2x) is missed")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+
+def bench_lab(args: argparse.Namespace, console) -> dict[str, Any]:
+    """Boot the lab if it is down (and end it after), run the bench with a progress display."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from hsp_rdma.errors import LabError
+    from hsp_rdma.lab import Lab
+
+    if args.iters and args.iters < args.depth:
+        raise LabError(f"--iters {args.iters} is below --depth {args.depth}: perftest needs "
+                       "at least DEPTH iterations")
+    lab = Lab(args.lab_id)
+    st = lab.status()
+    if st["up"] and st.get("rdma") != args.lab:
+        raise LabError(f"lab '{args.lab_id}' is up with {st.get('rdma')}, not {args.lab}: "
+                       f"'hsp-lab --lab-id {args.lab_id} down' or pick another --lab-id")
+    booted = False
+    try:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                      console=console, transient=True) as prog:
+            task = prog.add_task("", total=None)
+            if not st["up"]:
+                prog.update(task, description=f"booting the lab ({args.lab})")
+                booted = True
+                lab.up(rdma=args.lab, fabrics=2)
+            return run_bench(lab, args.fabric, args.sizes, args.depth, args.iters,
+                             args.lat_iters, args.bw_poll, args.port,
+                             step=lambda msg: prog.update(task, description=msg))
+    finally:
+        if booted:
+            lab.down()
+
+
+def show(r: dict[str, Any], console) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title=f"RDMA Write: cext vs ib_write_bw ({r['device']}, depth {r['depth']}, "
+                    "same run)")
+    for col in ("#bytes", "#iterations", "ib_write_bw BW average [MB/sec]",
+                "cext BW average [MB/sec]", "ratio", "goal"):
+        t.add_column(escape(col), justify="right")
+    for row in r["write_bw"]:
+        t.add_row(str(row["bytes"]), str(row["iterations"]),
+                  f"{row['baseline_ib_write_bw_MBps']:.2f}", f"{row['cext_MBps']:.2f}",
+                  f"{row['ratio']:.2f}", ("[green]" if row["met"] else "[red]")
+                  + f">= {row['goal']}")
+    console.print(t)
+    lat = r["latency"]
+    t2 = Table(title=f"send/receive half round trip: cext vs ib_send_lat ({lat['bytes']} B, "
+                     f"{lat['iterations']} iterations)")
+    for col in ("ib_send_lat t_typical [usec]", "cext t_typical [usec]", "ratio", "goal",
+                "cext t_min [usec]", "cext 99% [usec]"):
+        t2.add_column(escape(col), justify="right")
+    s = lat["cext_half_rtt_stats_us"]
+    t2.add_row(f"{lat['baseline_ib_send_lat_typical_us']:.2f}", f"{lat['cext_half_rtt_us']:.2f}",
+               f"{lat['ratio']:.2f}", ("[green]" if lat["met"] else "[red]")
+               + f"<= {lat['goal']}", f"{s['t_min_us']:.2f}", f"{s['p99_us']:.2f}")
+    console.print(t2)
+    for note in r["notes"]:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"[dim]method: {r['method']}[/]")
+
+
+def goals_met(r: dict[str, Any]) -> bool:
+    return all(row["met"] for row in r["write_bw"]) and r["latency"]["met"]
+
+
+def run_args(args: argparse.Namespace) -> int:
+    """The orchestrator behind both `python -m hsp_rdma.cext.bench` and `hsp-bench cext`."""
+    from hsp_rdma.cli.common import EXIT_FAILED, EXIT_OK, make_console
+
+    console = make_console()
+    r = bench_lab(args, console) | {"lab": args.lab}
+    if args.json:
+        print(json.dumps(r, indent=1))
+    else:
+        show(r, console)
+    return EXIT_FAILED if args.check and not goals_met(r) else EXIT_OK
+
+
+def build_parser():
+    from hsp_rdma.cli.common import EXIT_CODES_HELP, Parser
+
+    p = Parser(prog="python -m hsp_rdma.cext.bench", description=__doc__,
+               epilog=EXIT_CODES_HELP + "; roles run in the guests: 'serve' and 'client'",
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["serve"], ["client"]):
+        return guest_main(argv)
+    from hsp_rdma.cli.common import run_cli
+
+    args = build_parser().parse_args(argv)
+    return run_cli("cext-bench", lambda: run_args(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
