@@ -5,11 +5,18 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 
 cdef extern from "<infiniband/verbs.h>" nogil:
+    cdef enum ibv_transport_type:
+        IBV_TRANSPORT_UNKNOWN
+        IBV_TRANSPORT_IB
+        IBV_TRANSPORT_IWARP
+
     cdef struct ibv_device:
         char name[64]
+        ibv_transport_type transport_type
 
     cdef struct ibv_context:
         ibv_device *device
+        int async_fd
         int num_comp_vectors
 
     cdef struct ibv_pd:
@@ -51,6 +58,7 @@ cdef extern from "<infiniband/verbs.h>" nogil:
         int max_mr
         int max_pd
         int max_qp_rd_atom
+        int max_sge_rd
 
     cdef struct ibv_port_attr:
         int state
@@ -156,6 +164,66 @@ cdef extern from "<infiniband/verbs.h>" nogil:
 
     cdef union ibv_gid:
         uint8_t raw[16]
+
+    cdef enum ibv_gid_type:
+        IBV_GID_TYPE_IB
+        IBV_GID_TYPE_ROCE_V1
+        IBV_GID_TYPE_ROCE_V2
+
+    cdef struct ibv_gid_entry:
+        ibv_gid gid
+        uint32_t gid_index
+        uint32_t port_num
+        uint32_t gid_type
+        uint32_t ndev_ifindex
+
+    cdef enum ibv_event_type:
+        IBV_EVENT_CQ_ERR
+        IBV_EVENT_QP_FATAL
+        IBV_EVENT_QP_REQ_ERR
+        IBV_EVENT_QP_ACCESS_ERR
+        IBV_EVENT_COMM_EST
+        IBV_EVENT_SQ_DRAINED
+        IBV_EVENT_PATH_MIG
+        IBV_EVENT_PATH_MIG_ERR
+        IBV_EVENT_DEVICE_FATAL
+        IBV_EVENT_PORT_ACTIVE
+        IBV_EVENT_PORT_ERR
+        IBV_EVENT_QP_LAST_WQE_REACHED
+        IBV_EVENT_GID_CHANGE
+
+    cdef union _async_element:
+        ibv_cq *cq
+        ibv_qp *qp
+        int port_num
+
+    cdef struct ibv_async_event:
+        _async_element element
+        ibv_event_type event_type
+
+    cdef enum ibv_qp_state:
+        IBV_QPS_RESET
+        IBV_QPS_INIT
+        IBV_QPS_RTR
+        IBV_QPS_RTS
+        IBV_QPS_SQD
+        IBV_QPS_SQE
+        IBV_QPS_ERR
+
+    cdef enum ibv_qp_attr_mask:
+        IBV_QP_STATE
+
+    cdef struct ibv_qp_attr:
+        ibv_qp_state qp_state
+
+    ssize_t ibv_query_gid_table(ibv_context *context, ibv_gid_entry *entries,
+                                size_t max_entries, uint32_t flags)
+    int ibv_get_async_event(ibv_context *context, ibv_async_event *event)
+    void ibv_ack_async_event(ibv_async_event *event)
+    const char *ibv_event_type_str(ibv_event_type event)
+    int ibv_resize_cq(ibv_cq *cq, int cqe)
+    int ibv_query_qp(ibv_qp *qp, ibv_qp_attr *attr, int attr_mask, ibv_qp_init_attr *init_attr)
+    int ibv_modify_qp(ibv_qp *qp, ibv_qp_attr *attr, int attr_mask)
 
     ibv_pd *ibv_alloc_pd(ibv_context *context)
     int ibv_dealloc_pd(ibv_pd *pd)

@@ -47,6 +47,7 @@ cdef extern from "<arpa/inet.h>" nogil:
 DEF MAX_SGE = 16
 DEF MAX_CHAIN = 64
 DEF MAX_POLL = 64
+DEF WC_BYTES = 32
 
 # Access flags and opcodes, for the Python side.
 ACCESS_LOCAL_WRITE = IBV_ACCESS_LOCAL_WRITE
@@ -59,6 +60,7 @@ WR_RDMA_WRITE_WITH_IMM = IBV_WR_RDMA_WRITE_WITH_IMM
 WR_RDMA_READ = IBV_WR_RDMA_READ
 WC_SUCCESS = IBV_WC_SUCCESS
 WC_LOC_LEN_ERR = IBV_WC_LOC_LEN_ERR
+WC_LOC_QP_OP_ERR = IBV_WC_LOC_QP_OP_ERR
 WC_LOC_PROT_ERR = IBV_WC_LOC_PROT_ERR
 WC_WR_FLUSH_ERR = IBV_WC_WR_FLUSH_ERR
 WC_REM_INV_REQ_ERR = IBV_WC_REM_INV_REQ_ERR
@@ -106,6 +108,57 @@ cdef int _wait_fd(int fd, int timeout_ms) nogil:
         return rc
 
 
+GID_TYPES = {IBV_GID_TYPE_IB: "IB", IBV_GID_TYPE_ROCE_V1: "RoCE v1",
+             IBV_GID_TYPE_ROCE_V2: "RoCE v2"}
+QPS_ERR = IBV_QPS_ERR
+QP_STATES = {IBV_QPS_RESET: "RESET", IBV_QPS_INIT: "INIT", IBV_QPS_RTR: "RTR",
+             IBV_QPS_RTS: "RTS", IBV_QPS_SQD: "SQD", IBV_QPS_SQE: "SQE", IBV_QPS_ERR: "ERR"}
+EVENT_QP_FATAL = IBV_EVENT_QP_FATAL
+EVENT_QP_REQ_ERR = IBV_EVENT_QP_REQ_ERR
+EVENT_QP_ACCESS_ERR = IBV_EVENT_QP_ACCESS_ERR
+EVENT_CQ_ERR = IBV_EVENT_CQ_ERR
+EVENT_DEVICE_FATAL = IBV_EVENT_DEVICE_FATAL
+EVENT_PORT_ACTIVE = IBV_EVENT_PORT_ACTIVE
+EVENT_PORT_ERR = IBV_EVENT_PORT_ERR
+# One completion as poll_into() writes it: wr_id, status, opcode, byte_len, imm (as on the
+# wire), wc_flags, qp_num; 32 bytes, native byte order (struct format "=QIIIIII").
+WC_FORMAT = "=QIIIIII"
+WC_SIZE = WC_BYTES
+
+
+def list_devices():
+    """The names of the RDMA devices rdma_cm sees (empty when there are none)."""
+    cdef int n = 0, i
+    cdef ibv_context **lst = rdma_get_devices(&n)
+    if lst == NULL:
+        return []
+    try:
+        return [lst[i].device.name.decode() for i in range(n)]
+    finally:
+        rdma_free_devices(lst)
+
+
+def wait_fds(fds, int timeout_ms):
+    """poll(2) up to 8 fds for input with the GIL released; the list of those ready."""
+    cdef pollfd p[8]
+    cdef int n = len(fds), i, rc
+    if n == 0 or n > 8:
+        raise ValueError("wait_fds takes 1 to 8 file descriptors")
+    for i in range(n):
+        p[i].fd = fds[i]
+        p[i].events = POLLIN
+        p[i].revents = 0
+    while True:
+        with nogil:
+            rc = poll(p, n, timeout_ms)
+        if rc < 0 and errno == EINTR:
+            continue
+        break
+    if rc < 0:
+        raise VerbsError("poll", errno)
+    return [p[i].fd for i in range(n) if p[i].revents]
+
+
 cdef class Device:
     """An RDMA device, opened through rdma_cm so that CM ids and our PDs share its context."""
     cdef object __weakref__
@@ -144,6 +197,14 @@ cdef class Device:
     def add_ref(self, obj):
         self._children.add(obj)
 
+    @property
+    def transport(self):
+        """"IB" (InfiniBand and RoCE), "iWARP" or "unknown"."""
+        self._check()
+        t = self.ctx.device.transport_type
+        return "iWARP" if t == IBV_TRANSPORT_IWARP else "IB" if t == IBV_TRANSPORT_IB \
+            else "unknown"
+
     def query_device(self):
         cdef ibv_device_attr a
         cdef int rc
@@ -156,7 +217,8 @@ cdef class Device:
                 "vendor_id": a.vendor_id, "vendor_part_id": a.vendor_part_id,
                 "hw_ver": a.hw_ver, "max_qp": a.max_qp, "max_qp_wr": a.max_qp_wr,
                 "max_sge": a.max_sge, "max_cq": a.max_cq, "max_cqe": a.max_cqe,
-                "max_mr": a.max_mr, "max_pd": a.max_pd, "max_qp_rd_atom": a.max_qp_rd_atom}
+                "max_mr": a.max_mr, "max_pd": a.max_pd, "max_qp_rd_atom": a.max_qp_rd_atom,
+                "max_sge_rd": a.max_sge_rd}
 
     def query_port(self, int port=1):
         cdef ibv_port_attr a
@@ -176,6 +238,55 @@ cdef class Device:
         if ibv_query_gid(self.ctx, <uint8_t>port, index, &g):
             raise VerbsError("ibv_query_gid", errno)
         return bytes(g.raw[:16])
+
+    def gid_table(self):
+        """Valid GID entries: [{index, port, gid (16 bytes), type, ifindex}] with their types."""
+        cdef ibv_gid_entry ents[256]
+        cdef ssize_t n, i
+        self._check()
+        with nogil:
+            n = ibv_query_gid_table(self.ctx, ents, 256, 0)
+        if n < 0:
+            raise VerbsError("ibv_query_gid_table", -n)
+        return [{"index": ents[i].gid_index, "port": ents[i].port_num,
+                 "gid": bytes(ents[i].gid.raw[:16]),
+                 "type": GID_TYPES.get(ents[i].gid_type, str(ents[i].gid_type)),
+                 "ifindex": ents[i].ndev_ifindex} for i in range(n)]
+
+    @property
+    def async_fd(self):
+        self._check()
+        return self.ctx.async_fd
+
+    def get_async_event(self, int timeout_ms=0):
+        """The next asynchronous event as (type, name, qp_num or port or None), or None.
+
+        Waits up to TIMEOUT_MS (GIL released); the event is acknowledged before returning."""
+        cdef ibv_async_event ev
+        cdef int rc
+        self._check()
+        with nogil:
+            rc = _wait_fd(self.ctx.async_fd, timeout_ms)
+        if rc < 0:
+            raise VerbsError("poll", errno)
+        if rc == 0:
+            return None
+        with nogil:
+            rc = ibv_get_async_event(self.ctx, &ev)
+        if rc:
+            raise VerbsError("ibv_get_async_event", errno)
+        t = ev.event_type
+        if t in (IBV_EVENT_QP_FATAL, IBV_EVENT_QP_REQ_ERR, IBV_EVENT_QP_ACCESS_ERR,
+                 IBV_EVENT_COMM_EST, IBV_EVENT_SQ_DRAINED, IBV_EVENT_PATH_MIG,
+                 IBV_EVENT_PATH_MIG_ERR, IBV_EVENT_QP_LAST_WQE_REACHED):
+            elem = ev.element.qp.qp_num
+        elif t in (IBV_EVENT_PORT_ACTIVE, IBV_EVENT_PORT_ERR, IBV_EVENT_GID_CHANGE):
+            elem = ev.element.port_num
+        else:
+            elem = None
+        name = ibv_event_type_str(ev.event_type).decode()
+        ibv_ack_async_event(&ev)
+        return (int(t), name, elem)
 
     cdef _check(self):
         if self.ctx == NULL:
@@ -319,10 +430,12 @@ cdef class CQ:
     cdef readonly Device device
     cdef unsigned int _unacked
     cdef ibv_wc wc[MAX_POLL]
+    cdef object _children
 
     def __cinit__(self, Device device not None, int cqe):
         device._check()
         self.device = device
+        self._children = weakref.WeakSet()
         self.ch = ibv_create_comp_channel(device.ctx)
         if self.ch == NULL:
             raise VerbsError("ibv_create_comp_channel", errno)
@@ -334,22 +447,68 @@ cdef class CQ:
             raise VerbsError("ibv_create_cq", err, f"{cqe} entries")
         device.add_ref(self)
 
-    def poll(self, int max_entries=16):
-        """Up to MAX_ENTRIES completions: (wr_id, status, opcode, byte_len, imm, wc_flags)."""
-        cdef int n, i
+    cdef int _poll(self, int max_entries, ibv_wc *out) except -1:
+        cdef int n
         if self.cq == NULL:
             raise VerbsError("ibv_poll_cq", 9, "completion queue is closed")
-        if max_entries > MAX_POLL:
-            max_entries = MAX_POLL
         with nogil:
-            n = ibv_poll_cq(self.cq, max_entries, self.wc)
+            n = ibv_poll_cq(self.cq, max_entries, out)
         if n < 0:
-            raise VerbsError("ibv_poll_cq", -n if n < 0 else 5)
+            raise VerbsError("ibv_poll_cq", -n)
+        return n
+
+    def poll(self, int max_entries=16):
+        """Up to MAX_ENTRIES completions: (wr_id, status, opcode, byte_len, imm, wc_flags)."""
+        cdef int n = self._poll(min(max(max_entries, 1), MAX_POLL), self.wc), i
         return [(self.wc[i].wr_id, self.wc[i].status, self.wc[i].opcode, self.wc[i].byte_len,
                  self.wc[i].imm_data, self.wc[i].wc_flags) for i in range(n)]
 
+    @cython.boundscheck(False)
+    def poll_into(self, unsigned char[::1] out not None):
+        """The hot-path poll: fill OUT (a writable buffer) with WC_SIZE-byte records
+        (WC_FORMAT) and return how many; no Python object is made per completion."""
+        cdef int cap = <int>min(out.shape[0] // WC_BYTES, MAX_POLL), n, i
+        cdef Py_ssize_t off
+        cdef uint64_t *q
+        cdef uint32_t *w
+        if cap == 0:
+            raise ValueError(f"the buffer holds no completion record ({WC_BYTES} bytes each)")
+        n = self._poll(cap, self.wc)
+        for i in range(n):
+            off = <Py_ssize_t>i * WC_BYTES
+            q = <uint64_t *>&out[off]
+            q[0] = self.wc[i].wr_id
+            w = <uint32_t *>&out[off + 8]
+            w[0] = self.wc[i].status
+            w[1] = self.wc[i].opcode
+            w[2] = self.wc[i].byte_len
+            w[3] = self.wc[i].imm_data
+            w[4] = self.wc[i].wc_flags
+            w[5] = self.wc[i].qp_num
+        return n
+
+    def resize(self, int cqe):
+        """Grow or shrink the CQ to at least CQE entries (ibv_resize_cq)."""
+        cdef int rc
+        if self.cq == NULL:
+            raise VerbsError("ibv_resize_cq", 9, "completion queue is closed")
+        rc = ibv_resize_cq(self.cq, cqe)
+        if rc:
+            raise VerbsError("ibv_resize_cq", rc, f"{cqe} entries")
+
+    @property
+    def cqe(self):
+        return self.cq.cqe if self.cq != NULL else 0
+
+    @property
+    def fd(self):
+        """The completion channel's fd (readable once the armed CQ has an event)."""
+        return self.ch.fd if self.ch != NULL else -1
+
     def arm(self):
         cdef int rc
+        if self.cq == NULL:
+            raise VerbsError("ibv_req_notify_cq", 9, "completion queue is closed")
         with nogil:
             rc = ibv_req_notify_cq(self.cq, 0)
         if rc:
@@ -378,7 +537,16 @@ cdef class CQ:
             self._unacked = 0
         return True
 
+    def add_ref(self, obj):
+        self._children.add(obj)
+
+    @property
+    def closed(self):
+        return self.cq == NULL
+
     def close(self):
+        for child in list(self._children):  # the queue pairs that report here go first
+            child.close()
         if self.cq != NULL:
             if self._unacked:
                 ibv_ack_cq_events(self.cq, self._unacked)
@@ -412,6 +580,10 @@ cdef class EventChannel:
             raise VerbsError("rdma_create_event_channel", errno,
                              "is rdma_ucm loaded (modprobe rdma_ucm)?")
         self._ids = weakref.WeakValueDictionary()
+
+    @property
+    def fd(self):
+        return self.ch.fd if self.ch != NULL else -1
 
     def register(self, CMId cid):
         self._ids[<uint64_t>cid.cid] = cid
@@ -486,6 +658,8 @@ cdef class CMId:
 
     def __cinit__(self, EventChannel channel not None, context=None, bint create=True):
         self.channel = channel
+        if channel.ch == NULL:
+            raise VerbsError("rdma_create_id", 9, "the event channel is closed")
         if create:
             if rdma_create_id(channel.ch, &self.cid, NULL, RDMA_PS_TCP):
                 raise VerbsError("rdma_create_id", errno)
@@ -497,30 +671,56 @@ cdef class CMId:
             return None
         return self.cid.verbs.device.name.decode()
 
+    cdef _check(self, str call):
+        if self.cid == NULL:
+            raise VerbsError(call, 9, "the connection id is closed")
+
+    @property
+    def closed(self):
+        return self.cid == NULL
+
     def bind(self, str ip, int port):
         cdef sockaddr_in sa
+        self._check("rdma_bind_addr")
         _sockaddr(ip, port, &sa)
         if rdma_bind_addr(self.cid, <void *>&sa):
             raise VerbsError("rdma_bind_addr", errno, f"{ip}:{port}")
 
     def listen(self, int backlog=8):
+        self._check("rdma_listen")
         if rdma_listen(self.cid, backlog):
             raise VerbsError("rdma_listen", errno)
 
     def resolve_addr(self, str src_ip, str dst_ip, int port, int timeout_ms):
         cdef sockaddr_in src, dst
+        cdef int rc
+        self._check("rdma_resolve_addr")
         _sockaddr(src_ip, 0, &src)
         _sockaddr(dst_ip, port, &dst)
-        if rdma_resolve_addr(self.cid, <void *>&src, <void *>&dst, timeout_ms):
+        with nogil:
+            rc = rdma_resolve_addr(self.cid, <void *>&src, <void *>&dst, timeout_ms)
+        if rc:
             raise VerbsError("rdma_resolve_addr", errno, f"{src_ip} -> {dst_ip}")
 
     def resolve_route(self, int timeout_ms):
-        if rdma_resolve_route(self.cid, timeout_ms):
+        cdef int rc
+        self._check("rdma_resolve_route")
+        with nogil:
+            rc = rdma_resolve_route(self.cid, timeout_ms)
+        if rc:
             raise VerbsError("rdma_resolve_route", errno)
 
     def create_qp(self, PD pd not None, CQ send_cq not None, CQ recv_cq not None,
                   int max_send_wr, int max_recv_wr, int max_sge=4, int max_inline=0):
         cdef ibv_qp_init_attr a
+        self._check("rdma_create_qp")
+        pd._check()
+        if send_cq.cq == NULL or recv_cq.cq == NULL:
+            raise VerbsError("rdma_create_qp", 9, "a completion queue is closed")
+        if self.has_qp:
+            raise VerbsError("rdma_create_qp", 17, "this connection already has a queue pair")
+        if self.cid.verbs == NULL:
+            raise VerbsError("rdma_create_qp", 22, "the address is not resolved yet")
         if self.cid.verbs != pd.device.ctx:
             raise VerbsError("rdma_create_qp", 22, "the protection domain is on another "
                              "device than the connection")
@@ -540,13 +740,19 @@ cdef class CMId:
         self.has_qp = True
         self.pd, self.send_cq, self.recv_cq = pd, send_cq, recv_cq
         pd.add_ref(self)
+        send_cq.add_ref(self)
+        recv_cq.add_ref(self)
 
     @property
     def qp_num(self):
-        return self.cid.qp.qp_num if self.has_qp else None
+        return self.cid.qp.qp_num if self.has_qp and self.cid != NULL else None
 
     def connect(self, bytes private_data=b"", int retry_count=7, int rnr_retry_count=0):
         cdef rdma_conn_param p
+        cdef int rc
+        self._check("rdma_connect")
+        if len(private_data) > 56:
+            raise VerbsError("rdma_connect", 22, "private data holds at most 56 bytes")
         memset(&p, 0, sizeof(p))
         p.private_data = <const char *>private_data
         p.private_data_len = len(private_data)
@@ -554,52 +760,129 @@ cdef class CMId:
         p.initiator_depth = 1
         p.retry_count = retry_count
         p.rnr_retry_count = rnr_retry_count
-        if rdma_connect(self.cid, &p):
+        with nogil:
+            rc = rdma_connect(self.cid, &p)
+        if rc:
             raise VerbsError("rdma_connect", errno)
 
     def accept(self, bytes private_data=b"", int rnr_retry_count=0):
         cdef rdma_conn_param p
+        cdef int rc
+        self._check("rdma_accept")
+        if len(private_data) > 196:
+            raise VerbsError("rdma_accept", 22, "private data holds at most 196 bytes")
         memset(&p, 0, sizeof(p))
         p.private_data = <const char *>private_data
         p.private_data_len = len(private_data)
         p.responder_resources = 1
         p.initiator_depth = 1
         p.rnr_retry_count = rnr_retry_count
-        if rdma_accept(self.cid, &p):
+        with nogil:
+            rc = rdma_accept(self.cid, &p)
+        if rc:
             raise VerbsError("rdma_accept", errno)
 
     def reject(self, bytes private_data=b""):
+        self._check("rdma_reject")
+        if len(private_data) > 148:
+            raise VerbsError("rdma_reject", 22, "private data holds at most 148 bytes")
         if rdma_reject(self.cid, <const char *>private_data, len(private_data)):
             raise VerbsError("rdma_reject", errno)
 
     def disconnect(self):
-        if self.cid != NULL and rdma_disconnect(self.cid):
+        cdef int rc = 0
+        if self.cid == NULL:
+            return
+        with nogil:
+            rc = rdma_disconnect(self.cid)
+        if rc:
             raise VerbsError("rdma_disconnect", errno)
 
-    def post_send(self, uint64_t wr_id, int opcode, list sges, uint64_t remote_addr=0,
-                  uint32_t rkey=0, uint32_t imm=0, bint signaled=True, bint fence=False):
-        """One work request; SGES = [(addr, length, lkey), ...]."""
+    cdef int _post_one(self, int n) except -1:
+        """Post self.swr[0] over self.sge[0:n] (already filled), GIL released."""
         cdef ibv_send_wr *bad
-        cdef int rc, i, n = len(sges)
+        cdef int rc
         if not self.has_qp:
             raise VerbsError("ibv_post_send", 22, "no queue pair: connect first")
-        if n > MAX_SGE:
-            raise VerbsError("ibv_post_send", 22, f"{n} segments, at most {MAX_SGE}")
-        memset(&self.swr[0], 0, sizeof(ibv_send_wr))
-        for i in range(n):
-            self.sge[i].addr, self.sge[i].length, self.sge[i].lkey = sges[i]
-        self.swr[0].wr_id = wr_id
+        self.swr[0].next = NULL
         self.swr[0].sg_list = self.sge
         self.swr[0].num_sge = n
-        self.swr[0].opcode = <ibv_wr_opcode>opcode
-        self.swr[0].send_flags = (IBV_SEND_SIGNALED if signaled else 0) | (IBV_SEND_FENCE if fence else 0)
-        self.swr[0].imm_data = imm
-        self.swr[0].wr.rdma.remote_addr = remote_addr
-        self.swr[0].wr.rdma.rkey = rkey
         with nogil:
             rc = ibv_post_send(self.cid.qp, self.swr, &bad)
         if rc:
-            raise VerbsError("ibv_post_send", rc)
+            raise VerbsError("ibv_post_send", abs(rc))
+        return 0
+
+    cdef void _fill(self, uint64_t wr_id, int opcode, uint64_t remote_addr, uint32_t rkey,
+                    uint32_t imm, bint signaled, bint fence) noexcept:
+        self.swr[0].wr_id = wr_id
+        self.swr[0].opcode = <ibv_wr_opcode>opcode
+        self.swr[0].send_flags = ((IBV_SEND_SIGNALED if signaled else 0)
+                                  | (IBV_SEND_FENCE if fence else 0))
+        self.swr[0].imm_data = imm
+        self.swr[0].wr.rdma.remote_addr = remote_addr
+        self.swr[0].wr.rdma.rkey = rkey
+
+    def post_send(self, uint64_t wr_id, int opcode, list sges, uint64_t remote_addr=0,
+                  uint32_t rkey=0, uint32_t imm=0, bint signaled=True, bint fence=False):
+        """One work request (send, RDMA Write with or without immediate, RDMA Read) over a
+        gather list SGES = [(addr, length, lkey), ...]; IMM as it goes on the wire."""
+        cdef int i, n = len(sges)
+        if n > MAX_SGE:
+            raise VerbsError("ibv_post_send", 22, f"{n} segments, at most {MAX_SGE}")
+        for i in range(n):
+            self.sge[i].addr, self.sge[i].length, self.sge[i].lkey = sges[i]
+        self._fill(wr_id, opcode, remote_addr, rkey, imm, signaled, fence)
+        self._post_one(n)
+
+    def post1(self, uint64_t wr_id, int opcode, uint64_t laddr, uint32_t length,
+              uint32_t lkey, uint64_t remote_addr=0, uint32_t rkey=0, uint32_t imm=0,
+              bint signaled=True):
+        """The hot-path post: one work request over one local segment, scalars only (no
+        Python object is built), GIL released around the doorbell."""
+        self.sge[0].addr, self.sge[0].length, self.sge[0].lkey = laddr, length, lkey
+        self._fill(wr_id, opcode, remote_addr, rkey, imm, signaled, False)
+        self._post_one(1)
+
+    def post_recv1(self, uint64_t wr_id, uint64_t laddr, uint32_t length, uint32_t lkey):
+        """The hot-path receive: one segment, scalars only, GIL released."""
+        cdef ibv_recv_wr *bad
+        cdef int rc
+        if not self.has_qp:
+            raise VerbsError("ibv_post_recv", 22, "no queue pair: connect first")
+        self.sge[0].addr, self.sge[0].length, self.sge[0].lkey = laddr, length, lkey
+        self.rwr.wr_id = wr_id
+        self.rwr.next = NULL
+        self.rwr.sg_list = self.sge
+        self.rwr.num_sge = 1
+        with nogil:
+            rc = ibv_post_recv(self.cid.qp, &self.rwr, &bad)
+        if rc:
+            raise VerbsError("ibv_post_recv", abs(rc))
+
+    def qp_state(self):
+        """The queue pair's state name (RESET, INIT, RTR, RTS, SQD, SQE, ERR) or None."""
+        cdef ibv_qp_attr a
+        cdef ibv_qp_init_attr ia
+        cdef int rc
+        if not self.has_qp:
+            return None
+        rc = ibv_query_qp(self.cid.qp, &a, IBV_QP_STATE, &ia)
+        if rc:
+            raise VerbsError("ibv_query_qp", rc)
+        return QP_STATES.get(a.qp_state, str(a.qp_state))
+
+    def to_error(self):
+        """Move the queue pair to ERR: every posted work request completes flushed."""
+        cdef ibv_qp_attr a
+        cdef int rc
+        if not self.has_qp:
+            return
+        memset(&a, 0, sizeof(a))
+        a.qp_state = IBV_QPS_ERR
+        rc = ibv_modify_qp(self.cid.qp, &a, IBV_QP_STATE)
+        if rc:
+            raise VerbsError("ibv_modify_qp", rc, "to ERR")
 
     def post_write_chain(self, list writes):
         """Post RDMA Writes [(wr_id, laddr, length, lkey, raddr, rkey), ...] with one
@@ -625,7 +908,7 @@ cdef class CMId:
         with nogil:
             rc = ibv_post_send(self.cid.qp, self.swr, &bad)
         if rc:
-            raise VerbsError("ibv_post_send", rc, "write chain")
+            raise VerbsError("ibv_post_send", abs(rc), "write chain")
 
     def post_recv(self, uint64_t wr_id, list sges):
         cdef ibv_recv_wr *bad
@@ -643,16 +926,21 @@ cdef class CMId:
         with nogil:
             rc = ibv_post_recv(self.cid.qp, &self.rwr, &bad)
         if rc:
-            raise VerbsError("ibv_post_recv", rc)
+            raise VerbsError("ibv_post_recv", abs(rc))
 
     def close(self):
-        if self.cid == NULL:
+        """Destroy the QP and the id. The GIL is released: on iWARP the kernel may wait for
+        the peer (a connect in flight, a closing TCP stream) before the id goes."""
+        cdef rdma_cm_id *cid = self.cid
+        cdef bint qp = self.has_qp
+        if cid == NULL:
             return
-        if self.has_qp:
-            rdma_destroy_qp(self.cid)
-            self.has_qp = False
-        rdma_destroy_id(self.cid)
-        self.cid = NULL
+        self.cid = NULL  # taken before the GIL goes, so a second close() does nothing
+        self.has_qp = False
+        with nogil:
+            if qp:
+                rdma_destroy_qp(cid)
+            rdma_destroy_id(cid)
 
     def __dealloc__(self):
         if self.cid != NULL:

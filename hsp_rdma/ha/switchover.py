@@ -166,10 +166,10 @@ class Engine:
         The connector retries while nothing listens yet (the peer may still be starting)."""
         local = via.NetAddress(local_ip, DISCRIMINATOR)
         deadline = self.clock() + timeout_s
-        while True:
-            self._recv_slots.clear()
+        if not self._recv_slots:
             for slot in range(CTL_SLOTS):  # receives first: the peer may send at once
-                self._post_recv(slot)
+                self._post_recv(slot)  # (they stay posted across failed attempts)
+        while True:
             ms = max(1, int((deadline - self.clock()) * 1000))
             try:
                 if peer_ip is None:

@@ -8,6 +8,8 @@ are verbs devices (rxe0, siw0, mlx5_0); ``soft:<name>`` is reserved for the soft
 from __future__ import annotations
 
 import ipaddress
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,10 +27,12 @@ from hsp_rdma.via.types import (
     NicAttributes,
     ViAttributes,
     VipDescriptor,
+    VipDescriptorError,
     VipError,
     VipErrorResource,
     VipInvalidParameter,
     VipInvalidPtag,
+    VipInvalidRdmaRead,
     VipInvalidReliabilityLevel,
     VipInvalidState,
     VipNoMatch,
@@ -41,6 +45,8 @@ from hsp_rdma.via.types import (
 Nic = _prov.Nic
 Vi = _prov.Vi
 Ptag = _prov.Ptag
+CQ = _prov.CompletionQueue
+ErrorDescriptor = _prov.ErrorDescriptor
 
 
 def address_of(buffer, offset: int = 0) -> int:
@@ -90,9 +96,10 @@ def _ipv4_of(netdev: str) -> str | None:
 
 
 def ServernetReset(nic: Nic) -> None:
-    """Flush every VI of NIC (descriptors complete DESC_FLUSHED); VIs end IDLE, memory stays."""
+    """Flush every VI of NIC to ERROR (posted descriptors complete DESC_FLUSHED), destroy
+    their queue pairs; VIs end IDLE and can reconnect, registered memory stays."""
     for vi in list(nic.vis):
-        vi.disconnect()
+        vi.disconnect()  # rdma_disconnect moves the QP to ERR (flush), then it is destroyed
 
 
 # ---- NIC --------------------------------------------------------------------------------
@@ -105,6 +112,31 @@ def VipOpenNic(name: str | None = None) -> Nic:
 
 def VipCloseNic(nic: Nic) -> None:
     nic.close()
+
+
+def VipQuerySystemManagementInfo(nic: Nic, info_type: int = 0) -> dict:
+    """Port state and the port's counters (sysfs ``counters`` and ``hw_counters``)."""
+    port = Path("/sys/class/infiniband") / nic.name / "ports" / "1"
+
+    def read_dir(d: Path) -> dict[str, int]:
+        out = {}
+        for f in sorted(d.glob("*")) if d.is_dir() else []:
+            try:
+                out[f.name] = int(f.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+        return out
+
+    def text(name: str) -> str:
+        try:
+            return (port / name).read_text().strip()
+        except OSError:
+            return "unknown"
+
+    return {"nic": nic.name, "info_type": info_type, "state": text("state"),
+            "phys_state": text("phys_state"), "link_layer": text("link_layer"),
+            "rate": text("rate"), "counters": read_dir(port / "counters"),
+            "hw_counters": read_dir(port / "hw_counters")}
 
 
 def VipQueryNic(nic: Nic) -> NicAttributes:
@@ -166,8 +198,10 @@ def VipDeregisterMem(nic: Nic, buffer, handle: MemHandle) -> None:
 
 
 # ---- endpoints -------------------------------------------------------------------------------
-def VipCreateVi(nic: Nic, attrs: ViAttributes, send_cq=None, recv_cq=None) -> Vi:
-    return Vi(nic, attrs)
+def VipCreateVi(nic: Nic, attrs: ViAttributes, send_cq: CQ | None = None,
+                recv_cq: CQ | None = None) -> Vi:
+    """A VI; with SEND_CQ / RECV_CQ its work queues report to those completion queues."""
+    return Vi(nic, attrs, send_cq, recv_cq)
 
 
 def VipDestroyVi(vi: Vi) -> None:
@@ -221,21 +255,10 @@ def VipConnectAccept(conn: ConnRequest, vi: Vi) -> None:
         raise VipInvalidState(f"VI is {vi.state.name}: only an IDLE VI accepts")
     if conn.reliability != vi.attrs.reliability_level:
         conn.cmid.reject(_prov.reject_data(VipReturn.INVALID_RELIABILITY_LEVEL))
+        conn.cmid.close()
         raise VipInvalidReliabilityLevel(
             f"peer asks {conn.reliability.name}, this VI is {vi.attrs.reliability_level.name}")
-    cx = _cx()
-    try:
-        vi._make_qp(conn.cmid)
-        conn.cmid.accept(b"", 0)
-    except VerbsError as exc:
-        vi._reset_qp()
-        raise VipErrorResource(str(exc), exc.errno) from exc
-    ev = conn.nic.wait_event(lambda e: e[2] is conn.cmid, 30)
-    if ev is None or ev[0] != cx.EV_ESTABLISHED:
-        vi._reset_qp()
-        raise VipNotReachable(f"the connection did not establish "
-                              f"({cx.cm_event_str(ev[0]) if ev else 'timeout'})")
-    vi.state = ViState.CONNECTED
+    vi.accept(conn.cmid)
 
 
 def VipConnectReject(conn: ConnRequest) -> None:
@@ -277,19 +300,160 @@ def VipRecvWait(vi: Vi, timeout_ms: int | None) -> VipDescriptor:
     return vi.wait(True, timeout_ms)
 
 
-def VipErrorCallback(nic: Nic, callback: Callable | None) -> None:
-    nic.error_callback = callback
+# ---- completion queues ---------------------------------------------------------------------
+def VipCreateCQ(nic: Nic, entries: int) -> CQ:
+    """A completion queue that VIs' work queues can share (VipCreateVi send_cq/recv_cq)."""
+    return CQ(nic, entries, vipl=True)
+
+
+def VipDestroyCQ(cq: CQ) -> None:
+    if cq.users:
+        raise VipInvalidState(f"the completion queue still serves {cq.users} work queue(s): "
+                              "destroy those VIs first")
+    cq.close()
+
+
+def VipResizeCQ(cq: CQ, entries: int) -> None:
+    if entries < 1:
+        raise VipInvalidParameter(f"a completion queue needs at least 1 entry, not {entries}")
+    try:
+        cq.cq.resize(entries)
+    except VerbsError as exc:
+        if exc.errno == 95:  # EOPNOTSUPP (siw)
+            raise VipNotSupported(f"{cq.nic.name} cannot resize a completion queue: create "
+                                  "it with enough entries") from exc
+        raise VipErrorResource(str(exc), exc.errno) from exc
+
+
+def VipCQDone(cq: CQ) -> tuple[Vi, bool] | None:
+    """(vi, is_recv_queue) of the oldest completion on CQ, or None; take the descriptor with
+    that VI's VipSendDone / VipRecvDone."""
+    cq.drain()
+    while cq.fifo:
+        vi, recv = cq.fifo.popleft()
+        q = vi.recvq if recv else vi.sendq
+        if q and q[0].wr_id in vi._done:
+            return vi, recv
+    return None
+
+
+def VipCQWait(cq: CQ, timeout_ms: int | None) -> tuple[Vi, bool]:
+    deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+    while True:
+        got = VipCQDone(cq)
+        if got is not None:
+            return got
+        left = 1000 if deadline is None else (deadline - time.monotonic()) * 1000
+        if left <= 0:
+            raise VipTimeout(f"no completion on the CQ in {timeout_ms} ms")
+        cq.wait(min(left, 1000))
+
+
+# ---- notification -----------------------------------------------------------------------------
+def _notify(vi: Vi, recv: bool, context, handler: Callable) -> None:
+    """Call HANDLER(context, nic, vi, descriptor) from a thread once the queue's head
+    completes (VIPL: do not call Done/Wait on that queue meanwhile)."""
+    if not callable(handler):
+        raise VipInvalidParameter("the notify handler is not callable")
+
+    def run() -> None:
+        while vi in vi.nic.vis and not vi.nic.closed:
+            try:
+                d = vi.wait(recv, 200)
+            except VipTimeout:
+                continue
+            except VipInvalidState:
+                time.sleep(0.02)  # nothing posted yet (or not connected): look again
+                continue
+            except VipError:
+                return
+            handler(context, vi.nic, vi, d)
+            return
+
+    t = threading.Thread(target=run, name=f"via-notify-{vi.serial}", daemon=True)
+    vi._notify.append(t)
+    t.start()
+
+
+def VipSendNotify(vi: Vi, context, handler: Callable) -> None:
+    _notify(vi, False, context, handler)
+
+
+def VipRecvNotify(vi: Vi, context, handler: Callable) -> None:
+    _notify(vi, True, context, handler)
+
+
+def VipErrorCallback(nic: Nic, context, handler: Callable | None = None) -> None:
+    """HANDLER(context, ErrorDescriptor) runs on every asynchronous error of NIC's VIs (peer
+    lost, transport or protection error, QP fatal, port down), from the thread that saw it.
+    ``VipErrorCallback(nic, handler)`` (no context) is accepted too."""
+    if handler is None and callable(context):
+        context, handler = None, context
+    if handler is not None and not callable(handler):
+        raise VipInvalidParameter("the error handler is not callable")
+    nic.error_context, nic.error_handler = context, handler
 
 
 __all__ = [
-    "AddressSegment", "ConnRequest", "DataSegment", "MemAttributes", "MemHandle", "NetAddress",
-    "Nic", "NicAttributes", "Ptag", "ServernetInit", "ServernetReset", "Vi", "ViAttributes",
-    "VipCloseNic", "VipConnectAccept", "VipConnectReject", "VipConnectRequest",
-    "VipConnectWait", "VipCreatePtag", "VipCreateVi", "VipDeregisterMem", "VipDescriptor",
-    "VipDestroyPtag", "VipDestroyVi", "VipDisconnect", "VipError", "VipErrorCallback",
-    "VipErrorResource", "VipInvalidParameter", "VipInvalidPtag", "VipInvalidReliabilityLevel",
-    "VipInvalidState", "VipNoMatch", "VipNotReachable", "VipNotSupported", "VipOpenNic",
-    "VipPostRecv", "VipPostSend", "VipQueryNic", "VipQueryVi", "VipRecvDone", "VipRecvWait",
-    "VipRegisterMem", "VipReject", "VipSendDone", "VipSendWait", "VipSetViAttributes",
-    "VipTimeout", "address_of",
+    "CQ",
+    "AddressSegment",
+    "ConnRequest",
+    "DataSegment",
+    "ErrorDescriptor",
+    "MemAttributes",
+    "MemHandle",
+    "NetAddress",
+    "Nic",
+    "NicAttributes",
+    "Ptag",
+    "ServernetInit",
+    "ServernetReset",
+    "Vi",
+    "ViAttributes",
+    "VipCQDone",
+    "VipCQWait",
+    "VipCloseNic",
+    "VipConnectAccept",
+    "VipConnectReject",
+    "VipConnectRequest",
+    "VipConnectWait",
+    "VipCreateCQ",
+    "VipCreatePtag",
+    "VipCreateVi",
+    "VipDeregisterMem",
+    "VipDescriptor",
+    "VipDescriptorError",
+    "VipDestroyCQ",
+    "VipDestroyPtag",
+    "VipDestroyVi",
+    "VipDisconnect",
+    "VipError",
+    "VipErrorCallback",
+    "VipErrorResource",
+    "VipInvalidParameter",
+    "VipInvalidPtag",
+    "VipInvalidRdmaRead",
+    "VipInvalidReliabilityLevel",
+    "VipInvalidState",
+    "VipNoMatch",
+    "VipNotReachable",
+    "VipNotSupported",
+    "VipOpenNic",
+    "VipPostRecv",
+    "VipPostSend",
+    "VipQueryNic",
+    "VipQuerySystemManagementInfo",
+    "VipQueryVi",
+    "VipRecvDone",
+    "VipRecvNotify",
+    "VipRecvWait",
+    "VipRegisterMem",
+    "VipReject",
+    "VipResizeCQ",
+    "VipSendDone",
+    "VipSendNotify",
+    "VipSendWait",
+    "VipSetViAttributes",
+    "VipTimeout",
+    "address_of",
 ]

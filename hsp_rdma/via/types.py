@@ -67,6 +67,7 @@ class VipDescriptor:
     status: int = 0
     slot: int = -1  # free for the caller (e.g. which receive buffer this is)
     wr_id: int = 0  # set by the provider when posted
+    reason: str = ""  # on an error completion, the provider's own words (verbs wc status)
 
 
 @dataclass(frozen=True)
