@@ -8,7 +8,8 @@ perftest counts (MB = 2^20 bytes). Then ib_send_lat (-s 2 -n LAT_ITERS) and the 
 of 2-byte sends with receives pre-posted: one sample per round trip (post .. reply received),
 half round trip reported, t_typical = median as in perftest. Both sides of both tools busy-poll
 their CQs unless --bw-poll event (then the cext writer sleeps on its completion channel).
-Unlike perftest the cext sends are not inline (the binding has no inline flag).
+Unlike perftest the cext sends are not inline (the binding has no inline flag). With --rounds R
+the whole sequence runs R times and the medians are compared.
 """
 
 from __future__ import annotations
@@ -87,6 +88,11 @@ class _Poller:
                                    "stalls now and then: run again)")
 
 
+def _pattern(n: int) -> bytes:
+    """What the client writes, so the server can see the writes landed."""
+    return (bytes(range(1, 256)) * (n // 255 + 1))[:n]
+
+
 def serve(args: argparse.Namespace) -> None:
     """Node a: listen, publish the buffer in the accept, then echo sends (lat) or wait."""
     from hsp_rdma.cext import verbs as cx
@@ -125,6 +131,8 @@ def serve(args: argparse.Namespace) -> None:
                 else:
                     in_flight -= 1
     _cm_wait(ch, (cx.EV_DISCONNECTED,), args.timeout, "waiting for the client to finish")
+    if args.mode == "write" and buf[:size] != _pattern(size):
+        raise RuntimeError("the client's writes did not land: the buffer lacks its pattern")
     _emit(event="done")
     ch.close()
     dev.close()
@@ -137,7 +145,7 @@ def client(args: argparse.Namespace) -> None:
     size = args.size if args.mode == "write" else LAT_BYTES
     dev = cx.Device(args.device)
     pd = cx.PD(dev)
-    buf = bytearray(max(size, 64))
+    buf = bytearray(_pattern(max(size, 64)))
     mr = cx.MR(pd, buf, cx.ACCESS_LOCAL_WRITE)
     cq = cx.CQ(dev, 2 * RECVS_POSTED + 2 * args.depth + 8)
     ch = cx.EventChannel()
@@ -295,6 +303,9 @@ def _cext_pair(lab, fabric: str, mode: str, size: int, depth: int, iters: int, p
     if not cres.ok:
         srv.job.kill()
     sres = srv.job.wait()
+    if cres.ok and not srv.of("done") and not srv.of("error"):
+        srv.events.append({"event": "error", "error": f"server exited {sres.rc} without "
+                           f"finishing: {sres.stderr.strip()[-300:]}"})
     errors = [f"node {r.node}: {e['error']}" for r in (cli, srv) for e in r.of("error")]
     result = cli.of("result")
     if errors or not result:
@@ -310,48 +321,64 @@ def default_iters(size: int, depth: int) -> int:
 
 def run_bench(lab, fabric: str = "x", sizes: tuple[int, ...] = (64 << 10, 1 << 20),
               depth: int = 16, iters: int = 0, lat_iters: int = 1000, poll: str = "busy",
-              port: int = DEFAULT_PORT,
+              port: int = DEFAULT_PORT, rounds: int = 1,
               step: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Baseline and cext back to back for each size, then both latencies; the result dict."""
+    """Baseline and cext back to back for each size, then both latencies, ROUNDS times;
+    medians over the rounds and their ratios in the result dict."""
     from hsp_rdma.lab import perftest
 
     step = step or (lambda _msg: None)
     info = lab.info()
     device = info["b"][fabric]["rdma_dev"]
-    rows, notes = [], []
-    for k, size in enumerate(sizes):
-        n = iters or default_iters(size, depth)
-        timeout = 60 + size * n / 1e6  # 1 MB/s is far below anything the lab has shown
-        step(f"ib_write_bw -s {size} -t {depth} -n {n}")
-        base = perftest.run(lab, "ib_write_bw", fabric,
-                            ("-s", str(size), "-t", str(depth), "-n", str(n)), timeout=timeout)
+    ports = itertools.count(port)  # one per cext run: iWARP listeners hold theirs a while
+    bw: dict[int, list[tuple[float, float]]] = {s: [] for s in sizes}
+    lat: list[tuple[float, float, dict]] = []
+    notes: list[str] = []
+    retries = 0
+    lat_timeout = 60 + lat_iters * 0.01
+    for rnd in range(rounds):
+        tag = f"[{rnd + 1}/{rounds}] " if rounds > 1 else ""
+        for size in sizes:
+            n = iters or default_iters(size, depth)
+            timeout = 60 + size * n / 1e6  # 1 MB/s is far below anything the lab has shown
+            step(f"{tag}ib_write_bw -s {size} -t {depth} -n {n}")
+            base = perftest.run(lab, "ib_write_bw", fabric,
+                                ("-s", str(size), "-t", str(depth), "-n", str(n)),
+                                timeout=timeout)
+            step(f"{tag}cext RDMA Write {format_size(size)} x {n}, depth {depth}")
+            ours = _cext_pair(lab, fabric, "write", size, depth, n, poll, next(ports), timeout)
+            bw[size].append((ours["MBps"], base.row["bw_avg_MBps"]))
+            notes += base.notes
+            retries += base.retries
+        step(f"{tag}ib_send_lat -s {LAT_BYTES} -n {lat_iters}")
+        base = perftest.run(lab, "ib_send_lat", fabric,
+                            ("-s", str(LAT_BYTES), "-n", str(lat_iters)), timeout=lat_timeout)
+        step(f"{tag}cext send/receive ping-pong {LAT_BYTES} B x {lat_iters}")
+        ours = _cext_pair(lab, fabric, "lat", LAT_BYTES, depth, lat_iters, "busy", next(ports),
+                          lat_timeout)
+        lat.append((ours["t_typical_us"], base.row["t_typical_us"], ours))
         notes += base.notes
-        step(f"cext RDMA Write {format_size(size)} x {n}, depth {depth}")
-        ours = _cext_pair(lab, fabric, "write", size, depth, n, poll, port + k, timeout)
-        b_mbps = base.row["bw_avg_MBps"]
-        rows.append({"bytes": size, "iterations": n, "cext_MBps": round(ours["MBps"], 2),
-                     "baseline_ib_write_bw_MBps": b_mbps,
-                     "ratio": round(ours["MBps"] / b_mbps, 3), "goal": BW_GOAL,
-                     "met": ours["MBps"] >= BW_GOAL * b_mbps,
-                     "baseline_retries": base.retries})
-    step(f"ib_send_lat -s {LAT_BYTES} -n {lat_iters}")
-    base = perftest.run(lab, "ib_send_lat", fabric, ("-s", str(LAT_BYTES), "-n", str(lat_iters)),
-                        timeout=60 + lat_iters * 0.01)
-    notes += base.notes
-    step(f"cext send/receive ping-pong {LAT_BYTES} B x {lat_iters}")
-    ours = _cext_pair(lab, fabric, "lat", LAT_BYTES, depth, lat_iters, "busy",
-                      port + len(sizes), 60 + lat_iters * 0.01)
-    b_typ = base.row["t_typical_us"]
-    latency = {"bytes": LAT_BYTES, "iterations": lat_iters,
-               "cext_half_rtt_us": round(ours["t_typical_us"], 2),
-               "cext_half_rtt_stats_us": {k: round(ours[k], 2) for k in (
+        retries += base.retries
+    rows = []
+    for size, pairs in bw.items():
+        c = statistics.median(p[0] for p in pairs)
+        b = statistics.median(p[1] for p in pairs)
+        rows.append({"bytes": size, "iterations": iters or default_iters(size, depth),
+                     "cext_MBps": round(c, 2), "baseline_ib_write_bw_MBps": round(b, 2),
+                     "ratio": round(c / b, 3), "goal": BW_GOAL, "met": c >= BW_GOAL * b,
+                     "per_round": [{"cext_MBps": round(p[0], 2),
+                                    "baseline_ib_write_bw_MBps": p[1]} for p in pairs]})
+    c = statistics.median(x[0] for x in lat)
+    b = statistics.median(x[1] for x in lat)
+    latency = {"bytes": LAT_BYTES, "iterations": lat_iters, "cext_half_rtt_us": round(c, 2),
+               "baseline_ib_send_lat_typical_us": round(b, 2), "ratio": round(c / b, 3),
+               "goal": LAT_GOAL, "met": c <= LAT_GOAL * b,
+               "per_round": [{"cext_half_rtt_us": {k: round(x[2][k], 2) for k in (
                    "t_min_us", "t_typical_us", "t_avg_us", "p99_us", "t_max_us")},
-               "baseline_ib_send_lat_typical_us": b_typ,
-               "ratio": round(ours["t_typical_us"] / b_typ, 3), "goal": LAT_GOAL,
-               "met": ours["t_typical_us"] <= LAT_GOAL * b_typ,
-               "baseline_retries": base.retries}
+                   "baseline_ib_send_lat_typical_us": x[1]} for x in lat]}
     return {"rdma": info["rdma"], "device": device, "fabric": fabric, "depth": depth,
-            "bw_poll": poll, "write_bw": rows, "latency": latency, "notes": notes,
+            "bw_poll": poll, "rounds": rounds, "write_bw": rows, "latency": latency,
+            "baseline_retries": retries, "notes": notes,
             "method": " ".join(__doc__.split("Method: ", 1)[1].split())}
 
 
@@ -377,6 +404,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="round trips, also ib_send_lat's -n (default 1000)")
     p.add_argument("--bw-poll", choices=("busy", "event"), default="busy",
                    help="how the cext writer waits for completions (default busy, as perftest)")
+    p.add_argument("--rounds", type=bounded(int, 1, 20, "--rounds"), default=1,
+                   help="repeat baseline + cext this often; medians reported (default 1)")
     p.add_argument("--fabric", choices=FABRICS, default="x")
     p.add_argument("--port", type=bounded(int, 1024, 65000, "--port"), default=DEFAULT_PORT,
                    help="first rdma_cm port of the cext runs (one per run)")
@@ -410,7 +439,7 @@ def bench_lab(args: argparse.Namespace, console) -> dict[str, Any]:
                 booted = True
                 lab.up(rdma=args.lab, fabrics=2)
             return run_bench(lab, args.fabric, args.sizes, args.depth, args.iters,
-                             args.lat_iters, args.bw_poll, args.port,
+                             args.lat_iters, args.bw_poll, args.port, args.rounds,
                              step=lambda msg: prog.update(task, description=msg))
     finally:
         if booted:
@@ -421,8 +450,9 @@ def show(r: dict[str, Any], console) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    rounds = f", median of {r['rounds']} rounds" if r["rounds"] > 1 else ""
     t = Table(title=f"RDMA Write: cext vs ib_write_bw ({r['device']}, depth {r['depth']}, "
-                    "same run)")
+                    f"same run{rounds})")
     for col in ("#bytes", "#iterations", "ib_write_bw BW average [MB/sec]",
                 "cext BW average [MB/sec]", "ratio", "goal"):
         t.add_column(escape(col), justify="right")
@@ -435,14 +465,23 @@ def show(r: dict[str, Any], console) -> None:
     lat = r["latency"]
     t2 = Table(title=f"send/receive half round trip: cext vs ib_send_lat ({lat['bytes']} B, "
                      f"{lat['iterations']} iterations)")
-    for col in ("ib_send_lat t_typical [usec]", "cext t_typical [usec]", "ratio", "goal",
-                "cext t_min [usec]", "cext 99% [usec]"):
+    for col in ("#bytes", "#iterations", "ib_send_lat t_typical [usec]",
+                "cext t_typical [usec]", "ratio", "goal"):
         t2.add_column(escape(col), justify="right")
-    s = lat["cext_half_rtt_stats_us"]
-    t2.add_row(f"{lat['baseline_ib_send_lat_typical_us']:.2f}", f"{lat['cext_half_rtt_us']:.2f}",
+    t2.add_row(str(lat["bytes"]), str(lat["iterations"]),
+               f"{lat['baseline_ib_send_lat_typical_us']:.2f}", f"{lat['cext_half_rtt_us']:.2f}",
                f"{lat['ratio']:.2f}", ("[green]" if lat["met"] else "[red]")
-               + f"<= {lat['goal']}", f"{s['t_min_us']:.2f}", f"{s['p99_us']:.2f}")
+               + f"<= {lat['goal']}")
     console.print(t2)
+    if r["rounds"] > 1:
+        for row in r["write_bw"]:
+            console.print(f"[dim]{row['bytes']} B per round (ib_write_bw / cext MB/sec): "
+                          + ", ".join(f"{p['baseline_ib_write_bw_MBps']:.1f} / "
+                                      f"{p['cext_MBps']:.1f}" for p in row["per_round"]))
+        console.print("[dim]latency per round (ib_send_lat / cext t_typical usec): "
+                      + ", ".join(f"{p['baseline_ib_send_lat_typical_us']:.0f} / "
+                                  f"{p['cext_half_rtt_us']['t_typical_us']:.0f}"
+                                  for p in lat["per_round"]))
     for note in r["notes"]:
         console.print(f"[yellow]note:[/] {note}")
     console.print(f"[dim]method: {r['method']}[/]")

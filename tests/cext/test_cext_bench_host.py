@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 from types import SimpleNamespace
 
 import pytest
+from rich.console import Console
 
 from hsp_rdma.cext import bench
 from hsp_rdma.cli import bench as cli_bench
@@ -59,7 +61,7 @@ def test_json_shape_and_ratios(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(perftest, "run", fake_perftest)
     monkeypatch.setattr(bench, "_cext_pair", fake_pair)
-    r = json.loads(json.dumps(bench.run_bench(_FakeLab(), sizes=(65536, 1 << 20))))
+    r = json.loads(json.dumps(bench.run_bench(_FakeLab(), sizes=(65536, 1 << 20), rounds=3)))
     assert [row["bytes"] for row in r["write_bw"]] == [65536, 1 << 20]
     row = r["write_bw"][0]
     assert row["ratio"] == pytest.approx(0.95) and row["met"]
@@ -68,4 +70,6 @@ def test_json_shape_and_ratios(monkeypatch: pytest.MonkeyPatch) -> None:
     assert lat["ratio"] == pytest.approx(1.1) and lat["met"]
     assert lat["cext_half_rtt_us"] == 330.0 and lat["baseline_ib_send_lat_typical_us"] == 300.0
     assert r["device"] == "rxe0" and r["depth"] == 16 and "2^20" in r["method"]
+    assert len(row["per_round"]) == 3 and len(lat["per_round"]) == 3
     assert bench.goals_met(r)
+    bench.show(r, Console(file=io.StringIO(), width=120))
