@@ -311,6 +311,9 @@ cdef extern from "<rdma/rdma_cma.h>" nogil:
     int rdma_accept(rdma_cm_id *id, rdma_conn_param *conn_param)
     int rdma_reject(rdma_cm_id *id, const void *private_data, uint8_t private_data_len)
     int rdma_disconnect(rdma_cm_id *id)
+    int rdma_set_option(rdma_cm_id *id, int level, int optname, void *optval, size_t optlen)
+    enum: RDMA_OPTION_ID
+    enum: RDMA_OPTION_ID_ACK_TIMEOUT
     int rdma_get_cm_event(rdma_event_channel *channel, rdma_cm_event **event)
     int rdma_ack_cm_event(rdma_cm_event *event)
     const char *rdma_event_str(rdma_cm_event_type event)

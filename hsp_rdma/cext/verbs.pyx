@@ -686,6 +686,14 @@ cdef class CMId:
         if rdma_bind_addr(self.cid, <void *>&sa):
             raise VerbsError("rdma_bind_addr", errno, f"{ip}:{port}")
 
+    def set_ack_timeout(self, int exponent):
+        """RC ACK timeout 4.096 us * 2**EXPONENT (rdma_set_option): with the retry count it
+        bounds how long a send to a vanished peer takes to fail (0 = wait forever)."""
+        cdef uint8_t t = <uint8_t>exponent
+        self._check("rdma_set_option")
+        if rdma_set_option(self.cid, RDMA_OPTION_ID, RDMA_OPTION_ID_ACK_TIMEOUT, &t, 1):
+            raise VerbsError("rdma_set_option", errno, "ACK timeout")
+
     def listen(self, int backlog=8):
         self._check("rdma_listen")
         if rdma_listen(self.cid, backlog):

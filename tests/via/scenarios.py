@@ -678,6 +678,27 @@ def sink(args) -> int:
     return 0
 
 
+def sinks(args) -> int:
+    """Accept every connection on b"sink" (fuzz peer), each with receives posted, until
+    --seconds pass; what arrives is not looked at."""
+    c = Ctx(args.dev, args.local, args.peer)
+    t_end, n = time.monotonic() + args.seconds, 0
+    while time.monotonic() < t_end:
+        vi = c.vi(enable_rdma_read=True, enable_rdma_write=True)
+        for i in range(16):
+            via.VipPostRecv(vi, c.desc(((n % 16) * 65536 + i * 4096, 4096)))
+        try:
+            c.accept(vi, b"sink", 2000)
+            n += 1
+        except via.VipError:
+            via.VipDisconnect(vi)
+            while via.VipRecvDone(vi) is not None:
+                pass
+            via.VipDestroyVi(vi)
+    print(json.dumps({"event": "end", "accepted": n}), flush=True)
+    return 0
+
+
 def stream(args) -> int:
     c = Ctx(args.dev, args.local, args.peer)
     vi = c.vi()
@@ -706,7 +727,7 @@ def stream(args) -> int:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("side", choices=["server", "client", "sink", "stream"])
+    p.add_argument("side", choices=["server", "client", "sink", "sinks", "stream"])
     p.add_argument("--dev", required=True)
     p.add_argument("--local", required=True)
     p.add_argument("--peer", required=True)
@@ -717,8 +738,8 @@ def main() -> int:
     args = p.parse_args()
     if args.dump_after:
         faulthandler.dump_traceback_later(args.dump_after, repeat=True)
-    if args.side in ("sink", "stream"):
-        return {"sink": sink, "stream": stream}[args.side](args)
+    if args.side in ("sink", "sinks", "stream"):
+        return {"sink": sink, "sinks": sinks, "stream": stream}[args.side](args)
     return run(args.side, args)
 
 

@@ -55,6 +55,10 @@ CONN_MAGIC = b"VIPL"
 MAX_DISCRIMINATOR = 56 - CONN.size  # RC private data holds 56 bytes
 REJECT = struct.Struct("<4sB")  # magic, VipReturn code
 QUEUE_DEPTH = 256
+# RC ACK timeout 4.096 us * 2**17 = 0.54 s; with 7 retries a peer that vanished fails the
+# send after about 4 s (rdma_cm leaves it 0 = forever on rdma_rxe). iWARP rides on TCP,
+# whose own retransmission limit (net.ipv4.tcp_retries2) decides there.
+ACK_TIMEOUT_EXP = 17
 SEQ_BITS = 39
 _ETIMEDOUT = 110
 _ECONNREFUSED = 111
@@ -330,6 +334,8 @@ class Vi:
 
     # ---- connection -------------------------------------------------------------------
     def _make_qp(self, cid, passive: bool = False) -> None:
+        if not self.nic.iwarp:
+            _verbs(cid.set_ack_timeout, ACK_TIMEOUT_EXP)
         _verbs(cid.create_qp, self.attrs.ptag.pd, self.send_cq.cq, self.recv_cq.cq,
                QUEUE_DEPTH + 1, QUEUE_DEPTH + 1, 4, 0)
         self.cmid = cid
