@@ -165,7 +165,7 @@ def summarize(args, events: list[dict], base_bw: float, base_retries: int, devic
         "blackout_ms": {"min": round(min(blk), 1), "p50": round(statistics.median(blk), 1),
                         "p99": round(percentile(blk, 99), 1), "max": round(max(blk), 1)},
         "blackout_samples": len(blk),
-        "blackout_goal_ms": round(args.size / (base_bw * 1e6) * 1000 + 20, 1),
+        "blackout_goal_ms": round(args.size / (base_bw * (1 << 20)) * 1000 + 20, 1),
         "verify_ms_p50": round(statistics.median(verify), 1) if verify else None,
         "runs": args.runs, "device": device, "profile": profile, "chunk": chunk,
         "queue_depth": depth, "baseline_retries": base_retries,
