@@ -8,8 +8,9 @@ perftest counts (MB = 2^20 bytes). Then ib_send_lat (-s 2 -n LAT_ITERS) and the 
 of 2-byte sends with receives pre-posted: one sample per round trip (post .. reply received),
 half round trip reported, t_typical = median as in perftest. Both sides of both tools busy-poll
 their CQs unless --bw-poll event (then the cext writer sleeps on its completion channel).
-Unlike perftest the cext sends are not inline (the binding has no inline flag). With --rounds R
-the whole sequence runs R times and the medians are compared.
+The ping-pong sends are inline (IBV_SEND_INLINE) when the device grants it, as ib_send_lat's
+are; the result says which. With --rounds R the whole sequence runs R times and the medians
+are compared.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ ACCEPT_MAGIC = b"HCB1"
 BW_GOAL = 0.9  # cext MB/s >= 0.9 x ib_write_bw
 LAT_GOAL = 1.2  # cext half round trip <= 1.2 x ib_send_lat t_typical
 LAT_BYTES = 2  # ib_send_lat's default size
+INLINE_BYTES = 64  # asked at create_qp; ib_send_lat sends small messages inline too
 BYTE_BUDGET = 32 << 20  # default iterations: about this much data per size (TCG is slow)
 DEFAULT_PORT = 19870
 RECVS_POSTED = 16
@@ -110,10 +112,10 @@ def serve(args: argparse.Namespace) -> None:
     _emit(event="listening", ip=args.ip, port=args.port)
     ev = _cm_wait(ch, (cx.EV_CONNECT_REQUEST,), args.timeout, "waiting for the client")
     cid = ev[2]
-    cid.create_qp(pd, cq, cq, RECVS_POSTED + 1, RECVS_POSTED + 1, 1, 0)
+    cid.create_qp(pd, cq, cq, RECVS_POSTED + 1, RECVS_POSTED + 1, 1, INLINE_BYTES)
     if args.mode == "lat":
         for i in range(RECVS_POSTED):
-            cid.post_recv(i, [(mr.addr, LAT_BYTES, mr.lkey)])
+            cid.post_recv1(i, mr.addr, LAT_BYTES, mr.lkey)
     cid.accept(ACCEPT.pack(ACCEPT_MAGIC, mr.addr, mr.rkey, len(buf)), 7)
     _cm_wait(ch, (cx.EV_ESTABLISHED,), args.timeout, "accepting")
     if args.mode == "lat":
@@ -122,10 +124,11 @@ def serve(args: argparse.Namespace) -> None:
         while replies < args.iters:
             for wc in poller.take():
                 if wc[2] == cx.WC_RECV:
-                    cid.post_recv(wc[0], [(mr.addr, LAT_BYTES, mr.lkey)])
+                    cid.post_recv1(wc[0], mr.addr, LAT_BYTES, mr.lkey)
                     while in_flight >= RECVS_POSTED:  # keep the send queue from overflowing
                         in_flight -= sum(w[2] != cx.WC_RECV for w in poller.take())
-                    cid.post_send(1 << 32, cx.WR_SEND, [(mr.addr, LAT_BYTES, mr.lkey)])
+                    cid.post1(1 << 32, cx.WR_SEND, mr.addr, LAT_BYTES, mr.lkey,
+                              inline=cid.max_inline >= LAT_BYTES)
                     in_flight += 1
                     replies += 1
                 else:
@@ -156,10 +159,11 @@ def client(args: argparse.Namespace) -> None:
     _cm_wait(ch, (cx.EV_ROUTE_RESOLVED,), 10, f"route to {args.peer}")
     if cid.device_name != dev.name:
         raise RuntimeError(f"{args.peer} is reached through {cid.device_name}, not {dev.name}")
-    cid.create_qp(pd, cq, cq, max(args.depth, RECVS_POSTED) + 1, RECVS_POSTED + 1, 1, 0)
+    cid.create_qp(pd, cq, cq, max(args.depth, RECVS_POSTED) + 1, RECVS_POSTED + 1, 1,
+                  INLINE_BYTES)
     if args.mode == "lat":
         for i in range(RECVS_POSTED):
-            cid.post_recv(i, [(mr.addr, LAT_BYTES, mr.lkey)])
+            cid.post_recv1(i, mr.addr, LAT_BYTES, mr.lkey)
     cid.connect(b"", 7, 7)
     ev = _cm_wait(ch, (cx.EV_ESTABLISHED,), args.timeout, f"connecting to {args.peer}")
     magic, raddr, rkey, rlen = ACCEPT.unpack_from(ev[4].ljust(ACCEPT.size, b"\0"))
@@ -200,26 +204,27 @@ def _write_bw(cid, poller: _Poller, mr, size: int, raddr: int, rkey: int,
 def _ping_pong(cid, poller: _Poller, mr, iters: int) -> dict[str, Any]:
     from hsp_rdma.cext import verbs as cx
 
-    sge = [(mr.addr, LAT_BYTES, mr.lkey)]
+    addr, lkey = mr.addr, mr.lkey
+    inline = cid.max_inline >= LAT_BYTES  # as ib_send_lat does
     in_flight = 0
     stamps: list[int] = []
     for _ in range(iters):
         while in_flight >= RECVS_POSTED:
             in_flight -= sum(w[2] != cx.WC_RECV for w in poller.take())
         stamps.append(time.perf_counter_ns())
-        cid.post_send(1 << 32, cx.WR_SEND, sge)
+        cid.post1(1 << 32, cx.WR_SEND, addr, LAT_BYTES, lkey, inline=inline)
         in_flight += 1
         got = False
         while not got:
             for wc in poller.take():
                 if wc[2] == cx.WC_RECV:
-                    cid.post_recv(wc[0], sge)
+                    cid.post_recv1(wc[0], addr, LAT_BYTES, lkey)
                     got = True
                 else:
                     in_flight -= 1
     stamps.append(time.perf_counter_ns())
     half = sorted((b - a) / 2000 for a, b in itertools.pairwise(stamps))
-    return {"bytes": LAT_BYTES, "iterations": iters, "t_min_us": half[0],
+    return {"bytes": LAT_BYTES, "iterations": iters, "inline": inline, "t_min_us": half[0],
             "t_typical_us": statistics.median(half), "t_avg_us": statistics.fmean(half),
             "p99_us": half[min(len(half) - 1, int(len(half) * 0.99))], "t_max_us": half[-1]}
 
@@ -425,19 +430,13 @@ def bench_lab(args: argparse.Namespace, console) -> dict[str, Any]:
         raise LabError(f"--iters {args.iters} is below --depth {args.depth}: perftest needs "
                        "at least DEPTH iterations")
     lab = Lab(args.lab_id)
-    st = lab.status()
-    if st["up"] and st.get("rdma") != args.lab:
-        raise LabError(f"lab '{args.lab_id}' is up with {st.get('rdma')}, not {args.lab}: "
-                       f"'hsp-lab --lab-id {args.lab_id} down' or pick another --lab-id")
     booted = False
     try:
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                       console=console, transient=True) as prog:
             task = prog.add_task("", total=None)
-            if not st["up"]:
-                prog.update(task, description=f"booting the lab ({args.lab})")
-                booted = True
-                lab.up(rdma=args.lab, fabrics=2)
+            booted = lab.ensure_up(args.lab, 2,
+                                   lambda msg: prog.update(task, description=msg))
             return run_bench(lab, args.fabric, args.sizes, args.depth, args.iters,
                              args.lat_iters, args.bw_poll, args.port, args.rounds,
                              step=lambda msg: prog.update(task, description=msg))

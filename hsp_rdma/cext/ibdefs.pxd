@@ -86,6 +86,7 @@ cdef extern from "<infiniband/verbs.h>" nogil:
     cdef enum ibv_send_flags:
         IBV_SEND_FENCE
         IBV_SEND_SIGNALED
+        IBV_SEND_INLINE
 
     cdef enum ibv_wc_status:
         IBV_WC_SUCCESS

@@ -11,6 +11,7 @@ from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.errno cimport EINTR, errno
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset, strcmp
+from posix.unistd cimport usleep
 
 from hsp_rdma.cext.ibdefs cimport *
 
@@ -643,6 +644,38 @@ cdef int _sockaddr(str ip, int port, sockaddr_in *sa) except -1:
     return 0
 
 
+cdef int _conn_param(rdma_conn_param *p, bytes private_data, int limit, str call,
+                     int retry_count, int rnr_retry_count) except -1:
+    """Fill P for rdma_connect / rdma_accept; P borrows PRIVATE_DATA's buffer."""
+    if len(private_data) > limit:
+        raise VerbsError(call, 22, f"private data holds at most {limit} bytes")
+    if not (0 <= retry_count <= 7 and 0 <= rnr_retry_count <= 7):
+        raise VerbsError(call, 22, "retry counts are 0..7")
+    memset(p, 0, sizeof(p[0]))
+    p.private_data = <const char *>private_data
+    p.private_data_len = len(private_data)
+    p.responder_resources = 1
+    p.initiator_depth = 1
+    p.retry_count = retry_count
+    p.rnr_retry_count = rnr_retry_count
+    return 0
+
+
+cdef inline void _fill(ibv_send_wr *wr, uint64_t wr_id, int opcode, ibv_sge *sge, int n,
+                       uint64_t remote_addr, uint32_t rkey, uint32_t imm, bint signaled,
+                       bint fence, bint inline) noexcept:
+    memset(wr, 0, sizeof(ibv_send_wr))
+    wr.wr_id = wr_id
+    wr.opcode = <ibv_wr_opcode>opcode
+    wr.sg_list = sge
+    wr.num_sge = n
+    wr.send_flags = ((IBV_SEND_SIGNALED if signaled else 0) | (IBV_SEND_FENCE if fence else 0)
+                     | (IBV_SEND_INLINE if inline else 0))
+    wr.imm_data = imm
+    wr.wr.rdma.remote_addr = remote_addr
+    wr.wr.rdma.rkey = rkey
+
+
 cdef class CMId:
     """An rdma_cm id and, once created on it, its RC queue pair."""
     cdef object __weakref__
@@ -651,10 +684,15 @@ cdef class CMId:
     cdef readonly object pd
     cdef readonly object send_cq
     cdef readonly object recv_cq
+    cdef readonly int max_inline  # what the device granted at create_qp
     cdef bint has_qp
-    cdef ibv_sge sge[MAX_SGE * MAX_CHAIN]
-    cdef ibv_send_wr swr[MAX_CHAIN]
-    cdef ibv_recv_wr rwr
+    # Calls that run without the GIL take the id with _enter() and give it back: close()
+    # (from any thread) waits for them, so no C call ever runs on a destroyed id or QP.
+    # Work requests are built on the caller's stack: threads posting on one id at once
+    # (a sender and a receiver) never share a buffer.
+    cdef int _busy
+    cdef bint _closing
+    cdef bint _gone
 
     def __cinit__(self, EventChannel channel not None, context=None, bint create=True):
         self.channel = channel
@@ -667,17 +705,29 @@ cdef class CMId:
 
     @property
     def device_name(self):
-        if self.cid == NULL or self.cid.verbs == NULL:
+        if self.cid == NULL or self._closing or self.cid.verbs == NULL:
             return None
         return self.cid.verbs.device.name.decode()
 
     cdef _check(self, str call):
-        if self.cid == NULL:
+        if self.cid == NULL or self._closing:
             raise VerbsError(call, 9, "the connection id is closed")
+
+    cdef rdma_cm_id *_enter(self, str call) except NULL:
+        self._check(call)
+        self._busy += 1
+        return self.cid
+
+    cdef ibv_qp *_enter_qp(self, str call) except NULL:
+        self._check(call)
+        if not self.has_qp:
+            raise VerbsError(call, 22, "no queue pair: connect first")
+        self._busy += 1
+        return self.cid.qp
 
     @property
     def closed(self):
-        return self.cid == NULL
+        return self.cid == NULL or self._closing
 
     def bind(self, str ip, int port):
         cdef sockaddr_in sa
@@ -702,19 +752,26 @@ cdef class CMId:
     def resolve_addr(self, str src_ip, str dst_ip, int port, int timeout_ms):
         cdef sockaddr_in src, dst
         cdef int rc
-        self._check("rdma_resolve_addr")
+        cdef rdma_cm_id *cid
         _sockaddr(src_ip, 0, &src)
         _sockaddr(dst_ip, port, &dst)
-        with nogil:
-            rc = rdma_resolve_addr(self.cid, <void *>&src, <void *>&dst, timeout_ms)
+        cid = self._enter("rdma_resolve_addr")
+        try:
+            with nogil:
+                rc = rdma_resolve_addr(cid, <void *>&src, <void *>&dst, timeout_ms)
+        finally:
+            self._busy -= 1
         if rc:
             raise VerbsError("rdma_resolve_addr", errno, f"{src_ip} -> {dst_ip}")
 
     def resolve_route(self, int timeout_ms):
         cdef int rc
-        self._check("rdma_resolve_route")
-        with nogil:
-            rc = rdma_resolve_route(self.cid, timeout_ms)
+        cdef rdma_cm_id *cid = self._enter("rdma_resolve_route")
+        try:
+            with nogil:
+                rc = rdma_resolve_route(cid, timeout_ms)
+        finally:
+            self._busy -= 1
         if rc:
             raise VerbsError("rdma_resolve_route", errno)
 
@@ -746,6 +803,7 @@ cdef class CMId:
             raise VerbsError("rdma_create_qp", errno,
                              f"{max_send_wr} send / {max_recv_wr} receive descriptors")
         self.has_qp = True
+        self.max_inline = a.cap.max_inline_data
         self.pd, self.send_cq, self.recv_cq = pd, send_cq, recv_cq
         pd.add_ref(self)
         send_cq.add_ref(self)
@@ -753,40 +811,36 @@ cdef class CMId:
 
     @property
     def qp_num(self):
-        return self.cid.qp.qp_num if self.has_qp and self.cid != NULL else None
+        return self.cid.qp.qp_num if self.has_qp and self.cid != NULL and not self._closing else None
 
-    def connect(self, bytes private_data=b"", int retry_count=7, int rnr_retry_count=0):
+    def connect(self, bytes private_data=b"", int retry_count=6, int rnr_retry_count=0):
+        """rdma_connect. RETRY_COUNT bounds the transport retries after an ACK timeout; 7
+        is legal but rxe reads it as "retry forever" (rxe_comp.c), so a send to a vanished
+        peer would never fail: the default is 6."""
         cdef rdma_conn_param p
         cdef int rc
-        self._check("rdma_connect")
-        if len(private_data) > 56:
-            raise VerbsError("rdma_connect", 22, "private data holds at most 56 bytes")
-        memset(&p, 0, sizeof(p))
-        p.private_data = <const char *>private_data
-        p.private_data_len = len(private_data)
-        p.responder_resources = 1
-        p.initiator_depth = 1
-        p.retry_count = retry_count
-        p.rnr_retry_count = rnr_retry_count
-        with nogil:
-            rc = rdma_connect(self.cid, &p)
+        cdef rdma_cm_id *cid
+        _conn_param(&p, private_data, 56, "rdma_connect", retry_count, rnr_retry_count)
+        cid = self._enter("rdma_connect")
+        try:
+            with nogil:
+                rc = rdma_connect(cid, &p)
+        finally:
+            self._busy -= 1
         if rc:
             raise VerbsError("rdma_connect", errno)
 
     def accept(self, bytes private_data=b"", int rnr_retry_count=0):
         cdef rdma_conn_param p
         cdef int rc
-        self._check("rdma_accept")
-        if len(private_data) > 196:
-            raise VerbsError("rdma_accept", 22, "private data holds at most 196 bytes")
-        memset(&p, 0, sizeof(p))
-        p.private_data = <const char *>private_data
-        p.private_data_len = len(private_data)
-        p.responder_resources = 1
-        p.initiator_depth = 1
-        p.rnr_retry_count = rnr_retry_count
-        with nogil:
-            rc = rdma_accept(self.cid, &p)
+        cdef rdma_cm_id *cid
+        _conn_param(&p, private_data, 196, "rdma_accept", 0, rnr_retry_count)
+        cid = self._enter("rdma_accept")
+        try:
+            with nogil:
+                rc = rdma_accept(cid, &p)
+        finally:
+            self._busy -= 1
         if rc:
             raise VerbsError("rdma_accept", errno)
 
@@ -798,75 +852,84 @@ cdef class CMId:
             raise VerbsError("rdma_reject", errno)
 
     def disconnect(self):
+        """rdma_disconnect; nothing when the id is already closed (or closing)."""
         cdef int rc = 0
-        if self.cid == NULL:
+        cdef rdma_cm_id *cid
+        if self.cid == NULL or self._closing:
             return
-        with nogil:
-            rc = rdma_disconnect(self.cid)
+        cid = self._enter("rdma_disconnect")
+        try:
+            with nogil:
+                rc = rdma_disconnect(cid)
+        finally:
+            self._busy -= 1
         if rc:
             raise VerbsError("rdma_disconnect", errno)
 
-    cdef int _post_one(self, int n) except -1:
-        """Post self.swr[0] over self.sge[0:n] (already filled), GIL released."""
+    cdef int _post(self, ibv_send_wr *wr, str what) except -1:
+        """ibv_post_send of the chain WR (built on the caller's stack), GIL released."""
         cdef ibv_send_wr *bad
         cdef int rc
-        if not self.has_qp:
-            raise VerbsError("ibv_post_send", 22, "no queue pair: connect first")
-        self.swr[0].next = NULL
-        self.swr[0].sg_list = self.sge
-        self.swr[0].num_sge = n
-        with nogil:
-            rc = ibv_post_send(self.cid.qp, self.swr, &bad)
+        cdef ibv_qp *qp = self._enter_qp("ibv_post_send")
+        try:
+            with nogil:
+                rc = ibv_post_send(qp, wr, &bad)
+        finally:
+            self._busy -= 1
         if rc:
-            raise VerbsError("ibv_post_send", abs(rc))
+            raise VerbsError("ibv_post_send", abs(rc), what)
         return 0
 
-    cdef void _fill(self, uint64_t wr_id, int opcode, uint64_t remote_addr, uint32_t rkey,
-                    uint32_t imm, bint signaled, bint fence) noexcept:
-        self.swr[0].wr_id = wr_id
-        self.swr[0].opcode = <ibv_wr_opcode>opcode
-        self.swr[0].send_flags = ((IBV_SEND_SIGNALED if signaled else 0)
-                                  | (IBV_SEND_FENCE if fence else 0))
-        self.swr[0].imm_data = imm
-        self.swr[0].wr.rdma.remote_addr = remote_addr
-        self.swr[0].wr.rdma.rkey = rkey
+    cdef int _post_r(self, ibv_recv_wr *wr) except -1:
+        cdef ibv_recv_wr *bad
+        cdef int rc
+        cdef ibv_qp *qp = self._enter_qp("ibv_post_recv")
+        try:
+            with nogil:
+                rc = ibv_post_recv(qp, wr, &bad)
+        finally:
+            self._busy -= 1
+        if rc:
+            raise VerbsError("ibv_post_recv", abs(rc))
+        return 0
 
     def post_send(self, uint64_t wr_id, int opcode, list sges, uint64_t remote_addr=0,
-                  uint32_t rkey=0, uint32_t imm=0, bint signaled=True, bint fence=False):
+                  uint32_t rkey=0, uint32_t imm=0, bint signaled=True, bint fence=False,
+                  bint inline=False):
         """One work request (send, RDMA Write with or without immediate, RDMA Read) over a
-        gather list SGES = [(addr, length, lkey), ...]; IMM as it goes on the wire."""
+        gather list SGES = [(addr, length, lkey), ...]; IMM as it goes on the wire. INLINE
+        copies the data into the work request (up to the QP's max_inline; no lkey needed)."""
+        cdef ibv_sge sge[MAX_SGE]
+        cdef ibv_send_wr wr
         cdef int i, n = len(sges)
         if n > MAX_SGE:
             raise VerbsError("ibv_post_send", 22, f"{n} segments, at most {MAX_SGE}")
         for i in range(n):
-            self.sge[i].addr, self.sge[i].length, self.sge[i].lkey = sges[i]
-        self._fill(wr_id, opcode, remote_addr, rkey, imm, signaled, fence)
-        self._post_one(n)
+            sge[i].addr, sge[i].length, sge[i].lkey = sges[i]
+        _fill(&wr, wr_id, opcode, sge, n, remote_addr, rkey, imm, signaled, fence, inline)
+        self._post(&wr, "")
 
     def post1(self, uint64_t wr_id, int opcode, uint64_t laddr, uint32_t length,
               uint32_t lkey, uint64_t remote_addr=0, uint32_t rkey=0, uint32_t imm=0,
-              bint signaled=True):
+              bint signaled=True, bint inline=False):
         """The hot-path post: one work request over one local segment, scalars only (no
-        Python object is built), GIL released around the doorbell."""
-        self.sge[0].addr, self.sge[0].length, self.sge[0].lkey = laddr, length, lkey
-        self._fill(wr_id, opcode, remote_addr, rkey, imm, signaled, False)
-        self._post_one(1)
+        Python object is built), GIL released around the doorbell. INLINE as post_send."""
+        cdef ibv_sge sge
+        cdef ibv_send_wr wr
+        sge.addr, sge.length, sge.lkey = laddr, length, lkey
+        _fill(&wr, wr_id, opcode, &sge, 1, remote_addr, rkey, imm, signaled, False, inline)
+        self._post(&wr, "")
 
     def post_recv1(self, uint64_t wr_id, uint64_t laddr, uint32_t length, uint32_t lkey):
         """The hot-path receive: one segment, scalars only, GIL released."""
-        cdef ibv_recv_wr *bad
-        cdef int rc
-        if not self.has_qp:
-            raise VerbsError("ibv_post_recv", 22, "no queue pair: connect first")
-        self.sge[0].addr, self.sge[0].length, self.sge[0].lkey = laddr, length, lkey
-        self.rwr.wr_id = wr_id
-        self.rwr.next = NULL
-        self.rwr.sg_list = self.sge
-        self.rwr.num_sge = 1
-        with nogil:
-            rc = ibv_post_recv(self.cid.qp, &self.rwr, &bad)
-        if rc:
-            raise VerbsError("ibv_post_recv", abs(rc))
+        cdef ibv_sge sge
+        cdef ibv_recv_wr wr
+        sge.addr, sge.length, sge.lkey = laddr, length, lkey
+        wr.wr_id = wr_id
+        wr.next = NULL
+        wr.sg_list = &sge
+        wr.num_sge = 1
+        self._post_r(&wr)
 
     def qp_state(self):
         """The queue pair's state name (RESET, INIT, RTR, RTS, SQD, SQE, ERR) or None."""
@@ -895,60 +958,59 @@ cdef class CMId:
     def post_write_chain(self, list writes):
         """Post RDMA Writes [(wr_id, laddr, length, lkey, raddr, rkey), ...] with one
         doorbell (a linked list of work requests), every one signaled."""
-        cdef ibv_send_wr *bad
-        cdef int rc, i, n = len(writes)
-        if not self.has_qp:
-            raise VerbsError("ibv_post_send", 22, "no queue pair: connect first")
+        cdef ibv_sge sge[MAX_CHAIN]
+        cdef ibv_send_wr wrs[MAX_CHAIN]
+        cdef int i, n = len(writes)
         if n == 0 or n > MAX_CHAIN:
             raise VerbsError("ibv_post_send", 22, f"a chain holds 1 to {MAX_CHAIN} writes")
-        memset(self.swr, 0, sizeof(ibv_send_wr) * n)
         for i in range(n):
             wid, laddr, length, lkey, raddr, rkey = writes[i]
-            self.sge[i].addr, self.sge[i].length, self.sge[i].lkey = laddr, length, lkey
-            self.swr[i].wr_id = wid
-            self.swr[i].sg_list = &self.sge[i]
-            self.swr[i].num_sge = 1
-            self.swr[i].opcode = IBV_WR_RDMA_WRITE
-            self.swr[i].send_flags = IBV_SEND_SIGNALED
-            self.swr[i].wr.rdma.remote_addr = raddr
-            self.swr[i].wr.rdma.rkey = rkey
-            self.swr[i].next = &self.swr[i + 1] if i + 1 < n else NULL
-        with nogil:
-            rc = ibv_post_send(self.cid.qp, self.swr, &bad)
-        if rc:
-            raise VerbsError("ibv_post_send", abs(rc), "write chain")
+            sge[i].addr, sge[i].length, sge[i].lkey = laddr, length, lkey
+            _fill(&wrs[i], wid, IBV_WR_RDMA_WRITE, &sge[i], 1, raddr, rkey, 0, True, False,
+                  False)
+            if i:
+                wrs[i - 1].next = &wrs[i]
+        self._post(wrs, "write chain")
 
     def post_recv(self, uint64_t wr_id, list sges):
-        cdef ibv_recv_wr *bad
-        cdef int rc, i, n = len(sges)
-        if not self.has_qp:
-            raise VerbsError("ibv_post_recv", 22, "no queue pair: connect first")
+        cdef ibv_sge sge[MAX_SGE]
+        cdef ibv_recv_wr wr
+        cdef int i, n = len(sges)
         if n > MAX_SGE:
             raise VerbsError("ibv_post_recv", 22, f"{n} segments, at most {MAX_SGE}")
         for i in range(n):
-            self.sge[i].addr, self.sge[i].length, self.sge[i].lkey = sges[i]
-        self.rwr.wr_id = wr_id
-        self.rwr.next = NULL
-        self.rwr.sg_list = self.sge
-        self.rwr.num_sge = n
-        with nogil:
-            rc = ibv_post_recv(self.cid.qp, &self.rwr, &bad)
-        if rc:
-            raise VerbsError("ibv_post_recv", abs(rc))
+            sge[i].addr, sge[i].length, sge[i].lkey = sges[i]
+        wr.wr_id = wr_id
+        wr.next = NULL
+        wr.sg_list = sge
+        wr.num_sge = n
+        self._post_r(&wr)
 
     def close(self):
-        """Destroy the QP and the id. The GIL is released: on iWARP the kernel may wait for
-        the peer (a connect in flight, a closing TCP stream) before the id goes."""
-        cdef rdma_cm_id *cid = self.cid
-        cdef bint qp = self.has_qp
-        if cid == NULL:
+        """Destroy the QP and the id, once the calls still running on it (in other threads)
+        have returned; a close() racing another waits for it. The GIL is released: on iWARP
+        the kernel may wait for the peer (a connect in flight, a closing TCP stream)."""
+        cdef rdma_cm_id *cid
+        cdef bint qp
+        if self.cid == NULL and not self._closing:
             return
-        self.cid = NULL  # taken before the GIL goes, so a second close() does nothing
+        if self._closing:
+            while not self._gone:
+                with nogil:
+                    usleep(1000)
+            return
+        self._closing = True  # no new call takes the id from here on
+        while self._busy > 0:
+            with nogil:
+                usleep(1000)
+        cid, qp = self.cid, self.has_qp
         self.has_qp = False
         with nogil:
             if qp:
                 rdma_destroy_qp(cid)
             rdma_destroy_id(cid)
+        self.cid = NULL
+        self._gone = True
 
     def __dealloc__(self):
         if self.cid != NULL:

@@ -35,7 +35,7 @@ from hsp_rdma.cli.common import (
 )
 from hsp_rdma.cli.units import format_size, size_arg
 from hsp_rdma.core.profiles import load_profiles, pick_profile
-from hsp_rdma.errors import HspError, LabError
+from hsp_rdma.errors import HspError
 from hsp_rdma.ha.gso_pair import finish_pair, start_pair
 from hsp_rdma.lab import RDMA_KINDS, Lab, perftest
 
@@ -94,15 +94,8 @@ def build_parser() -> Parser:
 
 def bench_gso_lab(args) -> dict:
     lab = Lab(args.lab_id)
-    st = lab.status()
-    if st["up"] and st.get("rdma") != args.lab:
-        raise LabError(f"lab '{args.lab_id}' is up with {st.get('rdma')}, not {args.lab}: "
-                       f"'hsp-lab --lab-id {args.lab_id} down' or pick another --lab-id")
-    booted = False
-    if not st["up"]:
-        with console.status(f"booting the lab ({args.lab})"):
-            lab.up(rdma=args.lab)
-        booted = True
+    with console.status(f"lab '{args.lab_id}' ({args.lab})"):
+        booted = lab.ensure_up(args.lab)
     try:
         info = lab.info()
         device = info["b"][args.fabric]["rdma_dev"]

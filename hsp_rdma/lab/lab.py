@@ -194,6 +194,11 @@ class Job:
                 )
             time.sleep(POLL_S)
 
+    def output(self) -> tuple[str, str]:
+        """(stdout, stderr) received so far: what a command that hung had still said."""
+        self._pump()
+        return tuple(self._bufs[k].decode(errors="replace") for k in ("stdout", "stderr"))
+
     def kill(self) -> None:
         """Ask the agent to SIGKILL the command's whole session."""
         if self._result is None and self.dir.exists():
@@ -256,6 +261,23 @@ class Lab:
         return any(self.node_alive(n) for n in NODES)
 
     # ---- boot --------------------------------------------------------------------------
+    def ensure_up(self, rdma: str, fabrics: int = 2,
+                  progress: Callable[[str], None] | None = None) -> bool:
+        """The lab running with RDMA: boots it when it is down and returns True (the caller
+        then owns it and ends it), False when it already runs with that kind; a lab up with
+        another kind is a LabError naming the way out."""
+        st = self.status()
+        if st["up"]:
+            if st.get("rdma") != rdma:
+                raise LabError(f"lab '{self.lab_id}' is up with {st.get('rdma')}, not {rdma}: "
+                               f"'hsp-lab --lab-id {self.lab_id} down' or pick another "
+                               "--lab-id")
+            return False
+        if progress:
+            progress(f"booting the lab ({rdma})")
+        self.up(rdma=rdma, fabrics=fabrics)
+        return True
+
     def up(self, rdma: str = "rxe", fabrics: int = 2, smp: int = 1, mem: int = 1024,
            boot_timeout: float = 180.0, ttl: float = 7200.0,
            progress: Callable[[str], None] | None = None) -> dict[str, Any]:

@@ -736,6 +736,7 @@ def main() -> int:
     p.add_argument("--dump-after", type=float, default=0,
                    help="print every thread's stack after this many seconds (hang hunting)")
     args = p.parse_args()
+    faulthandler.enable()  # a crash in the bindings prints every thread's stack
     if args.dump_after:
         faulthandler.dump_traceback_later(args.dump_after, repeat=True)
     if args.side in ("sink", "sinks", "stream"):

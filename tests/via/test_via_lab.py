@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from hsp_rdma.errors import LabTimeout
 from hsp_rdma.lab import Lab
 
 pytestmark = pytest.mark.lab
@@ -38,14 +39,25 @@ def _lines(text: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def scenario_results(lab: Lab) -> dict:
-    server = lab.spawn("a", _argv(lab, "a", "scenarios.py", "server"), timeout=300, cwd=str(ROOT))
+    """Both sides' per-scenario reports. A side that hangs is ended after its deadline with
+    every thread's stack printed (faulthandler), and what it reported until then still counts:
+    each scenario passes or fails on its own."""
+    server = lab.spawn("a", _argv(lab, "a", "scenarios.py", "server", "--dump-after", "170"),
+                       timeout=300, cwd=str(ROOT))
     time.sleep(0.5)
-    client = lab.exec("b", _argv(lab, "b", "scenarios.py", "client"), timeout=300, cwd=str(ROOT))
-    srv = server.wait(60)
-    out = {"rdma": lab.info()["rdma"], "stderr": {"a": srv.stderr[-2000:],
-                                                  "b": client.stderr[-2000:]}}
-    for r in _lines(srv.stdout) + _lines(client.stdout):
-        out[(r["side"], r["scenario"])] = r
+    client = lab.spawn("b", _argv(lab, "b", "scenarios.py", "client", "--dump-after", "170"),
+                       timeout=300, cwd=str(ROOT))
+    out: dict = {"rdma": lab.info()["rdma"], "stderr": {}, "hung": {}}
+    for node, job in (("b", client), ("a", server)):
+        try:
+            res = job.wait(180)
+            stdout, stderr = res.stdout, res.stderr
+        except LabTimeout as exc:
+            stdout, stderr = job.output()
+            out["hung"][node] = str(exc)
+        out["stderr"][node] = stderr[-4000:]
+        for r in _lines(stdout):
+            out[(r["side"], r["scenario"])] = r
     return out
 
 
@@ -54,7 +66,7 @@ def test_via_semantics(scenario_results: dict, name: str) -> None:
     for side in ("server", "client"):
         r = scenario_results.get((side, name))
         assert r is not None, (f"{side} never reported '{name}' (crashed or hung?): "
-                               f"{scenario_results['stderr']}")
+                               f"{scenario_results['hung']} {scenario_results['stderr']}")
         assert r["ok"], f"{side} {name} on {scenario_results['rdma']}: {r['detail']}"
 
 
@@ -71,3 +83,57 @@ def test_random_call_sequences_never_crash(lab: Lab) -> None:
     summary = _lines(res.stdout)[-1]
     assert summary["ok"] and summary["steps"] == 2000, summary
     assert summary["outcomes"].get("connect:ok", 0) > 0, "no connection was ever made"
+
+
+def _event(job, want: str, timeout_s: float) -> dict | None:
+    """The first JSON line with event WANT the job prints within TIMEOUT_S (None if not)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for r in _lines(job.output()[0]):
+            if r.get("event") == want:
+                return r
+        if job.poll() is not None:
+            break
+        time.sleep(0.1)
+    for r in _lines(job.output()[0]):
+        if r.get("event") == want:
+            return r
+    return None
+
+
+def test_peer_killed_mid_transfer(healthy_lab: Lab) -> None:
+    """Node a (the receiver) loses power while b streams sends into it: b's send completes
+    in error, the error callback fires, SendWait(INFINITE) returns instead of hanging.
+
+    How long that takes is the transport's dead-peer time: on RoCE (rxe) the RC ACK timeout
+    times the retry count (0.54 s x 7 tries, set by the provider); on iWARP (siw) TCP's
+    retransmission limit, which the test lowers on node b (tcp_retries2 = 5, about 13 s
+    instead of Linux's default of about 15 minutes: a production iWARP HA pair sets it too)."""
+    lab = healthy_lab
+    iwarp = lab.info()["rdma"] == "siw"
+    if iwarp:
+        lab.exec("b", ["sh", "-c", "echo 5 > /proc/sys/net/ipv4/tcp_retries2"], timeout=30)
+    sink = lab.spawn("a", _argv(lab, "a", "scenarios.py", "sink"), timeout=200, cwd=str(ROOT))
+    time.sleep(0.5)
+    stream = lab.spawn("b", _argv(lab, "b", "scenarios.py", "stream", "--seconds", "150"),
+                       timeout=200, cwd=str(ROOT))
+    try:
+        assert _event(stream, "streaming", 60) is not None, \
+            f"the stream never got going: {stream.output()}"
+        lab.fault("a", "kill")
+        t_kill = time.monotonic()
+        end = _event(stream, "end", 120)
+        took = time.monotonic() - t_kill
+        assert end is not None, f"no result 120 s after the peer died: {stream.output()}"
+        assert end["error_seen"], f"the stream ended without an error completion: {end}"
+        assert end["callbacks"], f"the error callback never fired: {end}"
+        assert took < 60, f"the error took {took:.1f} s to surface"
+        print(f"peer killed: error surfaced {took:.1f} s later after {end['sent']} sends, "
+              f"status {end['status']}, callbacks {end['callbacks']}")
+        res = stream.wait(60)
+        assert res.rc == 0, res.stderr[-2000:]
+    finally:
+        stream.kill()
+        sink.kill()
+        if iwarp:
+            lab.exec("b", ["sh", "-c", "echo 15 > /proc/sys/net/ipv4/tcp_retries2"], timeout=30)

@@ -55,10 +55,12 @@ CONN_MAGIC = b"VIPL"
 MAX_DISCRIMINATOR = 56 - CONN.size  # RC private data holds 56 bytes
 REJECT = struct.Struct("<4sB")  # magic, VipReturn code
 QUEUE_DEPTH = 256
-# RC ACK timeout 4.096 us * 2**17 = 0.54 s; with 7 retries a peer that vanished fails the
-# send after about 4 s (rdma_cm leaves it 0 = forever on rdma_rxe). iWARP rides on TCP,
-# whose own retransmission limit (net.ipv4.tcp_retries2) decides there.
+# RC ACK timeout 4.096 us * 2**17 = 0.54 s; with 6 retries a peer that vanished fails the
+# send after about 4 s (rdma_cm leaves the timeout 0 = forever on rdma_rxe, and rxe reads a
+# retry count of 7 as "forever" too). iWARP rides on TCP, whose own retransmission limit
+# (net.ipv4.tcp_retries2) decides there.
 ACK_TIMEOUT_EXP = 17
+RC_RETRY_COUNT = 6
 SEQ_BITS = 39
 _ETIMEDOUT = 110
 _ECONNREFUSED = 111
@@ -380,7 +382,7 @@ class Vi:
             pdata = CONN.pack(CONN_MAGIC, 1, int(self.attrs.reliability_level),
                               len(remote.discriminator)) + remote.discriminator
             try:
-                cid.connect(pdata, 7, 0)
+                cid.connect(pdata, RC_RETRY_COUNT, 0)
             except VerbsError as exc:
                 if exc.errno == _ECONNREFUSED:  # iWARP connects at once, over TCP
                     raise VipNoMatch(f"nothing listens at {remote.host} for discriminator "
