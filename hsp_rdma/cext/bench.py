@@ -5,9 +5,11 @@ then the cext with the same size, depth and iterations: DEPTH signaled RDMA Writ
 one registered buffer into the server's (address and rkey from the accept private data), each
 completion refilled at once; MB/sec = SIZE x ITERS / (first post .. last completion) / 2^20, as
 perftest counts (MB = 2^20 bytes). Then ib_send_lat (-s 2 -n LAT_ITERS) and the cext ping-pong
-of 2-byte sends with receives pre-posted: one sample per round trip (post .. reply received),
-half round trip reported, t_typical = median as in perftest. Both sides of both tools busy-poll
-their CQs unless --bw-poll event (then the cext writer sleeps on its completion channel).
+of 2-byte sends (one in 8 signaled) with receives pre-posted: one sample per round trip (post .. reply received),
+half round trip reported, t_typical = median as in perftest. perftest busy-polls; the cext
+writer waits as the device's hw profile says (completion_wait: busy on real NICs and rxe,
+asleep on the completion channel on siw; --bw-poll busy|event forces one). The latency
+ping-pong busy-polls on both sides, as ib_send_lat does.
 The ping-pong sends are inline (IBV_SEND_INLINE) when the device grants it, as ib_send_lat's
 are; the result says which. With --rounds R the whole sequence runs R times and the medians
 are compared.
@@ -39,6 +41,7 @@ INLINE_BYTES = 64  # asked at create_qp; ib_send_lat sends small messages inline
 BYTE_BUDGET = 32 << 20  # default iterations: about this much data per size (TCG is slow)
 DEFAULT_PORT = 19870
 RECVS_POSTED = 16
+SIGNAL_EVERY = 8  # ping-pong sends: one in 8 signaled; its completion frees the 8 slots
 
 
 # ---- guest side: one process per role and measurement ------------------------------------
@@ -121,18 +124,22 @@ def serve(args: argparse.Namespace) -> None:
     if args.mode == "lat":
         poller = _Poller(cq, "busy", args.stall_s)  # ib_send_lat's server busy-polls too
         replies = in_flight = 0
+        inline = cid.max_inline >= LAT_BYTES
         while replies < args.iters:
             for wc in poller.take():
                 if wc[2] == cx.WC_RECV:
-                    cid.post_recv1(wc[0], mr.addr, LAT_BYTES, mr.lkey)
                     while in_flight >= RECVS_POSTED:  # keep the send queue from overflowing
-                        in_flight -= sum(w[2] != cx.WC_RECV for w in poller.take())
+                        in_flight -= SIGNAL_EVERY * sum(w[2] != cx.WC_RECV
+                                                        for w in poller.take())
+                    # the reply first, the receive posted again after: off the timed path
                     cid.post1(1 << 32, cx.WR_SEND, mr.addr, LAT_BYTES, mr.lkey,
-                              inline=cid.max_inline >= LAT_BYTES)
+                              signaled=replies % SIGNAL_EVERY == SIGNAL_EVERY - 1,
+                              inline=inline)
+                    cid.post_recv1(wc[0], mr.addr, LAT_BYTES, mr.lkey)
                     in_flight += 1
                     replies += 1
                 else:
-                    in_flight -= 1
+                    in_flight -= SIGNAL_EVERY
     _cm_wait(ch, (cx.EV_DISCONNECTED,), args.timeout, "waiting for the client to finish")
     if args.mode == "write" and buf[:size] != _pattern(size):
         raise RuntimeError("the client's writes did not land: the buffer lacks its pattern")
@@ -207,21 +214,24 @@ def _ping_pong(cid, poller: _Poller, mr, iters: int) -> dict[str, Any]:
     addr, lkey = mr.addr, mr.lkey
     inline = cid.max_inline >= LAT_BYTES  # as ib_send_lat does
     in_flight = 0
+    used = -1  # the receive the last reply took: posted again once the next send is out
     stamps: list[int] = []
-    for _ in range(iters):
+    for i in range(iters):
         while in_flight >= RECVS_POSTED:
-            in_flight -= sum(w[2] != cx.WC_RECV for w in poller.take())
+            in_flight -= SIGNAL_EVERY * sum(w[2] != cx.WC_RECV for w in poller.take())
         stamps.append(time.perf_counter_ns())
-        cid.post1(1 << 32, cx.WR_SEND, addr, LAT_BYTES, lkey, inline=inline)
+        cid.post1(1 << 32, cx.WR_SEND, addr, LAT_BYTES, lkey,
+                  signaled=i % SIGNAL_EVERY == SIGNAL_EVERY - 1, inline=inline)
         in_flight += 1
-        got = False
-        while not got:
+        if used >= 0:
+            cid.post_recv1(used, addr, LAT_BYTES, lkey)
+        used = -1
+        while used < 0:
             for wc in poller.take():
                 if wc[2] == cx.WC_RECV:
-                    cid.post_recv1(wc[0], addr, LAT_BYTES, lkey)
-                    got = True
+                    used = wc[0]
                 else:
-                    in_flight -= 1
+                    in_flight -= SIGNAL_EVERY
     stamps.append(time.perf_counter_ns())
     half = sorted((b - a) / 2000 for a, b in itertools.pairwise(stamps))
     return {"bytes": LAT_BYTES, "iterations": iters, "inline": inline, "t_min_us": half[0],
@@ -324,8 +334,21 @@ def default_iters(size: int, depth: int) -> int:
     return max(BYTE_BUDGET // size, 4 * depth)
 
 
+def auto_poll(device: str) -> str:
+    """How the writer waits: the device's hw profile's ``completion_wait`` (busy on real NICs
+    and rxe; asleep on the completion channel on siw, whose kernel threads a busy writer
+    starves); busy, perftest's way, when no profile matches."""
+    from hsp_rdma.core.profiles import load_profiles, pick_profile
+    from hsp_rdma.errors import ConfigError
+
+    try:
+        return pick_profile(device, load_profiles()).completion_wait
+    except ConfigError:
+        return "busy"
+
+
 def run_bench(lab, fabric: str = "x", sizes: tuple[int, ...] = (64 << 10, 1 << 20),
-              depth: int = 16, iters: int = 0, lat_iters: int = 1000, poll: str = "busy",
+              depth: int = 16, iters: int = 0, lat_iters: int = 1000, poll: str = "auto",
               port: int = DEFAULT_PORT, rounds: int = 1,
               step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Baseline and cext back to back for each size, then both latencies, ROUNDS times;
@@ -335,6 +358,8 @@ def run_bench(lab, fabric: str = "x", sizes: tuple[int, ...] = (64 << 10, 1 << 2
     step = step or (lambda _msg: None)
     info = lab.info()
     device = info["b"][fabric]["rdma_dev"]
+    if poll == "auto":
+        poll = auto_poll(device)
     ports = itertools.count(port)  # one per cext run: iWARP listeners hold theirs a while
     bw: dict[int, list[tuple[float, float]]] = {s: [] for s in sizes}
     lat: list[tuple[float, float, dict]] = []
@@ -378,6 +403,7 @@ def run_bench(lab, fabric: str = "x", sizes: tuple[int, ...] = (64 << 10, 1 << 2
     latency = {"bytes": LAT_BYTES, "iterations": lat_iters, "cext_half_rtt_us": round(c, 2),
                "baseline_ib_send_lat_typical_us": round(b, 2), "ratio": round(c / b, 3),
                "goal": LAT_GOAL, "met": c <= LAT_GOAL * b,
+               "inline": all(x[2].get("inline", False) for x in lat),
                "per_round": [{"cext_half_rtt_us": {k: round(x[2][k], 2) for k in (
                    "t_min_us", "t_typical_us", "t_avg_us", "p99_us", "t_max_us")},
                    "baseline_ib_send_lat_typical_us": x[1]} for x in lat]}
@@ -407,8 +433,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="writes per size, also perftest's -n (default: about 32 MiB per size)")
     p.add_argument("--lat-iters", type=bounded(int, 10, 100_000, "--lat-iters"), default=1000,
                    help="round trips, also ib_send_lat's -n (default 1000)")
-    p.add_argument("--bw-poll", choices=("busy", "event"), default="busy",
-                   help="how the cext writer waits for completions (default busy, as perftest)")
+    p.add_argument("--bw-poll", choices=("auto", "busy", "event"), default="auto",
+                   help="how the cext writer waits for completions: auto (default) = as the "
+                        "device's hw profile says (completion_wait: busy on real NICs and rxe, event on siw)")
     p.add_argument("--rounds", type=bounded(int, 1, 20, "--rounds"), default=1,
                    help="repeat baseline + cext this often; medians reported (default 1)")
     p.add_argument("--fabric", choices=FABRICS, default="x")
@@ -462,8 +489,9 @@ def show(r: dict[str, Any], console) -> None:
                   + f">= {row['goal']}")
     console.print(t)
     lat = r["latency"]
-    t2 = Table(title=f"send/receive half round trip: cext vs ib_send_lat ({lat['bytes']} B, "
-                     f"{lat['iterations']} iterations)")
+    inline = "inline" if lat.get("inline") else "not inline"
+    t2 = Table(title=f"send/receive half round trip: cext vs ib_send_lat ({lat['bytes']} B "
+                     f"{inline}, {lat['iterations']} iterations)")
     for col in ("#bytes", "#iterations", "ib_send_lat t_typical [usec]",
                 "cext t_typical [usec]", "ratio", "goal"):
         t2.add_column(escape(col), justify="right")

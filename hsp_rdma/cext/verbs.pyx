@@ -8,7 +8,8 @@ closes once, children first; errors are VerbsError(call, errno).
 
 cimport cython
 from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
-from libc.errno cimport EINTR, errno
+from libc.errno cimport EAGAIN, EINTR, errno
+from posix.fcntl cimport F_GETFL, F_SETFL, O_NONBLOCK, fcntl
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset, strcmp
 from posix.unistd cimport usleep
@@ -430,8 +431,11 @@ cdef class CQ:
     cdef ibv_comp_channel *ch
     cdef readonly Device device
     cdef unsigned int _unacked
-    cdef ibv_wc wc[MAX_POLL]
     cdef object _children
+    # As CMId: calls without the GIL hold _busy and close() waits for them; completions are
+    # polled into the caller's stack, so threads polling one CQ share no buffer.
+    cdef int _busy
+    cdef bint _closing
 
     def __cinit__(self, Device device not None, int cqe):
         device._check()
@@ -446,23 +450,35 @@ cdef class CQ:
             ibv_destroy_comp_channel(self.ch)
             self.ch = NULL
             raise VerbsError("ibv_create_cq", err, f"{cqe} entries")
+        # Non-blocking channel: two threads woken for one event must not leave one of them
+        # asleep in ibv_get_cq_event for good.
+        fcntl(self.ch.fd, F_SETFL, fcntl(self.ch.fd, F_GETFL) | O_NONBLOCK)
         device.add_ref(self)
+
+    cdef ibv_cq *_enter(self, str call) except NULL:
+        if self.cq == NULL or self._closing:
+            raise VerbsError(call, 9, "completion queue is closed")
+        self._busy += 1
+        return self.cq
 
     cdef int _poll(self, int max_entries, ibv_wc *out) except -1:
         cdef int n
-        if self.cq == NULL:
-            raise VerbsError("ibv_poll_cq", 9, "completion queue is closed")
-        with nogil:
-            n = ibv_poll_cq(self.cq, max_entries, out)
+        cdef ibv_cq *cq = self._enter("ibv_poll_cq")
+        try:
+            with nogil:
+                n = ibv_poll_cq(cq, max_entries, out)
+        finally:
+            self._busy -= 1
         if n < 0:
             raise VerbsError("ibv_poll_cq", -n)
         return n
 
     def poll(self, int max_entries=16):
         """Up to MAX_ENTRIES completions: (wr_id, status, opcode, byte_len, imm, wc_flags)."""
-        cdef int n = self._poll(min(max(max_entries, 1), MAX_POLL), self.wc), i
-        return [(self.wc[i].wr_id, self.wc[i].status, self.wc[i].opcode, self.wc[i].byte_len,
-                 self.wc[i].imm_data, self.wc[i].wc_flags) for i in range(n)]
+        cdef ibv_wc wc[MAX_POLL]
+        cdef int n = self._poll(min(max(max_entries, 1), MAX_POLL), wc), i
+        return [(wc[i].wr_id, wc[i].status, wc[i].opcode, wc[i].byte_len, wc[i].imm_data,
+                 wc[i].wc_flags) for i in range(n)]
 
     @cython.boundscheck(False)
     def poll_into(self, unsigned char[::1] out not None):
@@ -472,20 +488,21 @@ cdef class CQ:
         cdef Py_ssize_t off
         cdef uint64_t *q
         cdef uint32_t *w
+        cdef ibv_wc wc[MAX_POLL]
         if cap == 0:
             raise ValueError(f"the buffer holds no completion record ({WC_BYTES} bytes each)")
-        n = self._poll(cap, self.wc)
+        n = self._poll(cap, wc)
         for i in range(n):
             off = <Py_ssize_t>i * WC_BYTES
             q = <uint64_t *>&out[off]
-            q[0] = self.wc[i].wr_id
+            q[0] = wc[i].wr_id
             w = <uint32_t *>&out[off + 8]
-            w[0] = self.wc[i].status
-            w[1] = self.wc[i].opcode
-            w[2] = self.wc[i].byte_len
-            w[3] = self.wc[i].imm_data
-            w[4] = self.wc[i].wc_flags
-            w[5] = self.wc[i].qp_num
+            w[0] = wc[i].status
+            w[1] = wc[i].opcode
+            w[2] = wc[i].byte_len
+            w[3] = wc[i].imm_data
+            w[4] = wc[i].wc_flags
+            w[5] = wc[i].qp_num
         return n
 
     def resize(self, int cqe):
@@ -508,30 +525,43 @@ cdef class CQ:
 
     def arm(self):
         cdef int rc
-        if self.cq == NULL:
-            raise VerbsError("ibv_req_notify_cq", 9, "completion queue is closed")
-        with nogil:
-            rc = ibv_req_notify_cq(self.cq, 0)
+        cdef ibv_cq *cq = self._enter("ibv_req_notify_cq")
+        try:
+            with nogil:
+                rc = ibv_req_notify_cq(cq, 0)
+        finally:
+            self._busy -= 1
         if rc:
             raise VerbsError("ibv_req_notify_cq", rc)
 
     def wait(self, int timeout_ms):
-        """Sleep (GIL released) until the armed CQ has an event; False on timeout."""
+        """Sleep (GIL released) until the armed CQ has an event; False on timeout (or when
+        another thread took the event first). close() from another thread waits for it."""
         cdef ibv_cq *ev_cq
         cdef void *ctx
-        cdef int rc
-        if self.cq == NULL:
-            raise VerbsError("ibv_get_cq_event", 9, "completion queue is closed")
-        with nogil:
-            rc = _wait_fd(self.ch.fd, timeout_ms)
-        if rc < 0:
-            raise VerbsError("poll", errno)
+        cdef int rc, err = 0
+        cdef ibv_comp_channel *ch
+        self._enter("ibv_get_cq_event")
+        ch = self.ch
+        try:
+            with nogil:
+                rc = _wait_fd(ch.fd, timeout_ms)
+                if rc < 0:
+                    err = errno
+                elif rc > 0:
+                    rc = 1 if ibv_get_cq_event(ch, &ev_cq, &ctx) == 0 else -2
+                    if rc == -2:
+                        err = errno
+        finally:
+            self._busy -= 1
+        if rc == -1:
+            raise VerbsError("poll", err)
+        if rc == -2:
+            if err == EAGAIN:
+                return False
+            raise VerbsError("ibv_get_cq_event", err)
         if rc == 0:
             return False
-        with nogil:
-            rc = ibv_get_cq_event(self.ch, &ev_cq, &ctx)
-        if rc:
-            raise VerbsError("ibv_get_cq_event", errno)
         self._unacked += 1
         if self._unacked >= 64:
             ibv_ack_cq_events(self.cq, self._unacked)
@@ -543,11 +573,17 @@ cdef class CQ:
 
     @property
     def closed(self):
-        return self.cq == NULL
+        return self.cq == NULL or self._closing
 
     def close(self):
+        if self.cq == NULL or self._closing:
+            return
+        self._closing = True
         for child in list(self._children):  # the queue pairs that report here go first
             child.close()
+        while self._busy > 0:  # a poll or a wait (at most its timeout) still running
+            with nogil:
+                usleep(1000)
         if self.cq != NULL:
             if self._unacked:
                 ibv_ack_cq_events(self.cq, self._unacked)

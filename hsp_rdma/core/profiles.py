@@ -72,6 +72,9 @@ class Profile:
     queue_depth: int
     rdma_read: bool
     marker_poll: MarkerPoll
+    # How a datapath thread waits for completions: "busy" polls the CQ, "event" sleeps on its
+    # completion channel (soft devices whose work runs in kernel threads on the same CPUs).
+    completion_wait: str = "busy"
     notes: str = ""
     path: str | None = None
 
@@ -172,9 +175,10 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "queue_depth": _int_in(1, 16384),
     "rdma_read": (_check_bool, "true or false"),
     "marker_poll": (_check_poll, f'"busy", "yield" or "sleep_us:N", N from 1 to {MAX_SLEEP_US}'),
+    "completion_wait": (lambda v: v if v in ("busy", "event") else None, '"busy" or "event"'),
     "notes": (_check_notes, "a string"),
 }
-OPTIONAL = frozenset({"notes"})
+OPTIONAL = frozenset({"notes", "completion_wait"})
 
 
 def _line_of(text: str, key: str) -> int | None:

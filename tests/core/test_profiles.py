@@ -49,6 +49,9 @@ def test_shipped_profiles_load_and_pick_by_device():
     assert (siw.transport, siw.gid_index(()), siw.rdma_read) == (Transport.IWARP, 0, True)
     mlx5 = pick_profile("mlx5_1", profiles)
     assert (mlx5.max_inline, mlx5.mtu) == (220, 4096)
+    # measured in the lab: a busy writer starves siw's kernel threads
+    assert (rxe.completion_wait, siw.completion_wait, mlx5.completion_wait) == (
+        "busy", "event", "busy")
 
 
 def test_no_profile_for_device_names_the_known_globs():
@@ -69,10 +72,11 @@ def test_good_text_parses():
     p = parse_profile(GOOD, "x.toml")
     assert p.match == ("tst*",) and p.gid_index_rule == 1
     assert p.marker_poll == MarkerPoll(PollMode.SLEEP, 50)
-    assert p.notes == ""
+    assert p.notes == "" and p.completion_wait == "busy"  # both optional
 
 
 @pytest.mark.parametrize("key, value", [
+    ("completion_wait", '"spin"'),
     ("mtu", "1500"),  # not an IB MTU
     ("mtu", '"1024"'),  # wrong type
     ("transport", '"tcp"'),
