@@ -61,8 +61,10 @@ QUEUE_DEPTH = 256
 # (net.ipv4.tcp_retries2) decides there.
 ACK_TIMEOUT_EXP = 17
 RC_RETRY_COUNT = 6
+RESOLVE_TRY_MS = 2000  # one address-resolution try; connect() makes more within its timeout
 SEQ_BITS = 39
 _ETIMEDOUT = 110
+_ENODATA = 61
 _ECONNREFUSED = 111
 
 _WC_STATUS = {
@@ -366,12 +368,13 @@ class Vi:
             raise VipInvalidParameter(f"discriminator longer than {MAX_DISCRIMINATOR} bytes")
         nic = self.nic
         deadline = time.monotonic() + max(timeout_ms, 1) / 1000
-        cid = _verbs(cx.CMId, nic.events)
         self.state = ViState.CONNECT_PENDING
         try:
-            _verbs(cid.resolve_addr, local.host, remote.host, port_of(remote.discriminator),
-                   max(timeout_ms, 1))
-            self._expect(cid, cx.EV_ADDR_RESOLVED, deadline, f"resolving {remote.host}")
+            cid = self._resolve(local, remote, deadline, timeout_ms)
+        except BaseException:
+            self.state = ViState.IDLE
+            raise
+        try:
             _verbs(cid.resolve_route, max(1, int((deadline - time.monotonic()) * 1000)))
             self._expect(cid, cx.EV_ROUTE_RESOLVED, deadline, f"route to {remote.host}")
             if cid.device_name != nic.name:
@@ -411,6 +414,33 @@ class Vi:
         except BaseException:
             self._abandon_qp()
             raise
+
+    def _resolve(self, local: NetAddress, remote: NetAddress, deadline: float,
+                 timeout_ms: int):
+        """A cm id with REMOTE's address resolved. Each try asks at most RESOLVE_TRY_MS and
+        hears the kernel's own verdict; a try that timed out (an ARP request or answer lost,
+        a peer that was rebooting) is made again with a fresh id while time is left."""
+        nic, last = self.nic, None
+        while (left := deadline - time.monotonic()) > 0:
+            try_ms = max(1, min(int(left * 1000), RESOLVE_TRY_MS))
+            cid = _verbs(cx.CMId, nic.events)
+            try:
+                _verbs(cid.resolve_addr, local.host, remote.host,
+                       port_of(remote.discriminator), try_ms)
+                ev = nic.wait_event(lambda e, c=cid: e[2] is c, try_ms / 1000 + 0.5)
+            except BaseException:
+                cid.close()
+                raise
+            if ev is not None and ev[0] == cx.EV_ADDR_RESOLVED:
+                return cid
+            cid.close()
+            if ev is not None and not (ev[0] == cx.EV_ADDR_ERROR
+                                       and ev[1] in (-_ETIMEDOUT, -_ENODATA)):
+                raise _unreachable(f"resolving {remote.host}", ev[0], ev[1])
+            last = ev
+        why = "timed out" if last is None else cx.cm_event_str(last[0])
+        raise VipTimeout(f"resolving {remote.host}: no answer in {timeout_ms} ms ({why}; "
+                         f"{_arp_state(remote.host)})")
 
     def _abandon_qp(self) -> None:
         """A connection that never came up: its queue pair goes, the receives stay posted."""
@@ -701,6 +731,20 @@ class Vi:
             # At most a second asleep: a vanished peer shows up as a flushed or failed
             # completion (the event thread moves the QP to ERR), never as a silent hang.
             cq.wait(min(left, 1000))
+
+
+def _arp_state(ip: str) -> str:
+    """What this host's ARP table says of IP, for an error message."""
+    flags = {"0x0": "incomplete (no ARP answer)", "0x2": "resolved", "0x6": "permanent"}
+    try:
+        with open("/proc/net/arp") as f:
+            for line in f.read().splitlines()[1:]:
+                cols = line.split()
+                if cols and cols[0] == ip:
+                    return f"ARP entry {cols[3]} on {cols[5]}: {flags.get(cols[2], cols[2])}"
+    except OSError:
+        return "ARP table unreadable"
+    return "no ARP entry: is the peer up, and on this subnet?"
 
 
 def _unreachable(what: str, kind: int, status: int) -> VipError:
