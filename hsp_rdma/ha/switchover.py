@@ -252,7 +252,13 @@ class Engine:
                 raise SwitchoverError(f"control receive failed with status 0x{d.status:x}: "
                                       "the peer is gone or the link is down")
             raw = bytes(self.ctl_buf[slot * CTL_SIZE: slot * CTL_SIZE + d.length])
-            self._post_recv(slot)
+            try:
+                self._post_recv(slot)
+            except via.VipInvalidState:
+                if self.vi.state is not via.ViState.ERROR:
+                    raise
+                # The peer left right after this message (its goodbye at the end of the last
+                # run): the message still counts; the next receive reports the VI's state.
             try:
                 msg, _seq = decode_message(raw)
             except FrameError:

@@ -296,6 +296,7 @@ class Vi:
         self.state = ViState.IDLE
         self.cmid = None
         self.peer_gone = False
+        self.why_error = "no reason recorded"  # what put the VI in ERROR, for messages
         self.serial = next(nic._serials)
         self._own = [CompletionQueue(nic, QUEUE_DEPTH) for cq in (send_cq, recv_cq)
                      if cq is None]
@@ -324,6 +325,7 @@ class Vi:
         if self.state is not ViState.CONNECTED:
             return
         self.state = ViState.ERROR
+        self.why_error = f"{code}: {message}"
         self.nic.report(ErrorDescriptor(self.nic, self, "VI", code, message, desc))
 
     def _lost(self, why: str) -> None:
@@ -652,7 +654,8 @@ class Vi:
 
     def post_recv(self, desc: VipDescriptor) -> None:
         if self.state is ViState.ERROR:
-            raise VipInvalidState("VI is in ERROR: VipDisconnect it, then reconnect")
+            raise VipInvalidState(f"VI is in ERROR ({self.why_error}): VipDisconnect it, "
+                                  "then reconnect")
         if len(self.recvq) >= QUEUE_DEPTH:
             raise VipErrorResource(f"the receive queue is full ({QUEUE_DEPTH} descriptors)")
         sges = self._sges(desc)
