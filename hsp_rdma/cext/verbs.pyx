@@ -96,18 +96,31 @@ def cm_event_str(int event):
     return rdma_event_str(<rdma_cm_event_type>event).decode()
 
 
-cdef int _wait_fd(int fd, int timeout_ms) nogil:
-    """poll(2) one fd for input; 1 ready, 0 timeout, -1 error (errno). Retries EINTR."""
-    cdef pollfd p
-    cdef int rc
-    p.fd = fd
-    p.events = POLLIN
+cdef int _poll_in(pollfd *p, int n, int timeout_ms) noexcept nogil:
+    """poll(2) N fds for input; how many are ready, 0 on timeout, -1 on error (errno).
+    Retries EINTR."""
+    cdef int i, rc
+    for i in range(n):
+        p[i].events = POLLIN
     while True:
-        p.revents = 0
-        rc = poll(&p, 1, timeout_ms)
+        for i in range(n):
+            p[i].revents = 0
+        rc = poll(p, n, timeout_ms)
         if rc < 0 and errno == EINTR:
             continue
         return rc
+
+
+cdef bint _fd_ready(int fd, int timeout_ms) except -1:
+    """Whether FD has input within TIMEOUT_MS, asleep with the GIL released."""
+    cdef pollfd p
+    cdef int rc
+    p.fd = fd
+    with nogil:
+        rc = _poll_in(&p, 1, timeout_ms)
+    if rc < 0:
+        raise VerbsError("poll", errno)
+    return rc > 0
 
 
 GID_TYPES = {IBV_GID_TYPE_IB: "IB", IBV_GID_TYPE_ROCE_V1: "RoCE v1",
@@ -148,14 +161,8 @@ def wait_fds(fds, int timeout_ms):
         raise ValueError("wait_fds takes 1 to 8 file descriptors")
     for i in range(n):
         p[i].fd = fds[i]
-        p[i].events = POLLIN
-        p[i].revents = 0
-    while True:
-        with nogil:
-            rc = poll(p, n, timeout_ms)
-        if rc < 0 and errno == EINTR:
-            continue
-        break
+    with nogil:
+        rc = _poll_in(p, n, timeout_ms)
     if rc < 0:
         raise VerbsError("poll", errno)
     return [p[i].fd for i in range(n) if p[i].revents]
@@ -267,11 +274,7 @@ cdef class Device:
         cdef ibv_async_event ev
         cdef int rc
         self._check()
-        with nogil:
-            rc = _wait_fd(self.ctx.async_fd, timeout_ms)
-        if rc < 0:
-            raise VerbsError("poll", errno)
-        if rc == 0:
+        if not _fd_ready(self.ctx.async_fd, timeout_ms):
             return None
         with nogil:
             rc = ibv_get_async_event(self.ctx, &ev)
@@ -539,29 +542,21 @@ cdef class CQ:
         another thread took the event first). close() from another thread waits for it."""
         cdef ibv_cq *ev_cq
         cdef void *ctx
-        cdef int rc, err = 0
+        cdef int rc
         cdef ibv_comp_channel *ch
         self._enter("ibv_get_cq_event")
         ch = self.ch
         try:
+            if not _fd_ready(ch.fd, timeout_ms):
+                return False
             with nogil:
-                rc = _wait_fd(ch.fd, timeout_ms)
-                if rc < 0:
-                    err = errno
-                elif rc > 0:
-                    rc = 1 if ibv_get_cq_event(ch, &ev_cq, &ctx) == 0 else -2
-                    if rc == -2:
-                        err = errno
+                rc = ibv_get_cq_event(ch, &ev_cq, &ctx)
         finally:
             self._busy -= 1
-        if rc == -1:
-            raise VerbsError("poll", err)
-        if rc == -2:
-            if err == EAGAIN:
+        if rc:
+            if errno == EAGAIN:  # another thread took the event
                 return False
-            raise VerbsError("ibv_get_cq_event", err)
-        if rc == 0:
-            return False
+            raise VerbsError("ibv_get_cq_event", errno)
         self._unacked += 1
         if self._unacked >= 64:
             ibv_ack_cq_events(self.cq, self._unacked)
@@ -632,11 +627,7 @@ cdef class EventChannel:
         cdef CMId new
         if self.ch == NULL:
             raise VerbsError("rdma_get_cm_event", 9, "event channel is closed")
-        with nogil:
-            rc = _wait_fd(self.ch.fd, timeout_ms)
-        if rc < 0:
-            raise VerbsError("poll", errno)
-        if rc == 0:
+        if not _fd_ready(self.ch.fd, timeout_ms):
             return None
         with nogil:
             rc = rdma_get_cm_event(self.ch, &ev)
@@ -916,13 +907,19 @@ cdef class CMId:
             raise VerbsError("ibv_post_send", abs(rc), what)
         return 0
 
-    cdef int _post_r(self, ibv_recv_wr *wr) except -1:
+    cdef int _post_r(self, uint64_t wr_id, ibv_sge *sge, int n) except -1:
+        """ibv_post_recv of one work request over SGE[0:N] (the caller's stack)."""
+        cdef ibv_recv_wr wr
         cdef ibv_recv_wr *bad
         cdef int rc
         cdef ibv_qp *qp = self._enter_qp("ibv_post_recv")
+        wr.wr_id = wr_id
+        wr.next = NULL
+        wr.sg_list = sge
+        wr.num_sge = n
         try:
             with nogil:
-                rc = ibv_post_recv(qp, wr, &bad)
+                rc = ibv_post_recv(qp, &wr, &bad)
         finally:
             self._busy -= 1
         if rc:
@@ -959,13 +956,8 @@ cdef class CMId:
     def post_recv1(self, uint64_t wr_id, uint64_t laddr, uint32_t length, uint32_t lkey):
         """The hot-path receive: one segment, scalars only, GIL released."""
         cdef ibv_sge sge
-        cdef ibv_recv_wr wr
         sge.addr, sge.length, sge.lkey = laddr, length, lkey
-        wr.wr_id = wr_id
-        wr.next = NULL
-        wr.sg_list = &sge
-        wr.num_sge = 1
-        self._post_r(&wr)
+        self._post_r(wr_id, &sge, 1)
 
     def qp_state(self):
         """The queue pair's state name (RESET, INIT, RTR, RTS, SQD, SQE, ERR) or None."""
@@ -1010,17 +1002,12 @@ cdef class CMId:
 
     def post_recv(self, uint64_t wr_id, list sges):
         cdef ibv_sge sge[MAX_SGE]
-        cdef ibv_recv_wr wr
         cdef int i, n = len(sges)
         if n > MAX_SGE:
             raise VerbsError("ibv_post_recv", 22, f"{n} segments, at most {MAX_SGE}")
         for i in range(n):
             sge[i].addr, sge[i].length, sge[i].lkey = sges[i]
-        wr.wr_id = wr_id
-        wr.next = NULL
-        wr.sg_list = sge
-        wr.num_sge = n
-        self._post_r(&wr)
+        self._post_r(wr_id, sge, n)
 
     def close(self):
         """Destroy the QP and the id, once the calls still running on it (in other threads)

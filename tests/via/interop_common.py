@@ -9,6 +9,7 @@ import json
 import struct
 import sys
 import time
+from pathlib import Path
 
 # Each step's data: (pattern seed, length). Distinct seeds and lengths so that a buffer
 # holding another step's bytes (or a stale one) never passes.
@@ -39,6 +40,11 @@ TAG_IMM_ADDR = b"IMMADDR\0"  # ours: our G target (second connection)
 
 STEPS = ("send_ours_to_pyverbs", "send_pyverbs_to_ours", "pyverbs_rdma_write",
          "pyverbs_rdma_read", "ours_rdma_write", "ours_rdma_read", "pyverbs_rdma_write_imm")
+
+
+def is_iwarp(dev: str) -> bool:
+    """iWARP devices (siw) are RNICs; RoCE (rxe) are CAs: no immediate data on iWARP."""
+    return "RNIC" in Path(f"/sys/class/infiniband/{dev}/node_type").read_text()
 
 
 def pattern(spec: tuple[int, int]) -> bytes:

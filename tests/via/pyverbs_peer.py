@@ -47,6 +47,7 @@ from interop_common import (
     Report,
     fail_exit,
     first_diff,
+    is_iwarp,
     pattern,
 )
 from pyverbs.cmid import CMID, AddrInfo, CMEvent, CMEventChannel, ConnParam
@@ -55,12 +56,6 @@ from pyverbs.mr import MR
 from pyverbs.pd import PD
 from pyverbs.qp import QP, QPAttr, QPCap, QPInitAttr
 from pyverbs.wr import SGE, RecvWR, SendWR
-
-
-def is_iwarp(dev: str) -> bool:
-    """iWARP devices (siw) are RNICs; RoCE (rxe) are CAs."""
-    node_type = Path(f"/sys/class/infiniband/{dev}/node_type").read_text()
-    return "RNIC" in node_type
 
 
 def check_wc(wc, what: str) -> None:

@@ -88,17 +88,14 @@ def test_random_call_sequences_never_crash(lab: Lab) -> None:
 def _event(job, want: str, timeout_s: float) -> dict | None:
     """The first JSON line with event WANT the job prints within TIMEOUT_S (None if not)."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while True:
+        ended = job.poll() is not None  # (pumps the output too)
         for r in _lines(job.output()[0]):
             if r.get("event") == want:
                 return r
-        if job.poll() is not None:
-            break
+        if ended or time.monotonic() >= deadline:
+            return None
         time.sleep(0.1)
-    for r in _lines(job.output()[0]):
-        if r.get("event") == want:
-            return r
-    return None
 
 
 def test_peer_killed_mid_transfer(healthy_lab: Lab) -> None:

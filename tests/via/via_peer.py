@@ -45,6 +45,7 @@ from interop_common import (
     fail_exit,
     first_diff,
     imm_discriminator,
+    is_iwarp,
     pattern,
 )
 
@@ -232,8 +233,7 @@ def main() -> None:
     try:
         side = Side(args.dev, args.local, args.peer)
         main_steps(side, rep, disc)
-        iwarp = "RNIC" in Path(f"/sys/class/infiniband/{args.dev}/node_type").read_text()
-        if iwarp:
+        if is_iwarp(args.dev):
             rep.emit({"event": "no_imm_step", "why": "iWARP carries no immediate data"})
         else:
             imm_step(side, rep, disc)

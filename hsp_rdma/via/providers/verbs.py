@@ -61,7 +61,7 @@ QUEUE_DEPTH = 256
 # (net.ipv4.tcp_retries2) decides there.
 ACK_TIMEOUT_EXP = 17
 RC_RETRY_COUNT = 6
-IWARP_TEARDOWN_WAIT_S = 3.0  # at most, per earlier queue pair, before a new one is made
+IWARP_TEARDOWN_WAIT_S = 3.0  # at most, for earlier queue pairs, before a new one is made
 RESOLVE_TRY_MS = 2000  # one address-resolution try; connect() makes more within its timeout
 SEQ_BITS = 39
 _ETIMEDOUT = 110
@@ -340,13 +340,20 @@ class Vi:
         self._fail("CONN_LOST", f"connection lost: {why}")
 
     # ---- connection -------------------------------------------------------------------
-    def _make_qp(self, cid, passive: bool = False) -> None:
+    def _await_teardown(self, limit_s: float) -> None:
+        """Wait (at most LIMIT_S in all) for the queue pairs this VI is still destroying."""
+        deadline = time.monotonic() + limit_s
+        for t in self._reaping:
+            t.join(max(0.0, deadline - time.monotonic()))
+        self._reaping = [t for t in self._reaping if t.is_alive()]
+
+    def _make_qp(self, cid, passive: bool = False,
+                 teardown_s: float = IWARP_TEARDOWN_WAIT_S) -> None:
         if self.nic.iwarp:
             # The previous connection's teardown (rdma_destroy_id in a reaper thread) ends
             # before the new one carries data: a reconnect racing it on siw could leave the
             # new connection's first send unsent (the siw `reset` scenario, ~1 run in 20).
-            for t in self._reaping:
-                t.join(IWARP_TEARDOWN_WAIT_S)
+            self._await_teardown(teardown_s)
         else:
             _verbs(cid.set_ack_timeout, ACK_TIMEOUT_EXP)
         _verbs(cid.create_qp, self.attrs.ptag.pd, self.send_cq.cq, self.recv_cq.cq,
@@ -390,7 +397,8 @@ class Vi:
                 raise VipNotReachable(f"{remote.host} is reached through {cid.device_name}, "
                                       f"not {nic.name}: use that NIC or another address")
             self.peer_gone = False
-            self._make_qp(cid)
+            self._make_qp(cid, teardown_s=min(IWARP_TEARDOWN_WAIT_S,
+                                              max(0.0, deadline - time.monotonic())))
             pdata = CONN.pack(CONN_MAGIC, 1, int(self.attrs.reliability_level),
                               len(remote.discriminator)) + remote.discriminator
             try:
@@ -569,9 +577,7 @@ class Vi:
         self.state = ViState.IDLE
         self.sendq.clear()
         self.recvq.clear()
-        for t in self._reaping:  # the CQs go only once no queue pair uses them
-            t.join(60)
-        self._reaping = []
+        self._await_teardown(60)  # the CQs go only once no queue pair uses them
         if self._rtr_mr is not None:
             self._rtr_mr.close()
         for cq in self._own:
