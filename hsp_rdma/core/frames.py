@@ -2,6 +2,7 @@
 
 The layout is declared once (``HEADER_FIELDS`` next to ``HEADER_FORMAT``); ``encode`` and
 ``decode`` are the only code that packs it. CRC32C covers the header (CRC field zero) and payload.
+``decode`` checks integrity first (magic, length, CRC32C), then meaning (version, channel).
 """
 
 from __future__ import annotations
@@ -118,8 +119,6 @@ def decode(buf: bytes | bytearray | memoryview) -> Frame:
         raise FrameError(
             f"bad magic 0x{fields['magic']:04x} (expected 0x{MAGIC:04x}): not an hsp_rdma frame"
         )
-    if fields["version"] != PROTOCOL_VERSION:
-        raise VersionMismatch(fields["version"], PROTOCOL_VERSION)
     length = fields["length"]
     if length > MAX_PAYLOAD:
         raise FrameError(f"bad length {length}: a payload is at most {MAX_PAYLOAD} bytes")
@@ -132,6 +131,10 @@ def decode(buf: bytes | bytearray | memoryview) -> Frame:
     crc = crc32c(unsummed)
     if crc != fields["crc32c"]:
         raise FrameError(f"bad CRC32C 0x{fields['crc32c']:08x}, computed 0x{crc:08x}: frame corrupted")
+    # Only an intact frame can tell us the peer's version: a flipped bit is corruption, not a
+    # peer to upgrade.
+    if fields["version"] != PROTOCOL_VERSION:
+        raise VersionMismatch(fields["version"], PROTOCOL_VERSION)
     try:
         channel = Channel(fields["channel"])
     except ValueError:

@@ -9,9 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hsp_rdma.core.frames import (
+    HEADER,
     HEADER_FIELDS,
     HEADER_FORMAT,
     HEADER_SIZE,
+    MAGIC,
     MAX_EPOCH,
     MAX_PAYLOAD,
     MAX_SEQUENCE,
@@ -90,16 +92,39 @@ def test_bad_magic():
         decode(b"\0\0" + encode(Frame(Channel.OAM, 1, 1, 1))[2:])
 
 
+def _wire_with_version(version: int, payload: bytes = b"") -> bytes:
+    """A frame from a peer speaking ``version``, CRC32C computed the way ``encode`` does."""
+    fields = {"magic": MAGIC, "version": version, "channel": int(Channel.HEALTH), "type": 1,
+              "epoch": 1, "sequence": 1, "length": len(payload), "crc32c": 0}
+    header = HEADER.pack(*(fields[name] for name in HEADER_FIELDS))
+    crc = crc32c(payload, crc32c(header))
+    return header[:HEADER_SIZE - 4] + crc.to_bytes(4, "little") + payload
+
+
 def test_other_protocol_version_says_both_versions():
-    wire = bytearray(encode(Frame(Channel.HEALTH, 1, 1, 1)))
-    wire[2] = PROTOCOL_VERSION + 1
+    wire = _wire_with_version(PROTOCOL_VERSION + 1)
     with pytest.raises(VersionMismatch) as err:
-        decode(bytes(wire))
+        decode(wire)
     assert f"peer speaks protocol version {PROTOCOL_VERSION + 1}, we speak {PROTOCOL_VERSION}" \
         in str(err.value)
     assert (err.value.theirs, err.value.ours) == (PROTOCOL_VERSION + 1, PROTOCOL_VERSION)
     assert isinstance(err.value, FrameError) and isinstance(err.value, ProtocolError)
     assert isinstance(err.value, HspError)
+
+
+@pytest.mark.parametrize("version", [0, PROTOCOL_VERSION + 1, 0xFF])
+def test_intact_frame_of_another_version_is_a_version_mismatch(version):
+    with pytest.raises(VersionMismatch):
+        decode(_wire_with_version(version, b"payload"))
+
+
+@pytest.mark.parametrize("bit", range(8))
+def test_flipped_bit_in_version_byte_is_corruption_not_a_version(bit):
+    wire = bytearray(encode(Frame(Channel.HEALTH, 1, 1, 1, b"payload")))
+    wire[struct.calcsize("<H")] ^= 1 << bit  # the version byte follows the 2-byte magic
+    with pytest.raises(FrameError, match="bad CRC32C") as err:
+        decode(bytes(wire))
+    assert not isinstance(err.value, VersionMismatch)
 
 
 def test_unknown_channel_with_good_crc():
