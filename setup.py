@@ -40,7 +40,9 @@ setup(
     version="0.1.0",
     description="High-availability active/standby pairs over RDMA pipes (VIA-style API)",
     packages=find_packages(include=["hsp_rdma", "hsp_rdma.*"]),
-    package_data={"hsp_rdma.cext": ["*.pxd", "*.pyx"], "hsp_rdma.lab": ["guest/*"]},
+    # hsp_rdma/hw-profiles is a symlink to the top-level hw-profiles/: shipped as real files.
+    package_data={"hsp_rdma": ["hw-profiles/*.toml"], "hsp_rdma.cext": ["*.pxd", "*.pyx"],
+                  "hsp_rdma.lab": ["guest/*"]},
     python_requires=">=3.11",
     install_requires=["rich>=13", "pyroute2>=0.7"],
     extras_require={"test": ["pytest>=7", "hypothesis>=6"]},

@@ -1,14 +1,20 @@
-"""Hardware profiles: per-NIC facts and tuning, one TOML file per device kind in hw-profiles/.
+"""Hardware profiles: per-NIC facts and tuning, one TOML file per device kind.
 
 ``parse_profile`` validates strictly (unknown field, wrong type, value out of range: a
 ConfigError naming the file, line, field and allowed values); ``pick_profile`` chooses by
 device name. Only ``load_profile``/``load_profiles`` read files.
+
+Where profiles come from, first one wins by ``name`` (so a user adjusts a shipped profile by
+copying it to an earlier directory): a user directory (CLIs: ``--profiles DIR``), the
+directories in ``$HSP_PROFILES`` (':'-separated), ``/etc/hsp/hw-profiles``, then the ones
+shipped in the package. ``profile_dirs`` gives that list; ``load_profiles()`` reads it.
 """
 
 from __future__ import annotations
 
 import enum
 import fnmatch
+import os
 import re
 import tomllib
 from collections.abc import Iterable, Sequence
@@ -18,8 +24,13 @@ from typing import Any
 
 from hsp_rdma.errors import ConfigError
 
-# The checkout's profile folder (hw-profiles/ next to the package).
-PROFILE_DIR = Path(__file__).resolve().parents[2] / "hw-profiles"
+# The shipped profiles: hsp_rdma/hw-profiles in the installed package; in a checkout a symlink
+# to the top-level hw-profiles/.
+PACKAGED_PROFILE_DIR = Path(__file__).resolve().parents[1] / "hw-profiles"
+SYSTEM_PROFILE_DIR = Path("/etc/hsp/hw-profiles")  # skipped when absent
+PROFILES_ENV = "HSP_PROFILES"
+HOW_TO_ADD = (f"add a TOML profile to a directory given with --profiles DIR, to one "
+              f"listed in {PROFILES_ENV} (':'-separated), or to {SYSTEM_PROFILE_DIR}")
 
 IB_MTUS = (256, 512, 1024, 2048, 4096)
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
@@ -40,6 +51,7 @@ class GidRule(enum.Enum):
 
     ROCE_V2_IPV4 = "roce_v2_ipv4"  # the RoCE v2 GID of the port's IPv4 address
     ZERO = "zero"  # index 0 (iWARP, InfiniBand)
+    BY_LINK_LAYER = "by_link_layer"  # InfiniBand port: ZERO; Ethernet port: ROCE_V2_IPV4
 
 
 class PollMode(enum.Enum):
@@ -82,16 +94,25 @@ class Profile:
         """Whether ``device_name`` (e.g. "rxe0") matches one of this profile's globs."""
         return any(fnmatch.fnmatchcase(device_name, glob) for glob in self.match)
 
-    def gid_index(self, gids: Sequence[tuple[str, str]]) -> int:
+    def gid_index(self, gids: Sequence[tuple[str, str]], link_layer: str = "Ethernet") -> int:
         """The GID index to use, given the port's GID table as (gid, type) pairs by index.
 
         Types are sysfs's words ("RoCE v2", "IB/RoCE v1"); an IPv4 GID is IPv4-mapped
-        (``0000:0000:0000:0000:0000:ffff:…``).
+        (``0000:0000:0000:0000:0000:ffff:…``). ``link_layer`` is the port's ("InfiniBand" or
+        "IB", "Ethernet"; any case); only the ``by_link_layer`` rule reads it.
         """
         if isinstance(self.gid_index_rule, int):
             return self.gid_index_rule
         if self.gid_index_rule is GidRule.ZERO:
             return 0
+        if self.gid_index_rule is GidRule.BY_LINK_LAYER:
+            layer = link_layer.strip().lower()
+            if layer in ("infiniband", "ib"):
+                return 0
+            if layer != "ethernet":
+                raise ConfigError(
+                    f"profile {self.name}: link layer {link_layer!r} is neither InfiniBand nor "
+                    "Ethernet; set gid_index_rule to a number for this port", self.path)
         for index, (gid, kind) in enumerate(gids):
             if kind.strip() == "RoCE v2" and gid.lower().startswith("0000:0000:0000:0000:0000:ffff:"):
                 return index
@@ -169,7 +190,8 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "match": (_check_match, 'a device-name glob or a non-empty list of globs, e.g. "rxe*"'),
     "transport": _one_of(Transport),
     "mtu": (_check_mtu, "one of " + ", ".join(map(str, IB_MTUS))),
-    "gid_index_rule": (_check_gid, '"roce_v2_ipv4", "zero" or an integer between 0 and 255'),
+    "gid_index_rule": (_check_gid, ", ".join(f'"{r.value}"' for r in GidRule)
+                       + " or an integer between 0 and 255"),
     "max_inline": _int_in(0, 4096),
     "chunk_size": _int_in(4096, 1 << 30),
     "queue_depth": _int_in(1, 16384),
@@ -222,15 +244,67 @@ def load_profile(path: str | Path) -> Profile:
     return parse_profile(text, str(path))
 
 
-def load_profiles(directory: str | Path = PROFILE_DIR) -> list[Profile]:
-    """Every ``*.toml`` profile in ``directory``, by file name; names must be unique."""
-    directory = Path(directory)
-    files = sorted(directory.glob("*.toml"))
-    if not files:
-        raise ConfigError("no hardware profiles (*.toml) found", str(directory))
-    profiles = [load_profile(f) for f in files]
+def profile_dirs(user_dir: str | Path | None = None) -> list[Path]:
+    """The directories profiles are read from, first one wins (see the module's docstring).
+
+    ``user_dir`` and every ``$HSP_PROFILES`` entry must exist (a ConfigError names the one
+    that does not); ``/etc/hsp/hw-profiles`` is skipped when absent.
+    """
+    dirs: list[Path] = []
+    if user_dir is not None:
+        dirs.append(_existing_dir(Path(user_dir), "the profile directory given (--profiles)"))
+    for entry in os.environ.get(PROFILES_ENV, "").split(":"):
+        if entry:
+            dirs.append(_existing_dir(Path(entry), f"a directory in {PROFILES_ENV}"))
+    if SYSTEM_PROFILE_DIR.is_dir():
+        dirs.append(SYSTEM_PROFILE_DIR)
+    dirs.append(PACKAGED_PROFILE_DIR)
+    return dirs
+
+
+def _existing_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise ConfigError(f"{what} is not an existing directory: create it, or correct the "
+                          "path", str(path))
+    return path
+
+
+def _load_dir(directory: Path) -> list[Profile]:
+    profiles = [load_profile(f) for f in sorted(directory.glob("*.toml"))]
     check_unique(profiles)
     return profiles
+
+
+def load_profiles(directory: str | Path | None = None, *,
+                  user_dir: str | Path | None = None) -> list[Profile]:
+    """The hardware profiles: of ``directory`` alone, or else searched along ``profile_dirs``.
+
+    One directory: every ``*.toml`` in it, by file name; names must be unique. Searched
+    (``directory`` None): each directory's profiles, names unique within it; a name already
+    loaded from an earlier directory hides the later profile of that name.
+    """
+    if directory is not None:
+        if user_dir is not None:
+            raise ValueError("give either directory (read it alone) or user_dir (searched)")
+        directory = Path(directory)
+        profiles = _load_dir(directory)
+        if not profiles:
+            raise ConfigError("no hardware profiles (*.toml) found", str(directory))
+        return profiles
+    dirs = profile_dirs(user_dir)
+    chosen: dict[str, Profile] = {}
+    for each in dirs:
+        for profile in _load_dir(each):
+            chosen.setdefault(profile.name, profile)
+    if not chosen:
+        raise ConfigError(f"no hardware profiles (*.toml) found in {_listed(dirs)}; the "
+                          f"package ships some in {PACKAGED_PROFILE_DIR}: reinstall hsp_rdma, "
+                          f"or {HOW_TO_ADD}")
+    return list(chosen.values())
+
+
+def _listed(dirs: Iterable[Path | str]) -> str:
+    return ", ".join(str(d) for d in dirs)
 
 
 def check_unique(profiles: Iterable[Profile]) -> None:
@@ -243,16 +317,25 @@ def check_unique(profiles: Iterable[Profile]) -> None:
         seen[profile.name] = profile
 
 
-def pick_profile(device_name: str, profiles: Iterable[Profile]) -> Profile:
-    """The one profile whose ``match`` globs match ``device_name``."""
+def pick_profile(device_name: str, profiles: Iterable[Profile], *,
+                 searched: Iterable[str | Path] | None = None) -> Profile:
+    """The one profile whose ``match`` globs match ``device_name``.
+
+    ``searched`` (``profile_dirs``' answer) names the search path when none matches; without
+    it the message names the directories the given profiles came from.
+    """
     profiles = list(profiles)
     found = [p for p in profiles if p.matches(device_name)]
     if len(found) == 1:
         return found[0]
     if not found:
         known = "; ".join(f"{p.name}: {', '.join(p.match)}" for p in profiles) or "none loaded"
+        if searched is None:
+            searched = dict.fromkeys(str(Path(p.path).parent) for p in profiles if p.path)
+        where = _listed(searched) or "no directory"
         raise ConfigError(f"no hardware profile matches device {device_name!r} (profiles: "
-                          f"{known}); add a file to hw-profiles/ for this NIC kind")
+                          f"{known}; searched, first wins: {where}); for this NIC kind, "
+                          f"{HOW_TO_ADD}")
     names = ", ".join(p.name for p in found)
     raise ConfigError(f"device {device_name!r} matches several profiles ({names}); "
                       "make their match globs disjoint")
