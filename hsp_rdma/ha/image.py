@@ -67,7 +67,7 @@ class StateImage:
         self.capacity = HEADER_SPACE + pmem_size + blob_capacity
         self.buf = mmap.mmap(-1, self.capacity)
         self.pmem = memoryview(self.buf)[HEADER_SPACE:HEADER_SPACE + pmem_size]
-        self.length = 0  # of the sealed image; 0 until seal()
+        self.length = 0  # of the image; 0 until load_blob()
 
     def load_blob(self, blob: bytes) -> int:
         """Copy the frozen application blob after P.mem; returns the image length."""
@@ -88,14 +88,6 @@ class StateImage:
         d = Digest(algo)
         d.update(_bound_fields(epoch, self.pmem_size, self.blob_len))
         return d
-
-    def seal(self, epoch: int, algo: DigestAlgo) -> bytes:
-        """Digest the whole payload at once and write the header into the buffer."""
-        d = self.digest_start(epoch, algo)
-        d.update(memoryview(self.buf)[HEADER_SPACE:self.length])
-        hdr = self.header(epoch, d.digest(), algo)
-        self.buf[:HEADER.size] = hdr
-        return hdr
 
     def close(self) -> None:
         self.pmem.release()
