@@ -78,7 +78,6 @@ class Application:
 @dataclass
 class Peer:
     hello: Hello | None = None
-    sequence: int = 0
 
 
 @dataclass
