@@ -47,7 +47,6 @@ cdef extern from "<arpa/inet.h>" nogil:
 
 
 DEF MAX_SGE = 16
-DEF MAX_CHAIN = 64
 DEF MAX_POLL = 64
 DEF WC_BYTES = 32
 
@@ -894,7 +893,7 @@ cdef class CMId:
             raise VerbsError("rdma_disconnect", errno)
 
     cdef int _post(self, ibv_send_wr *wr, str what) except -1:
-        """ibv_post_send of the chain WR (built on the caller's stack), GIL released."""
+        """ibv_post_send of the work request WR (built on the caller's stack), GIL released."""
         cdef ibv_send_wr *bad
         cdef int rc
         cdef ibv_qp *qp = self._enter_qp("ibv_post_send")
@@ -982,23 +981,6 @@ cdef class CMId:
         rc = ibv_modify_qp(self.cid.qp, &a, IBV_QP_STATE)
         if rc:
             raise VerbsError("ibv_modify_qp", rc, "to ERR")
-
-    def post_write_chain(self, list writes):
-        """Post RDMA Writes [(wr_id, laddr, length, lkey, raddr, rkey), ...] with one
-        doorbell (a linked list of work requests), every one signaled."""
-        cdef ibv_sge sge[MAX_CHAIN]
-        cdef ibv_send_wr wrs[MAX_CHAIN]
-        cdef int i, n = len(writes)
-        if n == 0 or n > MAX_CHAIN:
-            raise VerbsError("ibv_post_send", 22, f"a chain holds 1 to {MAX_CHAIN} writes")
-        for i in range(n):
-            wid, laddr, length, lkey, raddr, rkey = writes[i]
-            sge[i].addr, sge[i].length, sge[i].lkey = laddr, length, lkey
-            _fill(&wrs[i], wid, IBV_WR_RDMA_WRITE, &sge[i], 1, raddr, rkey, 0, True, False,
-                  False)
-            if i:
-                wrs[i - 1].next = &wrs[i]
-        self._post(wrs, "write chain")
 
     def post_recv(self, uint64_t wr_id, list sges):
         cdef ibv_sge sge[MAX_SGE]
