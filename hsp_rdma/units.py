@@ -1,8 +1,10 @@
-"""Byte sizes as people write them (16MiB, 64KiB, 1GiB, 4096) and back, for every CLI."""
+"""Small shared helpers any layer may use: byte sizes as people write them (16MiB, 64KiB,
+1GiB, 4096) and back, and perftest's nearest-rank percentile."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|K|M|G)?\s*$", re.IGNORECASE)
@@ -40,3 +42,10 @@ def size_arg(lo: int, hi: int, name: str):
         return n
 
     return parse
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (perftest's way): no interpolation between samples."""
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, math.ceil(q / 100 * len(s)) - 1))
+    return s[k]

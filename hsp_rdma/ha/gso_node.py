@@ -18,6 +18,7 @@ from hsp_rdma.core import gso
 from hsp_rdma.core.profiles import load_profiles, pick_profile
 from hsp_rdma.errors import GsoRefused, HspError
 from hsp_rdma.ha.switchover import Application, Engine
+from hsp_rdma.units import size_arg
 
 COUNTER = struct.Struct("<Q")
 INJECTIONS = ("none", "stale-marker", "no-ready", "bad-version")
@@ -69,8 +70,6 @@ class DemoApp:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from hsp_rdma.cli.units import size_arg
-
     p = argparse.ArgumentParser(prog="gso_node", description=__doc__)
     p.add_argument("--name", required=True)
     p.add_argument("--device", required=True)

@@ -6,44 +6,20 @@ the bench measures.
 
 from __future__ import annotations
 
-import json
 import sys
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from hsp_rdma.errors import LabError
 from hsp_rdma.lab import Lab
-from hsp_rdma.lab.lab import Job
-
-
-@dataclass
-class NodeRun:
-    """One gso_node process: its job and the events it printed so far."""
-
-    name: str
-    job: Job
-    events: list[dict] = field(default_factory=list)
-    _partial: bytes = b""
-    on_event: Callable[[str, dict], None] | None = None
-
-    def feed(self, chunk: bytes) -> None:
-        self._partial += chunk
-        *lines, self._partial = self._partial.split(b"\n")
-        for line in lines:
-            if line.startswith(b"{"):
-                ev = json.loads(line)
-                self.events.append(ev)
-                if self.on_event:
-                    self.on_event(self.name, ev)
-
-    def of(self, kind: str) -> list[dict]:
-        return [e for e in self.events if e["event"] == kind]
+from hsp_rdma.tools.guest import GuestRun
 
 
 @dataclass
 class PairResult:
-    standby: NodeRun
-    active: NodeRun
+    standby: GuestRun
+    active: GuestRun
     rc: dict[str, int]
     stderr: dict[str, str]
 
@@ -51,7 +27,7 @@ class PairResult:
 def start_pair(lab: Lab, pmem: int, runs: int, fabric: str = "x", chunk: int = 0,
                depth: int = 0, timeout: float = 300.0, extra_a: tuple[str, ...] = (),
                extra_b: tuple[str, ...] = (),
-               on_event: Callable[[str, dict], None] | None = None) -> tuple[NodeRun, NodeRun]:
+               on_event: Callable[[str, dict], None] | None = None) -> tuple[GuestRun, GuestRun]:
     """Node a starts as standby (listens), node b as active (connects) on FABRIC."""
     info = lab.info()
     runs_by_node = {}
@@ -64,10 +40,8 @@ def start_pair(lab: Lab, pmem: int, runs: int, fabric: str = "x", chunk: int = 0
                 "--runs", str(runs), *(("--chunk", str(chunk)) if chunk else ()),
                 *(("--depth", str(depth)) if depth else ()),
                 *(extra_a if node == "a" else extra_b)]
-        holder: dict[str, NodeRun] = {}
-        job = lab.spawn(node, argv, timeout=timeout,
-                        on_stdout=lambda c, h=holder: h["run"].feed(c))
-        holder["run"] = runs_by_node[node] = NodeRun(node, job, on_event=on_event)
+        run = runs_by_node[node] = GuestRun(node, on_event=on_event)
+        run.job = lab.spawn(node, argv, timeout=timeout, on_stdout=run.feed)
         if node == "a":
             _wait_listening(lab)
     return runs_by_node["a"], runs_by_node["b"]
@@ -76,12 +50,10 @@ def start_pair(lab: Lab, pmem: int, runs: int, fabric: str = "x", chunk: int = 0
 def _wait_listening(lab: Lab) -> None:
     # rdma_cm has no "listening" event to wait on from outside: give the listener a moment
     # (TCG guests start Python in ~1 s); the connector retries nothing, so be generous.
-    import time
-
     time.sleep(2.5)
 
 
-def finish_pair(standby: NodeRun, active: NodeRun, timeout: float | None = None) -> PairResult:
+def finish_pair(standby: GuestRun, active: GuestRun, timeout: float | None = None) -> PairResult:
     rc, err = {}, {}
     for run in (active, standby):
         try:

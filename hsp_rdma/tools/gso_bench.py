@@ -1,0 +1,182 @@
+"""The GSO bench: stop-and-copy bandwidth and switch-over blackout beside ib_write_bw, same run,
+same pair, in the lab or on two real hosts (`hsp-bench gso` is its CLI).
+
+Method: ib_write_bw with the GSO's chunk size and queue depth gives the baseline; then the
+demo application switches over back and forth --runs times with a state image of --size.
+Stop-and-copy MB/s = image bytes / (first data write posted .. last completed) on the active.
+Blackout = the active's freeze .. the active's receipt of "done" (sent by the standby after
+it resumed), so it is an upper bound of the real blackout, on one clock. Goal: the median
+blackout within size / baseline bandwidth + 20 ms.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from hsp_rdma.core.profiles import load_profiles, pick_profile
+from hsp_rdma.errors import HspError
+from hsp_rdma.lab import Lab, perftest
+from hsp_rdma.tools.gso_pair import finish_pair, start_pair
+from hsp_rdma.units import percentile
+
+BLACKOUT_SLACK_MS = 20.0  # the goal: size / baseline bandwidth + this
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def bench_gso_lab(args, step: Callable[[str], None] = _quiet,
+                  on_gso: Callable[[int], None] = lambda _n: None) -> dict[str, Any]:
+    """ARGS: lab, lab_id, size, runs, chunk, depth, fabric, keep (hsp-bench gso's options).
+    STEP names each phase; ON_GSO(n) reports the n-th completed switch-over."""
+    lab = Lab(args.lab_id)
+    step(f"lab '{args.lab_id}' ({args.lab})")
+    booted = lab.ensure_up(args.lab, progress=step)
+    try:
+        info = lab.info()
+        device = info["b"][args.fabric]["rdma_dev"]
+        profile = pick_profile(device, load_profiles())
+        chunk = args.chunk or profile.chunk_size
+        depth = args.depth or profile.queue_depth
+        iters = max(args.size // chunk, 50)
+        step(f"baseline: ib_write_bw -s {chunk} -t {depth} -n {iters}")
+        base = perftest.run(lab, "ib_write_bw", args.fabric,
+                            ("-s", str(chunk), "-t", str(depth), "-n", str(iters)), timeout=600)
+        step(f"{args.runs} GSO(s)")
+        seen: list[dict] = []
+
+        def on_event(node: str, ev: dict) -> None:
+            if ev["event"] == "gso" and ev["role"] == "active":
+                seen.append(ev)
+                on_gso(len(seen))
+
+        a, b = start_pair(lab, args.size, args.runs, fabric=args.fabric, chunk=chunk,
+                          depth=depth, timeout=120 + args.runs * (5 + args.size / 2e6),
+                          on_event=on_event)
+        res = finish_pair(a, b)
+        return summarize(args, a.events + b.events, base.row["bw_avg_MBps"], base.retries,
+                         device, profile.name, chunk, depth,
+                         extra=f"rc {res.rc} {res.stderr.get('a', '')[-300:]}"
+                               f" {res.stderr.get('b', '')[-300:]}") | {"lab": args.lab}
+    finally:
+        if booted and not args.keep:
+            lab.down()
+
+
+def summarize(args, events: list[dict], base_bw: float, base_retries: int, device: str,
+              profile: str, chunk: int, depth: int, extra: str = "",
+              expect: int | None = None) -> dict[str, Any]:
+    """The bench's result from gso_node events (lab and real hosts alike). EXPECT is how
+    many GSOs these events saw from the active side (on two hosts: this host's half)."""
+    expect = args.runs if expect is None else expect
+    gsos = [e for e in events if e["event"] == "gso" and e["role"] == "active"]
+    failed = [e for e in events if e["event"] == "gso" and e["outcome"] != "completed"]
+    errors = [e["error"] for e in events if e["event"] == "error"]
+    if errors or failed or len(gsos) != expect:
+        raise HspError("GSO runs failed: " + "; ".join(
+            errors + [f"epoch {e['epoch']}: {e['outcome']} ({e['reason']})" for e in failed]
+            + [f"{len(gsos)} of {expect} completed", extra]))
+    copy_bw = statistics.median(e["copy_MBps"] for e in gsos)
+    blk = [e["blackout_s"] * 1000 for e in gsos]
+    verify = [e["verify_s"] * 1000 for e in events
+              if e["event"] == "gso" and e["role"] == "standby"]
+    goal = round(args.size / (base_bw * (1 << 20)) * 1000 + BLACKOUT_SLACK_MS, 1)
+    p50 = round(statistics.median(blk), 1)
+    return {
+        "state_bytes": args.size, "image_bytes": gsos[0]["image_bytes"],
+        "stop_and_copy_MBps": round(copy_bw, 2),
+        "baseline_ib_write_bw_MBps": base_bw,
+        "ratio": round(copy_bw / base_bw, 3) if base_bw else None,
+        "blackout_ms": {"min": round(min(blk), 1), "p50": p50,
+                        "p99": round(percentile(blk, 99), 1), "max": round(max(blk), 1)},
+        "blackout_samples": len(blk),
+        "blackout_goal_ms": goal, "blackout_goal_met": p50 <= goal,
+        "verify_ms_p50": round(statistics.median(verify), 1) if verify else None,
+        "runs": args.runs, "device": device, "profile": profile, "chunk": chunk,
+        "queue_depth": depth, "baseline_retries": base_retries,
+        "per_run": [{"epoch": e["epoch"], "copy_MBps": round(e["copy_MBps"], 2),
+                     "blackout_ms": round(e["blackout_s"] * 1000, 1)} for e in gsos],
+        "method": " ".join(__doc__.split("Method: ", 1)[1].split()),
+    }
+
+
+def goals_met(r: dict[str, Any]) -> bool:
+    return bool(r["blackout_goal_met"])
+
+
+def _node_argv(args, chunk: int, depth: int, serving: bool) -> list[str]:
+    argv = [sys.executable, "-m", "hsp_rdma.ha.gso_node", "--name", "local",
+            "--device", args.device, "--local-ip", args.local_ip, "--pmem", str(args.size),
+            "--runs", str(args.runs), "--chunk", str(chunk), "--depth", str(depth)]
+    if serving:
+        argv += ["--serving", "--peer-ip", args.peer]
+    return argv
+
+
+def _perftest_argv(args, chunk: int, depth: int) -> list[str]:
+    iters = max(args.size // chunk, 50)
+    return ["ib_write_bw", "-d", args.device, "-R", "-F", "-s", str(chunk), "-t", str(depth),
+            "-n", str(iters)]
+
+
+def _run_node(argv: list[str], timeout: float) -> list[dict]:
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise HspError(f"gso_node gave no result in {timeout:.0f} s") from exc
+    events = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+    if res.returncode != 0 and not any(e["event"] == "error" for e in events):
+        raise HspError(f"gso_node exited {res.returncode}: {res.stderr.strip()[-500:]}")
+    return events
+
+
+def _real_params(args) -> tuple[str, int, int]:
+    profile = pick_profile(args.device, load_profiles())
+    return profile.name, args.chunk or profile.chunk_size, args.depth or profile.queue_depth
+
+
+def bench_gso_peer(args, step: Callable[[str], None] = _quiet) -> dict[str, Any]:
+    """Active side on two real hosts: ib_write_bw to the peer, then the GSO runs."""
+    profile, chunk, depth = _real_params(args)
+    base = None
+    step(f"baseline: ib_write_bw to {args.peer}")
+    for attempt in range(10):
+        res = subprocess.run([*_perftest_argv(args, chunk, depth), args.peer],
+                             capture_output=True, text=True, timeout=600, check=False)
+        if res.returncode == 0:
+            base = perftest.parse_table("ib_write_bw", res.stdout)
+            break
+        time.sleep(1)  # the peer's ib_write_bw server may not listen yet
+    if base is None:
+        raise HspError(f"ib_write_bw to {args.peer} failed: is 'hsp-bench serve' running "
+                       f"there? {res.stderr.strip()[-300:]}")
+    time.sleep(2)  # the peer starts its gso_node listener after its perftest server ends
+    step(f"{args.runs} GSO(s) with {args.peer}")
+    events = _run_node(_node_argv(args, chunk, depth, True),
+                       timeout=120 + args.runs * (5 + args.size / 2e6))
+    # Runs alternate direction: this host is the active of runs 1, 3, 5 ...
+    return summarize(args, events, base["bw_avg_MBps"], attempt, args.device, profile, chunk,
+                     depth, expect=(args.runs + 1) // 2) | {"peer": args.peer}
+
+
+def serve_peer(args, step: Callable[[str], None] = _quiet) -> dict[str, Any]:
+    """Standby side on two real hosts: an ib_write_bw server, then a gso_node listener;
+    what it served and the errors it saw."""
+    _profile, chunk, depth = _real_params(args)
+    step(f"ib_write_bw server on {args.device}")
+    res = subprocess.run(_perftest_argv(args, chunk, depth), capture_output=True, text=True,
+                         timeout=600, check=False)
+    if res.returncode != 0:
+        raise HspError(f"ib_write_bw server failed: {res.stderr.strip()[-300:]}")
+    step(f"gso_node listening at {args.local_ip}")
+    events = _run_node(_node_argv(args, chunk, depth, False),
+                       timeout=180 + args.runs * (5 + args.size / 2e6))
+    return {"served": len([e for e in events if e["event"] == "gso"]),
+            "errors": [e["error"] for e in events if e["event"] == "error"]}

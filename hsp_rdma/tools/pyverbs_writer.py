@@ -1,0 +1,120 @@
+"""The event-driven RDMA Write reference: a plain pyverbs writer, run on the active node.
+
+`python -m hsp_rdma.tools.pyverbs_writer --ip B --peer A --port P --size S --depth D --iters N`
+connects to a cext_peer server (which publishes its buffer's address and rkey in the accept
+private data), keeps DEPTH signaled writes of SIZE in flight and sleeps on its completion
+channel between completions, as an application that does not spin would. perftest cannot do
+this for RDMA Write ("Events feature not available on WRITE verb"), and in a 1-vCPU lab guest
+a busy poller takes the CPU the soft device needs, so this is the honest reference beside
+ib_write_bw. It uses Debian's pyverbs only (nothing of hsp_rdma's datapath); one JSON line out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import json
+import struct
+import sys
+import time
+
+# The cext_peer server's accept private data: magic, buffer address, rkey, length.
+ACCEPT = struct.Struct("<4sQII")
+ACCEPT_MAGIC = b"HCB1"
+
+
+def _event(ch, want: int, what: str):
+    import pyverbs.cm_enums as ce
+    from pyverbs.cmid import CMEvent
+
+    ev = CMEvent(ch)
+    kind, name = ev.event_type, ev.event_str()
+    data = ev.private_data if kind == ce.RDMA_CM_EVENT_ESTABLISHED else None
+    ev.ack_cm_event()
+    if kind != want:
+        raise RuntimeError(f"{what}: expected rdma_cm event {want}, got {name}")
+    return data
+
+
+def write_bw(ip: str, peer: str, port: int, size: int, depth: int, iters: int) -> dict:
+    import pyverbs.cm_enums as ce
+    import pyverbs.enums as e
+    from pyverbs.cmid import CMID, AddrInfo, CMEventChannel, ConnParam
+    from pyverbs.cq import CQ, CompChannel
+    from pyverbs.mr import MR
+    from pyverbs.qp import QPCap, QPInitAttr
+
+    ch = CMEventChannel()
+    cid = CMID(creator=ch, port_space=ce.RDMA_PS_TCP)
+    cid.resolve_addr(AddrInfo(src=ip, dst=peer, dst_service=str(port),
+                              port_space=ce.RDMA_PS_TCP), 5000)
+    _event(ch, ce.RDMA_CM_EVENT_ADDR_RESOLVED, f"resolving {peer}")
+    cid.resolve_route(5000)
+    _event(ch, ce.RDMA_CM_EVENT_ROUTE_RESOLVED, f"route to {peer}")
+    cc = CompChannel(cid.context)
+    cq = CQ(cid.context, 2 * depth + 8, None, cc, 0)
+    cap = QPCap(max_send_wr=depth + 1, max_recv_wr=1, max_send_sge=1, max_recv_sge=1)
+    cid.create_qp(QPInitAttr(qp_type=e.IBV_QPT_RC, scq=cq, rcq=cq, cap=cap))
+    mr = MR(cid.pd, size, e.IBV_ACCESS_LOCAL_WRITE)
+    # cext_peer's pattern (bytes 1..255 repeated): the server checks that the writes landed
+    mr.write((bytes(range(1, 256)) * (size // 255 + 1))[:size], size, 0)
+    cid.connect(ConnParam(resources=1, depth=1, retry=6))
+    data = _event(ch, ce.RDMA_CM_EVENT_ESTABLISHED, f"connecting to {peer}")
+    magic, raddr, rkey, rlen = ACCEPT.unpack_from(bytes(data or b"").ljust(ACCEPT.size, b"\0"))
+    if magic != ACCEPT_MAGIC or rlen < size:
+        raise RuntimeError(f"the server's accept data is not a cext_peer's ({bytes(data)[:16]!r})")
+    posted = done = 0
+    waits = 0
+    t0 = time.perf_counter()
+    while posted < min(depth, iters):
+        cid.post_write(mr, size, raddr, rkey, e.IBV_SEND_SIGNALED)
+        posted += 1
+    while done < iters:
+        n, wcs = cq.poll(depth)
+        if not n:
+            cq.req_notify()
+            n, wcs = cq.poll(depth)  # a completion may beat the arming
+            if not n:
+                cc.get_cq_event(cq)
+                cq.ack_events(1)
+                waits += 1
+                continue
+        for wc in wcs:
+            if wc.status != e.IBV_WC_SUCCESS:
+                raise RuntimeError(f"RDMA Write completed with status {wc.status}")
+        done += n
+        while posted < iters and posted - done < depth:
+            cid.post_write(mr, size, raddr, rkey, e.IBV_SEND_SIGNALED)
+            posted += 1
+    secs = time.perf_counter() - t0
+    cid.disconnect()
+    return {"bytes": size, "iterations": iters, "depth": depth, "seconds": secs,
+            "MBps": size * iters / secs / (1 << 20), "sleeps": waits}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m hsp_rdma.tools.pyverbs_writer",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--ip", required=True, help="this node's IPv4 on the device")
+    p.add_argument("--peer", required=True, help="the cext_peer server's IPv4")
+    p.add_argument("--port", type=int, required=True, help="the server's rdma_cm port")
+    p.add_argument("--size", type=int, required=True, help="bytes per RDMA Write")
+    p.add_argument("--depth", type=int, default=16, help="writes in flight (default 16)")
+    p.add_argument("--iters", type=int, required=True, help="writes in all")
+    p.add_argument("--watchdog", type=float, default=300.0,
+                   help="exit with tracebacks after this many seconds (default 300)")
+    args = p.parse_args(argv)
+    # pyverbs' get_cq_event blocks in C with no timeout: only a C-level watchdog ends a hang.
+    faulthandler.dump_traceback_later(args.watchdog, exit=True)
+    try:
+        res = write_bw(args.ip, args.peer, args.port, args.size, args.depth, args.iters)
+    except Exception as exc:  # noqa: BLE001 - one JSON line for the orchestrator, exit 1
+        print(json.dumps({"event": "error", "role": "pyverbs",
+                          "error": f"{type(exc).__name__}: {exc}"}), flush=True)
+        return 1
+    print(json.dumps({"event": "result", "mode": "write", "poll": "event", **res}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
