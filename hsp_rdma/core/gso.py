@@ -102,7 +102,7 @@ class DigestAlgo(enum.IntEnum):
     """How B checks the image; the digest itself travels in the image trailer."""
 
     BLAKE2B_256 = 1
-    CRC32C = 2
+    # 2 was CRC32C, never accepted by an image: a free wire value, not to be reused.
     CRC32 = 3  # zlib's CRC-32 (IEEE): about 450 MB/s in a TCG guest against blake2b's 93
 
 
@@ -220,13 +220,6 @@ class FenceFailed(Event):
 @dataclass(frozen=True, slots=True)
 class Tick(Event):
     """Time passed; ``now`` comes with every ``feed``."""
-
-
-@dataclass(frozen=True, slots=True)
-class LinkLost(Event):
-    """One fabric went silent; messages move to the other, the GSO goes on."""
-
-    fabric: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,7 +398,6 @@ class On(enum.Enum):
     FENCE_FAILED = "FenceFailed"
     TICK = "Tick"
     TICK_EXPIRED = "Tick (deadline passed)"
-    LINK_LOST = "LinkLost"
     ALL_FABRICS_LOST = "AllFabricsLost"
     PEER_ACTIVE = "PeerActive"
 
@@ -519,7 +511,7 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
             # Late arrivals of an epoch this node already finished, as A or as B.
             **_ignore(On.START_GSO_DUP, On.READY, On.ABORT, On.COPY_COMPLETE, On.COPY_FAILED,
                       On.MARKER_OURS, On.MARKER_OTHER, On.FENCE_CONFIRMED, On.FENCE_FAILED,
-                      On.TICK, On.LINK_LOST, On.ALL_FABRICS_LOST),
+                      On.TICK, On.ALL_FABRICS_LOST),
         }),
         S.PRE_GSO: _steps(S.PRE_GSO, {
             On.READY: (S.COPYING, (_e(Op.STOP_APPLICATION), _e(Op.START_COPY),
@@ -528,7 +520,7 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
             On.ABORT: (S.NORMAL_ACTIVE, _ABORTED),
             On.ALL_FABRICS_LOST: (S.NORMAL_ACTIVE, (_e(Op.SEND_CANCEL, R.LINK_LOST),) + _ABORTED),
             On.REQUEST_GSO: (_IGNORE, _REFUSE),
-            **_ignore(On.TICK, On.LINK_LOST),
+            **_ignore(On.TICK),
         }),
         # Before the marker: B cannot complete this epoch, so A may always resume.
         S.COPYING: _steps(S.COPYING, {
@@ -543,7 +535,7 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
                                                     _e(Op.SEND_CANCEL, R.LINK_LOST))
                                   + _RESUME_A + _ABORTED),
             On.REQUEST_GSO: (_IGNORE, _REFUSE),
-            **_ignore(On.READY, On.TICK, On.LINK_LOST),
+            **_ignore(On.READY, On.TICK),
         }),
         # After the marker: A resumes only on B's word (Abort) or B's fence; never on a timer.
         S.AWAIT_DONE: _steps(S.AWAIT_DONE, {
@@ -554,7 +546,7 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
             On.ALL_FABRICS_LOST: (S.IN_DOUBT, _ENTER_DOUBT),
             On.REQUEST_GSO: (_IGNORE, _REFUSE),
             **_BUSY,
-            **_ignore(On.CANCEL_AHEAD, On.READY, On.TICK, On.LINK_LOST),
+            **_ignore(On.CANCEL_AHEAD, On.READY, On.TICK),
         }),
         S.IN_DOUBT: _steps(S.IN_DOUBT, {
             On.ABORT: (S.NORMAL_ACTIVE, (_e(Op.CLEAR_ALARM),) + _RESUME_A + _ABORTED),
@@ -563,7 +555,7 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
             On.TICK_EXPIRED: (S.FENCING, (_e(Op.FENCE_PEER),)),
             On.REQUEST_GSO: (_IGNORE, _REFUSE),
             **_BUSY,
-            **_ignore(On.CANCEL_AHEAD, On.READY, On.TICK, On.LINK_LOST, On.ALL_FABRICS_LOST),
+            **_ignore(On.CANCEL_AHEAD, On.READY, On.TICK, On.ALL_FABRICS_LOST),
         }),
         # B is being taken down: its Done no longer counts; its Abort still does.
         S.FENCING: _steps(S.FENCING, {
@@ -573,7 +565,7 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
             On.ABORT: (S.NORMAL_ACTIVE, (_e(Op.CLEAR_ALARM),) + _RESUME_A + _ABORTED),
             On.REQUEST_GSO: (_IGNORE, _REFUSE),
             **_BUSY,
-            **_ignore(On.CANCEL_AHEAD, On.DONE, On.PEER_ACTIVE, On.READY, On.TICK, On.LINK_LOST,
+            **_ignore(On.CANCEL_AHEAD, On.DONE, On.PEER_ACTIVE, On.READY, On.TICK,
                       On.ALL_FABRICS_LOST),
         }),
     },
@@ -591,7 +583,7 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
             # and the active's heart beats.
             **_ignore(On.START_GSO_DUP, On.READY, On.DONE, On.QUIESCED, On.MARKER_OURS,
                       On.MARKER_OTHER, On.IMAGE_OK, On.IMAGE_BAD, On.PEER_ACTIVE, On.TICK,
-                      On.LINK_LOST, On.ALL_FABRICS_LOST),
+                      On.ALL_FABRICS_LOST),
         }),
         S.START_GSO: _steps(S.START_GSO, {
             On.QUIESCED: (S.GSO_INTERRUPT, (_e(Op.SEND_READY), _e(Op.POLL_MARKER))),
@@ -602,7 +594,7 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
             On.REQUEST_GSO: (_IGNORE, _REFUSE),
             **_BUSY,
             **_ignore(On.START_GSO_DUP, On.CANCEL_AHEAD, On.MARKER_OTHER, On.PEER_ACTIVE,
-                      On.TICK, On.LINK_LOST, On.ALL_FABRICS_LOST),
+                      On.TICK, On.ALL_FABRICS_LOST),
         }),
         S.GSO_INTERRUPT: _steps(S.GSO_INTERRUPT, {
             On.MARKER_OURS: (S.VERIFYING, (_e(Op.VERIFY_IMAGE),)),
@@ -614,7 +606,7 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
                         + _B_ABORTS_AFTER_READY),
             On.REQUEST_GSO: (_IGNORE, _REFUSE),
             **_BUSY,
-            **_ignore(On.START_GSO_DUP, On.CANCEL_AHEAD, On.PEER_ACTIVE, On.TICK, On.LINK_LOST,
+            **_ignore(On.START_GSO_DUP, On.CANCEL_AHEAD, On.PEER_ACTIVE, On.TICK,
                       On.ALL_FABRICS_LOST),
         }),
         S.VERIFYING: _steps(S.VERIFYING, {
@@ -627,7 +619,7 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
             On.REQUEST_GSO: (_IGNORE, _REFUSE),
             **_BUSY,
             **_ignore(On.START_GSO_DUP, On.CANCEL_AHEAD, On.MARKER_OURS, On.MARKER_OTHER,
-                      On.PEER_ACTIVE, On.TICK, On.LINK_LOST, On.ALL_FABRICS_LOST),
+                      On.PEER_ACTIVE, On.TICK, On.ALL_FABRICS_LOST),
         }),
     },
 }
@@ -663,7 +655,7 @@ _SIMPLE_KIND: dict[type[Event], On] = {
     Ready: On.READY, Done: On.DONE, Abort: On.ABORT, Cancel: On.CANCEL,
     Quiesced: On.QUIESCED, CopyComplete: On.COPY_COMPLETE, CopyFailed: On.COPY_FAILED,
     FenceConfirmed: On.FENCE_CONFIRMED, FenceFailed: On.FENCE_FAILED,
-    LinkLost: On.LINK_LOST, AllFabricsLost: On.ALL_FABRICS_LOST,
+    AllFabricsLost: On.ALL_FABRICS_LOST,
 }
 
 

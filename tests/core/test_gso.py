@@ -26,7 +26,6 @@ from hsp_rdma.core.gso import (
     GsoMachine,
     GsoState,
     ImageVerified,
-    LinkLost,
     MarkerSeen,
     Notify,
     On,
@@ -157,7 +156,7 @@ def test_link_lost_after_the_marker_goes_in_doubt_until_b_answers():
     assert SendMessage(Cancel(5, AbortReason.IN_DOUBT)) in acts
     assert a.state is GsoState.IN_DOUBT and a.alarmed and not a.serving
     # No timer, fabric event or request makes A resume on its own.
-    for event in (Tick(), LinkLost("x"), AllFabricsLost(), Ready(5)):
+    for event in (Tick(), AllFabricsLost(), Ready(5)):
         a.feed(event, 1.0)
         assert not a.serving
     with pytest.raises(GsoRefused, match="already in progress"):
