@@ -20,7 +20,7 @@ def project_imports(path: Path) -> set[str]:
     """The hsp_rdma modules PATH imports (absolute names), at any depth of the file."""
     text = path.read_text(encoding="utf-8")
     if path.suffix in (".pyx", ".pxd"):
-        return set(re.findall(r"^\s*(?:from|import|cimport)\s+(hsp_rdma[\w.]*)", text, re.M))
+        return set(re.findall(r"^\s*(?:from|import|cimport)\s+(hsp_rdma[\w.]*)", text, re.MULTILINE))
     found = set()
     for node in ast.walk(ast.parse(text)):
         if isinstance(node, ast.ImportFrom) and node.module:

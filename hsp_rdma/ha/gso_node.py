@@ -15,7 +15,7 @@ import time
 import zlib
 
 from hsp_rdma.core import gso
-from hsp_rdma.core.profiles import load_profiles, pick_profile
+from hsp_rdma.core.profiles import load_profiles, pick_profile, profile_dirs
 from hsp_rdma.errors import GsoRefused, HspError
 from hsp_rdma.ha.switchover import Application, Engine
 from hsp_rdma.units import size_arg
@@ -84,6 +84,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--digest", choices=("crc32", "blake2b"), default="crc32")
     p.add_argument("--transactions", type=int, default=1000)
     p.add_argument("--inject", choices=INJECTIONS, default="none")
+    p.add_argument("--profiles", metavar="DIR",
+                   help="a directory of hw profiles searched before the installed ones")
     p.add_argument("--ready-timeout", type=float, default=2.0)
     p.add_argument("--gso-timeout", type=float, default=60.0)
     p.add_argument("--copy-timeout", type=float, default=60.0)
@@ -92,7 +94,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    profile = pick_profile(args.device, load_profiles())
+    profile = pick_profile(args.device, load_profiles(user_dir=args.profiles),
+                           searched=profile_dirs(args.profiles))
     app = DemoApp(args.name)
     timeouts = gso.Timeouts(ready=args.ready_timeout, copy=args.copy_timeout,
                             done=10.0, gso=args.gso_timeout)

@@ -90,12 +90,13 @@ def default_iters(size: int, depth: int) -> int:
     return max(BYTE_BUDGET // size, 4 * depth)
 
 
-def auto_poll(device: str) -> str:
+def auto_poll(device: str, profiles: str | None = None) -> str:
     """How the writer waits: the device's hw profile's ``completion_wait`` (busy on real NICs
     and rxe; asleep on the completion channel on siw, whose kernel threads a busy writer
     starves); busy, perftest's way, when no profile matches."""
+    found = load_profiles(user_dir=profiles)  # a bad --profiles is an error, not "busy"
     try:
-        return pick_profile(device, load_profiles()).completion_wait
+        return pick_profile(device, found).completion_wait
     except ConfigError:
         return "busy"
 
@@ -103,14 +104,15 @@ def auto_poll(device: str) -> str:
 def run_bench(lab, fabric: str = "x", sizes: tuple[int, ...] = (64 << 10, 1 << 20),
               depth: int = 16, iters: int = 0, lat_iters: int = 1000, poll: str = "auto",
               port: int = DEFAULT_PORT, rounds: int = 1,
-              step: Callable[[str], None] | None = None) -> dict[str, Any]:
+              step: Callable[[str], None] | None = None,
+              profiles: str | None = None) -> dict[str, Any]:
     """Baseline and cext back to back for each size, then both latencies, ROUNDS times;
     medians over the rounds and their ratios in the result dict."""
     step = step or (lambda _msg: None)
     info = lab.info()
     device = info["b"][fabric]["rdma_dev"]
     if poll == "auto":
-        poll = auto_poll(device)
+        poll = auto_poll(device, profiles)
     ports = itertools.count(port)  # one per cext run: iWARP listeners hold theirs a while
     bw: dict[int, list[tuple[float, float, float]]] = {s: [] for s in sizes}
     lat: list[tuple[float, float, dict]] = []

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from hsp_rdma.core.profiles import load_profiles, pick_profile
+from hsp_rdma.core.profiles import Profile, load_profiles, pick_profile, profile_dirs
 from hsp_rdma.errors import HspError
 from hsp_rdma.lab import Lab, perftest
 from hsp_rdma.tools.gso_pair import finish_pair, start_pair
@@ -32,6 +32,12 @@ def _quiet(_msg: str) -> None:
     pass
 
 
+def profile_for(device: str, user_dir: str | None) -> Profile:
+    """The hw profile of DEVICE, searched from USER_DIR (--profiles) down to the packaged ones."""
+    return pick_profile(device, load_profiles(user_dir=user_dir),
+                        searched=profile_dirs(user_dir))
+
+
 def bench_gso_lab(args, step: Callable[[str], None] = _quiet,
                   on_gso: Callable[[int], None] = lambda _n: None) -> dict[str, Any]:
     """ARGS: lab, lab_id, size, runs, chunk, depth, fabric, keep (hsp-bench gso's options).
@@ -42,7 +48,7 @@ def bench_gso_lab(args, step: Callable[[str], None] = _quiet,
     try:
         info = lab.info()
         device = info["b"][args.fabric]["rdma_dev"]
-        profile = pick_profile(device, load_profiles())
+        profile = profile_for(device, args.profiles)
         chunk = args.chunk or profile.chunk_size
         depth = args.depth or profile.queue_depth
         iters = max(args.size // chunk, 50)
@@ -59,7 +65,7 @@ def bench_gso_lab(args, step: Callable[[str], None] = _quiet,
 
         a, b = start_pair(lab, args.size, args.runs, fabric=args.fabric, chunk=chunk,
                           depth=depth, timeout=120 + args.runs * (5 + args.size / 2e6),
-                          on_event=on_event)
+                          on_event=on_event, profiles=args.profiles)
         res = finish_pair(a, b)
         return summarize(args, a.events + b.events, base.row["bw_avg_MBps"], base.retries,
                          device, profile.name, chunk, depth,
@@ -115,6 +121,8 @@ def _node_argv(args, chunk: int, depth: int, serving: bool) -> list[str]:
     argv = [sys.executable, "-m", "hsp_rdma.ha.gso_node", "--name", "local",
             "--device", args.device, "--local-ip", args.local_ip, "--pmem", str(args.size),
             "--runs", str(args.runs), "--chunk", str(chunk), "--depth", str(depth)]
+    if args.profiles:
+        argv += ["--profiles", args.profiles]
     if serving:
         argv += ["--serving", "--peer-ip", args.peer]
     return argv
@@ -138,7 +146,7 @@ def _run_node(argv: list[str], timeout: float) -> list[dict]:
 
 
 def _real_params(args) -> tuple[str, int, int]:
-    profile = pick_profile(args.device, load_profiles())
+    profile = profile_for(args.device, args.profiles)
     return profile.name, args.chunk or profile.chunk_size, args.depth or profile.queue_depth
 
 

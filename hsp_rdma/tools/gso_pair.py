@@ -27,8 +27,10 @@ class PairResult:
 def start_pair(lab: Lab, pmem: int, runs: int, fabric: str = "x", chunk: int = 0,
                depth: int = 0, timeout: float = 300.0, extra_a: tuple[str, ...] = (),
                extra_b: tuple[str, ...] = (),
-               on_event: Callable[[str, dict], None] | None = None) -> tuple[GuestRun, GuestRun]:
-    """Node a starts as standby (listens), node b as active (connects) on FABRIC."""
+               on_event: Callable[[str, dict], None] | None = None,
+               profiles: str | None = None) -> tuple[GuestRun, GuestRun]:
+    """Node a starts as standby (listens), node b as active (connects) on FABRIC. PROFILES:
+    a user's hw-profile directory (the guests see the host's files at the same paths)."""
     info = lab.info()
     runs_by_node = {}
     for node, role_args in (("a", ["--name", "a"]),
@@ -39,6 +41,7 @@ def start_pair(lab: Lab, pmem: int, runs: int, fabric: str = "x", chunk: int = 0
                 "--device", f["rdma_dev"], "--local-ip", f["ipv4"], "--pmem", str(pmem),
                 "--runs", str(runs), *(("--chunk", str(chunk)) if chunk else ()),
                 *(("--depth", str(depth)) if depth else ()),
+                *(("--profiles", profiles) if profiles else ()),
                 *(extra_a if node == "a" else extra_b)]
         run = runs_by_node[node] = GuestRun(node, on_event=on_event)
         run.job = lab.spawn(node, argv, timeout=timeout, on_stdout=run.feed)

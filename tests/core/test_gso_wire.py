@@ -49,3 +49,14 @@ def test_forged_frames_are_named() -> None:
         decode_message(encode(Frame(Channel.PMEM, 2, 1, 1, b"")))
     with pytest.raises(FrameError, match="Abort"):
         decode_message(encode(Frame(Channel.GSO, 4, 1, 1, (999).to_bytes(2, "little"))))
+
+
+def test_start_gso_with_the_retired_digest_value_is_refused() -> None:
+    """Digest value 2 (CRC32C, which images never accepted) is no longer a member: a peer that
+    still sends it is refused at decode, before anything stops."""
+    import struct
+
+    payload = struct.pack("<QHH", 4096, 2, 1)
+    with pytest.raises(FrameError):
+        decode_message(encode(Frame(Channel.GSO, 1, 1, 1, payload)))
+    assert 2 not in {a.value for a in DigestAlgo}
