@@ -11,6 +11,12 @@ class HspError(Exception):
     """Root of every error raised on purpose by hsp_rdma."""
 
 
+class UsageError(HspError):
+    """The caller asked for something malformed (a bad lab id, wrong fault arguments); exit 64."""
+
+    exit_code = 64  # sysexits EX_USAGE
+
+
 class ConfigError(HspError):
     """A configuration or profile file is wrong; names the file and line when known."""
 

@@ -8,21 +8,28 @@ import sys
 import time
 
 from rich.table import Table
+from rich.text import Text
 
 from hsp_rdma.cli.common import (
     EXIT_CODES_HELP,
     EXIT_OK,
-    EXIT_USAGE,
     Parser,
+    add_lab_id,
     bounded,
     err_console,
     make_console,
     run_cli,
+    table,
 )
+from hsp_rdma.errors import UsageError
 from hsp_rdma.lab import FABRICS, NODES, RDMA_KINDS, Lab
+from hsp_rdma.lab.lab import DEFAULT_LAB_ID, FAULTS, check_fault_args
 from hsp_rdma.lab.prepare import prepare
 
 console = make_console()
+
+
+LAB_ID_HELP = "keeps labs apart on ports and directories"
 
 
 def build_parser() -> Parser:
@@ -30,57 +37,76 @@ def build_parser() -> Parser:
         prog="hsp-lab",
         description="Two-node soft-RDMA lab: QEMU TCG guests on Debian's kernel with rdma_rxe "
         "(RoCE v2) or siw (iWARP), joined by virtual wires on 127.0.0.1 UDP. Artefacts live "
-        "under HSP_LAB_DIR (default /var/tmp/hsp-lab).",
+        "under HSP_LAB_DIR (default /var/tmp/hsp-lab). --lab-id goes before or after the "
+        "subcommand.",
         epilog=EXIT_CODES_HELP,
     )
-    p.add_argument("--lab-id", default="default",
-                   help="keeps labs apart on ports and directories (default: default)")
+    add_lab_id(p, DEFAULT_LAB_ID, LAB_ID_HELP)
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
 
-    sub.add_parser("setup", help="prepare the cache: guest kernel, siw, vmlinux, initramfs")
+    def subcommand(name: str, **kw) -> Parser:
+        sp = sub.add_parser(name, **kw)
+        add_lab_id(sp, DEFAULT_LAB_ID, LAB_ID_HELP, subcommand=True)
+        return sp
 
-    up = sub.add_parser("up", help="boot nodes a and b; returns when every RDMA port is ACTIVE")
-    up.add_argument("--rdma", choices=RDMA_KINDS, default="rxe")
+    subcommand("setup", help="prepare the cache: guest kernel, siw, vmlinux, initramfs "
+               "(shared by every lab)")
+
+    up = subcommand("up", help="boot nodes a and b; returns when every RDMA port is ACTIVE")
+    up.add_argument("--rdma", choices=RDMA_KINDS, default="rxe",
+                    help="soft RDMA device of both nodes: rxe (RoCE v2) or siw (iWARP)")
     up.add_argument("--fabrics", type=int, choices=(1, 2), default=2,
-                    help="1 = fabric x only, 2 = x and y (default 2)")
+                    help="1 = fabric x only, 2 = x and y")
     up.add_argument("--smp", type=bounded(int, 1, 4, "--smp"), default=1,
-                    help="vCPUs per node (default 1: more is slower under TCG)")
+                    help="vCPUs per node (more is slower under TCG)")
     up.add_argument("--mem", type=bounded(int, 256, 8192, "--mem"), default=1024,
-                    help="MiB per node (default 1024)")
+                    help="MiB per node")
     up.add_argument("--boot-timeout", type=bounded(float, 5, 1800, "--boot-timeout"),
-                    default=180.0, help="seconds to wait for both nodes (default 180)")
+                    default=180.0, help="seconds to wait for both nodes")
     up.add_argument("--ttl", type=bounded(float, 60, 86400, "--ttl"), default=7200.0,
-                    help="every QEMU process ends after this many seconds (default 7200)")
+                    help="every QEMU process ends after this many seconds")
     up.add_argument("--json", action="store_true", help="print the node table as JSON")
 
-    ex = sub.add_parser("exec", help="run a command as root in a node, output streamed live",
-                        description="Run CMD in NODE. The host's filesystem is visible at the "
-                        "same paths (read-only, with a tmpfs overlay), so this checkout and "
-                        "its .venv run unchanged. Exits with CMD's status (124 on timeout).")
-    ex.add_argument("node", choices=NODES)
+    ex = subcommand("exec", help="run a command as root in a node, output streamed live",
+                    description="Run CMD in NODE. The host's filesystem is visible at the "
+                    "same paths (read-only, with a tmpfs overlay), so this checkout and "
+                    "its .venv run unchanged. Exits with CMD's status (124 on timeout).")
+    ex.add_argument("node", choices=NODES, help="the node to run in")
     ex.add_argument("--timeout", type=bounded(float, 0.1, 86400, "--timeout"), default=600.0,
-                    help="seconds before CMD is killed (default 600)")
+                    help="seconds before CMD is killed")
     ex.add_argument("argv", nargs="*", metavar="-- CMD ...",
                     help="the command; put it after '--' when it has options of its own")
 
-    fa = sub.add_parser("fault", help="inject a fault: link, netem, kill, pause, resume",
-                        description="link x|y down|up pulls or plugs a cable from outside "
-                        "the guest; netem x|y 'delay 5ms loss 1%%'|clear shapes a fabric "
-                        "inside the guest; kill is power loss; pause/resume freeze and thaw.")
-    fa.add_argument("node", choices=NODES)
-    fa.add_argument("fault", choices=("link", "netem", "kill", "pause", "resume"))
-    fa.add_argument("args", nargs="*", help="fabric (x|y) and what (down|up, SPEC|clear)")
+    fa = subcommand("fault", help="inject a fault: link, netem, kill, pause, resume",
+                    description="link x|y down|up pulls or plugs a cable from outside "
+                    "the guest; netem x|y 'delay 5ms loss 1%'|clear shapes a fabric "
+                    "inside the guest; kill is power loss; pause/resume freeze and thaw.")
+    fa.add_argument("node", choices=NODES, help="the node to fault")
+    fa.add_argument("fault", choices=tuple(FAULTS), help="what to do to it")
+    fa.add_argument("args", nargs="*",
+                    help="link: x|y down|up; netem: x|y SPEC|clear; kill, pause, resume: none")
 
-    st = sub.add_parser("status", help="what runs, for how long, link states")
-    st.add_argument("--json", action="store_true")
-    sub.add_parser("down", help="end every process of the lab (by pid) and remove its files")
+    st = subcommand("status", help="what runs, for how long, link states")
+    st.add_argument("--json", action="store_true", help="print the status as JSON")
+    subcommand("down", help="end every process of the lab (by pid) and remove its files")
+    p.checks.append(_fault_problem)
     return p
 
 
+def _fault_problem(args: argparse.Namespace) -> str | None:
+    """The fault's arguments, checked at parse time: wrong ones exit 64 before any lab."""
+    if args.cmd != "fault":
+        return None
+    try:
+        check_fault_args(args.fault, args.args)
+    except UsageError as exc:
+        return str(exc)
+    return None
+
+
 def _node_table(info: dict) -> Table:
-    t = Table(title=f"hsp-lab nodes ({info['rdma']})")
-    for col in ("node", "fabric", "netdev", "IPv4", "rdma device", "GID index", "port"):
-        t.add_column(col)
+    t = table(f"hsp-lab nodes ({info['rdma']})", "node", "fabric", "netdev", "IPv4",
+              "rdma device", "GID index", "port", justify="left")
     for node in NODES:
         for fab in FABRICS:
             f = info.get(node, {}).get(fab)
@@ -92,34 +118,35 @@ def _node_table(info: dict) -> Table:
 
 def cmd_setup(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
-    with console.status("preparing the lab cache") as status:
+    with console.status(Text("preparing the lab cache")) as status:
         def log(msg: str) -> None:
-            status.update(msg)
-            console.print(f"[dim]{time.monotonic() - t0:6.1f} s[/] {msg}")
+            status.update(Text(msg))
+            console.print(Text.assemble((f"{time.monotonic() - t0:6.1f} s", "dim"), f" {msg}"))
         prepare(log=log)
     return EXIT_OK
 
 
 def cmd_up(args: argparse.Namespace, lab: Lab) -> int:
     t0 = time.monotonic()
-    with console.status(f"booting lab '{lab.lab_id}' ({args.rdma}, {args.fabrics} fabric(s))"):
+
+    def progress(msg: str) -> None:
+        console.print(Text.assemble((f"{time.monotonic() - t0:5.1f} s", "dim"), f" {msg}"))
+
+    with console.status(Text(f"booting lab '{lab.lab_id}' ({args.rdma}, {args.fabrics} "
+                             "fabric(s))")):
         info = lab.up(rdma=args.rdma, fabrics=args.fabrics, smp=args.smp, mem=args.mem,
-                      boot_timeout=args.boot_timeout, ttl=args.ttl,
-                      progress=lambda m: console.print(f"[dim]{time.monotonic() - t0:5.1f} s[/] {m}"))
+                      boot_timeout=args.boot_timeout, ttl=args.ttl, progress=progress)
     if args.json:
         print(json.dumps(info, indent=1))
     else:
         console.print(_node_table(info))
         console.print(f"lab '{lab.lab_id}' up in {time.monotonic() - t0:.1f} s; "
-                      f"'hsp-lab --lab-id {lab.lab_id} down' ends it")
+                      f"'{lab.command('down')}' ends it")
     return EXIT_OK
 
 
 def cmd_exec(args: argparse.Namespace, lab: Lab) -> int:
     argv = args.argv
-    if not argv:
-        err_console.print("hsp-lab exec: no command given: hsp-lab exec NODE -- CMD ...")
-        return EXIT_USAGE
 
     def out(chunk: bytes) -> None:
         sys.stdout.buffer.write(chunk)
@@ -147,6 +174,18 @@ def cmd_fault(args: argparse.Namespace, lab: Lab) -> int:
     return EXIT_OK
 
 
+def status_table(st: dict) -> Table:
+    """Lab.status() of a lab that has nodes, as a table."""
+    t = table(f"lab '{st['lab_id']}': {st['rdma']}, kernel {st['kver']}", "node", "state",
+              "qemu pid", "uptime [s]", "links", "RDMA ready", justify="left")
+    for node, n in st["nodes"].items():
+        links = " ".join(f"{f}:{s}" for f, s in n["links"].items())
+        t.add_row(node, n["state"], str(n["qemu_pid"] or "-"),
+                  f"{n['uptime_s']:.0f}" if n["uptime_s"] is not None else "-", links,
+                  "yes" if n["ready"] else "no")
+    return t
+
+
 def cmd_status(args: argparse.Namespace, lab: Lab) -> int:
     st = lab.status()
     if args.json:
@@ -155,15 +194,7 @@ def cmd_status(args: argparse.Namespace, lab: Lab) -> int:
     if not st["nodes"]:
         console.print(f"lab '{lab.lab_id}' is down")
         return EXIT_OK
-    t = Table(title=f"lab '{lab.lab_id}': {st['rdma']}, kernel {st['kver']}")
-    for col in ("node", "state", "qemu pid", "uptime [s]", "links", "RDMA ready"):
-        t.add_column(col)
-    for node, n in st["nodes"].items():
-        links = " ".join(f"{f}:{s}" for f, s in n["links"].items())
-        t.add_row(node, n["state"], str(n["qemu_pid"] or "-"),
-                  f"{n['uptime_s']:.0f}" if n["uptime_s"] is not None else "-", links,
-                  "yes" if n["ready"] else "no")
-    console.print(t)
+    console.print(status_table(st))
     return EXIT_OK
 
 
@@ -180,11 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in raw:  # everything after '--' is the command for exec, options included
         at = raw.index("--")
         raw, command = raw[:at], raw[at + 1:]
-    args = build_parser().parse_args(raw)
+    parser = build_parser()
+    args = parser.parse_args(raw)
     if args.cmd == "exec":
         args.argv = [*args.argv, *command]
+        if not args.argv:
+            parser.error("exec needs a command: hsp-lab exec NODE -- CMD ...")
     elif command:
-        build_parser().error(f"'--' is only for exec, not for {args.cmd}")
+        parser.error(f"'--' is only for exec, not for {args.cmd}")
 
     def body() -> int:
         if args.cmd == "setup":

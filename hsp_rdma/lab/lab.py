@@ -18,12 +18,12 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hsp_rdma.errors import LabError, LabTimeout, LabUnavailable
+from hsp_rdma.errors import HspError, LabError, LabTimeout, LabUnavailable, UsageError
 from hsp_rdma.lab.netem import parse_spec
 from hsp_rdma.lab.prepare import Artefacts, artefacts, cache_root
 from hsp_rdma.lab.qmp import qmp
@@ -32,6 +32,15 @@ NODES = ("a", "b")
 FABRICS = ("x", "y")
 RDMA_KINDS = ("rxe", "siw")
 LAB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+DEFAULT_LAB_ID = "default"
+# fault kind -> (what its arguments are, for messages; how many it takes)
+FAULTS = {
+    "link": ("a fabric (x|y) and down|up", 2),
+    "netem": ("a fabric (x|y) and a netem SPEC (e.g. 'delay 5ms loss 1%') or clear", 2),
+    "kill": ("no arguments", 0),
+    "pause": ("no arguments", 0),
+    "resume": ("no arguments", 0),
+}
 PORT_BASE, PORT_SLOTS = 40000, 2000  # lab wires use UDP ports 40000-47999 on 127.0.0.1
 AGENT = Path(__file__).with_name("guest") / "agent.py"
 POLL_S = 0.05
@@ -40,6 +49,37 @@ Output = Callable[[bytes], None]
 _job_ids = itertools.count()
 SHARE_9P_OPTS = "security_model=none,multidevs=remap"
 HOSTROOT_9P = f"local,path=/,mount_tag=hostroot,readonly=on,{SHARE_9P_OPTS}"
+
+
+def check_lab_id(lab_id: str) -> str:
+    """LAB_ID itself, or a UsageError saying what a lab id may contain."""
+    if not LAB_ID_RE.match(lab_id):
+        raise UsageError(
+            f"lab id '{lab_id}' is not valid: use 1-32 letters, digits, '-' or '_'"
+        )
+    return lab_id
+
+
+def check_fault_args(kind: str, args: Sequence[str],
+                     error: type[HspError] = UsageError) -> None:
+    """Raise ERROR when ARGS do not fit fault KIND, before any lab is asked: link takes x|y
+    and down|up, netem x|y and SPEC|clear, kill, pause and resume nothing. The CLI's
+    default, UsageError, exits 64; Lab.fault raises LabError, the lab's own error."""
+    if kind not in FAULTS:
+        raise error(f"unknown fault '{kind}': use {', '.join(FAULTS)}")
+    what, count = FAULTS[kind]
+    if len(args) != count:
+        got = f"got {len(args)}: {' '.join(args)}" if args else "got none"
+        raise error(f"fault {kind} takes {what}; {got}")
+    if count and args[0] not in FABRICS:
+        raise error(f"fault {kind}: unknown fabric '{args[0]}': use {'|'.join(FABRICS)}")
+    if kind == "link" and args[1] not in ("down", "up"):
+        raise error(f"fault link: the link state must be down or up, not '{args[1]}'")
+    if kind == "netem" and args[1] != "clear":
+        try:
+            parse_spec(args[1])
+        except LabError as exc:
+            raise error(str(exc)) from None  # "netem: ..." names what is wrong
 
 
 @dataclass(frozen=True)
@@ -190,7 +230,7 @@ class Job:
                 self.kill()
                 raise LabTimeout(
                     f"node {self.node}: '{' '.join(self.argv)}' gave no result in {limit:.0f} s "
-                    "(the guest may be hung or paused); see 'hsp-lab status'"
+                    f"(the guest may be hung or paused); see '{self.lab.command('status')}'"
                 )
             time.sleep(POLL_S)
 
@@ -216,17 +256,19 @@ class Job:
 class Lab:
     """One lab: its directory, its QEMU processes, its nodes' agents."""
 
-    def __init__(self, lab_id: str = "default", root: Path | None = None):
-        if not LAB_ID_RE.match(lab_id):
-            raise LabError(
-                f"lab id '{lab_id}' is not valid: use 1-32 letters, digits, '-' or '_'"
-            )
-        self.lab_id = lab_id
+    def __init__(self, lab_id: str = DEFAULT_LAB_ID, root: Path | None = None):
+        self.lab_id = check_lab_id(lab_id)
         self.root = root or cache_root()
         self.dir = self.root / "labs" / lab_id
         self.state_path = self.dir / "state.json"
         base = PORT_BASE + (zlib.crc32(lab_id.encode()) % PORT_SLOTS) * 4
         self.ports = {fab: (base + 2 * i, base + 2 * i + 1) for i, fab in enumerate(FABRICS)}
+
+    def command(self, sub: str) -> str:
+        """The hsp-lab command line that does SUB to this lab, to paste as it is."""
+        if self.lab_id == DEFAULT_LAB_ID:
+            return f"hsp-lab {sub}"
+        return f"hsp-lab --lab-id {self.lab_id} {sub}"
 
     # ---- state -------------------------------------------------------------------------
     def state(self) -> dict[str, Any] | None:
@@ -241,7 +283,7 @@ class Lab:
     def _require_up(self) -> dict[str, Any]:
         state = self.state()
         if state is None:
-            raise LabError(f"lab '{self.lab_id}' is not up: run 'hsp-lab up' first")
+            raise LabError(f"lab '{self.lab_id}' is not up: run '{self.command('up')}' first")
         return state
 
     def _check_node(self, node: str) -> None:
@@ -270,8 +312,7 @@ class Lab:
         if st["up"]:
             if st.get("rdma") != rdma:
                 raise LabError(f"lab '{self.lab_id}' is up with {st.get('rdma')}, not {rdma}: "
-                               f"'hsp-lab --lab-id {self.lab_id} down' or pick another "
-                               "--lab-id")
+                               f"'{self.command('down')}' or pick another --lab-id")
             return False
         if progress:
             progress(f"booting the lab ({rdma})")
@@ -293,8 +334,8 @@ class Lab:
         if self.state() is not None:
             if self.running():
                 raise LabError(
-                    f"lab '{self.lab_id}' is already up: run 'hsp-lab down --lab-id "
-                    f"{self.lab_id}' first, or use another --lab-id"
+                    f"lab '{self.lab_id}' is already up: run '{self.command('down')}' "
+                    "first, or use another --lab-id"
                 )
             self._cleanup()  # left over from a host reboot or a kill: nothing runs
         for binary in ("qemu-system-x86_64", "timeout"):
@@ -481,7 +522,7 @@ class Lab:
         if not argv:
             raise LabError("no command given to run in the node")
         if not self.node_alive(node):
-            raise LabError(f"node {node} is not running: see 'hsp-lab status'")
+            raise LabError(f"node {node} is not running: see '{self.command('status')}'")
         if not (self.node_dir(node) / "share" / "ready.json").exists():
             raise LabError(f"node {node} is not ready (RDMA bring-up failed or still booting)")
         if not 0 < timeout <= 86400:
@@ -515,30 +556,24 @@ class Lab:
     def fault(self, node: str, kind: str, *args: str) -> None:
         """link x|y down|up, netem x|y SPEC|clear, kill, pause, resume."""
         self._check_node(node)
+        check_fault_args(kind, args, LabError)
         state = self._require_up()
         fabrics = FABRICS[: state["fabrics"]]
         if kind in ("link", "netem"):
-            if len(args) != 2:
-                raise LabError(f"usage: fault NODE {kind} x|y " +
-                               ("down|up" if kind == "link" else "'SPEC'|clear"))
             fab, what = args
             if fab not in fabrics:
                 raise LabError(
                     f"unknown fabric '{fab}': this lab has {', '.join(fabrics)}"
                 )
         if not self.node_alive(node):
-            raise LabError(f"node {node} is not running: see 'hsp-lab status'")
+            raise LabError(f"node {node} is not running: see '{self.command('status')}'")
         qmp_path = Path(state["nodes"][node]["qmp"])
         if kind == "link":
-            if what not in ("down", "up"):
-                raise LabError(f"link state must be down or up, not '{what}'")
             qmp(qmp_path, "set_link", name=f"n{fab}", up=(what == "up"))
             state["links"][node][fab] = what
             self._save(state)
         elif kind == "netem":
             netdev = f"eth{FABRICS.index(fab)}"
-            if what != "clear":
-                parse_spec(what)  # a wrong spec is refused here, before the guest is asked
             self.python(node, "-m", "hsp_rdma.lab.netem", netdev, what, timeout=30, check=True)
         elif kind == "kill":
             pid = state["nodes"][node]["qemu_pid"]
@@ -550,12 +585,8 @@ class Lab:
                 time.sleep(POLL_S)
         elif kind == "pause":
             qmp(qmp_path, "stop")
-        elif kind == "resume":
+        else:  # resume; check_fault_args refused every other kind
             qmp(qmp_path, "cont")
-        else:
-            raise LabError(
-                f"unknown fault '{kind}': use link, netem, kill, pause or resume"
-            )
 
     # ---- end ---------------------------------------------------------------------------
     def down(self) -> list[str]:

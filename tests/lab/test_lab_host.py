@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from hsp_rdma.errors import LabError, LabTimeout
+from hsp_rdma.errors import LabError, LabTimeout, UsageError
 from hsp_rdma.lab import Lab, fabric_plan
 from hsp_rdma.lab.netem import parse_spec
 from hsp_rdma.lab.perftest import parse_table
@@ -22,7 +22,7 @@ def hsp_lab(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 def test_exec_before_up_says_what_to_do() -> None:
     res = hsp_lab("--lab-id", "never-up", "exec", "a", "--", "true")
     assert res.returncode == 1
-    assert "lab 'never-up' is not up: run 'hsp-lab up' first" in res.stderr
+    assert "lab 'never-up' is not up: run 'hsp-lab --lab-id never-up up' first" in res.stderr
     assert "Traceback" not in res.stderr
 
 
@@ -31,12 +31,28 @@ def test_usage_errors_exit_64() -> None:
     assert hsp_lab("up", "--rdma", "mlx5").returncode == 64
     res = hsp_lab("up", "--smp", "9")
     assert res.returncode == 64 and "--smp should be between 1 and 4" in res.stderr
-    assert hsp_lab("exec", "a").returncode in (1, 64)
+    res = hsp_lab("exec", "a")
+    assert res.returncode == 64 and "exec needs a command" in res.stderr
+    res = hsp_lab("fault", "a", "kill", "extra")
+    assert res.returncode == 64 and "fault kill takes no arguments" in res.stderr
 
 
 def test_bad_lab_id_is_refused() -> None:
-    with pytest.raises(LabError, match="lab id '../x' is not valid"):
+    # a usage error (exit 64 from the CLIs), not a lab failure: nothing was tried
+    with pytest.raises(UsageError, match="lab id '../x' is not valid"):
         Lab("../x")
+    res = hsp_lab("--lab-id", "../x", "status")
+    assert res.returncode == 64 and "lab id '../x' is not valid" in res.stderr
+
+
+def test_fault_arguments_are_checked_before_the_lab_is_asked(tmp_path) -> None:
+    lab = Lab("never-up", root=tmp_path)  # not up: only the arguments can be wrong
+    with pytest.raises(LabError, match="fault kill takes no arguments; got 1: extra"):
+        lab.fault("a", "kill", "extra")
+    with pytest.raises(LabError, match="fault link takes a fabric"):
+        lab.fault("a", "link", "x")
+    with pytest.raises(LabError, match="not up: run 'hsp-lab --lab-id never-up up' first"):
+        lab.fault("a", "link", "x", "down")
 
 
 def test_labs_do_not_share_ports() -> None:
@@ -53,6 +69,7 @@ def test_missing_qemu_is_unavailable(tmp_path) -> None:
     assert not Lab("noqemu").dir.exists()
 
 
+@pytest.mark.lab
 def test_guest_that_does_not_boot_in_time_leaves_nothing(lab_artefacts) -> None:
     lab = Lab("noboot")
     with pytest.raises(LabTimeout, match="did not finish booting"):

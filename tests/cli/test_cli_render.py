@@ -1,0 +1,159 @@
+"""The tables as printed: perftest's units in brackets and user text stay as written
+(rich markup is off in every console the CLIs make), goal cells keep their colour."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from rich.text import Text
+
+from hsp_rdma.cli import bench, demo, lab
+from hsp_rdma.cli.common import EXIT_FAILED, literal, make_console, run_cli
+from hsp_rdma.errors import HspError, UsageError
+from hsp_rdma.tools import cext_bench, gso_bench
+
+ODD = "[/x] [red]mlx5[/red] :smile:"  # what a user or a device might put in a string
+
+
+def printed(show, *args) -> str:
+    out = io.StringIO()
+    show(*args, make_console(file=out, width=200))
+    return out.getvalue()
+
+
+GSO = {
+    "device": ODD, "profile": "rxe", "image_bytes": 16781312, "chunk": 1 << 20,
+    "queue_depth": 4, "baseline_ib_write_bw_MBps": 20.5, "stop_and_copy_MBps": 18.25,
+    "ratio": 0.89, "runs": 5, "blackout_ms": {"min": 900.0, "p50": 950.0, "p99": 990.0,
+                                              "max": 999.0},
+    "blackout_goal_ms": 800.0, "blackout_goal_met": False, "verify_ms_p50": 12.0,
+    "method": "freeze .. done [ms]",
+}
+CEXT = {
+    "rounds": 2, "device": ODD, "depth": 16, "bw_poll": "busy", "notes": ["retried [1/3]"],
+    "method": "MB = 2^20 bytes [perftest]",
+    "write_bw": [{"bytes": 65536, "iterations": 512, "baseline_ib_write_bw_MBps": 20.0,
+                  "reference_pyverbs_event_MBps": 25.0, "cext_MBps": 19.0, "ratio": 0.95,
+                  "ratio_to_pyverbs": 0.76, "goal": 0.9, "met": False,
+                  "per_round": [{"baseline_ib_write_bw_MBps": 20.0,
+                                 "reference_pyverbs_event_MBps": 25.0, "cext_MBps": 19.0}] * 2}],
+    "latency": {"bytes": 2, "iterations": 1000, "inline": True,
+                "baseline_ib_send_lat_typical_us": 300.0, "cext_half_rtt_us": 330.0,
+                "ratio": 1.1, "goal": 1.2, "met": True,
+                "per_round": [{"baseline_ib_send_lat_typical_us": 300.0,
+                               "cext_half_rtt_us": {"t_typical_us": 330.0}}] * 2},
+}
+DEMO = {
+    "rdma": "rxe", "boot_s": 6.1,
+    "transfers": [{"fabric": "x", "device": ODD, "ib_write_bw_MBps": 30.0,
+                   "ib_send_lat_typical_us": 250.0, "ib_send_lat_p99_us": 900.0,
+                   "retries": 0}],
+    "cable_pull": {"y_MBps_with_x_pulled": 28.0, "x_failed_while_pulled": True},
+    "gso": {"steps": [{"epoch": 1, "from": "b", "to": "a", "counter_at_freeze": 41,
+                       "counter_at_resume": 41, "pmem_identical": True,
+                       "image_bytes": 16781312, "copy_MBps": 17.0, "blackout_ms": 990.0}]},
+    "bench": GSO,
+}
+STATUS = {
+    "lab_id": "default", "rdma": "siw", "kver": "6.1.0-[x]", "up": True,
+    "nodes": {"a": {"state": "running", "qemu_pid": 4242, "uptime_s": 61.4,
+                    "links": {"x": "up", "y": "down"}, "ready": True},
+              "b": {"state": "killed", "qemu_pid": None, "uptime_s": None,
+                    "links": {"x": "up", "y": "up"}, "ready": False}},
+}
+
+
+def test_gso_tables_keep_units_and_user_text() -> None:
+    text = printed(bench.show, GSO)
+    for word in ("ib_write_bw [MB/sec]", "stop-and-copy [MB/sec]", "t_min [msec]",
+                 "t_typical [msec]", "99% [msec]", "goal: t_typical <= size/baseline + 20 [msec]",
+                 ODD, "method: freeze .. done [ms]"):
+        assert word in text, word
+
+
+def test_cext_tables_keep_units_and_user_text() -> None:
+    text = printed(bench.show_cext, CEXT)
+    for word in ("ib_write_bw BW average [MB/sec]", "pyverbs event BW average [MB/sec]",
+                 "cext BW average [MB/sec]", "ib_send_lat t_typical [usec]",
+                 "cext t_typical [usec]", ODD, "note: retried [1/3]",
+                 "method: MB = 2^20 bytes [perftest]", ">= 0.9 x the faster", "<= 1.2"):
+        assert word in text, word
+
+
+def test_demo_tables_keep_units_and_user_text() -> None:
+    out = io.StringIO()
+    console = make_console(file=out, width=200)
+    demo.show(DEMO, console)
+    demo.show_gso(DEMO, console)
+    text = out.getvalue()
+    for word in ("ib_write_bw 64 KiB [MB/sec]", "ib_send_lat 2 B typical [usec]", "99% [usec]",
+                 "copy [MB/sec]", "blackout [msec]", "t_min [msec]", ODD):
+        assert word in text, word
+
+
+def test_lab_status_table_keeps_units() -> None:
+    out = io.StringIO()
+    make_console(file=out, width=200).print(lab.status_table(STATUS))
+    text = out.getvalue()
+    assert "uptime [s]" in text and "kernel 6.1.0-[x]" in text and "x:up y:down" in text
+
+
+def test_goal_cells_are_coloured_by_the_verdict() -> None:
+    class Grab:
+        def __init__(self) -> None:
+            self.printed: list = []
+
+        def print(self, thing, **_kw) -> None:
+            self.printed.append(thing)
+
+    grab = Grab()
+    bench.show_cext(CEXT, grab)
+    bw, lat = grab.printed[:2]
+    assert [(str(c), c.style) for c in bw.columns[-1].cells] == [(">= 0.9 x the faster", "red")]
+    assert [(str(c), c.style) for c in lat.columns[-1].cells] == [("<= 1.2", "green")]
+    grab = Grab()
+    bench.show(GSO, grab)
+    assert [(str(c), c.style) for c in grab.printed[1].columns[4].cells] == [("800.0", "red")]
+
+
+def test_status_and_progress_texts_are_literal() -> None:
+    console = make_console(file=io.StringIO(), width=100)
+    with console.status(Text("")) as status:
+        literal(status.update)("[/x] would end a markup tag")  # a str here would raise
+
+
+def test_run_cli_prints_the_error_as_written(capsys) -> None:
+    def fail() -> int:
+        raise HspError("device '[/x]' [red]gone")
+
+    assert run_cli("hsp-bench", fail) == EXIT_FAILED
+    assert capsys.readouterr().err == "hsp-bench: device '[/x]' [red]gone\n"
+
+    def misuse() -> int:
+        raise UsageError("lab id '[/x]' is not valid")
+
+    assert run_cli("hsp-lab", misuse) == 64
+
+
+def test_gso_run_prints_tables_and_checks_the_goal(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys) -> None:
+    def fake_bench(args, step, on_gso):
+        step("[/x] booting")  # progress texts from below are shown as written
+        on_gso(1)
+        return GSO
+
+    out = io.StringIO()
+    monkeypatch.setattr(bench, "console", make_console(file=out, width=200))
+    monkeypatch.setattr(gso_bench, "bench_gso_lab", fake_bench)
+    args = bench.build_parser().parse_args(["gso", "--check"])
+    assert bench.run_gso(args) == EXIT_FAILED  # the goal in GSO is missed
+    assert "t_min [msec]" in out.getvalue()
+    args = bench.build_parser().parse_args(["gso", "--json"])
+    assert bench.run_gso(args) == 0
+    assert json.loads(capsys.readouterr().out)["device"] == ODD
+
+
+def test_the_fixtures_goals_are_what_the_cells_say() -> None:
+    assert not cext_bench.goals_met(CEXT) and not gso_bench.goals_met(GSO)
