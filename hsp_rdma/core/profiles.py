@@ -33,6 +33,9 @@ HOW_TO_ADD = (f"add a TOML profile to a directory given with --profiles DIR, to 
               f"listed in {PROFILES_ENV} (':'-separated), or to {SYSTEM_PROFILE_DIR}")
 
 IB_MTUS = (256, 512, 1024, 2048, 4096)
+# RDMA Writes in flight during a GSO copy: a VI's send queue (256 descriptors) less the
+# control frames that share it (16) and the marker; the engine checks the same bound.
+MAX_QUEUE_DEPTH = 239
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
 _SLEEP = re.compile(r"sleep_us:(\d+)\Z")
 MAX_SLEEP_US = 100_000
@@ -194,7 +197,7 @@ FIELDS: dict[str, tuple[Any, str]] = {
                        + " or an integer between 0 and 255"),
     "max_inline": _int_in(0, 4096),
     "chunk_size": _int_in(4096, 1 << 30),
-    "queue_depth": _int_in(1, 16384),
+    "queue_depth": _int_in(1, MAX_QUEUE_DEPTH),
     "rdma_read": (_check_bool, "true or false"),
     "marker_poll": (_check_poll, f'"busy", "yield" or "sleep_us:N", N from 1 to {MAX_SLEEP_US}'),
     "completion_wait": (lambda v: v if v in ("busy", "event") else None, '"busy" or "event"'),

@@ -3,6 +3,10 @@
 Runs a demo application (a transaction counter and a table in P.mem), switches over back and
 forth `--runs` times with its peer, and prints one JSON line per event on stdout for the
 orchestrator (hsp-bench, the tests). `--inject` makes it misbehave on purpose for the drills.
+When a GSO ends without a switch and this node serves (again), the application runs
+`--transactions` more and says so ("serving"), so a drill sees it thawed, not only reported.
+P.mem's CRC is taken after each GSO ("pmem"), off the blackout: the application is frozen
+(active) or has not run yet (new active) at that point.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ import zlib
 from hsp_rdma.core import gso
 from hsp_rdma.core.profiles import load_profiles, pick_profile, profile_dirs
 from hsp_rdma.errors import GsoRefused, HspError
+from hsp_rdma.ha.fence import FenceAgent
 from hsp_rdma.ha.switchover import Application, Engine
 from hsp_rdma.units import size_arg
 
 COUNTER = struct.Struct("<Q")
-INJECTIONS = ("none", "stale-marker", "no-ready", "bad-version")
+INJECTIONS = ("none", "stale-marker", "no-ready", "bad-version", "bad-digest")
 
 
 def emit(event: str, **fields) -> None:
@@ -36,6 +41,7 @@ class DemoApp:
         self.name = name
         self.pmem = None
         self.running = False
+        self.frozen_at: int | None = None  # the counter when the last freeze happened
 
     def attach(self, pmem: memoryview) -> None:
         self.pmem = pmem
@@ -58,15 +64,20 @@ class DemoApp:
 
     def freeze(self) -> bytes:
         self.running = False
-        blob = json.dumps({"counter": self.counter, "from": self.name}).encode()
-        emit("frozen", counter=self.counter, pmem_crc=self.crc())
-        return blob
+        self.frozen_at = self.counter
+        emit("frozen", counter=self.counter)
+        return json.dumps({"counter": self.counter, "from": self.name}).encode()
+
+    def thaw(self) -> None:
+        """The GSO ended without a switch (or the standby was fenced): serve again."""
+        self.running = True
+        emit("thawed", counter=self.counter)
 
     def resume(self, pmem: memoryview, blob: bytes) -> None:
         meta = json.loads(blob.rstrip(b"\0"))
         self.running = True
         emit("resumed", counter=self.counter, blob_counter=meta["counter"],
-             blob_from=meta["from"], pmem_crc=self.crc())
+             blob_from=meta["from"])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -84,11 +95,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--digest", choices=("crc32", "blake2b"), default="crc32")
     p.add_argument("--transactions", type=int, default=1000)
     p.add_argument("--inject", choices=INJECTIONS, default="none")
+    p.add_argument("--fence-agent", metavar="CMD",
+                   help="fence action for the peer, fence-agents convention (options on stdin)")
+    p.add_argument("--fence-opt", metavar="KEY=VALUE", action="append", default=[],
+                   help="an option line for the fence agent (repeatable), e.g. ip=10.0.0.9")
+    p.add_argument("--peer-name", help="the peer's name for the fence agent's plug=")
     p.add_argument("--profiles", metavar="DIR",
                    help="a directory of hw profiles searched before the installed ones")
     p.add_argument("--ready-timeout", type=float, default=2.0)
     p.add_argument("--gso-timeout", type=float, default=60.0)
     p.add_argument("--copy-timeout", type=float, default=60.0)
+    p.add_argument("--done-timeout", type=float, default=10.0)
+    p.add_argument("--fence-timeout", type=float, default=10.0)
     return p.parse_args(argv)
 
 
@@ -96,12 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     profile = pick_profile(args.device, load_profiles(user_dir=args.profiles),
                            searched=profile_dirs(args.profiles))
+    fence = FenceAgent.parse(args.fence_agent, args.fence_opt) if args.fence_agent else None
     app = DemoApp(args.name)
     timeouts = gso.Timeouts(ready=args.ready_timeout, copy=args.copy_timeout,
-                            done=10.0, gso=args.gso_timeout)
+                            done=args.done_timeout, fence=args.fence_timeout,
+                            gso=args.gso_timeout)
     eng = Engine.open(args.device, profile, args.pmem, args.blob, serving=args.serving,
-                      timeouts=timeouts, app=Application(freeze=app.freeze, resume=app.resume),
-                      chunk_size=args.chunk, queue_depth=args.depth)
+                      timeouts=timeouts, app=Application(freeze=app.freeze, thaw=app.thaw,
+                                                         resume=app.resume),
+                      chunk_size=args.chunk, queue_depth=args.depth, fence=fence,
+                      peer_name=args.peer_name)
+    eng.on_alarm = lambda why: emit("alarm", reason=why, serving=eng.machine.serving)
     eng.digest_algo = (gso.DigestAlgo.CRC32 if args.digest == "crc32"
                        else gso.DigestAlgo.BLAKE2B_256)
     app.attach(eng.image.pmem)
@@ -120,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             eng.drop_ready = True
         if args.inject == "stale-marker":
             eng.stale_marker_first = True
+        if args.inject == "bad-digest":
+            eng.corrupt_image = True
         done = 0
         while done < args.runs:
             if eng.machine.serving:
@@ -137,11 +162,19 @@ def main(argv: list[str] | None = None) -> int:
             emit("gso", epoch=rep.epoch, outcome=rep.outcome, role=rep.role,
                  reason=rep.reason, image_bytes=rep.image_bytes, writes=rep.writes,
                  copy_s=rep.copy_end_t - rep.copy_start_t, copy_MBps=rep.copy_MBps,
-                 blackout_s=rep.blackout_s, verify_s=rep.verify_s,
-                 serving=eng.machine.serving, alarm=eng.alarm,
+                 blackout_s=rep.blackout_s, verify_s=rep.verify_s, resume_s=rep.resume_s,
+                 phases_ms=rep.phases_ms(), serving=eng.machine.serving, alarm=eng.alarm,
                  stale_ignored=eng.machine.stale_ignored,
-                 markers_ignored=eng.markers_ignored)
+                 markers_ignored=eng.markers_ignored, fence=eng.fence_results,
+                 link_error=eng.link_error)
+            took_over = rep.role == "standby" and rep.outcome == "completed"
+            if (rep.role == "active" and rep.stop_t) or took_over:
+                emit("pmem", epoch=rep.epoch, role=rep.role, counter=app.counter,
+                     pmem_crc=app.crc())
             if rep.outcome != "completed":
+                if eng.machine.serving:
+                    app.transact(args.transactions)  # thawed: the application serves
+                    emit("serving", counter=app.counter)
                 break
         emit("end", serving=eng.machine.serving, counter=app.counter, gsos=done)
         return 0

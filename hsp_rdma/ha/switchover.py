@@ -5,6 +5,13 @@ the image copy (RDMA Write, Interface B); the marker is the last RDMA Write on t
 the RC ordering guarantees every data write landed before it. Each node registers one state
 buffer (header | P.mem | blob): the live state while it is active, the copy target while it
 is standby, so the standby resumes in place ("IRET") and switch-back needs no new memory.
+
+The engine carries out every action the machine emits and feeds every I/O outcome back as an
+event: a send or write completed in error, or a receive failing, is the loss of the only
+fabric (AllFabricsLost), fed after the current action list has run to its end. Sends never
+block: control frames, image writes and the marker are posted and their completions reaped as
+they come, so the copy runs while the machine keeps getting ticks (its copy timeout and the
+standby's Abort work while writes are in flight).
 """
 
 from __future__ import annotations
@@ -21,14 +28,19 @@ from hsp_rdma import via
 from hsp_rdma.core import gso
 from hsp_rdma.core.frames import PROTOCOL_VERSION
 from hsp_rdma.core.gso_wire import Hello, decode_message, encode_message
-from hsp_rdma.core.profiles import PollMode, Profile
-from hsp_rdma.errors import FrameError, HspError
+from hsp_rdma.core.profiles import MAX_QUEUE_DEPTH, PollMode, Profile
+from hsp_rdma.errors import ConfigError, FrameError, HspError
+from hsp_rdma.ha.fence import FenceAgent
 from hsp_rdma.ha.image import HEADER_SPACE, StateImage, verify
 
 DISCRIMINATOR = b"hsp-gso"
 CTL_SLOTS = 16  # receive descriptors kept posted: one per possible in-flight control frame
 CTL_SIZE = 256  # a gso control frame is 26 header bytes + at most 43 payload bytes
 MARKER = struct.Struct("<Q")
+# A VI's send queue holds via's QUEUE_DEPTH descriptors: the copy's writes, the control
+# frames in flight and the marker must fit in it together.
+if MAX_QUEUE_DEPTH + CTL_SLOTS + 1 > via.QUEUE_DEPTH:
+    raise ImportError("profiles.MAX_QUEUE_DEPTH exceeds what a VI's send queue can hold")
 Clock = Callable[[], float]
 
 
@@ -51,6 +63,7 @@ class GsoReport:
     done_t: float = 0.0  # A: "done" received (B resumed before sending it)
     resume_t: float = 0.0  # B: resumed as active
     verify_s: float = 0.0  # B: digest check
+    resume_s: float = 0.0  # B: the application's resume, before "done" leaves
     reason: str = ""
     writes: int = 0
 
@@ -58,6 +71,21 @@ class GsoReport:
     def blackout_s(self) -> float:
         """A's stop to A's receipt of "done": an upper bound of the real blackout."""
         return self.done_t - self.stop_t if self.done_t and self.stop_t else 0.0
+
+    def phases_ms(self) -> dict[str, float]:
+        """Where the time went, on this node's clock: A's freeze (stop .. first write),
+        copy, marker, and the wait for "done"; B's verify and resume."""
+        ms = {}
+        if self.role == "active" and self.stop_t:
+            pairs = (("freeze", self.stop_t, self.copy_start_t),
+                     ("copy", self.copy_start_t, self.copy_end_t),
+                     ("marker", self.copy_end_t, self.marker_t),
+                     ("await_done", self.marker_t, self.done_t))
+            ms = {k: round((b - a) * 1000, 2) for k, a, b in pairs if a and b and b >= a}
+        elif self.role == "standby":
+            ms = {"verify": round(self.verify_s * 1000, 2),
+                  "resume": round(self.resume_s * 1000, 2)}
+        return ms
 
     @property
     def copy_MBps(self) -> float:
@@ -68,11 +96,38 @@ class GsoReport:
 
 @dataclass
 class Application:
-    """The application's hooks: freeze() -> blob bytes; resume(image view, blob) on takeover."""
+    """The application's hooks. As the active: ``freeze() -> blob`` stops it for the copy,
+    ``thaw()`` lets it serve again when the GSO ends without a switch (or the standby was
+    fenced). As the standby: ``stop_standby()`` before the copy, ``resume_standby(resync)``
+    when the GSO ends without a switch, ``resume(P.mem view, blob)`` to take over ("IRET")."""
 
     freeze: Callable[[], bytes] = lambda: b""
+    thaw: Callable[[], None] = lambda: None
     resume: Callable[[memoryview, bytes], None] = lambda pmem, blob: None
     stop_standby: Callable[[], None] = lambda: None
+    resume_standby: Callable[[bool], None] = lambda needs_resync: None
+
+
+@dataclass
+class _Posted:
+    """A descriptor on the send queue, in post order: what it is and for which epoch."""
+
+    desc: object
+    what: str  # "control", "write", "header", "marker"
+    epoch: int = 0
+
+
+@dataclass
+class _Copy:
+    """The image copy in progress: next offset to post, writes in flight, the digest."""
+
+    epoch: int
+    end: int
+    digest: object
+    view: memoryview
+    next: int = HEADER_SPACE
+    inflight: int = 0
+    header_posted: bool = False
 
 
 @dataclass
@@ -104,26 +159,40 @@ class Engine:
     queue_depth: int = 0
     peer: Peer = field(default_factory=Peer)
     reports: list[GsoReport] = field(default_factory=list)
+    fence: FenceAgent | None = None  # the fence action for the peer (none: alarm, no promote)
+    peer_name: str | None = None  # the peer's name for the fence action's plug=
+    on_alarm: Callable[[str], None] = lambda why: None
     _current: GsoReport | None = None
     _send_seq: int = 0
     _recv_slots: deque = field(default_factory=deque)
     _send_slot: int = 0
     _inbox: deque = field(default_factory=deque)
+    _posted: deque = field(default_factory=deque)  # _Posted, oldest first
+    _copy: _Copy | None = None
+    link_error: str = ""  # why the VI is gone: set once, then AllFabricsLost is fed
+    _lost_fed: bool = False
     forged_frames: int = 0  # frames that failed to decode: counted, never applied
     alarm: str = ""
+    fence_results: list[str] = field(default_factory=list)
     markers_ignored: int = 0  # marker values seen that were not this epoch's (stale, torn)
     # Misbehaviour on purpose, for the drills (hsp_rdma.ha.gso_node --inject).
     hello_version: int = PROTOCOL_VERSION
     drop_ready: bool = False
     stale_marker_first: bool = False
+    corrupt_image: bool = False  # the header carries a wrong digest: B must refuse the image
 
     # ---- set-up --------------------------------------------------------------------
     @classmethod
     def open(cls, device: str, profile: Profile, pmem_size: int, blob_capacity: int,
              serving: bool, epoch: int = 0, timeouts: gso.Timeouts | None = None,
              app: Application | None = None, chunk_size: int = 0,
-             queue_depth: int = 0) -> Engine:
+             queue_depth: int = 0, fence: FenceAgent | None = None,
+             peer_name: str | None = None) -> Engine:
         """Open DEVICE and register the state buffer, the marker and the control slots."""
+        depth = queue_depth or profile.queue_depth
+        if not 1 <= depth <= MAX_QUEUE_DEPTH:
+            raise ConfigError(f"queue depth {depth} should be between 1 and {MAX_QUEUE_DEPTH} "
+                              "(a VI's send queue also carries the control frames)")
         nic = via.VipOpenNic(device)
         try:
             ptag = via.VipCreatePtag(nic)
@@ -138,7 +207,6 @@ class Engine:
             src_marker_handle = via.VipRegisterMem(nic, src_marker, local)
             ctl = mmap.mmap(-1, CTL_SIZE * (CTL_SLOTS + CTL_SLOTS))
             ctl_handle = via.VipRegisterMem(nic, ctl, local)
-            depth = queue_depth or profile.queue_depth
             vi = via.VipCreateVi(nic, via.ViAttributes(
                 ptag=ptag, enable_rdma_write=True, enable_rdma_read=profile.rdma_read))
         except BaseException:
@@ -151,7 +219,8 @@ class Engine:
                    marker_buf=marker, marker_handle=marker_handle, src_marker=src_marker,
                    src_marker_handle=src_marker_handle, ctl_buf=ctl, ctl_handle=ctl_handle,
                    machine=machine, profile=profile, app=app or Application(),
-                   chunk_size=chunk_size or profile.chunk_size, queue_depth=depth)
+                   chunk_size=chunk_size or profile.chunk_size, queue_depth=depth,
+                   fence=fence, peer_name=peer_name)
 
     def _post_recv(self, slot: int) -> None:
         d = via.VipDescriptor(segments=[via.DataSegment(
@@ -210,8 +279,67 @@ class Engine:
                                   "brain); restart one of them as standby")
         return self.peer.hello
 
-    # ---- control frames --------------------------------------------------------------
+    # ---- the send queue: posted in order, reaped as completions come --------------------
+    def _post_send(self, desc, what: str, epoch: int = 0) -> None:
+        if not self.link_up:
+            raise SwitchoverError(f"{what}: the VI is gone ({self.link_error})")
+        via.VipPostSend(self.vi, desc)
+        self._posted.append(_Posted(desc, what, epoch))
+
+    @property
+    def link_up(self) -> bool:
+        return not self.link_error
+
+    def _lose_link(self, why: str) -> None:
+        """The VI failed: remember why once; AllFabricsLost follows the current actions."""
+        if not self.link_error:
+            self.link_error = why
+            self._posted.clear()  # their completions can only be flushes now
+            self._abandon_copy()
+
+    def _reap(self, timeout_ms: int = 0) -> gso.Event | None:
+        """Take send completions: wait up to TIMEOUT_MS for the first, then all that are
+        there. The copy's completions may finish it: CopyComplete/CopyFailed is returned."""
+        event = None
+        wait = timeout_ms
+        while self._posted and self.link_up:
+            try:
+                d = (via.VipSendWait(self.vi, max(1, wait)) if wait
+                     else via.VipSendDone(self.vi))
+            except via.VipTimeout:
+                return event
+            except via.VipError as exc:
+                self._lose_link(f"send queue: {exc}")
+                return event
+            if d is None:
+                return event
+            wait = 0
+            p = self._posted.popleft()
+            if p.desc is not d:
+                self._lose_link(f"{p.what}: send completions out of order")
+                return event
+            failed = d.status & via.VIP_STATUS_ERROR_MASK
+            copying = self._copy is not None and p.what in ("write", "header")
+            if failed:
+                why = (f"{p.what} completed with status 0x{d.status:x} (the peer or the link "
+                       "is gone)")
+                if copying and self._copy.epoch == p.epoch:
+                    self._current.reason = why
+                    self._abandon_copy()
+                    event = gso.CopyFailed(p.epoch, why)
+                self._lose_link(why)
+                return event
+            if copying and self._copy.epoch == p.epoch:
+                self._copy.inflight -= 1
+            elif p.what == "marker" and self._current is not None:
+                self._current.marker_t = self.clock()
+        return event
+
     def _send(self, msg) -> None:
+        """Post one control frame; its send slot is free again once its completion is in
+        (at most CTL_SLOTS frames in flight, so a slot is never overwritten too early)."""
+        while sum(p.what == "control" for p in self._posted) >= CTL_SLOTS and self.link_up:
+            self._reap(timeout_ms=1000)
         slot = CTL_SLOTS + self._send_slot % CTL_SLOTS
         self._send_slot += 1
         self._send_seq += 1
@@ -220,36 +348,32 @@ class Engine:
         self.ctl_buf[off:off + len(wire)] = wire
         d = via.VipDescriptor(segments=[via.DataSegment(
             via.address_of(self.ctl_buf, off), self.ctl_handle, len(wire))])
-        via.VipPostSend(self.vi, d)
-        self._reap_send(d, "control frame")
-
-    def _reap_send(self, desc, what: str, timeout_s: float = 10.0) -> None:
-        done = via.VipSendWait(self.vi, int(timeout_s * 1000))
-        if done is not desc:
-            raise SwitchoverError(f"{what}: completions out of order")
-        if done.status & via.VIP_STATUS_ERROR_MASK:
-            raise SwitchoverError(f"{what}: completed with status 0x{done.status:x} "
-                                  "(the peer or the link is gone)")
+        self._post_send(d, "control")
 
     def _receive(self, deadline: float, block: bool = True):
-        """The next valid message, or None at the deadline; forged frames are counted."""
-        while True:
+        """The next valid message, or None at the deadline; forged frames are counted.
+        A receive that fails is the loss of the link (returns None, link_error set)."""
+        while self.link_up:
             left = deadline - self.clock()
             if block and left <= 0:
                 return None
-            if block:
-                try:
+            try:
+                if block:
                     d = via.VipRecvWait(self.vi, max(1, int(left * 1000)))
-                except via.VipTimeout:
-                    return None
-            else:
-                d = via.VipRecvDone(self.vi)
-                if d is None:
-                    return None
+                else:
+                    d = via.VipRecvDone(self.vi)
+                    if d is None:
+                        return None
+            except via.VipTimeout:
+                return None
+            except via.VipError as exc:
+                self._lose_link(f"control receive: {exc}")
+                return None
             slot = self._recv_slots.popleft()
             if d.status & via.VIP_STATUS_ERROR_MASK:
-                raise SwitchoverError(f"control receive failed with status 0x{d.status:x}: "
-                                      "the peer is gone or the link is down")
+                self._lose_link(f"control receive failed with status 0x{d.status:x}: the peer "
+                                "is gone or the link is down")
+                return None
             raw = bytes(self.ctl_buf[slot * CTL_SIZE: slot * CTL_SIZE + d.length])
             try:
                 self._post_recv(slot)
@@ -266,6 +390,7 @@ class Engine:
             if isinstance(msg, Hello) and self.peer.hello is not None:
                 continue  # a repeated Hello changes nothing once connected
             return msg
+        return None
 
     # ---- the machine's actions ----------------------------------------------------------
     def request_gso(self) -> None:
@@ -273,17 +398,29 @@ class Engine:
         hello = self.peer.hello
         if hello is None:
             raise SwitchoverError("no peer connected: cannot switch over")
+        if not self.link_up:
+            raise gso.GsoRefused(f"GSO refused: the link to the peer is gone ({self.link_error})")
         # The blob is padded to its reserved size, so the length is known before the freeze.
         length = HEADER_SPACE + self.image.pmem_size + self.image.blob_capacity
         self._feed(gso.RequestGso(image_length=length, peer_region_size=hello.region_size,
                                   peer_version=hello.version, digest_algo=self.digest_algo))
 
     def _feed(self, event: gso.Event) -> None:
+        """Feed EVENT and carry out every action, in order, to the end of the list: an I/O
+        failure inside one action is remembered and fed as AllFabricsLost afterwards."""
         pending = deque(self.machine.feed(event, self.clock()))
         while pending:
-            follow = self._execute(pending.popleft())
+            action = pending.popleft()
+            try:
+                follow = self._execute(action)
+            except (SwitchoverError, via.VipError) as exc:
+                self._lose_link(f"{type(action).__name__}: {exc}")
+                follow = None
             if follow is not None:
                 pending.extend(self.machine.feed(follow, self.clock()))
+        if self.link_error and not self._lost_fed:
+            self._lost_fed = True
+            self._feed(gso.AllFabricsLost())
 
     def _execute(self, action: gso.Action) -> gso.Event | None:
         now = self.clock()
@@ -300,14 +437,25 @@ class Engine:
                 rep.image_bytes = self.image.load_blob(blob.ljust(self.image.blob_capacity,
                                                                   b"\0"))
             case gso.StartCopy(epoch=epoch, image_length=length):
-                return self._copy(epoch, length)
+                return self._start_copy(epoch, length)
+            case gso.CancelCopy():
+                self._abandon_copy()
             case gso.WriteMarker(value=value):
-                return self._write_marker(value)
+                self._write_marker(value)
+            case gso.ResumeApplication():
+                self.app.thaw()
             case gso.RestartAsStandby():
-                self._current.done_t = now
+                # The marker's completion came before "done" (B saw the marker land), even
+                # when it is reaped only now: its time is at most the receipt of "done".
+                self._reap()
+                rep = self._current
+                rep.done_t = now
+                rep.marker_t = min(rep.marker_t, now) if rep.marker_t else now
             case gso.StopActivity():
                 self._current = GsoReport(self.machine.epoch, "", "standby")
                 self.app.stop_standby()
+            case gso.ResumeStandby(needs_resync=resync):
+                self.app.resume_standby(resync)
             case gso.ZeroMarker():
                 MARKER.pack_into(self.marker_buf, 0, 0)
                 return gso.Quiesced(self.machine.epoch)
@@ -324,13 +472,17 @@ class Engine:
                 return gso.ImageVerified(epoch, v.ok)
             case gso.ResumeAsActive():
                 self._current.resume_t = now
-                pm = self.image.pmem
                 at = HEADER_SPACE + self.image.pmem_size
-                self.app.resume(pm, bytes(self.image.buf[at:at + self.image.blob_capacity]))
-            case gso.ResumeApplication() | gso.ResumeStandby() | gso.ClearAlarm():
-                pass
+                self.app.resume(self.image.pmem,
+                                bytes(self.image.buf[at:at + self.image.blob_capacity]))
+                self._current.resume_s = self.clock() - now
+            case gso.FencePeer(epoch=epoch):
+                return self._fence_peer(epoch)
             case gso.RaiseAlarm(reason=why):
                 self.alarm = why
+                self.on_alarm(why)
+            case gso.ClearAlarm():
+                self.alarm = ""
             case gso.Notify(outcome=outcome, epoch=epoch, reason=reason):
                 rep = self._current or GsoReport(epoch, "", self.machine.role.name.lower())
                 rep.outcome = outcome.value
@@ -338,53 +490,86 @@ class Engine:
                     rep.reason = reason.name
                 self.reports.append(rep)
                 self._current = None
-            case gso.CancelCopy() | gso.FencePeer():
-                pass  # the copy loop is synchronous; fencing is the HA layer's (not in bench)
+            case _:
+                raise TypeError(f"the GSO engine has no way to carry out {action!r}")
         return None
 
-    def _copy(self, epoch: int, length: int) -> gso.Event:
-        """RDMA-write [HEADER_SPACE, length) in chunks with queue_depth writes in flight,
-        digesting each chunk while the next ones fly; then the header."""
-        hello, rep = self.peer.hello, self._current
-        rep.copy_start_t = self.clock()
-        digest = self.image.digest_start(epoch, self.digest_algo)
-        view = memoryview(self.image.buf)
-        inflight: deque = deque()
+    def _fence_peer(self, epoch: int) -> gso.Event:
+        """Run the fence action on the peer; FenceConfirmed only once our VI to it is gone,
+        so nothing the fenced peer sent can still arrive."""
+        if self.fence is None:
+            why = ("no fence action configured: the active stays frozen until the standby "
+                   "answers (configure one, e.g. --fence-agent fence_ipmilan)")
+            self.fence_results.append(why)
+            self.on_alarm(f"{self.alarm}; {why}" if self.alarm else why)
+            return gso.FenceFailed(epoch, why)
+        res = self.fence.run("off", self.peer_name, self.machine.timeouts.fence)
+        self.fence_results.append(res.detail)
+        if not res.ok:
+            self.on_alarm(f"fencing the standby failed: {res.detail}")
+            return gso.FenceFailed(epoch, res.detail)
+        self._lose_link(f"peer fenced: {res.detail}")
         try:
-            if self.stale_marker_first:
-                # A marker left over from an earlier switch-over lands late, before the copy.
-                self._write_marker(gso.marker_value(epoch - 1) if epoch > 1 else 0xFABE)
-            for off in range(HEADER_SPACE, length, self.chunk_size):
-                n = min(self.chunk_size, length - off)
-                inflight.append(self._post_write(off, n, hello.region_addr + off,
-                                                 hello.region_handle))
-                digest.update(view[off:off + n])
-                if len(inflight) >= self.queue_depth:
-                    self._reap_send(inflight.popleft(), "image write")
-            while inflight:
-                self._reap_send(inflight.popleft(), "image write")
-            hdr = self.image.header(epoch, digest.digest(), self.digest_algo)
-            self.image.buf[:len(hdr)] = hdr
-            self._reap_send(self._post_write(0, len(hdr), hello.region_addr,
-                                             hello.region_handle), "image header write")
-        except (SwitchoverError, via.VipError) as exc:
-            rep.reason = str(exc)
-            return gso.CopyFailed(epoch, str(exc))
-        finally:
-            view.release()
-        rep.copy_end_t = self.clock()
-        return gso.CopyComplete(epoch)
+            via.VipDisconnect(self.vi)
+        except via.VipError:
+            pass  # the VI is in ERROR already; disconnect only flushes it
+        return gso.FenceConfirmed(epoch)
 
-    def _post_write(self, off: int, n: int, raddr: int, rhandle: int):
+    def _start_copy(self, epoch: int, length: int) -> gso.Event | None:
+        """Begin the copy of [HEADER_SPACE, length); the serve loop pumps it."""
+        self._current.copy_start_t = self.clock()
+        if self.stale_marker_first:
+            # A marker left over from an earlier switch-over lands late, before the copy.
+            self._write_marker(gso.marker_value(epoch - 1) if epoch > 1 else 0xFABE)
+        self._copy = _Copy(epoch, length, self.image.digest_start(epoch, self.digest_algo),
+                           memoryview(self.image.buf))
+        return None
+
+    def _abandon_copy(self) -> None:
+        """Post no more writes of this copy; the marker is never written for it. Writes in
+        flight complete (or flush) on their own and are reaped as they come."""
+        if self._copy is not None:
+            self._copy.view.release()
+            self._copy = None
+
+    def _pump_copy(self, wait_ms: int) -> gso.Event | None:
+        """Keep queue_depth writes in flight, digesting each chunk while the writes fly; then
+        the header; CopyComplete when it landed. Waits at most WAIT_MS for a completion."""
+        c, hello = self._copy, self.peer.hello
+        while c.next < c.end and c.inflight < self.queue_depth:
+            n = min(self.chunk_size, c.end - c.next)
+            self._post_write(c.next, n, hello.region_addr + c.next, hello.region_handle, "write",
+                             c.epoch)
+            c.inflight += 1
+            c.digest.update(c.view[c.next:c.next + n])
+            c.next += n
+        if c.next >= c.end and c.inflight == 0:
+            if c.header_posted:
+                self._current.copy_end_t = self.clock()
+                self._abandon_copy()
+                return gso.CopyComplete(c.epoch)
+            digest = c.digest.digest()
+            if self.corrupt_image:
+                digest = bytes([digest[0] ^ 1]) + digest[1:]
+            hdr = self.image.header(c.epoch, digest, self.digest_algo)
+            self.image.buf[:len(hdr)] = hdr
+            self._post_write(0, len(hdr), hello.region_addr, hello.region_handle, "header",
+                             c.epoch)
+            c.header_posted = True
+            c.inflight += 1
+        return self._reap(wait_ms)
+
+    def _post_write(self, off: int, n: int, raddr: int, rhandle: int, what: str,
+                    epoch: int) -> None:
         d = via.VipDescriptor(
             control=via.VIP_CONTROL_OP_RDMAWRITE,
             segments=[via.DataSegment(via.address_of(self.image.buf, off), self.image_handle, n)],
             address=via.AddressSegment(raddr, rhandle))
-        via.VipPostSend(self.vi, d)
+        self._post_send(d, what, epoch)
         self._current.writes += 1
-        return d
 
-    def _write_marker(self, value: int) -> gso.Event | None:
+    def _write_marker(self, value: int) -> None:
+        """The marker: one more RDMA Write on the same VI, after every data write (RC order)."""
         MARKER.pack_into(self.src_marker, 0, value)
         hello = self.peer.hello
         d = via.VipDescriptor(
@@ -392,10 +577,7 @@ class Engine:
             segments=[via.DataSegment(via.address_of(self.src_marker), self.src_marker_handle,
                                       MARKER.size)],
             address=via.AddressSegment(hello.marker_addr, hello.marker_handle))
-        via.VipPostSend(self.vi, d)
-        self._reap_send(d, "marker write")
-        self._current.marker_t = self.clock()
-        return None
+        self._post_send(d, "marker", self.machine.epoch)
 
     def _poll_marker(self, not_equal_to: int, deadline: float) -> gso.Event:
         """Look at the marker word per the profile's marker_poll; between looks, take any
@@ -407,10 +589,11 @@ class Engine:
             if value != not_equal_to:
                 return gso.MarkerSeen(value)
             now = self.clock()
-            if now >= deadline:
+            if now >= deadline or not self.link_up:
                 return gso.Tick()
             looks += 1
             if looks % 64 == 0:
+                self._reap()
                 msg = self._receive(now, block=False)
                 if msg is not None:
                     return msg
@@ -421,14 +604,34 @@ class Engine:
 
     # ---- the loop -----------------------------------------------------------------------
     def serve(self, until: Callable[[], bool], tick_s: float = 0.05) -> None:
-        """Take control frames and ticks until UNTIL() is true (or the machine breaks)."""
+        """Carry the machine until UNTIL() is true: control frames, the copy, send
+        completions and ticks (so every timer fires, also while the copy runs)."""
+        tick_ms = max(1, int(tick_s * 1000))
         while not until():
             while self._inbox:
                 self._feed(self._inbox.popleft())
-            msg = self._receive(self.clock() + tick_s)
+            if self._copy is not None:
+                done = self._pump_copy(tick_ms)
+                if done is not None:
+                    self._feed(done)
+                msg = self._receive(0, block=False)  # the standby's Abort, mid-copy
+            else:
+                done = self._reap()
+                if done is not None:
+                    self._feed(done)
+                if self.link_up:
+                    msg = self._receive(self.clock() + tick_s)
+                else:
+                    time.sleep(tick_s)  # no link: only time passes (timers, fencing)
+                    msg = None
             self._feed(msg if msg is not None else gso.Tick())
 
-    def close(self) -> None:
+    def close(self, drain_s: float = 2.0) -> None:
+        """Let what is posted go out (a last "done" or "abort" must reach the peer), then
+        disconnect and free everything."""
+        deadline = self.clock() + drain_s
+        while self._posted and self.link_up and self.clock() < deadline:
+            self._reap(timeout_ms=100)
         try:
             if self.vi is not None:
                 try:

@@ -71,6 +71,8 @@ def gso_summary(res: PairResult) -> dict:
     """Who froze at which counter, who resumed where, and whether every byte arrived."""
     steps = []
     by_node = {res.active.name: res.active, res.standby.name: res.standby}
+    crc = {(e["role"], e["epoch"]): e["pmem_crc"]
+           for run in (res.active, res.standby) for e in run.of("pmem")}
     for src, dst in (("b", "a"), ("a", "b")):
         frozen = by_node[src].of("frozen")
         resumed = by_node[dst].of("resumed")
@@ -80,9 +82,10 @@ def gso_summary(res: PairResult) -> dict:
                       if e["event"] == "error"]
             raise HspError(f"the GSO {src} -> {dst} did not complete: {errors or res.stderr}")
         f, r, g = frozen[0], resumed[0], gso[0]
+        sent, got = crc.get(("active", g["epoch"])), crc.get(("standby", g["epoch"]))
         steps.append({"from": src, "to": dst, "epoch": g["epoch"],
                       "counter_at_freeze": f["counter"], "counter_at_resume": r["counter"],
-                      "pmem_identical": f["pmem_crc"] == r["pmem_crc"],
+                      "pmem_identical": sent is not None and sent == got,
                       "image_bytes": g["image_bytes"], "copy_MBps": round(g["copy_MBps"], 2),
                       "blackout_ms": round(g["blackout_s"] * 1000, 1)})
     return {"steps": steps, "ok": all(s["pmem_identical"] and

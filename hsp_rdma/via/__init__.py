@@ -48,6 +48,8 @@ Ptag = _prov.Ptag
 CQ = _prov.CompletionQueue
 ErrorDescriptor = _prov.ErrorDescriptor
 
+QUEUE_DEPTH = _prov.QUEUE_DEPTH  # descriptors one work queue of a VI holds
+
 
 def address_of(buffer, offset: int = 0) -> int:
     """The virtual address of BUFFER[OFFSET], for DataSegment / AddressSegment."""

@@ -287,3 +287,11 @@ def test_no_match_names_the_search_path_and_how_to_add(search, tmp_path):
     # without searched=, the directories the profiles came from
     with pytest.raises(ConfigError, match=re.escape(f"searched, first wins: {user}, ")):
         pick_profile("bnxt_re0", load_profiles(user_dir=user))
+
+
+def test_queue_depth_is_bounded_by_what_a_vi_carries():
+    from hsp_rdma.core.profiles import MAX_QUEUE_DEPTH
+
+    assert parse_profile(with_field("queue_depth", str(MAX_QUEUE_DEPTH))).queue_depth == 239
+    with pytest.raises(ConfigError, match=f"between 1 and {MAX_QUEUE_DEPTH}"):
+        parse_profile(with_field("queue_depth", str(MAX_QUEUE_DEPTH + 1)))

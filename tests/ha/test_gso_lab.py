@@ -31,21 +31,44 @@ def wait_event(runs: list[GuestRun], kind: str, timeout: float = 60) -> dict:
     raise AssertionError(f"no '{kind}' event in {timeout} s: {[r.events for r in runs]}")
 
 
+def pmem_crc(run: GuestRun, role: str, epoch: int) -> int:
+    (ev,) = [e for e in run.of("pmem") if e["role"] == role and e["epoch"] == epoch]
+    return ev["pmem_crc"]
+
+
+def assert_thawed_and_serving(b: GuestRun) -> None:
+    """The active (b) stopped for the copy, the GSO ended without a switch, and the
+    application runs again: thawed at the counter it froze at, then more transactions."""
+    (g,) = b.of("gso")
+    assert g["outcome"] == "aborted" and g["serving"], f"the active must serve: {b.events}"
+    (frozen,), (thawed,), (serving,) = b.of("frozen"), b.of("thawed"), b.of("serving")
+    assert thawed["counter"] == frozen["counter"] > 0
+    assert serving["counter"] == frozen["counter"] + 1000, "the thawed application serves"
+    assert only(b, "end")["serving"]
+
+
 def test_gso_of_16mib_and_switch_back_continue_the_application(healthy_lab: Lab) -> None:
     res = run_pair(healthy_lab, 16 * MiB, runs=2)
     a, b = res.standby, res.active
     assert res.rc == {"a": 0, "b": 0}, res.stderr
     # GSO 1: b -> a. Every byte of P.mem arrived (same CRC) and the counter continues.
     frozen_b, resumed_a = b.of("frozen")[0], a.of("resumed")[0]
-    assert resumed_a["pmem_crc"] == frozen_b["pmem_crc"]
+    assert pmem_crc(a, "standby", 1) == pmem_crc(b, "active", 1)
     assert resumed_a["counter"] == resumed_a["blob_counter"] == frozen_b["counter"] > 0
     # GSO 2 (switch-back): a ran more transactions, then handed them back to b.
     frozen_a, resumed_b = a.of("frozen")[0], b.of("resumed")[0]
     assert frozen_a["counter"] == frozen_b["counter"] + 1000
     assert resumed_b["counter"] == frozen_a["counter"]
-    assert resumed_b["pmem_crc"] == frozen_a["pmem_crc"]
+    assert pmem_crc(b, "standby", 2) == pmem_crc(a, "active", 2)
     assert [e["outcome"] for e in b.of("gso")] == ["completed", "completed"]
     assert only(b, "end")["serving"] and not only(a, "end")["serving"]
+    # "done" leaves the standby after it resumed: the blackout holds copy, verify and resume
+    for active, standby in ((b, a), (a, b)):
+        g = next(e for e in active.of("gso") if e["role"] == "active")
+        s = next(e for e in standby.of("gso") if e["role"] == "standby")
+        ph = g["phases_ms"]
+        assert set(ph) == {"freeze", "copy", "marker", "await_done"}
+        assert g["blackout_s"] * 1000 >= ph["copy"] + s["verify_s"] * 1000 + s["resume_s"] * 1000
 
 
 def test_stale_marker_does_not_complete_a_new_gso(healthy_lab: Lab) -> None:
@@ -53,7 +76,7 @@ def test_stale_marker_does_not_complete_a_new_gso(healthy_lab: Lab) -> None:
     a, b = res.standby, res.active
     g = only(a, "gso")
     assert g["outcome"] == "completed" and g["markers_ignored"] >= 1
-    assert only(a, "resumed")["pmem_crc"] == only(b, "frozen")["pmem_crc"]
+    assert pmem_crc(a, "standby", 1) == pmem_crc(b, "active", 1)
 
 
 def test_standby_not_ready_makes_active_abort_and_stay_active(healthy_lab: Lab) -> None:
@@ -62,10 +85,22 @@ def test_standby_not_ready_makes_active_abort_and_stay_active(healthy_lab: Lab) 
     a, b = res.standby, res.active
     assert only(b, "gso")["outcome"] == "aborted" and only(b, "end")["serving"]
     assert not b.of("frozen"), "the active must not stop before the standby is ready"
+    assert only(b, "serving")["counter"] == 2000, "the application kept serving"
     assert not a.of("resumed")
 
 
-def test_link_pulled_mid_copy_never_yields_two_actives(healthy_lab: Lab) -> None:
+def test_digest_mismatch_is_refused_and_the_active_thaws(healthy_lab: Lab) -> None:
+    res = run_pair(healthy_lab, 4 * MiB, runs=1, extra_b=("--inject", "bad-digest"))
+    a, b = res.standby, res.active
+    assert res.rc == {"a": 0, "b": 0}, res.stderr
+    g = only(a, "gso")
+    assert g["outcome"] == "aborted" and "digest" in g["reason"].lower()
+    assert not a.of("resumed"), "the standby must not resume from an unverified image"
+    assert only(b, "gso")["reason"] == "DIGEST_MISMATCH"
+    assert_thawed_and_serving(b)
+
+
+def test_link_pulled_mid_copy_thaws_the_active_never_two_actives(healthy_lab: Lab) -> None:
     lab = healthy_lab
     a, b = start_pair(lab, 48 * MiB, runs=1, extra_a=("--gso-timeout", "20"),
                       extra_b=("--copy-timeout", "15"), timeout=180)
@@ -73,17 +108,15 @@ def test_link_pulled_mid_copy_never_yields_two_actives(healthy_lab: Lab) -> None
         wait_event([b], "frozen")
         time.sleep(0.3)
         lab.fault("a", "link", "x", "down")
-        res = finish_pair(a, b)
+        finish_pair(a, b)
     finally:
         lab.fault("a", "link", "x", "up")
-    act = b.of("gso") or b.of("error")
-    assert act and act[0]["serving"], f"the active must resume: {b.events}"
+    assert_thawed_and_serving(b)
     assert not a.of("resumed"), "the standby must not resume without the marker"
     assert not any(e.get("serving") for e in a.of("gso") + a.of("end") + a.of("error"))
-    assert res.rc["b"] == 0 or b.of("error")
 
 
-def test_standby_killed_mid_copy_leaves_active_active(healthy_lab: Lab) -> None:
+def test_standby_killed_mid_copy_thaws_the_active(healthy_lab: Lab) -> None:
     lab = healthy_lab
     a, b = start_pair(lab, 48 * MiB, runs=1, extra_b=("--copy-timeout", "15"), timeout=180)
     wait_event([b], "frozen")
@@ -91,8 +124,27 @@ def test_standby_killed_mid_copy_leaves_active_active(healthy_lab: Lab) -> None:
     lab.fault("a", "kill")
     res = finish_pair(a, b)
     assert res.rc["a"] == -1  # the node went down with its process
-    act = b.of("gso") or b.of("error")
-    assert act and act[0]["serving"], f"the active must keep serving: {b.events}"
+    assert_thawed_and_serving(b)
+
+
+def test_copy_timeout_fires_while_the_copy_is_stalled(healthy_lab: Lab) -> None:
+    """netem loss 100% on the standby's wire: writes stay in flight, no completion comes;
+    the active's copy timer still fires, cancels the copy and thaws the application."""
+    lab = healthy_lab
+    a, b = start_pair(lab, 48 * MiB, runs=1, extra_a=("--gso-timeout", "30"),
+                      extra_b=("--copy-timeout", "3"), timeout=180)
+    try:
+        wait_event([b], "frozen")
+        lab.fault("a", "netem", "x", "loss 100%")
+        t0 = time.monotonic()
+        wait_event([b], "thawed", timeout=60)
+        took = time.monotonic() - t0
+        finish_pair(a, b)
+    finally:
+        lab.fault("a", "netem", "x", "clear")
+    assert_thawed_and_serving(b)
+    assert "COPY_TIMEOUT" in only(b, "gso")["reason"] or took < 10, b.events
+    assert not a.of("resumed")
 
 
 def test_image_larger_than_standby_region_is_refused_before_stopping(healthy_lab: Lab) -> None:
