@@ -26,7 +26,8 @@ from hsp_rdma.ha.switchover import Application, Engine
 from hsp_rdma.units import size_arg
 
 COUNTER = struct.Struct("<Q")
-INJECTIONS = ("none", "stale-marker", "no-ready", "bad-version", "bad-digest")
+INJECTIONS = ("none", "stale-marker", "no-ready", "bad-version", "bad-digest", "hold-verify")
+HOLD_VERIFY_S = 3.0  # --inject hold-verify: a window after the marker for a drill's fault
 
 
 def emit(event: str, **fields) -> None:
@@ -145,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
             eng.stale_marker_first = True
         if args.inject == "bad-digest":
             eng.corrupt_image = True
+        if args.inject == "hold-verify":
+            eng.hold_verify_s = HOLD_VERIFY_S
+        eng.on_marker = lambda value: emit("marker_seen", value=value)
         done = 0
         while done < args.runs:
             if eng.machine.serving:

@@ -180,6 +180,8 @@ class Engine:
     drop_ready: bool = False
     stale_marker_first: bool = False
     corrupt_image: bool = False  # the header carries a wrong digest: B must refuse the image
+    hold_verify_s: float = 0.0  # B waits this long after the marker before verifying
+    on_marker: Callable[[int], None] = lambda value: None  # B saw this epoch's marker
 
     # ---- set-up --------------------------------------------------------------------
     @classmethod
@@ -465,6 +467,9 @@ class Engine:
                     self.markers_ignored += 1
                 return seen
             case gso.VerifyImage(epoch=epoch, image_length=length, digest_algo=algo):
+                self.on_marker(gso.marker_value(epoch))
+                if self.hold_verify_s:
+                    time.sleep(self.hold_verify_s)
                 t0 = self.clock()
                 v = verify(self.image.buf, epoch, length, algo)
                 self._current.verify_s = self.clock() - t0

@@ -358,6 +358,7 @@ class Lab:
         }
         self._save(state)
         try:
+            self._start_fenced(state)
             for node in NODES:
                 self._start_node(node, art, state)
             return self._wait_ready(NODES, boot_timeout, progress)
@@ -374,6 +375,16 @@ class Lab:
         state["links"][node] = {f: "up" for f in FABRICS[: state["fabrics"]]}
         self._start_node(node, artefacts(self.root), state)
         return self._wait_ready((node,), boot_timeout, None)
+
+    def _start_fenced(self, state: dict[str, Any]) -> None:
+        """The lab's fence device (hsp_rdma.lab.fenced), under timeout like every QEMU."""
+        argv = ["timeout", "--kill-after=10", f"{int(state['ttl'])}s", sys.executable, "-m",
+                "hsp_rdma.lab.fenced", str(self.dir)]
+        with open(self.dir / "fenced.out", "wb") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    start_new_session=True, cwd=str(Path(__file__).parents[2]))
+        state["fenced"] = {"timeout_pid": proc.pid, "started": time.time()}
+        self._save(state)
 
     def _start_node(self, node: str, art: Artefacts, state: dict[str, Any]) -> None:
         ndir = self.node_dir(node)
@@ -612,6 +623,15 @@ class Lab:
                     deadline = time.monotonic() + 5
                     while _proc_alive(pid, str(self.dir)) and time.monotonic() < deadline:
                         time.sleep(POLL_S)
+            fpid = state.get("fenced", {}).get("timeout_pid")
+            if _proc_alive(fpid, str(self.dir)):
+                os.killpg(fpid, signal.SIGTERM)  # timeout(1) and the listener under it
+                deadline = time.monotonic() + 5
+                while _proc_alive(fpid, str(self.dir)) and time.monotonic() < deadline:
+                    time.sleep(POLL_S)
+                if _proc_alive(fpid, str(self.dir)):
+                    os.killpg(fpid, signal.SIGKILL)
+                ended.append(f"fence device (pid {fpid})")
         self._cleanup()
         return ended
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
@@ -145,6 +146,62 @@ def test_copy_timeout_fires_while_the_copy_is_stalled(healthy_lab: Lab) -> None:
     assert_thawed_and_serving(b)
     assert "COPY_TIMEOUT" in only(b, "gso")["reason"] or took < 10, b.events
     assert not a.of("resumed")
+
+
+FENCE_AGENT = f"{sys.executable} -m hsp_rdma.lab.fence_agent"
+IN_DOUBT_ARGS = ("--done-timeout", "2", "--fence-timeout", "5")
+
+
+def test_link_pulled_after_the_marker_fences_the_standby_then_the_active_resumes(
+        healthy_lab: Lab) -> None:
+    """The point of no return is the marker: after it, the active resumes only once the
+    lab's fence device has powered the standby off, never on a timer."""
+    lab = healthy_lab
+    a, b = start_pair(lab, 4 * MiB, runs=1, extra_a=("--inject", "hold-verify"),
+                      extra_b=(*IN_DOUBT_ARGS, "--fence-agent", FENCE_AGENT, "--peer-name", "a"),
+                      timeout=180)
+    try:
+        wait_event([a], "marker_seen")
+        lab.fault("b", "link", "x", "down")
+        wait_event([b], "thawed", timeout=90)
+        finish_pair(a, b, timeout=60)
+    finally:
+        lab.fault("b", "link", "x", "up")
+    g = only(b, "gso")
+    assert g["outcome"] == "fenced" and g["serving"], b.events
+    assert any("off a" in r for r in g["fence"]), g["fence"]
+    assert b.of("alarm"), "in doubt, the active raises an alarm before it fences"
+    assert only(b, "thawed")["counter"] == only(b, "frozen")["counter"]
+    assert only(b, "serving")["counter"] == only(b, "frozen")["counter"] + 1000
+    assert lab.status()["nodes"]["a"]["state"] in ("dead", "killed"), "the standby is off"
+    assert not lab.node_alive("a")
+
+
+def test_link_pulled_after_the_marker_without_a_fence_action_stays_frozen(
+        healthy_lab: Lab) -> None:
+    lab = healthy_lab
+    a, b = start_pair(lab, 4 * MiB, runs=1, extra_a=("--inject", "hold-verify"),
+                      extra_b=IN_DOUBT_ARGS, timeout=180)
+    try:
+        wait_event([a], "marker_seen")
+        lab.fault("b", "link", "x", "down")
+        deadline = time.monotonic() + 60
+        while not any("no fence action configured" in e["reason"] for e in b.of("alarm")):
+            assert time.monotonic() < deadline, f"no 'no fence action' alarm: {b.events}"
+            b.job.poll()
+            time.sleep(0.2)
+        time.sleep(6)  # more than one more fence timeout: still frozen, still alarmed
+        b.job.poll()
+        a.job.poll()
+    finally:
+        for run in (a, b):
+            run.job.kill()
+        lab.fault("b", "link", "x", "up")
+    assert not b.of("thawed") and not b.of("gso") and not b.of("serving"), b.events
+    assert all(not e["serving"] for e in b.of("alarm"))
+    assert len(b.of("alarm")) >= 2, "the alarm is raised again on every failed fence"
+    # the standby verified the image and took over: exactly one node serves
+    assert only(a, "resumed")["counter"] == only(b, "frozen")["counter"]
 
 
 def test_image_larger_than_standby_region_is_refused_before_stopping(healthy_lab: Lab) -> None:
