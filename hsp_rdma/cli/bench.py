@@ -38,6 +38,7 @@ from hsp_rdma.cli.common import (
     run_cli,
     table,
 )
+from hsp_rdma.core.profiles import MAX_QUEUE_DEPTH
 from hsp_rdma.lab import FABRICS, RDMA_KINDS, Lab
 from hsp_rdma.tools import cext_bench, gso_bench
 from hsp_rdma.tools.cext_peer import DEFAULT_PORT
@@ -78,8 +79,9 @@ def build_parser() -> Parser:
                    help="switch-overs, alternating direction")
     g.add_argument("--chunk", type=size_arg(4096, 1 << 30, "--chunk"), default=0,
                    help="RDMA Write size (default: the device's hw profile)")
-    g.add_argument("--depth", type=bounded(int, 1, 1024, "--depth"), default=0,
-                   help="writes in flight (default: the device's hw profile)")
+    g.add_argument("--depth", type=bounded(int, 1, MAX_QUEUE_DEPTH, "--depth"), default=0,
+                   help="writes in flight, at most what a VI carries besides the control "
+                        "frames (default: the device's hw profile)")
     g.add_argument("--fabric", choices=FABRICS, default="x",
                    help="the lab fabric the GSO and ib_write_bw run on")
     g.add_argument("--profiles", metavar="DIR",
@@ -175,21 +177,36 @@ def cext_lab(args: argparse.Namespace, console: Console) -> dict[str, Any]:
 def show(r: dict[str, Any], out: Console | None = None) -> None:
     """The GSO bench's tables, on OUT (this module's console unless told)."""
     out = console if out is None else out
-    t = table(f"GSO stop-and-copy vs ib_write_bw ({r['device']}, profile {r['profile']}, "
-              f"same run)", "#bytes", "chunk", "depth", "ib_write_bw [MB/sec]",
-              "stop-and-copy [MB/sec]", "ratio")
+    ref = r.get("reference_event_MBps")
+    t = table(f"GSO stop-and-copy ({r.get('mode', 'push')}) vs ib_write_bw and an "
+              f"event-driven pyverbs writer ({r['device']}, profile {r['profile']}, same run)",
+              "#bytes", "chunk", "depth", "ib_write_bw [MB/sec]", "pyverbs event [MB/sec]",
+              "stop-and-copy [MB/sec]", "ratio to ib_write_bw", "ratio to pyverbs",
+              f"goal: >= {r.get('copy_goal', 0.95)} x pyverbs")
     t.add_row(str(r["image_bytes"]), str(r["chunk"]), str(r["queue_depth"]),
-              f"{r['baseline_ib_write_bw_MBps']:.2f}", f"{r['stop_and_copy_MBps']:.2f}",
-              f"{r['ratio']:.2f}")
+              f"{r['baseline_ib_write_bw_MBps']:.2f}", f"{ref:.2f}" if ref else "-",
+              f"{r['stop_and_copy_MBps']:.2f}", f"{r['ratio']:.2f}",
+              f"{r['ratio_vs_event']:.2f}" if ref else "-",
+              goal_cell("met" if r["copy_goal_met"] else "missed", r["copy_goal_met"])
+              if ref else "- (no reference on real hosts)")
     out.print(t)
     b = r["blackout_ms"]
-    t2 = table(f"switch-over blackout over {r['runs']} runs", "t_min [msec]",
-               "t_typical [msec]", "99% [msec]", "t_max [msec]",
-               "goal: t_typical <= size/baseline + 20 [msec]", "standby verify [msec]")
+    t2 = table(f"switch-over blackout over {r['runs']} runs (standby waits for the marker: "
+               f"{r.get('marker_wait', '?')})", "t_min [msec]", "t_typical [msec]",
+               "99% [msec]", "t_max [msec]", "goal: t_typical <= copy + verify + 20 [msec]",
+               "standby verify [msec]")
     t2.add_row(f"{b['min']:.1f}", f"{b['p50']:.1f}", f"{b['p99']:.1f}", f"{b['max']:.1f}",
                goal_cell(f"{r['blackout_goal_ms']:.1f}", r["blackout_goal_met"]),
-               f"{r['verify_ms_p50']:.1f}")
+               f"{r['verify_ms_p50']:.1f}" if r["verify_ms_p50"] is not None else "-")
     out.print(t2)
+    phases = r.get("phases_ms") or {}
+    if phases:
+        t3 = table("where the time goes (per phase, over the completed runs)", "phase",
+                   "t_typical [msec]", "t_max [msec]")
+        for name in ("freeze", "copy", "marker", "await_done", "verify", "resume"):
+            if name in phases:
+                t3.add_row(name, f"{phases[name]['p50']:.2f}", f"{phases[name]['max']:.2f}")
+        out.print(t3)
     out.print(Text(f"method: {r['method']}", style="dim"))
 
 

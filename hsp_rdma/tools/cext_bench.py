@@ -40,7 +40,7 @@ LAT_GOAL = 1.2  # cext half round trip <= 1.2 x ib_send_lat t_typical
 BYTE_BUDGET = 32 << 20  # default iterations: about this much data per size (TCG is slow)
 
 
-def _cext_pair(lab, fabric: str, mode: str, size: int, depth: int, iters: int, poll: str,
+def run_writer_pair(lab, fabric: str, mode: str, size: int, depth: int, iters: int, poll: str,
                port: int, timeout: float, writer: str = "cext") -> dict[str, Any]:
     """Server role on node a, client on node b; the client's result event. WRITER "pyverbs"
     runs the event-driven pyverbs reference as the client (RDMA Write only)."""
@@ -129,10 +129,10 @@ def run_bench(lab, fabric: str = "x", sizes: tuple[int, ...] = (64 << 10, 1 << 2
                                 ("-s", str(size), "-t", str(depth), "-n", str(n)),
                                 timeout=timeout)
             step(f"{tag}cext RDMA Write {format_size(size)} x {n}, depth {depth}")
-            ours = _cext_pair(lab, fabric, "write", size, depth, n, poll, next(ports), timeout)
+            ours = run_writer_pair(lab, fabric, "write", size, depth, n, poll, next(ports), timeout)
             step(f"{tag}pyverbs event-driven RDMA Write {format_size(size)} x {n}, "
                  f"depth {depth}")
-            ref = _cext_pair(lab, fabric, "write", size, depth, n, "event", next(ports),
+            ref = run_writer_pair(lab, fabric, "write", size, depth, n, "event", next(ports),
                              timeout, writer="pyverbs")
             bw[size].append((ours["MBps"], base.row["bw_avg_MBps"], ref["MBps"]))
             notes += base.notes
@@ -141,7 +141,7 @@ def run_bench(lab, fabric: str = "x", sizes: tuple[int, ...] = (64 << 10, 1 << 2
         base = perftest.run(lab, "ib_send_lat", fabric,
                             ("-s", str(LAT_BYTES), "-n", str(lat_iters)), timeout=lat_timeout)
         step(f"{tag}cext send/receive ping-pong {LAT_BYTES} B x {lat_iters}")
-        ours = _cext_pair(lab, fabric, "lat", LAT_BYTES, depth, lat_iters, "busy", next(ports),
+        ours = run_writer_pair(lab, fabric, "lat", LAT_BYTES, depth, lat_iters, "busy", next(ports),
                           lat_timeout)
         lat.append((ours["t_typical_us"], base.row["t_typical_us"], ours))
         notes += base.notes

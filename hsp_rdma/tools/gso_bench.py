@@ -1,12 +1,16 @@
 """The GSO bench: stop-and-copy bandwidth and switch-over blackout beside ib_write_bw, same run,
 same pair, in the lab or on two real hosts (`hsp-bench gso` is its CLI).
 
-Method: ib_write_bw with the GSO's chunk size and queue depth gives the baseline; then the
-demo application switches over back and forth --runs times with a state image of --size.
-Stop-and-copy MB/s = image bytes / (first data write posted .. last completed) on the active.
-Blackout = the active's freeze .. the active's receipt of "done" (sent by the standby after
-it resumed), so it is an upper bound of the real blackout, on one clock. Goal: the median
-blackout within size / baseline bandwidth + 20 ms.
+Method: ib_write_bw with the GSO's chunk size and queue depth gives the baseline (perftest
+busy-polls); an event-driven RDMA Write reference written with pyverbs (an implementation
+independent of our bindings, asleep on its completion channel) writes the same bytes in chunks
+of the same size at the same depth (lab only); then the demo application switches over back and
+forth --runs times with a state image of --size. Stop-and-copy MB/s = image bytes / (first data
+write posted .. last completed) on the active. Blackout = the active's freeze .. the active's
+receipt of "done", which the standby sends only after its application resumed, so it is an
+upper bound of the real blackout, on one clock; the phases say where the time went (active:
+freeze, copy, marker, await_done; standby: verify, resume). Goals: copy >= 0.95 x the
+event-driven reference, and the median blackout <= median copy + median verify + 20 ms.
 """
 
 from __future__ import annotations
@@ -22,10 +26,14 @@ from typing import Any
 from hsp_rdma.core.profiles import Profile, load_profiles, pick_profile, profile_dirs
 from hsp_rdma.errors import HspError
 from hsp_rdma.lab import Lab, perftest
+from hsp_rdma.tools.cext_bench import run_writer_pair
+from hsp_rdma.tools.cext_peer import DEFAULT_PORT
 from hsp_rdma.tools.gso_pair import finish_pair, start_pair
 from hsp_rdma.units import percentile
 
-BLACKOUT_SLACK_MS = 20.0  # the goal: size / baseline bandwidth + this
+BLACKOUT_SLACK_MS = 20.0  # the goal: copy + verify + this
+REFERENCE_PORT = DEFAULT_PORT + 100  # the pyverbs reference's server (cext_peer serve) ...
+COPY_GOAL = 0.95  # the goal: copy >= this x the event-driven reference
 
 
 def _quiet(_msg: str) -> None:
@@ -55,6 +63,12 @@ def bench_gso_lab(args, step: Callable[[str], None] = _quiet,
         step(f"baseline: ib_write_bw -s {chunk} -t {depth} -n {iters}")
         base = perftest.run(lab, "ib_write_bw", args.fabric,
                             ("-s", str(chunk), "-t", str(depth), "-n", str(iters)), timeout=600)
+        step(f"reference: pyverbs event-driven RDMA Write {chunk} x {iters}, depth {depth}")
+        ref = run_writer_pair(lab, args.fabric, "write", chunk, depth, iters, "event",
+                              # ... on a port of its own per run: iWARP holds a used one a while
+                              REFERENCE_PORT + int(time.time()) % 500,
+                              timeout=60 + chunk * iters / 1e6,
+                              writer="pyverbs")
         step(f"{args.runs} GSO(s)")
         seen: list[dict] = []
 
@@ -68,7 +82,7 @@ def bench_gso_lab(args, step: Callable[[str], None] = _quiet,
                           on_event=on_event, profiles=args.profiles)
         res = finish_pair(a, b)
         return summarize(args, a.events + b.events, base.row["bw_avg_MBps"], base.retries,
-                         device, profile.name, chunk, depth,
+                         device, profile, chunk, depth, ref_bw=ref["MBps"],
                          extra=f"rc {res.rc} {res.stderr.get('a', '')[-300:]}"
                                f" {res.stderr.get('b', '')[-300:]}") | {"lab": args.lab}
     finally:
@@ -76,11 +90,16 @@ def bench_gso_lab(args, step: Callable[[str], None] = _quiet,
             lab.down()
 
 
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"p50": round(statistics.median(values), 2), "max": round(max(values), 2)}
+
+
 def summarize(args, events: list[dict], base_bw: float, base_retries: int, device: str,
-              profile: str, chunk: int, depth: int, extra: str = "",
-              expect: int | None = None) -> dict[str, Any]:
+              profile: Profile, chunk: int, depth: int, ref_bw: float | None = None,
+              extra: str = "", expect: int | None = None) -> dict[str, Any]:
     """The bench's result from gso_node events (lab and real hosts alike). EXPECT is how
-    many GSOs these events saw from the active side (on two hosts: this host's half)."""
+    many GSOs these events saw from the active side (on two hosts: this host's half).
+    REF_BW: the event-driven pyverbs reference, when it ran (lab)."""
     expect = args.runs if expect is None else expect
     gsos = [e for e in events if e["event"] == "gso" and e["role"] == "active"]
     failed = [e for e in events if e["event"] == "gso" and e["outcome"] != "completed"]
@@ -93,19 +112,34 @@ def summarize(args, events: list[dict], base_bw: float, base_retries: int, devic
     blk = [e["blackout_s"] * 1000 for e in gsos]
     verify = [e["verify_s"] * 1000 for e in events
               if e["event"] == "gso" and e["role"] == "standby"]
-    goal = round(args.size / (base_bw * (1 << 20)) * 1000 + BLACKOUT_SLACK_MS, 1)
+    phase_runs: dict[str, list[float]] = {}
+    for e in events:
+        if e["event"] == "gso" and e["outcome"] == "completed":
+            for name, ms in e.get("phases_ms", {}).items():
+                phase_runs.setdefault(name, []).append(ms)
+    copy_ms = [e["copy_s"] * 1000 for e in gsos]
+    verify_p50 = statistics.median(verify) if verify else 0.0
+    goal = round(statistics.median(copy_ms) + verify_p50 + BLACKOUT_SLACK_MS, 1)
     p50 = round(statistics.median(blk), 1)
+    poll = profile.marker_poll
     return {
+        "mode": "push",
         "state_bytes": args.size, "image_bytes": gsos[0]["image_bytes"],
         "stop_and_copy_MBps": round(copy_bw, 2),
         "baseline_ib_write_bw_MBps": base_bw,
         "ratio": round(copy_bw / base_bw, 3) if base_bw else None,
+        "reference_event_MBps": round(ref_bw, 2) if ref_bw else None,
+        "ratio_vs_event": round(copy_bw / ref_bw, 3) if ref_bw else None,
+        "copy_goal": COPY_GOAL,
+        "copy_goal_met": (copy_bw >= COPY_GOAL * ref_bw) if ref_bw else None,
         "blackout_ms": {"min": round(min(blk), 1), "p50": p50,
                         "p99": round(percentile(blk, 99), 1), "max": round(max(blk), 1)},
         "blackout_samples": len(blk),
         "blackout_goal_ms": goal, "blackout_goal_met": p50 <= goal,
-        "verify_ms_p50": round(statistics.median(verify), 1) if verify else None,
-        "runs": args.runs, "device": device, "profile": profile, "chunk": chunk,
+        "verify_ms_p50": round(verify_p50, 1) if verify else None,
+        "phases_ms": {name: _stats(v) for name, v in phase_runs.items()},
+        "marker_wait": poll.mode.value + (f" {poll.sleep_us} us" if poll.sleep_us else ""),
+        "runs": args.runs, "device": device, "profile": profile.name, "chunk": chunk,
         "queue_depth": depth, "baseline_retries": base_retries,
         "per_run": [{"epoch": e["epoch"], "copy_MBps": round(e["copy_MBps"], 2),
                      "blackout_ms": round(e["blackout_s"] * 1000, 1)} for e in gsos],
@@ -114,7 +148,8 @@ def summarize(args, events: list[dict], base_bw: float, base_retries: int, devic
 
 
 def goals_met(r: dict[str, Any]) -> bool:
-    return bool(r["blackout_goal_met"])
+    """Every goal the bench printed: the blackout's, and the copy's where a reference ran."""
+    return bool(r["blackout_goal_met"]) and r["copy_goal_met"] is not False
 
 
 def _node_argv(args, chunk: int, depth: int, serving: bool) -> list[str]:
@@ -145,9 +180,9 @@ def _run_node(argv: list[str], timeout: float) -> list[dict]:
     return events
 
 
-def _real_params(args) -> tuple[str, int, int]:
+def _real_params(args) -> tuple[Profile, int, int]:
     profile = profile_for(args.device, args.profiles)
-    return profile.name, args.chunk or profile.chunk_size, args.depth or profile.queue_depth
+    return profile, args.chunk or profile.chunk_size, args.depth or profile.queue_depth
 
 
 def bench_gso_peer(args, step: Callable[[str], None] = _quiet) -> dict[str, Any]:

@@ -89,3 +89,9 @@ def test_serve_refuses_a_lab_id(run) -> None:
 
 def test_gso_peer_needs_device_and_address(run) -> None:
     refused(run("hsp-bench", "gso", "--peer", "10.0.0.1"), "--peer needs --device and --local-ip")
+
+
+def test_gso_depth_beyond_what_a_vi_carries_is_a_usage_error(run) -> None:
+    """Refused at parse time, before a lab boots or a baseline runs (a VI's send queue holds
+    256 descriptors, shared with the control frames)."""
+    refused(run("hsp-bench", "gso", "--depth", "1024"), "--depth should be between 1 and 239")

@@ -29,7 +29,11 @@ GSO = {
     "ratio": 0.89, "runs": 5, "blackout_ms": {"min": 900.0, "p50": 950.0, "p99": 990.0,
                                               "max": 999.0},
     "blackout_goal_ms": 800.0, "blackout_goal_met": False, "verify_ms_p50": 12.0,
-    "method": "freeze .. done [ms]",
+    "method": "freeze .. done [ms]", "mode": "push", "reference_event_MBps": 22.0,
+    "ratio_vs_event": 0.83, "copy_goal": 0.95, "copy_goal_met": False,
+    "marker_wait": "yield", "phases_ms": {"freeze": {"p50": 1.5, "max": 2.0},
+                                          "copy": {"p50": 880.0, "max": 900.0},
+                                          "verify": {"p50": 12.0, "max": 13.0}},
 }
 CEXT = {
     "rounds": 2, "device": ODD, "depth": 16, "bw_poll": "busy", "notes": ["retried [1/3]"],
@@ -68,7 +72,8 @@ STATUS = {
 def test_gso_tables_keep_units_and_user_text() -> None:
     text = printed(bench.show, GSO)
     for word in ("ib_write_bw [MB/sec]", "stop-and-copy [MB/sec]", "t_min [msec]",
-                 "t_typical [msec]", "99% [msec]", "goal: t_typical <= size/baseline + 20 [msec]",
+                 "t_typical [msec]", "99% [msec]", "goal: t_typical <= copy + verify + 20 [msec]",
+                 "pyverbs event [MB/sec]", "t_max [msec]",
                  ODD, "method: freeze .. done [ms]"):
         assert word in text, word
 

@@ -64,7 +64,7 @@ def test_json_shape_and_ratios(monkeypatch: pytest.MonkeyPatch) -> None:
                 "t_max_us": 2000.0}
 
     monkeypatch.setattr(perftest, "run", fake_perftest)
-    monkeypatch.setattr(bench, "_cext_pair", fake_pair)
+    monkeypatch.setattr(bench, "run_writer_pair", fake_pair)
     r = json.loads(json.dumps(bench.run_bench(_FakeLab(), sizes=(65536, 1 << 20), rounds=3)))
     assert [row["bytes"] for row in r["write_bw"]] == [65536, 1 << 20]
     row = r["write_bw"][0]

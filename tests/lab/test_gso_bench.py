@@ -1,0 +1,35 @@
+"""The GSO bench in the lab on rxe and siw: a tiny run reports the stop-and-copy beside
+ib_write_bw and the event-driven pyverbs reference with ratios that are what the figures say,
+every phase of the switch-over, and goals that follow from the printed numbers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from hsp_rdma.lab import Lab
+from hsp_rdma.tools import gso_bench
+
+pytestmark = pytest.mark.lab
+
+
+def test_tiny_gso_bench_reports_both_references_and_the_phases(lab: Lab) -> None:
+    args = argparse.Namespace(lab=lab.info()["rdma"], lab_id=lab.lab_id, size=2 << 20, runs=2,
+                              chunk=0, depth=0, fabric="x", keep=True, profiles=None)
+    r = json.loads(json.dumps(gso_bench.bench_gso_lab(args)))
+    assert r["mode"] == "push" and r["runs"] == 2 and len(r["per_run"]) == 2
+    copy, base, ref = (r["stop_and_copy_MBps"], r["baseline_ib_write_bw_MBps"],
+                       r["reference_event_MBps"])
+    assert min(copy, base, ref) > 0
+    assert r["ratio"] == pytest.approx(copy / base, rel=0.01)
+    assert r["ratio_vs_event"] == pytest.approx(copy / ref, rel=0.01)
+    assert r["copy_goal_met"] == (copy >= gso_bench.COPY_GOAL * ref)
+    ph = r["phases_ms"]
+    assert {"freeze", "copy", "marker", "await_done", "verify", "resume"} <= set(ph)
+    assert all(0 <= p["p50"] <= p["max"] for p in ph.values())
+    blk = r["blackout_ms"]
+    assert blk["min"] == min(run["blackout_ms"] for run in r["per_run"])
+    assert r["blackout_goal_met"] == (blk["p50"] <= r["blackout_goal_ms"])
+    assert r["marker_wait"] == "yield" and r["profile"] == args.lab
