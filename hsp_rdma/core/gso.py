@@ -32,7 +32,24 @@ every fabric it goes IN_DOUBT (alarm raised, Cancel sent as a question), then fe
 resumes active only on B's Abort (B committed to standby) or on FenceConfirmed (B is down,
 and the epoch is raised so B's late messages are stale); it becomes standby on B's Done or
 on a heart beat saying B is active in this epoch. B never sends both Done and Abort for one
-epoch, and answers every Cancel with the one it committed to.
+epoch, and answers every Cancel with the one it committed to. B sends Done only after its
+application resumed, so A's freeze to its receipt of Done bounds the blackout.
+
+Fencing is timed: a fence action that does not answer within ``Timeouts.fence`` counts as
+failed (A stays in doubt, asks B again, fences again later), so a hung fence keeps the alarm
+up and never lets A resume. Safety after the marker rests on the fence telling the truth, as
+in every HA stack (Pacemaker's STONITH included): a fence that confirms while B still runs
+makes two actives, and no rule of this machine can prevent it, because A fences exactly when
+B cannot be heard. A FenceConfirmed that lies is the fence's bug; the explorer shows it. The
+split brain shows once a heart beat crosses: the active of the older epoch meets PeerActive
+of a newer one, which no row accepts (IllegalTransition, an alarm); stopping there would only
+shorten the split brain, not prevent it.
+
+Restarts. A node that restarts comes back as a standby with the ``epoch`` and ``seen`` it
+persisted (``GsoMachine.standby(epoch, ..., seen=seen)``): the Start-GSO, Done and marker of
+any epoch it saw are stale to it. It joins as a new session: the peer destroys the old
+session's queue pairs before it accepts the new one, so nothing the node sent before it
+went down arrives after it came back.
 """
 
 from __future__ import annotations
@@ -140,7 +157,11 @@ class Ready(Event):
 
 @dataclass(frozen=True, slots=True)
 class Done(Event):
-    """B → A: B verified the image and resumed as active."""
+    """B → A: B verified the image and resumed as active.
+
+    Sent only after the resume, so A's freeze to its receipt of Done is an upper bound of
+    the blackout.
+    """
 
     epoch: int
 
@@ -490,6 +511,8 @@ _ENTER_DOUBT = (
     _e(Op.SEND_CANCEL, R.IN_DOUBT),
     _e(Op.ARM, Timer.FENCE),
 )
+# B is down (the fence took it): the epoch goes up, so whatever B sent is stale.
+_FENCED = (_e(Op.CLEAR_ALARM),) + _RESUME_A + (_e(Op.NOTIFY, Outcome.FENCED), _e(Op.PROMOTE))
 _B_ABORTS_AFTER_READY = (_e(Op.RESUME_STANDBY_RESYNC),) + _ABORTED
 # A Start-GSO of a newer epoch while this node is in a GSO: refused, nothing stops. (After
 # the marker, A can meet B's switch-back request before B's Done.)
@@ -552,16 +575,26 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
             On.ABORT: (S.NORMAL_ACTIVE, (_e(Op.CLEAR_ALARM),) + _RESUME_A + _ABORTED),
             On.DONE: (S.NORMAL_STANDBY, (_e(Op.CLEAR_ALARM),) + _TO_STANDBY),
             On.PEER_ACTIVE: (S.NORMAL_STANDBY, (_e(Op.CLEAR_ALARM),) + _TO_STANDBY),
-            On.TICK_EXPIRED: (S.FENCING, (_e(Op.FENCE_PEER),)),
+            # The fence timer counts from this feed's ``now`` whichever order: effects are
+            # applied before the driver runs any action. ARM comes last, as in every row that
+            # arms one: the action, then the deadline that bounds it.
+            On.TICK_EXPIRED: (S.FENCING, (_e(Op.FENCE_PEER), _e(Op.ARM, Timer.FENCE))),
+            # The late answer of a fence attempt that timed out. Confirmed: B is down whichever
+            # attempt took it (FenceConfirmed's contract), so resuming is as safe as in
+            # FENCING, and waiting to fence again would only keep every node frozen for
+            # nothing. Failed: changes nothing; the fence timer is armed and decides.
+            On.FENCE_CONFIRMED: (S.NORMAL_ACTIVE, _FENCED),
             On.REQUEST_GSO: (_IGNORE, _REFUSE),
             **_BUSY,
-            **_ignore(On.CANCEL_AHEAD, On.READY, On.TICK, On.ALL_FABRICS_LOST),
+            **_ignore(On.CANCEL_AHEAD, On.READY, On.FENCE_FAILED, On.TICK, On.ALL_FABRICS_LOST),
         }),
-        # B is being taken down: its Done no longer counts; its Abort still does.
+        # B is being taken down: its Done no longer counts; its Abort still does. A fence that
+        # does not answer in time counts as failed: in doubt again (alarm still up), ask B
+        # again, fence again when the timer passes; never resume on a timer.
         S.FENCING: _steps(S.FENCING, {
-            On.FENCE_CONFIRMED: (S.NORMAL_ACTIVE, (_e(Op.CLEAR_ALARM),) + _RESUME_A
-                                 + (_e(Op.NOTIFY, Outcome.FENCED), _e(Op.PROMOTE))),
+            On.FENCE_CONFIRMED: (S.NORMAL_ACTIVE, _FENCED),
             On.FENCE_FAILED: (S.IN_DOUBT, _ENTER_DOUBT[1:]),
+            On.TICK_EXPIRED: (S.IN_DOUBT, _ENTER_DOUBT[1:]),
             On.ABORT: (S.NORMAL_ACTIVE, (_e(Op.CLEAR_ALARM),) + _RESUME_A + _ABORTED),
             On.REQUEST_GSO: (_IGNORE, _REFUSE),
             **_BUSY,
@@ -580,9 +613,13 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
             On.CANCEL_AHEAD: (_IGNORE, (_e(Op.ADOPT), _e(Op.SEND_ABORT, R.CANCELLED))),
             On.REQUEST_GSO: (_IGNORE, _REFUSE),
             # Late arrivals of a finished epoch (this node was A and completed, or B and aborted),
-            # and the active's heart beats.
-            **_ignore(On.START_GSO_DUP, On.READY, On.DONE, On.QUIESCED, On.MARKER_OURS,
-                      On.MARKER_OTHER, On.IMAGE_OK, On.IMAGE_BAD, On.PEER_ACTIVE, On.TICK,
+            # and the active's heart beats. As A in doubt, this node may have taken B's Done
+            # while a fence attempt that timed out still ran: its answer comes now (if it took
+            # B down, the active is gone: the Monitor's failover, not the GSO's). Abort: this
+            # node was A, went down, and restarted as standby before B's Abort came.
+            **_ignore(On.START_GSO_DUP, On.READY, On.DONE, On.ABORT, On.QUIESCED,
+                      On.MARKER_OURS, On.MARKER_OTHER, On.IMAGE_OK, On.IMAGE_BAD,
+                      On.FENCE_CONFIRMED, On.FENCE_FAILED, On.PEER_ACTIVE, On.TICK,
                       On.ALL_FABRICS_LOST),
         }),
         S.START_GSO: _steps(S.START_GSO, {
@@ -610,7 +647,9 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
                       On.ALL_FABRICS_LOST),
         }),
         S.VERIFYING: _steps(S.VERIFYING, {
-            On.IMAGE_OK: (S.NORMAL_ACTIVE, (_e(Op.SEND_DONE), _e(Op.RESUME_AS_ACTIVE),
+            # Done leaves only after the application resumed: A's freeze to its receipt of
+            # Done then bounds the blackout.
+            On.IMAGE_OK: (S.NORMAL_ACTIVE, (_e(Op.RESUME_AS_ACTIVE), _e(Op.SEND_DONE),
                                             _e(Op.NOTIFY, Outcome.COMPLETED))),
             On.IMAGE_BAD: (S.NORMAL_STANDBY, (_e(Op.SEND_ABORT, R.DIGEST_MISMATCH),)
                            + _B_ABORTS_AFTER_READY),
@@ -630,12 +669,17 @@ ROLE_OF: dict[GsoState, Role] = {
 # The node runs the application as the active: A until it stops for the copy, B after IRET.
 SERVING = frozenset({S.NORMAL_ACTIVE, S.PRE_GSO})
 ALARMED = frozenset({S.IN_DOUBT, S.FENCING})
-TIMED = frozenset({S.PRE_GSO, S.COPYING, S.AWAIT_DONE, S.IN_DOUBT, S.START_GSO, S.GSO_INTERRUPT})
+TIMED = frozenset({S.PRE_GSO, S.COPYING, S.AWAIT_DONE, S.IN_DOUBT, S.FENCING, S.START_GSO,
+                   S.GSO_INTERRUPT})
 
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    """Deadline lengths in seconds. B's ``gso`` should exceed A's ``ready + copy``."""
+    """Deadline lengths in seconds. B's ``gso`` should exceed A's ``ready + copy``.
+
+    ``fence`` is both how long A waits in doubt before it fences and how long it gives the
+    fence action to answer.
+    """
 
     ready: float = 0.5
     copy: float = 10.0
@@ -647,6 +691,15 @@ class Timeouts:
         for name in ("ready", "copy", "done", "fence", "gso"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"timeout {name} should be > 0 s, got {getattr(self, name)}")
+
+
+def _seen(epoch: int, seen: int | None) -> int:
+    if seen is None:
+        return epoch
+    if seen < epoch:
+        raise ValueError(f"seen epoch {seen} is below the current epoch {epoch}; "
+                         "pass the values persisted together")
+    return seen
 
 
 _EPOCHED = (StartGso, Ready, Done, Abort, Cancel, Quiesced, CopyComplete, CopyFailed,
@@ -665,7 +718,8 @@ class GsoMachine:
 
     ``region_size`` is the size of this node's registered state region (checked when it is
     the target); ``epoch`` the GSO this node is in or last took part in, ``seen`` the highest
-    epoch it started, joined or refused (persist both across restarts).
+    epoch it started, joined or refused (persist both across restarts, and pass both back to
+    ``active`` or ``standby`` when the node restarts).
     """
 
     state: GsoState
@@ -681,16 +735,23 @@ class GsoMachine:
     broken: IllegalTransition | None = None
 
     @classmethod
-    def active(cls, epoch: int = 0, region_size: int = 0,
-               timeouts: Timeouts | None = None) -> GsoMachine:
-        """A node serving as active, at ``epoch``."""
-        return cls(S.NORMAL_ACTIVE, epoch, region_size, timeouts or Timeouts(), epoch, epoch)
+    def active(cls, epoch: int = 0, region_size: int = 0, timeouts: Timeouts | None = None,
+               *, seen: int | None = None) -> GsoMachine:
+        """A node serving as active, at ``epoch``; ``seen`` (default ``epoch``) as persisted."""
+        return cls(S.NORMAL_ACTIVE, epoch, region_size, timeouts or Timeouts(),
+                   _seen(epoch, seen), epoch)
 
     @classmethod
-    def standby(cls, epoch: int = 0, region_size: int = 0,
-                timeouts: Timeouts | None = None) -> GsoMachine:
-        """A standby node whose registered state region holds ``region_size`` bytes."""
-        return cls(S.NORMAL_STANDBY, epoch, region_size, timeouts or Timeouts(), epoch)
+    def standby(cls, epoch: int = 0, region_size: int = 0, timeouts: Timeouts | None = None,
+                *, seen: int | None = None) -> GsoMachine:
+        """A standby node whose registered state region holds ``region_size`` bytes.
+
+        A node that restarts passes the ``epoch`` and ``seen`` it persisted, so that nothing
+        of an epoch it already saw (a late Start-GSO, Done, or a marker) can start or
+        complete a GSO on it.
+        """
+        return cls(S.NORMAL_STANDBY, epoch, region_size, timeouts or Timeouts(),
+                   _seen(epoch, seen))
 
     @property
     def role(self) -> Role:

@@ -94,7 +94,8 @@ def test_happy_path_fig3():
     assert a.feed(CopyComplete(5), 0.5) == [WriteMarker(marker_value(5))]
     assert b.feed(MarkerSeen(marker_value(5)), 0.6) == [VerifyImage(5, 1000, start.digest_algo)]
     acts = b.feed(ImageVerified(5, True), 0.7)
-    assert acts == [SendMessage(Done(5)), ResumeAsActive(5), Notify(Outcome.COMPLETED, 5)]
+    # Done leaves only after the application resumed: A's freeze to Done bounds the blackout.
+    assert acts == [ResumeAsActive(5), SendMessage(Done(5)), Notify(Outcome.COMPLETED, 5)]
     assert a.feed(Done(5), 0.8) == [RestartAsStandby(5), Notify(Outcome.COMPLETED, 5)]
     assert (a.state, b.state) == (GsoState.NORMAL_STANDBY, GsoState.NORMAL_ACTIVE)
     assert (a.role, b.role) == (Role.STANDBY, Role.ACTIVE)
@@ -211,6 +212,103 @@ def test_in_doubt_then_fence_then_resume_with_a_new_epoch():
     assert a.serving and a.epoch == 6  # a promotion raises the epoch
     assert a.feed(Done(5), 9.6) == [] and a.stale_ignored == 1
 
+
+
+def in_doubt(a: GsoMachine, b: GsoMachine) -> None:
+    """A wrote the marker of epoch 5, B's Done never came: A in doubt at t=2.5 (fence 3 s)."""
+    to_copying(a, b)
+    a.feed(CopyComplete(5), 0.5)
+    a.feed(Tick(), 2.5)
+    assert a.state is GsoState.IN_DOUBT
+
+
+def test_a_fence_that_never_answers_keeps_a_in_doubt_and_asks_again():
+    a, b = pair()
+    in_doubt(a, b)
+    assert a.feed(Tick(), 5.5) == [FencePeer(5)]
+    assert a.state is GsoState.FENCING and a.deadline == 8.5
+    assert a.feed(Tick(), 8.4) == []
+    # The fence hangs: its deadline counts as a failure, the alarm stays up, B is asked again.
+    acts = a.feed(Tick(), 8.5)
+    assert acts == [SendMessage(Cancel(5, AbortReason.IN_DOUBT))]
+    assert a.state is GsoState.IN_DOUBT and a.alarmed and not a.serving
+    # And so on, for as long as nothing answers: fence, time out, ask, never resume on a timer.
+    now = 8.5
+    for _ in range(3):
+        now += 3
+        assert a.feed(Tick(), now) == [FencePeer(5)]
+        now += 3
+        assert sent(a.feed(Tick(), now)) == [Cancel(5, AbortReason.IN_DOUBT)]
+        assert a.alarmed and not a.serving
+    # B's Abort still lets A resume.
+    acts = a.feed(Abort(5, AbortReason.CANCELLED), now + 0.1)
+    assert acts[:2] == [ClearAlarm(), ResumeApplication()] and a.serving
+
+
+def test_late_fence_confirmation_in_doubt_resumes_with_a_new_epoch():
+    a, b = pair()
+    in_doubt(a, b)
+    a.feed(Tick(), 5.5)  # fence attempt 1
+    a.feed(Tick(), 8.5)  # it times out: in doubt again
+    # A late failure of attempt 1 changes nothing: the fence timer still decides.
+    assert a.feed(FenceFailed(5, "late"), 9.0) == [] and a.state is GsoState.IN_DOUBT
+    assert a.feed(Tick(), 11.5) == [FencePeer(5)]  # the deadline armed at 8.5 still holds
+    a.feed(Tick(), 14.5)
+    # Attempt 2's confirmation arrives late, in doubt: B is down all the same.
+    acts = a.feed(FenceConfirmed(5), 15.0)
+    assert acts == [ClearAlarm(), ResumeApplication(), Notify(Outcome.FENCED, 5)]
+    assert a.serving and not a.alarmed and a.epoch == 6 and a.deadline is None
+    assert a.feed(FenceConfirmed(5), 15.1) == []  # a third, later answer is stale
+
+
+def test_late_fence_answer_after_b_answered_done_is_ignored():
+    a, b = pair()
+    in_doubt(a, b)
+    a.feed(Tick(), 5.5)
+    a.feed(Tick(), 8.5)  # fence attempt timed out, still running somewhere
+    acts = a.feed(Done(5), 8.6)  # B resumed after all
+    assert ClearAlarm() in acts and RestartAsStandby(5) in acts
+    # The hung attempt answers now; this node is B's standby: nothing more to do here (if the
+    # fence took B down, the failover's detector sees it).
+    assert a.feed(FenceConfirmed(5), 9.0) == [] and a.state is GsoState.NORMAL_STANDBY
+    assert a.feed(FenceFailed(5), 9.1) == [] and a.stale_ignored == 0
+
+
+def test_a_lying_fence_shows_as_a_protocol_violation_once_a_heart_beat_crosses():
+    # The fence confirmed while B still ran: A resumed in epoch 6, B serves since epoch 5.
+    a, b = pair()
+    in_doubt(a, b)
+    b.feed(MarkerSeen(marker_value(5)), 2.6)
+    b.feed(ImageVerified(5, True), 2.7)  # Done lost
+    a.feed(Tick(), 5.5)
+    a.feed(FenceConfirmed(5), 6.0)
+    assert a.serving and b.serving and (a.active_since, b.active_since) == (6, 5)
+    assert a.feed(PeerActive(5), 6.2) == []  # B's beats are stale to A
+    with pytest.raises(IllegalTransition, match="PeerActive .* in state NORMAL_ACTIVE"):
+        b.feed(PeerActive(6), 6.3)
+
+def test_restarted_standby_keeps_its_persisted_epochs():
+    # B joined GSO 5, went down, came back with what it persisted: epoch 5, seen 6 (it had
+    # refused a Start-GSO of epoch 6 as busy).
+    b = GsoMachine.standby(5, REGION, T, seen=6)
+    assert (b.state, b.epoch, b.seen) == (GsoState.NORMAL_STANDBY, 5, 6)
+    for stale in (StartGso(5, 10), StartGso(6, 10), Done(5), Ready(5), Quiesced(5),
+                  MarkerSeen(marker_value(5)), Abort(5, AbortReason.GSO_TIMEOUT)):
+        assert b.feed(stale, 1) == [], stale
+        assert b.state is GsoState.NORMAL_STANDBY and not b.serving
+    # A's question about epoch 5 gets an honest answer: this node will never resume for it.
+    assert sent(b.feed(Cancel(5, AbortReason.IN_DOUBT), 1)) == [Abort(5, AbortReason.CANCELLED)]
+    # The next GSO goes above everything it saw.
+    assert b.feed(StartGso(7, 10), 2) == [StopActivity(), ZeroMarker()]
+    assert b.epoch == b.seen == 7
+
+
+def test_a_restarted_node_cannot_forget_an_epoch():
+    with pytest.raises(ValueError, match="seen epoch 3 is below the current epoch 5"):
+        GsoMachine.standby(5, REGION, seen=3)
+    a = GsoMachine.active(5, REGION, seen=8)
+    (start,) = sent(a.feed(RequestGso(10, REGION), 0))
+    assert start.epoch == 9 and a.active_since == 5
 
 def test_b_marker_timeout_aborts_and_returns_to_standby():
     a, b = pair()
