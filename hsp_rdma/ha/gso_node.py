@@ -26,7 +26,8 @@ from hsp_rdma.ha.switchover import Application, Engine
 from hsp_rdma.units import size_arg
 
 COUNTER = struct.Struct("<Q")
-INJECTIONS = ("none", "stale-marker", "no-ready", "bad-version", "bad-digest", "hold-verify")
+INJECTIONS = ("none", "stale-marker", "no-ready", "bad-version", "bad-digest", "hold-verify",
+              "replay-old-start")
 HOLD_VERIFY_S = 3.0  # --inject hold-verify: a window after the marker for a drill's fault
 
 
@@ -101,6 +102,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fence-opt", metavar="KEY=VALUE", action="append", default=[],
                    help="an option line for the fence agent (repeatable), e.g. ip=10.0.0.9")
     p.add_argument("--peer-name", help="the peer's name for the fence agent's plug=")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="persist the GSO epochs here (fsync'd before they are acted on)")
     p.add_argument("--profiles", metavar="DIR",
                    help="a directory of hw profiles searched before the installed ones")
     p.add_argument("--ready-timeout", type=float, default=2.0)
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                       timeouts=timeouts, app=Application(freeze=app.freeze, thaw=app.thaw,
                                                          resume=app.resume),
                       chunk_size=args.chunk, queue_depth=args.depth, fence=fence,
-                      peer_name=args.peer_name)
+                      peer_name=args.peer_name, state_dir=args.state_dir)
     eng.on_alarm = lambda why: emit("alarm", reason=why, serving=eng.machine.serving)
     eng.digest_algo = (gso.DigestAlgo.CRC32 if args.digest == "crc32"
                        else gso.DigestAlgo.BLAKE2B_256)
@@ -139,13 +142,16 @@ def main(argv: list[str] | None = None) -> int:
             eng.hello_version = 99
         hello = eng.connect(args.local_ip, args.peer_ip)
         emit("connected", profile=profile.name, chunk=eng.chunk_size, depth=eng.queue_depth,
-             peer_region=hello.region_size, serving=eng.machine.serving)
+             peer_region=hello.region_size, serving=eng.machine.serving,
+             epoch=eng.machine.epoch, seen=eng.machine.seen)
         if args.inject == "no-ready":
             eng.drop_ready = True
         if args.inject == "stale-marker":
             eng.stale_marker_first = True
         if args.inject == "bad-digest":
             eng.corrupt_image = True
+        if args.inject == "replay-old-start":
+            eng.replay_stale_first = True
         if args.inject == "hold-verify":
             eng.hold_verify_s = HOLD_VERIFY_S
         eng.on_marker = lambda value: emit("marker_seen", value=value)

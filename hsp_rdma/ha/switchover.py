@@ -32,6 +32,7 @@ from hsp_rdma.core.profiles import MAX_QUEUE_DEPTH, PollMode, Profile
 from hsp_rdma.errors import ConfigError, FrameError, HspError
 from hsp_rdma.ha.fence import FenceAgent
 from hsp_rdma.ha.image import HEADER_SPACE, StateImage, verify
+from hsp_rdma.ha.persist import Epochs, EpochStore
 
 DISCRIMINATOR = b"hsp-gso"
 CTL_SLOTS = 16  # receive descriptors kept posted: one per possible in-flight control frame
@@ -162,6 +163,8 @@ class Engine:
     fence: FenceAgent | None = None  # the fence action for the peer (none: alarm, no promote)
     peer_name: str | None = None  # the peer's name for the fence action's plug=
     on_alarm: Callable[[str], None] = lambda why: None
+    store: EpochStore | None = None  # epochs persisted before the actions that use them
+    _persisted: Epochs | None = None
     _current: GsoReport | None = None
     _send_seq: int = 0
     _recv_slots: deque = field(default_factory=deque)
@@ -181,6 +184,7 @@ class Engine:
     stale_marker_first: bool = False
     corrupt_image: bool = False  # the header carries a wrong digest: B must refuse the image
     hold_verify_s: float = 0.0  # B waits this long after the marker before verifying
+    replay_stale_first: bool = False  # A replays its last Start-GSO and marker first
     on_marker: Callable[[int], None] = lambda value: None  # B saw this epoch's marker
 
     # ---- set-up --------------------------------------------------------------------
@@ -189,8 +193,13 @@ class Engine:
              serving: bool, epoch: int = 0, timeouts: gso.Timeouts | None = None,
              app: Application | None = None, chunk_size: int = 0,
              queue_depth: int = 0, fence: FenceAgent | None = None,
-             peer_name: str | None = None) -> Engine:
-        """Open DEVICE and register the state buffer, the marker and the control slots."""
+             peer_name: str | None = None, state_dir: str | None = None) -> Engine:
+        """Open DEVICE and register the state buffer, the marker and the control slots.
+        STATE_DIR: where the epochs persist; a node restarted with the same directory
+        continues from what it saw, so nothing of an earlier epoch can start or complete
+        a GSO on it."""
+        store = EpochStore(state_dir) if state_dir else None
+        saved = store.load() if store else None
         depth = queue_depth or profile.queue_depth
         if not 1 <= depth <= MAX_QUEUE_DEPTH:
             raise ConfigError(f"queue depth {depth} should be between 1 and {MAX_QUEUE_DEPTH} "
@@ -215,14 +224,15 @@ class Engine:
             via.VipCloseNic(nic)
             raise
         machine_cls = gso.GsoMachine.active if serving else gso.GsoMachine.standby
-        machine = machine_cls(epoch=epoch, region_size=image.capacity,
-                              timeouts=timeouts or gso.Timeouts())
+        machine = machine_cls(epoch=saved.epoch if saved else epoch, region_size=image.capacity,
+                              timeouts=timeouts or gso.Timeouts(),
+                              seen=saved.seen if saved else None)
         return cls(nic=nic, vi=vi, ptag=ptag, image=image, image_handle=image_handle,
                    marker_buf=marker, marker_handle=marker_handle, src_marker=src_marker,
                    src_marker_handle=src_marker_handle, ctl_buf=ctl, ctl_handle=ctl_handle,
                    machine=machine, profile=profile, app=app or Application(),
                    chunk_size=chunk_size or profile.chunk_size, queue_depth=depth,
-                   fence=fence, peer_name=peer_name)
+                   fence=fence, peer_name=peer_name, store=store, _persisted=saved)
 
     def _post_recv(self, slot: int) -> None:
         d = via.VipDescriptor(segments=[via.DataSegment(
@@ -404,13 +414,21 @@ class Engine:
             raise gso.GsoRefused(f"GSO refused: the link to the peer is gone ({self.link_error})")
         # The blob is padded to its reserved size, so the length is known before the freeze.
         length = HEADER_SPACE + self.image.pmem_size + self.image.blob_capacity
+        if self.replay_stale_first and self.machine.seen:
+            # A drill: the last epoch's Start-GSO and marker arrive again, late, before the
+            # new GSO; a standby that persisted its epochs must ignore both.
+            old = self.machine.seen
+            self._current = GsoReport(old, "", "active")
+            self._send(gso.StartGso(old, length, self.digest_algo))
+            self._write_marker(gso.marker_value(old))
+            self._current = None
         self._feed(gso.RequestGso(image_length=length, peer_region_size=hello.region_size,
                                   peer_version=hello.version, digest_algo=self.digest_algo))
 
     def _feed(self, event: gso.Event) -> None:
         """Feed EVENT and carry out every action, in order, to the end of the list: an I/O
         failure inside one action is remembered and fed as AllFabricsLost afterwards."""
-        pending = deque(self.machine.feed(event, self.clock()))
+        pending = deque(self._machine_feed(event))
         while pending:
             action = pending.popleft()
             try:
@@ -419,10 +437,21 @@ class Engine:
                 self._lose_link(f"{type(action).__name__}: {exc}")
                 follow = None
             if follow is not None:
-                pending.extend(self.machine.feed(follow, self.clock()))
+                pending.extend(self._machine_feed(follow))
         if self.link_error and not self._lost_fed:
             self._lost_fed = True
             self._feed(gso.AllFabricsLost())
+
+    def _machine_feed(self, event: gso.Event) -> list[gso.Action]:
+        """The machine's actions for EVENT, with its epochs persisted before any runs."""
+        actions = self.machine.feed(event, self.clock())
+        if self.store is not None:
+            m = self.machine
+            now = Epochs(m.epoch, m.seen, m.active_since)
+            if now != self._persisted:
+                self.store.save(now)
+                self._persisted = now
+        return actions
 
     def _execute(self, action: gso.Action) -> gso.Event | None:
         now = self.clock()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -204,6 +205,30 @@ def test_link_pulled_after_the_marker_without_a_fence_action_stays_frozen(
     assert only(a, "resumed")["counter"] == only(b, "frozen")["counter"]
 
 
+def test_restarted_nodes_keep_their_epochs_and_ignore_a_replayed_old_gso(healthy_lab: Lab,
+                                                                         tmp_path) -> None:
+    """Both nodes persist their epochs (--state-dir) and are restarted after GSO 1. The
+    active then replays GSO 1's Start-GSO and marker, late, before GSO 2: the restarted
+    standby, which remembers it saw epoch 1, ignores both, and GSO 2 completes."""
+    # a path per node; what a guest writes there stays in its own overlay (its "disk")
+    dirs = {n: str(tmp_path / n) for n in "ab"}
+    first = run_pair(healthy_lab, 1 * MiB, runs=1, extra_a=("--state-dir", dirs["a"]),
+                     extra_b=("--state-dir", dirs["b"]))
+    assert only(first.standby, "gso")["outcome"] == "completed", first.standby.events
+    res = run_pair(healthy_lab, 1 * MiB, runs=1, extra_a=("--state-dir", dirs["a"]),
+                   extra_b=("--state-dir", dirs["b"], "--inject", "replay-old-start"))
+    a, b = res.standby, res.active
+    assert res.rc == {"a": 0, "b": 0}, res.stderr
+    assert only(a, "connected")["seen"] == 1, "the restarted standby remembers epoch 1"
+    # One GSO on a, epoch 2, completed. A standby that forgot epoch 1 would have started the
+    # replayed GSO 1 (stopped, zeroed its marker, sent Ready) and refused GSO 2 as busy.
+    g = only(a, "gso")
+    assert g["epoch"] == 2 and g["outcome"] == "completed"
+    assert pmem_crc(a, "standby", 2) == pmem_crc(b, "active", 2)
+    saved = healthy_lab.exec("a", ["cat", f"{dirs['a']}/gso-epoch.json"], check=True)
+    assert json.loads(saved.stdout)["epoch"] == json.loads(saved.stdout)["seen"] == 2
+
+
 def test_image_larger_than_standby_region_is_refused_before_stopping(healthy_lab: Lab) -> None:
     a, b = start_pair(healthy_lab, 2 * MiB, runs=1, extra_a=("--pmem", str(1 * MiB)))
     res = finish_pair(a, b, timeout=60)
@@ -221,8 +246,6 @@ def test_peer_with_another_protocol_version_is_refused(healthy_lab: Lab) -> None
 
 def test_bench_on_two_hosts_serve_and_peer(healthy_lab: Lab) -> None:
     """hsp-bench's real-host mode, on the lab's two nodes as the two hosts."""
-    import json
-    import sys
 
     info = healthy_lab.info()
     a, b = info["a"]["x"], info["b"]["x"]
