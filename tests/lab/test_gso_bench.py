@@ -32,4 +32,4 @@ def test_tiny_gso_bench_reports_both_references_and_the_phases(lab: Lab) -> None
     blk = r["blackout_ms"]
     assert blk["min"] == min(run["blackout_ms"] for run in r["per_run"])
     assert r["blackout_goal_met"] == (blk["p50"] <= r["blackout_goal_ms"])
-    assert r["marker_wait"] == "yield" and r["profile"] == args.lab
+    assert r["marker_wait"] == "sleep 1000 us" and r["profile"] == args.lab
