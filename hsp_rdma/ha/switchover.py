@@ -650,7 +650,10 @@ class Engine:
                     self._feed(done)
                 msg = self._receive(0, block=False)  # the standby's Abort, mid-copy
             else:
-                done = self._reap()
+                # A marker in flight: wait for its completion first (it comes before "done"),
+                # so the marker and await_done phases are measured apart.
+                marker = any(p.what == "marker" for p in self._posted)
+                done = self._reap(tick_ms if marker else 0)
                 if done is not None:
                     self._feed(done)
                 if self.link_up:
