@@ -63,6 +63,9 @@ class PollMode(enum.Enum):
     BUSY = "busy"  # spin: fine when the NIC, not the CPU, moves the data
     YIELD = "yield"  # sched_yield between looks: soft devices on one vCPU
     SLEEP = "sleep"  # sleep ``sleep_us`` between looks
+    # asleep on the receive completion channel: after the marker, A sends a zero-length
+    # message (the doorbell) on the same queue pair; B looks at the word when it rings
+    DOORBELL = "doorbell"
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +179,7 @@ def _check_bool(value: Any) -> bool | None:
 def _check_poll(value: Any) -> MarkerPoll | None:
     if not isinstance(value, str):
         return None
-    if value in ("busy", "yield"):
+    if value in ("busy", "yield", "doorbell"):
         return MarkerPoll(PollMode(value))
     sleep = _SLEEP.match(value)
     if sleep and 1 <= int(sleep.group(1)) <= MAX_SLEEP_US:
@@ -199,7 +202,8 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "chunk_size": _int_in(4096, 1 << 30),
     "queue_depth": _int_in(1, MAX_QUEUE_DEPTH),
     "rdma_read": (_check_bool, "true or false"),
-    "marker_poll": (_check_poll, f'"busy", "yield" or "sleep_us:N", N from 1 to {MAX_SLEEP_US}'),
+    "marker_poll": (_check_poll, (f'"busy", "yield", "doorbell" or "sleep_us:N", N from 1 '
+                                  f'to {MAX_SLEEP_US}')),
     "completion_wait": (lambda v: v if v in ("busy", "event") else None, '"busy" or "event"'),
     "notes": (_check_notes, "a string"),
 }

@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         hello = eng.connect(args.local_ip, args.peer_ip)
         emit("connected", profile=profile.name, chunk=eng.chunk_size, depth=eng.queue_depth,
              peer_region=hello.region_size, serving=eng.machine.serving,
-             epoch=eng.machine.epoch, seen=eng.machine.seen)
+             epoch=eng.machine.epoch, seen=eng.machine.seen,
+             marker_wait=profile.marker_poll.mode.value)
         if args.inject == "no-ready":
             eng.drop_ready = True
         if args.inject == "stale-marker":

@@ -43,6 +43,7 @@ MARKER = struct.Struct("<Q")
 if MAX_QUEUE_DEPTH + CTL_SLOTS + 1 > via.QUEUE_DEPTH:
     raise ImportError("profiles.MAX_QUEUE_DEPTH exceeds what a VI's send queue can hold")
 Clock = Callable[[], float]
+DOORBELL = object()  # what _receive returns for the marker's doorbell, when asked
 
 
 class SwitchoverError(HspError):
@@ -362,9 +363,11 @@ class Engine:
             via.address_of(self.ctl_buf, off), self.ctl_handle, len(wire))])
         self._post_send(d, "control")
 
-    def _receive(self, deadline: float, block: bool = True):
+    def _receive(self, deadline: float, block: bool = True, doorbell: bool = False):
         """The next valid message, or None at the deadline; forged frames are counted.
-        A receive that fails is the loss of the link (returns None, link_error set)."""
+        A receive that fails is the loss of the link (returns None, link_error set). The
+        marker's doorbell (a zero-length message) is returned as DOORBELL when DOORBELL is
+        asked for, else skipped."""
         while self.link_up:
             left = deadline - self.clock()
             if block and left <= 0:
@@ -394,6 +397,10 @@ class Engine:
                     raise
                 # The peer left right after this message (its goodbye at the end of the last
                 # run): the message still counts; the next receive reports the VI's state.
+            if not raw:  # the marker's doorbell
+                if doorbell:
+                    return DOORBELL
+                continue
             try:
                 msg, _seq = decode_message(raw)
             except FrameError:
@@ -612,6 +619,13 @@ class Engine:
                                       MARKER.size)],
             address=via.AddressSegment(hello.marker_addr, hello.marker_handle))
         self._post_send(d, "marker", self.machine.epoch)
+        # The doorbell: a zero-length message after the marker on the same queue pair (RC
+        # order: it arrives after the marker landed), so a standby whose profile says
+        # "doorbell" sleeps on its receive queue instead of polling memory. Any standby
+        # takes it as a no-op; it uses one of the receives the peer keeps posted.
+        bell = via.VipDescriptor(segments=[via.DataSegment(
+            via.address_of(self.src_marker, MARKER.size), self.src_marker_handle, 0)])
+        self._post_send(bell, "control")
 
     def _poll_marker(self, not_equal_to: int, deadline: float) -> gso.Event:
         """Look at the marker word per the profile's marker_poll; between looks, take any
@@ -625,6 +639,12 @@ class Engine:
             now = self.clock()
             if now >= deadline or not self.link_up:
                 return gso.Tick()
+            if poll.mode is PollMode.DOORBELL:
+                # asleep until a message comes: the doorbell (look again) or a control frame
+                msg = self._receive(deadline, doorbell=True)
+                if msg is not None and msg is not DOORBELL:
+                    return msg
+                continue
             looks += 1
             if looks % 64 == 0:
                 self._reap()

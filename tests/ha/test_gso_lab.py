@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -76,6 +78,26 @@ def test_gso_of_16mib_and_switch_back_continue_the_application(healthy_lab: Lab)
 def test_stale_marker_does_not_complete_a_new_gso(healthy_lab: Lab) -> None:
     res = run_pair(healthy_lab, 4 * MiB, runs=1, extra_b=("--inject", "stale-marker"))
     a, b = res.standby, res.active
+    g = only(a, "gso")
+    assert g["outcome"] == "completed" and g["markers_ignored"] >= 1
+    assert pmem_crc(a, "standby", 1) == pmem_crc(b, "active", 1)
+
+
+def test_doorbell_marker_wait_completes_and_still_ignores_a_stale_marker(
+        healthy_lab: Lab, tmp_path) -> None:
+    """marker_poll = "doorbell": the standby sleeps on its receive queue and looks at the
+    marker when the zero-length message after it arrives; a stale marker rings too and is
+    ignored, the real one completes the GSO."""
+    rdma = healthy_lab.info()["rdma"]
+    shipped = (Path(__file__).resolve().parents[2] / "hw-profiles" / f"{rdma}.toml").read_text()
+    (tmp_path / f"{rdma}.toml").write_text(re.sub(r'(?m)^marker_poll = .*$',
+                                                  'marker_poll = "doorbell"', shipped))
+    mine = ("--profiles", str(tmp_path))
+    res = run_pair(healthy_lab, 4 * MiB, runs=1, extra_a=mine,
+                   extra_b=(*mine, "--inject", "stale-marker"))
+    a, b = res.standby, res.active
+    assert res.rc == {"a": 0, "b": 0}, res.stderr
+    assert only(a, "connected")["marker_wait"] == "doorbell"
     g = only(a, "gso")
     assert g["outcome"] == "completed" and g["markers_ignored"] >= 1
     assert pmem_crc(a, "standby", 1) == pmem_crc(b, "active", 1)
