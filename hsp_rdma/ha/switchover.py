@@ -268,15 +268,24 @@ class Engine:
             except via.VipTimeout as exc:
                 raise SwitchoverError(f"no peer {'connected' if peer_ip is None else 'answered'}"
                                       f" in {timeout_s:.0f} s: {exc}") from exc
-        self._send(Hello(region_addr=via.address_of(self.image.buf),
-                         region_handle=int(self.image_handle), region_size=self.image.capacity,
-                         marker_addr=via.address_of(self.marker_buf),
-                         marker_handle=int(self.marker_handle),
-                         serving=self.machine.serving, active_since=self.machine.active_since,
-                         version=self.hello_version))
+        try:
+            self._send(Hello(region_addr=via.address_of(self.image.buf),
+                             region_handle=int(self.image_handle),
+                             region_size=self.image.capacity,
+                             marker_addr=via.address_of(self.marker_buf),
+                             marker_handle=int(self.marker_handle),
+                             serving=self.machine.serving,
+                             active_since=self.machine.active_since,
+                             version=self.hello_version))
+        except via.VipError as exc:
+            raise SwitchoverError(f"the connection to {peer_ip or 'the peer'} broke as it "
+                                  f"came up, before our Hello: {exc}") from exc
         deadline = self.clock() + timeout_s
         while self.peer.hello is None:
             msg = self._receive(deadline)
+            if msg is None and not self.link_up:
+                raise SwitchoverError(f"the connection to {peer_ip or 'the peer'} broke "
+                                      f"before its Hello: {self.link_error}")
             if msg is None:
                 raise SwitchoverError(f"peer {peer_ip or '(listener)'} sent no Hello in "
                                       f"{timeout_s:.0f} s")

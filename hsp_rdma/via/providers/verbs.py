@@ -651,6 +651,9 @@ class Vi:
             if desc.address is None:
                 raise VipInvalidParameter("an RDMA descriptor needs an AddressSegment")
             raddr, rkey = desc.address.address, int(desc.address.handle)
+        if self.state is ViState.ERROR:
+            raise VipInvalidState(f"VI is in ERROR ({self.why_error}): VipDisconnect it, "
+                                  "then reconnect")
         if self.state is not ViState.CONNECTED:
             raise VipInvalidState(f"VI is {self.state.name}: connect it before posting sends")
         if len(self.sendq) >= QUEUE_DEPTH:
