@@ -39,7 +39,7 @@ from hsp_rdma.cli.common import (
     table,
 )
 from hsp_rdma.core.profiles import MAX_QUEUE_DEPTH
-from hsp_rdma.lab import FABRICS, RDMA_KINDS, Lab
+from hsp_rdma.lab import FABRICS, RDMA_KINDS
 from hsp_rdma.tools import cext_bench, gso_bench
 from hsp_rdma.tools.cext_peer import DEFAULT_PORT
 from hsp_rdma.units import format_size, size_arg
@@ -154,24 +154,11 @@ def add_cext_arguments(p: Parser) -> None:
 
 
 def cext_lab(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    """Boot the lab if it is down (and end it after), run the bench with a progress display."""
-    lab = Lab(args.lab_id)
-    booted = False
-    try:
-        with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False),
-                      TimeElapsedColumn(), console=console, transient=True) as prog:
-            task = prog.add_task("", total=None)
-
-            def step(msg: str) -> None:
-                prog.update(task, description=msg)
-
-            booted = lab.ensure_up(args.lab, 2, step)
-            return cext_bench.run_bench(lab, args.fabric, args.sizes, args.depth, args.iters,
-                                        args.lat_iters, args.bw_poll, args.port, args.rounds,
-                                        step=step, profiles=args.profiles)
-    finally:
-        if booted:
-            lab.down()
+    """The cext bench (tools.cext_bench.bench_lab) with a progress display."""
+    with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False),
+                  TimeElapsedColumn(), console=console, transient=True) as prog:
+        task = prog.add_task("", total=None)
+        return cext_bench.bench_lab(args, step=lambda msg: prog.update(task, description=msg))
 
 
 def show(r: dict[str, Any], out: Console | None = None) -> None:

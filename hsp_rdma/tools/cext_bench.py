@@ -30,7 +30,7 @@ from typing import Any
 
 from hsp_rdma.core.profiles import load_profiles, pick_profile
 from hsp_rdma.errors import ConfigError, LabError
-from hsp_rdma.lab import perftest
+from hsp_rdma.lab import Lab, perftest
 from hsp_rdma.tools.cext_peer import DEFAULT_PORT, LAT_BYTES
 from hsp_rdma.tools.guest import GuestRun
 from hsp_rdma.units import format_size
@@ -40,8 +40,9 @@ LAT_GOAL = 1.2  # cext half round trip <= 1.2 x ib_send_lat t_typical
 BYTE_BUDGET = 32 << 20  # default iterations: about this much data per size (TCG is slow)
 
 
-def run_writer_pair(lab, fabric: str, mode: str, size: int, depth: int, iters: int, poll: str,
-               port: int, timeout: float, writer: str = "cext") -> dict[str, Any]:
+def run_writer_pair(lab, fabric: str, mode: str, size: int, depth: int, iters: int,
+                    poll: str, port: int, timeout: float,
+                    writer: str = "cext") -> dict[str, Any]:
     """Server role on node a, client on node b; the client's result event. WRITER "pyverbs"
     runs the event-driven pyverbs reference as the client (RDMA Write only)."""
     info = lab.info()
@@ -49,8 +50,8 @@ def run_writer_pair(lab, fabric: str, mode: str, size: int, depth: int, iters: i
     common = ["--mode", mode, "--port", str(port), "--size", str(size), "--depth", str(depth),
               "--iters", str(iters), "--timeout", str(timeout)]
     srv, cli = GuestRun("a"), GuestRun("b")
-    srv.job = lab.spawn("a", [sys.executable, "-m", "hsp_rdma.tools.cext_peer", "serve", "--device",
-                              a["rdma_dev"], "--ip", a["ipv4"], *common],
+    srv.job = lab.spawn("a", [sys.executable, "-m", "hsp_rdma.tools.cext_peer", "serve",
+                              "--device", a["rdma_dev"], "--ip", a["ipv4"], *common],
                         timeout=timeout + 30, on_stdout=srv.feed)
     deadline = time.monotonic() + 60
     while not srv.of("listening"):
@@ -129,11 +130,12 @@ def run_bench(lab, fabric: str = "x", sizes: tuple[int, ...] = (64 << 10, 1 << 2
                                 ("-s", str(size), "-t", str(depth), "-n", str(n)),
                                 timeout=timeout)
             step(f"{tag}cext RDMA Write {format_size(size)} x {n}, depth {depth}")
-            ours = run_writer_pair(lab, fabric, "write", size, depth, n, poll, next(ports), timeout)
+            ours = run_writer_pair(lab, fabric, "write", size, depth, n, poll, next(ports),
+                                   timeout)
             step(f"{tag}pyverbs event-driven RDMA Write {format_size(size)} x {n}, "
                  f"depth {depth}")
             ref = run_writer_pair(lab, fabric, "write", size, depth, n, "event", next(ports),
-                             timeout, writer="pyverbs")
+                                  timeout, writer="pyverbs")
             bw[size].append((ours["MBps"], base.row["bw_avg_MBps"], ref["MBps"]))
             notes += base.notes
             retries += base.retries
@@ -141,8 +143,8 @@ def run_bench(lab, fabric: str = "x", sizes: tuple[int, ...] = (64 << 10, 1 << 2
         base = perftest.run(lab, "ib_send_lat", fabric,
                             ("-s", str(LAT_BYTES), "-n", str(lat_iters)), timeout=lat_timeout)
         step(f"{tag}cext send/receive ping-pong {LAT_BYTES} B x {lat_iters}")
-        ours = run_writer_pair(lab, fabric, "lat", LAT_BYTES, depth, lat_iters, "busy", next(ports),
-                          lat_timeout)
+        ours = run_writer_pair(lab, fabric, "lat", LAT_BYTES, depth, lat_iters, "busy",
+                               next(ports), lat_timeout)
         lat.append((ours["t_typical_us"], base.row["t_typical_us"], ours))
         notes += base.notes
         retries += base.retries
@@ -174,6 +176,21 @@ def run_bench(lab, fabric: str = "x", sizes: tuple[int, ...] = (64 << 10, 1 << 2
             "bw_poll": poll, "rounds": rounds, "write_bw": rows, "latency": latency,
             "baseline_retries": retries, "notes": notes,
             "method": " ".join(__doc__.split("Method: ", 1)[1].split())}
+
+
+def bench_lab(args, step: Callable[[str], None] = lambda _msg: None) -> dict[str, Any]:
+    """ARGS: `hsp-bench cext`'s options. Boots the lab if it is down (and ends it after),
+    then run_bench; STEP names each phase."""
+    lab = Lab(args.lab_id)
+    booted = False
+    try:
+        booted = lab.ensure_up(args.lab, 2, step)
+        return run_bench(lab, args.fabric, args.sizes, args.depth, args.iters, args.lat_iters,
+                         args.bw_poll, args.port, args.rounds, step=step,
+                         profiles=args.profiles)
+    finally:
+        if booted:
+            lab.down()
 
 
 def goals_met(r: dict[str, Any]) -> bool:

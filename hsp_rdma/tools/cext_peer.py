@@ -13,18 +13,15 @@ import argparse
 import itertools
 import json
 import statistics
-import struct
 import sys
 import time
 from typing import Any
 
 from hsp_rdma.cext import verbs as cx
 from hsp_rdma.errors import HspError
+from hsp_rdma.tools.writer_wire import ACCEPT, ACCEPT_MAGIC, pattern
 from hsp_rdma.units import parse_size
 
-# Written by the server into the accept private data: magic, buffer address, rkey, length.
-ACCEPT = struct.Struct("<4sQII")
-ACCEPT_MAGIC = b"HCB1"
 LAT_BYTES = 2  # ib_send_lat's default size
 INLINE_BYTES = 64  # asked at create_qp; ib_send_lat sends small messages inline too
 DEFAULT_PORT = 19870
@@ -74,11 +71,6 @@ class _Poller:
                                    "stalls now and then: run again)")
 
 
-def _pattern(n: int) -> bytes:
-    """What the client writes, so the server can see the writes landed."""
-    return (bytes(range(1, 256)) * (n // 255 + 1))[:n]
-
-
 def serve(args: argparse.Namespace) -> None:
     """Node a: listen, publish the buffer in the accept, then echo sends (lat) or wait."""
     size = args.size if args.mode == "write" else LAT_BYTES
@@ -120,7 +112,7 @@ def serve(args: argparse.Namespace) -> None:
                 else:
                     in_flight -= SIGNAL_EVERY
     _cm_wait(ch, (cx.EV_DISCONNECTED,), args.timeout, "waiting for the client to finish")
-    if args.mode == "write" and buf[:size] != _pattern(size):
+    if args.mode == "write" and buf[:size] != pattern(size):
         raise RuntimeError("the client's writes did not land: the buffer lacks its pattern")
     _emit(event="done")
     ch.close()
@@ -132,7 +124,7 @@ def client(args: argparse.Namespace) -> None:
     size = args.size if args.mode == "write" else LAT_BYTES
     dev = cx.Device(args.device)
     pd = cx.PD(dev)
-    buf = bytearray(_pattern(max(size, 64)))
+    buf = bytearray(pattern(max(size, 64)))
     mr = cx.MR(pd, buf, cx.ACCESS_LOCAL_WRITE)
     cq = cx.CQ(dev, 2 * RECVS_POSTED + 2 * args.depth + 8)
     ch = cx.EventChannel()

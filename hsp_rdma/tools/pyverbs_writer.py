@@ -6,7 +6,8 @@ private data), keeps DEPTH signaled writes of SIZE in flight and sleeps on its c
 channel between completions, as an application that does not spin would. perftest cannot do
 this for RDMA Write ("Events feature not available on WRITE verb"), and in a 1-vCPU lab guest
 a busy poller takes the CPU the soft device needs, so this is the honest reference beside
-ib_write_bw. It uses Debian's pyverbs only (nothing of hsp_rdma's datapath); one JSON line out.
+ib_write_bw. It uses Debian's pyverbs only (of hsp_rdma just the stdlib-only wire constants
+it shares with the server); one JSON line out.
 """
 
 from __future__ import annotations
@@ -14,13 +15,10 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import json
-import struct
 import sys
 import time
 
-# The cext_peer server's accept private data: magic, buffer address, rkey, length.
-ACCEPT = struct.Struct("<4sQII")
-ACCEPT_MAGIC = b"HCB1"
+from hsp_rdma.tools.writer_wire import ACCEPT, ACCEPT_MAGIC, pattern
 
 
 def _event(ch, want: int, what: str):
@@ -56,8 +54,7 @@ def write_bw(ip: str, peer: str, port: int, size: int, depth: int, iters: int) -
     cap = QPCap(max_send_wr=depth + 1, max_recv_wr=1, max_send_sge=1, max_recv_sge=1)
     cid.create_qp(QPInitAttr(qp_type=e.IBV_QPT_RC, scq=cq, rcq=cq, cap=cap))
     mr = MR(cid.pd, size, e.IBV_ACCESS_LOCAL_WRITE)
-    # cext_peer's pattern (bytes 1..255 repeated): the server checks that the writes landed
-    mr.write((bytes(range(1, 256)) * (size // 255 + 1))[:size], size, 0)
+    mr.write(pattern(size), size, 0)  # the server checks that the writes landed
     cid.connect(ConnParam(resources=1, depth=1, retry=6))
     data = _event(ch, ce.RDMA_CM_EVENT_ESTABLISHED, f"connecting to {peer}")
     magic, raddr, rkey, rlen = ACCEPT.unpack_from(bytes(data or b"").ljust(ACCEPT.size, b"\0"))

@@ -1,0 +1,15 @@
+"""What the RDMA Write benches' server and writers agree on, declared once: the accept private
+data (magic, buffer address, rkey, length) and the byte pattern the server checks after the
+writes. Stdlib only, so the pyverbs reference stays free of our datapath."""
+
+from __future__ import annotations
+
+import struct
+
+ACCEPT = struct.Struct("<4sQII")
+ACCEPT_MAGIC = b"HCB1"
+
+
+def pattern(n: int) -> bytes:
+    """What a writer writes (bytes 1..255 repeated), so the server can see the writes landed."""
+    return (bytes(range(1, 256)) * (n // 255 + 1))[:n]
