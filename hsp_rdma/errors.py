@@ -18,15 +18,18 @@ class UsageError(HspError):
 
 
 class ConfigError(HspError):
-    """A configuration or profile file is wrong; names the file and line when known."""
+    """A configuration or profile file is wrong; names the file and line when known, and
+    carries the field (dotted, e.g. "fabric.x.local") when one is to blame."""
 
-    def __init__(self, message: str, path: str | None = None, line: int | None = None):
+    def __init__(self, message: str, path: str | None = None, line: int | None = None,
+                 field: str | None = None):
         where = ""
         if path is not None:
             where = f"{path}:{line}: " if line is not None else f"{path}: "
         super().__init__(where + message)
         self.path = path
         self.line = line
+        self.field = field
 
 
 class LabError(HspError):
@@ -65,6 +68,16 @@ class VersionMismatch(FrameError):
 
 class IllegalTransition(ProtocolError):
     """An event arrived in a state whose table has no entry for it; the machine is now broken."""
+
+
+class ControlError(HspError):
+    """A node's control endpoint (its UNIX socket) could not be reached or answered badly."""
+
+
+class ControlTimeout(ControlError):
+    """A node's control endpoint did not answer in time."""
+
+    exit_code = 124  # as timeout(1)
 
 
 class GsoRefused(HspError):
