@@ -42,8 +42,9 @@ setup(
     description="High-availability active/standby pairs over RDMA pipes (VIA-style API)",
     packages=find_packages(include=["hsp_rdma", "hsp_rdma.*"]),
     # hsp_rdma/hw-profiles is a symlink to the top-level hw-profiles/: shipped as real files.
-    package_data={"hsp_rdma": ["hw-profiles/*.toml"], "hsp_rdma.cext": ["*.pxd", "*.pyx"],
-                  "hsp_rdma.lab": ["guest/*"]},
+    # hsp_rdma/scenarios: the drills hsp-failover-test ships (TOML, no Python package).
+    package_data={"hsp_rdma": ["hw-profiles/*.toml", "scenarios/*.toml"],
+                  "hsp_rdma.cext": ["*.pxd", "*.pyx"], "hsp_rdma.lab": ["guest/*"]},
     python_requires=">=3.11",
     install_requires=["rich>=13", "pyroute2>=0.7"],
     extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
@@ -52,6 +53,7 @@ setup(
         "console_scripts": [
             "hsp-lab=hsp_rdma.cli.lab:main",
             "hsp-bench=hsp_rdma.cli.bench:main",
+            "hsp-failover-test=hsp_rdma.cli.failover_test:main",
         ]
     },
 )

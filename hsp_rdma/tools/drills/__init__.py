@@ -1,0 +1,3 @@
+"""What `hsp-failover-test` needs besides the node engine: the ledger workload (ledger.py), the
+driver's log of acknowledged transfers (acklog.py), scenario files (scenario.py) and the
+interface a drill runner implements, with the checks that judge its result (runner.py)."""

@@ -1,0 +1,485 @@
+"""Drill scenarios: one TOML file each, parsed strictly; a mistake is a ConfigError naming the
+file, the line and the field, with a did-you-mean for a misspelt name.
+
+A scenario (the shipped ones are in hsp_rdma/scenarios)::
+
+    description = "kill the active under load; the standby fences and promotes"
+
+    [workload]                  # the ledger (tools/drills/ledger.py), run on the active
+    rate = 200                  # transfers per second
+    transaction_size = 256      # bytes each transfer writes to each target (or "4KiB")
+    targets = ["pmem", "disk"]  # the ledger in P.mem, its journal on the disk; one or both
+    commit = "applied"          # async | received | applied
+    accounts = 1000             # optional, default 1000
+
+    [[steps]]                   # in order; the workload runs from before the first to the end
+    do = "wait"
+    for = "5s"                  # or: until = "promoted" (an event), timeout = "30s"
+
+    [[steps]]
+    do = "kill"
+    node = "active"             # the role the node had when the drill began
+
+    [checks]                    # lost = 0 and two_actives = false are always checked
+    max_blackout_ms = 5000
+    failover = true
+
+``fabrics = ["x"]`` (top level, optional) sets the pair up with only those fabrics (default:
+both, x and y).
+Steps (``do``) and their fields: wait (for | until [timeout]), kill / pause / resume / restart
+(node; restart boots a killed node, which rejoins),
+pull / plug (node, fabric), netem (node, fabric, spec: tc's words or "clear"), gso (starts a
+Graceful Switch Over, does not wait for it), corrupt (what: block | page, index; always on
+the standby), heal (clears every netem and plugs every pulled fabric), audit (runs one and
+waits for it).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hsp_rdma.core.profiles import _line_of as line_of
+from hsp_rdma.errors import ConfigError, LabError
+from hsp_rdma.ha.config import COMMIT_MODES, FABRICS
+from hsp_rdma.lab.netem import parse_spec
+from hsp_rdma.tools.drills.ledger import JOURNAL_MAX, MAX_ACCOUNTS, TRANSACTION_FIXED
+from hsp_rdma.units import parse_size
+
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "scenarios"
+NODES = ("active", "standby")  # by the role each had when the drill began
+TARGETS = ("pmem", "disk")
+EVENTS = ("suspected", "fenced", "promoted", "resync-started", "resync-done",
+          "gso-copy-started", "gso-done", "audit-done")
+CORRUPTIBLE = ("block", "page")
+MAX_WAIT_S = 3600.0
+MAX_RATE = 100_000
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|min)\Z")
+_SCALE_S = {"ms": 1e-3, "s": 1.0, "min": 60.0}
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    rate: int  # transfers per second
+    transaction_size: int  # bytes per transfer, to each target
+    targets: tuple[str, ...]
+    commit: str
+    accounts: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step; only the fields its action takes are set. ``line``: where it is written."""
+
+    do: str
+    line: int | None = None
+    node: str | None = None
+    fabric: str | None = None
+    wait_s: float | None = None  # wait: for
+    until: str | None = None  # wait: an event
+    timeout_s: float | None = None  # wait until: give up after
+    spec: str | None = None  # netem
+    what: str | None = None  # corrupt: block | page
+    index: int | None = None  # corrupt: which block or page
+
+    def describe(self) -> str:
+        parts = [self.do]
+        if self.wait_s is not None:
+            parts.append(f"{self.wait_s:g}s")
+        if self.until is not None:
+            parts.append(f"until {self.until}" + (f" ({self.timeout_s:g}s)"
+                                                   if self.timeout_s is not None else ""))
+        if self.what is not None:
+            parts.append(f"{self.what} {self.index}")
+        if self.fabric is not None:
+            parts.append(f"fabric {self.fabric}")
+        if self.node is not None:
+            parts.append(f"on {self.node}" if self.fabric or self.what else self.node)
+        if self.spec is not None:
+            parts.append(repr(self.spec))
+        return " ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Checks:
+    """What a drill must show; None: not checked."""
+
+    lost: int = 0  # at most this many acknowledged transfers missing on the survivor
+    two_actives: bool = False
+    max_blackout_ms: float | None = None
+    max_detect_ms: float | None = None
+    failover: bool | None = None  # whether a standby must (true) or must not (false) promote
+    resync: bool | None = None  # whether a resync must (true) or must not (false) happen
+    audit_repairs: int | None = None  # exactly this many chunks repaired by the audits
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    description: str
+    workload: Workload
+    steps: tuple[Step, ...]
+    checks: Checks
+    fabrics: tuple[str, ...] = FABRICS  # the fabrics the pair is set up with for the drill
+    path: str | None = None
+
+
+# -- field checkers: each returns the parsed value, or None when the value is not allowed ----
+
+Checker = tuple[Callable[[Any], Any], str]
+
+
+def _int_in(lo: int, hi: int) -> Checker:
+    def check(v: Any) -> int | None:
+        return v if type(v) is int and lo <= v <= hi else None
+
+    return check, f"a whole number between {lo} and {hi}"
+
+
+def _one_of(values: tuple[str, ...]) -> Checker:
+    return (lambda v: v if isinstance(v, str) and v in values else None,
+            "one of " + ", ".join(f'"{v}"' for v in values))
+
+
+def _duration(v: Any) -> float | None:
+    m = _DURATION.match(v) if isinstance(v, str) else None
+    if not m:
+        return None
+    seconds = float(m.group(1)) * _SCALE_S[m.group(2)]
+    return seconds if 0 < seconds <= MAX_WAIT_S else None
+
+
+def _size(v: Any) -> int | None:
+    if type(v) is int:
+        n = v
+    elif isinstance(v, str):
+        try:
+            n = parse_size(v)
+        except ValueError:
+            return None
+    else:
+        return None
+    return n if TRANSACTION_FIXED <= n <= JOURNAL_MAX else None
+
+
+def _targets_of(v: Any, choices: tuple[str, ...]) -> tuple[str, ...] | None:
+    ok = (isinstance(v, list) and v and len(set(v)) == len(v)
+          and all(isinstance(t, str) and t in choices for t in v))
+    return tuple(v) if ok else None
+
+
+def _targets(v: Any) -> tuple[str, ...] | None:
+    return _targets_of(v, TARGETS)
+
+
+def _netem(v: Any) -> str | None:
+    if not isinstance(v, str):
+        return None
+    if v.strip() == "clear":
+        return "clear"
+    try:
+        parse_spec(v)
+    except LabError:
+        return None
+    return v
+
+
+def _bool(v: Any) -> bool | None:
+    return v if isinstance(v, bool) else None
+
+
+def _false(v: Any) -> bool | None:
+    return v if v is False else None
+
+
+def _ms(v: Any) -> float | None:
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and 0 < v <= MAX_WAIT_S * 1000
+    return float(v) if ok else None
+
+
+DURATION = (_duration, f'a duration like "500ms", "10s" or "2min" (at most {MAX_WAIT_S:g}s)')
+WORKLOAD_FIELDS: dict[str, Checker] = {
+    "rate": _int_in(1, MAX_RATE),
+    "transaction_size": (_size, (f"a size between {TRANSACTION_FIXED} and {JOURNAL_MAX} bytes, "
+                         f'e.g. 256 or "4KiB" (the ledger writes a {TRANSACTION_FIXED} B '
+                         "header and two records)")),
+    "targets": (_targets, 'a list of "pmem", "disk" or both, each once'),
+    "commit": _one_of(COMMIT_MODES),
+    "accounts": _int_in(2, MAX_ACCOUNTS),
+}
+WORKLOAD_OPTIONAL = frozenset({"accounts"})
+STEP_FIELDS: dict[str, Checker] = {
+    "node": _one_of(NODES),
+    "fabric": _one_of(FABRICS),
+    "for": DURATION,
+    "until": _one_of(EVENTS),
+    "timeout": DURATION,
+    "spec": (_netem, ('a netem spec in tc\'s words ("delay 5ms loss 1%", "loss 100%") or '
+             '"clear"')),
+    "what": _one_of(CORRUPTIBLE),
+    "index": _int_in(0, 1 << 40),
+}
+# action -> (fields it needs, fields it may have)
+ACTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "wait": ((), ("for", "until", "timeout")),
+    "kill": (("node",), ()),
+    "pause": (("node",), ()),
+    "resume": (("node",), ()),
+    "restart": (("node",), ()),
+    "pull": (("node", "fabric"), ()),
+    "plug": (("node", "fabric"), ()),
+    "netem": (("node", "fabric", "spec"), ()),
+    "gso": ((), ()),
+    "corrupt": (("what", "index"), ("node",)),
+    "heal": ((), ()),
+    "audit": ((), ()),
+}
+CHECK_FIELDS: dict[str, Checker] = {
+    "lost": _int_in(0, 1 << 62),
+    "two_actives": (_false, "false (a drill never allows two actives)"),
+    "max_blackout_ms": (_ms, "a number of milliseconds above 0"),
+    "max_detect_ms": (_ms, "a number of milliseconds above 0"),
+    "failover": (_bool, "true (a standby must promote) or false (none may)"),
+    "resync": (_bool, "true (a resync must happen) or false (none may)"),
+    "audit_repairs": _int_in(0, 1 << 40),
+}
+TOP_FIELDS = ("description", "fabrics", "workload", "steps", "checks")
+_STEP_TO_ATTR = {"for": "wait_s", "timeout": "timeout_s"}
+
+
+def _did_you_mean(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+class _Source:
+    """The scenario's text and its tables' spans, to put a line on every error."""
+
+    _HEADER = re.compile(r"^[ \t]*(\[\[?)[ \t]*([A-Za-z0-9_.-]+)[ \t]*\]\]?", re.MULTILINE)
+
+    def __init__(self, text: str, path: str | None) -> None:
+        self.text = text
+        self.path = path
+        self.headers = [(m.start(), m.group(1) == "[[", m.group(2))
+                        for m in self._HEADER.finditer(text)]
+
+    def span(self, table: str | None, index: int = 0) -> tuple[int, int]:
+        """Character span of the top level (None), of [table], or of the index-th [[table]]."""
+        starts = [h[0] for h in self.headers] + [len(self.text)]
+        if table is None:
+            return 0, starts[0]
+        found = [i for i, (_, _, name) in enumerate(self.headers) if name == table]
+        if index >= len(found):
+            return 0, 0
+        i = found[index]
+        return starts[i], starts[i + 1]
+
+    def line(self, key: str | None, table: str | None = None, index: int = 0) -> int | None:
+        """The line of ``key`` inside that table (of its header when key is None); found
+        with the profiles' own rule (hsp_rdma.core.profiles)."""
+        start, end = self.span(table, index)
+        base = self.text.count("\n", 0, start)
+        if table is not None and end <= start:  # no [[table]] header: an inline array
+            return self.line(table)
+        if key is None:
+            return base + 1
+        found = line_of(self.text[start:end], key)
+        return base + found if found is not None else (base + 1 if table else None)
+
+    def error(self, message: str, key: str | None, table: str | None = None,
+              index: int = 0) -> ConfigError:
+        return ConfigError(message, self.path, self.line(key, table, index))
+
+
+def _fields(src: _Source, raw: dict[str, Any], fields: dict[str, Checker],
+            table: str, index: int, what: str, allowed: tuple[str, ...] | None = None
+            ) -> dict[str, Any]:
+    allowed = tuple(fields) if allowed is None else allowed
+    out = {}
+    for key, value in raw.items():
+        if key not in allowed:
+            hint = _did_you_mean(key, allowed)
+            listed = ", ".join(allowed) if allowed else "no fields"
+            raise src.error(f"{what}: unknown field {key!r}{hint} ({what} takes: {listed})",
+                            key, table, index)
+        check, allowed_values = fields[key]
+        parsed = check(value)
+        if parsed is None:
+            raise src.error(f"{what}: {key} = {value!r} should be {allowed_values}", key,
+                            table, index)
+        out[key] = parsed
+    return out
+
+
+def _table(src: _Source, raw: dict[str, Any], key: str) -> dict[str, Any]:
+    value = raw[key]
+    if not isinstance(value, dict):
+        raise src.error(f"{key} should be a table ([{key}])", key)
+    return value
+
+
+def _parse_step(src: _Source, raw: Any, index: int) -> Step:
+    what = f"step {index + 1}"
+    line = src.line(None, "steps", index)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{what} should be a table ([[steps]] with do = ...)", src.path,
+                          src.line("steps"))
+    action = raw.get("do")
+    if action is None:
+        raise ConfigError(f"{what}: missing field 'do' (one of {', '.join(ACTIONS)})",
+                          src.path, line)
+    if action not in ACTIONS:
+        hint = _did_you_mean(str(action), ACTIONS)
+        raise src.error(f"{what}: unknown step {action!r}{hint} (steps: "
+                        f"{', '.join(ACTIONS)})", "do", "steps", index)
+    needed, optional = ACTIONS[action]
+    what = f"step {index + 1} ({action})"
+    values = _fields(src, {k: v for k, v in raw.items() if k != "do"}, STEP_FIELDS, "steps",
+                     index, what, needed + optional)
+    missing = [k for k in needed if k not in values]
+    if missing:
+        raise ConfigError(f"{what}: missing field(s) {', '.join(missing)}", src.path, line)
+    if action == "wait":
+        if ("for" in values) == ("until" in values):
+            raise ConfigError(f"{what}: give either for = DURATION or until = EVENT (events: "
+                              f"{', '.join(EVENTS)})", src.path, line)
+        if "timeout" in values and "until" not in values:
+            raise src.error(f"{what}: timeout goes with until, not with for", "timeout",
+                            "steps", index)
+    if action == "corrupt" and values.get("node", "standby") != "standby":
+        raise src.error(f"{what}: only the standby is corrupted (the audit repairs it from "
+                        "the active, which is authoritative)", "node", "steps", index)
+    if action == "corrupt":
+        values["node"] = "standby"
+    return Step(action, line, **{_STEP_TO_ATTR.get(k, k): v for k, v in values.items()})
+
+
+def _check_sequence(src: _Source, steps: list[Step]) -> None:
+    """Steps that cannot follow each other: resuming a node never paused, plugging a fabric
+    never pulled, anything but a wait on a killed node."""
+    paused: set[str] = set()
+    pulled: set[tuple[str, str]] = set()
+    killed: set[str] = set()
+    for i, step in enumerate(steps):
+        where = f"step {i + 1} ({step.do})"
+        if step.node in killed and step.do not in ("corrupt", "restart"):
+            raise ConfigError(f"{where}: the {step.node} was killed at an earlier step",
+                              src.path, step.line)
+        if step.do == "pause":
+            if step.node in paused:
+                raise ConfigError(f"{where}: the {step.node} is paused already", src.path,
+                                  step.line)
+            paused.add(step.node)  # type: ignore[arg-type]
+        elif step.do == "resume":
+            if step.node not in paused:
+                raise ConfigError(f"{where}: the {step.node} was not paused; pause it first",
+                                  src.path, step.line)
+            paused.discard(step.node)  # type: ignore[arg-type]
+        elif step.do == "kill":
+            killed.add(step.node)  # type: ignore[arg-type]
+            paused.discard(step.node)  # type: ignore[arg-type]
+        elif step.do == "restart":
+            if step.node not in killed:
+                raise ConfigError(f"{where}: the {step.node} was not killed; kill it first",
+                                  src.path, step.line)
+            killed.discard(step.node)  # type: ignore[arg-type]
+        elif step.do == "pull":
+            pulled.add((step.node, step.fabric))  # type: ignore[arg-type]
+        elif step.do == "plug":
+            if (step.node, step.fabric) not in pulled:
+                raise ConfigError(f"{where}: fabric {step.fabric} on the {step.node} was not "
+                                  "pulled; pull it first", src.path, step.line)
+            pulled.discard((step.node, step.fabric))  # type: ignore[arg-type]
+        elif step.do == "heal":
+            pulled.clear()
+
+
+def parse_scenario(text: str, path: str | None = None, name: str | None = None) -> Scenario:
+    """The scenario in TOML ``text``; ``path`` names it in errors, ``name`` defaults to the
+    file's stem."""
+    src = _Source(text, path)
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = re.search(r"line (\d+)", str(exc))
+        raise ConfigError(f"not valid TOML: {exc}", path,
+                          int(line.group(1)) if line else None) from None
+    for key in raw:
+        if key not in TOP_FIELDS:
+            raise src.error(f"unknown field {key!r}{_did_you_mean(key, TOP_FIELDS)} (a "
+                            f"scenario has: {', '.join(TOP_FIELDS)})", key)
+    missing = [k for k in ("description", "workload", "steps") if k not in raw]
+    if missing:
+        raise ConfigError(f"missing field(s): {', '.join(missing)}", path)
+    description = raw["description"]
+    if not isinstance(description, str) or not description.strip():
+        raise src.error("description should be a sentence saying what the drill shows",
+                        "description")
+
+    w = _fields(src, _table(src, raw, "workload"), WORKLOAD_FIELDS, "workload", 0, "workload")
+    missing = [k for k in WORKLOAD_FIELDS if k not in w and k not in WORKLOAD_OPTIONAL]
+    if missing:
+        raise ConfigError(f"workload: missing field(s) {', '.join(missing)}", path,
+                          src.line(None, "workload"))
+    workload = Workload(**w)
+
+    raw_steps = raw["steps"]
+    if not isinstance(raw_steps, list) or not raw_steps:
+        raise src.error("steps should be one or more [[steps]] tables", "steps")
+    fabrics = FABRICS
+    if "fabrics" in raw:
+        fabrics = _targets_of(raw["fabrics"], FABRICS)
+        if fabrics is None:
+            raise src.error(f"fabrics = {raw['fabrics']!r} should be a list of "
+                            + " or ".join(f'"{f}"' for f in FABRICS) + ", each once", "fabrics")
+    steps = [_parse_step(src, s, i) for i, s in enumerate(raw_steps)]
+    for i, step in enumerate(steps):
+        if step.fabric is not None and step.fabric not in fabrics:
+            raise src.error(f"step {i + 1} ({step.do}): fabric {step.fabric} is not one of the "
+                            f"drill's fabrics ({', '.join(fabrics)})", "fabric", "steps", i)
+    _check_sequence(src, steps)
+
+    checks = Checks()
+    if "checks" in raw:
+        c = _fields(src, _table(src, raw, "checks"), CHECK_FIELDS, "checks", 0, "checks")
+        checks = Checks(**c)
+        if checks.audit_repairs is not None and not any(s.do == "audit" for s in steps):
+            raise src.error("checks: audit_repairs needs an audit step", "audit_repairs",
+                            "checks")
+    stem = Path(path).stem if path else "scenario"
+    return Scenario(name or stem, description.strip(), workload, tuple(steps), checks,
+                    fabrics, path)
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"cannot read scenario: {why}", str(path)) from None
+    return parse_scenario(text, str(path))
+
+
+def shipped() -> list[Path]:
+    """The drills shipped with the package, by name."""
+    return sorted(SHIPPED_DIR.glob("*.toml"), key=lambda p: p.stem)
+
+
+def find_scenario(arg: str) -> Path:
+    """A scenario argument as a path, or else the name of a shipped drill."""
+    path = Path(arg)
+    if path.is_file():
+        return path
+    by_name = {p.stem: p for p in shipped()}
+    name = arg.removesuffix(".toml")
+    if name in by_name and "/" not in arg:
+        return by_name[name]
+    names = ", ".join(by_name) or f"none (reinstall hsp_rdma: {SHIPPED_DIR} is empty)"
+    raise ConfigError(f"no scenario file {arg!r} and no shipped drill of that name"
+                      f"{_did_you_mean(name, by_name)} (shipped drills: {names})")
