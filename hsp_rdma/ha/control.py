@@ -26,7 +26,7 @@ Handler = Callable[[dict], dict]
 
 MAX_REQUEST = 64 << 10  # bytes of one request line; a longer one is refused
 MAX_ANSWER = 16 << 20  # bytes of one answer line the client accepts
-MAX_CLIENTS = 32
+MAX_CLIENTS = 32  # served at once; more wait in the backlog
 IDLE_S = 30.0  # a client that sends nothing for this long is hung up on
 _RECV = 64 << 10
 
@@ -212,17 +212,14 @@ class ControlServer:
                     return  # try again on the next wake-up; the node keeps running
                 raise
             sock.setblocking(False)
-            if len(self._clients) >= self.max_clients:
-                try:
-                    sock.send(_line({"ok": False, "error": f"{self.max_clients} clients are "
-                                     "connected already: try again later"}))
-                except OSError:
-                    pass
-                sock.close()
-                continue
             client = _Client(sock)
             self._clients[sock.fileno()] = client
             self._sel.register(sock, selectors.EVENT_READ, client)
+            if len(self._clients) >= self.max_clients:
+                # full: later clients wait in the listen backlog (their own timeout applies)
+                # until one hangs up
+                self._sel.unregister(self._listener)
+                return
 
     def _read(self, client: _Client) -> None:
         try:
@@ -308,6 +305,8 @@ class ControlServer:
         except (KeyError, ValueError):
             pass
         client.sock.close()
+        if len(self._clients) == self.max_clients - 1:
+            self._sel.register(self._listener, selectors.EVENT_READ, "listen")
 
 
 def control_request(path: str | Path, cmd: str, timeout_s: float = 5, **args: Any) -> dict:

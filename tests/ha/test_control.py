@@ -164,15 +164,23 @@ def test_a_huge_line_is_refused_and_the_connection_closed(sock_path) -> None:
         assert control_request(sock_path, "status")["ok"] is True
 
 
-def test_too_many_clients_are_told_to_come_back(sock_path) -> None:
+def test_clients_over_the_limit_wait_their_turn(sock_path) -> None:
     with ControlServer(sock_path, handlers(), max_clients=2).start():
         held = [raw(sock_path) for _ in range(2)]
-        time.sleep(0.2)
-        ans = control_request(sock_path, "status")
-        assert ans["ok"] is False and "2 clients are connected already" in ans["error"]
+        result: dict = {}
+        waiting = threading.Thread(target=lambda: result.update(
+            control_request(sock_path, "status", n=3)))
+        waiting.start()
+        waiting.join(0.5)
+        assert waiting.is_alive() and not result  # in the backlog, not refused
+        held[0].close()
+        waiting.join(5)
+        assert result == {"ok": True, "node": "a", "echo": 3}
+        held += [raw(sock_path), raw(sock_path)]  # full again, one more in the backlog
+        with pytest.raises(ControlTimeout):
+            control_request(sock_path, "status", timeout_s=0.3)
         for s in held:
             s.close()
-        time.sleep(0.2)
         assert control_request(sock_path, "status")["ok"] is True
 
 
