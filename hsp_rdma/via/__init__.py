@@ -2,7 +2,9 @@
 
 VIPL's semantics, Python's spelling: a failed call raises a VipError subclass whose ``code``
 is the VipReturn; ``*Done`` returns None for NOT_DONE; ``*Wait`` raises VipTimeout. NIC names
-are verbs devices (rxe0, siw0, mlx5_0); ``soft:<name>`` is reserved for the software provider.
+are verbs devices (rxe0, siw0, mlx5_0), or ``soft:<name>`` for the software provider (VIPL over
+TCP, any Linux host). Each call dispatches on its object's provider: the data-path calls are
+methods of the provider's Vi, the others look at the NIC's (or CQ's, request's) class.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from hsp_rdma.cext.verbs import buffer_address
 from hsp_rdma.errors import VerbsError
 from hsp_rdma.via.constants import *
 from hsp_rdma.via.constants import Reliability, VipReturn, ViState
+from hsp_rdma.via.providers import soft as _soft
 from hsp_rdma.via.providers import verbs as _prov
 from hsp_rdma.via.types import (
     AddressSegment,
@@ -58,7 +61,10 @@ def address_of(buffer, offset: int = 0) -> int:
 
 # ---- hardware init (patent-specific) -----------------------------------------------------
 def ServernetInit(device: str | None = None) -> dict:
-    """Find the device(s) behind a NIC name; check port state and the IPv4 address/GID."""
+    """Find the device(s) behind a NIC name; check port state and the IPv4 address/GID.
+    A ``soft:<name>`` NIC needs no device: it is always there."""
+    if device is not None and device.startswith("soft:"):
+        return {device: {"state": "4: ACTIVE", "netdev": "tcp", "ipv4": None}}
     base = Path("/sys/class/infiniband")
     devs = sorted(p.name for p in base.iterdir()) if base.is_dir() else []
     if not devs:
@@ -107,8 +113,7 @@ def ServernetReset(nic: Nic) -> None:
 # ---- NIC --------------------------------------------------------------------------------
 def VipOpenNic(name: str | None = None) -> Nic:
     if name is not None and name.startswith("soft:"):
-        raise VipNotSupported("the software VIA provider is not built yet: use a verbs "
-                              "device (rxe0, siw0, mlx5_0)")
+        return _soft.Nic(name[5:])
     return Nic(name)
 
 
@@ -117,7 +122,10 @@ def VipCloseNic(nic: Nic) -> None:
 
 
 def VipQuerySystemManagementInfo(nic: Nic, info_type: int = 0) -> dict:
-    """Port state and the port's counters (sysfs ``counters`` and ``hw_counters``)."""
+    """Port state and the port's counters (sysfs ``counters`` and ``hw_counters``); for a
+    soft NIC its own counters (frames, bytes, every refusal by kind)."""
+    if isinstance(nic, _soft.Nic):
+        return _soft.system_management_info(nic, info_type)
     port = Path("/sys/class/infiniband") / nic.name / "ports" / "1"
 
     def read_dir(d: Path) -> dict[str, int]:
@@ -142,6 +150,8 @@ def VipQuerySystemManagementInfo(nic: Nic, info_type: int = 0) -> dict:
 
 
 def VipQueryNic(nic: Nic) -> NicAttributes:
+    if isinstance(nic, _soft.Nic):
+        return _soft.query_nic(nic)
     try:
         d, p = nic.dev.query_device(), nic.dev.query_port(1)
     except VerbsError as exc:
@@ -160,14 +170,21 @@ def VipQueryNic(nic: Nic) -> NicAttributes:
 
 # ---- protection and memory ----------------------------------------------------------------
 def VipCreatePtag(nic: Nic) -> Ptag:
+    if isinstance(nic, _soft.Nic):
+        return _soft.Ptag(nic)
     return Ptag(nic)
 
 
 def VipDestroyPtag(nic: Nic, ptag: Ptag) -> None:
+    if isinstance(ptag, _soft.Ptag):
+        ptag.close()
+        return
     ptag.pd.close()
 
 
 def VipRegisterMem(nic: Nic, buffer, attrs: MemAttributes) -> MemHandle:
+    if isinstance(nic, _soft.Nic):
+        return _soft.register(nic, buffer, attrs)
     if not isinstance(attrs.ptag, Ptag) or attrs.ptag.nic is not nic:
         raise VipInvalidPtag("the ptag does not belong to this NIC")
     from hsp_rdma.cext import verbs as cx
@@ -191,6 +208,9 @@ def VipRegisterMem(nic: Nic, buffer, attrs: MemAttributes) -> MemHandle:
 
 
 def VipDeregisterMem(nic: Nic, buffer, handle: MemHandle) -> None:
+    if isinstance(nic, _soft.Nic):
+        _soft.deregister(nic, handle)
+        return
     h = handle if isinstance(handle, MemHandle) else nic.handles.get(int(handle))
     if h is None or h.mr.closed:
         raise VipInvalidParameter(f"memory handle {int(handle)} is not registered on this NIC")
@@ -203,6 +223,8 @@ def VipDeregisterMem(nic: Nic, buffer, handle: MemHandle) -> None:
 def VipCreateVi(nic: Nic, attrs: ViAttributes, send_cq: CQ | None = None,
                 recv_cq: CQ | None = None) -> Vi:
     """A VI; with SEND_CQ / RECV_CQ its work queues report to those completion queues."""
+    if isinstance(nic, _soft.Nic):
+        return _soft.Vi(nic, attrs, send_cq, recv_cq)
     return Vi(nic, attrs, send_cq, recv_cq)
 
 
@@ -230,6 +252,8 @@ class ConnRequest:
 
 
 def VipConnectWait(nic: Nic, local_addr: NetAddress, timeout_ms: int | None) -> ConnRequest:
+    if isinstance(nic, _soft.Nic):
+        return _soft.connect_wait(nic, local_addr, timeout_ms)
     ipaddress.IPv4Address(local_addr.host)
     listener = _prov.accept_listener(nic, local_addr)
     t = 1e9 if timeout_ms is None else timeout_ms / 1000
@@ -253,6 +277,9 @@ def _cx():
 
 
 def VipConnectAccept(conn: ConnRequest, vi: Vi) -> None:
+    if isinstance(conn, _soft.ConnRequest):
+        _soft.connect_accept(conn, vi)
+        return
     if vi.state is not ViState.IDLE:
         raise VipInvalidState(f"VI is {vi.state.name}: only an IDLE VI accepts")
     if conn.reliability != vi.attrs.reliability_level:
@@ -264,12 +291,17 @@ def VipConnectAccept(conn: ConnRequest, vi: Vi) -> None:
 
 
 def VipConnectReject(conn: ConnRequest) -> None:
+    if isinstance(conn, _soft.ConnRequest):
+        _soft.connect_reject(conn)
+        return
     conn.cmid.reject(_prov.reject_data(VipReturn.REJECT))
     conn.cmid.close()
 
 
 def VipConnectRequest(vi: Vi, local_addr: NetAddress, remote_addr: NetAddress,
                       timeout_ms: int | None) -> ViAttributes:
+    if isinstance(vi, _soft.Vi):
+        return _soft.connect_request(vi, local_addr, remote_addr, timeout_ms)
     return vi.connect(local_addr, remote_addr, 60000 if timeout_ms is None else timeout_ms)
 
 
@@ -305,6 +337,8 @@ def VipRecvWait(vi: Vi, timeout_ms: int | None) -> VipDescriptor:
 # ---- completion queues ---------------------------------------------------------------------
 def VipCreateCQ(nic: Nic, entries: int) -> CQ:
     """A completion queue that VIs' work queues can share (VipCreateVi send_cq/recv_cq)."""
+    if isinstance(nic, _soft.Nic):
+        return _soft.CompletionQueue(nic, entries, vipl=True)
     return CQ(nic, entries, vipl=True)
 
 
@@ -318,6 +352,9 @@ def VipDestroyCQ(cq: CQ) -> None:
 def VipResizeCQ(cq: CQ, entries: int) -> None:
     if entries < 1:
         raise VipInvalidParameter(f"a completion queue needs at least 1 entry, not {entries}")
+    if isinstance(cq, _soft.CompletionQueue):
+        _soft.resize_cq(cq, entries)
+        return
     try:
         cq.cq.resize(entries)
     except VerbsError as exc:
@@ -330,6 +367,8 @@ def VipResizeCQ(cq: CQ, entries: int) -> None:
 def VipCQDone(cq: CQ) -> tuple[Vi, bool] | None:
     """(vi, is_recv_queue) of the oldest completion on CQ, or None; take the descriptor with
     that VI's VipSendDone / VipRecvDone."""
+    if isinstance(cq, _soft.CompletionQueue):
+        return cq.done()
     cq.drain()
     while cq.fifo:
         vi, recv = cq.fifo.popleft()

@@ -1,0 +1,1244 @@
+"""The software provider of hsp_rdma.via, ``VipOpenNic("soft:NAME")``: VIPL over TCP, no RDMA.
+
+M-VIA style: a connected VI is one TCP stream of frames (connect handshake, sends, RDMA Write
+and Read requests, acknowledgements). Each connection's progress thread applies what arrives
+into the registered regions after checking the memory handle, the range, the protection tag
+and the region's RDMA enable bits; anything else is refused and counted (``Nic.counters``),
+the peer is told (NAK), and the VI goes to ERROR with the error callback, as a remote access
+error does on verbs. Works on 127.0.0.1 and between any two Linux hosts.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno as _errno
+import ipaddress
+import itertools
+import os
+import secrets
+import socket
+import struct
+import sys
+import threading
+import time
+import zlib
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hsp_rdma.via.constants import Control, Reliability, Status, VipReturn, ViState
+from hsp_rdma.via.types import (
+    MemAttributes,
+    MemHandle,
+    NetAddress,
+    NicAttributes,
+    ViAttributes,
+    VipDescriptor,
+    VipError,
+    VipErrorResource,
+    VipInvalidParameter,
+    VipInvalidPtag,
+    VipInvalidRdmaRead,
+    VipInvalidReliabilityLevel,
+    VipInvalidState,
+    VipNoMatch,
+    VipNotReachable,
+    VipNotSupported,
+    VipReject,
+    VipTimeout,
+)
+
+# ---- limits (what VipQueryNic reports, and what is enforced) -----------------------------
+QUEUE_DEPTH = 256  # descriptors one work queue of a VI holds (as the verbs provider)
+MAX_SEGMENTS = 4  # data segments per descriptor (the verbs provider's queue pairs take 4)
+MAX_TRANSFER = 1 << 30  # bytes one descriptor moves
+MAX_DISCRIMINATOR = 48  # as on verbs (56 bytes of RC private data less the header)
+MAX_VI = 1024
+MAX_CQ_ENTRIES = 1 << 16
+NATIVE_MTU = 4096
+# Listeners: a discriminator maps to a TCP port on the listener's address, PORT_BASE +
+# crc32 % PORT_SPAN (the verbs provider's map, on another base: below Linux's ephemeral range
+# and clear of the verbs ports, which siw really listens on). HSP_VIA_SOFT_PORT_BASE moves it
+# (parallel test runs); several discriminators may share a port, the listener tells them apart.
+PORT_BASE = int(os.environ.get("HSP_VIA_SOFT_PORT_BASE", "10000"))
+PORT_SPAN = 10000
+# A peer that stops acknowledging (host gone, cable pulled) fails the connection after about
+# this long, like the verbs provider's RC retry budget (~4 s on RoCE).
+USER_TIMEOUT_MS = 4000
+HANDSHAKE_S = 10.0  # a connecting peer must say who it wants within this
+DRAIN_S = 2.0  # after refusing a peer: how long its stream is read (so our NAK reaches it)
+
+# ---- the wire: one header for every frame, network byte order, then LENGTH payload bytes ---
+HDR = struct.Struct("!2sBBIQIII")  # magic, type, flags, seq, addr, rkey, value, length
+MAGIC = b"SV"
+VERSION = 1
+HELLO = 1  # seq=VERSION, rkey=reliability, value=enable bits, addr=max transfer; payload=disc
+ACCEPT = 2  # the same fields, for the acceptor's VI
+REJECT = 3  # value=VipReturn
+READY = 4  # the initiator's last handshake word; data may follow at once
+SEND = 5  # seq, value=immediate (flags & F_IMM); payload=message
+WRITE = 6  # seq, addr, rkey, value=immediate (flags & F_IMM); payload=data
+READ_REQ = 7  # seq, addr, rkey, value=length
+READ_RESP = 8  # seq=the request's; payload=data
+ACK = 9  # seq=every operation up to and including it was applied
+NAK = 10  # seq=the operation refused (all before it were applied), value=Status bits;
+#           payload=the reason in words. The sender of a NAK closes the stream after it.
+F_IMM = 1
+EN_WRITE, EN_READ = 1, 2
+MAX_REASON = 512
+_MASK = 0xFFFFFFFF
+_NAMES = {HELLO: "HELLO", ACCEPT: "ACCEPT", REJECT: "REJECT", READY: "READY", SEND: "SEND",
+          WRITE: "WRITE", READ_REQ: "READ_REQ", READ_RESP: "READ_RESP", ACK: "ACK", NAK: "NAK"}
+
+
+def frame(kind: int, seq: int = 0, addr: int = 0, rkey: int = 0, value: int = 0,
+          length: int = 0, flags: int = 0) -> bytes:
+    """A frame header (the payload, LENGTH bytes, follows it on the stream)."""
+    return HDR.pack(MAGIC, kind, flags, seq & 0xFFFFFFFF, addr, rkey, value & 0xFFFFFFFF,
+                    length)
+
+
+def port_of(discriminator: bytes) -> int:
+    return PORT_BASE + zlib.crc32(discriminator) % PORT_SPAN
+
+
+def _enable_bits(attrs: ViAttributes) -> int:
+    return (EN_WRITE if attrs.enable_rdma_write else 0) | (EN_READ if attrs.enable_rdma_read
+                                                           else 0)
+
+
+def _attrs_of(rel: int, bits: int, max_transfer: int) -> ViAttributes:
+    try:
+        reliability = Reliability(rel)
+    except ValueError:
+        reliability = Reliability.RELIABLE_DELIVERY
+    return ViAttributes(reliability_level=reliability, max_transfer_size=max_transfer,
+                        enable_rdma_write=bool(bits & EN_WRITE),
+                        enable_rdma_read=bool(bits & EN_READ))
+
+
+@dataclass
+class ErrorDescriptor:
+    """What VIPL's error handler receives (VIP_ERROR_DESCRIPTOR); same fields as verbs'."""
+
+    nic: Nic
+    vi: Vi | None
+    resource: str  # "VI", "NIC"
+    code: str  # CONN_LOST, PROTECTION, PROTOCOL, LENGTH_ERROR, TRANSPORT_ERROR, …
+    message: str
+    descriptor: VipDescriptor | None = None
+
+
+class _Eof(Exception):
+    def __init__(self, mid: bool):
+        super().__init__("end of stream" + (" inside a frame" if mid else ""))
+        self.mid = mid
+
+
+class _Garbage(Exception):
+    """The peer broke the protocol; the message names how."""
+
+
+class _Refused(Exception):
+    """We refuse the peer's operation SEQ: NAK with STATUS, VI to ERROR (CODE), counted."""
+
+    def __init__(self, seq: int, status: Status, code: str, counter: str, message: str,
+                 desc: VipDescriptor | None = None, completion: tuple | None = None):
+        super().__init__(message)
+        self.seq, self.status, self.code, self.counter = seq, status, code, counter
+        self.desc, self.completion = desc, completion  # our receive that failed with it
+
+
+# ---- memory ---------------------------------------------------------------------------------
+class Ptag:
+    def __init__(self, nic: Nic):
+        self.nic = nic
+        self.closed = False
+
+    def close(self) -> None:
+        users = sum(1 for r in self.nic.regions.values() if r.ptag is self) + \
+            sum(1 for v in self.nic.vis if v.attrs.ptag is self)
+        if users:
+            raise VipErrorResource(f"the ptag still protects {users} region(s)/VI(s): "
+                                   "deregister and destroy those first")
+        self.closed = True
+
+
+class Region:
+    """A registered buffer: its address range, ptag, RDMA enable bits and a byte view."""
+
+    def __init__(self, nic: Nic, buffer, attrs: MemAttributes, key: int):
+        try:
+            view = memoryview(buffer)
+        except TypeError as exc:
+            raise VipInvalidParameter(f"cannot register {type(buffer).__name__}: it must be a "
+                                      "writable buffer (bytearray, mmap, numpy array…)") from exc
+        if view.readonly or not view.c_contiguous:
+            view.release()
+            raise VipInvalidParameter(f"cannot register {type(buffer).__name__}: it must be a "
+                                      "writable, contiguous buffer (bytearray, mmap, …)")
+        view = view.cast("B")
+        if len(view) == 0:
+            raise VipInvalidParameter("cannot register an empty buffer")
+        self.addr = ctypes.addressof(ctypes.c_char.from_buffer(view))
+        self.length = len(view)
+        self.view = view
+        self.nic, self.ptag, self.key = nic, attrs.ptag, key
+        self.remote_write, self.remote_read = attrs.enable_rdma_write, attrs.enable_rdma_read
+        self.closed = False
+
+    @property
+    def pd(self) -> Ptag:  # the verbs provider's name for it
+        return self.ptag
+
+    def close(self) -> None:
+        self.closed = True
+        self.view = memoryview(b"")
+
+
+def register(nic: Nic, buffer, attrs: MemAttributes) -> MemHandle:
+    if not isinstance(attrs.ptag, Ptag) or attrs.ptag.nic is not nic or attrs.ptag.closed:
+        raise VipInvalidPtag("the ptag does not belong to this NIC")
+    while True:
+        key = secrets.randbits(32)  # unguessable: a peer cannot name a region by counting
+        if key and key not in nic.regions:
+            break
+    region = Region(nic, buffer, attrs, key)
+    nic.regions[key] = region
+    return MemHandle(key, key, region)
+
+
+def deregister(nic: Nic, handle) -> None:
+    region = nic.regions.get(int(handle))
+    if region is None or (isinstance(handle, MemHandle) and handle.mr is not region):
+        raise VipInvalidParameter(f"memory handle {int(handle)} is not registered on this NIC")
+    del nic.regions[int(handle)]
+    region.close()
+
+
+# ---- completion queues ------------------------------------------------------------------------
+class CompletionQueue:
+    """Completions of the work queues attached to it. VIPL CQs (``vipl=True``) keep which
+    work queue completed, in order; ``fileno()`` is an eventfd that is readable while a
+    completion is there to take (cleared when VipCQDone finds none), for event loops."""
+
+    def __init__(self, nic: Nic, entries: int, vipl: bool = False):
+        if entries < 1:
+            raise VipInvalidParameter(f"a completion queue needs at least 1 entry, not {entries}")
+        if entries > MAX_CQ_ENTRIES:
+            raise VipErrorResource(f"a completion queue holds at most {MAX_CQ_ENTRIES} entries")
+        self.nic, self.vipl, self.entries = nic, vipl, entries
+        self.fifo: deque[tuple[Vi, bool]] = deque()
+        self.users = 0
+        self._cv = threading.Condition()
+        self._gen = 0
+        self._efd = -1
+
+    def push(self, vi: Vi, recv: bool) -> None:
+        with self._cv:
+            self._gen += 1
+            if self.vipl:
+                self.fifo.append((vi, recv))
+            self._cv.notify_all()
+            if self._efd >= 0:
+                os.eventfd_write(self._efd, 1)
+
+    def fileno(self) -> int:
+        with self._cv:
+            if self._efd < 0:
+                self._efd = os.eventfd(len(self.fifo), os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            return self._efd
+
+    def done(self) -> tuple[Vi, bool] | None:
+        """(vi, is_recv_queue) of the oldest completion whose descriptor is at its queue's
+        head, or None (entries for descriptors already taken are dropped)."""
+        with self._cv:
+            while self.fifo:
+                vi, recv = self.fifo.popleft()
+                q = vi.recvq if recv else vi.sendq
+                if q and q[0].wr_id in vi._done:
+                    return vi, recv
+            if self._efd >= 0:
+                try:
+                    os.eventfd_read(self._efd)
+                except BlockingIOError:
+                    pass
+            return None
+
+    def wait(self, timeout_ms: float) -> None:
+        """Sleep until a completion is queued (VIPL CQs) or TIMEOUT_MS passes."""
+        with self._cv:
+            if not self.fifo:
+                self._cv.wait(max(timeout_ms, 0) / 1000)
+
+    def close(self) -> None:
+        with self._cv:
+            if self._efd >= 0:
+                os.close(self._efd)
+                self._efd = -1
+
+
+# ---- the NIC ------------------------------------------------------------------------------------
+class ConnRequest:
+    """An incoming connection: the peer's discriminator and attributes, to accept or reject."""
+
+    def __init__(self, nic: Nic, sock: socket.socket, stream: _Stream, local: NetAddress,
+                 remote: NetAddress, attrs: ViAttributes):
+        self.nic, self.sock, self.stream, self.local = nic, sock, stream, local
+        self.remote, self.remote_attrs = remote, attrs
+        self.reliability = attrs.reliability_level
+        self.cmid = None  # (the verbs provider's field; nothing of rdma_cm here)
+
+    def _reject(self, code: VipReturn) -> None:
+        try:
+            self.sock.sendall(frame(REJECT, value=int(code)))
+        except OSError:
+            pass  # the peer gave up already
+        _close(self.sock)
+
+
+class _Listener:
+    """A listening socket on (host, port); the discriminators this NIC listens for there."""
+
+    def __init__(self, nic: Nic, host: str, port: int):
+        self.nic, self.host, self.port = nic, host, port
+        self.discs: set[bytes] = set()
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            s.listen(16)
+        except OSError as exc:
+            s.close()
+            if exc.errno == _errno.EADDRINUSE:
+                raise VipErrorResource(
+                    f"{host}:{port} (the soft provider's port for this discriminator) is taken "
+                    "by another listener: listen on another address (127.0.0.x), use another "
+                    "discriminator, or move the port base (HSP_VIA_SOFT_PORT_BASE)") from exc
+            if exc.errno == _errno.EADDRNOTAVAIL:
+                raise VipNotReachable(f"{host} is not an address of this host") from exc
+            raise VipErrorResource(f"cannot listen on {host}:{port}: {exc}", exc.errno) from exc
+        self.sock = s
+        self.thread = threading.Thread(target=self._accept_loop,
+                                       name=f"via-soft-listen-{port}", daemon=True)
+        self.thread.start()
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                s, peer = self.sock.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._greet, args=(s, peer), daemon=True,
+                             name=f"via-soft-greet-{self.port}").start()
+
+    def _greet(self, s: socket.socket, peer: tuple) -> None:
+        """Read the peer's HELLO (bounded in time); queue it for VipConnectWait, or refuse."""
+        nic = self.nic
+        stream = _Stream(s)
+        try:
+            s.settimeout(HANDSHAKE_S)
+            h = stream.header()
+            if h[1] != HELLO or h[3] != VERSION or h[7] > MAX_DISCRIMINATOR:
+                raise _Garbage(f"expected HELLO version {VERSION}, got "
+                               f"{_NAMES.get(h[1], h[1])} version {h[3]} ({h[7]} bytes)")
+            disc = stream.take(h[7])
+        except (_Garbage, _Eof, OSError) as exc:
+            nic.count("refused_hello")
+            nic.note(f"connection from {peer[0]}:{peer[1]} refused before HELLO: {exc}")
+            _close(s)
+            return
+        req = ConnRequest(nic, s, stream, NetAddress(self.host, disc),
+                          NetAddress(peer[0], disc), _attrs_of(h[5], h[6], h[4]))
+        if disc not in self.discs:
+            nic.count("no_match")
+            req._reject(VipReturn.NO_MATCH)
+            return
+        with nic._cv:
+            nic._incoming.setdefault((self.host, disc), deque()).append(req)
+            nic._cv.notify_all()
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class Nic:
+    """An open soft NIC: registered regions, listeners, VIs, counters, the error handler."""
+
+    iwarp = False  # immediate data is carried (scenarios ask)
+    max_sge_rd = MAX_SEGMENTS
+
+    def __init__(self, label: str):
+        if not label or any(c.isspace() for c in label):
+            raise VipInvalidParameter(f"'soft:{label}': name the soft NIC with a label after "
+                                      "'soft:' (e.g. soft:a), without spaces")
+        self.name = f"soft:{label}"
+        self.regions: dict[int, Region] = {}
+        self.listeners: dict[tuple[str, int], _Listener] = {}
+        self.vis: list[Vi] = []
+        self.vi_by_serial: dict[int, Vi] = {}
+        self._serials = itertools.count(1)
+        self.error_handler: Callable | None = None
+        self.error_context: object = None
+        self.errors: list[ErrorDescriptor] = []  # every error reported, newest last
+        self.notes: deque[str] = deque(maxlen=64)  # refusals that had no VI to report to
+        self.counters: Counter = Counter()
+        self._cv = threading.Condition()
+        self._incoming: dict[tuple[str, bytes], deque[ConnRequest]] = {}
+        self._closing = False
+
+    @property
+    def handles(self) -> dict[int, Region]:
+        return self.regions
+
+    def count(self, what: str, n: int = 1) -> None:
+        self.counters[what] += n
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def report(self, err: ErrorDescriptor) -> None:
+        self.errors.append(err)
+        del self.errors[:-64]
+        if self.error_handler is not None:
+            try:
+                self.error_handler(self.error_context, err)
+            except Exception as exc:  # noqa: BLE001 - a handler's bug must not kill the thread
+                print(f"hsp_rdma.via: error handler raised {exc!r}", file=sys.stderr)
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        for vi in list(self.vis):
+            vi.destroy(force=True)
+        for lst in self.listeners.values():
+            lst.close()
+        self.listeners.clear()
+        with self._cv:
+            for q in self._incoming.values():
+                for req in q:
+                    _close(req.sock)
+            self._incoming.clear()
+            self._cv.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+
+def query_nic(nic: Nic) -> NicAttributes:
+    return NicAttributes(
+        name=nic.name, hardware_version=0, provider_version=f"hsp_rdma soft {VERSION} (TCP)",
+        nic_address=nic.name, thread_safe=True, max_discriminator_len=MAX_DISCRIMINATOR,
+        max_register_bytes=1 << 40, max_register_regions=1 << 20,
+        max_register_block_bytes=1 << 40, max_vi=MAX_VI, max_descriptors_per_queue=QUEUE_DEPTH,
+        max_segments_per_desc=MAX_SEGMENTS, max_cq=MAX_VI * 2, max_cq_entries=MAX_CQ_ENTRIES,
+        max_transfer_size=MAX_TRANSFER, native_mtu=NATIVE_MTU, max_ptags=1 << 16,
+        reliability_level_support=int(Reliability.RELIABLE_DELIVERY),
+        rdma_read_support=int(Reliability.RELIABLE_DELIVERY),
+        extra={"transport": "tcp", "port_base": PORT_BASE, "port_span": PORT_SPAN})
+
+
+def system_management_info(nic: Nic, info_type: int = 0) -> dict:
+    """The NIC's state and counters: frames and bytes each way, and every refusal by kind
+    (refused_handle, refused_range, refused_ptag, refused_permission, refused_hello,
+    garbage, truncated, length_errors, empty_queue, no_match)."""
+    return {"nic": nic.name, "info_type": info_type,
+            "state": "1: DOWN" if nic.closed else "4: ACTIVE", "phys_state": "5: LinkUp",
+            "link_layer": "TCP", "rate": "software", "counters": dict(nic.counters),
+            "hw_counters": {}, "notes": list(nic.notes)}
+
+
+# ---- connections ----------------------------------------------------------------------------------
+def _check_host(addr: NetAddress, what: str) -> None:
+    try:
+        ipaddress.IPv4Address(addr.host)
+    except ValueError as exc:
+        raise VipInvalidParameter(f"{what} address {addr.host!r} is not an IPv4 address") \
+            from exc
+    if len(addr.discriminator) > MAX_DISCRIMINATOR:
+        raise VipInvalidParameter(f"discriminator longer than {MAX_DISCRIMINATOR} bytes")
+
+
+def connect_wait(nic: Nic, local: NetAddress, timeout_ms: int | None) -> ConnRequest:
+    _check_host(local, "local")
+    if nic.closed:
+        raise VipInvalidState(f"{nic.name} is closed")
+    key = (local.host, port_of(local.discriminator))
+    lst = nic.listeners.get(key)
+    if lst is None:
+        lst = nic.listeners[key] = _Listener(nic, *key)
+    lst.discs.add(local.discriminator)
+    deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+    with nic._cv:
+        while True:
+            q = nic._incoming.get((local.host, local.discriminator))
+            if q:
+                return q.popleft()
+            if nic.closed:
+                raise VipInvalidState(f"{nic.name} was closed while waiting")
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise VipTimeout(f"no connection request at {local.host} for discriminator "
+                                 f"{local.discriminator!r} in {timeout_ms} ms")
+            nic._cv.wait(left)
+
+
+def connect_accept(conn: ConnRequest, vi: Vi) -> None:
+    if not isinstance(vi, Vi) or vi.nic is not conn.nic:
+        raise VipInvalidParameter("the VI does not belong to the NIC that took the request")
+    if vi.state is not ViState.IDLE:
+        raise VipInvalidState(f"VI is {vi.state.name}: only an IDLE VI accepts")
+    if conn.reliability != vi.attrs.reliability_level:
+        conn._reject(VipReturn.INVALID_RELIABILITY_LEVEL)
+        raise VipInvalidReliabilityLevel(
+            f"peer asks {conn.reliability.name}, this VI is {vi.attrs.reliability_level.name}")
+    s = conn.sock
+    vi.state = ViState.CONNECT_PENDING
+    try:
+        s.settimeout(HANDSHAKE_S)
+        s.sendall(frame(ACCEPT, seq=VERSION, rkey=int(vi.attrs.reliability_level),
+                        value=_enable_bits(vi.attrs), addr=vi.max_transfer))
+        h = conn.stream.header()
+        if h[1] != READY:
+            raise _Garbage(f"expected READY, got {_NAMES.get(h[1], h[1])}")
+    except (OSError, _Eof, _Garbage) as exc:
+        vi.state = ViState.IDLE
+        _close(s)
+        raise VipNotReachable(f"the connection from {conn.remote.host} did not establish "
+                              f"({exc}): the peer gave up or went away") from exc
+    vi._establish(_Conn(vi, s, conn.stream), conn.remote_attrs)
+
+
+def connect_reject(conn: ConnRequest) -> None:
+    conn._reject(VipReturn.REJECT)
+
+
+_REJECTS = {VipReturn.NO_MATCH: VipNoMatch,
+            VipReturn.INVALID_RELIABILITY_LEVEL: VipInvalidReliabilityLevel}
+
+
+def connect_request(vi: Vi, local: NetAddress, remote: NetAddress,
+                    timeout_ms: int | None) -> ViAttributes:
+    if vi.state is not ViState.IDLE:
+        raise VipInvalidState(f"VI is {vi.state.name}, not IDLE: cannot connect")
+    _check_host(remote, "remote")
+    timeout_ms = 60000 if timeout_ms is None else max(int(timeout_ms), 1)
+    deadline = time.monotonic() + timeout_ms / 1000
+    port = port_of(remote.discriminator)
+    src = (local.host, 0) if local.host not in ("", "0.0.0.0") else None
+    vi.state = ViState.CONNECT_PENDING
+    s = None
+    try:
+        try:
+            s = socket.create_connection((remote.host, port), timeout_ms / 1000, src)
+        except ConnectionRefusedError as exc:
+            raise VipNoMatch(f"nothing listens at {remote.host} for discriminator "
+                             f"{remote.discriminator!r} (port {port} refused)") from exc
+        except TimeoutError as exc:
+            raise VipTimeout(f"no answer from {remote.host}:{port} in {timeout_ms} ms") from exc
+        except OSError as exc:
+            raise VipNotReachable(f"cannot reach {remote.host}:{port}: {exc}") from exc
+        stream = _Stream(s)
+        try:
+            s.settimeout(max(0.001, deadline - time.monotonic()))
+            s.sendall(frame(HELLO, seq=VERSION, rkey=int(vi.attrs.reliability_level),
+                            value=_enable_bits(vi.attrs), addr=vi.max_transfer,
+                            length=len(remote.discriminator)) + remote.discriminator)
+            h = stream.header()
+        except TimeoutError as exc:
+            raise VipTimeout(f"{remote.host} did not answer the connection request in "
+                             f"{timeout_ms} ms") from exc
+        except (OSError, _Eof, _Garbage) as exc:
+            raise VipNotReachable(f"{remote.host} broke the connection request: {exc}") from exc
+        if h[1] == REJECT:
+            try:
+                code = VipReturn(h[6])
+            except ValueError:
+                code = VipReturn.REJECT
+            raise _REJECTS.get(code, VipReject)(f"{remote.host} refused the connection "
+                                                f"({code.name})")
+        if h[1] != ACCEPT or h[3] != VERSION:
+            raise VipNotReachable(f"{remote.host}:{port} does not speak this protocol (got "
+                                  f"{_NAMES.get(h[1], h[1])} version {h[3]})")
+        try:
+            s.sendall(frame(READY))
+        except OSError as exc:
+            raise VipNotReachable(f"{remote.host} went away while connecting: {exc}") from exc
+    except BaseException:
+        vi.state = ViState.IDLE
+        if s is not None:
+            _close(s)
+        raise
+    peer = _attrs_of(h[5], h[6], h[4])
+    vi._establish(_Conn(vi, s, stream), peer)
+    return peer
+
+
+def _close(s: socket.socket) -> None:
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    s.close()
+
+
+# ---- one connection's stream --------------------------------------------------------------------
+class _Stream:
+    """Buffered reads from a socket: headers out of a buffer, payloads straight into their
+    destination (a registered region) once the buffered bytes are used up."""
+
+    def __init__(self, sock: socket.socket, size: int = 1 << 16):
+        self.sock = sock
+        self.buf = bytearray(size)
+        self.mv = memoryview(self.buf)
+        self.lo = self.hi = 0
+
+    def pending(self) -> int:
+        return self.hi - self.lo
+
+    def _need(self, n: int) -> None:
+        while self.hi - self.lo < n:
+            if self.lo and len(self.buf) - self.lo < n:
+                k = self.hi - self.lo
+                self.mv[:k] = self.mv[self.lo:self.hi]
+                self.lo, self.hi = 0, k
+            got = self.sock.recv_into(self.mv[self.hi:])
+            if got == 0:
+                raise _Eof(mid=self.hi > self.lo)
+            self.hi += got
+
+    def header(self) -> tuple:
+        self._need(HDR.size)
+        h = HDR.unpack_from(self.mv, self.lo)
+        if h[0] != MAGIC:
+            raise _Garbage(f"bad frame magic {bytes(self.mv[self.lo:self.lo + 4]).hex()}")
+        self.lo += HDR.size
+        return h
+
+    def take(self, n: int) -> bytes:
+        self._need(n)
+        out = bytes(self.mv[self.lo:self.lo + n])
+        self.lo += n
+        return out
+
+    def into(self, dest: memoryview) -> None:
+        k = min(len(dest), self.hi - self.lo)
+        if k:
+            dest[:k] = self.mv[self.lo:self.lo + k]
+            self.lo += k
+        n = len(dest)
+        while k < n:
+            got = self.sock.recv_into(dest[k:])
+            if got == 0:
+                raise _Eof(mid=True)
+            k += got
+
+
+class _Conn:
+    """One connected VI's TCP stream: a writer side (non-blocking first, then a writer thread
+    for what the socket would not take) and the progress thread that reads and applies."""
+
+    def __init__(self, vi: Vi, sock: socket.socket, stream: _Stream):
+        self.vi, self.sock, self.stream = vi, sock, stream
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for opt, val in (("TCP_USER_TIMEOUT", USER_TIMEOUT_MS), ("TCP_KEEPIDLE", 2),
+                         ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 3)):
+            if hasattr(socket, opt):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), val)
+        self.closed = False  # VipDisconnect / destroy: nothing more is reported or applied
+        self.failed = False  # the stream broke or was refused: the VI is in ERROR
+        self.wlock = threading.Condition()
+        self.backlog: deque = deque()
+        self.writing = False
+        self.seq = itertools.count(1)
+        self.pending: deque[tuple[int, VipDescriptor, list]] = deque()  # awaiting ACK/RESP
+        self.acked = 0  # highest seq of ours the peer acknowledged
+        self.last_seq = 0  # highest seq of ours sent
+        self.applied = 0  # highest seq of the peer's we applied
+        self.ack_sent = 0
+        self.reader = threading.Thread(target=self._read_loop, daemon=True,
+                                       name=f"via-soft-vi{vi.serial}")
+        self.writer = threading.Thread(target=self._write_loop, daemon=True,
+                                       name=f"via-soft-vi{vi.serial}-tx")
+
+    def start(self) -> None:
+        self.writer.start()
+        self.reader.start()
+
+    # ---- writing ------------------------------------------------------------------------
+    def send(self, parts: list, op: tuple | None = None) -> int:
+        """Queue a frame (header + payload views) in stream order; with OP = (desc, segs)
+        the frame is one of ours that the peer acknowledges: its seq is returned."""
+        with self.wlock:
+            seq = 0
+            if op is not None:
+                seq = self.last_seq = next(self.seq) & _MASK
+                parts[0] = parts[0][:4] + struct.pack("!I", seq) + parts[0][8:]
+                self.pending.append((seq, op[0], op[1]))
+            if self.closed or self.failed:
+                return seq
+            if not self.backlog and not self.writing:
+                try:
+                    sent = self.sock.sendmsg(parts, [], socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    self._break_stream()
+                    return seq
+                parts = _rest(parts, sent)
+                if not parts:
+                    return seq
+            self.backlog.extend(parts)
+            self.wlock.notify_all()
+            return seq
+
+    def _write_loop(self) -> None:
+        while True:
+            with self.wlock:
+                while not self.backlog and not (self.closed or self.failed):
+                    self.wlock.wait()
+                if self.closed or (self.failed and not self.backlog):
+                    return
+                parts = list(self.backlog)
+                self.backlog.clear()
+                self.writing = True
+            try:
+                while parts:
+                    parts = _rest(parts, self.sock.sendmsg(parts))
+            except OSError:
+                self._break_stream()
+            with self.wlock:
+                self.writing = False
+                if self.failed and not self.backlog:
+                    self.wlock.notify_all()
+
+    def _break_stream(self) -> None:
+        """A write failed: wake the reader (it reports the loss)."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def flush_ack(self) -> None:
+        if self.applied != self.ack_sent:
+            self.ack_sent = self.applied
+            self.send([frame(ACK, seq=self.applied)])
+
+    def close(self) -> None:
+        """VipDisconnect: the stream ends; nothing more is applied or reported."""
+        with self.wlock:
+            self.closed = True
+            self.backlog.clear()
+            self.wlock.notify_all()
+        self._break_stream()
+        if threading.current_thread() is not self.reader:
+            self.reader.join(5)
+
+    # ---- reading ------------------------------------------------------------------------
+    def _read_loop(self) -> None:
+        vi, nic = self.vi, self.vi.nic
+        try:
+            while True:
+                if self.stream.pending() < HDR.size:
+                    self.flush_ack()
+                h = self.stream.header()
+                self._apply(h)
+                if self.closed:
+                    return
+        except _Refused as r:
+            nic.count(r.counter)
+            reason = str(r).encode()[:MAX_REASON]
+            self.send([frame(NAK, seq=r.seq, value=int(r.status), length=len(reason)), reason])
+            vi._broken(self, r.code, str(r), r.desc, r.completion)
+            self._drain()
+        except _Closed:
+            pass
+        except _Garbage as g:
+            nic.count("garbage")
+            vi._broken(self, "PROTOCOL", f"the peer broke the protocol: {g}")
+        except _Eof as e:
+            if e.mid:
+                nic.count("truncated")
+            vi._broken(self, "CONN_LOST", "connection lost: the peer closed the stream"
+                       + (" in the middle of a frame" if e.mid else ""))
+        except OSError as exc:
+            vi._broken(self, "CONN_LOST", f"connection lost: {exc.strerror or exc}")
+        except Exception as exc:  # noqa: BLE001 - a provider bug still ends in ERROR, reported
+            vi._broken(self, "PROTOCOL", f"the soft provider failed on a frame: {exc!r}")
+        finally:
+            with self.wlock:
+                self.failed = True
+                self.wlock.notify_all()
+            self.writer.join(DRAIN_S)
+            _close(self.sock)
+
+    def _drain(self) -> None:
+        """After a NAK: let it go out, then read (and drop) until the peer closes."""
+        with self.wlock:
+            self.failed = True
+            self.wlock.notify_all()
+        self.writer.join(DRAIN_S)
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            self.sock.settimeout(DRAIN_S)
+            while self.sock.recv(1 << 16):
+                pass
+        except OSError:
+            pass
+
+    def _apply(self, h: tuple) -> None:
+        _m, kind, flags, seq, addr, rkey, value, length = h
+        nic = self.vi.nic
+        nic.count("frames_rx")
+        if kind in (ACK, READ_REQ) and length:
+            raise _Garbage(f"{_NAMES[kind]} frame with a {length}-byte payload")
+        if kind == ACK:
+            self._complete_upto(seq)
+        elif kind == SEND:
+            self._expect_seq(seq)
+            if length > MAX_TRANSFER:
+                raise _Garbage(f"SEND of {length} bytes (at most {MAX_TRANSFER})")
+            self._receive(seq, length, flags & F_IMM, value, remote_write=False)
+            self.applied = seq
+        elif kind == WRITE:
+            self._expect_seq(seq)
+            region = self._region(seq, rkey, addr, length, write=True)
+            if flags & F_IMM:
+                self._receive(seq, length, True, value, remote_write=True, region=region,
+                              addr=addr)
+            else:
+                self._into(region, addr, length)
+            nic.count("rdma_write_bytes_rx", length)
+            self.applied = seq
+        elif kind == READ_REQ:
+            self._expect_seq(seq)
+            region = self._region(seq, rkey, addr, value, write=False)
+            off = addr - region.addr
+            self.send([frame(READ_RESP, seq=seq, length=value), region.view[off:off + value]])
+            nic.count("rdma_read_bytes_tx", value)
+            self.applied = seq
+        elif kind == READ_RESP:
+            self._read_response(seq, length)
+        elif kind == NAK:
+            if length > MAX_REASON:
+                raise _Garbage(f"NAK with a {length}-byte reason")
+            reason = self.stream.take(length).decode(errors="replace")
+            self._nak(seq, value, reason)
+        else:
+            raise _Garbage(f"unexpected frame {_NAMES.get(kind, kind)} on a connected VI")
+
+    def _expect_seq(self, seq: int) -> None:
+        if seq != ((self.applied + 1) & _MASK):
+            raise _Garbage(f"operation {seq} out of order (expected {self.applied + 1})")
+
+    def _region(self, seq: int, rkey: int, addr: int, length: int, write: bool) -> Region:
+        """The region a remote operation names, after every check; else _Refused."""
+        vi = self.vi
+        what = "RDMA Write" if write else "RDMA Read"
+        region = vi.nic.regions.get(rkey)
+        if region is None or region.closed:
+            raise _Refused(seq, Status.RDMA_PROT_ERROR, "PROTECTION", "refused_handle",
+                           f"{what} names memory handle {rkey:#x}, which is not registered")
+        if region.ptag is not vi.attrs.ptag:
+            raise _Refused(seq, Status.RDMA_PROT_ERROR, "PROTECTION", "refused_ptag",
+                           f"{what} into handle {rkey:#x}: the region's ptag is not the VI's")
+        if not (region.remote_write if write else region.remote_read):
+            raise _Refused(seq, Status.RDMA_PROT_ERROR, "PROTECTION", "refused_permission",
+                           f"{what} into handle {rkey:#x}: the region was registered without "
+                           f"enable_rdma_{'write' if write else 'read'}")
+        if length > MAX_TRANSFER or not (region.addr <= addr and addr + length
+                                         <= region.addr + region.length):
+            raise _Refused(seq, Status.RDMA_PROT_ERROR, "PROTECTION", "refused_range",
+                           f"{what} of {length} bytes at {addr:#x} lies outside handle "
+                           f"{rkey:#x} ({region.addr:#x}+{region.length})")
+        return region
+
+    def _into(self, region: Region, addr: int, length: int) -> None:
+        off = addr - region.addr
+        self.stream.into(region.view[off:off + length])
+
+    def _receive(self, seq: int, length: int, imm: bool, value: int, remote_write: bool,
+                 region: Region | None = None, addr: int = 0) -> None:
+        """A SEND (or a WRITE with immediate) takes the head of the receive queue."""
+        vi = self.vi
+        with vi._lock:
+            desc = vi._rq.popleft() if vi._rq else None
+        if desc is None:
+            raise _Refused(seq, Status.TRANSPORT_ERROR, "TRANSPORT_ERROR", "empty_queue",
+                           "a message arrived with no receive descriptor posted (a reliable "
+                           "VI breaks: post receives before the peer sends)")
+        segs = vi._segs_of.get(desc.wr_id, [])
+        if remote_write:
+            self._into(region, addr, length)
+        else:
+            cap = sum(n for _r, _o, n in segs)
+            if length > cap:
+                why = f"a {length}-byte message arrived for a {cap}-byte receive descriptor"
+                raise _Refused(seq, Status.REMOTE_DESC_ERROR, "LENGTH_ERROR", "length_errors",
+                               why, desc, (int(Status.DONE | Status.LENGTH_ERROR
+                                               | Status.OP_RECEIVE), 0, None, why))
+            left = length
+            for r, off, n in segs:
+                if not left:
+                    break
+                if r.closed:
+                    why = "the receive descriptor's memory was deregistered while posted"
+                    raise _Refused(seq, Status.REMOTE_DESC_ERROR, "PROTECTION_ERROR",
+                                   "local_protection", why, desc, (int(
+                                       Status.DONE | Status.PROTECTION_ERROR
+                                       | Status.OP_RECEIVE), 0, None, why))
+                k = min(n, left)
+                self.stream.into(r.view[off:off + k])
+                left -= k
+        status = Status.DONE | (Status.OP_REMOTE_RDMA_WRITE if remote_write
+                                else Status.OP_RECEIVE)
+        if imm:
+            status |= Status.IMMEDIATE
+        vi._complete(desc, True, status, length, immediate=value if imm else None)
+
+    def _complete_upto(self, seq: int) -> None:
+        vi = self.vi
+        if seq == self.acked:
+            return
+        if ((seq - self.acked) & _MASK) > ((self.last_seq - self.acked) & _MASK):
+            raise _Garbage(f"ACK {seq} for an operation never sent (last sent {self.last_seq})")
+        self.acked = seq
+        while self.pending and ((seq - self.pending[0][0]) & _MASK) < (1 << 31):
+            s, desc, _segs = self.pending[0]
+            if desc.control & Control.OP_MASK == Control.OP_RDMAREAD:
+                raise _Garbage(f"ACK {seq} before the response to RDMA Read {s}")
+            self.pending.popleft()
+            vi._complete_send(desc, Status.DONE)
+
+    def _read_response(self, seq: int, length: int) -> None:
+        vi = self.vi
+        if not self.pending or self.pending[0][0] != seq:
+            raise _Garbage(f"READ_RESP {seq} answers no RDMA Read in flight")
+        _s, desc, segs = self.pending[0]
+        want = sum(n for _r, _o, n in segs)
+        if desc.control & Control.OP_MASK != Control.OP_RDMAREAD or length != want:
+            raise _Garbage(f"READ_RESP {seq} of {length} bytes (asked for {want})")
+        for r, off, n in segs:
+            if r.closed:
+                raise _Garbage("the RDMA Read's local memory was deregistered")  # local misuse
+            self.stream.into(r.view[off:off + n])
+        self.pending.popleft()
+        vi._complete_send(desc, Status.DONE)
+
+    def _nak(self, seq: int, value: int, reason: str) -> None:
+        vi = self.vi
+        if not any(s == seq for s, _d, _g in self.pending):
+            raise _Garbage(f"NAK {seq} for an operation never sent")
+        status = Status(value & int(Status.ERROR_MASK)) or Status.TRANSPORT_ERROR
+        while self.pending:
+            s, desc, _segs = self.pending.popleft()
+            if s == seq:
+                vi._complete_send(desc, Status.DONE | status, reason=f"peer: {reason}")
+                vi._broken(self, status.name or "TRANSPORT_ERROR",
+                           f"the peer refused an operation: {reason}", desc)
+                raise _Closed()
+            vi._complete_send(desc, Status.DONE)
+
+
+class _Closed(Exception):
+    """The connection ended on purpose (a NAK taken); the reader stops quietly."""
+
+
+def _rest(parts: list, sent: int) -> list:
+    """PARTS less the first SENT bytes."""
+    i = 0
+    while i < len(parts) and sent >= len(parts[i]):
+        sent -= len(parts[i])
+        i += 1
+    rest = parts[i:]
+    if rest and sent:
+        rest[0] = memoryview(rest[0])[sent:]
+    return rest
+
+
+# ---- the VI ---------------------------------------------------------------------------------------
+class Vi:
+    """A VI; connected, one TCP stream. Descriptors complete in post order per queue."""
+
+    def __init__(self, nic: Nic, attrs: ViAttributes, send_cq: CompletionQueue | None = None,
+                 recv_cq: CompletionQueue | None = None):
+        if nic.closed:
+            raise VipInvalidState(f"{nic.name} is closed")
+        if attrs.reliability_level is Reliability.UNRELIABLE:
+            raise VipNotSupported("unreliable VIs are not supported by the soft provider: "
+                                  "use RELIABLE_DELIVERY")
+        if not isinstance(attrs.ptag, Ptag) or attrs.ptag.nic is not nic or attrs.ptag.closed:
+            raise VipInvalidPtag("the VI's ptag does not belong to this NIC")
+        for cq in (send_cq, recv_cq):
+            if cq is not None and (not isinstance(cq, CompletionQueue) or cq.nic is not nic):
+                raise VipInvalidParameter("the completion queue does not belong to this NIC")
+        if len(nic.vis) >= MAX_VI:
+            raise VipErrorResource(f"{nic.name} holds at most {MAX_VI} VIs")
+        if attrs.max_transfer_size < 0 or attrs.max_transfer_size > MAX_TRANSFER:
+            raise VipInvalidParameter(f"max_transfer_size {attrs.max_transfer_size}: between 0 "
+                                      f"(the NIC's maximum) and {MAX_TRANSFER}")
+        self.nic, self.attrs = nic, attrs
+        self.state = ViState.IDLE
+        self.why_error = "no reason recorded"
+        self.serial = next(nic._serials)
+        self.send_cq = send_cq or CompletionQueue(nic, QUEUE_DEPTH)
+        self.recv_cq = recv_cq or CompletionQueue(nic, QUEUE_DEPTH)
+        self.shared = (send_cq, recv_cq)
+        for cq in self.shared:
+            if cq is not None:
+                cq.users += 1
+        self.sendq: deque[VipDescriptor] = deque()
+        self.recvq: deque[VipDescriptor] = deque()
+        self._rq: deque[VipDescriptor] = deque()  # posted receives no message took yet
+        self._segs_of: dict[int, list] = {}
+        self._done: dict[int, tuple] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self.conn: _Conn | None = None
+        self.peer_attrs: ViAttributes | None = None
+        self._notify: list[threading.Thread] = []
+        nic.vis.append(self)
+        nic.vi_by_serial[self.serial] = self
+
+    @property
+    def max_transfer(self) -> int:
+        return self.attrs.max_transfer_size or MAX_TRANSFER
+
+    # ---- connection ---------------------------------------------------------------------
+    def _establish(self, conn: _Conn, peer: ViAttributes) -> None:
+        with self._lock:
+            self.conn, self.peer_attrs = conn, peer
+            self.state = ViState.CONNECTED
+        conn.start()
+
+    def _broken(self, conn: _Conn, code: str, message: str,
+                desc: VipDescriptor | None = None, completion: tuple | None = None) -> None:
+        """The stream CONN failed: ERROR, everything posted flushed, the handler told once.
+        COMPLETION, if given, is DESC's own (error) completion, recorded first."""
+        with self._lock:
+            if conn is not self.conn or conn.closed or conn.failed:
+                return
+            conn.failed = True
+            self.state = ViState.ERROR
+            self.why_error = f"{code}: {message}"
+            if completion is not None:
+                self._done[desc.wr_id] = completion
+            flushed = self._flush_locked() + ([True] if completion is not None else [])
+        self._signal(flushed)
+        self.nic.report(ErrorDescriptor(self.nic, self, "VI", code, message, desc))
+
+    def _flush_locked(self) -> list[tuple[CompletionQueue, bool]]:
+        out = []
+        for recv, q in ((False, self.sendq), (True, self.recvq)):
+            for d in q:
+                if d.wr_id not in self._done:
+                    self._done[d.wr_id] = (int(Status.DONE | Status.DESC_FLUSHED_ERROR
+                                               | (Status.OP_RECEIVE if recv else 0)),
+                                           0, None, "flushed")
+                    out.append(recv)
+        self._rq.clear()
+        if self.conn is not None:
+            self.conn.pending.clear()
+        return out
+
+    def _signal(self, flushed: list[bool]) -> None:
+        for recv in flushed:
+            (self.recv_cq if recv else self.send_cq).push(self, recv)
+
+    def disconnect(self) -> None:
+        """VipDisconnect: every posted descriptor completes DESC_FLUSHED; the VI is IDLE."""
+        conn = self.conn
+        if conn is not None:
+            conn.close()
+        with self._lock:
+            self.conn = None
+            flushed = self._flush_locked()
+            self.state = ViState.IDLE
+        self._signal(flushed)
+
+    def destroy(self, force: bool = False) -> None:
+        if not force and self.state is ViState.CONNECTED:
+            raise VipInvalidState("VI is CONNECTED: VipDisconnect it first")
+        if not force and (self.sendq or self.recvq):
+            raise VipInvalidState(f"VI still has {len(self.sendq)} send and {len(self.recvq)} "
+                                  "receive descriptors: take them with VipSendDone/RecvDone")
+        self.disconnect()
+        self.sendq.clear()
+        self.recvq.clear()
+        self._done.clear()
+        self._segs_of.clear()
+        for cq in self.shared:
+            if cq is not None:
+                cq.users -= 1
+        self.shared = (None, None)
+        if self in self.nic.vis:
+            self.nic.vis.remove(self)
+        self.nic.vi_by_serial.pop(self.serial, None)
+
+    # ---- data transfer --------------------------------------------------------------------
+    def _segs(self, desc: VipDescriptor) -> list[tuple[Region, int, int]]:
+        if len(desc.segments) > MAX_SEGMENTS:
+            raise VipInvalidParameter(f"{len(desc.segments)} data segments: the soft provider "
+                                      f"takes at most {MAX_SEGMENTS} per descriptor")
+        out = []
+        regions = self.nic.regions
+        for seg in desc.segments:
+            r = regions.get(int(seg.handle))
+            if r is None or r.closed or (isinstance(seg.handle, MemHandle)
+                                         and seg.handle.mr is not r):
+                raise VipInvalidParameter(f"memory handle {int(seg.handle)} is not registered "
+                                          "on this NIC")
+            if r.ptag is not self.attrs.ptag:
+                raise VipInvalidPtag("the memory and the VI have different ptags")
+            if seg.length < 0 or not (r.addr <= seg.address and seg.address + seg.length
+                                      <= r.addr + r.length):
+                raise VipInvalidParameter(
+                    f"segment 0x{seg.address:x}+{seg.length} lies outside its registered "
+                    f"region 0x{r.addr:x}+{r.length}")
+            out.append((r, seg.address - r.addr, seg.length))
+        return out
+
+    def post_send(self, desc: VipDescriptor) -> None:
+        op = desc.control & Control.OP_MASK
+        segs = self._segs(desc)
+        imm = bool(desc.control & Control.IMMEDIATE)
+        if op == Control.OP_RDMAREAD:
+            if not self.attrs.enable_rdma_read:
+                raise VipInvalidRdmaRead("RDMA Read needs enable_rdma_read on the VI")
+            if imm:
+                raise VipInvalidParameter("an RDMA Read carries no immediate data")
+        elif op not in (Control.OP_SENDRECV, Control.OP_RDMAWRITE):
+            raise VipInvalidParameter(f"control 0x{desc.control:x} names no operation")
+        if op != Control.OP_SENDRECV and desc.address is None:
+            raise VipInvalidParameter("an RDMA descriptor needs an AddressSegment")
+        total = sum(n for _r, _o, n in segs)
+        if total > self.max_transfer:
+            raise VipInvalidParameter(f"{total} bytes exceed the VI's max transfer size "
+                                      f"{self.max_transfer}")
+        if self.state is ViState.ERROR:
+            raise VipInvalidState(f"VI is in ERROR ({self.why_error}): VipDisconnect it, "
+                                  "then reconnect")
+        conn = self.conn
+        if self.state is not ViState.CONNECTED or conn is None:
+            raise VipInvalidState(f"VI is {self.state.name}: connect it before posting sends")
+        if len(self.sendq) >= QUEUE_DEPTH:
+            raise VipErrorResource(f"the send queue is full ({QUEUE_DEPTH} descriptors): take "
+                                   "completions with VipSendDone/VipSendWait")
+        with self._lock:
+            desc.status = 0
+            desc.wr_id = next(self._ids)
+            self.sendq.append(desc)
+        flags = F_IMM if imm else 0
+        immv = desc.immediate & 0xFFFFFFFF
+        if op == Control.OP_SENDRECV:
+            parts = [frame(SEND, value=immv, length=total, flags=flags)]
+        elif op == Control.OP_RDMAWRITE:
+            parts = [frame(WRITE, addr=desc.address.address & 0xFFFFFFFFFFFFFFFF,
+                           rkey=int(desc.address.handle) & 0xFFFFFFFF, value=immv,
+                           length=total, flags=flags)]
+        else:
+            parts = [frame(READ_REQ, addr=desc.address.address & 0xFFFFFFFFFFFFFFFF,
+                           rkey=int(desc.address.handle) & 0xFFFFFFFF, value=total)]
+        if op != Control.OP_RDMAREAD:
+            parts += [r.view[o:o + n] for r, o, n in segs if n]
+            self.nic.count("bytes_tx", total)
+        self.nic.count("frames_tx")
+        conn.send(parts, (desc, segs))
+        if conn.failed or conn.closed:
+            # The stream ended while this was posted (after the flush): flushed too.
+            with self._lock:
+                if desc.wr_id not in self._done and desc in self.sendq:
+                    self._done[desc.wr_id] = (int(Status.DONE | Status.DESC_FLUSHED_ERROR),
+                                              0, None, "flushed")
+            self.send_cq.push(self, False)
+
+    def post_recv(self, desc: VipDescriptor) -> None:
+        if self.state is ViState.ERROR:
+            raise VipInvalidState(f"VI is in ERROR ({self.why_error}): VipDisconnect it, "
+                                  "then reconnect")
+        if len(self.recvq) >= QUEUE_DEPTH:
+            raise VipErrorResource(f"the receive queue is full ({QUEUE_DEPTH} descriptors)")
+        segs = self._segs(desc)
+        with self._lock:
+            desc.status = 0
+            desc.wr_id = next(self._ids)
+            self._segs_of[desc.wr_id] = segs
+            self.recvq.append(desc)
+            self._rq.append(desc)
+
+    def _complete(self, desc: VipDescriptor, recv: bool, status: Status, length: int,
+                  immediate: int | None = None, reason: str = "") -> None:
+        with self._lock:
+            if desc.wr_id in self._done:
+                return
+            self._done[desc.wr_id] = (int(status), length, immediate, reason)
+        (self.recv_cq if recv else self.send_cq).push(self, recv)
+
+    def _complete_send(self, desc: VipDescriptor, status: Status, reason: str = "") -> None:
+        op = desc.control & Control.OP_MASK
+        status |= {Control.OP_RDMAWRITE: Status.OP_RDMA_WRITE,
+                   Control.OP_RDMAREAD: Status.OP_RDMA_READ}.get(op, Status.OP_SEND)
+        self._complete(desc, False, status, sum(s.length for s in desc.segments),
+                       reason=reason)
+
+    def done(self, recv: bool) -> VipDescriptor | None:
+        q = self.recvq if recv else self.sendq
+        with self._lock:
+            if not q:
+                return None
+            head = q[0]
+            got = self._done.pop(head.wr_id, None)
+            if got is None:
+                return None
+            q.popleft()
+            self._segs_of.pop(head.wr_id, None)
+        status, length, immediate, reason = got
+        head.status, head.length, head.reason = status, length, reason
+        if immediate is not None:
+            head.immediate = immediate
+        return head
+
+    def wait(self, recv: bool, timeout_ms: int | None) -> VipDescriptor:
+        cq = self.recv_cq if recv else self.send_cq
+        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+        what = "receive" if recv else "send"
+        while True:
+            with cq._cv:
+                gen = cq._gen
+            d = self.done(recv)
+            if d is not None:
+                return d
+            if not (self.recvq if recv else self.sendq):
+                raise VipInvalidState(f"no descriptor posted on the {what} queue: nothing to "
+                                      "wait for")
+            if recv and self.state is not ViState.CONNECTED:
+                raise VipInvalidState(f"VI is {self.state.name} without a connection: no "
+                                      "receive can complete")
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise VipTimeout(f"no {what} completed in {timeout_ms} ms")
+            with cq._cv:
+                if cq._gen == gen:
+                    cq._cv.wait(left)
+
+
+def resize_cq(cq: CompletionQueue, entries: int) -> None:
+    if entries < 1:
+        raise VipInvalidParameter(f"a completion queue needs at least 1 entry, not {entries}")
+    if entries > MAX_CQ_ENTRIES:
+        raise VipErrorResource(f"a completion queue holds at most {MAX_CQ_ENTRIES} entries")
+    cq.entries = entries
+
+
+__all__ = ["CompletionQueue", "ConnRequest", "ErrorDescriptor", "Nic", "Ptag", "Region", "Vi",
+           "VipError", "connect_accept", "connect_reject", "connect_request", "connect_wait",
+           "deregister", "frame", "port_of", "query_nic", "register", "resize_cq",
+           "system_management_info"]
