@@ -3,7 +3,8 @@
 `hsp-bench gso --lab rxe|siw` runs in the built-in two-node lab (booting it if needed);
 `hsp-bench gso --peer` and `hsp-bench serve` run it on two real hosts.
 `hsp-bench cext` compares the Cython bindings with ib_write_bw / ib_send_lat and with an
-event-driven pyverbs writer. Each prints its method; the work is in hsp_rdma.tools.
+event-driven pyverbs writer. `hsp-bench disk --vs drbd` puts disk replication beside DRBD 8.4
+(hsp_rdma.cli.bench_disk). Each prints its method; the work is in hsp_rdma.tools.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from hsp_rdma.cli import bench_disk
 from hsp_rdma.cli.common import (
     EXIT_CODES_HELP,
     EXIT_FAILED,
@@ -94,6 +96,7 @@ def build_parser() -> Parser:
     cx = sub.add_parser("cext", help="cext RDMA Write bandwidth and send/receive latency beside "
                         "ib_write_bw and ib_send_lat, same run")
     add_cext_arguments(cx)
+    bench_disk.add_parser(sub)
     sv = sub.add_parser("serve", help="the standby side of 'gso --peer' on two real hosts")
     sv.add_argument("--device", required=True, help="this host's RDMA device")
     sv.add_argument("--local-ip", required=True, type=ipv4,
@@ -101,6 +104,7 @@ def build_parser() -> Parser:
     for opt in ("--size", "--runs", "--chunk", "--depth", "--profiles"):
         sv._add_action(next(a for a in g._actions if opt in a.option_strings))
     p.checks.append(_joint_problem)
+    p.checks.append(bench_disk.joint_problem)
     return p
 
 
@@ -290,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_cext(args)
         if args.cmd == "serve":
             return serve(args)
+        if args.cmd == "disk":
+            return bench_disk.run(args, console)
         return run_gso(args)
 
     return run_cli("hsp-bench", body)

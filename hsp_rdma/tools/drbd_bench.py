@@ -479,4 +479,20 @@ def _measure(lab: Lab, drbd: DrbdLab, ours: OurSide | None, w: DiskWorkload,
     return r
 
 
-__all__ = ["FIELDS", "DiskWorkload", "OurSide", "bench_disk_lab", "find_ours", "goals_met"]
+def bench_in_lab(rdma: str, lab_id: str, w: DiskWorkload, ours: OurSide | None = None,
+                 keep: bool = False,
+                 step: Callable[[str], None] = lambda _msg: None) -> dict[str, Any]:
+    """bench_disk_lab on lab LAB_ID with RDMA (rxe or siw), booted when it is down and then
+    ended after the run unless KEEP."""
+    lab = Lab(lab_id)
+    booted = False
+    try:
+        booted = lab.ensure_up(rdma, 2, step)
+        return bench_disk_lab(lab, ours, w, step)
+    finally:
+        if booted and not keep:
+            lab.down()
+
+
+__all__ = ["FIELDS", "DiskWorkload", "OurSide", "bench_disk_lab", "bench_in_lab", "find_ours",
+           "goals_met"]

@@ -29,8 +29,8 @@ OPTIONS = [(prog, p, a) for prog, p in ALL for a in p._actions
 def test_every_command_is_walked() -> None:
     progs = {prog for prog, _ in ALL}
     assert {"hsp-lab", "hsp-lab fault", "hsp-lab up", "hsp-bench", "hsp-bench gso",
-            "hsp-bench cext", "hsp-bench serve", "scripts/demo"} <= progs
-    assert len(progs) == 1 + 6 + 1 + 3 + 1
+            "hsp-bench cext", "hsp-bench disk", "hsp-bench serve", "scripts/demo"} <= progs
+    assert len(progs) == 1 + 6 + 1 + 4 + 1
 
 
 @pytest.mark.parametrize(("prog", "parser", "action"), OPTIONS,

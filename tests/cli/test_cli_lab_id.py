@@ -26,7 +26,8 @@ def test_hsp_lab_takes_lab_id_before_or_after_the_subcommand(cmd: list[str]) -> 
     assert parse(["--lab-id", "one", cmd[0], "--lab-id", "two", *cmd[1:]]).lab_id == "two"
 
 
-@pytest.mark.parametrize(("cmd", "default"), [("gso", "bench"), ("cext", "cextbench")])
+@pytest.mark.parametrize(("cmd", "default"), [("gso", "bench"), ("cext", "cextbench"),
+                                              ("disk", "diskbench")])
 def test_hsp_bench_takes_lab_id_before_or_after_the_subcommand(cmd: str, default: str) -> None:
     parse = bench.build_parser().parse_args
     assert parse([cmd]).lab_id == default

@@ -1,0 +1,163 @@
+"""`hsp-bench disk --lab rxe|siw --vs drbd`: disk replication beside DRBD 8.4 on one lab pair,
+same run, identical RAM disks; the parsing, tables and exit codes (the work is in
+hsp_rdma.tools.drbd_bench)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+from hsp_rdma.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Parser,
+    add_lab_id,
+    bounded,
+    goal_cell,
+    table,
+)
+from hsp_rdma.errors import LabUnavailable
+from hsp_rdma.lab import FABRICS, RDMA_KINDS
+from hsp_rdma.tools import drbd_bench
+from hsp_rdma.units import format_size, size_arg
+
+LAB_ID = "diskbench"
+DRBD_WORD = {"async": "A", "received": "B", "applied": "C"}  # our commit mode, DRBD's protocol
+NOT_BUILT = "not built yet"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> Parser:
+    """`hsp-bench disk` on hsp-bench's subcommands."""
+    d = drbd_bench.DiskWorkload()  # the defaults
+    p = sub.add_parser("disk", help="disk replication vs DRBD 8.4: 4 KiB sync write latency, "
+                       "1 MiB x 8 bandwidth, resync, same lab pair and RAM disks")
+    p.add_argument("--lab", choices=RDMA_KINDS, default="rxe", help="soft device of the lab")
+    p.add_argument("--vs", choices=("drbd",), default="drbd",
+                   help="what ours is compared with (DRBD 8.4, the guest kernel's)")
+    add_lab_id(p, LAB_ID, "the lab to use, booted (and ended) when it is down",
+               subcommand=True)
+    p.add_argument("--ops", type=bounded(int, 50, 100_000, "--ops"), default=d.ops_4k,
+                   metavar="N",
+                   help="4 KiB synchronous writes per run (fio, iodepth 1, direct, sync)")
+    p.add_argument("--bulk", type=size_arg(1 << 20, 1 << 30, "--bulk"), metavar="SIZE",
+                   default=d.bytes_1m,
+                   help=f"bytes written as 1 MiB writes, 8 in flight (default: "
+                        f"{format_size(d.bytes_1m)})")
+    p.add_argument("--resync", type=size_arg(1 << 20, 1 << 30, "--resync"), metavar="SIZE",
+                   default=d.resync_bytes,
+                   help=f"bytes written while disconnected, then resynced (default: "
+                        f"{format_size(d.resync_bytes)})")
+    p.add_argument("--disk-size", type=size_arg(16 << 20, 384 << 20, "--disk-size"), metavar="SIZE",
+                   default=d.disk_bytes,
+                   help=f"each RAM disk (two per node: DRBD's and ours; the guests have 1 GiB) "
+                        f"(default: {format_size(d.disk_bytes)})")
+    p.add_argument("--fabric", choices=FABRICS, default="x",
+                   help="the lab fabric DRBD and ours replicate over")
+    p.add_argument("--keep", action="store_true", help="leave the lab up (when it booted it)")
+    p.add_argument("--check", action="store_true",
+                   help=f"exit 1 when a goal (our applied 4 KiB t_typical <= "
+                        f"{drbd_bench.APPLIED_4K_GOAL} x DRBD protocol C's, our resync >= "
+                        f"{drbd_bench.RESYNC_GOAL} x DRBD's) is missed; 69 while our side is "
+                        "not built")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    return p
+
+
+def workload(args: argparse.Namespace) -> drbd_bench.DiskWorkload:
+    return drbd_bench.DiskWorkload(ops_4k=args.ops, bytes_1m=args.bulk,
+                                   resync_bytes=args.resync, disk_bytes=args.disk_size,
+                                   fabric=args.fabric)
+
+
+def joint_problem(args: argparse.Namespace) -> str | None:
+    """Sizes that do not fit together (exit 64), named with their options."""
+    if args.cmd != "disk":
+        return None
+    problem = workload(args).problem()
+    if problem:
+        return f"{problem}: adjust --disk-size, --bulk, --resync or --ops"
+    return None
+
+
+def _ratio(x: float, ref: float) -> str:
+    return f"{x / ref:.2f}" if ref else "-"
+
+
+def show(r: dict[str, Any], out: Console) -> None:
+    """The disk bench's tables on OUT."""
+    w = r["workload"]
+    c = r["drbd"]["C"]
+    t = table(f"disk writes: plain RAM disk, DRBD 8.4 and ours ({r['rdma']} lab, fabric "
+              f"{r['fabric']}, brd {format_size(w['disk_bytes'])} per disk, same run)",
+              "replication", "mode", "#4KiB writes", "4KiB sync t_typical [usec]",
+              "4KiB sync 99% [usec]", "t_typical / DRBD C", f"1MiB x {w['depth_1m']} BW "
+              "[MB/sec]", "BW / DRBD C", "goal")
+
+    def row(name: str, mode: str, f: dict[str, Any], goal: Text | str = "-") -> None:
+        t.add_row(name, mode, str(f.get("write4k_ios", w["ops_4k"])),
+                  f"{f['write4k_p50_us']:.1f}", f"{f['write4k_p99_us']:.1f}",
+                  _ratio(f["write4k_p50_us"], c["write4k_p50_us"]), f"{f['write1m_MBps']:.2f}",
+                  _ratio(f["write1m_MBps"], c["write1m_MBps"]), goal)
+
+    row("none (plain brd)", "-", r["raw"])
+    for proto, f in r["drbd"].items():
+        row("DRBD 8.4", f"protocol {proto}", f)
+    goals = r.get("goals") or {}
+    if r.get("hsp"):
+        for mode, f in r["hsp"].items():
+            g = goals.get("applied_4k_p50_vs_drbd_C") if mode == "applied" else None
+            row("hsp_rdma", f"{mode} (~{DRBD_WORD.get(mode, '?')})", f,
+                goal_cell(f"t_typical <= {g['goal']} x DRBD C", g["met"]) if g else "-")
+    else:
+        t.add_row("hsp_rdma", NOT_BUILT, "-", "-", "-", "-", "-", "-", "-")
+    out.print(t)
+    rs = r["resync"]
+    d = rs["drbd"]
+    t2 = table(f"resync after a disconnect ({format_size(w['resync_bytes'])} written on the "
+               "primary while disconnected; DRBD: c-plan-ahead 0, resync-rate 500M)",
+               "replication", "#bytes", "handshake [msec]", "reconnect .. UpToDate [msec]",
+               "resync [MB/sec]", "sync phase only [MB/sec]", "ratio to DRBD", "goal")
+    t2.add_row(f"DRBD 8.4 (protocol {d['protocol']})", str(d["bytes"]),
+               f"{d['handshake_s'] * 1e3:.0f}" if d.get("handshake_s") is not None else "-",
+               f"{d['seconds'] * 1e3:.0f}", f"{d['MBps']:.2f}",
+               f"{d['sync_only_MBps']:.2f}" if d.get("sync_only_MBps") else "-", "1.00", "-")
+    h = rs.get("hsp")
+    if h:
+        g = goals.get("resync_vs_drbd")
+        t2.add_row("hsp_rdma", str(h.get("bytes", "-")), "-",
+                   f"{h['seconds'] * 1e3:.0f}" if "seconds" in h else "-", f"{h['MBps']:.2f}",
+                   "-", _ratio(h["MBps"], d["MBps"]),
+                   goal_cell(f">= {g['goal']} x DRBD", g["met"]) if g else "-")
+    else:
+        t2.add_row("hsp_rdma", NOT_BUILT if not r.get("hsp") else "no resync yet",
+                   "-", "-", "-", "-", "-", "-")
+    out.print(t2)
+    out.print(Text(f"TCP on the same wire (one stream, a -> b, {format_size(w['bytes_1m'])}): "
+                   f"{r['tcp_MBps']:.2f} MB/sec"))
+    for note in r["notes"]:
+        out.print(Text.assemble(("note:", "yellow"), f" {note}"))
+    out.print(Text(f"method: {r['method']}", style="dim"))
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    """`hsp-bench disk`: the bench with a progress display, its tables or JSON, --check."""
+    ours = drbd_bench.find_ours()
+    if args.check and ours is None:
+        raise LabUnavailable("--check compares our disk replication with DRBD, and ours "
+                             "(node.disk) is not built yet: run without --check")
+    with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False),
+                  TimeElapsedColumn(), console=console, transient=True) as prog:
+        task = prog.add_task("", total=None)
+        r = drbd_bench.bench_in_lab(args.lab, args.lab_id, workload(args), ours, args.keep,
+                                    step=lambda msg: prog.update(task, description=msg))
+    r = r | {"lab": args.lab, "vs": args.vs}
+    if args.json:
+        print(json.dumps(r, indent=1))
+    else:
+        show(r, console)
+    return EXIT_FAILED if args.check and not drbd_bench.goals_met(r) else EXIT_OK
