@@ -289,28 +289,39 @@ class _Source:
         if key is None:
             return base + 1
         found = line_of(self.text[start:end], key)
-        return base + found if found is not None else (base + 1 if table else None)
+        if found is not None:
+            return base + found
+        if table is None:  # a table header, not a key: [checks], [[steps]]
+            headers = [pos for pos, _, name in self.headers if name == key]
+            return self.text.count("\n", 0, headers[0]) + 1 if headers else None
+        return base + 1
 
     def error(self, message: str, key: str | None, table: str | None = None,
               index: int = 0) -> ConfigError:
         return ConfigError(message, self.path, self.line(key, table, index))
 
 
+def _toml(value: Any) -> str:
+    """A value as it is written in the file (true, not Python's True)."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
 def _fields(src: _Source, raw: dict[str, Any], fields: dict[str, Checker],
-            table: str, index: int, what: str, allowed: tuple[str, ...] | None = None
-            ) -> dict[str, Any]:
+            table: str, index: int, what: str, allowed: tuple[str, ...] | None = None,
+            owner: str | None = None) -> dict[str, Any]:
     allowed = tuple(fields) if allowed is None else allowed
+    owner = owner or what
     out = {}
     for key, value in raw.items():
         if key not in allowed:
             hint = _did_you_mean(key, allowed)
             listed = ", ".join(allowed) if allowed else "no fields"
-            raise src.error(f"{what}: unknown field {key!r}{hint} ({what} takes: {listed})",
+            raise src.error(f"{what}: unknown field {key!r}{hint} ({owner} takes: {listed})",
                             key, table, index)
         check, allowed_values = fields[key]
         parsed = check(value)
         if parsed is None:
-            raise src.error(f"{what}: {key} = {value!r} should be {allowed_values}", key,
+            raise src.error(f"{what}: {key} = {_toml(value)} should be {allowed_values}", key,
                             table, index)
         out[key] = parsed
     return out
@@ -340,7 +351,7 @@ def _parse_step(src: _Source, raw: Any, index: int) -> Step:
     needed, optional = ACTIONS[action]
     what = f"step {index + 1} ({action})"
     values = _fields(src, {k: v for k, v in raw.items() if k != "do"}, STEP_FIELDS, "steps",
-                     index, what, needed + optional)
+                     index, what, needed + optional, action)
     missing = [k for k in needed if k not in values]
     if missing:
         raise ConfigError(f"{what}: missing field(s) {', '.join(missing)}", src.path, line)
@@ -435,7 +446,7 @@ def parse_scenario(text: str, path: str | None = None, name: str | None = None) 
     if "fabrics" in raw:
         fabrics = _targets_of(raw["fabrics"], FABRICS)
         if fabrics is None:
-            raise src.error(f"fabrics = {raw['fabrics']!r} should be a list of "
+            raise src.error(f"fabrics = {_toml(raw['fabrics'])} should be a list of "
                             + " or ".join(f'"{f}"' for f in FABRICS) + ", each once", "fabrics")
     steps = [_parse_step(src, s, i) for i, s in enumerate(raw_steps)]
     for i, step in enumerate(steps):
