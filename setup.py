@@ -54,6 +54,7 @@ setup(
             "hsp-lab=hsp_rdma.cli.lab:main",
             "hsp-bench=hsp_rdma.cli.bench:main",
             "hsp-failover-test=hsp_rdma.cli.failover_test:main",
+            "hsp=hsp_rdma.cli.status:main",
         ]
     },
 )

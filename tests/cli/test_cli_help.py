@@ -7,12 +7,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from hsp_rdma.cli import bench, demo, lab
+from hsp_rdma.cli import bench, demo, lab, status
 
 
 def parsers() -> Iterator[tuple[str, argparse.ArgumentParser]]:
     """Every parser of every tool: the tools and each of their subcommands."""
-    todo = [lab.build_parser(), bench.build_parser(), demo.build_parser()]
+    todo = [lab.build_parser(), bench.build_parser(), demo.build_parser(),
+            status.build_parser()]
     while todo:
         p = todo.pop(0)
         yield p.prog, p
@@ -29,8 +30,9 @@ OPTIONS = [(prog, p, a) for prog, p in ALL for a in p._actions
 def test_every_command_is_walked() -> None:
     progs = {prog for prog, _ in ALL}
     assert {"hsp-lab", "hsp-lab fault", "hsp-lab up", "hsp-bench", "hsp-bench gso",
-            "hsp-bench cext", "hsp-bench disk", "hsp-bench serve", "scripts/demo"} <= progs
-    assert len(progs) == 1 + 6 + 1 + 4 + 1
+            "hsp-bench cext", "hsp-bench disk", "hsp-bench serve", "scripts/demo",
+            "hsp status", "hsp audit"} <= progs
+    assert len(progs) == 1 + 6 + 1 + 4 + 1 + 1 + 2
 
 
 @pytest.mark.parametrize(("prog", "parser", "action"), OPTIONS,

@@ -147,6 +147,21 @@ class CompletionQueue:
     def close(self) -> None:
         self.cq.close()
 
+    def fileno(self) -> int:
+        """The completion channel's fd, for a selector: readable once the armed CQ has an
+        event (arm it with ``arm()``, take the event with ``take_event()``)."""
+        return self.cq.fd
+
+    def arm(self) -> None:
+        _verbs(self.cq.arm)
+
+    def take_event(self) -> bool:
+        """Consume one completion event without blocking and re-arm; True if one was there.
+        Then take the completions (``Vi.done``): any that came before the re-arm are there."""
+        got = _verbs(self.cq.wait, 0)
+        _verbs(self.cq.arm)
+        return bool(got)
+
 
 class Nic:
     """An open NIC: device context, rdma_cm event channel and its thread, handle table."""

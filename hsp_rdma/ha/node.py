@@ -1,0 +1,667 @@
+"""The node engine of Interface A: one event loop that carries out what ``core/ifa.py`` decides.
+
+``Node(config)`` opens the pair's channels (health, oam, pmem, disk, config: one VI each,
+chosen by discriminator) on fabric x, registers P.mem, and serves the application's calls
+(``node.pmem``, ``node.disk[name]``, ``node.config_change``, ``node.oam``, ``node.status()``).
+
+Event loop: ``selectors``, not asyncio. What wakes the node is a handful of file descriptors
+(each VI's completion channels, a wake-up pipe for the application's threads and the NIC's
+error callback) and one timer (heart beats); the work per wake-up is short and synchronous
+(take completions, feed the core, post what it says). asyncio would add a second scheduler
+and coroutines to every call without adding anything: the application calls ``commit`` from
+its own threads, which simply block on a condition variable until the loop moves the
+watermark. The loop sleeps in ``select`` when nothing happens (no spinning: CPU time at idle
+is the heart beats').
+
+Threads: the loop thread owns every verbs object and the ``Session``; application threads
+hand requests over through a queue plus the wake-up pipe and wait on ``_cv``; the control
+socket (``ha/control.py``) runs in its own thread and reads status under ``_lock``.
+
+What lives where (for fabric y and n+1): ``_FabricPort`` holds one fabric's NIC, protection
+tag, registered P.mem and per-channel VIs with their buffers; the ``Session`` (core) holds
+what a pair session keeps across links (sequence numbers, unacked frames, reassembly). Only
+fabric x is opened today; a second ``_FabricPort`` and the choice of the carrying one is
+issue 13's work: the core already re-sends on a new link whatever the peer lacks.
+
+Who connects: the node configured ``active`` connects, the ``standby`` listens, per channel in
+the order of ``CHANNELS``. A broken link is fed to the core as ``Disconnected`` and shown in
+status and alarms; reconnecting (and the failure detector) is issue 12's work.
+
+GSO control messages stay on their own VI (ha/switchover.py): they must be ordered with the
+image's RDMA Writes, which RC gives only on the same queue pair; moving them here would need
+an explicit fence between two VIs for no gain.
+
+Every action's I/O outcome comes back as an event: a failed post marks the link lost and
+``Disconnected`` is fed after the rest of the list ran, so no exception leaves a list half
+done.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import queue
+import selectors
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Self
+
+from hsp_rdma import via
+from hsp_rdma.core import ifa
+from hsp_rdma.core.frames import Channel, crc32c
+from hsp_rdma.core.ifa import Commit
+from hsp_rdma.errors import HspError
+from hsp_rdma.ha.config import NodeConfig
+
+CHANNELS = (Channel.HEALTH, Channel.OAM, Channel.PMEM, Channel.DISK, Channel.CONFIG)
+OAM_APP, OAM_SYSTEM = 0, 1  # first byte of an oam message: the application's, or the node's
+_HB = struct.Struct("<dQ")  # sender's clock, count
+
+
+class NodeError(HspError):
+    """The node could not start or a call could not be served; the message says why."""
+
+
+class CommitTimeout(NodeError):
+    exit_code = 124
+
+
+def _connect_retry(fn: Callable[[int], None], deadline: float, what: str) -> None:
+    while True:
+        ms = max(1, int((deadline - time.monotonic()) * 1000))
+        try:
+            fn(ms)
+            return
+        except (via.VipNoMatch, via.VipNotReachable, via.VipReject) as exc:
+            if time.monotonic() + 0.3 >= deadline:
+                raise NodeError(f"{what}: {exc}") from exc
+            time.sleep(0.3)
+        except via.VipTimeout as exc:
+            raise NodeError(f"{what}: no peer in time ({exc}); is the peer node running "
+                            "with the same [fabric] addresses?") from exc
+
+
+@dataclass
+class _ChannelLink:
+    channel: Channel
+    vi: object
+    recv_buf: mmap.mmap
+    recv_handle: object
+    send_buf: mmap.mmap
+    send_handle: object
+    free: list[int] = field(default_factory=list)
+    up: bool = False
+    lost: str = ""
+
+
+class _FabricPort:
+    """One fabric's NIC, P.mem registration and the channel VIs on it."""
+
+    def __init__(self, fabric, pmem: mmap.mmap, size: int, credits: int):
+        self.config = fabric
+        self.nic = via.VipOpenNic(fabric.rdma_device)
+        self.links: dict[Channel, _ChannelLink] = {}
+        try:
+            self.ptag = via.VipCreatePtag(self.nic)
+            self.pmem_handle = via.VipRegisterMem(self.nic, pmem, via.MemAttributes(
+                ptag=self.ptag, enable_rdma_write=True))
+            slots = credits + 4
+            for ch in CHANNELS:
+                rb, sb = mmap.mmap(-1, size * credits), mmap.mmap(-1, size * slots)
+                attrs = via.MemAttributes(ptag=self.ptag)
+                rh = via.VipRegisterMem(self.nic, rb, attrs)
+                sh = via.VipRegisterMem(self.nic, sb, attrs)
+                vi = via.VipCreateVi(self.nic, via.ViAttributes(ptag=self.ptag))
+                self.links[ch] = _ChannelLink(ch, vi, rb, rh, sb, sh, list(range(slots)))
+        except BaseException:
+            via.VipCloseNic(self.nic)
+            raise
+
+    def close(self) -> None:
+        via.VipCloseNic(self.nic)
+
+
+class _Pmem:
+    """``node.pmem``: the registered region and its transactions."""
+
+    def __init__(self, node: Node):
+        self._node = node
+        self.buf = node._pmem
+        self.size = len(node._pmem)
+
+    def transaction(self, commit: str | None = None) -> _PmemTx:
+        return _PmemTx(self._node, commit)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return bytes(self.buf[offset:offset + length])
+
+
+class _PmemTx:
+    def __init__(self, node: Node, commit: str | None):
+        self._node, self._commit = node, commit
+        self.writes: list[tuple[int, bytes]] = []
+        self.txid = 0
+
+    def write(self, offset: int, data: bytes) -> None:
+        if offset < 0 or offset + len(data) > len(self._node._pmem):
+            raise NodeError(f"P.mem write {offset}+{len(data)} is outside the region of "
+                            f"{len(self._node._pmem)} bytes")
+        self.writes.append((offset, bytes(data)))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type, *_exc) -> None:
+        if exc_type is not None:
+            return  # an aborted transaction writes nothing anywhere
+        pmem = self._node._pmem
+        for off, data in self.writes:
+            pmem[off:off + len(data)] = data
+        self.txid = self._node._commit(Channel.PMEM, ifa.encode_pmem(self.writes), self._commit)
+
+
+class _Disk:
+    """``node.disk[name]``: a replicated file or block device."""
+
+    def __init__(self, node: Node, index: int, cfg):
+        self._node, self.index, self.config = node, index, cfg
+        self.path = Path(cfg.path)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        size = cfg.size
+        actual = os.lseek(self.fd, 0, os.SEEK_END)
+        if size is None:
+            size = actual
+        elif actual < size and self.path.is_file():
+            os.ftruncate(self.fd, size)
+        self.size = size
+        self.writes = 0
+        self.bytes = 0
+
+    def write(self, offset: int, data: bytes, commit: str | None = None) -> int:
+        if offset < 0 or offset + len(data) > self.size:
+            raise NodeError(f"disk {self.config.name}: write {offset}+{len(data)} is beyond "
+                            f"its {self.size} bytes")
+        os.pwrite(self.fd, data, offset)
+        self.writes += 1
+        self.bytes += len(data)
+        return self._node._commit(Channel.DISK, ifa.encode_disk([(self.index, offset, data)]),
+                                  commit)
+
+    def flush(self, commit: str | None = None) -> int:
+        """Stable here, then (``applied``) stable on the standby with every earlier write."""
+        os.fsync(self.fd)
+        return self._node._commit(Channel.DISK, ifa.encode_flush(self.index), commit)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return os.pread(self.fd, length, offset)
+
+    def digest(self) -> int:
+        crc, off = 0, 0
+        while off < self.size:
+            chunk = os.pread(self.fd, min(1 << 20, self.size - off), off)
+            if not chunk:
+                break
+            crc = crc32c(chunk, crc)
+            off += len(chunk)
+        return crc
+
+
+class _Oam:
+    """``node.oam``: the application's own messages, socket-like."""
+
+    def __init__(self, node: Node):
+        self._node = node
+        self.inbox: queue.Queue[bytes] = queue.Queue()
+        self.events: list[dict] = []  # the nodes' own reports (alarms) received on oam
+
+    def send(self, data: bytes, timeout: float | None = None) -> None:
+        self._node._commit(Channel.OAM, bytes([OAM_APP]) + bytes(data), "async", timeout)
+
+    def recv(self, timeout: float | None = None) -> bytes:
+        try:
+            return self.inbox.get(timeout=timeout)
+        except queue.Empty:
+            raise NodeError(f"no oam message in {timeout} s") from None
+
+
+class Node:
+    """One node of a pair, its Interface A channels and the replicated resources."""
+
+    def __init__(self, config: NodeConfig, on_config: Callable[[dict], None] | None = None,
+                 epoch: int = 1):
+        self.config = config
+        self.on_config = on_config
+        rep = config.replication
+        self.default_commit = rep.commit
+        self.role = config.role
+        self.session = ifa.Session(epoch, rep.message_size, rep.credits, CHANNELS)
+        self._pmem = mmap.mmap(-1, config.pmem_size)
+        self.pmem = _Pmem(self)
+        self.disk: dict[str, _Disk] = {}
+        self._disks: list[_Disk] = []
+        for i, d in enumerate(config.disks):
+            self._disks.append(_Disk(self, i, d))
+            self.disk[d.name] = self._disks[-1]
+        self.oam = _Oam(self)
+        self._lock = threading.RLock()
+        self._cv = threading.Condition()
+        self._marks = {ch: (0, 0, 0) for ch in CHANNELS}
+        self._requests: queue.Queue = queue.Queue()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._port: _FabricPort | None = None
+        self._control = None
+        self.alarms: list[str] = []
+        self.config_applied = 0
+        self.inconsistent = False
+        self.heartbeats = {"sent": 0, "received": 0}
+        self._started = time.monotonic()
+        self._pending_lost: list[tuple[Channel, str]] = []
+        # fault injection for drills and tests (tools/ifa_pair --kill-mid-tx): called with
+        # each Send action before it is posted, in the loop thread
+        self.before_send: Callable[[ifa.Send], None] | None = None
+
+    # ---- life -------------------------------------------------------------------------------
+    def start(self) -> Node:
+        """Open fabric x, connect every channel (the active connects, the standby listens),
+        start the loop and the control socket. Raises NodeError naming what failed."""
+        fab = self.config.fabrics[0]
+        try:
+            self._port = _FabricPort(fab, self._pmem, self.config.replication.message_size,
+                                     self.config.replication.credits)
+        except via.VipError as exc:
+            raise NodeError(f"fabric {fab.name}: cannot open {fab.rdma_device}: {exc}") from exc
+        via.VipErrorCallback(self._port.nic, None, self._on_via_error)
+        self._connect_all()
+        self._thread = threading.Thread(target=self._loop, name=f"hsp-node-{self.config.name}",
+                                        daemon=True)
+        self._thread.start()
+        self._start_control()
+        return self
+
+    def _disc(self, ch: Channel) -> bytes:
+        a, b = sorted((self.config.name, self.config.peer))
+        return f"ifa:{a}-{b}:{ch.name.lower()}".encode()[:48]
+
+    def _connect_all(self) -> None:
+        port = self._port
+        fab = port.config
+        size = self.config.replication.message_size
+        deadline = time.monotonic() + self.config.timeouts.connect / 1000
+        for ch in CHANNELS:
+            link = port.links[ch]
+            for slot in range(self.config.replication.credits):
+                self._post_recv(link, slot, size)
+            local = via.NetAddress(fab.local, self._disc(ch))
+            what = f"channel {ch.name.lower()} on fabric {fab.name} ({fab.rdma_device})"
+            if self.role == "active":
+                remote = via.NetAddress(fab.peer, self._disc(ch))
+                _connect_retry(lambda ms, v=link.vi, lo=local, r=remote:
+                               via.VipConnectRequest(v, lo, r, ms), deadline, what)
+            else:
+                def accept(ms: int, v=link.vi, lo=local) -> None:
+                    via.VipConnectAccept(via.VipConnectWait(port.nic, lo, ms), v)
+                _connect_retry(accept, deadline, what)
+            link.up = True
+            with self._lock:
+                self._run(self.session.feed(ifa.Connected(ch)))
+
+    def _start_control(self) -> None:
+        try:
+            from hsp_rdma.ha.control import ControlServer
+        except ImportError:  # pragma: no cover - control.py ships with the package
+            return
+        path = self.config.socket_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._control = ControlServer(path, {"status": lambda _req: self.status(),
+                                             "digest": lambda _req: self.digest()}).start()
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(5)
+        if self._control is not None:
+            self._control.close()
+        if self._port is not None:
+            self._port.close()
+        for d in self._disks:
+            os.close(d.fd)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+    # ---- the application's side -------------------------------------------------------------
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full: the loop wakes anyway
+
+    def _commit(self, ch: Channel, message: bytes, commit: str | None,
+                timeout: float | None = None) -> int:
+        """Hand MESSAGE to the loop, then wait as the commit mode says; the txid."""
+        mode = Commit.parse(commit or self.default_commit)
+        done: queue.Queue = queue.Queue(1)
+        self._requests.put((ch, message, mode, done))
+        self._wake()
+        timeout = self.config.timeouts.commit / 1000 if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        try:
+            txid = done.get(timeout=timeout)
+        except queue.Empty:
+            raise CommitTimeout(f"{ch.name.lower()}: the node loop took no transaction in "
+                                f"{timeout:.1f} s") from None
+        if isinstance(txid, BaseException):
+            raise NodeError(f"{ch.name.lower()}: {txid}") from txid
+        index = {Commit.ASYNC: 0, Commit.RECEIVED: 1, Commit.APPLIED: 2}[mode]
+        with self._cv:
+            while self._marks[ch][index] < txid:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise CommitTimeout(
+                        f"{ch.name.lower()} transaction {txid} not {mode.name.lower()} in "
+                        f"{timeout:.1f} s (the peer has not acknowledged it; link: "
+                        f"{self.session.streams[ch].status()['state']})")
+                self._cv.wait(left)
+        return txid
+
+    def config_change(self, command: dict, commit: str | None = "applied") -> int:
+        """Replicate COMMAND (the change the application just made); applied in order on
+        the standby through its ``on_config`` callback."""
+        return self._commit(Channel.CONFIG, ifa.encode_config(command), commit)
+
+    def sync(self) -> None:
+        """Return when everything committed before is applied on the peer (P.mem and every
+        disk flushed there too)."""
+        self._commit(Channel.PMEM, ifa.encode_pmem([]), "applied")
+        for d in self._disks:
+            d.flush("applied")
+        if not self._disks:
+            self._commit(Channel.DISK, ifa.encode_disk([]), "applied")
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def _on_via_error(self, _ctx, err) -> None:
+        # from the NIC's event thread: hand it to the loop
+        for ch, link in (self._port.links.items() if self._port else ()):
+            if err.vi is not None and link.vi is err.vi:
+                self._requests.put(("lost", ch, f"{err.code}: {err.message}"))
+        self._wake()
+
+    def _loop(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self._wake_r, selectors.EVENT_READ, None)
+        cqs = {}
+        for ch, link in self._port.links.items():
+            for recv, cq in ((False, link.vi.send_cq), (True, link.vi.recv_cq)):
+                cq.arm()
+                cqs[cq.fileno()] = cq
+                sel.register(cq.fileno(), selectors.EVENT_READ, (ch, recv, cq))
+        interval = self.config.timeouts.heartbeat_interval / 1000
+        next_hb = time.monotonic()
+        with self._lock:
+            for ch in CHANNELS:  # anything that completed before the loop ran
+                self._reap(ch, True)
+                self._reap(ch, False)
+        while not self._stop:
+            now = time.monotonic()
+            if now >= next_hb:
+                next_hb = now + interval
+                with self._lock:
+                    self._heartbeat(now)
+            for key, _ in sel.select(max(0.0, next_hb - time.monotonic())):
+                with self._lock:
+                    if key.data is None:
+                        try:
+                            while os.read(self._wake_r, 4096):
+                                pass
+                        except BlockingIOError:
+                            pass
+                        self._serve_requests()
+                    else:
+                        ch, recv, cq = key.data
+                        cq.take_event()
+                        self._reap(ch, recv)
+            with self._lock:
+                self._serve_requests()
+                self._feed_lost()
+        sel.close()
+
+    def _serve_requests(self) -> None:
+        while True:
+            try:
+                req = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            if req[0] == "lost":
+                self._lose(req[1], req[2])
+                continue
+            ch, message, mode, done = req
+            try:
+                txid, actions = self.session.submit(ch, message, mode)
+            except (ValueError, ifa.TxError) as exc:
+                done.put(exc)
+                continue
+            done.put(txid)
+            self._run(actions)
+
+    def _heartbeat(self, now: float) -> None:
+        if self.session.streams[Channel.HEALTH].link is None:
+            return
+        self.heartbeats["sent"] += 1
+        _, actions = self.session.submit(Channel.HEALTH, _HB.pack(now, self.heartbeats["sent"]),
+                                         Commit.ASYNC)
+        self._run(actions)
+
+    # ---- completions ------------------------------------------------------------------------
+    def _post_recv(self, link: _ChannelLink, slot: int, size: int) -> None:
+        d = via.VipDescriptor(segments=[via.DataSegment(
+            via.address_of(link.recv_buf, slot * size), link.recv_handle, size)])
+        d.slot = slot
+        via.VipPostRecv(link.vi, d)
+
+    def _reap(self, ch: Channel, recv: bool) -> None:
+        link = self._port.links[ch]
+        size = self.config.replication.message_size
+        while True:
+            try:
+                d = via.VipRecvDone(link.vi) if recv else via.VipSendDone(link.vi)
+            except via.VipError as exc:
+                self._lose(ch, str(exc))
+                return
+            if d is None:
+                return
+            if d.status & via.VIP_STATUS_ERROR_MASK:
+                self._lose(ch, f"{'receive' if recv else 'send'} completed in error "
+                           f"({getattr(d, 'reason', '') or hex(d.status)})")
+                continue
+            if not recv:
+                link.free.append(d.slot)
+                continue
+            off = d.slot * size
+            data = bytes(link.recv_buf[off:off + d.length])
+            try:
+                self._post_recv(link, d.slot, size)
+            except via.VipError as exc:
+                self._lose(ch, f"cannot re-post a receive: {exc}")
+            self._run(self.session.feed(ifa.FrameReceived(ch, data)))
+
+    def _lose(self, ch: Channel, why: str) -> None:
+        link = self._port.links[ch]
+        if link.up:
+            link.up = False
+            link.lost = why
+            self._pending_lost.append((ch, why))
+
+    def _feed_lost(self) -> None:
+        while self._pending_lost:
+            ch, why = self._pending_lost.pop(0)
+            self._alarm(f"{ch.name.lower()}: link lost on fabric "
+                        f"{self._port.config.name}: {why}")
+            self._run(self.session.feed(ifa.Disconnected(ch)))
+
+    # ---- actions ----------------------------------------------------------------------------
+    def _run(self, actions: list) -> None:
+        """Carry out every action; an I/O failure becomes an event fed after the list."""
+        for act in actions:
+            try:
+                if isinstance(act, ifa.Send):
+                    self._send(act)
+                elif isinstance(act, ifa.Deliver):
+                    self._run(self.session.feed(self._apply(act)))
+                elif isinstance(act, ifa.Progress):
+                    with self._cv:
+                        self._marks[act.channel] = (act.sent, act.received, act.applied)
+                        self._cv.notify_all()
+                elif isinstance(act, ifa.Alarm):
+                    self._alarm(act.text)
+            except via.VipError as exc:
+                self._lose(act.channel, str(exc))
+        self._feed_lost()
+
+    def _send(self, act: ifa.Send) -> None:
+        link = self._port.links[act.channel]
+        if self.before_send is not None:
+            self.before_send(act)
+        if not link.up:
+            return  # the frame stays unacknowledged in the core and goes again on reconnect
+        if not link.free:
+            self._reap(act.channel, False)
+        if not link.free:
+            # credits bound what is in flight; a full slot pool means completions are slow
+            deadline = time.monotonic() + 5
+            while not link.free and link.up and time.monotonic() < deadline:
+                link.vi.send_cq.take_event()
+                self._reap(act.channel, False)
+                time.sleep(0.0005)
+            if not link.free:
+                self._lose(act.channel, "no send completion in 5 s")
+                return
+        size = self.config.replication.message_size
+        slot = link.free.pop()
+        off = slot * size
+        link.send_buf[off:off + len(act.data)] = act.data
+        d = via.VipDescriptor(segments=[via.DataSegment(
+            via.address_of(link.send_buf, off), link.send_handle, len(act.data))])
+        d.slot = slot
+        try:
+            via.VipPostSend(link.vi, d)
+        except via.VipError:
+            link.free.append(slot)
+            raise
+
+    def _apply(self, act: ifa.Deliver):
+        ch = act.channel
+        try:
+            if ch == Channel.OAM:
+                kind, body = act.message[:1], act.message[1:]
+                if kind == bytes([OAM_SYSTEM]):
+                    self.oam.events.append(json.loads(body))
+                else:
+                    self.oam.inbox.put(bytes(body))
+                return ifa.Applied(ch, act.txid)
+            if ch == Channel.HEALTH:
+                self.heartbeats["received"] += 1
+                return ifa.Applied(ch, act.txid)
+            kind, items = ifa.decode_tx(act.message, len(self._pmem),
+                                        tuple(d.size for d in self._disks))
+            if kind is ifa.TxKind.PMEM:
+                for off, data in items:
+                    self._pmem[off:off + len(data)] = data
+            elif kind is ifa.TxKind.DISK_WRITE:
+                for disk, off, data in items:
+                    os.pwrite(self._disks[disk].fd, data, off)
+                    self._disks[disk].writes += 1
+                    self._disks[disk].bytes += len(data)
+            elif kind is ifa.TxKind.DISK_FLUSH:
+                os.fsync(self._disks[items[0]].fd)
+            elif kind is ifa.TxKind.CONFIG:
+                if self.on_config is None:
+                    raise NodeError("no configuration apply callback is registered "
+                                    "(Node(on_config=...))")
+                self.on_config(items[0])
+                self.config_applied = act.txid
+            return ifa.Applied(ch, act.txid)
+        except Exception as exc:  # noqa: BLE001 - any failure to apply is reported, not raised
+            if ch == Channel.CONFIG:
+                self.inconsistent = True
+            self._report({"alarm": "apply_failed", "channel": ch.name.lower(),
+                          "txid": act.txid, "why": str(exc)})
+            return ifa.ApplyFailed(ch, act.txid, str(exc))
+
+    def _alarm(self, text: str) -> None:
+        self.alarms.append(text)
+        del self.alarms[:-32]
+
+    def _report(self, event: dict) -> None:
+        """Tell the peer on oam (the node's own message, not the application's)."""
+        stream = self.session.streams[Channel.OAM]
+        if stream.link is None:
+            return
+        _, actions = self.session.submit(Channel.OAM, bytes([OAM_SYSTEM]) +
+                                         json.dumps(event).encode(), Commit.ASYNC)
+        self._run(actions)
+
+    # ---- status -----------------------------------------------------------------------------
+    def digest(self) -> dict:
+        """CRC32C of P.mem and of every disk, taken between two transactions."""
+        with self._lock:
+            return {"pmem": crc32c(self._pmem),
+                    "disks": {d.config.name: d.digest() for d in self._disks},
+                    "pmem_last_applied": self.session.streams[Channel.PMEM].local_applied,
+                    "disk_last_applied": self.session.streams[Channel.DISK].local_applied}
+
+    def _channel_status(self, ch: Channel) -> dict:
+        st = self.session.streams[ch].status()
+        link = self._port.links[ch] if self._port else None
+        if link is None or not link.up:
+            st["state"] = "error" if link is not None and link.lost else "connecting"
+            if link is not None and link.lost:
+                st["error"] = link.lost
+        return st
+
+    def status(self) -> dict:
+        with self._lock:
+            s = self.session.streams
+            port = self._port
+            pm = s[Channel.PMEM]
+            dk = s[Channel.DISK]
+            return {
+                "node": self.config.name, "peer": self.config.peer, "role": self.role,
+                "epoch": self.session.epoch,
+                # the contract's "config" is the replicated configuration's state (below)
+                "config_file": str(self.config.source) if self.config.source else None,
+                "uptime_s": round(time.monotonic() - self._started, 3),
+                "fabrics": [{"name": f.name, "rdma_device": f.rdma_device,
+                             "state": ("up" if port and port.config is f and
+                                       any(ln.up for ln in port.links.values()) else "down"),
+                             "active": bool(port and port.config is f)}
+                            for f in self.config.fabrics],
+                "channels": {ch.name.lower(): self._channel_status(ch) for ch in CHANNELS},
+                "pmem": {"size": len(self._pmem),
+                         "in_flight": pm.next_txid - 1 - pm.received_txid,
+                         "last_committed": pm.next_txid - 1,
+                         "last_applied": max(pm.local_applied, pm.applied_txid)},
+                "disks": {d.config.name: {"path": str(d.path), "size": d.size,
+                                          "writes": d.writes, "bytes": d.bytes,
+                                          "in_flight": dk.next_txid - 1 - dk.received_txid,
+                                          "last_applied": max(dk.local_applied,
+                                                              dk.applied_txid)}
+                          for d in self._disks},
+                "config": {"applied": self.config_applied,
+                           "inconsistent": self.inconsistent
+                           or s[Channel.CONFIG].inconsistent},
+                "heartbeats": dict(self.heartbeats),
+                "alarms": list(self.alarms),
+            }

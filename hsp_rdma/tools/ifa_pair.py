@@ -1,0 +1,198 @@
+"""Run an Interface A pair in the lab: one node process per guest, a workload on the active,
+JSON events per line on stdout (collected live by ``tools.guest.GuestRun``).
+
+The workload is a pure function of (seed, k) (``make_tx``), so a test can rebuild on the host
+the image any prefix of transactions leaves, and check that a standby holds exactly a prefix
+of whole transactions. Shared by the lab tests and ``hsp-bench interface-a``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+MiB = 1 << 20
+MODES = ("async", "received", "applied")
+
+
+def emit(event: str, **fields) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def tx_size(rng: random.Random, max_size: int) -> int:
+    """Log-uniform from 16 B to MAX_SIZE: small and large transactions alike."""
+    return round(2 ** rng.uniform(4, max(4.0, max_size.bit_length() - 1)))
+
+
+def make_tx(seed: int, k: int, pmem_size: int, disk_size: int, max_size: int,
+            pmem_only: bool = False) -> dict:
+    """Transaction K of the workload SEED: {"target", "mode", "writes": [(off, bytes)]}."""
+    rng = random.Random(seed * 1_000_003 + k)
+    target = "pmem" if pmem_only or not disk_size or rng.random() < 0.5 else "disk"
+    mode = MODES[k % 3]
+    region = pmem_size if target == "pmem" else disk_size
+    writes = []
+    for _ in range(rng.randint(1, 3) if target == "pmem" else 1):
+        n = min(tx_size(rng, max_size), region)
+        off = rng.randrange(0, region - n + 1)
+        writes.append((off, rng.randbytes(n)))
+    return {"target": target, "mode": mode, "writes": writes}
+
+
+def pmem_image(seed: int, upto: int, pmem_size: int, max_size: int) -> bytes:
+    """P.mem after pmem-only transactions 1..UPTO of SEED (for the kill test's check)."""
+    img = bytearray(pmem_size)
+    for k in range(1, upto + 1):
+        for off, data in make_tx(seed, k, pmem_size, 0, max_size, pmem_only=True)["writes"]:
+            img[off:off + len(data)] = data
+    return bytes(img)
+
+
+def _config(args):
+    from hsp_rdma.ha.config import (
+        DiskConfig,
+        FabricConfig,
+        NodeConfig,
+        ReplicationConfig,
+        TimeoutsConfig,
+    )
+    state = Path(args.state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    disks = ()
+    if args.disk_size:
+        disks = (DiskConfig("data", state / "data.img", args.disk_size),)
+    return NodeConfig(
+        name=args.name, peer=args.peer_name, role=args.role, state_dir=state,
+        fabrics=(FabricConfig("x", args.device, args.local, args.peer),),
+        pmem_size=args.pmem, disks=disks,
+        replication=ReplicationConfig(commit="applied", message_size=args.message_size,
+                                      credits=args.credits),
+        timeouts=TimeoutsConfig(commit=args.commit_timeout, connect=args.connect_timeout))
+
+
+def _standby(node, args) -> int:
+    from hsp_rdma.core.frames import Channel
+    from hsp_rdma.ha.node import NodeError
+    emit("ready", role="standby")
+    last = time.monotonic()
+    while True:
+        try:
+            msg = node.oam.recv(timeout=0.2)
+        except NodeError:
+            msg = None
+        if msg == b"digest?":
+            node.oam.send(json.dumps(node.digest()).encode())
+        elif msg == b"quit":
+            emit("end", status=node.status(), digest=node.digest())
+            return 0
+        st = node.session.streams[Channel.PMEM].link
+        if st is None:  # the active is gone (killed): what do we hold?
+            emit("final", digest=node.digest(), status=node.status())
+            return 0
+        if time.monotonic() - last > 2:
+            last = time.monotonic()
+            emit("status", status=node.status())
+
+
+def _active(node, args) -> int:
+    disk = node.disk.get("data")
+    acked = []
+    for k in range(1, args.txs + 1):
+        tx = make_tx(args.seed, k, args.pmem, args.disk_size, args.max_size,
+                     pmem_only=args.pmem_only)
+        t0 = time.perf_counter()
+        if tx["target"] == "pmem":
+            with node.pmem.transaction(commit=tx["mode"]) as t:
+                for off, data in tx["writes"]:
+                    t.write(off, data)
+            txid = t.txid
+        else:
+            ((off, data),) = tx["writes"]
+            txid = disk.write(off, data, commit=tx["mode"])
+        us = (time.perf_counter() - t0) * 1e6
+        acked.append(k)
+        emit("acked", k=k, txid=txid, target=tx["target"], mode=tx["mode"],
+             bytes=sum(len(d) for _, d in tx["writes"]), us=round(us, 1))
+        if args.kill_mid_tx and k == args.kill_mid_tx:
+            _kill_mid_big_tx(node, args, k + 1)
+        if args.sync_every and k % args.sync_every == 0:
+            node.sync()
+            mine = node.digest()
+            node.oam.send(b"digest?")
+            theirs = json.loads(node.oam.recv(timeout=60))
+            emit("compare", k=k, active=mine, standby=theirs)
+    node.oam.send(b"quit")
+    time.sleep(0.5)
+    emit("end", status=node.status(), digest=node.digest())
+    return 0
+
+
+def _kill_mid_big_tx(node, args, k: int) -> None:
+    """Start transaction K (1 MiB or more: many fragments) and SIGKILL this process once
+    three of its fragments are posted: the standby holds a part of it, never applied."""
+    from hsp_rdma.core import ifa
+    from hsp_rdma.core.frames import Channel
+    sent = {"n": 0}
+
+    def hook(act: ifa.Send) -> None:
+        if act.channel == Channel.PMEM and len(act.data) > 1024:
+            sent["n"] += 1
+            if sent["n"] > 3:
+                emit("killing", k=k, fragments_posted=3)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    node.before_send = hook
+    tx = make_tx(args.seed, k, args.pmem, 0, args.max_size, pmem_only=True)
+    with node.pmem.transaction(commit="async") as t:
+        for off, data in tx["writes"]:
+            t.write(off, data)
+        t.write(0, os.urandom(2 * MiB))  # make sure it spans many fragments
+    time.sleep(30)
+    emit("not_killed")
+    sys.exit(3)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--name", required=True)
+    p.add_argument("--peer-name", required=True)
+    p.add_argument("--role", choices=("active", "standby"), required=True)
+    p.add_argument("--device", required=True)
+    p.add_argument("--local", required=True)
+    p.add_argument("--peer", required=True)
+    p.add_argument("--state-dir", required=True)
+    p.add_argument("--pmem", type=int, default=4 * MiB)
+    p.add_argument("--disk-size", type=int, default=4 * MiB)
+    p.add_argument("--message-size", type=int, default=64 * 1024)
+    p.add_argument("--credits", type=int, default=16)
+    p.add_argument("--commit-timeout", type=int, default=30000)
+    p.add_argument("--connect-timeout", type=int, default=60000)
+    p.add_argument("--txs", type=int, default=30)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--max-size", type=int, default=MiB)
+    p.add_argument("--sync-every", type=int, default=10)
+    p.add_argument("--pmem-only", action="store_true")
+    p.add_argument("--kill-mid-tx", type=int, default=0,
+                   help="after this many transactions, SIGKILL in the middle of the next")
+    args = p.parse_args(argv)
+    if args.pmem_only:
+        args.disk_size = 0
+    from hsp_rdma.ha.node import Node
+    node = Node(_config(args))
+    t0 = time.monotonic()
+    node.start()
+    emit("started", role=args.role, connect_s=round(time.monotonic() - t0, 3))
+    try:
+        return _standby(node, args) if args.role == "standby" else _active(node, args)
+    finally:
+        node.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
