@@ -1,0 +1,156 @@
+"""hsp_rdma.via over the soft provider, on this host (no lab, no RDMA): VIA.md's semantics.
+
+The lab's conformance scenarios (tests/via/scenarios.py, the same file test_via_lab.py runs on
+rxe and siw) run here as a server and a client process on 127.0.0.1, each scenario reported as
+its own test; then the random call sequences of fuzz.py against a sink process, and the
+peer-killed drill (the receiving process is SIGKILLed mid-stream).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hsp_rdma import via
+from hsp_rdma.via.providers import soft
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+_spec = importlib.util.spec_from_file_location("via_scenarios", HERE / "scenarios.py")
+_mod = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_mod)
+SCENARIOS: list[str] = _mod.SCENARIOS
+LOCAL = "127.0.0.1"
+
+
+def _env() -> dict:
+    """A port base of this run's own (ports base..base+9999 stay below the ephemeral range),
+    so parallel runs on one host do not meet."""
+    return dict(os.environ, HSP_VIA_SOFT_PORT_BASE=str(10000 + random.randrange(13) * 1000))
+
+
+def _spawn(env: dict, script: str, *args: str, dev: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(HERE / script), *args, "--dev", dev, "--local", LOCAL,
+         "--peer", LOCAL], cwd=str(ROOT), env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+
+
+def _lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def _finish(p: subprocess.Popen, timeout: float) -> tuple[str, str, bool]:
+    try:
+        out, err = p.communicate(timeout=timeout)
+        return out, err, False
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        return out, err, True
+
+
+@pytest.fixture(scope="module")
+def scenario_results() -> dict:
+    env = _env()
+    server = _spawn(env, "scenarios.py", "server", "--dump-after", "50", dev="soft:server")
+    time.sleep(0.2)
+    client = _spawn(env, "scenarios.py", "client", "--dump-after", "50", dev="soft:client")
+    out: dict = {"stderr": {}, "hung": {}}
+    for side, p in (("client", client), ("server", server)):
+        stdout, stderr, hung = _finish(p, 60)
+        out["stderr"][side] = stderr[-4000:]
+        if hung:
+            out["hung"][side] = True
+        for r in _lines(stdout):
+            out[(r["side"], r["scenario"])] = r
+    return out
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_via_semantics_soft(scenario_results: dict, name: str) -> None:
+    for side in ("server", "client"):
+        r = scenario_results.get((side, name))
+        assert r is not None, (f"{side} never reported '{name}' (crashed or hung?): "
+                               f"{scenario_results['hung']} {scenario_results['stderr']}")
+        assert r["ok"], f"{side} {name} on soft: {r['detail']}"
+
+
+def test_random_call_sequences_never_crash_soft() -> None:
+    """fuzz.py's random VIPL calls, wrong ones included, over soft: only VipError."""
+    env = _env()
+    sinks = _spawn(env, "scenarios.py", "sinks", "--seconds", "20", dev="soft:sinks")
+    try:
+        time.sleep(0.2)
+        fuzz = _spawn(env, "fuzz.py", "--steps", "2000", "--seed", "7", dev="soft:fuzz")
+        out, err, hung = _finish(fuzz, 40)
+    finally:
+        sinks.kill()
+        sinks.communicate()
+    assert not hung and fuzz.returncode == 0, f"fuzz exit {fuzz.returncode}: {out[-1500:]} " \
+                                              f"{err[-1500:]}"
+    summary = _lines(out)[-1]
+    assert summary["ok"] and summary["steps"] == 2000, summary
+    assert summary["outcomes"].get("connect:ok", 0) > 0, "no connection was ever made"
+
+
+def test_peer_killed_mid_transfer_soft(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The receiving process (scenarios.py sink) is SIGKILLed while this one streams sends
+    into it: the error callback fires with CONN_LOST within a second, and SendWait(INFINITE)
+    returns the send in error, or the next post is refused as the VI is in ERROR; no hang."""
+    env = _env()
+    monkeypatch.setattr(soft, "PORT_BASE", int(env["HSP_VIA_SOFT_PORT_BASE"]))
+    sink = _spawn(env, "scenarios.py", "sink", dev="soft:sink")
+    nic = via.VipOpenNic("soft:stream")
+    errors: list = []
+    via.VipErrorCallback(nic, lambda _c, e: errors.append((time.monotonic(), e.code)))
+    try:
+        ptag = via.VipCreatePtag(nic)
+        buf = bytearray(4096)
+        h = via.VipRegisterMem(nic, buf, via.MemAttributes(ptag=ptag))
+        vi = via.VipCreateVi(nic, via.ViAttributes(ptag=ptag))
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                via.VipConnectRequest(vi, via.NetAddress(LOCAL), via.NetAddress(LOCAL, b"sink"),
+                                      5000)
+                break
+            except via.VipNoMatch:
+                assert time.monotonic() < deadline, "the sink never listened"
+                time.sleep(0.05)
+        desc = via.VipDescriptor(segments=[via.DataSegment(via.address_of(buf), h, 1024)])
+        sent, t_kill, last = 0, None, None
+        while time.monotonic() < deadline:
+            if sent == 20:
+                sink.send_signal(signal.SIGKILL)
+                t_kill = time.monotonic()
+            try:
+                via.VipPostSend(vi, desc)
+            except via.VipInvalidState as exc:
+                last = str(exc)
+                break
+            d = via.VipSendWait(vi, None)
+            if d.status & via.VIP_STATUS_ERROR_MASK:
+                last = f"status 0x{d.status:x}"
+                break
+            sent += 1
+            time.sleep(0.005)
+        assert t_kill is not None and last is not None, f"no error after {sent} sends"
+        assert vi.state is via.ViState.ERROR, vi.state
+        assert [c for _t, c in errors] == ["CONN_LOST"], errors
+        assert errors[0][0] - t_kill < 1.0, f"the loss took {errors[0][0] - t_kill:.2f} s"
+        via.VipDisconnect(vi)
+        via.VipDestroyVi(vi)
+    finally:
+        via.VipCloseNic(nic)
+        sink.kill()
+        sink.communicate()
