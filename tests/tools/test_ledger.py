@@ -180,6 +180,8 @@ def test_a_journal_resumes_after_its_torn_tail_and_overwrites_it() -> None:
         j.append(Transfer(9, 1, 2, 3))
     with pytest.raises(LedgerError, match="past the end"):
         Journal(MemoryDisk(10)).append(Transfer(1, 0, 1, 1))
+    with pytest.raises(LedgerError, match="does not fit a journal record"):
+        Journal(MemoryDisk(100)).append(Transfer(1, -1, 1, 1))
 
 
 def test_verify_acked_names_what_the_survivor_lacks() -> None:

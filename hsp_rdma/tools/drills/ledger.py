@@ -171,8 +171,13 @@ def encode_journal_record(t: Transfer, record_size: int = JOURNAL_MIN) -> bytes:
     if not JOURNAL_MIN <= record_size <= JOURNAL_MAX:
         raise LedgerError(f"journal record size {record_size} should be between {JOURNAL_MIN} "
                           f"and {JOURNAL_MAX}")
-    body = JOURNAL.pack(JOURNAL_MAGIC, JOURNAL_VERSION, record_size, t.id, t.from_account,
-                        t.to_account, t.amount) + _fill(t.id, record_size - JOURNAL_MIN)
+    try:
+        head = JOURNAL.pack(JOURNAL_MAGIC, JOURNAL_VERSION, record_size, t.id, t.from_account,
+                            t.to_account, t.amount)
+    except struct.error:
+        raise LedgerError(f"transfer {t} does not fit a journal record (ids and accounts are "
+                          "unsigned, 64 and 32 bits; amounts signed 64 bits)") from None
+    body = head + _fill(t.id, record_size - JOURNAL_MIN)
     return body + _CRC.pack(crc32c(body))
 
 
