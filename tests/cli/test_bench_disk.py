@@ -24,17 +24,17 @@ R = {
 }
 
 
-def printed(r: dict) -> str:
+def printed(r: dict, width: int = 250) -> str:
     out = io.StringIO()
-    bench_disk.show(r, make_console(file=out, width=250))
+    bench_disk.show(r, make_console(file=out, width=width))
     return out.getvalue()
 
 
 def test_drbd_and_raw_rows_and_our_side_not_built() -> None:
     text = printed(R)
-    for word in ("4KiB sync t_typical [usec]", "4KiB sync 99% [usec]", "1MiB x 8 BW [MB/sec]",
-                 "reconnect .. UpToDate [msec]", "resync [MB/sec]", "none (plain brd)",
-                 "protocol C", "protocol A", "3457.0", "122.4", "0.04", "25.90", "2476",
+    for word in ("4KiB t_typical [usec]", "4KiB 99% [usec]", "1MiB x 8 BW [MB/sec]",
+                 "reconnect .. UpToDate [msec]", "resync [MB/sec]", "plain brd",
+                 "protocol C", "protocol A", "3457.0", "122.4", "0.035", "25.90", "2476",
                  "not built yet", "48.80 MB/sec", "[x]", "method: MB = 2^20 bytes [fio]"):
         assert word in text, word
     hsp_lines = [ln for ln in text.splitlines() if "hsp_rdma" in ln]
@@ -51,5 +51,13 @@ def test_our_side_rows_carry_ratios_and_goals() -> None:
     text = printed(r)
     assert "applied (~C)" in text and "async (~A)" in text and "received (~B)" in text
     assert "0.58" in text and "2.00" in text  # 2000/3457 and 27.64/13.82, 51.8/25.9
-    assert "t_typical <= 0.8 x DRBD C" in text and ">= 1.0 x DRBD" in text
+    assert "<= 0.8 x DRBD C" in text and ">= 1.0 x DRBD" in text
     assert "not built yet" not in text
+
+
+def test_cells_fit_a_120_column_log_unwrapped() -> None:
+    text = printed(R, width=120)
+    for cell in ("plain brd", "protocol C", "not built yet", "3457.0", "8716.3", "13.82"):
+        assert any(cell in ln for ln in text.splitlines()), cell
+    hsp_lines = [ln for ln in text.splitlines() if "hsp_rdma" in ln]
+    assert len(hsp_lines) == 2 and all("not built yet" in ln for ln in hsp_lines)
