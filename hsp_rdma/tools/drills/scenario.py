@@ -260,20 +260,20 @@ def _did_you_mean(word: str, choices: Any) -> str:
 class _Source:
     """The scenario's text and its tables' spans, to put a line on every error."""
 
-    _HEADER = re.compile(r"^[ \t]*(\[\[?)[ \t]*([A-Za-z0-9_.-]+)[ \t]*\]\]?", re.MULTILINE)
+    _HEADER = re.compile(r"^[ \t]*\[\[?[ \t]*([A-Za-z0-9_.-]+)[ \t]*\]\]?", re.MULTILINE)
 
     def __init__(self, text: str, path: str | None) -> None:
         self.text = text
         self.path = path
-        self.headers = [(m.start(), m.group(1) == "[[", m.group(2))
-                        for m in self._HEADER.finditer(text)]
+        # (where it starts, table name) of every [table] and [[table]] header, in order
+        self.headers = [(m.start(), m.group(1)) for m in self._HEADER.finditer(text)]
 
     def span(self, table: str | None, index: int = 0) -> tuple[int, int]:
         """Character span of the top level (None), of [table], or of the index-th [[table]]."""
         starts = [h[0] for h in self.headers] + [len(self.text)]
         if table is None:
             return 0, starts[0]
-        found = [i for i, (_, _, name) in enumerate(self.headers) if name == table]
+        found = [i for i, (_, name) in enumerate(self.headers) if name == table]
         if index >= len(found):
             return 0, 0
         i = found[index]
@@ -292,7 +292,7 @@ class _Source:
         if found is not None:
             return base + found
         if table is None:  # a table header, not a key: [checks], [[steps]]
-            headers = [pos for pos, _, name in self.headers if name == key]
+            headers = [pos for pos, name in self.headers if name == key]
             return self.text.count("\n", 0, headers[0]) + 1 if headers else None
         return base + 1
 
