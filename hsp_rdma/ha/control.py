@@ -57,6 +57,8 @@ class ControlServer:
     ``ok: false`` answer; the server keeps serving. Handlers run one at a time, in the thread
     that serves (``start()``'s, or the one calling ``handle_ready()``)."""
 
+    close_wait_s = 5.0  # how long close() waits for a handler that is still running
+
     def __init__(self, path: str | Path, handlers: dict[str, Handler], *,
                  max_request: int = MAX_REQUEST, idle_s: float = IDLE_S,
                  max_clients: int = MAX_CLIENTS):
@@ -146,14 +148,19 @@ class ControlServer:
         except OSError:
             pass
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5.0)
-        with self._lock:
-            for client in list(self._clients.values()):
-                self._drop(client)
-            self._sel.close()
-            self._listener.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            self._thread.join(timeout=self.close_wait_s)
+        # a handler stuck in the serving thread keeps the lock: then leave its sockets to the
+        # daemon thread and the process, but still take the path away
+        if self._lock.acquire(timeout=self.close_wait_s):
+            try:
+                for client in list(self._clients.values()):
+                    self._drop(client)
+                self._sel.close()
+                self._listener.close()
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+            finally:
+                self._lock.release()
         try:  # only our own socket: a successor may have taken the path since
             if os.stat(self.path).st_ino == self._inode:
                 self.path.unlink()

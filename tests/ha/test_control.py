@@ -299,3 +299,15 @@ def test_another_user_is_not_allowed_in(tmp_path) -> None:
             assert f"not allowed to connect to {path} (the socket is mode 0600)" in said, said
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_close_does_not_hang_on_a_stuck_handler(sock_path) -> None:
+    release = threading.Event()
+    srv = ControlServer(sock_path, {"stuck": lambda req: release.wait(30) and {}}).start()
+    srv.close_wait_s = 0.3
+    with pytest.raises(ControlTimeout):
+        control_request(sock_path, "stuck", timeout_s=0.2)
+    started = time.monotonic()
+    srv.close()
+    assert time.monotonic() - started < 2 and not sock_path.exists()
+    release.set()
