@@ -3,9 +3,12 @@ field is a ConfigError naming the file, the line and the field, with what is all
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hsp_rdma.core.profiles import MAX_QUEUE_DEPTH
 from hsp_rdma.errors import ConfigError
@@ -246,3 +249,35 @@ def test_sizes_accept_bytes_and_units() -> None:
     for written, size in (("4096", 4096), ('"64KiB"', 64 << 10), ('"1 GiB"', 1 << 30),
                           ('"2m"', 2 << 20)):
         assert parse_node_config(edited("size", f"size = {written}")).pmem_size == size
+
+
+VALUES = st.one_of(
+    st.integers(-2**70, 2**70).map(str), st.booleans().map(lambda b: str(b).lower()),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.text(max_size=20).map(lambda t: json.dumps(t)),
+    st.sampled_from(['"16 MiB"', '"0 KiB"', '"10.0.0.300"', '"soft:x"', "[]", "[1, 2]",
+                     "{}", '{ a = 1 }', '"a"', '"b"', '"x"', "1979-05-27", "inf", "nan"]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_any_value_anywhere_is_a_config_or_a_config_error(data) -> None:
+    lines = BASE.splitlines()
+    keyed = [i for i, line in enumerate(lines) if " = " in line]
+    for _ in range(data.draw(st.integers(1, 3))):
+        i = data.draw(st.sampled_from(keyed))
+        key = lines[i].split(" = ")[0]
+        lines[i] = f"{key} = {data.draw(VALUES)}"
+    try:
+        parse_node_config("\n".join(lines), FILE)
+    except ConfigError as exc:
+        assert str(exc).startswith(FILE) and "Traceback" not in str(exc)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300))
+def test_any_text_is_a_config_or_a_config_error(text: str) -> None:
+    try:
+        parse_node_config(text, FILE)
+    except ConfigError:
+        pass
