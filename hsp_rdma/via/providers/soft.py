@@ -300,9 +300,9 @@ class ConnRequest:
 class _Listener:
     """A listening socket on (host, port); the discriminators this NIC listens for there."""
 
-    def __init__(self, nic: Nic, host: str, port: int):
+    def __init__(self, nic: Nic, host: str, port: int, disc: bytes):
         self.nic, self.host, self.port = nic, host, port
-        self.discs: set[bytes] = set()
+        self.discs: set[bytes] = {disc}  # before it listens: a request never finds it empty
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -472,7 +472,7 @@ def connect_wait(nic: Nic, local: NetAddress, timeout_ms: int | None) -> ConnReq
     key = (local.host, port_of(local.discriminator))
     lst = nic.listeners.get(key)
     if lst is None:
-        lst = nic.listeners[key] = _Listener(nic, *key)
+        lst = nic.listeners[key] = _Listener(nic, *key, local.discriminator)
     lst.discs.add(local.discriminator)
     deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
     with nic._cv:
@@ -664,14 +664,20 @@ class _Conn:
         self.last_seq = 0  # highest seq of ours sent
         self.applied = 0  # highest seq of the peer's we applied
         self.ack_sent = 0
+        self.in_frame = False  # a header was read, its payload not yet
+        self.started = False
         self.reader = threading.Thread(target=self._read_loop, daemon=True,
                                        name=f"via-soft-vi{vi.serial}")
         self.writer = threading.Thread(target=self._write_loop, daemon=True,
                                        name=f"via-soft-vi{vi.serial}-tx")
 
     def start(self) -> None:
-        self.writer.start()
-        self.reader.start()
+        with self.wlock:
+            if self.closed:
+                return
+            self.started = True
+            self.writer.start()
+            self.reader.start()
 
     # ---- writing ------------------------------------------------------------------------
     def send(self, parts: list, op: tuple | None = None) -> int:
@@ -738,8 +744,11 @@ class _Conn:
             self.closed = True
             self.backlog.clear()
             self.wlock.notify_all()
+            started = self.started
         self._break_stream()
-        if threading.current_thread() is not self.reader:
+        if not started:
+            self.sock.close()
+        elif threading.current_thread() is not self.reader:
             self.reader.join(5)
 
     # ---- reading ------------------------------------------------------------------------
@@ -750,7 +759,9 @@ class _Conn:
                 if self.stream.pending() < HDR.size:
                     self.flush_ack()
                 h = self.stream.header()
+                self.in_frame = True
                 self._apply(h)
+                self.in_frame = False
                 if self.closed:
                     return
         except _Refused as r:
@@ -764,13 +775,14 @@ class _Conn:
         except _Garbage as g:
             nic.count("garbage")
             vi._broken(self, "PROTOCOL", f"the peer broke the protocol: {g}")
-        except _Eof as e:
-            if e.mid:
+        except (_Eof, OSError) as exc:
+            mid = self.in_frame or self.stream.pending() > 0
+            if mid and not self.closed:
                 nic.count("truncated")
-            vi._broken(self, "CONN_LOST", "connection lost: the peer closed the stream"
-                       + (" in the middle of a frame" if e.mid else ""))
-        except OSError as exc:
-            vi._broken(self, "CONN_LOST", f"connection lost: {exc.strerror or exc}")
+            why = "the peer closed the stream" if isinstance(exc, _Eof) else \
+                (exc.strerror or str(exc))
+            vi._broken(self, "CONN_LOST", f"connection lost: {why}"
+                       + (" in the middle of a frame" if mid else ""))
         except Exception as exc:  # noqa: BLE001 - a provider bug still ends in ERROR, reported
             vi._broken(self, "PROTOCOL", f"the soft provider failed on a frame: {exc!r}")
         finally:
@@ -1015,9 +1027,14 @@ class Vi:
     # ---- connection ---------------------------------------------------------------------
     def _establish(self, conn: _Conn, peer: ViAttributes) -> None:
         with self._lock:
+            if self.nic.closed or self not in self.nic.vis:
+                self.state = ViState.IDLE
+                _close(conn.sock)
+                raise VipInvalidState("the VI was destroyed (or its NIC closed) while it "
+                                      "connected")
             self.conn, self.peer_attrs = conn, peer
             self.state = ViState.CONNECTED
-        conn.start()
+            conn.start()
 
     def _broken(self, conn: _Conn, code: str, message: str,
                 desc: VipDescriptor | None = None, completion: tuple | None = None) -> None:
