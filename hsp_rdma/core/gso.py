@@ -45,6 +45,19 @@ split brain shows once a heart beat crosses: the active of the older epoch meets
 of a newer one, which no row accepts (IllegalTransition, an alarm); stopping there would only
 shorten the split brain, not prevent it.
 
+Pull mode (``RequestGso(mode=GsoMode.PULL)``, announced in Start-GSO). The data path turns
+around, the machine stays: after "ready" A freezes and seals the image (``SealImage``: the
+header with the digest written into A's own buffer, the image opened for remote read for this
+epoch only), then sends Sealed with the handle, address, length and digest; B pulls the image
+with RDMA Reads (``StartPull``), verifies it and proceeds as for a push (resume, "done").
+Sending Sealed is the point of no return of a pull, as the marker write is of a push: before
+it B cannot read the image, so A may resume; after it A waits for "done" (timer ``pull`` =
+``copy + done``: B's pull, verify and resume) and goes in doubt without it. A revokes the read
+permission (``RevokeRead``) whenever the GSO ends, before the application runs again; a seal
+that completes after the GSO ended is revoked at once. B's waits are timed too: for Sealed
+(the ``gso`` deadline) and for the pull (``copy``); a pull that fails, stalls or loses the
+link ends in Abort, B never resumes without a pulled and verified image.
+
 Restarts. A node that restarts comes back as a standby with the ``epoch`` and ``seen`` it
 persisted (``GsoMachine.standby(epoch, ..., seen=seen)``): the Start-GSO, Done and marker of
 any epoch it saw are stale to it. It joins as a new session: the peer destroys the old
@@ -89,12 +102,15 @@ class GsoState(enum.Enum):
     NORMAL_ACTIVE = "NORMAL_ACTIVE"
     PRE_GSO = "PRE_GSO"  # A sent Start-GSO, waits for "ready"; application still runs
     COPYING = "COPYING"  # A stopped the application, RDMA-writes the image
+    SEALING = "SEALING"  # pull: A stopped the application, opens the image for remote read
     AWAIT_DONE = "AWAIT_DONE"  # A wrote the marker (point of no return), waits for "done"
     IN_DOUBT = "IN_DOUBT"  # A does not know whether B resumed: alarm, asks B (Cancel)
     FENCING = "FENCING"  # A asked the fence action to take B down
     NORMAL_STANDBY = "NORMAL_STANDBY"
     START_GSO = "START_GSO"  # B stops all activity and zeroes the marker
     GSO_INTERRUPT = "GSO_INTERRUPT"  # B sent "ready", polls the marker word
+    AWAIT_SEALED = "AWAIT_SEALED"  # pull: B sent "ready", waits for Sealed
+    PULLING = "PULLING"  # pull: B RDMA-reads the image from A
     VERIFYING = "VERIFYING"  # B saw the marker, checks image length and digest
 
 
@@ -123,6 +139,13 @@ class DigestAlgo(enum.IntEnum):
     CRC32 = 3  # zlib's CRC-32 (IEEE): about 450 MB/s in a TCG guest against blake2b's 93
 
 
+class GsoMode(enum.IntEnum):
+    """How the image travels: A writes it (push, RDMA Write + marker) or B reads it (pull)."""
+
+    PUSH = 1
+    PULL = 2
+
+
 class Outcome(enum.Enum):
     """How a GSO ended, as reported to the user by ``Notify``."""
 
@@ -146,6 +169,7 @@ class StartGso(Event):
     image_length: int
     digest_algo: DigestAlgo = DigestAlgo.BLAKE2B_256
     version: int = PROTOCOL_VERSION
+    mode: GsoMode = GsoMode.PUSH
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +188,22 @@ class Done(Event):
     """
 
     epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed(Event):
+    """A → B (pull): A froze the image and opened it for remote read for this epoch only.
+
+    ``address``/``handle`` name the image in A's memory (the handle is valid until A revokes
+    it when the GSO ends); ``digest`` is the one in the image's header.
+    """
+
+    epoch: int
+    address: int
+    handle: int
+    image_length: int
+    digest_algo: DigestAlgo
+    digest: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +239,39 @@ class CopyComplete(Event):
 @dataclass(frozen=True, slots=True)
 class CopyFailed(Event):
     """Local (A): a data write failed; the marker was not written."""
+
+    epoch: int
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSealed(Event):
+    """Local (A, pull): the image is frozen, its header written and open for remote read."""
+
+    epoch: int
+    address: int
+    handle: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SealFailed(Event):
+    """Local (A, pull): the image could not be opened for remote read; nothing is open."""
+
+    epoch: int
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PullComplete(Event):
+    """Local (B, pull): every RDMA Read of the image completed."""
+
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class PullFailed(Event):
+    """Local (B, pull): a read failed (revoked, peer gone, link lost); nothing more is posted."""
 
     epoch: int
     detail: str = ""
@@ -263,9 +336,10 @@ class RequestGso(Event):
     peer_region_size: int
     peer_version: int = PROTOCOL_VERSION
     digest_algo: DigestAlgo = DigestAlgo.BLAKE2B_256
+    mode: GsoMode = GsoMode.PUSH
 
 
-Message = StartGso | Ready | Done | Abort | Cancel
+Message = StartGso | Ready | Sealed | Done | Abort | Cancel
 
 
 # ---------------------------------------------------------------------------- actions
@@ -298,6 +372,40 @@ class StartCopy(Action):
 @dataclass(frozen=True, slots=True)
 class CancelCopy(Action):
     """A: stop posting copy writes; never write this epoch's marker."""
+
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class SealImage(Action):
+    """A (pull): write the header (digest) into the frozen image, open it for remote read
+    for ``epoch`` only; report ImageSealed (with handle, address, digest) or SealFailed."""
+
+    epoch: int
+    image_length: int
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeRead(Action):
+    """A (pull): close the remote read of the image (deregister it); idempotent."""
+
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class StartPull(Action):
+    """B (pull): RDMA-read the image from A (chunked, pipelined); report PullComplete."""
+
+    epoch: int
+    address: int
+    handle: int
+    image_length: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CancelPull(Action):
+    """B (pull): post no more reads for ``epoch``; report nothing more for it."""
 
     epoch: int
 
@@ -404,11 +512,18 @@ class On(enum.Enum):
     START_GSO_BAD = "StartGso (newer epoch, pre-check fails)"
     START_GSO_DUP = "StartGso (same epoch)"
     READY = "Ready"
+    READY_PULL = "Ready (pull)"
+    SEALED = "Sealed"
     DONE = "Done"
     ABORT = "Abort"
     CANCEL = "Cancel"
     CANCEL_AHEAD = "Cancel (newer epoch)"
     QUIESCED = "Quiesced"
+    QUIESCED_PULL = "Quiesced (pull)"
+    IMAGE_SEALED = "ImageSealed"
+    SEAL_FAILED = "SealFailed"
+    PULL_COMPLETE = "PullComplete"
+    PULL_FAILED = "PullFailed"
     COPY_COMPLETE = "CopyComplete"
     COPY_FAILED = "CopyFailed"
     MARKER_OURS = "MarkerSeen (this epoch)"
@@ -429,6 +544,7 @@ class Timer(enum.Enum):
     READY = "ready"
     COPY = "copy"
     DONE = "done"
+    PULL = "pull"  # A after Sealed: B's pull, verify and resume (copy + done)
     FENCE = "fence"
     GSO = "gso"
 
@@ -448,6 +564,11 @@ class Op(enum.Enum):
     START_COPY = "StartCopy"
     CANCEL_COPY = "CancelCopy"
     WRITE_MARKER = "WriteMarker"
+    SEAL_IMAGE = "SealImage"
+    SEND_SEALED = "send Sealed"
+    REVOKE_READ = "RevokeRead (pull)"
+    START_PULL = "StartPull"
+    CANCEL_PULL = "CancelPull"
     RESUME_APPLICATION = "ResumeApplication"
     RESTART_AS_STANDBY = "RestartAsStandby"
     STOP_ACTIVITY = "StopActivity"
@@ -503,9 +624,11 @@ def _ignore(*kinds: On) -> dict[On, tuple[None, tuple[Effect, ...]]]:
     return {kind: (_IGNORE, ()) for kind in kinds}
 
 
-_RESUME_A = (_e(Op.RESUME_APPLICATION),)
+# Pull mode: the peer's read of the image is revoked before the application runs again (and
+# when A becomes standby). In push mode REVOKE_READ emits nothing.
+_RESUME_A = (_e(Op.REVOKE_READ), _e(Op.RESUME_APPLICATION))
 _ABORTED = (_e(Op.NOTIFY, Outcome.ABORTED),)
-_TO_STANDBY = (_e(Op.RESTART_AS_STANDBY), _e(Op.NOTIFY, Outcome.COMPLETED))
+_TO_STANDBY = (_e(Op.REVOKE_READ), _e(Op.RESTART_AS_STANDBY), _e(Op.NOTIFY, Outcome.COMPLETED))
 _ENTER_DOUBT = (
     _e(Op.RAISE_ALARM),
     _e(Op.SEND_CANCEL, R.IN_DOUBT),
@@ -531,14 +654,19 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
             On.START_GSO_BAD: (_IGNORE, (_e(Op.SEND_ABORT, R.NOT_STANDBY),)),
             # This node was B of the current epoch and resumed: A asks, the answer is Done.
             On.CANCEL: (_IGNORE, (_e(Op.SEND_DONE),)),
+            # A seal that completes after the GSO ended (pull): close the read at once.
+            On.IMAGE_SEALED: (_IGNORE, (_e(Op.REVOKE_READ),)),
             # Late arrivals of an epoch this node already finished, as A or as B.
-            **_ignore(On.START_GSO_DUP, On.READY, On.ABORT, On.COPY_COMPLETE, On.COPY_FAILED,
-                      On.MARKER_OURS, On.MARKER_OTHER, On.FENCE_CONFIRMED, On.FENCE_FAILED,
-                      On.TICK, On.ALL_FABRICS_LOST),
+            **_ignore(On.START_GSO_DUP, On.READY, On.READY_PULL, On.SEALED, On.ABORT,
+                      On.COPY_COMPLETE, On.COPY_FAILED, On.SEAL_FAILED, On.PULL_COMPLETE,
+                      On.PULL_FAILED, On.MARKER_OURS, On.MARKER_OTHER, On.FENCE_CONFIRMED,
+                      On.FENCE_FAILED, On.TICK, On.ALL_FABRICS_LOST),
         }),
         S.PRE_GSO: _steps(S.PRE_GSO, {
             On.READY: (S.COPYING, (_e(Op.STOP_APPLICATION), _e(Op.START_COPY),
                                    _e(Op.ARM, Timer.COPY))),
+            On.READY_PULL: (S.SEALING, (_e(Op.STOP_APPLICATION), _e(Op.SEAL_IMAGE),
+                                        _e(Op.ARM, Timer.COPY))),
             On.TICK_EXPIRED: (S.NORMAL_ACTIVE, (_e(Op.SEND_CANCEL, R.READY_TIMEOUT),) + _ABORTED),
             On.ABORT: (S.NORMAL_ACTIVE, _ABORTED),
             On.ALL_FABRICS_LOST: (S.NORMAL_ACTIVE, (_e(Op.SEND_CANCEL, R.LINK_LOST),) + _ABORTED),
@@ -560,7 +688,21 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
             On.REQUEST_GSO: (_IGNORE, _REFUSE),
             **_ignore(On.READY, On.TICK),
         }),
-        # After the marker: A resumes only on B's word (Abort) or B's fence; never on a timer.
+        # Pull, before Sealed: B cannot read the image yet, so A may always resume.
+        S.SEALING: _steps(S.SEALING, {
+            On.IMAGE_SEALED: (S.AWAIT_DONE, (_e(Op.SEND_SEALED), _e(Op.ARM, Timer.PULL))),
+            On.SEAL_FAILED: (S.NORMAL_ACTIVE, (_e(Op.SEND_CANCEL, R.COPY_FAILED),)
+                             + _RESUME_A + _ABORTED),
+            On.TICK_EXPIRED: (S.NORMAL_ACTIVE, (_e(Op.SEND_CANCEL, R.COPY_TIMEOUT),)
+                              + _RESUME_A + _ABORTED),
+            On.ABORT: (S.NORMAL_ACTIVE, _RESUME_A + _ABORTED),
+            On.ALL_FABRICS_LOST: (S.NORMAL_ACTIVE, (_e(Op.SEND_CANCEL, R.LINK_LOST),)
+                                  + _RESUME_A + _ABORTED),
+            On.REQUEST_GSO: (_IGNORE, _REFUSE),
+            **_ignore(On.READY_PULL, On.TICK),
+        }),
+        # After the marker (push) or Sealed (pull): A resumes only on B's word (Abort) or B's
+        # fence; never on a timer.
         S.AWAIT_DONE: _steps(S.AWAIT_DONE, {
             On.DONE: (S.NORMAL_STANDBY, _TO_STANDBY),
             On.PEER_ACTIVE: (S.NORMAL_STANDBY, _TO_STANDBY),
@@ -569,7 +711,7 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
             On.ALL_FABRICS_LOST: (S.IN_DOUBT, _ENTER_DOUBT),
             On.REQUEST_GSO: (_IGNORE, _REFUSE),
             **_BUSY,
-            **_ignore(On.CANCEL_AHEAD, On.READY, On.TICK),
+            **_ignore(On.CANCEL_AHEAD, On.READY, On.READY_PULL, On.TICK),
         }),
         S.IN_DOUBT: _steps(S.IN_DOUBT, {
             On.ABORT: (S.NORMAL_ACTIVE, (_e(Op.CLEAR_ALARM),) + _RESUME_A + _ABORTED),
@@ -586,7 +728,8 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
             On.FENCE_CONFIRMED: (S.NORMAL_ACTIVE, _FENCED),
             On.REQUEST_GSO: (_IGNORE, _REFUSE),
             **_BUSY,
-            **_ignore(On.CANCEL_AHEAD, On.READY, On.FENCE_FAILED, On.TICK, On.ALL_FABRICS_LOST),
+            **_ignore(On.CANCEL_AHEAD, On.READY, On.READY_PULL, On.FENCE_FAILED, On.TICK,
+                      On.ALL_FABRICS_LOST),
         }),
         # B is being taken down: its Done no longer counts; its Abort still does. A fence that
         # does not answer in time counts as failed: in doubt again (alarm still up), ask B
@@ -598,8 +741,8 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
             On.ABORT: (S.NORMAL_ACTIVE, (_e(Op.CLEAR_ALARM),) + _RESUME_A + _ABORTED),
             On.REQUEST_GSO: (_IGNORE, _REFUSE),
             **_BUSY,
-            **_ignore(On.CANCEL_AHEAD, On.DONE, On.PEER_ACTIVE, On.READY, On.TICK,
-                      On.ALL_FABRICS_LOST),
+            **_ignore(On.CANCEL_AHEAD, On.DONE, On.PEER_ACTIVE, On.READY, On.READY_PULL,
+                      On.TICK, On.ALL_FABRICS_LOST),
         }),
     },
     Role.STANDBY: {
@@ -617,13 +760,16 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
             # while a fence attempt that timed out still ran: its answer comes now (if it took
             # B down, the active is gone: the Monitor's failover, not the GSO's). Abort: this
             # node was A, went down, and restarted as standby before B's Abort came.
-            **_ignore(On.START_GSO_DUP, On.READY, On.DONE, On.ABORT, On.QUIESCED,
-                      On.MARKER_OURS, On.MARKER_OTHER, On.IMAGE_OK, On.IMAGE_BAD,
-                      On.FENCE_CONFIRMED, On.FENCE_FAILED, On.PEER_ACTIVE, On.TICK,
-                      On.ALL_FABRICS_LOST),
+            **_ignore(On.START_GSO_DUP, On.READY, On.READY_PULL, On.SEALED, On.DONE, On.ABORT,
+                      On.QUIESCED, On.QUIESCED_PULL, On.PULL_COMPLETE, On.PULL_FAILED,
+                      On.IMAGE_SEALED, On.SEAL_FAILED, On.MARKER_OURS, On.MARKER_OTHER,
+                      On.IMAGE_OK, On.IMAGE_BAD, On.FENCE_CONFIRMED, On.FENCE_FAILED,
+                      On.PEER_ACTIVE, On.TICK, On.ALL_FABRICS_LOST),
         }),
         S.START_GSO: _steps(S.START_GSO, {
             On.QUIESCED: (S.GSO_INTERRUPT, (_e(Op.SEND_READY), _e(Op.POLL_MARKER))),
+            # Pull: the gso deadline armed at Start-GSO also bounds the wait for Sealed.
+            On.QUIESCED_PULL: (S.AWAIT_SEALED, (_e(Op.SEND_READY),)),
             On.CANCEL: (S.NORMAL_STANDBY, (_e(Op.SEND_ABORT, R.CANCELLED),
                                            _e(Op.RESUME_STANDBY)) + _ABORTED),
             On.TICK_EXPIRED: (S.NORMAL_STANDBY, (_e(Op.SEND_ABORT, R.GSO_TIMEOUT),
@@ -646,6 +792,36 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
             **_ignore(On.START_GSO_DUP, On.CANCEL_AHEAD, On.PEER_ACTIVE, On.TICK,
                       On.ALL_FABRICS_LOST),
         }),
+        # Pull: nothing was read into the region yet, so no resync is needed on an abort.
+        S.AWAIT_SEALED: _steps(S.AWAIT_SEALED, {
+            On.SEALED: (S.PULLING, (_e(Op.START_PULL), _e(Op.ARM, Timer.COPY))),
+            On.TICK_EXPIRED: (S.NORMAL_STANDBY, (_e(Op.SEND_ABORT, R.GSO_TIMEOUT),
+                                                 _e(Op.RESUME_STANDBY)) + _ABORTED),
+            On.CANCEL: (S.NORMAL_STANDBY, (_e(Op.SEND_ABORT, R.CANCELLED),
+                                           _e(Op.RESUME_STANDBY)) + _ABORTED),
+            On.REQUEST_GSO: (_IGNORE, _REFUSE),
+            **_BUSY,
+            **_ignore(On.START_GSO_DUP, On.CANCEL_AHEAD, On.MARKER_OURS, On.MARKER_OTHER,
+                      On.PEER_ACTIVE, On.TICK, On.ALL_FABRICS_LOST),
+        }),
+        # A pull that fails, stalls or loses the link ends in Abort; reads stop first.
+        S.PULLING: _steps(S.PULLING, {
+            On.PULL_COMPLETE: (S.VERIFYING, (_e(Op.VERIFY_IMAGE),)),
+            On.PULL_FAILED: (S.NORMAL_STANDBY, (_e(Op.SEND_ABORT, R.COPY_FAILED),)
+                             + _B_ABORTS_AFTER_READY),
+            On.TICK_EXPIRED: (S.NORMAL_STANDBY, (_e(Op.CANCEL_PULL),
+                                                 _e(Op.SEND_ABORT, R.COPY_TIMEOUT))
+                              + _B_ABORTS_AFTER_READY),
+            On.CANCEL: (S.NORMAL_STANDBY, (_e(Op.CANCEL_PULL), _e(Op.SEND_ABORT, R.CANCELLED))
+                        + _B_ABORTS_AFTER_READY),
+            On.ALL_FABRICS_LOST: (S.NORMAL_STANDBY, (_e(Op.CANCEL_PULL),
+                                                     _e(Op.SEND_ABORT, R.LINK_LOST))
+                                  + _B_ABORTS_AFTER_READY),
+            On.REQUEST_GSO: (_IGNORE, _REFUSE),
+            **_BUSY,
+            **_ignore(On.START_GSO_DUP, On.CANCEL_AHEAD, On.SEALED, On.MARKER_OURS,
+                      On.MARKER_OTHER, On.PEER_ACTIVE, On.TICK),
+        }),
         S.VERIFYING: _steps(S.VERIFYING, {
             # Done leaves only after the application resumed: A's freeze to its receipt of
             # Done then bounds the blackout.
@@ -657,8 +833,8 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
                         + _B_ABORTS_AFTER_READY),
             On.REQUEST_GSO: (_IGNORE, _REFUSE),
             **_BUSY,
-            **_ignore(On.START_GSO_DUP, On.CANCEL_AHEAD, On.MARKER_OURS, On.MARKER_OTHER,
-                      On.PEER_ACTIVE, On.TICK, On.ALL_FABRICS_LOST),
+            **_ignore(On.START_GSO_DUP, On.CANCEL_AHEAD, On.SEALED, On.MARKER_OURS,
+                      On.MARKER_OTHER, On.PEER_ACTIVE, On.TICK, On.ALL_FABRICS_LOST),
         }),
     },
 }
@@ -669,8 +845,8 @@ ROLE_OF: dict[GsoState, Role] = {
 # The node runs the application as the active: A until it stops for the copy, B after IRET.
 SERVING = frozenset({S.NORMAL_ACTIVE, S.PRE_GSO})
 ALARMED = frozenset({S.IN_DOUBT, S.FENCING})
-TIMED = frozenset({S.PRE_GSO, S.COPYING, S.AWAIT_DONE, S.IN_DOUBT, S.FENCING, S.START_GSO,
-                   S.GSO_INTERRUPT})
+TIMED = frozenset({S.PRE_GSO, S.COPYING, S.SEALING, S.AWAIT_DONE, S.IN_DOUBT, S.FENCING,
+                   S.START_GSO, S.GSO_INTERRUPT, S.AWAIT_SEALED, S.PULLING})
 
 
 @dataclass(frozen=True, slots=True)
@@ -678,7 +854,8 @@ class Timeouts:
     """Deadline lengths in seconds. B's ``gso`` should exceed A's ``ready + copy``.
 
     ``fence`` is both how long A waits in doubt before it fences and how long it gives the
-    fence action to answer.
+    fence action to answer. In pull mode A waits ``pull`` (= ``copy + done``) after Sealed:
+    B's reads, verify and resume.
     """
 
     ready: float = 0.5
@@ -692,6 +869,10 @@ class Timeouts:
             if not getattr(self, name) > 0:
                 raise ValueError(f"timeout {name} should be > 0 s, got {getattr(self, name)}")
 
+    @property
+    def pull(self) -> float:
+        return self.copy + self.done
+
 
 def _seen(epoch: int, seen: int | None) -> int:
     if seen is None:
@@ -702,11 +883,14 @@ def _seen(epoch: int, seen: int | None) -> int:
     return seen
 
 
-_EPOCHED = (StartGso, Ready, Done, Abort, Cancel, Quiesced, CopyComplete, CopyFailed,
-            ImageVerified, FenceConfirmed, FenceFailed)
+_EPOCHED = (StartGso, Ready, Sealed, Done, Abort, Cancel, Quiesced, CopyComplete, CopyFailed,
+            ImageSealed, SealFailed, PullComplete, PullFailed, ImageVerified, FenceConfirmed,
+            FenceFailed)
 _SIMPLE_KIND: dict[type[Event], On] = {
-    Ready: On.READY, Done: On.DONE, Abort: On.ABORT, Cancel: On.CANCEL,
+    Ready: On.READY, Sealed: On.SEALED, Done: On.DONE, Abort: On.ABORT, Cancel: On.CANCEL,
     Quiesced: On.QUIESCED, CopyComplete: On.COPY_COMPLETE, CopyFailed: On.COPY_FAILED,
+    ImageSealed: On.IMAGE_SEALED, SealFailed: On.SEAL_FAILED,
+    PullComplete: On.PULL_COMPLETE, PullFailed: On.PULL_FAILED,
     FenceConfirmed: On.FENCE_CONFIRMED, FenceFailed: On.FENCE_FAILED,
     AllFabricsLost: On.ALL_FABRICS_LOST,
 }
@@ -730,6 +914,7 @@ class GsoMachine:
     active_since: int = 0  # epoch this node became active in; its heart beats carry it
     image_length: int = 0
     digest_algo: DigestAlgo = DigestAlgo.BLAKE2B_256
+    mode: GsoMode = GsoMode.PUSH  # of the current (or last) GSO
     deadline: float | None = None
     stale_ignored: int = 0
     broken: IllegalTransition | None = None
@@ -810,6 +995,11 @@ class GsoMachine:
                 return None
             if isinstance(event, ImageVerified):
                 return On.IMAGE_OK if event.ok else On.IMAGE_BAD
+            pull = self.mode is GsoMode.PULL
+            if isinstance(event, Ready) and pull:
+                return On.READY_PULL
+            if isinstance(event, Quiesced) and pull:
+                return On.QUIESCED_PULL
             return _SIMPLE_KIND[type(event)]
         if isinstance(event, MarkerSeen):
             ours = self.epoch >= 1 and event.value == marker_value(self.epoch)
@@ -864,12 +1054,15 @@ class GsoMachine:
                 assert isinstance(event, RequestGso)
                 self.epoch = self.seen = self.seen + 1
                 self.image_length, self.digest_algo = event.image_length, event.digest_algo
-                return [SendMessage(StartGso(self.epoch, self.image_length, self.digest_algo))]
+                self.mode = event.mode
+                return [SendMessage(StartGso(self.epoch, self.image_length, self.digest_algo,
+                                             mode=self.mode))]
             case Op.ADOPT:
                 assert isinstance(event, (StartGso, Cancel))
                 self.epoch = self.seen = event.epoch
                 if isinstance(event, StartGso):
                     self.image_length, self.digest_algo = event.image_length, event.digest_algo
+                    self.mode = event.mode
                 return []
             case Op.ARM:
                 assert isinstance(arg, Timer)
@@ -890,6 +1083,20 @@ class GsoMachine:
                 return [CancelCopy(self.epoch)]
             case Op.WRITE_MARKER:
                 return [WriteMarker(marker_value(self.epoch))]
+            case Op.SEAL_IMAGE:
+                return [SealImage(self.epoch, self.image_length)]
+            case Op.SEND_SEALED:
+                assert isinstance(event, ImageSealed)
+                return [SendMessage(Sealed(self.epoch, event.address, event.handle,
+                                           self.image_length, self.digest_algo, event.digest))]
+            case Op.REVOKE_READ:
+                return [RevokeRead(self.epoch)] if self.mode is GsoMode.PULL else []
+            case Op.START_PULL:
+                assert isinstance(event, Sealed)
+                return [StartPull(self.epoch, event.address, event.handle, self.image_length,
+                                  event.digest)]
+            case Op.CANCEL_PULL:
+                return [CancelPull(self.epoch)]
             case Op.RESTART_AS_STANDBY:
                 return [RestartAsStandby(self.epoch)]
             case Op.POLL_MARKER:

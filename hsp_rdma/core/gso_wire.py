@@ -17,7 +17,9 @@ from hsp_rdma.core.gso import (
     Cancel,
     DigestAlgo,
     Done,
+    GsoMode,
     Ready,
+    Sealed,
     StartGso,
 )
 from hsp_rdma.errors import FrameError
@@ -40,11 +42,11 @@ class Hello:
     version: int = PROTOCOL_VERSION
 
 
-WireMessage = StartGso | Ready | Done | Abort | Cancel | Hello
+WireMessage = StartGso | Ready | Sealed | Done | Abort | Cancel | Hello
 
 # type number, payload struct, fields of the dataclass in payload order (epoch excluded).
 LAYOUTS: dict[type, tuple[int, struct.Struct, tuple[str, ...]]] = {
-    StartGso: (1, struct.Struct("<QHH"), ("image_length", "digest_algo", "version")),
+    StartGso: (1, struct.Struct("<QHHB"), ("image_length", "digest_algo", "version", "mode")),
     Ready: (2, struct.Struct(""), ()),
     Done: (3, struct.Struct(""), ()),
     Abort: (4, struct.Struct("<H"), ("reason",)),
@@ -52,16 +54,21 @@ LAYOUTS: dict[type, tuple[int, struct.Struct, tuple[str, ...]]] = {
     Hello: (6, struct.Struct("<QIQQIBQH"), ("region_addr", "region_handle", "region_size",
                                             "marker_addr", "marker_handle", "serving",
                                             "active_since", "version")),
+    Sealed: (7, struct.Struct("<QIQH32s"), ("address", "handle", "image_length", "digest_algo",
+                                             "digest")),
 }
 _BY_TYPE = {num: (cls, st, fields) for cls, (num, st, fields) in LAYOUTS.items()}
-_CONVERT = {"digest_algo": DigestAlgo, "reason": AbortReason, "serving": bool}
+_CONVERT = {"digest_algo": DigestAlgo, "reason": AbortReason, "serving": bool,
+            "mode": GsoMode}
+_BYTES = frozenset({"digest"})  # packed as they are; everything else as an int
 
 
 def encode_message(msg: WireMessage, sequence: int) -> bytes:
     """The frame bytes of MSG (channel gso)."""
     num, st, fields = LAYOUTS[type(msg)]
     epoch = getattr(msg, "epoch", 0)
-    payload = st.pack(*(int(getattr(msg, f)) for f in fields))
+    payload = st.pack(*(getattr(msg, f) if f in _BYTES else int(getattr(msg, f))
+                        for f in fields))
     return encode(Frame(Channel.GSO, num, epoch, sequence, payload))
 
 

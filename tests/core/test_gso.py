@@ -16,6 +16,7 @@ from hsp_rdma.core.gso import (
     AllFabricsLost,
     Cancel,
     CancelCopy,
+    CancelPull,
     ClearAlarm,
     CopyComplete,
     CopyFailed,
@@ -24,7 +25,9 @@ from hsp_rdma.core.gso import (
     FenceFailed,
     FencePeer,
     GsoMachine,
+    GsoMode,
     GsoState,
+    ImageSealed,
     ImageVerified,
     MarkerSeen,
     Notify,
@@ -32,6 +35,8 @@ from hsp_rdma.core.gso import (
     Outcome,
     PeerActive,
     PollMarker,
+    PullComplete,
+    PullFailed,
     Quiesced,
     RaiseAlarm,
     Ready,
@@ -40,10 +45,15 @@ from hsp_rdma.core.gso import (
     ResumeApplication,
     ResumeAsActive,
     ResumeStandby,
+    RevokeRead,
     Role,
+    Sealed,
+    SealFailed,
+    SealImage,
     SendMessage,
     StartCopy,
     StartGso,
+    StartPull,
     StopActivity,
     StopApplication,
     Tick,
@@ -449,3 +459,82 @@ def test_every_state_answers_a_gso_request_and_time():
             assert On.REQUEST_GSO in steps and On.TICK in steps, state
             # A state holding a deadline says what happens when it passes.
             assert (On.TICK_EXPIRED in steps) == (state in TIMED), state
+
+
+# ------------------------------------------------------------------------- pull mode
+DIGEST = bytes(range(32))
+
+
+def test_pull_happy_path_seal_pull_verify_resume_revoke() -> None:
+    a, b = pair()
+    (start,) = sent(a.feed(RequestGso(1000, REGION, mode=GsoMode.PULL), 0))
+    assert start == StartGso(5, 1000, mode=GsoMode.PULL)
+    assert b.feed(start, 0.1) == [StopActivity(), ZeroMarker()]
+    (ready,) = sent(b.feed(Quiesced(5), 0.2))  # no marker poll: B waits for Sealed
+    assert b.state is GsoState.AWAIT_SEALED and b.deadline == pytest.approx(20.1)
+    assert a.feed(ready, 0.3) == [StopApplication(), SealImage(5, 1000)]
+    assert a.state is GsoState.SEALING and a.deadline == pytest.approx(10.3)
+    (sealed,) = sent(a.feed(ImageSealed(5, 0x7000, 42, DIGEST), 0.4))
+    assert sealed == Sealed(5, 0x7000, 42, 1000, a.digest_algo, DIGEST)
+    assert a.state is GsoState.AWAIT_DONE and a.deadline == pytest.approx(0.4 + 12)
+    assert b.feed(sealed, 0.5) == [StartPull(5, 0x7000, 42, 1000, DIGEST)]
+    assert b.state is GsoState.PULLING and b.deadline == pytest.approx(10.5)
+    assert b.feed(PullComplete(5), 2) == [VerifyImage(5, 1000, b.digest_algo)]
+    acts = b.feed(ImageVerified(5, True), 2.1)
+    assert acts[0] == ResumeAsActive(5) and sent(acts) == [Done(5)]
+    # A revokes B's read before it restarts as standby
+    assert a.feed(Done(5), 2.2)[:2] == [RevokeRead(5), RestartAsStandby(5)]
+
+
+def test_pull_aborts_revoke_the_read_before_the_active_thaws() -> None:
+    a, b = pair()
+    start = sent(a.feed(RequestGso(1000, REGION, mode=GsoMode.PULL), 0))[0]
+    b.feed(start, 0)
+    a.feed(sent(b.feed(Quiesced(5), 0))[0], 0)
+    sealed = sent(a.feed(ImageSealed(5, 0x7000, 42, DIGEST), 0))[0]
+    b.feed(sealed, 0)
+    # the pull fails: B aborts (and never resumes), A revokes, then thaws
+    acts = b.feed(PullFailed(5, "remote access error"), 1)
+    assert sent(acts) == [Abort(5, AbortReason.COPY_FAILED)]
+    assert ResumeStandby(needs_resync=True) in acts and b.state is GsoState.NORMAL_STANDBY
+    acts = a.feed(Abort(5, AbortReason.COPY_FAILED), 1.1)
+    assert acts[:2] == [RevokeRead(5), ResumeApplication()] and a.serving
+
+
+def test_pull_timers_a_stalled_pull_and_a_missing_sealed_end_in_abort() -> None:
+    a, b = pair()
+    start = sent(a.feed(RequestGso(1000, REGION, mode=GsoMode.PULL), 0))[0]
+    b.feed(start, 0)
+    b.feed(Quiesced(5), 0)
+    acts = b.feed(Tick(), 20)  # no Sealed before the gso deadline
+    assert sent(acts) == [Abort(5, AbortReason.GSO_TIMEOUT)]
+    assert ResumeStandby(needs_resync=False) in acts  # nothing was read into the region
+    a, b = pair()
+    start = sent(a.feed(RequestGso(1000, REGION, mode=GsoMode.PULL), 0))[0]
+    b.feed(start, 0)
+    a.feed(sent(b.feed(Quiesced(5), 0))[0], 0)
+    b.feed(sent(a.feed(ImageSealed(5, 1, 2, DIGEST), 0))[0], 1)
+    acts = b.feed(Tick(), 11)  # the pull stalled past the copy timeout
+    assert acts[0] == CancelPull(5) and sent(acts) == [Abort(5, AbortReason.COPY_TIMEOUT)]
+    # A, past Sealed, waits copy + done and then goes in doubt: never resumes on a timer
+    a.feed(Tick(), 12.5)
+    assert a.state is GsoState.IN_DOUBT and not a.serving
+
+
+def test_seal_timeout_and_failure_thaw_the_active() -> None:
+    a, b = pair()
+    start = sent(a.feed(RequestGso(1000, REGION, mode=GsoMode.PULL), 0))[0]
+    b.feed(start, 0)
+    a.feed(sent(b.feed(Quiesced(5), 0))[0], 0)
+    acts = a.feed(SealFailed(5, "no memory"), 0.5)
+    assert sent(acts) == [Cancel(5, AbortReason.COPY_FAILED)]
+    assert acts[1:3] == [RevokeRead(5), ResumeApplication()] and a.serving
+    # a seal that completes after the GSO ended is revoked at once
+    assert a.feed(ImageSealed(5, 1, 2, DIGEST), 0.6) == [RevokeRead(5)]
+
+
+def test_push_mode_never_revokes() -> None:
+    a, _ = pair()
+    a.feed(RequestGso(1000, REGION), 0)
+    acts = a.feed(Abort(5, AbortReason.BUSY), 0.1)
+    assert not any(isinstance(x, RevokeRead) for x in acts)

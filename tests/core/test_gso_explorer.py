@@ -5,9 +5,12 @@ lost, duplicated once, reordered or delivered late), RDMA marker writes in fligh
 words, the local completions the drivers owe, deadlines expiring at any point, the loss of
 every fabric, a node killed and restarted from its persisted epochs, a fence that fails or
 never answers (its late answer still comes), late heart beats, images that fail to verify.
-Every reachable state is checked: never two nodes serving, no protocol violation, a marker of
-another epoch never completes a GSO, a node resumes as active only from an image that
-verified, B never both aborts and completes one epoch (in one life), a restarted node never
+Both data paths are explored: push (RDMA Write + marker) and pull (A seals, B reads); a run
+gives each GSO request its mode in turn, so two requests can push then pull. Every reachable
+state is checked: never two nodes serving, no protocol violation, a marker of another epoch
+never completes a GSO, a node resumes as active only from an image that verified (and, in
+pull mode, that it read completely while the active's read permission was open), a node never
+serves while its image is open for remote read, and no read permission outlives its GSO, B never both aborts and completes one epoch (in one life), a restarted node never
 completes or joins an epoch it had seen, refusals stop nothing, and a state where nothing
 more can happen has one node serving or an alarm raised.
 
@@ -30,6 +33,7 @@ from hsp_rdma.core import gso
 from hsp_rdma.core.gso import (
     Abort,
     AllFabricsLost,
+    CancelPull,
     CopyComplete,
     CopyFailed,
     Done,
@@ -37,19 +41,28 @@ from hsp_rdma.core.gso import (
     FenceFailed,
     FencePeer,
     GsoMachine,
+    GsoMode,
     GsoState,
+    ImageSealed,
     ImageVerified,
     MarkerSeen,
     PeerActive,
     PollMarker,
+    PullComplete,
+    PullFailed,
     Quiesced,
     Ready,
     RequestGso,
     RestartAsStandby,
     ResumeAsActive,
+    RevokeRead,
+    Sealed,
+    SealFailed,
+    SealImage,
     SendMessage,
     StartCopy,
     StartGso,
+    StartPull,
     Tick,
     VerifyImage,
     WriteMarker,
@@ -61,6 +74,8 @@ from hsp_rdma.errors import GsoRefused
 REGION = 4096
 IMAGE = 1000
 X, Y = 0, 1  # X starts active, Y standby
+PUSH, PULL = (GsoMode.PUSH,), (GsoMode.PULL,)
+DIGEST = bytes(32)
 
 
 def _bag(items) -> tuple:
@@ -125,35 +140,42 @@ class World:
     done_sent: frozenset = frozenset()
     abort_sent: frozenset = frozenset()
     verified: frozenset = frozenset()  # (node, epoch): ImageVerified(ok=True) fed to node
+    read_open: frozenset = frozenset()  # (node, epoch): its image is open for remote read
+    pulled: frozenset = frozenset()  # (node, epoch): PullComplete fed to node
     # (epoch, seen) a node persisted when it last went down; None if it never did.
     persisted: tuple = (None, None)
 
     def key(self) -> tuple:
-        machines = tuple((m.state.value, m.epoch, m.seen, m.active_since) for m in self.nodes)
+        machines = tuple((m.state.value, m.epoch, m.seen, m.active_since, m.mode)
+                         for m in self.nodes)
         return (machines, tuple(self.dead), self.net, self.writes, tuple(self.mem),
                 tuple(self.polls), tuple(self.last_seen), self.pending, self.budget,
                 self.markers_written, self.done_sent, self.abort_sent, self.verified,
-                self.persisted)
+                self.read_open, self.pulled, self.persisted)
 
     def clone(self) -> World:
         return World(list(self.nodes), list(self.dead), list(self.clock), self.net,
                      self.writes, list(self.mem), list(self.polls), list(self.last_seen),
                      self.pending, self.budget, self.markers_written, self.done_sent,
-                     self.abort_sent, self.verified, self.persisted)
+                     self.abort_sent, self.verified, self.read_open, self.pulled,
+                     self.persisted)
 
 
 class Violation(AssertionError):
     """An invariant failed; the message carries the trace that led there."""
 
 
-def initial_world(budget: Budget) -> World:
+def initial_world(budget: Budget, modes: tuple = PUSH) -> World:
     """X active and Y standby after two earlier switch-overs (epochs 1 and 2), with their
     leftovers: a stale marker in Y's region, a late marker write of epoch 1 still in flight,
-    late messages of epoch 2."""
+    late messages of epoch 2 (a Sealed too when the run pulls)."""
     nodes = [GsoMachine.active(2, REGION), GsoMachine.standby(2, REGION)]
+    late = [(Y, Done(2)), (X, StartGso(2, IMAGE)), (Y, Ready(2))]
+    if GsoMode.PULL in modes:
+        late.append((X, Sealed(2, 0x1000, 7, IMAGE, gso.DigestAlgo.CRC32, DIGEST)))
     return World(
         nodes=nodes, dead=[False, False], clock=[0.0, 0.0],
-        net=_bag([(Y, Done(2)), (X, StartGso(2, IMAGE)), (Y, Ready(2))]),
+        net=_bag(late),
         writes=_bag([(Y, marker_value(1))]),
         mem=[marker_value(2), marker_value(1)],
         budget=budget,
@@ -168,6 +190,8 @@ def feed(w: World, n: int, event, now: float | None = None) -> None:
         w.clock[n] = max(w.clock[n], now)
     if isinstance(event, ImageVerified) and event.ok:
         w.verified |= {(n, event.epoch)}
+    if isinstance(event, PullComplete):
+        w.pulled |= {(n, event.epoch)}
     w.nodes[n] = machine = _clone_machine(w.nodes[n])
     actions = machine.feed(event, w.clock[n])
     other = 1 - n
@@ -196,6 +220,14 @@ def feed(w: World, n: int, event, now: float | None = None) -> None:
                 w.net = _bag(w.net + ((other, msg),))
         elif isinstance(action, StartCopy):
             w.pending = _bag(w.pending + ((n, "copy", action.epoch),))
+        elif isinstance(action, SealImage):
+            w.pending = _bag(w.pending + ((n, "seal", action.epoch),))
+        elif isinstance(action, RevokeRead):
+            w.read_open -= {(n, action.epoch)}
+        elif isinstance(action, StartPull):
+            w.pending = _bag(w.pending + ((n, "pull", action.epoch),))
+        elif isinstance(action, CancelPull):
+            w.pending = tuple(p for p in w.pending if p != (n, "pull", action.epoch))
         elif isinstance(action, WriteMarker):
             w.markers_written |= {action.value >> 16}
             if not w.dead[other]:
@@ -211,7 +243,11 @@ def feed(w: World, n: int, event, now: float | None = None) -> None:
             w.pending = _bag(w.pending + ((n, "fence", action.epoch),))
         elif isinstance(action, ResumeAsActive):
             seen = w.last_seen[n]
-            if action.epoch not in w.markers_written or seen != marker_value(action.epoch):
+            if machine.mode is GsoMode.PULL:
+                if (n, action.epoch) not in w.pulled:
+                    raise Violation(f"node {n} resumed in epoch {action.epoch} without having "
+                                    "pulled the image")
+            elif action.epoch not in w.markers_written or seen != marker_value(action.epoch):
                 raise Violation(f"node resumed in epoch {action.epoch} without its marker")
             if (n, action.epoch) not in w.verified:
                 raise Violation(f"node {n} resumed in epoch {action.epoch} from an image "
@@ -235,6 +271,9 @@ def bury(w: World, n: int) -> None:
         w.net = tuple(item for item in w.net if item[0] != n)
         w.writes = tuple(item for item in w.writes if item[0] != n)
     w.pending = tuple(item for item in w.pending if item[0] != n)
+    # Its registrations die with it: nothing is readable any more, nothing it read counts.
+    w.read_open = frozenset(item for item in w.read_open if item[0] != n)
+    w.pulled = frozenset(item for item in w.pulled if item[0] != n)
     w.polls[n], w.mem[n], w.last_seen[n] = None, 0, 0
 
 
@@ -266,10 +305,12 @@ def collect_garbage(w: World) -> None:
                       if item[1] == "fence" or item[2] >= epochs[item[0]])
     # A node resumes only in its current epoch: older verifications can never be asked for.
     w.verified = frozenset(item for item in w.verified if item[1] >= epochs[item[0]])
+    w.pulled = frozenset(item for item in w.pulled if item[1] >= epochs[item[0]])
 
 
-def moves(w: World):
-    """Every (label, successor) pair, and whether any of them is progress (not a fault)."""
+def moves(w: World, modes: tuple = PUSH, requests: int = 0):
+    """Every (label, successor) pair, and whether any of them is progress (not a fault).
+    A request for a GSO uses ``modes`` in turn (REQUESTS: the run's budget of them)."""
     out: list[tuple[str, World, bool]] = []
 
     def go(label: str, fn, progress: bool = True) -> None:
@@ -305,6 +346,20 @@ def moves(w: World):
         elif what == "copy":
             go(f"{n} copy complete", lambda nw, c=complete, e=epoch: c(nw, CopyComplete(e)))
             go(f"{n} copy failed", lambda nw, c=complete, e=epoch: c(nw, CopyFailed(e)))
+        elif what == "seal":
+            def sealed(nw, c=complete, e=epoch, n=n):
+                # The engine opens the read as it reports the seal (one synchronous step).
+                nw.read_open |= {(n, e)}
+                c(nw, ImageSealed(e, 0x1000, 7, DIGEST))
+
+            go(f"{n} sealed the image", sealed)
+            go(f"{n} seal failed", lambda nw, c=complete, e=epoch: c(nw, SealFailed(e)))
+        elif what == "pull":
+            # A read completes only while the source's image is open for it.
+            if (1 - n, epoch) in w.read_open and not w.dead[1 - n]:
+                go(f"{n} pulled the image",
+                   lambda nw, c=complete, e=epoch: c(nw, PullComplete(e)))
+            go(f"{n} pull failed", lambda nw, c=complete, e=epoch: c(nw, PullFailed(e)))
         elif what == "verify":
             for ok in (True, False):
                 go(f"{n} verified {ok}",
@@ -367,11 +422,13 @@ def moves(w: World):
             go(f"{n} deadline passes in {m.state.value}",
                lambda nw, n=n, t=m.deadline: feed(nw, n, Tick(), t))
         if m.state is GsoState.NORMAL_ACTIVE and w.budget.requests:
-            def request(nw, n=n):
-                _spend(nw, "requests")
-                feed(nw, n, RequestGso(IMAGE, REGION))
+            mode = modes[(requests - w.budget.requests) % len(modes)]
 
-            go(f"{n} asked for a GSO", request, False)
+            def request(nw, n=n, mode=mode):
+                _spend(nw, "requests")
+                feed(nw, n, RequestGso(IMAGE, REGION, mode=mode))
+
+            go(f"{n} asked for a {mode.name.lower()} GSO", request, False)
         if m.serving and w.budget.heartbeats and not w.dead[1 - n]:
             def heartbeat(nw, n=n, since=m.active_since):
                 _spend(nw, "heartbeats")
@@ -398,6 +455,10 @@ def check_state(w: World) -> None:
     serving = [n for n in (X, Y) if not w.dead[n] and w.nodes[n].serving]
     if len(serving) > 1:
         raise Violation("two nodes serve as active")
+    for n, epoch in w.read_open:
+        if n in serving:
+            raise Violation(f"node {n} serves while its image of epoch {epoch} is open for "
+                            "remote read")
     for n in (X, Y):
         m = w.nodes[n]
         if w.dead[n] or m.state is GsoState.NORMAL_ACTIVE:
@@ -419,6 +480,9 @@ def check_terminal(w: World) -> None:
     the other became standby (unplanned failover: the Monitor's job, not the GSO's), maybe
     to come back as a standby itself."""
     alive = [n for n in (X, Y) if not w.dead[n]]
+    left_open = [item for item in w.read_open if not w.nodes[item[0]].alarmed]
+    if left_open:
+        raise Violation(f"read permission left open after the GSO: {sorted(left_open)}")
     serving = [n for n in alive if w.nodes[n].serving]
     if len(serving) == 1 or any(w.nodes[n].alarmed for n in alive):
         return
@@ -436,9 +500,10 @@ class Report:
     spent: Counter = field(default_factory=Counter)  # terminal states per fault kind used
 
 
-def explore(budget: Budget, limit: int = 2_000_000) -> Report:
-    """Breadth-first search of every reachable world; raises Violation with a trace."""
-    start = initial_world(budget)
+def explore(budget: Budget, modes: tuple = PUSH, limit: int = 2_000_000) -> Report:
+    """Breadth-first search of every reachable world; raises Violation with a trace. GSO
+    requests take their mode from MODES in turn."""
+    start = initial_world(budget, modes)
     seen = {start.key(): None}
     parents: dict = {}
     queue = deque([start])
@@ -459,7 +524,7 @@ def explore(budget: Budget, limit: int = 2_000_000) -> Report:
         progress = False
         try:
             check_state(w)
-            successors = moves(w)
+            successors = moves(w, modes, budget.requests)
         except Exception as exc:
             raise Violation(f"{exc}\ntrace:\n  {trace(wkey)}") from exc
         for label, nxt, is_progress in successors:
@@ -483,31 +548,43 @@ def explore(budget: Budget, limit: int = 2_000_000) -> Report:
     return report
 
 
+# Each run names its modes: GSO requests take them in turn, so a two-GSO run pushes then
+# pulls (or the reverse), and the second GSO also starts from scratch when the first aborts.
 BUDGETS = {
     # one GSO, every kind of fault once (restarts and fence timeouts have their own runs)
-    "one-gso-all-faults": Budget(requests=1, dups=1, kills=1, fabric_losses=1,
-                                 fence_failures=1, heartbeats=1, fence_timeouts=0, restarts=0),
-    # two GSO requests: a retry after an abort, or a switch-back right after a completion
-    "two-gsos-duplicates": Budget(requests=2, dups=1, kills=0, fabric_losses=0,
-                                  fence_failures=0, heartbeats=0, fence_timeouts=0, restarts=0),
-    "two-gsos-link-loss": Budget(requests=2, dups=0, kills=0, fabric_losses=1,
-                                 fence_failures=0, heartbeats=1, fence_timeouts=0, restarts=0),
-    "two-gsos-kill-fence": Budget(requests=2, dups=0, kills=1, fabric_losses=0,
+    "one-gso-all-faults": (Budget(requests=1, dups=1, kills=1, fabric_losses=1,
                                   fence_failures=1, heartbeats=1, fence_timeouts=0, restarts=0),
-    # a fence that does not answer in time, answering late (in doubt, or after B's Done)
-    "one-gso-fence-timeout": Budget(requests=1, dups=1, kills=0, fabric_losses=1,
-                                    fence_failures=1, heartbeats=1, fence_timeouts=1,
-                                    restarts=0),
-    # a node killed or fenced comes back as a standby, stale messages and markers around it
-    "one-gso-kill-restart": Budget(requests=1, dups=1, kills=1, fabric_losses=1,
+                           PUSH),
+    "one-gso-all-faults-pull": (Budget(requests=1, dups=1, kills=1, fabric_losses=1,
+                                       fence_failures=1, heartbeats=1, fence_timeouts=0,
+                                       restarts=0), PULL),
+    # two GSO requests: a retry after an abort, or a switch-back right after a completion
+    "two-gsos-duplicates": (Budget(requests=2, dups=1, kills=0, fabric_losses=0,
+                                   fence_failures=0, heartbeats=0, fence_timeouts=0,
+                                   restarts=0), PUSH + PULL),
+    "two-gsos-link-loss": (Budget(requests=2, dups=0, kills=0, fabric_losses=1,
+                                  fence_failures=0, heartbeats=1, fence_timeouts=0, restarts=0),
+                           PULL + PUSH),
+    "two-gsos-kill-fence": (Budget(requests=2, dups=0, kills=1, fabric_losses=0,
                                    fence_failures=1, heartbeats=1, fence_timeouts=0,
-                                   restarts=1),
+                                   restarts=0), PUSH + PULL),
+    # a fence that does not answer in time, answering late (in doubt, or after B's Done)
+    "one-gso-fence-timeout": (Budget(requests=1, dups=1, kills=0, fabric_losses=1,
+                                     fence_failures=1, heartbeats=1, fence_timeouts=1,
+                                     restarts=0), PUSH),
+    # a node killed or fenced comes back as a standby, stale messages and markers around it
+    "one-gso-kill-restart": (Budget(requests=1, dups=1, kills=1, fabric_losses=1,
+                                    fence_failures=1, heartbeats=1, fence_timeouts=0,
+                                    restarts=1), PUSH),
+    "one-gso-kill-restart-pull": (Budget(requests=1, dups=1, kills=1, fabric_losses=1,
+                                         fence_failures=1, heartbeats=1, fence_timeouts=0,
+                                         restarts=1), PULL),
 }
 
 
-@pytest.mark.parametrize("budget", BUDGETS.values(), ids=BUDGETS.keys())
-def test_explore(budget):
-    report = explore(budget)
+@pytest.mark.parametrize(("budget", "modes"), BUDGETS.values(), ids=BUDGETS.keys())
+def test_explore(budget, modes):
+    report = explore(budget, modes)
     assert report.terminals > 0
     assert report.switched > 0  # the exploration reaches completed switch-overs, not only aborts
     # Every fault the budget allows happens somewhere (the runs are not vacuous).
@@ -521,9 +598,9 @@ FULL = pytest.mark.skipif(not os.environ.get("HSP_EXPLORE_FULL"),
 
 @FULL
 def test_explore_two_gsos_with_every_fault():
-    # About 450 000 states, a minute.
+    # About 450 000 states, a minute and a half: a push, then a pull.
     report = explore(Budget(requests=2, dups=1, kills=1, fabric_losses=1, fence_failures=1,
-                            heartbeats=1, fence_timeouts=0, restarts=0))
+                            heartbeats=1, fence_timeouts=0, restarts=0), PUSH + PULL)
     assert report.switched > 0
 
 
@@ -532,9 +609,10 @@ def test_explore_two_gsos_with_restarts_and_fence_timeouts():
     # About 360 000 states, half a minute. A restart keeps what was addressed to the dead
     # node in flight, which multiplies the space: duplicates, fabric losses and fence
     # failures are left to the runs above (with fence failures too: a million states).
+    # A pull, then a push (the pull's fence timeouts are covered here, the push's above).
     budget = Budget(requests=2, dups=0, kills=1, fabric_losses=0, fence_failures=0,
                     heartbeats=1, fence_timeouts=1, restarts=1)
-    report = explore(budget)
+    report = explore(budget, PULL + PUSH)
     assert report.switched > 0
     assert report.spent["restarts"] > 0 and report.spent["fence_timeouts"] > 0
 
@@ -596,4 +674,44 @@ def test_stop_application_only_after_ready():
         for state, steps in states.items():
             for on, step in steps.items():
                 if any(e.op is gso.Op.STOP_APPLICATION for e in step.effects):
-                    assert (state, on) == (GsoState.PRE_GSO, gso.On.READY)
+                    assert state is GsoState.PRE_GSO
+                    assert on in (gso.On.READY, gso.On.READY_PULL)
+
+
+def _mutate(monkeypatch, role, state, on, step) -> None:
+    table = dict(gso.TRANSITIONS[role])
+    rows = dict(table[state])
+    rows[on] = step
+    table[state] = rows
+    monkeypatch.setitem(gso.TRANSITIONS, role, table)
+
+
+E = gso.Effect
+
+
+@pytest.mark.parametrize(("role", "state", "on", "step", "found"), [
+    # B takes a failed pull for a complete one
+    (gso.Role.STANDBY, GsoState.PULLING, gso.On.PULL_FAILED,
+     gso.Step(GsoState.VERIFYING, (E(gso.Op.VERIFY_IMAGE),)), "without having pulled"),
+    # A becomes standby and forgets to revoke the read
+    (gso.Role.ACTIVE, GsoState.AWAIT_DONE, gso.On.DONE,
+     gso.Step(GsoState.NORMAL_STANDBY, (E(gso.Op.RESTART_AS_STANDBY),
+                                        E(gso.Op.NOTIFY, gso.Outcome.COMPLETED))),
+     "read permission left open"),
+    # A thaws on B's Abort with the image still open for read
+    (gso.Role.ACTIVE, GsoState.AWAIT_DONE, gso.On.ABORT,
+     gso.Step(GsoState.NORMAL_ACTIVE, (E(gso.Op.RESUME_APPLICATION),
+                                       E(gso.Op.NOTIFY, gso.Outcome.ABORTED))),
+     "serves while its image"),
+    # A resumes when B's pull takes too long, after Sealed (the point of no return)
+    (gso.Role.ACTIVE, GsoState.AWAIT_DONE, gso.On.TICK_EXPIRED,
+     gso.Step(GsoState.NORMAL_ACTIVE, (E(gso.Op.REVOKE_READ), E(gso.Op.RESUME_APPLICATION))),
+     "two nodes serve"),
+], ids=["resume-after-failed-pull", "no-revoke-on-done", "thaw-without-revoke",
+        "resume-on-pull-timeout"])
+def test_explorer_catches_broken_pull_tables(monkeypatch, role, state, on, step, found):
+    # Sanity of the checker in pull mode: each mutation of the table is found.
+    explore(NO_FAULTS, PULL)
+    _mutate(monkeypatch, role, state, on, step)
+    with pytest.raises(Violation, match=found):
+        explore(NO_FAULTS, PULL)

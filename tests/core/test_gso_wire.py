@@ -7,15 +7,28 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hsp_rdma.core.frames import Channel, Frame, encode
-from hsp_rdma.core.gso import Abort, AbortReason, Cancel, DigestAlgo, Done, Ready, StartGso
+from hsp_rdma.core.gso import (
+    Abort,
+    AbortReason,
+    Cancel,
+    DigestAlgo,
+    Done,
+    GsoMode,
+    Ready,
+    Sealed,
+    StartGso,
+)
 from hsp_rdma.core.gso_wire import Hello, decode_message, encode_message
 from hsp_rdma.errors import FrameError
 
 epochs = st.integers(1, 0xFFFF_FFFF)
 messages = st.one_of(
     st.builds(StartGso, epoch=epochs, image_length=st.integers(0, 1 << 40),
-              digest_algo=st.sampled_from(DigestAlgo)),
+              digest_algo=st.sampled_from(DigestAlgo), mode=st.sampled_from(GsoMode)),
     st.builds(Ready, epoch=epochs),
+    st.builds(Sealed, epoch=epochs, address=st.integers(0, (1 << 64) - 1),
+              handle=st.integers(0, (1 << 32) - 1), image_length=st.integers(0, 1 << 40),
+              digest_algo=st.sampled_from(DigestAlgo), digest=st.binary(min_size=32, max_size=32)),
     st.builds(Done, epoch=epochs),
     st.builds(Abort, epoch=epochs, reason=st.sampled_from(AbortReason)),
     st.builds(Cancel, epoch=epochs, reason=st.sampled_from(AbortReason)),
@@ -56,7 +69,15 @@ def test_start_gso_with_the_retired_digest_value_is_refused() -> None:
     still sends it is refused at decode, before anything stops."""
     import struct
 
-    payload = struct.pack("<QHH", 4096, 2, 1)
-    with pytest.raises(FrameError):
+    payload = struct.pack("<QHHB", 4096, 2, 1, 1)
+    with pytest.raises(FrameError, match="StartGso"):
         decode_message(encode(Frame(Channel.GSO, 1, 1, 1, payload)))
     assert 2 not in {a.value for a in DigestAlgo}
+
+
+def test_start_gso_with_an_unknown_mode_is_refused() -> None:
+    import struct
+
+    payload = struct.pack("<QHHB", 4096, 3, 1, 9)
+    with pytest.raises(FrameError, match="StartGso: 9 is not a valid GsoMode"):
+        decode_message(encode(Frame(Channel.GSO, 1, 1, 1, payload)))
