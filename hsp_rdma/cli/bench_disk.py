@@ -141,8 +141,11 @@ def show(r: dict[str, Any], out: Console) -> None:
         t2.add_row("hsp_rdma", NOT_BUILT if not r.get("hsp") else "no resync yet",
                    "-", "-", "-", "-", "-", "-")
     out.print(t2)
-    out.print(Text(f"TCP on the same wire (one stream, a -> b, {format_size(w['bytes_1m'])}): "
-                   f"{r['tcp_MBps']:.2f} MB/sec"))
+    tcp = r["tcp"]
+    out.print(Text(f"TCP on the same wire, a -> b: 4 KiB round trip t_typical "
+                   f"{tcp['rtt_4k_p50_us']:.1f} usec, 99% {tcp['rtt_4k_p99_us']:.1f} usec "
+                   f"({tcp['round_trips']} round trips); one stream of "
+                   f"{format_size(w['bytes_1m'])} {tcp['stream_MBps']:.2f} MB/sec"))
     for note in r["notes"]:
         out.print(Text.assemble(("note:", "yellow"), f" {note}"))
     out.print(Text(f"method: {r['method']}", style="dim"))

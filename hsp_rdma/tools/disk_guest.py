@@ -1,6 +1,6 @@
 """What the disk bench runs inside a lab node (stdlib only): a DRBD resync timed from the
-reconnect to UpToDate/UpToDate by watching /proc/drbd, and a plain TCP stream on the wire DRBD
-rides on. Each prints one JSON object per line: its result, or {"event": "error", ...}."""
+reconnect to UpToDate/UpToDate by watching /proc/drbd, and plain TCP on the wire DRBD rides on
+(4 KiB round trips, then a stream). Each prints one JSON object per line: its result, or {"event": "error", ...}."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ PROC_DRBD = "/proc/drbd"
 _STATE = re.compile(r"^\s*(\d+): cs:(\S+) ro:(\S+) ds:(\S+)")
 _OOS = re.compile(r"\boos:(\d+)")
 CHUNK = 1 << 20  # the TCP stream's send and receive size
+PING_BYTES = 4096  # a round trip's message: one 4 KiB write's worth
 
 
 class GuestError(Exception):
@@ -72,15 +73,29 @@ def resync(config: str, resource: str, minor: int, poll_s: float, timeout: float
          uptodate_s=round(now, 4), poll_s=poll_s)
 
 
-def tcp_recv(ip: str, port: int, nbytes: int, timeout: float) -> None:
-    """Accept one stream and read NBYTES; the time runs from the first byte to the last."""
+def _recv_exact(conn: socket.socket, buf: bytearray, n: int) -> None:
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = conn.recv_into(view[got:n])
+        if k == 0:
+            raise GuestError(f"the peer closed after {got} of {n} bytes")
+        got += k
+
+
+def tcp_serve(ip: str, port: int, pings: int, nbytes: int, timeout: float) -> None:
+    """Accept one connection: answer PINGS 4 KiB messages with one byte each, then read a
+    stream of NBYTES, timed from its first byte to its last."""
     with socket.create_server((ip, port)) as srv:
         srv.settimeout(timeout)
         emit("listening", ip=ip, port=port)
         conn, _peer = srv.accept()
         with conn:
             conn.settimeout(timeout)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             buf = bytearray(CHUNK)
+            for _ in range(pings):
+                _recv_exact(conn, buf, PING_BYTES)
+                conn.sendall(b"p")
             got, first = 0, None
             while got < nbytes:
                 n = conn.recv_into(buf)
@@ -94,8 +109,17 @@ def tcp_recv(ip: str, port: int, nbytes: int, timeout: float) -> None:
     emit("tcp", bytes=got, seconds=round(seconds, 4))
 
 
-def tcp_send(peer: str, port: int, nbytes: int, timeout: float) -> None:
+def tcp_client(peer: str, port: int, pings: int, nbytes: int, timeout: float) -> None:
+    """PINGS round trips of a 4 KiB message and a 1-byte answer (each timed), then the stream."""
     with socket.create_connection((peer, port), timeout=timeout) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        msg, one = b"\x5a" * PING_BYTES, bytearray(1)
+        rtts = []
+        for _ in range(pings):
+            t = time.monotonic()
+            s.sendall(msg)
+            _recv_exact(s, one, 1)
+            rtts.append((time.monotonic() - t) * 1e6)
         chunk = b"\xa5" * CHUNK
         left = nbytes
         while left > 0:
@@ -103,7 +127,8 @@ def tcp_send(peer: str, port: int, nbytes: int, timeout: float) -> None:
             left -= CHUNK
         if s.recv(1) != b"k":
             raise GuestError("the receiver closed before confirming the stream")
-    emit("sent", bytes=nbytes)
+    rtts.sort()
+    emit("sent", bytes=nbytes, rtt_us=rtts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,20 +140,21 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--minor", type=int, default=0)
     r.add_argument("--poll", type=float, default=0.02, help="seconds between looks")
     r.add_argument("--timeout", type=float, default=300.0)
-    for name in ("tcp-recv", "tcp-send"):
+    for name in ("tcp-serve", "tcp-client"):
         t = sub.add_parser(name)
-        t.add_argument("--ip" if name == "tcp-recv" else "--peer", required=True)
+        t.add_argument("--ip" if name == "tcp-serve" else "--peer", required=True)
         t.add_argument("--port", type=int, required=True)
+        t.add_argument("--pings", type=int, default=200)
         t.add_argument("--bytes", type=int, required=True)
         t.add_argument("--timeout", type=float, default=120.0)
     args = p.parse_args(argv)
     try:
         if args.cmd == "resync":
             resync(args.config, args.resource, args.minor, args.poll, args.timeout)
-        elif args.cmd == "tcp-recv":
-            tcp_recv(args.ip, args.port, args.bytes, args.timeout)
+        elif args.cmd == "tcp-serve":
+            tcp_serve(args.ip, args.port, args.pings, args.bytes, args.timeout)
         else:
-            tcp_send(args.peer, args.port, args.bytes, args.timeout)
+            tcp_client(args.peer, args.port, args.pings, args.bytes, args.timeout)
     except (GuestError, OSError, subprocess.TimeoutExpired) as exc:
         emit("error", error=f"{args.cmd}: {exc}")
         return 1

@@ -14,9 +14,11 @@ flight (libaio, direct=1), BYTES in all: BW average [MB/sec] = fio's bw_bytes / 
 2^20 bytes, as perftest counts). Resync: both nodes disconnect, node a writes RESYNC bytes
 (1 MiB direct writes from offset 0), node b connects, node a connects and looks at /proc/drbd
 every 20 ms: resync MB/sec = the bytes DRBD had out of sync (its oos count) / (the connect
-command .. UpToDate/UpToDate), under the protocol of the last run (A). The TCP reference is one
-Python stream of BYTES from node a to node b on the same fabric (time from first to last byte
-at the receiver). Our side, when given, runs the same workload on /dev/ram1 per commit mode.
+command .. UpToDate/UpToDate), under the protocol of the last run (A). The TCP reference, from
+node a to node b on the same fabric, in Python with TCP_NODELAY: 200 round trips of a 4 KiB
+message and a 1-byte answer (what a protocol C write needs of the wire at least), then one
+stream of BYTES (time from first to last byte at the receiver). Our side, when given, runs the
+same workload on /dev/ram1 per commit mode.
 """
 
 from __future__ import annotations
@@ -34,11 +36,12 @@ from hsp_rdma.errors import HspError, LabError, LabUnavailable
 from hsp_rdma.ha.config import COMMIT_MODES
 from hsp_rdma.lab import NODES, ExecResult, Lab
 from hsp_rdma.tools.guest import GuestRun
-from hsp_rdma.units import format_size
+from hsp_rdma.units import format_size, percentile
 
 PROTOCOLS = ("C", "A")  # measured in this order; the resync runs under the last
 RESOURCE = "r0"
 DRBD_PORT, TCP_PORT = 7789, 7790
+TCP_PINGS = 200  # 4 KiB round trips of the TCP reference
 DRBD_DEVICE, DRBD_BACKING, OUR_BACKING = "/dev/drbd0", "/dev/ram0", "/dev/ram1"
 FIELDS = ("write4k_p50_us", "write4k_p99_us", "write1m_MBps")
 APPLIED_4K_GOAL = 0.8  # our applied 4 KiB median <= 0.8 x DRBD protocol C's
@@ -334,35 +337,42 @@ class DrbdLab:
         return problems
 
 
-def tcp_baseline(lab: Lab, w: DiskWorkload) -> float:
-    """MB/sec of one TCP stream of BYTES_1M from a to b on the workload's fabric."""
+def tcp_baseline(lab: Lab, w: DiskWorkload, pings: int = TCP_PINGS) -> dict[str, float]:
+    """Plain TCP from a to b on the workload's fabric: PINGS round trips of 4 KiB and a 1-byte
+    answer (t_typical, 99% [usec]), then one stream of BYTES_1M [MB/sec]."""
     info = lab.info()
     ip = info["b"][w.fabric]["ipv4"]
-    timeout = 60 + w.bytes_1m / 1e6
+    timeout = 60 + w.bytes_1m / 1e6 + pings * 0.05
+    common = ["--port", str(TCP_PORT), "--pings", str(pings), "--bytes", str(w.bytes_1m),
+              "--timeout", str(timeout)]
     tool = [sys.executable, "-m", "hsp_rdma.tools.disk_guest"]
     rx = GuestRun("b")
-    rx.job = lab.spawn("b", [*tool, "tcp-recv", "--ip", ip, "--port", str(TCP_PORT),
-                             "--bytes", str(w.bytes_1m), "--timeout", str(timeout)],
-                       timeout=timeout + 30, on_stdout=rx.feed)
+    rx.job = lab.spawn("b", [*tool, "tcp-serve", "--ip", ip, *common], timeout=timeout + 30,
+                       on_stdout=rx.feed)
     deadline = time.monotonic() + 60
     while not rx.of("listening"):
         if rx.job.poll() is not None or time.monotonic() > deadline:
             rx.job.kill()
             res = rx.job.wait(timeout=30)
             err = "; ".join(e["error"] for e in rx.of("error")) or res.stderr.strip()[-300:]
-            raise LabError(f"TCP reference: the receiver on node b did not listen: {err}")
+            raise LabError(f"TCP reference: the server on node b did not listen: {err}")
         time.sleep(0.05)
-    tx = lab.exec("a", [*tool, "tcp-send", "--peer", ip, "--port", str(TCP_PORT), "--bytes",
-                        str(w.bytes_1m), "--timeout", str(timeout)], timeout=timeout + 30)
-    if not tx.ok:
+    tx = GuestRun("a")
+    tx.job = lab.spawn("a", [*tool, "tcp-client", "--peer", ip, *common], timeout=timeout + 30,
+                       on_stdout=tx.feed)
+    tres = tx.job.wait()
+    if not tres.ok:
         rx.job.kill()
     rres = rx.job.wait()
-    done = rx.of("tcp")
-    if not done:
-        err = "; ".join(e["error"] for e in rx.of("error")) or (tx.stdout + tx.stderr
-                                                                 + rres.stderr).strip()[-400:]
+    done, sent = rx.of("tcp"), tx.of("sent")
+    if not done or not sent:
+        err = "; ".join(e["error"] for r in (tx, rx) for e in r.of("error")) or (
+            tres.stderr + rres.stderr).strip()[-400:]
         raise LabError(f"TCP reference from a to b failed: {err}")
-    return round(done[0]["bytes"] / MB / done[0]["seconds"], 2)
+    rtt = sent[0]["rtt_us"]
+    return {"stream_MBps": round(done[0]["bytes"] / MB / done[0]["seconds"], 2),
+            "rtt_4k_p50_us": round(percentile(rtt, 50), 1),
+            "rtt_4k_p99_us": round(percentile(rtt, 99), 1), "round_trips": len(rtt)}
 
 
 def check_ours(mode: str, got: Any) -> dict[str, float]:
@@ -440,7 +450,8 @@ def _measure(lab: Lab, drbd: DrbdLab, ours: OurSide | None, w: DiskWorkload,
     drbd.load()
     step(f"raw {DRBD_BACKING}: fio 4 KiB sync x {w.ops_4k}, 1 MiB x {w.depth_1m} in flight")
     raw = run_fio(pair, DRBD_BACKING, w, f"fio on the plain {DRBD_BACKING}")
-    step(f"TCP reference: {format_size(w.bytes_1m)} from a to b on fabric {w.fabric}")
+    step(f"TCP reference: {TCP_PINGS} x 4 KiB round trips, {format_size(w.bytes_1m)} stream, "
+         f"a to b on fabric {w.fabric}")
     tcp = tcp_baseline(lab, w)
     step("DRBD: create-md, up, skip the initial sync, primary on a")
     drbd.up(PROTOCOLS[0])
@@ -472,7 +483,7 @@ def _measure(lab: Lab, drbd: DrbdLab, ours: OurSide | None, w: DiskWorkload,
         "resync_MBps": {"drbd": resync["MBps"],
                         "hsp": hsp_resync["MBps"] if hsp_resync else None},
         "resync": {"drbd": resync, "hsp": hsp_resync},
-        "tcp_MBps": tcp, "notes": notes,
+        "tcp_MBps": tcp["stream_MBps"], "tcp": tcp, "notes": notes,
         "method": " ".join(__doc__.split("Method: ", 1)[1].split()),
     }
     r["goals"] = goals(r)

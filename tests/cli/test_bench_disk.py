@@ -19,7 +19,9 @@ R = {
     "resync": {"drbd": {"bytes": 67108864, "seconds": 2.4755, "MBps": 25.9,
                         "handshake_s": 0.7225, "sync_only_MBps": 36.4, "protocol": "A"},
                "hsp": None},
-    "tcp_MBps": 48.8, "notes": ["our disk replication [x] is not built yet"], "goals": None,
+    "tcp_MBps": 48.8, "tcp": {"stream_MBps": 48.8, "rtt_4k_p50_us": 1612.5,
+                              "rtt_4k_p99_us": 4410.0, "round_trips": 200},
+    "notes": ["our disk replication [x] is not built yet"], "goals": None,
     "method": "MB = 2^20 bytes [fio]",
 }
 
@@ -35,7 +37,7 @@ def test_drbd_and_raw_rows_and_our_side_not_built() -> None:
     for word in ("4KiB t_typical [usec]", "4KiB 99% [usec]", "1MiB x 8 BW [MB/sec]",
                  "reconnect .. UpToDate [msec]", "resync [MB/sec]", "plain brd",
                  "protocol C", "protocol A", "3457.0", "122.4", "0.035", "25.90", "2476",
-                 "not built yet", "48.80 MB/sec", "[x]", "method: MB = 2^20 bytes [fio]"):
+                 "not built yet", "48.80 MB/sec", "t_typical 1612.5 usec", "[x]", "method: MB = 2^20 bytes [fio]"):
         assert word in text, word
     hsp_lines = [ln for ln in text.splitlines() if "hsp_rdma" in ln]
     assert len(hsp_lines) == 2 and all("not built yet" in ln for ln in hsp_lines)

@@ -27,7 +27,9 @@ def test_short_drbd_run_gives_sane_figures_and_cleans_up(lab: Lab) -> None:
     rs = r["resync"]["drbd"]
     assert rs["bytes"] == 8 << 20 and rs["seconds"] > 0
     assert r["resync_MBps"]["drbd"] == pytest.approx(8 / rs["seconds"], rel=0.01)
-    assert r["tcp_MBps"] > 0
+    tcp = r["tcp"]
+    assert tcp["stream_MBps"] == r["tcp_MBps"] > 0 and tcp["round_trips"] == 200
+    assert 0 < tcp["rtt_4k_p50_us"] <= tcp["rtt_4k_p99_us"]
     assert r["hsp"] is None and r["goals"] is None
     assert any("not built yet" in n for n in r["notes"])
     for node in NODES:
