@@ -95,6 +95,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--chunk", type=size_arg(512, 1 << 30, "--chunk"), default=0)
     p.add_argument("--depth", type=int, default=0)
     p.add_argument("--digest", choices=("crc32", "blake2b"), default="crc32")
+    p.add_argument("--mode", choices=("push", "pull"), default="push",
+                   help="how this node's GSOs move the image: push (it RDMA-writes it into "
+                        "the standby) or pull (the standby RDMA-reads it); the standby "
+                        "follows the active's choice")
     p.add_argument("--transactions", type=int, default=1000)
     p.add_argument("--inject", choices=INJECTIONS, default="none")
     p.add_argument("--fence-agent", metavar="CMD",
@@ -131,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     eng.on_alarm = lambda why: emit("alarm", reason=why, serving=eng.machine.serving)
     eng.digest_algo = (gso.DigestAlgo.CRC32 if args.digest == "crc32"
                        else gso.DigestAlgo.BLAKE2B_256)
+    eng.mode = gso.GsoMode[args.mode.upper()]
     app.attach(eng.image.pmem)
     try:
         if args.serving:
@@ -170,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             eng.serve(until=lambda n=before: len(eng.reports) > n)
             rep = eng.reports[-1]
             done += 1
-            emit("gso", epoch=rep.epoch, outcome=rep.outcome, role=rep.role,
+            emit("gso", epoch=rep.epoch, outcome=rep.outcome, role=rep.role, mode=rep.mode,
                  reason=rep.reason, image_bytes=rep.image_bytes, writes=rep.writes,
                  copy_s=rep.copy_end_t - rep.copy_start_t, copy_MBps=rep.copy_MBps,
                  blackout_s=rep.blackout_s, verify_s=rep.verify_s, resume_s=rep.resume_s,

@@ -12,6 +12,15 @@ fabric (AllFabricsLost), fed after the current action list has run to its end. S
 block: control frames, image writes and the marker are posted and their completions reaped as
 they come, so the copy runs while the machine keeps getting ticks (its copy timeout and the
 standby's Abort work while writes are in flight).
+
+Pull mode (``Engine.mode``, the active's choice, announced in Start-GSO): the active freezes,
+writes the image header (with the digest) into its own buffer and registers the image a second
+time, for remote read only, for this epoch only; the handle travels in Sealed. The standby
+RDMA-reads the image in chunks of the profile's size, queue_depth reads in flight, one segment
+per read (iWARP scatters a read into one segment), pumped by the serve loop like the push
+copy, then verifies it (the header's digest must also be the one Sealed announced) and resumes.
+The active deregisters that second registration when the GSO ends (RevokeRead), before its
+application runs again: a read with the old handle then fails.
 """
 
 from __future__ import annotations
@@ -31,12 +40,12 @@ from hsp_rdma.core.gso_wire import Hello, decode_message, encode_message
 from hsp_rdma.core.profiles import MAX_QUEUE_DEPTH, PollMode, Profile
 from hsp_rdma.errors import ConfigError, FrameError, HspError
 from hsp_rdma.ha.fence import FenceAgent
-from hsp_rdma.ha.image import HEADER_SPACE, StateImage, verify
+from hsp_rdma.ha.image import HEADER, HEADER_SPACE, StateImage, Verified, verify
 from hsp_rdma.ha.persist import Epochs, EpochStore
 
 DISCRIMINATOR = b"hsp-gso"
 CTL_SLOTS = 16  # receive descriptors kept posted: one per possible in-flight control frame
-CTL_SIZE = 256  # a gso control frame is 26 header bytes + at most 43 payload bytes
+CTL_SIZE = 256  # a gso control frame is 26 header bytes + at most 54 payload bytes (Sealed)
 MARKER = struct.Struct("<Q")
 # A VI's send queue holds via's QUEUE_DEPTH descriptors: the copy's writes, the control
 # frames in flight and the marker must fit in it together.
@@ -57,17 +66,19 @@ class GsoReport:
     epoch: int
     outcome: str
     role: str  # the side this node played: "active" (source) or "standby" (target)
+    mode: str = "push"  # how the image travelled: "push" (A writes) or "pull" (B reads)
     image_bytes: int = 0
     stop_t: float = 0.0  # A: application frozen
     copy_start_t: float = 0.0
     copy_end_t: float = 0.0  # A: last data write completed
     marker_t: float = 0.0  # A: marker write completed
+    sealed_t: float = 0.0  # A (pull): image sealed and open for read, Sealed posted
     done_t: float = 0.0  # A: "done" received (B resumed before sending it)
     resume_t: float = 0.0  # B: resumed as active
     verify_s: float = 0.0  # B: digest check
     resume_s: float = 0.0  # B: the application's resume, before "done" leaves
     reason: str = ""
-    writes: int = 0
+    writes: int = 0  # RDMA Writes posted (push, on A) or RDMA Reads (pull, on B)
 
     @property
     def blackout_s(self) -> float:
@@ -75,18 +86,25 @@ class GsoReport:
         return self.done_t - self.stop_t if self.done_t and self.stop_t else 0.0
 
     def phases_ms(self) -> dict[str, float]:
-        """Where the time went, on this node's clock: A's freeze (stop .. first write),
-        copy, marker, and the wait for "done"; B's verify and resume."""
-        ms = {}
-        if self.role == "active" and self.stop_t:
+        """Where the time went, on this node's clock. Push: A's freeze (stop .. first
+        write), copy, marker, and the wait for "done"; B's verify and resume. Pull: A's seal
+        (stop .. Sealed posted: blob, digest, header, registration) and the wait for "done";
+        B's pull (first read posted .. last completed), verify and resume."""
+        pairs: tuple = ()
+        if self.role == "active" and self.stop_t and self.mode == "pull":
+            pairs = (("seal", self.stop_t, self.sealed_t),
+                     ("await_done", self.sealed_t, self.done_t))
+        elif self.role == "active" and self.stop_t:
             pairs = (("freeze", self.stop_t, self.copy_start_t),
                      ("copy", self.copy_start_t, self.copy_end_t),
                      ("marker", self.copy_end_t, self.marker_t),
                      ("await_done", self.marker_t, self.done_t))
-            ms = {k: round((b - a) * 1000, 2) for k, a, b in pairs if a and b and b >= a}
-        elif self.role == "standby":
-            ms = {"verify": round(self.verify_s * 1000, 2),
-                  "resume": round(self.resume_s * 1000, 2)}
+        elif self.role == "standby" and self.mode == "pull":
+            pairs = (("pull", self.copy_start_t, self.copy_end_t),)
+        ms = {k: round((b - a) * 1000, 2) for k, a, b in pairs if a and b and b >= a}
+        if self.role == "standby":
+            ms |= {"verify": round(self.verify_s * 1000, 2),
+                   "resume": round(self.resume_s * 1000, 2)}
         return ms
 
     @property
@@ -133,6 +151,18 @@ class _Copy:
 
 
 @dataclass
+class _Pull:
+    """B's pull in progress: next offset to read, reads in flight, where the image is."""
+
+    epoch: int
+    end: int
+    address: int
+    handle: int
+    next: int = 0
+    inflight: int = 0
+
+
+@dataclass
 class Peer:
     hello: Hello | None = None
 
@@ -173,6 +203,10 @@ class Engine:
     _inbox: deque = field(default_factory=deque)
     _posted: deque = field(default_factory=deque)  # _Posted, oldest first
     _copy: _Copy | None = None
+    _pull: _Pull | None = None
+    mode: gso.GsoMode = gso.GsoMode.PUSH  # how this node's GSO requests move the image
+    _read_handle: object = None  # A (pull): the image's registration for remote read
+    _sealed_digest: bytes = b""  # B (pull): the digest Sealed announced
     link_error: str = ""  # why the VI is gone: set once, then AllFabricsLost is fed
     _lost_fed: bool = False
     forged_frames: int = 0  # frames that failed to decode: counted, never applied
@@ -209,8 +243,9 @@ class Engine:
         try:
             ptag = via.VipCreatePtag(nic)
             image = StateImage(pmem_size, blob_capacity)
-            rw = via.MemAttributes(ptag=ptag, enable_rdma_write=True,
-                                   enable_rdma_read=profile.rdma_read)
+            # Remote write only: a peer reads the image only through the registration that
+            # SealImage makes for one epoch of a pull and RevokeRead ends.
+            rw = via.MemAttributes(ptag=ptag, enable_rdma_write=True)
             image_handle = via.VipRegisterMem(nic, image.buf, rw)
             marker = mmap.mmap(-1, mmap.PAGESIZE)
             marker_handle = via.VipRegisterMem(nic, marker, rw)
@@ -318,6 +353,7 @@ class Engine:
             self.link_error = why
             self._posted.clear()  # their completions can only be flushes now
             self._abandon_copy()
+            self._pull = None
 
     def _reap(self, timeout_ms: int = 0) -> gso.Event | None:
         """Take send completions: wait up to TIMEOUT_MS for the first, then all that are
@@ -342,16 +378,24 @@ class Engine:
                 return event
             failed = d.status & via.VIP_STATUS_ERROR_MASK
             copying = self._copy is not None and p.what in ("write", "header")
+            pulling = self._pull is not None and p.what == "read" and self._pull.epoch == p.epoch
             if failed:
-                why = (f"{p.what} completed with status 0x{d.status:x} (the peer or the link "
-                       "is gone)")
+                why = (f"{p.what} completed with status 0x{d.status:x}"
+                       f"{' (' + d.reason + ')' if getattr(d, 'reason', '') else ''} (the "
+                       "peer, its read permission or the link is gone)")
                 if copying and self._copy.epoch == p.epoch:
                     self._current.reason = why
                     self._abandon_copy()
                     event = gso.CopyFailed(p.epoch, why)
+                elif pulling:
+                    self._current.reason = why
+                    self._pull = None
+                    event = gso.PullFailed(p.epoch, why)
                 self._lose_link(why)
                 return event
-            if copying and self._copy.epoch == p.epoch:
+            if pulling:
+                self._pull.inflight -= 1
+            elif copying and self._copy.epoch == p.epoch:
                 self._copy.inflight -= 1
             elif p.what == "marker" and self._current is not None:
                 self._current.marker_t = self.clock()
@@ -438,8 +482,12 @@ class Engine:
             self._send(gso.StartGso(old, length, self.digest_algo))
             self._write_marker(gso.marker_value(old))
             self._current = None
+        if self.mode is gso.GsoMode.PULL and not self.profile.rdma_read:
+            raise gso.GsoRefused(f"GSO refused: pull mode needs RDMA Read, and hw profile "
+                                 f"'{self.profile.name}' says rdma_read = false; use push")
         self._feed(gso.RequestGso(image_length=length, peer_region_size=hello.region_size,
-                                  peer_version=hello.version, digest_algo=self.digest_algo))
+                                  peer_version=hello.version, digest_algo=self.digest_algo,
+                                  mode=self.mode))
 
     def _feed(self, event: gso.Event) -> None:
         """Feed EVENT and carry out every action, in order, to the end of the list: an I/O
@@ -474,7 +522,7 @@ class Engine:
         match action:
             case gso.SendMessage(message=msg):
                 if isinstance(msg, gso.StartGso):
-                    self._current = GsoReport(msg.epoch, "", "active")
+                    self._current = GsoReport(msg.epoch, "", "active", msg.mode.name.lower())
                 if not (self.drop_ready and isinstance(msg, gso.Ready)):
                     self._send(msg)
             case gso.StopApplication():
@@ -487,6 +535,18 @@ class Engine:
                 return self._start_copy(epoch, length)
             case gso.CancelCopy():
                 self._abandon_copy()
+            case gso.SealImage(epoch=epoch, image_length=length):
+                return self._seal(epoch, length)
+            case gso.RevokeRead():
+                self._revoke_read()
+            case gso.StartPull(epoch=epoch, address=addr, handle=handle, image_length=length,
+                               digest=digest):
+                self._current.copy_start_t = now
+                self._current.image_bytes = length
+                self._sealed_digest = digest
+                self._pull = _Pull(epoch, length, addr, handle)
+            case gso.CancelPull():
+                self._pull = None  # reads in flight land and are reaped; none is posted
             case gso.WriteMarker(value=value):
                 self._write_marker(value)
             case gso.ResumeApplication():
@@ -499,7 +559,8 @@ class Engine:
                 rep.done_t = now
                 rep.marker_t = min(rep.marker_t, now) if rep.marker_t else now
             case gso.StopActivity():
-                self._current = GsoReport(self.machine.epoch, "", "standby")
+                self._current = GsoReport(self.machine.epoch, "", "standby",
+                                          self.machine.mode.name.lower())
                 self.app.stop_standby()
             case gso.ResumeStandby(needs_resync=resync):
                 self.app.resume_standby(resync)
@@ -517,6 +578,9 @@ class Engine:
                     time.sleep(self.hold_verify_s)
                 t0 = self.clock()
                 v = verify(self.image.buf, epoch, length, algo)
+                pulled = self.machine.mode is gso.GsoMode.PULL
+                if v.ok and pulled and HEADER.unpack_from(self.image.buf)[7] != self._sealed_digest:
+                    v = Verified(False, "the image's digest is not the one Sealed announced")
                 self._current.verify_s = self.clock() - t0
                 self._current.reason = v.reason
                 return gso.ImageVerified(epoch, v.ok)
@@ -564,6 +628,54 @@ class Engine:
         except via.VipError:
             pass  # the VI is in ERROR already; disconnect only flushes it
         return gso.FenceConfirmed(epoch)
+
+    def _seal(self, epoch: int, length: int) -> gso.Event:
+        """Pull: digest the frozen image, write its header into our own buffer, and open it
+        for remote read (a registration of its own, for this epoch only)."""
+        d = self.image.digest_start(epoch, self.digest_algo)
+        d.update(memoryview(self.image.buf)[HEADER_SPACE:length])
+        digest = d.digest()
+        if self.corrupt_image:
+            digest = bytes([digest[0] ^ 1]) + digest[1:]
+        hdr = self.image.header(epoch, digest, self.digest_algo)
+        self.image.buf[:len(hdr)] = hdr
+        self._revoke_read()
+        try:
+            self._read_handle = via.VipRegisterMem(self.nic, self.image.buf, via.MemAttributes(
+                ptag=self.ptag, enable_rdma_read=True))
+        except via.VipError as exc:
+            self._current.reason = f"cannot open the image for remote read: {exc}"
+            return gso.SealFailed(epoch, self._current.reason)
+        self._current.sealed_t = self.clock()
+        return gso.ImageSealed(epoch, via.address_of(self.image.buf), int(self._read_handle),
+                               digest)
+
+    def _revoke_read(self) -> None:
+        """Close the peer's read of the image (idempotent)."""
+        if self._read_handle is not None:
+            handle, self._read_handle = self._read_handle, None
+            via.VipDeregisterMem(self.nic, self.image.buf, handle)
+
+    def _pump_pull(self, wait_ms: int) -> gso.Event | None:
+        """Keep queue_depth RDMA Reads in flight (one segment each: iWARP scatters a read
+        into one); PullComplete when the last landed. Waits at most WAIT_MS for one."""
+        p = self._pull
+        while p.next < p.end and p.inflight < self.queue_depth:
+            n = min(self.chunk_size, p.end - p.next)
+            d = via.VipDescriptor(
+                control=via.VIP_CONTROL_OP_RDMAREAD,
+                segments=[via.DataSegment(via.address_of(self.image.buf, p.next),
+                                          self.image_handle, n)],
+                address=via.AddressSegment(p.address + p.next, p.handle))
+            self._post_send(d, "read", p.epoch)
+            self._current.writes += 1
+            p.inflight += 1
+            p.next += n
+        if p.next >= p.end and p.inflight == 0:
+            self._current.copy_end_t = self.clock()
+            self._pull = None
+            return gso.PullComplete(p.epoch)
+        return self._reap(wait_ms)
 
     def _start_copy(self, epoch: int, length: int) -> gso.Event | None:
         """Begin the copy of [HEADER_SPACE, length); the serve loop pumps it."""
@@ -673,11 +785,16 @@ class Engine:
         while not until():
             while self._inbox:
                 self._feed(self._inbox.popleft())
-            if self._copy is not None:
-                done = self._pump_copy(tick_ms)
+            if self._copy is not None or self._pull is not None:
+                try:
+                    done = (self._pump_copy(tick_ms) if self._copy is not None
+                            else self._pump_pull(tick_ms))
+                except (SwitchoverError, via.VipError) as exc:
+                    self._lose_link(f"posting the {'copy' if self._copy else 'pull'}: {exc}")
+                    done = None
                 if done is not None:
                     self._feed(done)
-                msg = self._receive(0, block=False)  # the standby's Abort, mid-copy
+                msg = self._receive(0, block=False)  # the peer's Abort or Cancel, mid-copy
             else:
                 # A marker in flight: wait for its completion first (it comes before "done"),
                 # so the marker and await_done phases are measured apart.

@@ -75,6 +75,45 @@ def test_gso_of_16mib_and_switch_back_continue_the_application(healthy_lab: Lab)
         assert g["blackout_s"] * 1000 >= ph["copy"] + s["verify_s"] * 1000 + s["resume_s"] * 1000
 
 
+PULL = ("--mode", "pull")
+
+
+def test_pull_gso_and_switch_back_continue_the_application(healthy_lab: Lab) -> None:
+    """RDMA Read pull: the active seals its image and says so; the standby reads it (one
+    segment per read), verifies it, resumes, and the application continues there; then the
+    same back."""
+    res = run_pair(healthy_lab, 4 * MiB, runs=2, extra_a=PULL, extra_b=PULL)
+    a, b = res.standby, res.active
+    assert res.rc == {"a": 0, "b": 0}, res.stderr
+    assert [e["mode"] for e in a.of("gso") + b.of("gso")] == ["pull"] * 4
+    frozen_b, resumed_a = b.of("frozen")[0], a.of("resumed")[0]
+    assert pmem_crc(a, "standby", 1) == pmem_crc(b, "active", 1)
+    assert resumed_a["counter"] == resumed_a["blob_counter"] == frozen_b["counter"] > 0
+    frozen_a, resumed_b = a.of("frozen")[0], b.of("resumed")[0]
+    assert resumed_b["counter"] == frozen_a["counter"] == frozen_b["counter"] + 1000
+    assert pmem_crc(b, "standby", 2) == pmem_crc(a, "active", 2)
+    assert only(b, "end")["serving"] and not only(a, "end")["serving"]
+    g = next(e for e in b.of("gso") if e["role"] == "active")
+    s = next(e for e in a.of("gso") if e["role"] == "standby")
+    assert set(g["phases_ms"]) == {"seal", "await_done"}
+    assert set(s["phases_ms"]) == {"pull", "verify", "resume"}
+    assert s["writes"] == -(-s["image_bytes"] // only(a, "connected")["chunk"]), "reads"
+    # the standby's pull, verify and resume all lie inside the active's blackout
+    assert g["phases_ms"]["await_done"] >= sum(s["phases_ms"].values())
+
+
+def test_digest_mismatch_in_pull_mode_aborts_and_thaws_the_active(healthy_lab: Lab) -> None:
+    res = run_pair(healthy_lab, 4 * MiB, runs=1, extra_a=PULL,
+                   extra_b=(*PULL, "--inject", "bad-digest"))
+    a, b = res.standby, res.active
+    assert res.rc == {"a": 0, "b": 0}, res.stderr
+    g = only(a, "gso")
+    assert g["mode"] == "pull" and g["outcome"] == "aborted" and "digest" in g["reason"].lower()
+    assert not a.of("resumed"), "the standby must not resume from an unverified image"
+    assert only(b, "gso")["reason"] == "DIGEST_MISMATCH"
+    assert_thawed_and_serving(b)
+
+
 def test_stale_marker_does_not_complete_a_new_gso(healthy_lab: Lab) -> None:
     res = run_pair(healthy_lab, 4 * MiB, runs=1, extra_b=("--inject", "stale-marker"))
     a, b = res.standby, res.active
