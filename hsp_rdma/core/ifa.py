@@ -507,6 +507,7 @@ class Stream:
             "refused": dict(s.refused),
             "frames_sent": s.frames_sent, "frames_resent": s.frames_resent,
             "queued": len(self.queue), "unacked": len(self.unacked),
+            "assembling_bytes": self.partial[3] if self.partial else 0,  # not applied (yet)
             "last_sent": self.sent_txid, "last_received": self.received_txid,
             "last_applied_by_peer": self.applied_txid, "last_applied": self.local_applied,
         }
