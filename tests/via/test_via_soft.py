@@ -12,9 +12,11 @@ import importlib.util
 import json
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -154,3 +156,90 @@ def test_peer_killed_mid_transfer_soft(monkeypatch: pytest.MonkeyPatch) -> None:
         via.VipCloseNic(nic)
         sink.kill()
         sink.communicate()
+
+
+@pytest.fixture
+def pair(monkeypatch: pytest.MonkeyPatch):
+    """Two soft NICs in this process, a VI on each, connected over 127.0.0.1; the receiver's
+    VI reports both queues to one VIPL CQ."""
+    monkeypatch.setattr(soft, "PORT_BASE", 10000 + random.randrange(13) * 1000)
+    a, b = via.VipOpenNic("soft:a"), via.VipOpenNic("soft:b")
+    ends = []
+    for nic in (a, b):
+        ptag = via.VipCreatePtag(nic)
+        buf = bytearray(1 << 16)
+        h = via.VipRegisterMem(nic, buf, via.MemAttributes(ptag=ptag, enable_rdma_write=True))
+        cq = via.VipCreateCQ(nic, 64) if nic is a else None
+        vi = via.VipCreateVi(nic, via.ViAttributes(ptag=ptag), send_cq=cq, recv_cq=cq)
+        ends.append((nic, vi, buf, h, cq))
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(via.VipConnectAccept(
+        via.VipConnectWait(a, via.NetAddress(LOCAL, b"pair"), 5000), ends[0][1])))
+    t.start()
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            via.VipConnectRequest(ends[1][1], via.NetAddress(LOCAL), via.NetAddress(LOCAL, b"pair"),
+                                  2000)
+            break
+        except via.VipNoMatch:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    t.join(5)
+    yield ends
+    via.VipCloseNic(a)
+    via.VipCloseNic(b)
+
+
+def _desc(buf, h, off: int, n: int, control: int = 0, remote=None, imm: int = 0):
+    return via.VipDescriptor(control=control, segments=[via.DataSegment(
+        via.address_of(buf, off), h, n)], address=remote, immediate=imm)
+
+
+def test_cq_fileno_is_readable_while_a_completion_waits(pair) -> None:
+    """The CQ's fileno() (an eventfd) wakes an event loop when a completion arrives, and is
+    quiet again once VipCQDone has nothing more."""
+    (_na, vi_a, buf_a, h_a, cq), (_nb, vi_b, buf_b, h_b, _) = pair
+    fd = cq.fileno()
+    assert select.select([fd], [], [], 0)[0] == []
+    via.VipPostRecv(vi_a, _desc(buf_a, h_a, 0, 64))
+    buf_b[:5] = b"hello"
+    via.VipPostSend(vi_b, _desc(buf_b, h_b, 0, 5))
+    assert select.select([fd], [], [], 5)[0] == [fd], "no wake-up for a receive"
+    assert via.VipCQDone(cq) == (vi_a, True)
+    d = via.VipRecvDone(vi_a)
+    assert d.length == 5 and bytes(buf_a[:5]) == b"hello"
+    assert via.VipCQDone(cq) is None
+    assert select.select([fd], [], [], 0)[0] == [], "still readable with nothing to take"
+    assert via.VipSendWait(vi_b, 5000).status == via.VIP_STATUS_DONE | via.VIP_STATUS_OP_SEND
+    # RDMA Write with immediate: the receive completes as a remote write, value and length.
+    via.VipPostRecv(vi_a, _desc(buf_a, h_a, 0, 64))
+    buf_b[100:200] = bytes(range(100))
+    via.VipPostSend(vi_b, _desc(buf_b, h_b, 100, 100,
+                                via.VIP_CONTROL_OP_RDMAWRITE | via.VIP_CONTROL_IMMEDIATE,
+                                via.AddressSegment(via.address_of(buf_a, 1000), h_a), 0xFEED))
+    who = via.VipCQWait(cq, 5000)
+    assert who == (vi_a, True)
+    d = via.VipRecvDone(vi_a)
+    assert d.status == (via.VIP_STATUS_DONE | via.VIP_STATUS_OP_REMOTE_RDMA_WRITE
+                        | via.VIP_STATUS_IMMEDIATE), hex(d.status)
+    assert (d.immediate, d.length) == (0xFEED, 100)
+    assert bytes(buf_a[1000:1100]) == bytes(range(100))
+    d = via.VipSendWait(vi_b, 5000)
+    assert d.status == via.VIP_STATUS_DONE | via.VIP_STATUS_OP_RDMA_WRITE, hex(d.status)
+
+
+def test_query_answers(pair) -> None:
+    (na, vi_a, _buf, _h, _cq), _ = pair
+    attrs = via.VipQueryNic(na)
+    assert attrs.name == "soft:a" and attrs.max_descriptors_per_queue == via.QUEUE_DEPTH
+    assert attrs.max_segments_per_desc == soft.MAX_SEGMENTS
+    assert attrs.max_discriminator_len == soft.MAX_DISCRIMINATOR
+    state, vattrs, sq_empty, rq_empty = via.VipQueryVi(vi_a)
+    assert state is via.ViState.CONNECTED and sq_empty and rq_empty
+    assert vattrs.reliability_level is via.Reliability.RELIABLE_DELIVERY
+    info = via.VipQuerySystemManagementInfo(na)
+    assert "ACTIVE" in info["state"] and info["link_layer"] == "TCP"
+    assert via.ServernetInit("soft:a")["soft:a"]["state"].endswith("ACTIVE")
+    with pytest.raises(via.VipInvalidParameter, match="label"):
+        via.VipOpenNic("soft:")

@@ -655,7 +655,7 @@ class _Conn:
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), val)
         self.closed = False  # VipDisconnect / destroy: nothing more is reported or applied
         self.failed = False  # the stream broke or was refused: the VI is in ERROR
-        self.wlock = threading.Condition()
+        self.wlock = threading.Condition(threading.RLock())
         self.backlog: deque = deque()
         self.writing = False
         self.seq = itertools.count(1)
@@ -734,13 +734,20 @@ class _Conn:
             pass
 
     def flush_ack(self) -> None:
-        if self.applied != self.ack_sent:
-            self.ack_sent = self.applied
-            self.send([frame(ACK, seq=self.applied)])
+        with self.wlock:  # (an RLock: send() takes it again) one decision with close()'s
+            if self.applied != self.ack_sent:
+                self.ack_sent = self.applied
+                self.send([frame(ACK, seq=self.applied)])
 
     def close(self) -> None:
         """VipDisconnect: the stream ends; nothing more is applied or reported."""
         with self.wlock:
+            if (self.started and not self.failed and not self.backlog and not self.writing
+                    and self.applied != self.ack_sent):
+                try:  # what was applied is acknowledged: the peer's sends complete, not flush
+                    self.sock.send(frame(ACK, seq=self.applied), socket.MSG_DONTWAIT)
+                except OSError:
+                    pass
             self.closed = True
             self.backlog.clear()
             self.wlock.notify_all()
@@ -914,6 +921,9 @@ class _Conn:
                                 else Status.OP_RECEIVE)
         if imm:
             status |= Status.IMMEDIATE
+        # Applied before the receiver can see it: a VipDisconnect right after the completion
+        # still acknowledges it (close() sends the last ACK), as RC acknowledges on placement.
+        self.applied = seq
         vi._complete(desc, True, status, length, immediate=value if imm else None)
 
     def _complete_upto(self, seq: int) -> None:
