@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import mmap
 import os
 import random
 import select
@@ -243,3 +244,19 @@ def test_query_answers(pair) -> None:
     assert via.ServernetInit("soft:a")["soft:a"]["state"].endswith("ACTIVE")
     with pytest.raises(via.VipInvalidParameter, match="label"):
         via.VipOpenNic("soft:")
+
+
+def test_buffers_are_free_after_deregister_and_close(pair) -> None:
+    """An mmap registered with a soft NIC can be closed once deregistered, and once its NIC
+    is closed (the GSO engine closes its image after VipCloseNic)."""
+    (na, _vi, _buf, _h, _cq), _ = pair
+    ptag = via.VipCreatePtag(na)
+    m1, m2 = mmap.mmap(-1, 4096), mmap.mmap(-1, 4096)
+    h1 = via.VipRegisterMem(na, m1, via.MemAttributes(ptag=ptag, enable_rdma_write=True))
+    via.VipRegisterMem(na, m2, via.MemAttributes(ptag=ptag))
+    with pytest.raises(BufferError):
+        m1.close()  # registered: the provider writes into it
+    via.VipDeregisterMem(na, m1, h1)
+    m1.close()
+    via.VipCloseNic(na)
+    m2.close()

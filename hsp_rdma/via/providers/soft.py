@@ -192,8 +192,13 @@ class Region:
         return self.ptag
 
     def close(self) -> None:
+        """Deregistered: the buffer is the caller's again (an mmap can be closed)."""
         self.closed = True
-        self.view = memoryview(b"")
+        view, self.view = self.view, memoryview(b"")
+        try:
+            view.release()
+        except BufferError:
+            pass  # a frame in flight still holds a slice: the buffer is let go with it
 
 
 def register(nic: Nic, buffer, attrs: MemAttributes) -> MemHandle:
@@ -419,6 +424,9 @@ class Nic:
         for lst in self.listeners.values():
             lst.close()
         self.listeners.clear()
+        for region in self.regions.values():  # as verbs closes a device's MRs with it
+            region.close()
+        self.regions.clear()
         with self._cv:
             for q in self._incoming.values():
                 for req in q:
