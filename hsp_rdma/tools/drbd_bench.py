@@ -24,6 +24,7 @@ same workload on /dev/ram1 per commit mode.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sys
@@ -428,6 +429,7 @@ def bench_disk_lab(lab: Lab, ours: OurSide | None = None, w: DiskWorkload = Disk
         problems = drbd.down()
         if problems:
             raise LabError("cannot remove what an earlier run left: " + "; ".join(problems))
+    load_before = os.getloadavg()[0]
     try:
         r = _measure(lab, drbd, ours, w, step, notes)
     except BaseException as exc:
@@ -440,6 +442,13 @@ def bench_disk_lab(lab: Lab, ours: OurSide | None = None, w: DiskWorkload = Disk
     problems = drbd.down()
     if problems:
         raise LabError("the disk bench finished but its teardown failed: " + "; ".join(problems))
+    load = {"before": load_before, "after": os.getloadavg()[0], "cpus": os.cpu_count() or 1}
+    r["host_load"] = load
+    if max(load["before"], load["after"]) > load["cpus"]:
+        # every guest is a TCG process: a host busy with other work slows all of it, 2-10x
+        r["notes"].append(f"the host was busy during the run (1-minute load {load['before']:.1f}"
+                          f" before, {load['after']:.1f} after, on {load['cpus']} CPUs): every "
+                          "figure is slower than on a quiet host; compare within this run only")
     return r
 
 
