@@ -260,3 +260,46 @@ def test_buffers_are_free_after_deregister_and_close(pair) -> None:
     m1.close()
     via.VipCloseNic(na)
     m2.close()
+
+
+def test_full_queues_of_gathered_sends_then_writes(pair) -> None:
+    """256 sends of 4 gathered 16 KiB segments each (16 MiB: more than the socket takes at
+    once, so the writer thread carries the rest), then 256 RDMA Writes into one region:
+    every descriptor completes in post order, every byte lands where it was meant to."""
+    (na, vi_a, _ba, _ha, cq), (nb, vi_b, _bb, _hb, _) = pair
+    pa, pb = vi_a.attrs.ptag, vi_b.attrs.ptag
+    n, seg = via.QUEUE_DEPTH, 16384
+    src = mmap.mmap(-1, 4 * seg)
+    src[:] = bytes(range(256)) * (4 * seg // 256)
+    hs = via.VipRegisterMem(nb, src, via.MemAttributes(ptag=pb))
+    dst = mmap.mmap(-1, n * 4 * seg)
+    hd = via.VipRegisterMem(na, dst, via.MemAttributes(ptag=pa, enable_rdma_write=True))
+    for i in range(n):
+        via.VipPostRecv(vi_a, _desc(dst, hd, i * 4 * seg, 4 * seg))
+    sends = []
+    for i in range(n):
+        order = [(i + k) % 4 for k in range(4)]  # each send gathers the segments rotated
+        sends.append(via.VipDescriptor(segments=[via.DataSegment(
+            via.address_of(src, k * seg), hs, seg) for k in order]))
+        via.VipPostSend(vi_b, sends[-1])
+    for i in range(n):
+        assert via.VipSendWait(vi_b, 10000) is sends[i]
+        d = None
+        while d is None:
+            via.VipCQWait(cq, 10000)
+            d = via.VipRecvDone(vi_a)
+        assert d.length == 4 * seg and not d.status & via.VIP_STATUS_ERROR_MASK
+    for i in (0, 1, n - 1):
+        want = b"".join(bytes(src[k * seg:(k + 1) * seg]) for k in [(i + k) % 4 for k in range(4)])
+        assert bytes(dst[i * 4 * seg:(i + 1) * 4 * seg]) == want, f"send {i}"
+    dst[:] = bytes(len(dst))
+    for i in range(n):
+        via.VipPostSend(vi_b, _desc(src, hs, (i % 4) * seg, seg, via.VIP_CONTROL_OP_RDMAWRITE,
+                                    via.AddressSegment(via.address_of(dst, i * seg), hd)))
+    for _ in range(n):
+        d = via.VipSendWait(vi_b, 10000)
+        assert d.status == via.VIP_STATUS_DONE | via.VIP_STATUS_OP_RDMA_WRITE, hex(d.status)
+    assert bytes(dst[:n * seg]) == bytes(src) * (n // 4)
+    assert bytes(dst[n * seg:]) == bytes(len(dst) - n * seg)
+    via.VipDeregisterMem(nb, src, hs)
+    via.VipDeregisterMem(na, dst, hd)

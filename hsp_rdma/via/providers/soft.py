@@ -86,6 +86,7 @@ NAK = 10  # seq=the operation refused (all before it were applied), value=Status
 F_IMM = 1
 EN_WRITE, EN_READ = 1, 2
 MAX_REASON = 512
+IOV_BATCH = 512
 _MASK = 0xFFFFFFFF
 _NAMES = {HELLO: "HELLO", ACCEPT: "ACCEPT", REJECT: "REJECT", READY: "READY", SEND: "SEND",
           WRITE: "WRITE", READ_REQ: "READ_REQ", READ_RESP: "READ_RESP", ACK: "ACK", NAK: "NAK"}
@@ -725,8 +726,8 @@ class _Conn:
                 self.backlog.clear()
                 self.writing = True
             try:
-                while parts:
-                    parts = _rest(parts, self.sock.sendmsg(parts))
+                while parts:  # (at most IOV_BATCH buffers a call: the kernel takes 1024)
+                    parts = _rest(parts, self.sock.sendmsg(parts[:IOV_BATCH]))
             except OSError:
                 self._break_stream()
             with self.wlock:
