@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     node = Node(_config(args))
     t0 = time.monotonic()
     node.start()
-    emit("started", role=args.role, connect_s=round(time.monotonic() - t0, 3))
+    emit("started", role=args.role, connect_s=round(time.monotonic() - t0, 3),
+         control_socket=str(node.config.socket_path))
     try:
         return _standby(node, args) if args.role == "standby" else _active(node, args)
     finally:

@@ -4,10 +4,15 @@ in the middle of a multi-fragment transaction holds every acknowledged one and n
 
 from __future__ import annotations
 
+import json
+import sys
+import time
+
 import pytest
 
 from hsp_rdma.core.frames import crc32c
 from hsp_rdma.lab import Lab
+from hsp_rdma.tools.guest import GuestRun
 from hsp_rdma.tools.ifa_lab import start_ifa_pair, wait_both
 from hsp_rdma.tools.ifa_pair import pmem_image
 
@@ -15,9 +20,36 @@ pytestmark = pytest.mark.lab
 MiB = 1 << 20
 
 
+def wait_for(runs: list[GuestRun], pred, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, [r.events[-3:] for r in runs]
+        for r in runs:
+            r.job.poll()
+        time.sleep(0.05)
+
+
+def status_in_guest(lab: Lab, node: str, socket: str) -> dict:
+    """What `hsp status --json` reads: the node's control socket, asked from inside its guest."""
+    code = ("import json,sys; from hsp_rdma.ha.control import control_request; "
+            f"print(json.dumps(control_request({socket!r}, 'status', timeout_s=20)))")
+    res = lab.exec(node, [sys.executable, "-c", code], timeout=60, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def test_random_transactions_leave_equal_images_after_every_flush(healthy_lab: Lab) -> None:
     a, b = start_ifa_pair(healthy_lab, ["--txs", "45", "--seed", "11", "--sync-every", "9"],
                           common=["--pmem", str(4 * MiB), "--disk-size", str(4 * MiB)])
+    # during the workload, the standby's control socket shows the counters moving
+    wait_for([a, b], lambda: a.of("started") and len(b.of("acked")) >= 3)
+    sock = a.of("started")[0]["control_socket"]
+    first = status_in_guest(healthy_lab, "a", sock)
+    wait_for([a, b], lambda: len(b.of("acked")) >= 30 or b.of("end"))
+    second = status_in_guest(healthy_lab, "a", sock)
+    assert first["ok"] and first["role"] == "standby" and first["peer"] == "b"
+    moved = [ch for ch in ("pmem", "disk", "health")
+             if second["channels"][ch]["recv_msgs"] > first["channels"][ch]["recv_msgs"]]
+    assert "health" in moved and moved != ["health"], (first["channels"], second["channels"])
     res = wait_both((b, a), timeout=400)
     assert res["b"][0] == 0 and res["a"][0] == 0, res
     acked = b.of("acked")
