@@ -88,6 +88,10 @@ def build_parser() -> Parser:
                    help="the lab fabric the GSO and ib_write_bw run on")
     g.add_argument("--profiles", metavar="DIR",
                    help="a directory of hw profiles searched before the installed ones")
+    g.add_argument("--mode", choices=("push", "pull", "both"), default="push",
+                   help="the data path: push (the active RDMA-writes the image), pull (the "
+                        "standby RDMA-reads it) or both, one after the other in the same lab "
+                        "run, one result per mode (default: %(default)s)")
     g.add_argument("--keep", action="store_true", help="leave the lab up")
     g.add_argument("--check", action="store_true",
                    help="exit 1 when the printed goal (median blackout <= size / ib_write_bw "
@@ -112,6 +116,10 @@ def _joint_problem(args: argparse.Namespace) -> str | None:
     """What is wrong across options, found once they are all parsed (exit 64)."""
     if args.cmd == "gso" and args.peer and not (args.device and args.local_ip):
         return "--peer needs --device and --local-ip"
+    if args.cmd == "gso" and args.peer and args.mode != "push":
+        return (f"--mode {args.mode} runs in the lab (--lab rxe|siw): a pull's copy is timed "
+                "on the standby, whose events stay on the other host; use --mode push with "
+                "--peer")
     if args.cmd == "cext" and args.iters and args.iters < args.depth:
         return (f"--iters {args.iters} is below --depth {args.depth}: perftest needs at least "
                 "DEPTH iterations")
@@ -169,21 +177,27 @@ def show(r: dict[str, Any], out: Console | None = None) -> None:
     """The GSO bench's tables, on OUT (this module's console unless told)."""
     out = console if out is None else out
     ref = r.get("reference_event_MBps")
-    t = table(f"GSO stop-and-copy ({r.get('mode', 'push')}) vs ib_write_bw and an "
+    mode = r.get("mode", "push")
+    read = r.get("baseline_ib_read_bw_MBps")
+    t = table(f"GSO stop-and-copy ({mode}) vs ib_write_bw and an "
               f"event-driven pyverbs writer ({r['device']}, profile {r['profile']}, same run)",
               "#bytes", "chunk", "depth", "ib_write_bw [MB/sec]", "pyverbs event [MB/sec]",
               "stop-and-copy [MB/sec]", "ratio to ib_write_bw", "ratio to pyverbs",
-              f"goal: >= {r.get('copy_goal', 0.95)} x pyverbs")
+              f"goal: >= {r.get('copy_goal', 0.95)} x pyverbs",
+              *(("ib_read_bw [MB/sec]", "ratio to ib_read_bw") if read else ()))
     t.add_row(str(r["image_bytes"]), str(r["chunk"]), str(r["queue_depth"]),
               f"{r['baseline_ib_write_bw_MBps']:.2f}", f"{ref:.2f}" if ref else "-",
               f"{r['stop_and_copy_MBps']:.2f}", f"{r['ratio']:.2f}",
               f"{r['ratio_vs_event']:.2f}" if ref else "-",
               goal_cell("met" if r["copy_goal_met"] else "missed", r["copy_goal_met"])
-              if ref else "- (no reference on real hosts)")
+              if ref else "- (no reference on real hosts)",
+              *((f"{read:.2f}", f"{r['ratio_vs_ib_read_bw']:.2f}") if read else ()))
     out.print(t)
     b = r["blackout_ms"]
-    t2 = table(f"switch-over blackout over {r['runs']} runs (standby waits for the marker: "
-               f"{r.get('marker_wait', '?')})", "t_min [msec]", "t_typical [msec]",
+    wait = ("Sealed, then reads the image" if mode == "pull"
+            else f"the marker: {r.get('marker_wait', '?')}")
+    t2 = table(f"switch-over blackout over {r['runs']} runs ({mode}; the standby waits for "
+               f"{wait})", "t_min [msec]", "t_typical [msec]",
                "99% [msec]", "t_max [msec]", "goal: t_typical <= copy + verify + 20 [msec]",
                "standby verify [msec]")
     t2.add_row(f"{b['min']:.1f}", f"{b['p50']:.1f}", f"{b['p99']:.1f}", f"{b['max']:.1f}",
@@ -194,11 +208,29 @@ def show(r: dict[str, Any], out: Console | None = None) -> None:
     if phases:
         t3 = table("where the time goes (per phase, over the completed runs)", "phase",
                    "t_typical [msec]", "t_max [msec]")
-        for name in ("freeze", "copy", "marker", "await_done", "verify", "resume"):
+        for name in ("freeze", "copy", "marker", "seal", "await_done", "pull", "verify",
+                     "resume"):
             if name in phases:
                 t3.add_row(name, f"{phases[name]['p50']:.2f}", f"{phases[name]['max']:.2f}")
+        dig = r.get("digest_ms")
+        if dig:
+            inside = "seal" if mode == "pull" else "copy"
+            t3.add_row(f"digest (part of {inside})", f"{dig['p50']:.2f}", f"{dig['max']:.2f}")
         out.print(t3)
     out.print(Text(f"method: {r['method']}", style="dim"))
+
+
+def show_modes(results: list[dict[str, Any]], out: Console | None = None) -> None:
+    """Push beside pull, measured in the same lab run (--mode both)."""
+    out = console if out is None else out
+    t = table("push vs pull, same run", "mode", "stop-and-copy [MB/sec]", "ratio to pyverbs",
+              "blackout t_typical [msec]", "blackout t_max [msec]")
+    for r in results:
+        ratio = r["ratio_vs_event"]
+        t.add_row(r["mode"], f"{r['stop_and_copy_MBps']:.2f}",
+                  f"{ratio:.2f}" if ratio is not None else "-",
+                  f"{r['blackout_ms']['p50']:.1f}", f"{r['blackout_ms']['max']:.1f}")
+    out.print(t)
 
 
 def show_cext(r: dict[str, Any], console: Console) -> None:
@@ -257,21 +289,25 @@ def run_gso(args: argparse.Namespace) -> int:
     with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(),
                   TextColumn("{task.completed}/{task.total} GSO", markup=False),
                   TimeElapsedColumn(), console=console, transient=True) as prog:
-        task = prog.add_task("", total=args.runs)
+        task = prog.add_task("", total=args.runs * len(gso_bench.modes_of(args)))
 
         def step(msg: str) -> None:
             prog.update(task, description=msg)
 
         if args.peer:
-            r = gso_bench.bench_gso_peer(args, step=step)
+            results = [gso_bench.bench_gso_peer(args, step=step)]
         else:
-            r = gso_bench.bench_gso_lab(args, step=step,
-                                        on_gso=lambda n: prog.update(task, completed=n))
-    if args.json:
-        print(json.dumps(r, indent=1))
+            results = gso_bench.bench_gso_lab(args, step=step,
+                                              on_gso=lambda n: prog.update(task, completed=n))
+    if args.json:  # one object per mode: a list when both ran
+        print(json.dumps(results[0] if len(results) == 1 else results, indent=1))
     else:
-        show(r)
-    return EXIT_FAILED if args.check and not gso_bench.goals_met(r) else EXIT_OK
+        for r in results:
+            show(r)
+        if len(results) > 1:
+            show_modes(results)
+    met = all(gso_bench.goals_met(r) for r in results)
+    return EXIT_FAILED if args.check and not met else EXIT_OK
 
 
 def serve(args: argparse.Namespace) -> int:

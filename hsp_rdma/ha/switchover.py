@@ -76,6 +76,7 @@ class GsoReport:
     done_t: float = 0.0  # A: "done" received (B resumed before sending it)
     resume_t: float = 0.0  # B: resumed as active
     verify_s: float = 0.0  # B: digest check
+    digest_s: float = 0.0  # A: digesting the image (inside the copy for a push, the seal for a pull)
     resume_s: float = 0.0  # B: the application's resume, before "done" leaves
     reason: str = ""
     writes: int = 0  # RDMA Writes posted (push, on A) or RDMA Reads (pull, on B)
@@ -632,9 +633,11 @@ class Engine:
     def _seal(self, epoch: int, length: int) -> gso.Event:
         """Pull: digest the frozen image, write its header into our own buffer, and open it
         for remote read (a registration of its own, for this epoch only)."""
+        t0 = self.clock()
         d = self.image.digest_start(epoch, self.digest_algo)
         d.update(memoryview(self.image.buf)[HEADER_SPACE:length])
         digest = d.digest()
+        self._current.digest_s = self.clock() - t0
         if self.corrupt_image:
             digest = bytes([digest[0] ^ 1]) + digest[1:]
         hdr = self.image.header(epoch, digest, self.digest_algo)
@@ -703,7 +706,9 @@ class Engine:
             self._post_write(c.next, n, hello.region_addr + c.next, hello.region_handle, "write",
                              c.epoch)
             c.inflight += 1
+            t0 = self.clock()
             c.digest.update(c.view[c.next:c.next + n])
+            self._current.digest_s += self.clock() - t0
             c.next += n
         if c.next >= c.end and c.inflight == 0:
             if c.header_posted:

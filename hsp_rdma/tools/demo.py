@@ -59,7 +59,7 @@ def lab_demo(rdma: str, lab_id: str, keep: bool, gso_size: int = 16 << 20,
         gso = gso_summary(run_pair(lab, gso_size, runs=2, timeout=300))
         bench = bench_gso_lab(argparse.Namespace(
             lab=rdma, lab_id=lab_id, size=gso_size, runs=3, chunk=0, depth=0, fabric="x",
-            keep=True, profiles=None), step=step)
+            keep=True, profiles=None), step=step)[0]
     finally:
         if not keep:
             lab.down()

@@ -5,11 +5,14 @@ Method: ib_write_bw with the GSO's chunk size and queue depth gives the baseline
 busy-polls); an event-driven RDMA Write reference written with pyverbs (an implementation
 independent of our bindings, asleep on its completion channel) writes the same bytes in chunks
 of the same size at the same depth (lab only); then the demo application switches over back and
-forth --runs times with a state image of --size. Stop-and-copy MB/s = image bytes / (first data
-write posted .. last completed) on the active. Blackout = the active's freeze .. the active's
+forth --runs times with a state image of --size, per --mode: push (the active RDMA-writes the
+image, then the marker) or pull (the active seals it, the standby RDMA-reads it; ib_write_bw's
+twin ib_read_bw at the same size and depth is the pull's perftest baseline), both in the same
+run when asked. Stop-and-copy MB/s = image bytes / (first data write posted .. last completed)
+on the active (push), or (first read posted .. last completed) on the standby (pull). Blackout = the active's freeze .. the active's
 receipt of "done", which the standby sends only after its application resumed, so it is an
 upper bound of the real blackout, on one clock; the phases say where the time went (active:
-freeze, copy, marker, await_done; standby: verify, resume). Goals: copy >= 0.95 x the
+freeze, copy, marker, await_done; pull: seal, await_done; standby: pull, verify, resume). Goals: copy >= 0.95 x the
 event-driven reference, and the median blackout <= median copy + median verify + 20 ms.
 """
 
@@ -46,10 +49,18 @@ def profile_for(device: str, user_dir: str | None) -> Profile:
                         searched=profile_dirs(user_dir))
 
 
+def modes_of(args) -> tuple[str, ...]:
+    """The data paths ARGS.mode asks for (push when it names none), in the order they run."""
+    mode = getattr(args, "mode", "push")
+    return ("push", "pull") if mode == "both" else (mode,)
+
+
 def bench_gso_lab(args, step: Callable[[str], None] = _quiet,
-                  on_gso: Callable[[int], None] = lambda _n: None) -> dict[str, Any]:
-    """ARGS: lab, lab_id, size, runs, chunk, depth, fabric, keep (hsp-bench gso's options).
-    STEP names each phase; ON_GSO(n) reports the n-th completed switch-over."""
+                  on_gso: Callable[[int], None] = lambda _n: None) -> list[dict[str, Any]]:
+    """ARGS: lab, lab_id, size, runs, chunk, depth, fabric, keep, mode (hsp-bench gso's
+    options). One result per mode, all from one lab boot with the same baselines. STEP names
+    each phase; ON_GSO(n) reports the n-th completed switch-over (counted over the modes)."""
+    modes = modes_of(args)
     lab = Lab(args.lab_id)
     step(f"lab '{args.lab_id}' ({args.lab})")
     booted = lab.ensure_up(args.lab, progress=step)
@@ -69,7 +80,12 @@ def bench_gso_lab(args, step: Callable[[str], None] = _quiet,
                               REFERENCE_PORT + int(time.time()) % 500,
                               timeout=60 + chunk * iters / 1e6,
                               writer="pyverbs")
-        step(f"{args.runs} GSO(s)")
+        read_bw = None
+        if "pull" in modes:
+            step(f"baseline for pull: ib_read_bw -s {chunk} -t {depth} -n {iters}")
+            read_bw = perftest.run(lab, "ib_read_bw", args.fabric,
+                                   ("-s", str(chunk), "-t", str(depth), "-n", str(iters)),
+                                   timeout=600).row["bw_avg_MBps"]
         seen: list[dict] = []
 
         def on_event(node: str, ev: dict) -> None:
@@ -77,14 +93,21 @@ def bench_gso_lab(args, step: Callable[[str], None] = _quiet,
                 seen.append(ev)
                 on_gso(len(seen))
 
-        a, b = start_pair(lab, args.size, args.runs, fabric=args.fabric, chunk=chunk,
-                          depth=depth, timeout=120 + args.runs * (5 + args.size / 2e6),
-                          on_event=on_event, profiles=args.profiles)
-        res = finish_pair(a, b)
-        return summarize(args, a.events + b.events, base.row["bw_avg_MBps"], base.retries,
-                         device, profile, chunk, depth, ref_bw=ref["MBps"],
-                         extra=f"rc {res.rc} {res.stderr.get('a', '')[-300:]}"
-                               f" {res.stderr.get('b', '')[-300:]}") | {"lab": args.lab}
+        results = []
+        for mode in modes:
+            step(f"{args.runs} GSO(s), {mode}")
+            flag = ("--mode", mode)
+            a, b = start_pair(lab, args.size, args.runs, fabric=args.fabric, chunk=chunk,
+                              depth=depth, timeout=120 + args.runs * (5 + args.size / 2e6),
+                              on_event=on_event, profiles=args.profiles, extra_a=flag,
+                              extra_b=flag)
+            res = finish_pair(a, b)
+            results.append(summarize(
+                args, a.events + b.events, base.row["bw_avg_MBps"], base.retries, device,
+                profile, chunk, depth, ref_bw=ref["MBps"], mode=mode, read_bw=read_bw,
+                extra=f"rc {res.rc} {res.stderr.get('a', '')[-300:]}"
+                      f" {res.stderr.get('b', '')[-300:]}") | {"lab": args.lab})
+        return results
     finally:
         if booted and not args.keep:
             lab.down()
@@ -96,10 +119,12 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 def summarize(args, events: list[dict], base_bw: float, base_retries: int, device: str,
               profile: Profile, chunk: int, depth: int, ref_bw: float | None = None,
-              extra: str = "", expect: int | None = None) -> dict[str, Any]:
+              extra: str = "", expect: int | None = None, mode: str = "push",
+              read_bw: float | None = None) -> dict[str, Any]:
     """The bench's result from gso_node events (lab and real hosts alike). EXPECT is how
     many GSOs these events saw from the active side (on two hosts: this host's half).
-    REF_BW: the event-driven pyverbs reference, when it ran (lab)."""
+    REF_BW: the event-driven pyverbs reference, when it ran (lab). MODE: the data path the
+    runs used; a pull's copy is measured on the standby (READ_BW: ib_read_bw, when it ran)."""
     expect = args.runs if expect is None else expect
     gsos = [e for e in events if e["event"] == "gso" and e["role"] == "active"]
     failed = [e for e in events if e["event"] == "gso" and e["outcome"] != "completed"]
@@ -108,26 +133,37 @@ def summarize(args, events: list[dict], base_bw: float, base_retries: int, devic
         raise HspError("GSO runs failed: " + "; ".join(
             errors + [f"epoch {e['epoch']}: {e['outcome']} ({e['reason']})" for e in failed]
             + [f"{len(gsos)} of {expect} completed", extra]))
-    copy_bw = statistics.median(e["copy_MBps"] for e in gsos)
+    # The copy's side: the active writes (push), the standby reads (pull).
+    copier = {e["epoch"]: e for e in events if e["event"] == "gso"
+              and e["role"] == ("active" if mode == "push" else "standby")}
+    copies = [copier[e["epoch"]] for e in gsos if e["epoch"] in copier]
+    if len(copies) != len(gsos):
+        raise HspError(f"GSO runs failed: {len(copies)} of {len(gsos)} {mode} copies reported "
+                       f"by the {'standby' if mode == 'pull' else 'active'} ({extra})")
+    copy_bw = statistics.median(e["copy_MBps"] for e in copies)
     blk = [e["blackout_s"] * 1000 for e in gsos]
     verify = [e["verify_s"] * 1000 for e in events
               if e["event"] == "gso" and e["role"] == "standby"]
+    digest = [e.get("digest_s", 0.0) * 1000 for e in gsos]
     phase_runs: dict[str, list[float]] = {}
     for e in events:
         if e["event"] == "gso" and e["outcome"] == "completed":
             for name, ms in e.get("phases_ms", {}).items():
                 phase_runs.setdefault(name, []).append(ms)
-    copy_ms = [e["copy_s"] * 1000 for e in gsos]
+    copy_ms = [e["copy_s"] * 1000 for e in copies]
     verify_p50 = statistics.median(verify) if verify else 0.0
     goal = round(statistics.median(copy_ms) + verify_p50 + BLACKOUT_SLACK_MS, 1)
     p50 = round(statistics.median(blk), 1)
     poll = profile.marker_poll
     return {
-        "mode": "push",
+        "mode": mode,
         "state_bytes": args.size, "image_bytes": gsos[0]["image_bytes"],
         "stop_and_copy_MBps": round(copy_bw, 2),
         "baseline_ib_write_bw_MBps": base_bw,
         "ratio": round(copy_bw / base_bw, 3) if base_bw else None,
+        "baseline_ib_read_bw_MBps": read_bw if mode == "pull" else None,
+        "ratio_vs_ib_read_bw": (round(copy_bw / read_bw, 3)
+                                if mode == "pull" and read_bw else None),
         "reference_event_MBps": round(ref_bw, 2) if ref_bw else None,
         "ratio_vs_event": round(copy_bw / ref_bw, 3) if ref_bw else None,
         "copy_goal": COPY_GOAL,
@@ -137,12 +173,16 @@ def summarize(args, events: list[dict], base_bw: float, base_retries: int, devic
         "blackout_samples": len(blk),
         "blackout_goal_ms": goal, "blackout_goal_met": p50 <= goal,
         "verify_ms_p50": round(verify_p50, 1) if verify else None,
+        # the active's digest: on the copy's critical path (push: between posting writes;
+        # pull: in the seal, before Sealed)
+        "digest_ms": _stats(digest),
         "phases_ms": {name: _stats(v) for name, v in phase_runs.items()},
         "marker_wait": poll.mode.value + (f" {poll.sleep_us} us" if poll.sleep_us else ""),
         "runs": args.runs, "device": device, "profile": profile.name, "chunk": chunk,
         "queue_depth": depth, "baseline_retries": base_retries,
-        "per_run": [{"epoch": e["epoch"], "copy_MBps": round(e["copy_MBps"], 2),
-                     "blackout_ms": round(e["blackout_s"] * 1000, 1)} for e in gsos],
+        "per_run": [{"epoch": e["epoch"], "copy_MBps": round(c["copy_MBps"], 2),
+                     "blackout_ms": round(e["blackout_s"] * 1000, 1)}
+                    for e, c in zip(gsos, copies)],
         "method": " ".join(__doc__.split("Method: ", 1)[1].split()),
     }
 

@@ -95,3 +95,11 @@ def test_gso_depth_beyond_what_a_vi_carries_is_a_usage_error(run) -> None:
     """Refused at parse time, before a lab boots or a baseline runs (a VI's send queue holds
     256 descriptors, shared with the control frames)."""
     refused(run("hsp-bench", "gso", "--depth", "1024"), "--depth should be between 1 and 239")
+
+
+def test_pull_on_two_hosts_is_refused_at_parse_time() -> None:
+    with pytest.raises(SystemExit) as exc:
+        bench.build_parser().parse_args(["gso", "--peer", "10.0.0.1", "--device", "mlx5_0",
+                                         "--local-ip", "10.0.0.2", "--mode", "pull"])
+    assert exc.value.code == EXIT_USAGE
+    assert bench.build_parser().parse_args(["gso", "--mode", "both"]).mode == "both"

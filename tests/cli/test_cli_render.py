@@ -147,7 +147,7 @@ def test_gso_run_prints_tables_and_checks_the_goal(monkeypatch: pytest.MonkeyPat
     def fake_bench(args, step, on_gso):
         step("[/x] booting")  # progress texts from below are shown as written
         on_gso(1)
-        return GSO
+        return [GSO]
 
     out = io.StringIO()
     monkeypatch.setattr(bench, "console", make_console(file=out, width=200))
@@ -162,3 +162,21 @@ def test_gso_run_prints_tables_and_checks_the_goal(monkeypatch: pytest.MonkeyPat
 
 def test_the_fixtures_goals_are_what_the_cells_say() -> None:
     assert not cext_bench.goals_met(CEXT) and not gso_bench.goals_met(GSO)
+
+
+def test_gso_both_modes_print_one_result_per_mode(monkeypatch: pytest.MonkeyPatch,
+                                                  capsys) -> None:
+    pull = GSO | {"mode": "pull", "stop_and_copy_MBps": 15.0, "ratio_vs_event": 0.68,
+                  "baseline_ib_read_bw_MBps": 16.0, "ratio_vs_ib_read_bw": 0.94,
+                  "phases_ms": {"seal": {"p50": 40.0, "max": 41.0},
+                                "pull": {"p50": 900.0, "max": 950.0}}}
+    out = io.StringIO()
+    monkeypatch.setattr(bench, "console", make_console(file=out, width=250))
+    monkeypatch.setattr(gso_bench, "bench_gso_lab", lambda args, step, on_gso: [GSO, pull])
+    assert bench.run_gso(bench.build_parser().parse_args(["gso", "--mode", "both"])) == 0
+    text = out.getvalue()
+    assert "push vs pull, same run" in text and "ib_read_bw [MB/sec]" in text
+    assert "seal" in text and "Sealed, then reads the image" in text
+    assert bench.run_gso(bench.build_parser().parse_args(["gso", "--mode", "both",
+                                                          "--json"])) == 0
+    assert [r["mode"] for r in json.loads(capsys.readouterr().out)] == ["push", "pull"]

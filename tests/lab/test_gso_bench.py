@@ -1,4 +1,4 @@
-"""The GSO bench in the lab on rxe and siw: a tiny run reports the stop-and-copy beside
+"""The GSO bench in the lab on rxe and siw: a tiny run (push, then pull) reports the copy beside
 ib_write_bw and the event-driven pyverbs reference with ratios that are what the figures say,
 every phase of the switch-over, and goals that follow from the printed numbers."""
 
@@ -17,8 +17,9 @@ pytestmark = pytest.mark.lab
 
 def test_tiny_gso_bench_reports_both_references_and_the_phases(lab: Lab) -> None:
     args = argparse.Namespace(lab=lab.info()["rdma"], lab_id=lab.lab_id, size=2 << 20, runs=2,
-                              chunk=0, depth=0, fabric="x", keep=True, profiles=None)
-    r = json.loads(json.dumps(gso_bench.bench_gso_lab(args)))
+                              chunk=0, depth=0, fabric="x", keep=True, profiles=None,
+                              mode="both")
+    r, pull = json.loads(json.dumps(gso_bench.bench_gso_lab(args)))
     assert r["mode"] == "push" and r["runs"] == 2 and len(r["per_run"]) == 2
     copy, base, ref = (r["stop_and_copy_MBps"], r["baseline_ib_write_bw_MBps"],
                        r["reference_event_MBps"])
@@ -33,3 +34,12 @@ def test_tiny_gso_bench_reports_both_references_and_the_phases(lab: Lab) -> None
     assert blk["min"] == min(run["blackout_ms"] for run in r["per_run"])
     assert r["blackout_goal_met"] == (blk["p50"] <= r["blackout_goal_ms"])
     assert r["marker_wait"] == "sleep 1000 us" and r["profile"] == args.lab
+    assert r["baseline_ib_read_bw_MBps"] is None
+    # the pull, same lab run, same baselines: its copy is the standby's reads
+    assert pull["mode"] == "pull" and len(pull["per_run"]) == 2
+    assert pull["baseline_ib_write_bw_MBps"] == r["baseline_ib_write_bw_MBps"]
+    read = pull["baseline_ib_read_bw_MBps"]
+    assert read > 0 and pull["ratio_vs_ib_read_bw"] == pytest.approx(
+        pull["stop_and_copy_MBps"] / read, rel=0.01)
+    assert {"seal", "await_done", "pull", "verify", "resume"} <= set(pull["phases_ms"])
+    assert pull["blackout_ms"]["max"] >= pull["phases_ms"]["seal"]["max"] > 0
