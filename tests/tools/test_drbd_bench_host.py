@@ -5,6 +5,8 @@ and the goals only judged once our side has figures."""
 from __future__ import annotations
 
 import json
+import sys
+import types
 
 import pytest
 
@@ -94,5 +96,10 @@ def test_goals_wait_for_our_side_then_judge_it() -> None:
     assert not db.goals_met({"goals": g})
 
 
-def test_no_our_side_until_its_module_exists() -> None:
+def test_our_side_is_found_by_its_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    name = "hsp_rdma.tools.hsp_disk_bench"
+    monkeypatch.setitem(sys.modules, name, None)  # as when the module does not exist
     assert db.find_ours() is None
+    ours = db.OurSide(write=lambda lab, mode, w: {})
+    monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(OURS=ours))
+    assert db.find_ours() is ours
