@@ -25,7 +25,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from hsp_rdma.cli import bench_disk
+from hsp_rdma.cli import bench_disk, bench_ifa
 from hsp_rdma.cli.common import (
     EXIT_CODES_HELP,
     EXIT_FAILED,
@@ -101,6 +101,7 @@ def build_parser() -> Parser:
                         "ib_write_bw and ib_send_lat, same run")
     add_cext_arguments(cx)
     bench_disk.add_parser(sub)
+    bench_ifa.add_parser(sub)
     sv = sub.add_parser("serve", help="the standby side of 'gso --peer' on two real hosts")
     sv.add_argument("--device", required=True, help="this host's RDMA device")
     sv.add_argument("--local-ip", required=True, type=ipv4,
@@ -332,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
             return serve(args)
         if args.cmd == "disk":
             return bench_disk.run(args, console)
+        if args.cmd == "interface-a":
+            return bench_ifa.run(args, console)
         return run_gso(args)
 
     return run_cli("hsp-bench", body)

@@ -88,6 +88,8 @@ def _standby(node, args) -> int:
             msg = None
         if msg == b"digest?":
             node.oam.send(json.dumps(node.digest()).encode())
+        elif msg == b"cpu?":
+            node.oam.send(json.dumps(cpu_now(node)).encode())
         elif msg == b"quit":
             emit("end", status=node.status(), digest=node.digest())
             return 0
@@ -100,7 +102,93 @@ def _standby(node, args) -> int:
             emit("status", status=node.status())
 
 
+def cpu_now(node) -> dict:
+    """CPU seconds so far: the whole process and the node's loop thread alone."""
+    t = os.times()
+    loop = time.clock_gettime(time.pthread_getcpuclockid(node._thread.ident))
+    return {"process_s": t.user + t.system, "loop_s": loop, "wall_s": time.monotonic()}
+
+
+def percentiles(samples: list[float]) -> dict:
+    """perftest's latency words: min, median (typical), average, p99, p99.9, max."""
+    s = sorted(samples)
+    n = len(s)
+
+    def at(q: float) -> float:
+        return round(s[min(n - 1, int(q * n))], 1)
+
+    return {"iterations": n, "min": round(s[0], 1), "p50": at(0.5),
+            "avg": round(sum(s) / n, 1), "p99": at(0.99), "p99_9": at(0.999),
+            "max": round(s[-1], 1)}
+
+
+def _bench(node, args) -> int:
+    """Commit latency per mode, transactions/s per size, CPU per second at fixed rates."""
+    size = node.pmem.size
+    latency = {}
+    for mode in MODES:
+        samples = []
+        for i in range(args.warmup + args.lat_iters):
+            t0 = time.perf_counter()
+            with node.pmem.transaction(commit=mode) as t:
+                t.write((i * 64) % size, b"L" * 64)
+            if i >= args.warmup:
+                samples.append((time.perf_counter() - t0) * 1e6)
+        latency[mode] = percentiles(samples)
+        emit("phase", name=f"latency {mode}", **latency[mode])
+    throughput = {}
+    for n_bytes in (64, 4096, 65536):
+        payload = os.urandom(n_bytes)
+        n, t0 = 0, time.monotonic()
+        while time.monotonic() - t0 < args.tput_s:
+            with node.pmem.transaction(commit="async") as t:
+                t.write((n * n_bytes) % (size - n_bytes), payload)
+            n += 1
+        node.sync()  # counted: every transaction is applied on the standby
+        dt = time.monotonic() - t0
+        throughput[str(n_bytes)] = {"tx": n, "seconds": round(dt, 3),
+                                    "tx_per_s": round(n / dt, 1),
+                                    "MBps": round(n * n_bytes / dt / 1e6, 2)}
+        emit("phase", name=f"throughput {n_bytes} B", **throughput[str(n_bytes)])
+    cpu = {}
+    for rate in args.rates:
+        node.oam.send(b"cpu?")
+        theirs0 = json.loads(node.oam.recv(timeout=30))
+        mine0 = cpu_now(node)
+        n, t0 = 0, time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now - t0 >= args.cpu_s:
+                break
+            due = t0 + n / rate
+            if due > now:
+                time.sleep(due - now)
+            with node.pmem.transaction(commit="async") as t:
+                t.write((n * 64) % size, b"C" * 64)
+            n += 1
+        node.sync()
+        mine1 = cpu_now(node)
+        node.oam.send(b"cpu?")
+        theirs1 = json.loads(node.oam.recv(timeout=30))
+        dt = mine1["wall_s"] - mine0["wall_s"]
+        dts = theirs1["wall_s"] - theirs0["wall_s"]
+        cpu[str(rate)] = {
+            "target_tx_per_s": rate, "achieved_tx_per_s": round(n / dt, 1),
+            "active_process": round(100 * (mine1["process_s"] - mine0["process_s"]) / dt, 2),
+            "active_loop": round(100 * (mine1["loop_s"] - mine0["loop_s"]) / dt, 2),
+            "standby_process": round(
+                100 * (theirs1["process_s"] - theirs0["process_s"]) / dts, 2),
+            "standby_loop": round(100 * (theirs1["loop_s"] - theirs0["loop_s"]) / dts, 2)}
+        emit("phase", name=f"cpu at {rate} tx/s", **cpu[str(rate)])
+    node.oam.send(b"quit")
+    emit("bench", latency=latency, throughput=throughput, cpu=cpu)
+    time.sleep(0.5)
+    return 0
+
+
 def _active(node, args) -> int:
+    if args.bench:
+        return _bench(node, args)
     disk = node.disk.get("data")
     acked = []
     for k in range(1, args.txs + 1):
@@ -180,6 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pmem-only", action="store_true")
     p.add_argument("--kill-mid-tx", type=int, default=0,
                    help="after this many transactions, SIGKILL in the middle of the next")
+    b = p.add_argument_group("bench (hsp-bench interface-a)")
+    b.add_argument("--bench", action="store_true", help="run the bench instead of --txs")
+    b.add_argument("--warmup", type=int, default=50)
+    b.add_argument("--lat-iters", type=int, default=1000)
+    b.add_argument("--tput-s", type=float, default=3.0)
+    b.add_argument("--cpu-s", type=float, default=5.0)
+    b.add_argument("--rates", type=lambda t: [int(x) for x in t.split(",")], default=[1000, 10000])
     args = p.parse_args(argv)
     if args.pmem_only:
         args.disk_size = 0

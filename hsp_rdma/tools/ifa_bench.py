@@ -1,0 +1,91 @@
+"""`hsp-bench interface-a`'s work: on one lab pair, in one run, perftest's ib_send_lat and our
+Interface A (tools/ifa_pair --bench): commit latency per mode, transactions/s per size, and
+the node's CPU time per second at fixed rates.
+
+Latency words are perftest's (min, typical = median, average, p99, p99.9, max, after a
+warm-up). ib_send_lat reports half a round trip; a commit in ``applied`` mode is one round
+trip (the transaction out, the ack back) plus the apply, so the goal compares it with
+2 x ib_send_lat's typical: applied median <= 1.5 x that. CPU: percent of one core, the node's
+loop thread alone and its whole process (the active's includes the workload's calls), on
+both nodes; a rate the lab cannot sustain is reported with the rate it reached.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from hsp_rdma.errors import LabError
+from hsp_rdma.lab import Lab, perftest
+from hsp_rdma.tools.ifa_lab import start_ifa_pair, wait_both
+
+LAT_BYTES = 64
+GOAL_RATIO = 1.5
+CPU_GOAL_PERCENT = 3.0
+
+
+def run_bench(lab: Lab, lat_iters: int = 1000, tput_s: float = 3.0, cpu_s: float = 5.0,
+              rates: tuple[int, ...] = (1000, 10000), fabric: str = "x",
+              step: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+    step(f"ib_send_lat {LAT_BYTES} B x {lat_iters}")
+    lat = perftest.run(lab, "ib_send_lat", fabric, ("-s", str(LAT_BYTES), "-n", str(lat_iters)))
+    step("Interface A pair: latency, throughput, CPU")
+    events: list[str] = []
+    a, b = start_ifa_pair(lab, ["--bench", "--lat-iters", str(lat_iters), "--tput-s",
+                                str(tput_s), "--cpu-s", str(cpu_s), "--rates",
+                                ",".join(str(r) for r in rates)],
+                          timeout=600, tag="ifabench")
+    b.on_event = lambda _n, ev: ev["event"] == "phase" and (events.append(ev["name"]),
+                                                            step(f"Interface A: {ev['name']}"))
+    t0 = time.monotonic()
+    res = wait_both((b, a), timeout=600)
+    got = b.of("bench")
+    if not got:
+        raise LabError(f"the Interface A bench did not finish: active exit {res['b'][0]}, "
+                       f"standby exit {res['a'][0]}:\n{res['b'][1][-1500:]}\n{res['a'][1][-800:]}")
+    r = got[0]
+    typical = lat.row["t_typical_us"]
+    applied_p50 = r["latency"]["applied"]["p50"]
+    goal_us = GOAL_RATIO * 2 * typical
+    top = str(max(rates))
+    cpu_top = r["cpu"][top]
+    return {
+        "lab": lab.status().get("rdma"),
+        "commit_us": r["latency"],
+        "baseline_ib_send_lat_us": {k: lat.row[k] for k in
+                                    ("t_min_us", "t_typical_us", "t_avg_us", "p99_us",
+                                     "p99_9_us", "t_max_us")},
+        "ratio_applied_p50_vs_rtt": round(applied_p50 / (2 * typical), 2),
+        "tx_per_s": {k: v["tx_per_s"] for k, v in r["throughput"].items()},
+        "throughput": r["throughput"],
+        "cpu_percent": r["cpu"],
+        "goals": {
+            "applied_p50_us": applied_p50, "goal_us": round(goal_us, 1),
+            "latency_met": applied_p50 <= goal_us,
+            "cpu_rate": cpu_top["target_tx_per_s"],
+            "cpu_achieved_tx_per_s": cpu_top["achieved_tx_per_s"],
+            "cpu_active_loop_percent": cpu_top["active_loop"],
+            "cpu_met": max(cpu_top["active_loop"], cpu_top["standby_loop"]) <= CPU_GOAL_PERCENT,
+        },
+        "bench_s": round(time.monotonic() - t0, 1),
+        "notes": lat.notes,
+        "method": (f"one lab pair, fabric {fabric}: ib_send_lat -s {LAT_BYTES} -n {lat_iters} "
+                   "(half round trip), then a node pair (standby a, active b): per mode "
+                   f"{lat_iters} commits of one {LAT_BYTES} B P.mem write after 50 warm-up; "
+                   f"async transactions for {tput_s} s per size, then a sync (included); "
+                   f"{cpu_s} s paced at each rate, CPU from os.times and the loop thread's "
+                   "CPU clock on both nodes"),
+    }
+
+
+def bench_lab(args, step: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+    lab = Lab(args.lab_id)
+    booted = False
+    try:
+        booted = lab.ensure_up(args.lab, 2, step)
+        return run_bench(lab, args.iters, args.tput_s, args.cpu_s, tuple(args.rates),
+                         step=step)
+    finally:
+        if booted:
+            lab.down()
