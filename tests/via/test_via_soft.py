@@ -62,9 +62,12 @@ def _finish(p: subprocess.Popen, timeout: float) -> tuple[str, str, bool]:
         return out, err, True
 
 
-@pytest.fixture(scope="module")
-def scenario_results() -> dict:
+@pytest.fixture(scope="module", params=["same-host", "inline"])
+def scenario_results(request: pytest.FixtureRequest) -> dict:
+    """Once with the same-host path (SEND/WRITE data of 4 KiB and more copied from the
+    sender's memory), once with every byte inline on the stream (the path across hosts)."""
     env = _env()
+    env["HSP_VIA_SOFT_LOCAL"] = "1" if request.param == "same-host" else "0"
     server = _spawn(env, "scenarios.py", "server", "--dump-after", "50", dev="soft:server")
     time.sleep(0.2)
     client = _spawn(env, "scenarios.py", "client", "--dump-after", "50", dev="soft:client")
@@ -159,11 +162,12 @@ def test_peer_killed_mid_transfer_soft(monkeypatch: pytest.MonkeyPatch) -> None:
         sink.communicate()
 
 
-@pytest.fixture
-def pair(monkeypatch: pytest.MonkeyPatch):
-    """Two soft NICs in this process, a VI on each, connected over 127.0.0.1; the receiver's
-    VI reports both queues to one VIPL CQ."""
+@pytest.fixture(params=["same-host", "inline"])
+def pair(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """Two soft NICs in this process, a VI on each, connected over 127.0.0.1 (with the
+    same-host path, or every byte inline); the receiver's VI reports both queues to one CQ."""
     monkeypatch.setattr(soft, "PORT_BASE", 10000 + random.randrange(13) * 1000)
+    monkeypatch.setenv("HSP_VIA_SOFT_LOCAL", "1" if request.param == "same-host" else "0")
     a, b = via.VipOpenNic("soft:a"), via.VipOpenNic("soft:b")
     ends = []
     for nic in (a, b):
@@ -301,5 +305,10 @@ def test_full_queues_of_gathered_sends_then_writes(pair) -> None:
         assert d.status == via.VIP_STATUS_DONE | via.VIP_STATUS_OP_RDMA_WRITE, hex(d.status)
     assert bytes(dst[:n * seg]) == bytes(src) * (n // 4)
     assert bytes(dst[n * seg:]) == bytes(len(dst) - n * seg)
+    copied = via.VipQuerySystemManagementInfo(na)["counters"].get("cma_bytes_rx", 0)
+    if os.environ["HSP_VIA_SOFT_LOCAL"] == "1":  # straight from src (but the first sends,
+        assert 0 < copied <= n * 5 * seg, copied  # posted before the acceptor's CMA_OK came)
+    else:
+        assert copied == 0
     via.VipDeregisterMem(nb, src, hs)
     via.VipDeregisterMem(na, dst, hd)

@@ -10,6 +10,7 @@ error callback, as on verbs. The attacker speaks the wire by hand (soft.frame, s
 from __future__ import annotations
 
 import mmap
+import os
 import random
 import socket
 import threading
@@ -255,6 +256,9 @@ PROTOCOL = {
     "nak_for_nothing": lambda: soft.frame(soft.NAK, seq=3, value=4),
     "handshake_frame_again": lambda: soft.frame(soft.HELLO, seq=1),
     "unknown_frame_type": lambda: soft.frame(99, seq=1),
+    "names_its_memory_unasked": lambda: soft.frame(soft.SEND, seq=1, length=soft.IOV.size,
+                                                   flags=soft.F_CMA) + soft.IOV.pack(8, 4),
+    "cma_ok_to_the_acceptor": lambda: soft.frame(soft.CMA_OK),
 }
 
 
@@ -330,3 +334,81 @@ def test_a_discriminator_nobody_listens_for_is_refused(victim: Victim) -> None:
     assert (h[1], h[6]) == (soft.REJECT, via.VIP_NO_MATCH), h
     s.close()
     assert victim.counters().get("no_match") == 1
+
+
+def local_attacker(answer_the_challenge: bool) -> tuple[socket.socket, bytearray]:
+    """A raw peer on this host that asks for the same-host path (its pid is this process's),
+    and copies the victim's nonce into its cookie, or not."""
+    s = raw_connect()
+    cookie = bytearray(16)
+    offer = soft.LOCAL.pack(soft._BOOT, os.getpid(), via.address_of(cookie), os.urandom(16))
+    s.sendall(soft.frame(soft.HELLO, seq=soft.VERSION, rkey=2, value=3, flags=soft.F_LOCAL,
+                         length=len(DISC) + soft.LOCAL.size) + DISC + offer)
+    h = soft.HDR.unpack(_recv_exact(s, soft.HDR.size))
+    assert h[1] == soft.ACCEPT and h[2] & soft.F_LOCAL and h[7] == soft.LOCAL.size, h
+    _boot, _pid, _addr, nonce = soft.LOCAL.unpack(_recv_exact(s, soft.LOCAL.size))
+    if answer_the_challenge:
+        cookie[:] = nonce
+    s.sendall(soft.frame(soft.READY))
+    return s, cookie
+
+
+def cma_write(seq: int, addr: int, rkey: int, spans: list[tuple[int, int]]) -> bytes:
+    iov = b"".join(soft.IOV.pack(a, n) for a, n in spans)
+    return soft.frame(soft.WRITE, seq=seq, addr=addr, rkey=rkey, length=len(iov),
+                      flags=soft.F_CMA) + iov
+
+
+@pytest.mark.skipif(not soft.local_enabled(), reason="no process_vm_readv / boot id here")
+def test_same_host_path_needs_the_proof(victim: Victim) -> None:
+    """A peer that claims a pid without copying the victim's nonce into its cookie gets no
+    CMA_OK, and a WRITE naming its memory instead of carrying the data is refused."""
+    s, _cookie = local_attacker(answer_the_challenge=False)
+    src = bytearray([0x33]) * 64
+    s.sendall(cma_write(1, victim.addr(1), int(victim.h_rw), [(via.address_of(src), 64)]))
+    frames = answers(s)
+    assert not [f for f in frames if f[0] == soft.CMA_OK], frames
+    victim.wait_error()
+    assert victim.counters().get("garbage") == 1, victim.counters()
+    assert [e.code for e in victim.errors] == ["PROTOCOL"]
+    untouched(victim)
+
+
+@pytest.mark.skipif(not soft.local_enabled(), reason="no process_vm_readv / boot id here")
+@pytest.mark.parametrize("what", ["lands", "unmapped_source", "past_the_end", "other_ptag"])
+def test_same_host_writes_are_checked_the_same(victim: Victim, what: str) -> None:
+    """With the proof given (CMA_OK comes), a WRITE copied from the peer's memory lands in
+    the permitted range; one whose source the victim cannot read, or whose target lies
+    outside what was given, is refused, counted and NAKed, and nothing else is written."""
+    s, _cookie = local_attacker(answer_the_challenge=True)
+    h = soft.HDR.unpack(_recv_exact(s, soft.HDR.size))
+    assert h[1] == soft.CMA_OK, h
+    src = bytearray(range(64))
+    good = cma_write(1, victim.addr(1, 256), int(victim.h_rw),
+                     [(via.address_of(src, 32), 32), (via.address_of(src), 32)])
+    if what == "lands":
+        s.sendall(good)
+        h = soft.HDR.unpack(_recv_exact(s, soft.HDR.size))
+        assert (h[1], h[3]) == (soft.ACK, 1), h
+        want = bytearray([FILL]) * PAGE
+        want[256:320] = src[32:] + src[:32]
+        untouched(victim, (PAGE, bytes(want)))
+        assert victim.counters().get("cma_bytes_rx") == 64
+        s.close()
+        return
+    bad = {"unmapped_source": cma_write(1, victim.addr(1), int(victim.h_rw), [(8, 64)]),
+           "past_the_end": cma_write(1, victim.addr(1, PAGE - 16), int(victim.h_rw),
+                                     [(via.address_of(src), 64)]),
+           "other_ptag": cma_write(1, victim.addr(3), int(victim.h_other),
+                                   [(via.address_of(src), 64)])}[what]
+    s.sendall(bad)
+    frames = answers(s)
+    victim.wait_error()
+    counter, status, code = {
+        "unmapped_source": ("cma_faults", via.VIP_STATUS_PROTECTION_ERROR, "TRANSPORT_ERROR"),
+        "past_the_end": ("refused_range", via.VIP_STATUS_RDMA_PROT_ERROR, "PROTECTION"),
+        "other_ptag": ("refused_ptag", via.VIP_STATUS_RDMA_PROT_ERROR, "PROTECTION")}[what]
+    assert victim.counters().get(counter) == 1, victim.counters()
+    assert [f[2] for f in naks(frames)] == [status], frames
+    assert [e.code for e in victim.errors] == [code], victim.errors
+    untouched(victim)

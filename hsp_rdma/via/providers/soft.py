@@ -83,12 +83,26 @@ READ_RESP = 8  # seq=the request's; payload=data
 ACK = 9  # seq=every operation up to and including it was applied
 NAK = 10  # seq=the operation refused (all before it were applied), value=Status bits;
 #           payload=the reason in words. The sender of a NAK closes the stream after it.
+CMA_OK = 11  # the acceptor read the initiator's handshake cookie: F_CMA frames may come
 F_IMM = 1
+# Same host (both ends on one kernel): a HELLO/ACCEPT with F_LOCAL carries LOCAL after the
+# discriminator (boot id, pid, the address of a 16-byte cookie, a nonce for the peer). Each
+# side copies the peer's nonce into its own cookie; the other reads it there with
+# process_vm_readv, which proves that pid is the peer, and from then on a SEND or WRITE of
+# ours may carry, instead of its data, F_CMA and the list of our source segments (IOV each):
+# the receiver copies them straight from our memory into its region, after the same checks.
+# A READY with F_LOCAL says "I read your cookie"; the acceptor answers with CMA_OK.
+F_LOCAL = 2
+F_CMA = 4
+LOCAL = struct.Struct("!16sIQ16s")  # boot id, pid, cookie address, nonce
+IOV = struct.Struct("!QI")  # address, length
+CMA_MIN = 4096  # smaller messages travel inline (one syscall either way)
 EN_WRITE, EN_READ = 1, 2
 MAX_REASON = 512
 IOV_BATCH = 512
 _MASK = 0xFFFFFFFF
 _NAMES = {HELLO: "HELLO", ACCEPT: "ACCEPT", REJECT: "REJECT", READY: "READY", SEND: "SEND",
+          CMA_OK: "CMA_OK",
           WRITE: "WRITE", READ_REQ: "READ_REQ", READ_RESP: "READ_RESP", ACK: "ACK", NAK: "NAK"}
 
 
@@ -101,6 +115,69 @@ def frame(kind: int, seq: int = 0, addr: int = 0, rkey: int = 0, value: int = 0,
 
 def port_of(discriminator: bytes) -> int:
     return PORT_BASE + zlib.crc32(discriminator) % PORT_SPAN
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_pvr = getattr(_libc, "process_vm_readv", None)
+if _pvr is not None:
+    _pvr.restype = ctypes.c_ssize_t
+    _pvr.argtypes = [ctypes.c_int, ctypes.POINTER(_Iovec), ctypes.c_ulong,
+                     ctypes.POINTER(_Iovec), ctypes.c_ulong, ctypes.c_ulong]
+
+
+def cma_read(pid: int, local: list[tuple[int, int]], remote: list[tuple[int, int]]) -> int:
+    """process_vm_readv: copy REMOTE (address, length) spans of process PID into LOCAL spans
+    of ours (GIL released); the bytes copied, or -errno."""
+    if _pvr is None:
+        return -_errno.ENOSYS
+    loc = (_Iovec * len(local))(*[_Iovec(a, n) for a, n in local])
+    rem = (_Iovec * len(remote))(*[_Iovec(a, n) for a, n in remote])
+    got = _pvr(pid, loc, len(local), rem, len(remote), 0)
+    return got if got >= 0 else -ctypes.get_errno()
+
+
+def _boot_id() -> bytes:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return bytes.fromhex(f.read().strip().replace("-", ""))[:16].ljust(16, b"\0")
+    except (OSError, ValueError):
+        return b""
+
+
+_BOOT = _boot_id()
+
+
+def local_enabled() -> bool:
+    """The same-host path is offered unless HSP_VIA_SOFT_LOCAL=0 (then all data is inline)."""
+    return _pvr is not None and os.environ.get("HSP_VIA_SOFT_LOCAL", "1") != "0" \
+        and bool(_BOOT)
+
+
+class _Cookie:
+    """16 bytes of ours that the peer reads to prove it reaches this process's memory."""
+
+    def __init__(self):
+        self.buf = bytearray(16)
+        self.addr = ctypes.addressof(ctypes.c_char.from_buffer(self.buf))
+        self.nonce = secrets.token_bytes(16)  # what the peer must copy into its cookie
+
+    def offer(self) -> bytes:
+        return LOCAL.pack(_BOOT, os.getpid(), self.addr, self.nonce)
+
+
+def _verify(offer: tuple, want: bytes) -> int:
+    """The peer's pid if its cookie (OFFER: boot id, pid, address, nonce) holds WANT."""
+    boot, pid, addr, _nonce = offer
+    if boot != _BOOT or not pid:
+        return 0
+    probe = bytearray(16)
+    got = cma_read(pid, [(ctypes.addressof(ctypes.c_char.from_buffer(probe)), 16)],
+                   [(addr, 16)])
+    return pid if got == 16 and bytes(probe) == want else 0
 
 
 def _enable_bits(attrs: ViAttributes) -> int:
@@ -191,6 +268,11 @@ class Region:
     @property
     def pd(self) -> Ptag:  # the verbs provider's name for it
         return self.ptag
+
+    def pin(self, off: int, n: int) -> memoryview | None:
+        """A view of [OFF, OFF+N) that keeps the buffer mapped, or None once deregistered."""
+        v = self.view[off:off + n]
+        return v if len(v) == n else None
 
     def close(self) -> None:
         """Deregistered: the buffer is the caller's again (an mmap can be closed)."""
@@ -294,6 +376,7 @@ class ConnRequest:
         self.remote, self.remote_attrs = remote, attrs
         self.reliability = attrs.reliability_level
         self.cmid = None  # (the verbs provider's field; nothing of rdma_cm here)
+        self.offer: tuple | None = None  # the peer's LOCAL (same-host path), if it offered
 
     def _reject(self, code: VipReturn) -> None:
         try:
@@ -345,10 +428,13 @@ class _Listener:
         try:
             s.settimeout(HANDSHAKE_S)
             h = stream.header()
-            if h[1] != HELLO or h[3] != VERSION or h[7] > MAX_DISCRIMINATOR:
+            extra = LOCAL.size if h[2] & F_LOCAL else 0
+            if h[1] != HELLO or h[3] != VERSION or not extra <= h[7] <= MAX_DISCRIMINATOR + extra:
                 raise _Garbage(f"expected HELLO version {VERSION}, got "
                                f"{_NAMES.get(h[1], h[1])} version {h[3]} ({h[7]} bytes)")
-            disc = stream.take(h[7])
+            body = stream.take(h[7])
+            disc, offer = body[:h[7] - extra], LOCAL.unpack(body[h[7] - extra:]) if extra \
+                else None
         except (_Garbage, _Eof, OSError) as exc:
             nic.count("refused_hello")
             nic.note(f"connection from {peer[0]}:{peer[1]} refused before HELLO: {exc}")
@@ -356,6 +442,7 @@ class _Listener:
             return
         req = ConnRequest(nic, s, stream, NetAddress(self.host, disc),
                           NetAddress(peer[0], disc), _attrs_of(h[5], h[6], h[4]))
+        req.offer = offer
         if disc not in self.discs:
             nic.count("no_match")
             req._reject(VipReturn.NO_MATCH)
@@ -508,20 +595,33 @@ def connect_accept(conn: ConnRequest, vi: Vi) -> None:
         raise VipInvalidReliabilityLevel(
             f"peer asks {conn.reliability.name}, this VI is {vi.attrs.reliability_level.name}")
     s = conn.sock
+    cookie, flags, offer = None, 0, b""
+    if conn.offer is not None and conn.offer[0] == _BOOT and local_enabled():
+        cookie = _Cookie()
+        cookie.buf[:] = conn.offer[3]  # the initiator's nonce, where it will look for it
+        flags, offer = F_LOCAL, cookie.offer()
     vi.state = ViState.CONNECT_PENDING
     try:
         s.settimeout(HANDSHAKE_S)
         s.sendall(frame(ACCEPT, seq=VERSION, rkey=int(vi.attrs.reliability_level),
-                        value=_enable_bits(vi.attrs), addr=vi.max_transfer))
+                        value=_enable_bits(vi.attrs), addr=vi.max_transfer, flags=flags,
+                        length=len(offer)) + offer)
         h = conn.stream.header()
-        if h[1] != READY:
+        if h[1] != READY or h[7]:
             raise _Garbage(f"expected READY, got {_NAMES.get(h[1], h[1])}")
     except (OSError, _Eof, _Garbage) as exc:
         vi.state = ViState.IDLE
         _close(s)
         raise VipNotReachable(f"the connection from {conn.remote.host} did not establish "
                               f"({exc}): the peer gave up or went away") from exc
-    vi._establish(_Conn(vi, s, conn.stream), conn.remote_attrs)
+    c = _Conn(vi, s, conn.stream)
+    if cookie is not None:
+        c.cookie = cookie
+        c.cma_out = bool(h[2] & F_LOCAL)  # it read our cookie: it can copy from us
+        c.cma_pid = _verify(conn.offer, cookie.nonce)  # (its cookie holds our nonce)
+        if c.cma_pid:
+            c.send([frame(CMA_OK)])
+    vi._establish(c, conn.remote_attrs)
 
 
 def connect_reject(conn: ConnRequest) -> None:
@@ -554,12 +654,15 @@ def connect_request(vi: Vi, local: NetAddress, remote: NetAddress,
         except OSError as exc:
             raise VipNotReachable(f"cannot reach {remote.host}:{port}: {exc}") from exc
         stream = _Stream(s)
+        cookie = _Cookie() if local_enabled() else None
+        hello = remote.discriminator + (cookie.offer() if cookie else b"")
         try:
             s.settimeout(max(0.001, deadline - time.monotonic()))
             s.sendall(frame(HELLO, seq=VERSION, rkey=int(vi.attrs.reliability_level),
                             value=_enable_bits(vi.attrs), addr=vi.max_transfer,
-                            length=len(remote.discriminator)) + remote.discriminator)
+                            flags=F_LOCAL if cookie else 0, length=len(hello)) + hello)
             h = stream.header()
+            body = stream.take(h[7]) if h[1] == ACCEPT and h[7] <= LOCAL.size else b""
         except TimeoutError as exc:
             raise VipTimeout(f"{remote.host} did not answer the connection request in "
                              f"{timeout_ms} ms") from exc
@@ -575,8 +678,13 @@ def connect_request(vi: Vi, local: NetAddress, remote: NetAddress,
         if h[1] != ACCEPT or h[3] != VERSION:
             raise VipNotReachable(f"{remote.host}:{port} does not speak this protocol (got "
                                   f"{_NAMES.get(h[1], h[1])} version {h[3]})")
+        pid = 0
+        if cookie is not None and h[2] & F_LOCAL and len(body) == LOCAL.size:
+            offer = LOCAL.unpack(body)
+            pid = _verify(offer, cookie.nonce)  # (its cookie holds our nonce)
+            cookie.buf[:] = offer[3]  # its nonce, where it will look for it
         try:
-            s.sendall(frame(READY))
+            s.sendall(frame(READY, flags=F_LOCAL if pid else 0))
         except OSError as exc:
             raise VipNotReachable(f"{remote.host} went away while connecting: {exc}") from exc
     except BaseException:
@@ -585,7 +693,9 @@ def connect_request(vi: Vi, local: NetAddress, remote: NetAddress,
             _close(s)
         raise
     peer = _attrs_of(h[5], h[6], h[4])
-    vi._establish(_Conn(vi, s, stream), peer)
+    c = _Conn(vi, s, stream)
+    c.cookie, c.cma_pid, c.expect_cma_ok = cookie, pid, cookie is not None
+    vi._establish(c, peer)
     return peer
 
 
@@ -675,6 +785,10 @@ class _Conn:
         self.ack_sent = 0
         self.in_frame = False  # a header was read, its payload not yet
         self.started = False
+        self.cookie: _Cookie | None = None  # same host: what the peer read (kept alive)
+        self.cma_pid = 0  # same host: the peer's pid, proven; its F_CMA frames are read
+        self.cma_out = False  # same host: the peer reads ours; our SEND/WRITE data may stay
+        self.expect_cma_ok = False  # (the initiator, having offered)
         self.reader = threading.Thread(target=self._read_loop, daemon=True,
                                        name=f"via-soft-vi{vi.serial}")
         self.writer = threading.Thread(target=self._write_loop, daemon=True,
@@ -826,26 +940,31 @@ class _Conn:
         _m, kind, flags, seq, addr, rkey, value, length = h
         nic = self.vi.nic
         nic.count("frames_rx")
-        if kind in (ACK, READ_REQ) and length:
+        if kind in (ACK, READ_REQ, CMA_OK) and length:
             raise _Garbage(f"{_NAMES[kind]} frame with a {length}-byte payload")
         if kind == ACK:
             self._complete_upto(seq)
         elif kind == SEND:
             self._expect_seq(seq)
-            if length > MAX_TRANSFER:
-                raise _Garbage(f"SEND of {length} bytes (at most {MAX_TRANSFER})")
-            self._receive(seq, length, flags & F_IMM, value, remote_write=False)
+            iovs, length = self._payload(kind, flags, length)
+            self._receive(seq, length, flags & F_IMM, value, remote_write=False, iovs=iovs)
             self.applied = seq
         elif kind == WRITE:
             self._expect_seq(seq)
+            iovs, length = self._payload(kind, flags, length)
             region = self._region(seq, rkey, addr, length, write=True)
             if flags & F_IMM:
                 self._receive(seq, length, True, value, remote_write=True, region=region,
-                              addr=addr)
-            else:
-                self._into(region, addr, length)
+                              addr=addr, iovs=iovs)
+            elif not self._into(seq, [(region, addr - region.addr, length)], length, iovs):
+                raise _Refused(seq, Status.RDMA_PROT_ERROR, "PROTECTION", "refused_handle",
+                               f"RDMA Write into handle {rkey:#x}, deregistered meanwhile")
             nic.count("rdma_write_bytes_rx", length)
             self.applied = seq
+        elif kind == CMA_OK:
+            if not self.expect_cma_ok or self.cma_out:
+                raise _Garbage("CMA_OK from a peer that was not offered the same-host path")
+            self.cma_out = True
         elif kind == READ_REQ:
             self._expect_seq(seq)
             region = self._region(seq, rkey, addr, value, write=False)
@@ -889,12 +1008,51 @@ class _Conn:
                            f"{rkey:#x} ({region.addr:#x}+{region.length})")
         return region
 
-    def _into(self, region: Region, addr: int, length: int) -> None:
-        off = addr - region.addr
-        self.stream.into(region.view[off:off + length])
+    def _payload(self, kind: int, flags: int, length: int) -> tuple[list | None, int]:
+        """(None, LENGTH) for data that follows inline; (source spans, their total) for an
+        F_CMA frame, whose payload lists the sender's segments (checked here)."""
+        if not flags & F_CMA:
+            if kind == SEND and length > MAX_TRANSFER:  # (a WRITE's: refused as a range)
+                raise _Garbage(f"{_NAMES[kind]} of {length} bytes (at most {MAX_TRANSFER})")
+            return None, length
+        if not self.cma_pid:
+            raise _Garbage(f"{_NAMES[kind]} names the sender's memory, which this side was "
+                           "never shown it can read (no same-host handshake)")
+        n, rest = divmod(length, IOV.size)
+        if rest or not 1 <= n <= MAX_SEGMENTS:
+            raise _Garbage(f"{_NAMES[kind]} with a {length}-byte segment list")
+        body = self.stream.take(length)
+        iovs = [IOV.unpack_from(body, i * IOV.size) for i in range(n)]
+        total = sum(k for _a, k in iovs)
+        if total > MAX_TRANSFER:
+            raise _Garbage(f"{_NAMES[kind]} of {total} bytes (at most {MAX_TRANSFER})")
+        return iovs, total
+
+    def _into(self, seq: int, spans: list[tuple[Region, int, int]], total: int,
+              iovs: list | None) -> bool:
+        """Fill SPANS (region, offset, length; TOTAL bytes) from the stream, or with IOVS
+        from the sender's memory. False if a region was deregistered meanwhile."""
+        pins = [r.pin(off, n) for r, off, n in spans]  # (held: the buffer stays mapped)
+        if any(v is None for v in pins):
+            return False
+        if iovs is None:
+            for v in pins:
+                self.stream.into(v)
+            return True
+        got = cma_read(self.cma_pid, [(r.addr + off, n) for r, off, n in spans], iovs) \
+            if total else 0
+        if got == -_errno.ESRCH:
+            raise ConnectionResetError(_errno.ESRCH, "the peer process is gone")
+        if got != total:
+            raise _Refused(seq, Status.PROTECTION_ERROR, "TRANSPORT_ERROR", "cma_faults",
+                           f"could not copy the sender's {total} bytes from its memory ("
+                           + (os.strerror(-got) if got < 0 else f"{got} copied") + ")")
+        self.vi.nic.count("cma_bytes_rx", total)
+        return True
 
     def _receive(self, seq: int, length: int, imm: bool, value: int, remote_write: bool,
-                 region: Region | None = None, addr: int = 0) -> None:
+                 region: Region | None = None, addr: int = 0,
+                 iovs: list | None = None) -> None:
         """A SEND (or a WRITE with immediate) takes the head of the receive queue."""
         vi = self.vi
         with vi._lock:
@@ -905,7 +1063,9 @@ class _Conn:
                            "VI breaks: post receives before the peer sends)")
         segs = vi._segs_of.get(desc.wr_id, [])
         if remote_write:
-            self._into(region, addr, length)
+            if not self._into(seq, [(region, addr - region.addr, length)], length, iovs):
+                raise _Refused(seq, Status.RDMA_PROT_ERROR, "PROTECTION", "refused_handle",
+                               "RDMA Write into a region deregistered meanwhile")
         else:
             cap = sum(n for _r, _o, n in segs)
             if length > cap:
@@ -913,19 +1073,18 @@ class _Conn:
                 raise _Refused(seq, Status.REMOTE_DESC_ERROR, "LENGTH_ERROR", "length_errors",
                                why, desc, (int(Status.DONE | Status.LENGTH_ERROR
                                                | Status.OP_RECEIVE), 0, None, why))
-            left = length
+            spans, left = [], length
             for r, off, n in segs:
                 if not left:
                     break
-                if r.closed:
-                    why = "the receive descriptor's memory was deregistered while posted"
-                    raise _Refused(seq, Status.REMOTE_DESC_ERROR, "PROTECTION_ERROR",
-                                   "local_protection", why, desc, (int(
-                                       Status.DONE | Status.PROTECTION_ERROR
-                                       | Status.OP_RECEIVE), 0, None, why))
-                k = min(n, left)
-                self.stream.into(r.view[off:off + k])
-                left -= k
+                spans.append((r, off, min(n, left)))
+                left -= spans[-1][2]
+            if not self._into(seq, spans, length, iovs):
+                why = "the receive descriptor's memory was deregistered while posted"
+                raise _Refused(seq, Status.REMOTE_DESC_ERROR, "PROTECTION_ERROR",
+                               "local_protection", why, desc, (int(
+                                   Status.DONE | Status.PROTECTION_ERROR
+                                   | Status.OP_RECEIVE), 0, None, why))
         status = Status.DONE | (Status.OP_REMOTE_RDMA_WRITE if remote_write
                                 else Status.OP_RECEIVE)
         if imm:
@@ -957,10 +1116,8 @@ class _Conn:
         want = sum(n for _r, _o, n in segs)
         if desc.control & Control.OP_MASK != Control.OP_RDMAREAD or length != want:
             raise _Garbage(f"READ_RESP {seq} of {length} bytes (asked for {want})")
-        for r, off, n in segs:
-            if r.closed:
-                raise _Garbage("the RDMA Read's local memory was deregistered")  # local misuse
-            self.stream.into(r.view[off:off + n])
+        if not self._into(seq, segs, length, None):
+            raise _Garbage("the RDMA Read's local memory was deregistered")  # local misuse
         self.pending.popleft()
         vi._complete_send(desc, Status.DONE)
 
@@ -1173,19 +1330,24 @@ class Vi:
             desc.wr_id = next(self._ids)
             self.sendq.append(desc)
         flags = F_IMM if imm else 0
-        immv = desc.immediate & 0xFFFFFFFF
-        if op == Control.OP_SENDRECV:
-            parts = [frame(SEND, value=immv, length=total, flags=flags)]
-        elif op == Control.OP_RDMAWRITE:
-            parts = [frame(WRITE, addr=desc.address.address & 0xFFFFFFFFFFFFFFFF,
-                           rkey=int(desc.address.handle) & 0xFFFFFFFF, value=immv,
-                           length=total, flags=flags)]
+        raddr = rkey = 0
+        if op != Control.OP_SENDRECV:
+            raddr = desc.address.address & 0xFFFFFFFFFFFFFFFF
+            rkey = int(desc.address.handle) & 0xFFFFFFFF
+        if op == Control.OP_RDMAREAD:
+            parts = [frame(READ_REQ, addr=raddr, rkey=rkey, value=total)]
         else:
-            parts = [frame(READ_REQ, addr=desc.address.address & 0xFFFFFFFFFFFFFFFF,
-                           rkey=int(desc.address.handle) & 0xFFFFFFFF, value=total)]
-        if op != Control.OP_RDMAREAD:
-            parts += [r.view[o:o + n] for r, o, n in segs if n]
-            self.nic.count("bytes_tx", total)
+            kind = SEND if op == Control.OP_SENDRECV else WRITE
+            if conn.cma_out and total >= CMA_MIN:  # same host: the peer copies from us
+                iov = b"".join(IOV.pack(r.addr + o, n) for r, o, n in segs if n)
+                parts = [frame(kind, addr=raddr, rkey=rkey, value=desc.immediate,
+                               length=len(iov), flags=flags | F_CMA), iov]
+                self.nic.count("cma_bytes_tx", total)
+            else:
+                parts = [frame(kind, addr=raddr, rkey=rkey, value=desc.immediate,
+                               length=total, flags=flags)]
+                parts += [r.view[o:o + n] for r, o, n in segs if n]
+                self.nic.count("bytes_tx", total)
         self.nic.count("frames_tx")
         conn.send(parts, (desc, segs))
         if conn.failed or conn.closed:
