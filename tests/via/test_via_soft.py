@@ -312,3 +312,50 @@ def test_full_queues_of_gathered_sends_then_writes(pair) -> None:
         assert copied == 0
     via.VipDeregisterMem(nb, src, hs)
     via.VipDeregisterMem(na, dst, hd)
+
+
+def test_two_nodes_on_two_loopback_addresses_and_a_nic_closed_under_a_stream(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node a listens on 127.0.0.2, node b (bound to 127.0.0.1) connects; b streams sends;
+    a's NIC is closed under it: b's VI goes to ERROR with CONN_LOST, its sends complete (done
+    or flushed), nothing raises but VipErrors, and a's registered buffer is free again."""
+    monkeypatch.setattr(soft, "PORT_BASE", 10000 + random.randrange(13) * 1000)
+    a, b = via.VipOpenNic("soft:a"), via.VipOpenNic("soft:b")
+    errors: list = []
+    via.VipErrorCallback(b, lambda _c, e: errors.append(e.code))
+    try:
+        ends = []
+        for nic in (a, b):
+            ptag = via.VipCreatePtag(nic)
+            buf = mmap.mmap(-1, 1 << 16)
+            h = via.VipRegisterMem(nic, buf, via.MemAttributes(ptag=ptag))
+            ends.append((buf, h, via.VipCreateVi(nic, via.ViAttributes(ptag=ptag))))
+        (buf_a, h_a, vi_a), (buf_b, h_b, vi_b) = ends
+        for i in range(16):
+            via.VipPostRecv(vi_a, _desc(buf_a, h_a, i * 4096, 4096))
+        t = threading.Thread(target=lambda: via.VipConnectAccept(
+            via.VipConnectWait(a, via.NetAddress("127.0.0.2", b"node"), 5000), vi_a))
+        t.start()
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                via.VipConnectRequest(vi_b, via.NetAddress(LOCAL),
+                                      via.NetAddress("127.0.0.2", b"node"), 2000)
+                break
+            except via.VipNoMatch:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+        t.join(5)
+        for _ in range(8):
+            via.VipPostSend(vi_b, _desc(buf_b, h_b, 0, 4096))
+        via.VipCloseNic(a)
+        buf_a.close()  # the closed NIC let its regions go
+        statuses = [via.VipSendWait(vi_b, 5000).status for _ in range(8)]
+        assert all(st & via.VIP_STATUS_DONE for st in statuses), statuses
+        t0 = time.monotonic()
+        while vi_b.state is not via.ViState.ERROR and time.monotonic() - t0 < 3:
+            time.sleep(0.01)
+        assert vi_b.state is via.ViState.ERROR and errors == ["CONN_LOST"], errors
+    finally:
+        via.VipCloseNic(a)
+        via.VipCloseNic(b)
