@@ -19,7 +19,7 @@ from typing import Any
 
 from hsp_rdma.cext import verbs as cx
 from hsp_rdma.errors import HspError
-from hsp_rdma.tools.writer_wire import ACCEPT, ACCEPT_MAGIC, pattern
+from hsp_rdma.tools.writer_wire import ACCEPT, ACCEPT_MAGIC, chunks_in, pattern
 from hsp_rdma.units import parse_size
 
 LAT_BYTES = 2  # ib_send_lat's default size
@@ -74,9 +74,10 @@ class _Poller:
 def serve(args: argparse.Namespace) -> None:
     """Node a: listen, publish the buffer in the accept, then echo sends (lat) or wait."""
     size = args.size if args.mode == "write" else LAT_BYTES
+    region = max(args.region, size)
     dev = cx.Device(args.device)
     pd = cx.PD(dev)
-    buf = bytearray(max(size, 64))
+    buf = bytearray(max(region, 64))
     mr = cx.MR(pd, buf, cx.ACCESS_LOCAL_WRITE | cx.ACCESS_REMOTE_WRITE)
     cq = cx.CQ(dev, 2 * RECVS_POSTED + 2 * args.depth + 8)
     ch = cx.EventChannel()
@@ -112,7 +113,8 @@ def serve(args: argparse.Namespace) -> None:
                 else:
                     in_flight -= SIGNAL_EVERY
     _cm_wait(ch, (cx.EV_DISCONNECTED,), args.timeout, "waiting for the client to finish")
-    if args.mode == "write" and buf[:size] != pattern(size):
+    landed = min(args.iters, region // size) * size  # write i lands at i x size mod region
+    if args.mode == "write" and buf[:landed] != pattern(landed):
         raise RuntimeError("the client's writes did not land: the buffer lacks its pattern")
     _emit(event="done")
     ch.close()
@@ -122,9 +124,10 @@ def serve(args: argparse.Namespace) -> None:
 def client(args: argparse.Namespace) -> None:
     """Node b: connect, then time RDMA Writes (write) or send/receive round trips (lat)."""
     size = args.size if args.mode == "write" else LAT_BYTES
+    region = max(args.region, size)
     dev = cx.Device(args.device)
     pd = cx.PD(dev)
-    buf = bytearray(pattern(max(size, 64)))
+    buf = bytearray(pattern(max(region, 64)))
     mr = cx.MR(pd, buf, cx.ACCESS_LOCAL_WRITE)
     cq = cx.CQ(dev, 2 * RECVS_POSTED + 2 * args.depth + 8)
     ch = cx.EventChannel()
@@ -143,7 +146,7 @@ def client(args: argparse.Namespace) -> None:
     cid.connect(b"", 7, 7)
     ev = _cm_wait(ch, (cx.EV_ESTABLISHED,), args.timeout, f"connecting to {args.peer}")
     magic, raddr, rkey, rlen = ACCEPT.unpack_from(ev[4].ljust(ACCEPT.size, b"\0"))
-    if magic != ACCEPT_MAGIC or rlen < size:
+    if magic != ACCEPT_MAGIC or rlen < region:
         raise RuntimeError(f"the server's accept data is not ours ({ev[4][:ACCEPT.size]!r})")
     if args.mode == "write":
         _emit(event="result", mode="write", **_write_bw(cid, _Poller(cq, args.poll, args.stall_s),
@@ -159,16 +162,19 @@ def client(args: argparse.Namespace) -> None:
 def _write_bw(cid, poller: _Poller, mr, size: int, raddr: int, rkey: int,
               args: argparse.Namespace) -> dict[str, Any]:
     iters, depth = args.iters, args.depth
-    sge = [(mr.addr, size, mr.lkey)]
+    n = chunks_in(max(args.region, size), size)  # write i goes to offset (i mod n) x size
+    sges = [[(mr.addr + k * size, size, mr.lkey)] for k in range(n)]
     posted = done = 0
     t0 = time.perf_counter()
     while posted < min(depth, iters):
-        cid.post_send(posted, cx.WR_RDMA_WRITE, sge, raddr, rkey)
+        k = posted % n
+        cid.post_send(posted, cx.WR_RDMA_WRITE, sges[k], raddr + k * size, rkey)
         posted += 1
     while done < iters:
         done += len(poller.take())
         while posted < iters and posted - done < depth:
-            cid.post_send(posted, cx.WR_RDMA_WRITE, sge, raddr, rkey)
+            k = posted % n
+            cid.post_send(posted, cx.WR_RDMA_WRITE, sges[k], raddr + k * size, rkey)
             posted += 1
     secs = time.perf_counter() - t0
     return {"bytes": size, "iterations": iters, "depth": depth, "seconds": secs,
@@ -216,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=parse_size, default=65536)
     p.add_argument("--depth", type=int, default=16)
     p.add_argument("--iters", type=int, default=1000)
+    p.add_argument("--region", type=parse_size, default=0,
+                   help="write: bytes the writes tile, a multiple of --size (default --size)")
     p.add_argument("--poll", choices=("busy", "event"), default="busy")
     p.add_argument("--timeout", type=float, default=60.0, help="rdma_cm waits [s]")
     p.add_argument("--stall-s", type=float, default=20.0, help="no completion for this long "

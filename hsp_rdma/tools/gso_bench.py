@@ -4,7 +4,9 @@ same pair, in the lab or on two real hosts (`hsp-bench gso` is its CLI).
 Method: ib_write_bw with the GSO's chunk size and queue depth gives the baseline (perftest
 busy-polls); an event-driven RDMA Write reference written with pyverbs (an implementation
 independent of our bindings, asleep on its completion channel) writes the same bytes in chunks
-of the same size at the same depth (lab only); then the demo application switches over back and
+of the same size at the same depth over a region of the image's size, write i at offset
+i x chunk, so both touch fresh pages (lab only; the reference as it was before, rewriting one
+chunk-sized buffer, runs too and is reported beside it); then the demo application switches over back and
 forth --runs times with a state image of --size, per --mode: push (the active RDMA-writes the
 image, then the marker) or pull (the active seals it, the standby RDMA-reads it; ib_write_bw's
 twin ib_read_bw at the same size and depth is the pull's perftest baseline), both in the same
@@ -74,12 +76,19 @@ def bench_gso_lab(args, step: Callable[[str], None] = _quiet,
         step(f"baseline: ib_write_bw -s {chunk} -t {depth} -n {iters}")
         base = perftest.run(lab, "ib_write_bw", args.fabric,
                             ("-s", str(chunk), "-t", str(depth), "-n", str(iters)), timeout=600)
-        step(f"reference: pyverbs event-driven RDMA Write {chunk} x {iters}, depth {depth}")
+        # The same region as the GSO's image: each write lands on fresh pages, as the copy's do.
+        region = max(args.size // chunk, 1) * chunk
+        step(f"reference: pyverbs event-driven RDMA Write {chunk} x {iters}, depth {depth}, "
+             f"over {region} bytes")
         ref = run_writer_pair(lab, args.fabric, "write", chunk, depth, iters, "event",
                               # ... on a port of its own per run: iWARP holds a used one a while
                               REFERENCE_PORT + int(time.time()) % 500,
                               timeout=60 + chunk * iters / 1e6,
-                              writer="pyverbs")
+                              writer="pyverbs", region=region)
+        step("reference, as before: the same writes into one chunk-sized buffer")
+        ref1 = run_writer_pair(lab, args.fabric, "write", chunk, depth, iters, "event",
+                               REFERENCE_PORT + 500 + int(time.time()) % 500,
+                               timeout=60 + chunk * iters / 1e6, writer="pyverbs")
         read_bw = None
         if "pull" in modes:
             step(f"baseline for pull: ib_read_bw -s {chunk} -t {depth} -n {iters}")
@@ -105,6 +114,7 @@ def bench_gso_lab(args, step: Callable[[str], None] = _quiet,
             results.append(summarize(
                 args, a.events + b.events, base.row["bw_avg_MBps"], base.retries, device,
                 profile, chunk, depth, ref_bw=ref["MBps"], mode=mode, read_bw=read_bw,
+                ref_region=region, ref_one_chunk_bw=ref1["MBps"],
                 extra=f"rc {res.rc} {res.stderr.get('a', '')[-300:]}"
                       f" {res.stderr.get('b', '')[-300:]}") | {"lab": args.lab})
         return results
@@ -120,7 +130,8 @@ def _stats(values: list[float]) -> dict[str, float]:
 def summarize(args, events: list[dict], base_bw: float, base_retries: int, device: str,
               profile: Profile, chunk: int, depth: int, ref_bw: float | None = None,
               extra: str = "", expect: int | None = None, mode: str = "push",
-              read_bw: float | None = None) -> dict[str, Any]:
+              read_bw: float | None = None, ref_region: int | None = None,
+              ref_one_chunk_bw: float | None = None) -> dict[str, Any]:
     """The bench's result from gso_node events (lab and real hosts alike). EXPECT is how
     many GSOs these events saw from the active side (on two hosts: this host's half).
     REF_BW: the event-driven pyverbs reference, when it ran (lab). MODE: the data path the
@@ -165,6 +176,12 @@ def summarize(args, events: list[dict], base_bw: float, base_retries: int, devic
         "ratio_vs_ib_read_bw": (round(copy_bw / read_bw, 3)
                                 if mode == "pull" and read_bw else None),
         "reference_event_MBps": round(ref_bw, 2) if ref_bw else None,
+        "reference_region_bytes": ref_region,
+        # the reference as it was: every write into the same chunk-sized buffer
+        "reference_one_chunk_event_MBps": round(ref_one_chunk_bw, 2) if ref_one_chunk_bw
+        else None,
+        "ratio_vs_one_chunk_event": round(copy_bw / ref_one_chunk_bw, 3) if ref_one_chunk_bw
+        else None,
         "ratio_vs_event": round(copy_bw / ref_bw, 3) if ref_bw else None,
         "copy_goal": COPY_GOAL,
         "copy_goal_met": (copy_bw >= COPY_GOAL * ref_bw) if ref_bw else None,

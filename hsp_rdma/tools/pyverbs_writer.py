@@ -2,7 +2,9 @@
 
 `python -m hsp_rdma.tools.pyverbs_writer --ip B --peer A --port P --size S --depth D --iters N`
 connects to a cext_peer server (which publishes its buffer's address and rkey in the accept
-private data), keeps DEPTH signaled writes of SIZE in flight and sleeps on its completion
+private data), keeps DEPTH signaled writes of SIZE in flight (write i goes to offset
+i x SIZE mod REGION on both sides, so with --region it moves a fresh region like the GSO's copy
+does, not one small buffer again and again) and sleeps on its completion
 channel between completions, as an application that does not spin would. perftest cannot do
 this for RDMA Write ("Events feature not available on WRITE verb"), and in a 1-vCPU lab guest
 a busy poller takes the CPU the soft device needs, so this is the honest reference beside
@@ -18,7 +20,7 @@ import json
 import sys
 import time
 
-from hsp_rdma.tools.writer_wire import ACCEPT, ACCEPT_MAGIC, pattern
+from hsp_rdma.tools.writer_wire import ACCEPT, ACCEPT_MAGIC, chunks_in, pattern
 
 
 def _event(ch, want: int, what: str):
@@ -34,7 +36,8 @@ def _event(ch, want: int, what: str):
     return data
 
 
-def write_bw(ip: str, peer: str, port: int, size: int, depth: int, iters: int) -> dict:
+def write_bw(ip: str, peer: str, port: int, size: int, depth: int, iters: int,
+             region: int = 0) -> dict:
     import pyverbs.cm_enums as ce
     import pyverbs.enums as e
     from pyverbs.cmid import CMID, AddrInfo, CMEventChannel, ConnParam
@@ -53,18 +56,26 @@ def write_bw(ip: str, peer: str, port: int, size: int, depth: int, iters: int) -
     cq = CQ(cid.context, 2 * depth + 8, None, cc, 0)
     cap = QPCap(max_send_wr=depth + 1, max_recv_wr=1, max_send_sge=1, max_recv_sge=1)
     cid.create_qp(QPInitAttr(qp_type=e.IBV_QPT_RC, scq=cq, rcq=cq, cap=cap))
-    mr = MR(cid.pd, size, e.IBV_ACCESS_LOCAL_WRITE)
-    mr.write(pattern(size), size, 0)  # the server checks that the writes landed
+    region = region or size
+    # pyverbs posts a write from an MR's start: one MR per slice of the local region
+    data = pattern(region)
+    mrs = []
+    for k in range(chunks_in(region, size)):
+        mr = MR(cid.pd, size, e.IBV_ACCESS_LOCAL_WRITE)
+        mr.write(data[k * size:(k + 1) * size], size, 0)  # the server checks they landed
+        mrs.append(mr)
     cid.connect(ConnParam(resources=1, depth=1, retry=6))
     data = _event(ch, ce.RDMA_CM_EVENT_ESTABLISHED, f"connecting to {peer}")
     magic, raddr, rkey, rlen = ACCEPT.unpack_from(bytes(data or b"").ljust(ACCEPT.size, b"\0"))
-    if magic != ACCEPT_MAGIC or rlen < size:
+    if magic != ACCEPT_MAGIC or rlen < region:
         raise RuntimeError(f"the server's accept data is not a cext_peer's ({bytes(data)[:16]!r})")
     posted = done = 0
     waits = 0
     t0 = time.perf_counter()
+    slices = len(mrs)
     while posted < min(depth, iters):
-        cid.post_write(mr, size, raddr, rkey, e.IBV_SEND_SIGNALED)
+        k = posted % slices
+        cid.post_write(mrs[k], size, raddr + k * size, rkey, e.IBV_SEND_SIGNALED)
         posted += 1
     while done < iters:
         n, wcs = cq.poll(depth)
@@ -81,12 +92,13 @@ def write_bw(ip: str, peer: str, port: int, size: int, depth: int, iters: int) -
                 raise RuntimeError(f"RDMA Write completed with status {wc.status}")
         done += n
         while posted < iters and posted - done < depth:
-            cid.post_write(mr, size, raddr, rkey, e.IBV_SEND_SIGNALED)
+            k = posted % slices
+            cid.post_write(mrs[k], size, raddr + k * size, rkey, e.IBV_SEND_SIGNALED)
             posted += 1
     secs = time.perf_counter() - t0
     cid.disconnect()
     return {"bytes": size, "iterations": iters, "depth": depth, "seconds": secs,
-            "MBps": size * iters / secs / (1 << 20), "sleeps": waits}
+            "MBps": size * iters / secs / (1 << 20), "sleeps": waits, "region": region}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,13 +110,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, required=True, help="bytes per RDMA Write")
     p.add_argument("--depth", type=int, default=16, help="writes in flight (default 16)")
     p.add_argument("--iters", type=int, required=True, help="writes in all")
+    p.add_argument("--region", type=int, default=0,
+                   help="bytes the writes tile, a multiple of --size (default: --size)")
     p.add_argument("--watchdog", type=float, default=300.0,
                    help="exit with tracebacks after this many seconds (default 300)")
     args = p.parse_args(argv)
     # pyverbs' get_cq_event blocks in C with no timeout: only a C-level watchdog ends a hang.
     faulthandler.dump_traceback_later(args.watchdog, exit=True)
     try:
-        res = write_bw(args.ip, args.peer, args.port, args.size, args.depth, args.iters)
+        res = write_bw(args.ip, args.peer, args.port, args.size, args.depth, args.iters,
+                       args.region)
     except Exception as exc:  # noqa: BLE001 - one JSON line for the orchestrator, exit 1
         print(json.dumps({"event": "error", "role": "pyverbs",
                           "error": f"{type(exc).__name__}: {exc}"}), flush=True)

@@ -24,6 +24,8 @@ def test_tiny_gso_bench_reports_both_references_and_the_phases(lab: Lab) -> None
     copy, base, ref = (r["stop_and_copy_MBps"], r["baseline_ib_write_bw_MBps"],
                        r["reference_event_MBps"])
     assert min(copy, base, ref) > 0
+    # the reference wrote a region of the image's size; the old one-buffer reference ran too
+    assert r["reference_region_bytes"] == args.size and r["reference_one_chunk_event_MBps"] > 0
     assert r["ratio"] == pytest.approx(copy / base, rel=0.01)
     assert r["ratio_vs_event"] == pytest.approx(copy / ref, rel=0.01)
     assert r["copy_goal_met"] == (copy >= gso_bench.COPY_GOAL * ref)
