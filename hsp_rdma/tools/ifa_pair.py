@@ -207,6 +207,8 @@ def _active(node, args) -> int:
         acked.append(k)
         emit("acked", k=k, txid=txid, target=tx["target"], mode=tx["mode"],
              bytes=sum(len(d) for _, d in tx["writes"]), us=round(us, 1))
+        if k in args.hold_at:
+            _hold(args, k)
         if args.kill_mid_tx and k == args.kill_mid_tx:
             _kill_mid_big_tx(node, args, k + 1)
         if args.sync_every and k % args.sync_every == 0:
@@ -219,6 +221,16 @@ def _active(node, args) -> int:
     time.sleep(0.5)
     emit("end", status=node.status(), digest=node.digest())
     return 0
+
+
+def _hold(args, k: int) -> None:
+    """Stop the workload after transaction K until the file <hold-file>.K appears (a test
+    looks at both nodes meanwhile); at most 120 s."""
+    path = Path(f"{args.hold_file}.{k}")
+    emit("holding", k=k, until=str(path))
+    deadline = time.monotonic() + 120
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _kill_mid_big_tx(node, args, k: int) -> None:
@@ -268,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pmem-only", action="store_true")
     p.add_argument("--kill-mid-tx", type=int, default=0,
                    help="after this many transactions, SIGKILL in the middle of the next")
+    p.add_argument("--hold-at", type=lambda t: [int(x) for x in t.split(",") if x], default=[],
+                   help="after these transactions, wait for the file <hold-file>.K")
+    p.add_argument("--hold-file", default="/tmp/ifa-hold")
     b = p.add_argument_group("bench (hsp-bench interface-a)")
     b.add_argument("--bench", action="store_true", help="run the bench instead of --txs")
     b.add_argument("--warmup", type=int, default=50)

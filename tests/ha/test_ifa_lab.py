@@ -38,18 +38,26 @@ def status_in_guest(lab: Lab, node: str, socket: str) -> dict:
 
 
 def test_random_transactions_leave_equal_images_after_every_flush(healthy_lab: Lab) -> None:
-    a, b = start_ifa_pair(healthy_lab, ["--txs", "45", "--seed", "11", "--sync-every", "9"],
+    hold = f"/tmp/ifa-hold-{time.time_ns()}"
+    a, b = start_ifa_pair(healthy_lab, ["--txs", "45", "--seed", "11", "--sync-every", "9",
+                                        "--hold-at", "10,30", "--hold-file", hold],
                           common=["--pmem", str(4 * MiB), "--disk-size", str(4 * MiB)])
-    # during the workload, the standby's control socket shows the counters moving
-    wait_for([a, b], lambda: a.of("started") and len(b.of("acked")) >= 3)
-    sock = a.of("started")[0]["control_socket"]
-    first = status_in_guest(healthy_lab, "a", sock)
-    wait_for([a, b], lambda: len(b.of("acked")) >= 30 or b.of("end"))
-    second = status_in_guest(healthy_lab, "a", sock)
-    assert first["ok"] and first["role"] == "standby" and first["peer"] == "b"
-    moved = [ch for ch in ("pmem", "disk", "health")
-             if second["channels"][ch]["recv_msgs"] > first["channels"][ch]["recv_msgs"]]
-    assert "health" in moved and moved != ["health"], (first["channels"], second["channels"])
+    # during the workload (held at 10 and 30 transactions), both nodes' control sockets show
+    # the counters moving
+    seen = []
+    for k in (10, 30):
+        wait_for([a, b], lambda k=k: a.of("started") and any(e["k"] == k for e in b.of("holding")))
+        seen.append({run.name: status_in_guest(healthy_lab, run.name,
+                                               run.of("started")[0]["control_socket"])
+                     for run in (a, b)})
+        healthy_lab.exec("b", ["touch", f"{hold}.{k}"], timeout=30, check=True)
+    first, second = seen
+    assert first["a"]["ok"] and first["a"]["role"] == "standby" and first["a"]["peer"] == "b"
+    assert first["b"]["role"] == "active"
+    for node, key in (("a", "recv_msgs"), ("b", "sent_msgs")):
+        moved = [ch for ch in ("pmem", "disk", "health")
+                 if second[node]["channels"][ch][key] > first[node]["channels"][ch][key]]
+        assert "health" in moved and moved != ["health"], (node, first[node], second[node])
     res = wait_both((b, a), timeout=400)
     assert res["b"][0] == 0 and res["a"][0] == 0, res
     acked = b.of("acked")
