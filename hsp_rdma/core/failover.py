@@ -62,11 +62,15 @@ and late heart beats and frames, pauses, crashes with restarts from the persiste
 fences that succeed, fail, time out or lie):
   1. With a fence that tells the truth, never two nodes serving (self mode).
   2. Whatever the fence does (a lying fence makes two nodes serve, and nothing the machine can
-     do stops it, because it fences exactly when it cannot hear the peer): a replication frame
-     is accepted only from the active of the newest epoch any node became active in. An older
-     active's writes are refused, so in commit modes received/applied it can never commit; in
-     async mode it acknowledges alone and those writes are lost when it rejoins (split brain,
-     alarmed on both sides as soon as a heart beat crosses).
+     do stops it, because it fences exactly when it cannot hear the peer): a node never accepts
+     a replication frame of an epoch below one it has served in or already accepted frames
+     of, and no two promotions share an epoch. So the new active refuses the old active's
+     writes, as active and again after a crash and restart as standby (its epoch is
+     persisted): the old active can never commit in modes received/applied, and "two actives
+     whose writes the other accepts" never happens. In async mode the old active acknowledges
+     alone and those writes are lost when it rejoins (split brain, alarmed as soon as a heart
+     beat crosses). Engine contract for HOLD: feed ``PeerEpochSeen`` only while the detector
+     hears the peer; otherwise drop the frame (the heart beats bring the epoch).
   3. Self mode: no node promotes itself without a confirmed fence of this suspicion;
      pacemaker mode: no node becomes active without Promote (or SwitchedOver).
   4. A node's epoch never decreases (restarts included), and no frame carries an epoch
