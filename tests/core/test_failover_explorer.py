@@ -137,6 +137,7 @@ class World:
     promote_fed: tuple = (False, False)
     # Per node, across restarts: the newest epoch it served in or accepted writes of.
     top: tuple = (EPOCH, EPOCH)
+    fence: bool = True  # a fence action is configured (constant over a run)
 
     def key(self) -> tuple:
         return (tuple(_mkey(m) for m in self.nodes), tuple(self.suspected),
@@ -148,7 +149,7 @@ class World:
         return World(list(self.nodes), self.manager, list(self.suspected), list(self.paused),
                      list(self.clock), list(self.store), list(self.alarm), self.net,
                      self.persists, self.fences, self.resyncs, self.budget,
-                     self.active_epochs, self.fence_ok, self.promote_fed, self.top)
+                     self.active_epochs, self.fence_ok, self.promote_fed, self.top, self.fence)
 
 
 CHECK_FENCE = True  # the mutation test turns the bookkeeping check off to reach two actives
@@ -162,12 +163,13 @@ def _set(t: tuple, i: int, v) -> tuple:
     return t[:i] + (v,) + t[i + 1:]
 
 
-def initial_world(budget: Budget, manager: Manager) -> World:
-    kw = {"manager": manager, "timeouts": failover.Timeouts(fence=5, fence_retry=3)}
+def initial_world(budget: Budget, manager: Manager, fence: bool = True) -> World:
+    kw = {"manager": manager, "fence_configured": fence,
+          "timeouts": failover.Timeouts(fence=5, fence_retry=3)}
     nodes = [FailoverMachine.active(EPOCH, RANKS[X], **kw),
              FailoverMachine.standby(EPOCH, RANKS[Y], **kw)]
     return World(nodes, manager, [False, False], [False, False], [0.0, 0.0],
-                 [(EPOCH, EPOCH), (EPOCH, 0)], [False, False], budget=budget)
+                 [(EPOCH, EPOCH), (EPOCH, 0)], [False, False], budget=budget, fence=fence)
 
 
 def feed(w: World, n: int, event, now: float | None = None) -> None:
@@ -237,6 +239,7 @@ def restart(w: World, n: int) -> None:
     """Node ``n`` comes back from what it persisted; its detector has heard nobody yet."""
     epoch, since = w.store[n]
     w.nodes[n] = FailoverMachine.restarted(epoch, since, RANKS[n], manager=w.manager,
+                                           fence_configured=w.fence,
                                            timeouts=failover.Timeouts(fence=5, fence_retry=3))
     w.suspected[n] = True
     w.fence_ok = _set(w.fence_ok, n, False)
@@ -435,10 +438,10 @@ class Report:
     spent: set = field(default_factory=set)
 
 
-def explore(budget: Budget, manager: Manager = Manager.SELF,
+def explore(budget: Budget, manager: Manager = Manager.SELF, fence: bool = True,
             limit: int = 3_000_000) -> Report:
     """Breadth-first search of every reachable world; raises Violation with a trace."""
-    start = initial_world(budget, manager)
+    start = initial_world(budget, manager, fence)
     truthful = budget.fence_lies == 0
     seen = {start.key(): None}
     parents: dict = {}
@@ -607,6 +610,13 @@ def test_explorer_catches_a_restart_that_forgets_its_epoch(monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "restart", forgetful)
     with pytest.raises(Violation, match="epoch went down|not above its durable"):
         explore(KILL_RESTART)
+
+
+def test_without_a_fence_action_nobody_takes_over_and_an_alarm_says_so():
+    # Self mode, no [fence]: every interleaving ends with X serving or an alarm up (the
+    # terminal check), and Y never becomes active, not even after X crashed.
+    report = explore(replace(KILL_RESTART, fence_failures=0), fence=False)
+    assert report.failovers == 0 and report.terminals > 0 and report.two_serving == 0
 
 
 def test_pacemaker_mode_never_promotes_itself():
