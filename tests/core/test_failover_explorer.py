@@ -13,10 +13,11 @@ an arbitrary manager sends Promote and Demote to either node at any time.
 
 Invariants (hsp_rdma.core.failover's guarantees):
   1. truthful fences, self mode: never two nodes serving;
-  2. always (lying fences, arbitrary Pacemaker included): a replication frame is accepted
-     only if its epoch is the newest any node became active in: an older active's writes
-     are never accepted, so it can never commit with received/applied; no two promotions
-     share an epoch;
+  2. always (lying fences, arbitrary Pacemaker included): a node never accepts a replication
+     frame of an epoch below one it has served in or accepted frames of (kept across its
+     restarts): the new active never takes the old active's writes, neither as active nor
+     as a restarted standby, so the old one can never commit with received/applied; no two
+     promotions share an epoch;
   3. self mode: a node becomes active only after a fence of this suspicion was confirmed;
      pacemaker mode: only after Promote;
   4. a node's epoch never decreases (restarts included); it takes an epoch only once it is
