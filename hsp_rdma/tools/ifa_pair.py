@@ -91,7 +91,8 @@ def _standby(node, args) -> int:
         elif msg == b"cpu?":
             node.oam.send(json.dumps(cpu_now(node)).encode())
         elif msg == b"quit":
-            emit("end", status=node.status(), digest=node.digest())
+            emit("end", status=node.status(), digest=node.digest(),
+                 config=node.applied_config)
             return 0
         st = node.session.streams[Channel.PMEM].link
         if st is None:  # the active is gone (killed): what do we hold?
@@ -212,6 +213,10 @@ def _active(node, args) -> int:
         if args.kill_mid_tx and k == args.kill_mid_tx:
             _kill_mid_big_tx(node, args, k + 1)
         if args.sync_every and k % args.sync_every == 0:
+            # a configuration change rides along, applied in order on the standby; with
+            # --config-fail the last one is a command the standby cannot apply
+            bad = args.config_fail and k + args.sync_every > args.txs
+            node.config_change({"set": "k", "value": k, **({"unknown": 1} if bad else {})})
             node.sync()
             mine = node.digest()
             node.oam.send(b"digest?")
@@ -219,7 +224,7 @@ def _active(node, args) -> int:
             emit("compare", k=k, active=mine, standby=theirs)
     node.oam.send(b"quit")
     time.sleep(0.5)
-    emit("end", status=node.status(), digest=node.digest())
+    emit("end", status=node.status(), digest=node.digest(), oam_events=node.oam.events)
     return 0
 
 
@@ -278,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-size", type=int, default=MiB)
     p.add_argument("--sync-every", type=int, default=10)
     p.add_argument("--pmem-only", action="store_true")
+    p.add_argument("--config-fail", action="store_true",
+                   help="the last configuration change is one the standby refuses")
     p.add_argument("--kill-mid-tx", type=int, default=0,
                    help="after this many transactions, SIGKILL in the middle of the next")
     p.add_argument("--hold-at", type=lambda t: [int(x) for x in t.split(",") if x], default=[],
@@ -294,7 +301,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.pmem_only:
         args.disk_size = 0
     from hsp_rdma.ha.node import Node
-    node = Node(_config(args))
+    applied_config: list[dict] = []
+
+    def on_config(cmd: dict) -> None:
+        if set(cmd) - {"set", "value"}:
+            raise ValueError(f"unknown keys {sorted(set(cmd) - {'set', 'value'})}")
+        applied_config.append(cmd)
+
+    node = Node(_config(args), on_config=on_config)
+    node.applied_config = applied_config
     t0 = time.monotonic()
     node.start()
     emit("started", role=args.role, connect_s=round(time.monotonic() - t0, 3),

@@ -40,7 +40,8 @@ def status_in_guest(lab: Lab, node: str, socket: str) -> dict:
 def test_random_transactions_leave_equal_images_after_every_flush(healthy_lab: Lab) -> None:
     hold = f"/tmp/ifa-hold-{time.time_ns()}"
     a, b = start_ifa_pair(healthy_lab, ["--txs", "45", "--seed", "11", "--sync-every", "9",
-                                        "--hold-at", "10,30", "--hold-file", hold],
+                                        "--hold-at", "10,30", "--hold-file", hold,
+                                        "--config-fail"],
                           common=["--pmem", str(4 * MiB), "--disk-size", str(4 * MiB)])
     # during the workload (held at 10 and 30 transactions), both nodes' control sockets show
     # the counters moving
@@ -79,6 +80,13 @@ def test_random_transactions_leave_equal_images_after_every_flush(healthy_lab: L
     for end in (end_a, end_b):
         for name, ch in end["status"]["channels"].items():
             assert ch["refused"] == {}, (name, ch)
+    # configuration: 4 changes applied in order on the standby; the 5th it cannot apply, so
+    # it says so on oam and marks itself inconsistent (it never diverges silently)
+    assert end_a["config"] == [{"set": "k", "value": k} for k in (9, 18, 27, 36)]
+    assert end_a["status"]["config"]["inconsistent"] is True
+    assert not end_b["status"]["config"]["inconsistent"]
+    (report,) = end_b["oam_events"]
+    assert report["alarm"] == "apply_failed" and report["channel"] == "config"
 
 
 def test_active_killed_mid_transaction_leaves_a_whole_prefix(healthy_lab: Lab) -> None:
