@@ -77,8 +77,9 @@ fences that succeed, fail, time out or lie):
      before it is persisted.
 Not guaranteed: what an active acknowledges *alone* (ACTIVE_ALONE, its peer unreachable but
 alive) survives a failover to that peer; the standby fences it and promotes with the data it
-had at the link loss (the same window as DRBD without resource-level fencing). The engine can
-close it by holding commits while alone until ``timeouts.commit`` fails them.
+had at the link loss (the same window as DRBD without resource-level fencing). To close it
+the engine must not acknowledge received/applied commits while alone (they fail after
+``timeouts.commit``); then "acknowledged" means "on both nodes" in those modes.
 
 Data states use DRBD's words (``DataState``) for status and Pacemaker promotion scores
 (``promotion_score``: UpToDate 100, Consistent 10, otherwise 0 = not promotable).
@@ -616,6 +617,25 @@ class FailoverMachine:
     def promotion_score(self) -> int:
         """For Pacemaker's ``crm_master``: 100 UpToDate, 10 Consistent, 0 not promotable."""
         return _PROMOTABLE.get(self.data, 0)
+
+    def status(self) -> dict[str, object]:
+        """For ``hsp status`` and the OCF agent's monitor, in DRBD's words where they fit."""
+        replication = {S.SYNC_SOURCE: "SyncSource", S.SYNC_TARGET: "SyncTarget"}.get(
+            self.state, "Established" if self.connected else "Off")
+        return {
+            "role": self.role.name.lower(),
+            "state": self.state.value,
+            "serving": self.serving,
+            "epoch": self.epoch,
+            "disk": self.data.value,
+            "connection": "Connected" if self.connected else "Connecting",
+            "replication": replication,
+            "peer_epoch": self.peer_epoch,
+            "peer_role": ("active" if self.peer_active else "standby") if self.connected
+            else "unknown",
+            "promotion_score": self.promotion_score,
+            "fence_attempts": self.fence_attempt,
+        }
 
     def frame_verdict(self, epoch: int) -> Verdict:
         """What to do with a replication frame (write, P.mem transaction) of ``epoch``."""

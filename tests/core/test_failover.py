@@ -257,3 +257,16 @@ def test_the_table_is_complete_where_it_must_be_and_renders():
 def test_bad_timeouts_say_which():
     with pytest.raises(ValueError, match="fence_retry should be > 0"):
         Timeouts(fence=1, fence_retry=0)
+
+
+def test_status_speaks_drbd():
+    a, b = pair()
+    b.feed(PeerSuspected(), 1)
+    assert b.status() == {
+        "role": "standby", "state": "FENCING", "serving": False, "epoch": 2,
+        "disk": "UpToDate", "connection": "Connecting", "replication": "Off",
+        "peer_epoch": 2, "peer_role": "unknown", "promotion_score": 100, "fence_attempts": 1,
+    }
+    a.feed(PeerSuspected(), 1)
+    a.feed(LinkRestored(2, False), 2)
+    assert (a.status()["replication"], a.status()["peer_role"]) == ("SyncSource", "standby")
