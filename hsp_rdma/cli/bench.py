@@ -62,8 +62,8 @@ LAB_IDS = {"gso": "bench", "cext": "cextbench"}  # each lab subcommand's own lab
 def build_parser() -> Parser:
     p = Parser(prog="hsp-bench", description=__doc__, epilog=EXIT_CODES_HELP,
                formatter_class=RawDescriptionHelpFormatter)
-    add_lab_id(p, None, "the lab gso and cext use or boot; also accepted after the "
-               "subcommand (default: gso bench, cext cextbench)")
+    add_lab_id(p, None, "the lab gso, cext and disk use or boot; also accepted after the "
+               "subcommand (default: gso bench, cext cextbench, disk diskbench)")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
     g = sub.add_parser("gso", help="stop-and-copy and blackout of a Graceful Switch Over")
     g.add_argument("--lab", choices=RDMA_KINDS, default="rxe",
