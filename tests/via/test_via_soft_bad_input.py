@@ -412,3 +412,29 @@ def test_same_host_writes_are_checked_the_same(victim: Victim, what: str) -> Non
     assert [f[2] for f in naks(frames)] == [status], frames
     assert [e.code for e in victim.errors] == [code], victim.errors
     untouched(victim)
+
+
+def test_a_peer_that_talks_on_after_the_refusal_is_cut_off(victim: Victim,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a NAK the victim reads what still comes only until DRAIN_S has passed: a peer
+    that never stops sending is cut off (its stream closed), not served forever."""
+    monkeypatch.setattr(soft, "DRAIN_S", 0.3)
+    s = attacker()
+    s.sendall(soft.frame(soft.WRITE, seq=1, addr=victim.addr(2), rkey=int(victim.h_none),
+                         length=64) + bytes(64))
+    t0, cut = time.monotonic(), None
+    s.settimeout(0.5)
+    chunk = bytes(65536)
+    while time.monotonic() - t0 < 5:
+        try:
+            s.send(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            cut = time.monotonic() - t0
+            break
+        except TimeoutError:
+            continue
+    s.close()
+    assert cut is not None and cut < 3, f"still fed after {time.monotonic() - t0:.1f} s"
+    victim.wait_error()
+    assert victim.counters().get("refused_permission") == 1
+    untouched(victim)

@@ -927,12 +927,14 @@ class _Conn:
         with self.wlock:
             self.failed = True
             self.wlock.notify_all()
+        deadline = time.monotonic() + DRAIN_S
         self.writer.join(DRAIN_S)
         try:
             self.sock.shutdown(socket.SHUT_WR)
-            self.sock.settimeout(DRAIN_S)
-            while self.sock.recv(1 << 16):
-                pass
+            while (left := deadline - time.monotonic()) > 0:  # a peer that keeps on talking
+                self.sock.settimeout(left)  # is cut off at the deadline all the same
+                if not self.sock.recv(1 << 16):
+                    break
         except OSError:
             pass
 
