@@ -59,6 +59,7 @@ from hsp_rdma.core.failover import (
     RaiseAlarm,
     ResyncDone,
     StartResync,
+    SwitchedOver,
     Tick,
     Verdict,
 )
@@ -84,6 +85,7 @@ class Budget:
     fence_lies: int = 0
     promotes: int = 0  # pacemaker mode
     demotes: int = 0
+    switchovers: int = 0  # planned (GSO) switch-overs, through the SwitchedOver hook
 
 
 _BUDGET_FIELDS = tuple(f.name for f in fields(Budget))
@@ -135,7 +137,7 @@ class World:
     budget: Budget = field(default_factory=Budget)
     active_epochs: frozenset = frozenset({EPOCH})  # every epoch a node became active in
     fence_ok: tuple = (False, False)  # a confirmation of this suspicion was fed
-    promote_fed: tuple = (False, False)
+    promote_fed: tuple = (False, False)  # told from outside: Promote, or SwitchedOver
     # Per node, across restarts: the newest epoch it served in or accepted writes of.
     top: tuple = (EPOCH, EPOCH)
     fence: bool = True  # a fence action is configured (constant over a run)
@@ -204,7 +206,8 @@ def feed(w: World, n: int, event, now: float | None = None) -> None:
         elif isinstance(action, StartResync):
             w.resyncs = _bag(set(w.resyncs) | {n})
         elif isinstance(action, BecomeActive):
-            if w.manager is Manager.SELF and CHECK_FENCE and not w.fence_ok[n]:
+            if w.manager is Manager.SELF and CHECK_FENCE and not (w.fence_ok[n]
+                                                                   or w.promote_fed[n]):
                 raise Violation(f"node {n} promoted itself to epoch {action.epoch} without a "
                                 "confirmed fence")
             if w.manager is Manager.PACEMAKER and not w.promote_fed[n]:
@@ -408,6 +411,17 @@ def moves(w: World):
                     nw.nodes[n] = probe
 
             go(f"pacemaker: {type(cmd).__name__} {n}", command, False)
+        if w.budget.switchovers and m.state is FoState.ACTIVE and _up(w, 1 - n) \
+                and w.nodes[1 - n].state is FoState.STANDBY:
+            def switch_over(nw, n=n):
+                # The GSO engine's outcome: the old active stopped, the standby resumed from
+                # its image; each failover machine learns it through the hook.
+                _spend(nw, "switchovers")
+                feed(nw, n, SwitchedOver(active=False))
+                nw.promote_fed = _set(nw.promote_fed, 1 - n, True)
+                feed(nw, 1 - n, SwitchedOver(active=True))
+
+            go(f"planned switch-over {n} -> {1 - n}", switch_over, False)
     return out
 
 
@@ -511,6 +525,9 @@ RUNS = {
     "self-lying-fence": (LYING_FENCE, Manager.SELF),
     "pacemaker-promote-demote": (PACEMAKER, Manager.PACEMAKER),
     "pacemaker-kill-restart": (PACEMAKER_KILL, Manager.PACEMAKER),
+    # a planned switch-over (the GSO hook), then faults around the new roles
+    "self-switchover-then-faults": (replace(SELF_FAULTS, switchovers=1, dups=0, pauses=0),
+                                    Manager.SELF),
 }
 
 
