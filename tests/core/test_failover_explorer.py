@@ -9,7 +9,8 @@ or its own clock jumped after a pause), a node pauses (it does nothing; a truthf
 powers it off) and resumes, a node crashes (what it had not persisted is lost) and restarts
 from its persisted epoch, a fence succeeds (the peer is powered off), fails, does not answer
 in time (its answer may still come), or lies (confirms while the peer runs). In pacemaker mode
-an arbitrary manager sends Promote and Demote to either node at any time.
+an arbitrary manager sends Promote and Demote to either node at any time; a planned switch-over
+(the GSO engine's SwitchedOver hook) may happen between an in-sync pair.
 
 Invariants (hsp_rdma.core.failover's guarantees):
   1. truthful fences, self mode: never two nodes serving;
