@@ -47,6 +47,8 @@ class Transport(enum.Enum):
     ROCE_V2 = "roce_v2"
     IWARP = "iwarp"
     IB = "ib"
+    # The software VIA provider (``soft:NAME``): VIPL over TCP, no RDMA device at all.
+    SOFT_TCP = "soft_tcp"
 
 
 class GidRule(enum.Enum):
