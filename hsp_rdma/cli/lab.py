@@ -1,4 +1,5 @@
-"""hsp-lab: prepare, boot, drive, fault and end the two-node soft-RDMA lab (QEMU + rxe/siw)."""
+"""hsp-lab: prepare, boot, drive, fault and end the soft-RDMA lab (QEMU + rxe/siw): a pair of
+nodes a and b, or with `up --nodes N` N nodes a, b, c, ... on shared fabrics."""
 
 from __future__ import annotations
 
@@ -22,8 +23,13 @@ from hsp_rdma.cli.common import (
     table,
 )
 from hsp_rdma.errors import UsageError
-from hsp_rdma.lab import FABRICS, NODES, RDMA_KINDS, Lab
-from hsp_rdma.lab.lab import DEFAULT_LAB_ID, FAULTS, check_fault_args
+from hsp_rdma.lab import ALL_NODES, FABRICS, MAX_NODES, RDMA_KINDS, Lab
+from hsp_rdma.lab.lab import (
+    DEFAULT_LAB_ID,
+    FAULTS,
+    QEMU_OVERHEAD_MIB,
+    check_fault_args,
+)
 from hsp_rdma.lab.prepare import prepare
 
 console = make_console()
@@ -35,7 +41,7 @@ LAB_ID_HELP = "keeps labs apart on ports and directories"
 def build_parser() -> Parser:
     p = Parser(
         prog="hsp-lab",
-        description="Two-node soft-RDMA lab: QEMU TCG guests on Debian's kernel with rdma_rxe "
+        description="Soft-RDMA lab of two nodes (or N with up --nodes N): QEMU TCG guests on Debian's kernel with rdma_rxe "
         "(RoCE v2) or siw (iWARP), joined by virtual wires on 127.0.0.1 UDP. Artefacts live "
         "under HSP_LAB_DIR (default /var/tmp/hsp-lab). --lab-id goes before or after the "
         "subcommand.",
@@ -52,7 +58,8 @@ def build_parser() -> Parser:
     subcommand("setup", help="prepare the cache: guest kernel, siw, vmlinux, initramfs "
                "(shared by every lab)")
 
-    up = subcommand("up", help="boot nodes a and b; returns when every RDMA port is ACTIVE")
+    up = subcommand("up", help="boot nodes a and b (or --nodes N: a, b, c, ...); returns when "
+                    "every RDMA port is ACTIVE")
     up.add_argument("--rdma", choices=RDMA_KINDS, default="rxe",
                     help="soft RDMA device of both nodes: rxe (RoCE v2) or siw (iWARP)")
     up.add_argument("--fabrics", type=int, choices=(1, 2), default=2,
@@ -65,13 +72,19 @@ def build_parser() -> Parser:
                     default=180.0, help="seconds to wait for both nodes")
     up.add_argument("--ttl", type=bounded(float, 60, 86400, "--ttl"), default=7200.0,
                     help="every QEMU process ends after this many seconds")
+    up.add_argument("--nodes", type=bounded(int, 2, MAX_NODES, "--nodes"), default=2,
+                    help="nodes a, b, c, ...: 2 = a point-to-point pair; 3 or more put each "
+                    "fabric on one shared segment (a hub process on 127.0.0.1). Each node "
+                    f"costs up to --mem + ~{QEMU_OVERHEAD_MIB} MiB of host memory and a share "
+                    "of the host's CPUs; more than the host's available memory is refused")
     up.add_argument("--json", action="store_true", help="print the node table as JSON")
 
     ex = subcommand("exec", help="run a command as root in a node, output streamed live",
                     description="Run CMD in NODE. The host's filesystem is visible at the "
                     "same paths (read-only, with a tmpfs overlay), so this checkout and "
                     "its .venv run unchanged. Exits with CMD's status (124 on timeout).")
-    ex.add_argument("node", choices=NODES, help="the node to run in")
+    ex.add_argument("node", choices=ALL_NODES, metavar="NODE",
+                    help="the node to run in: a, b (c, ... in a lab of --nodes 3 or more)")
     ex.add_argument("--timeout", type=bounded(float, 0.1, 86400, "--timeout"), default=600.0,
                     help="seconds before CMD is killed")
     ex.add_argument("argv", nargs="*", metavar="-- CMD ...",
@@ -81,16 +94,34 @@ def build_parser() -> Parser:
                     description="link x|y down|up pulls or plugs a cable from outside "
                     "the guest; netem x|y 'delay 5ms loss 1%'|clear shapes a fabric "
                     "inside the guest; kill is power loss; pause/resume freeze and thaw.")
-    fa.add_argument("node", choices=NODES, help="the node to fault")
+    fa.add_argument("node", choices=ALL_NODES, metavar="NODE",
+                    help="the node to fault: a, b (c, ... in a lab of --nodes 3 or more)")
     fa.add_argument("fault", choices=tuple(FAULTS), help="what to do to it")
     fa.add_argument("args", nargs="*",
                     help="link: x|y down|up; netem: x|y SPEC|clear; kill, pause, resume: none")
 
-    st = subcommand("status", help="what runs, for how long, link states")
+    st = subcommand("status", help="what runs, for how long, link states (every node)")
     st.add_argument("--json", action="store_true", help="print the status as JSON")
     subcommand("down", help="end every process of the lab (by pid) and remove its files")
     p.checks.append(_fault_problem)
+    p.checks.append(_node_problem)
     return p
+
+
+def _node_problem(args: argparse.Namespace) -> str | None:
+    """A node this lab does not have (c in a pair; the lab as up, or a pair when it is down)
+    is a usage error (64) before anything runs."""
+    node = getattr(args, "node", None)
+    if node is None:
+        return None
+    try:
+        lab = Lab(args.lab_id)
+    except UsageError:
+        return None  # the lab id itself is reported where it is used
+    if node not in lab.nodes:
+        return (f"unknown node '{node}': lab '{lab.lab_id}' has nodes {', '.join(lab.nodes)} "
+                f"(more nodes: '{lab.command('up --nodes N')}')")
+    return None
 
 
 def _fault_problem(args: argparse.Namespace) -> str | None:
@@ -107,7 +138,7 @@ def _fault_problem(args: argparse.Namespace) -> str | None:
 def _node_table(info: dict) -> Table:
     t = table(f"hsp-lab nodes ({info['rdma']})", "node", "fabric", "netdev", "IPv4",
               "rdma device", "GID index", "port", justify="left")
-    for node in NODES:
+    for node in [k for k in info if k != "rdma"]:
         for fab in FABRICS:
             f = info.get(node, {}).get(fab)
             if f:
@@ -133,9 +164,10 @@ def cmd_up(args: argparse.Namespace, lab: Lab) -> int:
         console.print(Text.assemble((f"{time.monotonic() - t0:5.1f} s", "dim"), f" {msg}"))
 
     with console.status(Text(f"booting lab '{lab.lab_id}' ({args.rdma}, {args.fabrics} "
-                             "fabric(s))")):
+                             f"fabric(s), {args.nodes} nodes)")):
         info = lab.up(rdma=args.rdma, fabrics=args.fabrics, smp=args.smp, mem=args.mem,
-                      boot_timeout=args.boot_timeout, ttl=args.ttl, progress=progress)
+                      boot_timeout=args.boot_timeout, ttl=args.ttl, progress=progress,
+                      nodes=args.nodes)
     if args.json:
         print(json.dumps(info, indent=1))
     else:
@@ -195,6 +227,9 @@ def cmd_status(args: argparse.Namespace, lab: Lab) -> int:
         console.print(f"lab '{lab.lab_id}' is down")
         return EXIT_OK
     console.print(status_table(st))
+    for fab, h in st.get("hubs", {}).items():
+        console.print(f"fabric {fab}: shared segment, hub on 127.0.0.1:{h['port']} "
+                      f"(pid {h['pid']}, {'running' if h['alive'] else 'NOT running'})")
     return EXIT_OK
 
 

@@ -1,6 +1,7 @@
 """fence_hsp_lab: a fence agent for the lab's fence device, in the ClusterLabs fence-agents
 convention, run inside a lab guest: options as `key=value` lines on stdin (`action=off|on|
-reboot|status|monitor|metadata`, `plug=a|b`, optional `timeout=SECONDS`, `share=/hsp`).
+reboot|status|monitor|metadata`, `plug=a|b|...` (any node of the lab), optional
+`timeout=SECONDS`, `share=/hsp`).
 Exit 0 = done (for status/monitor: 0 = on, 2 = off), 1 = failed.
 
     python -m hsp_rdma.lab.fence_agent <<< $'action=off\nplug=a'
@@ -47,7 +48,7 @@ def main() -> int:
         return 0
     plug = opts.get("plug") or opts.get("port", "")
     if not plug:
-        print("fence_hsp_lab: no plug= given (the node to fence: a or b)", file=sys.stderr)
+        print("fence_hsp_lab: no plug= given (the node to fence: a, b, ... any node of the lab)", file=sys.stderr)
         return 1
     timeout = float(opts.get("timeout", "60"))
     folder = Path(opts.get("share", "/hsp")) / "fence"

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from hsp_rdma.errors import LabError
-from hsp_rdma.lab.lab import NODES, Lab
+from hsp_rdma.lab.lab import Lab
 
 FENCE_DIR = "fence"
 POLL_S = 0.1
@@ -30,9 +30,10 @@ def _write_atomically(path: Path, obj: dict) -> None:
 
 def carry_out(lab: Lab, action: str, plug: str) -> dict:
     """One request: {"ok", "power", "detail"}; never raises."""
-    if plug not in NODES:
+    nodes = lab.nodes  # a, b, or every node of a lab of 3+
+    if plug not in nodes:
         return {"ok": False, "detail": f"unknown plug {plug!r}: the lab's nodes are "
-                                       f"{', '.join(NODES)}"}
+                                       f"{', '.join(nodes)}"}
     try:
         if action == "off":
             if lab.node_alive(plug):
@@ -60,7 +61,7 @@ def carry_out(lab: Lab, action: str, plug: str) -> dict:
 def serve_once(lab: Lab, log) -> int:
     """Answer every pending request of every node; how many were answered."""
     n = 0
-    for asker in NODES:
+    for asker in lab.nodes:
         folder = lab.node_dir(asker) / "share" / FENCE_DIR
         for req in sorted(folder.glob("*.req")) if folder.is_dir() else ():
             try:

@@ -1,7 +1,11 @@
-"""Boot, drive and end a two-node soft-RDMA lab (nodes a and b, fabrics x and y).
+"""Boot, drive and end a soft-RDMA lab (nodes a and b, or a, b, c, ... up to MAX_NODES; fabrics
+x and y).
 
 Each node is one QEMU TCG guest under `timeout`, joined to its peer by `-netdev dgram` wires on
-127.0.0.1 UDP only. The host talks to a node's agent through the node's writable 9p share
+127.0.0.1 UDP only. A lab of two nodes wires them point to point; a lab of three or more puts
+each fabric on one shared segment: every node's dgram netdev talks to a host-side hub process
+per fabric (hsp_rdma.lab.hub, a learning switch on 127.0.0.1, under the lab's timeout, ended by
+its pid), so no multicast and no address but 127.0.0.1 is ever used. The host talks to a node's agent through the node's writable 9p share
 (jobs in, output and status out) and to QEMU through its QMP socket (cable pull, pause, resume).
 """
 
@@ -28,7 +32,12 @@ from hsp_rdma.lab.netem import parse_spec
 from hsp_rdma.lab.prepare import Artefacts, artefacts, cache_root
 from hsp_rdma.lab.qmp import qmp
 
-NODES = ("a", "b")
+NODES = ("a", "b")  # the default lab's nodes (a two-node pair)
+MAX_NODES = 8  # TCG guests on a 2-core host: boot and idle CPU grow with each one
+ALL_NODES = tuple("abcdefgh"[:MAX_NODES])  # names of a lab of N nodes: ALL_NODES[:N]
+# What one guest may cost the host, worst case: its --mem of guest RAM, plus QEMU itself and its
+# TCG code cache. Measured RSS of a booted 1024 MiB rxe guest after perftest runs: ~410 MiB.
+QEMU_OVERHEAD_MIB = 320
 FABRICS = ("x", "y")
 RDMA_KINDS = ("rxe", "siw")
 LAB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
@@ -42,6 +51,10 @@ FAULTS = {
     "resume": ("no arguments", 0),
 }
 PORT_BASE, PORT_SLOTS = 40000, 2000  # lab wires use UDP ports 40000-47999 on 127.0.0.1
+# Labs of 3+ nodes (hub per fabric) use their own range, 48000-59999, so they never take a port
+# of a two-node lab: per lab id a block of HUB_BLOCK ports, per fabric the hub's port then one
+# port per node (a .. the MAX_NODES-th).
+HUB_PORT_BASE, HUB_PORT_SLOTS, HUB_BLOCK = 48000, 600, 20
 AGENT = Path(__file__).with_name("guest") / "agent.py"
 POLL_S = 0.05
 JOB_GRACE_S = 15.0  # beyond a job's own timeout, how long the host waits for the agent
@@ -99,9 +112,59 @@ class ExecResult:
         return self.rc == 0 and not self.timed_out
 
 
+def node_names(count: int) -> tuple[str, ...]:
+    """The names of a lab of COUNT nodes: a, b, c, ...; a LabError outside 2..MAX_NODES."""
+    if isinstance(count, bool) or not isinstance(count, int) or not 2 <= count <= MAX_NODES:
+        raise LabError(f"--nodes must be a whole number from 2 to {MAX_NODES}, not {count!r} "
+                       f"(each node is a TCG guest on this host's CPUs and memory)")
+    return ALL_NODES[:count]
+
+
+def node_cost_mib(mem: int) -> int:
+    """What one guest of MEM MiB may take from the host, worst case (guest RAM + QEMU/TCG)."""
+    return mem + QEMU_OVERHEAD_MIB
+
+
+def mem_available_mib() -> int | None:
+    """The host's MemAvailable in MiB (None when /proc/meminfo does not say)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(count: int, mem: int, available: int | None) -> None:
+    """A LabError when COUNT guests of MEM MiB (worst case) do not fit in AVAILABLE MiB."""
+    need = count * node_cost_mib(mem)
+    if available is not None and need > available:
+        fit = max(0, available // node_cost_mib(mem))
+        raise LabError(
+            f"{count} nodes of {mem} MiB need up to {need} MiB ({node_cost_mib(mem)} MiB each: "
+            f"{mem} MiB guest RAM + ~{QEMU_OVERHEAD_MIB} MiB QEMU/TCG) but the host has "
+            f"{available} MiB available: use --nodes {fit} or fewer, a smaller --mem, or end "
+            "other labs"
+        )
+
+
+def hub_ports(lab_id: str) -> dict[str, dict[str, Any]]:
+    """Ports of a hub lab (3+ nodes): fabric -> {"hub": port, "nodes": {node: port}}."""
+    base = HUB_PORT_BASE + (zlib.crc32(lab_id.encode()) % HUB_PORT_SLOTS) * HUB_BLOCK
+    out = {}
+    for i, fab in enumerate(FABRICS):
+        first = base + i * (MAX_NODES + 1)
+        out[fab] = {"hub": first,
+                    "nodes": {n: first + 1 + k for k, n in enumerate(ALL_NODES)}}
+    return out
+
+
 def fabric_plan(node: str, rdma: str, fabrics: int) -> list[dict[str, Any]]:
-    """Addressing of one node: fabric x is eth0 on 10.77.1.0/24, y is eth1 on 10.77.2.0/24."""
-    host = NODES.index(node) + 1
+    """Addressing of one node: fabric x is eth0 on 10.77.1.0/24, y is eth1 on 10.77.2.0/24;
+    node a is .1, b .2, c .3, ..."""
+    host = ALL_NODES.index(node) + 1
     return [
         {
             "name": fab,
@@ -263,6 +326,7 @@ class Lab:
         self.state_path = self.dir / "state.json"
         base = PORT_BASE + (zlib.crc32(lab_id.encode()) % PORT_SLOTS) * 4
         self.ports = {fab: (base + 2 * i, base + 2 * i + 1) for i, fab in enumerate(FABRICS)}
+        self.hub_ports = hub_ports(lab_id)  # used by labs of 3+ nodes only
 
     def command(self, sub: str) -> str:
         """The hsp-lab command line that does SUB to this lab, to paste as it is."""
@@ -286,9 +350,19 @@ class Lab:
             raise LabError(f"lab '{self.lab_id}' is not up: run '{self.command('up')}' first")
         return state
 
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """The nodes of this lab as booted (a, b, c, ...); NODES (a, b) when it is not up."""
+        state = self.state()
+        return tuple(state["nodes"]) if state else NODES
+
     def _check_node(self, node: str) -> None:
-        if node not in NODES:
-            raise LabError(f"unknown node '{node}': the lab's nodes are {', '.join(NODES)}")
+        nodes = self.nodes
+        if node not in nodes:
+            hint = (f" (a lab of more nodes: '{self.command('up --nodes N')}')"
+                    if node in ALL_NODES else "")
+            raise LabError(f"unknown node '{node}': the lab's nodes are {', '.join(nodes)}"
+                           + hint)
 
     def node_dir(self, node: str) -> Path:
         return self.dir / node
@@ -300,29 +374,35 @@ class Lab:
         return _proc_alive(state["nodes"].get(node, {}).get("qemu_pid"), str(self.dir))
 
     def running(self) -> bool:
-        return any(self.node_alive(n) for n in NODES)
+        return any(self.node_alive(n) for n in self.nodes)
 
     # ---- boot --------------------------------------------------------------------------
     def ensure_up(self, rdma: str, fabrics: int = 2,
-                  progress: Callable[[str], None] | None = None) -> bool:
+                  progress: Callable[[str], None] | None = None, nodes: int = 2) -> bool:
         """The lab running with RDMA: boots it when it is down and returns True (the caller
         then owns it and ends it), False when it already runs with that kind; a lab up with
-        another kind is a LabError naming the way out."""
+        another kind (or fewer than NODES nodes) is a LabError naming the way out."""
         st = self.status()
         if st["up"]:
             if st.get("rdma") != rdma:
                 raise LabError(f"lab '{self.lab_id}' is up with {st.get('rdma')}, not {rdma}: "
                                f"'{self.command('down')}' or pick another --lab-id")
+            if len(st["nodes"]) < nodes:
+                raise LabError(f"lab '{self.lab_id}' is up with {len(st['nodes'])} nodes, "
+                               f"not {nodes}: '{self.command('down')}' or pick another "
+                               "--lab-id")
             return False
         if progress:
             progress(f"booting the lab ({rdma})")
-        self.up(rdma=rdma, fabrics=fabrics)
+        self.up(rdma=rdma, fabrics=fabrics, nodes=nodes)
         return True
 
     def up(self, rdma: str = "rxe", fabrics: int = 2, smp: int = 1, mem: int = 1024,
            boot_timeout: float = 180.0, ttl: float = 7200.0,
-           progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-        """Boot nodes a and b; returns info() once every rdma port is ACTIVE."""
+           progress: Callable[[str], None] | None = None, nodes: int = 2) -> dict[str, Any]:
+        """Boot nodes a and b (a, b, c, ... with NODES > 2, each fabric then a shared segment
+        through a host-side hub); returns info() once every rdma port is ACTIVE."""
+        names = node_names(nodes)
         if rdma not in RDMA_KINDS:
             raise LabError(f"unknown rdma kind '{rdma}': choose one of {', '.join(RDMA_KINDS)}")
         if fabrics not in (1, 2):
@@ -341,9 +421,15 @@ class Lab:
         for binary in ("qemu-system-x86_64", "timeout"):
             if shutil.which(binary) is None:
                 raise LabUnavailable(f"'{binary}' is not installed: run scripts/bootstrap")
+        hub = nodes > 2
+        if hub:
+            check_memory(nodes, mem, mem_available_mib())
         art = artefacts(self.root)
         for fab in FABRICS[:fabrics]:
-            for port in self.ports[fab]:
+            ports = ((self.hub_ports[fab]["hub"],
+                      *(self.hub_ports[fab]["nodes"][n] for n in names)) if hub
+                     else self.ports[fab])
+            for port in ports:
                 if not _udp_port_free(port):
                     raise LabError(
                         f"UDP port 127.0.0.1:{port} (fabric {fab}) is taken: another program "
@@ -353,15 +439,19 @@ class Lab:
         state = {
             "lab_id": self.lab_id, "rdma": rdma, "fabrics": fabrics, "smp": smp, "mem": mem,
             "ttl": ttl, "kver": art.kver, "created": time.time(),
-            "nodes": {n: {} for n in NODES},
-            "links": {n: {f: "up" for f in FABRICS[:fabrics]} for n in NODES},
+            "nodes": {n: {} for n in names},
+            "links": {n: {f: "up" for f in FABRICS[:fabrics]} for n in names},
         }
+        if hub:
+            state["topology"] = "hub"
         self._save(state)
         try:
             self._start_fenced(state)
-            for node in NODES:
+            if hub:
+                self._start_hubs(state, names)
+            for node in names:
                 self._start_node(node, art, state)
-            return self._wait_ready(NODES, boot_timeout, progress)
+            return self._wait_ready(names, boot_timeout, progress)
         except BaseException:
             self.down()
             raise
@@ -385,6 +475,42 @@ class Lab:
                                     start_new_session=True, cwd=str(Path(__file__).parents[2]))
         state["fenced"] = {"timeout_pid": proc.pid, "started": time.time()}
         self._save(state)
+
+    def _start_hubs(self, state: dict[str, Any], names: Sequence[str]) -> None:
+        """One hub per fabric (hsp_rdma.lab.hub on 127.0.0.1), under timeout like every QEMU."""
+        state["hubs"] = {}
+        for fab in FABRICS[: state["fabrics"]]:
+            ports = self.hub_ports[fab]
+            node_ports = ",".join(f"{n}={ports['nodes'][n]}" for n in names)
+            argv = ["timeout", "--kill-after=10", f"{int(state['ttl'])}s", sys.executable,
+                    "-m", "hsp_rdma.lab.hub", str(self.dir), fab, str(ports["hub"]), node_ports]
+            with open(self.dir / f"hub-{fab}.out", "wb") as log:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                        start_new_session=True,
+                                        cwd=str(Path(__file__).parents[2]))
+            state["hubs"][fab] = {"timeout_pid": proc.pid, "port": ports["hub"],
+                                  "started": time.time()}
+            self._save(state)
+        deadline = time.monotonic() + 15
+        for fab in state["hubs"]:  # the hub says it is bound before any QEMU sends to it
+            while not (self.dir / f"hub-{fab}.json").exists():
+                if not _proc_alive(state["hubs"][fab]["timeout_pid"], str(self.dir)):
+                    raise LabError(f"the hub of fabric {fab} exited at once:\n"
+                                   + _tail(self.dir / f"hub-{fab}.out"))
+                if time.monotonic() > deadline:
+                    raise LabTimeout(f"the hub of fabric {fab} did not start in 15 s")
+                time.sleep(POLL_S)
+
+    def hub_stats(self) -> dict[str, Any]:
+        """fabric -> the hub's counters (frames in, unicast, flooded, dropped, MACs learnt),
+        for a lab of 3+ nodes; {} for a two-node lab."""
+        out = {}
+        for fab in (self.state() or {}).get("hubs", {}):
+            try:
+                out[fab] = json.loads((self.dir / f"hub-{fab}.json").read_text())
+            except (OSError, ValueError):
+                out[fab] = {}
+        return out
 
     def _start_node(self, node: str, art: Artefacts, state: dict[str, Any]) -> None:
         ndir = self.node_dir(node)
@@ -424,7 +550,7 @@ class Lab:
 
     def _qemu_argv(self, node: str, art: Artefacts, state: dict[str, Any],
                    plan: list[dict[str, Any]], ndir: Path) -> list[str]:
-        me = NODES.index(node)
+        me = ALL_NODES.index(node)
         argv = [
             "qemu-system-x86_64", "-name", f"hsp-lab-{self.lab_id}-{node}",
             "-accel", "tcg", "-cpu", "max", "-smp", str(state["smp"]), "-m", str(state["mem"]),
@@ -438,9 +564,13 @@ class Lab:
             "-pidfile", str(ndir / "qemu.pid"),
         ]
         for fab in plan:
-            mine, peer = self.ports[fab["name"]]
-            if me == 1:
-                mine, peer = peer, mine
+            if state.get("topology") == "hub":  # every node to its fabric's hub
+                ports = self.hub_ports[fab["name"]]
+                mine, peer = ports["nodes"][node], ports["hub"]
+            else:
+                mine, peer = self.ports[fab["name"]]
+                if me == 1:
+                    mine, peer = peer, mine
             argv += [
                 "-netdev", (f"dgram,id=n{fab['name']},local.type=inet,local.host=127.0.0.1,"
                             f"local.port={mine},remote.type=inet,remote.host=127.0.0.1,"
@@ -484,7 +614,7 @@ class Lab:
         """node -> fabric -> {netdev, ipv4, rdma_dev, gid_index, port_state} of booted nodes."""
         state = self._require_up()
         out: dict[str, Any] = {}
-        for node in NODES:
+        for node in state["nodes"]:
             ready = self.node_dir(node) / "share" / "ready.json"
             if ready.exists():
                 data = json.loads(ready.read_text())
@@ -502,7 +632,7 @@ class Lab:
         if state is None:
             return {"lab_id": self.lab_id, "up": False, "nodes": {}}
         nodes = {}
-        for node in NODES:
+        for node in state["nodes"]:
             n = state["nodes"].get(node, {})
             alive = self.node_alive(node)
             run = "dead" if not alive else "running"
@@ -519,9 +649,16 @@ class Lab:
                 "links": state["links"][node],
                 "ready": (self.node_dir(node) / "share" / "ready.json").exists(),
             }
-        return {"lab_id": self.lab_id, "up": self.running(), "rdma": state["rdma"],
-                "fabrics": state["fabrics"], "kver": state["kver"], "dir": str(self.dir),
-                "nodes": nodes}
+        out = {"lab_id": self.lab_id, "up": self.running(), "rdma": state["rdma"],
+               "fabrics": state["fabrics"], "kver": state["kver"], "dir": str(self.dir),
+               "nodes": nodes}
+        if state.get("hubs"):  # a lab of 3+ nodes: each fabric's hub
+            out["hubs"] = {
+                fab: {"port": h["port"], "pid": h["timeout_pid"],
+                      "alive": _proc_alive(h["timeout_pid"], str(self.dir))}
+                for fab, h in state["hubs"].items()
+            }
+        return out
 
     # ---- commands ----------------------------------------------------------------------
     def spawn(self, node: str, argv: list[str], timeout: float = 60.0, cwd: str | None = None,
@@ -623,15 +760,18 @@ class Lab:
                     deadline = time.monotonic() + 5
                     while _proc_alive(pid, str(self.dir)) and time.monotonic() < deadline:
                         time.sleep(POLL_S)
-            fpid = state.get("fenced", {}).get("timeout_pid")
-            if _proc_alive(fpid, str(self.dir)):
-                os.killpg(fpid, signal.SIGTERM)  # timeout(1) and the listener under it
-                deadline = time.monotonic() + 5
-                while _proc_alive(fpid, str(self.dir)) and time.monotonic() < deadline:
-                    time.sleep(POLL_S)
+            helpers = [("fence device", state.get("fenced", {}).get("timeout_pid"))]
+            helpers += [(f"hub of fabric {fab}", h.get("timeout_pid"))
+                        for fab, h in state.get("hubs", {}).items()]
+            for what, fpid in helpers:
                 if _proc_alive(fpid, str(self.dir)):
-                    os.killpg(fpid, signal.SIGKILL)
-                ended.append(f"fence device (pid {fpid})")
+                    os.killpg(fpid, signal.SIGTERM)  # timeout(1) and the process under it
+                    deadline = time.monotonic() + 5
+                    while _proc_alive(fpid, str(self.dir)) and time.monotonic() < deadline:
+                        time.sleep(POLL_S)
+                    if _proc_alive(fpid, str(self.dir)):
+                        os.killpg(fpid, signal.SIGKILL)
+                    ended.append(f"{what} (pid {fpid})")
         self._cleanup()
         return ended
 
@@ -639,4 +779,5 @@ class Lab:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-__all__ = ["FABRICS", "NODES", "RDMA_KINDS", "ExecResult", "Job", "Lab", "fabric_plan"]
+__all__ = ["ALL_NODES", "FABRICS", "MAX_NODES", "NODES", "RDMA_KINDS", "ExecResult", "Job", "Lab",
+           "fabric_plan", "node_names"]
