@@ -1,0 +1,167 @@
+"""Our side of `hsp-bench disk` inside one lab node: a node (ha/node.py) started from its TOML
+file, whose one disk is the bench's RAM disk. The active runs fio's two jobs through
+``node.disk``; the standby applies what comes until the active says ``quit`` on oam. Both
+print one JSON object per line: their results, or {"event": "error", ...}.
+
+The active's jobs, like drbd_bench's fio jobs on /dev/drbd0:
+- 4 KiB sequential writes from offset 0, iodepth 1, each made durable as the commit mode
+  says before the next starts: ``write(commit="async")`` (sent) then ``flush(commit=MODE)``.
+  The flush follows the write on the same channel and a mode's watermark is cumulative, so
+  its acknowledgement covers the write: one round trip per write, as DRBD's protocol C needs
+  (a write acknowledged in MODE and then a flush in MODE would be two). WARMUP writes first,
+  not timed; then OPS timed, each sample from the write call to the flush's return [usec].
+- 1 MiB sequential writes, DEPTH in flight (DEPTH threads, each blocking in
+  ``write(commit=MODE)``, fio's libaio at iodepth DEPTH), BYTES in all, then
+  ``flush(commit=MODE)``; timed from the first write to the flush's return.
+Then ``node.sync()`` (everything applied on the standby), ``quit`` on oam, and both nodes
+print their disk's CRC32C and write counters: the host compares them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import threading
+import time
+
+MB = 1 << 20
+BLOCK = 4096
+QUIT = b"quit"
+
+
+def emit(event: str, **fields: object) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def _end(node, disk: str) -> dict:
+    """What the host compares: this node's disk digest, applied writes and bytes."""
+    st = node.status()["disks"][disk]
+    return {"digest": node.digest()["disks"][disk], "writes": st["writes"],
+            "bytes": st["bytes"], "size": st["size"]}
+
+
+def standby(node, disk: str, timeout: float) -> int:
+    from hsp_rdma.core.frames import Channel
+    from hsp_rdma.ha.node import NodeError
+
+    emit("ready", role="standby")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            msg = node.oam.recv(timeout=0.5)
+        except NodeError:
+            msg = None
+        if msg == QUIT:
+            emit("end", **_end(node, disk))
+            return 0
+        if node.session.streams[Channel.DISK].link is None:
+            emit("error", error="the active went away before it said quit: "
+                 + "; ".join(node.alarms[-3:]))
+            return 1
+    emit("error", error=f"the active did not say quit within {timeout:.0f} s")
+    return 1
+
+
+def _payload(rnd: bytes, k: int, size: int) -> bytes:
+    """SIZE bytes unique to write K of this run (its number, then random bytes)."""
+    start = (k * 8) % 4096
+    return k.to_bytes(8, "little") + rnd[start:start + size - 8]
+
+
+def active(node, disk_name: str, mode: str, ops: int, warmup: int, nbytes: int,
+           depth: int) -> int:
+    disk = node.disk[disk_name]
+    if max(warmup, ops) * BLOCK > disk.size or nbytes > disk.size:
+        emit("error", error=f"the jobs ({ops} x 4 KiB, {nbytes} bytes of 1 MiB writes) do not "
+             f"fit on {disk.path} ({disk.size} bytes)")
+        return 1
+    rnd = os.urandom(MB + 4096)
+    samples = []
+    t_all = time.monotonic()
+    for i in range(warmup + ops):
+        data = _payload(rnd, i, BLOCK)
+        off = (i - warmup if i >= warmup else i) * BLOCK
+        t0 = time.perf_counter()
+        disk.write(off, data, commit="async")
+        disk.flush(commit=mode)
+        if i >= warmup:
+            samples.append(round((time.perf_counter() - t0) * 1e6, 1))
+    emit("write4k", mode=mode, warmup=warmup, samples_us=samples,
+         seconds=round(time.monotonic() - t_all, 3))
+
+    count = nbytes // MB
+    todo = itertools.count()  # next() on a count is atomic under the GIL
+    failed: list[str] = []
+
+    def writer() -> None:
+        try:
+            while not failed and (k := next(todo)) < count:
+                disk.write(k * MB, _payload(rnd, warmup + ops + k, MB), commit=mode)
+        except Exception as exc:  # noqa: BLE001 - reported as the bench's error
+            failed.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=writer, name=f"bulk-{j}") for j in range(depth)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failed:
+        emit("error", error=f"1 MiB writes: {failed[0]}")
+        return 1
+    disk.flush(commit=mode)
+    seconds = time.perf_counter() - t0
+    emit("write1m", mode=mode, bytes=count * MB, writes=count, depth=depth,
+         seconds=round(seconds, 4))
+    node.sync()  # whatever the mode, the standby applies everything before the digests
+    node.oam.send(QUIT)
+    emit("end", **_end(node, disk_name))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m hsp_rdma.tools.hsp_disk_guest",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, help="this node's TOML file")
+    p.add_argument("--disk", required=True, help="the [[disk]] name to write")
+    p.add_argument("--mode", choices=("async", "received", "applied"), required=True)
+    p.add_argument("--ops", type=int, default=2000)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--bytes", type=int, default=128 * MB)
+    p.add_argument("--depth", type=int, default=8)
+    p.add_argument("--timeout", type=float, default=600.0,
+                   help="the standby's wait for the active's quit [s]")
+    args = p.parse_args(argv)
+    from hsp_rdma.errors import HspError
+    from hsp_rdma.ha.config import load_node_config
+    from hsp_rdma.ha.node import Node
+
+    try:
+        config = load_node_config(args.config)
+        if args.disk not in {d.name for d in config.disks}:
+            raise HspError(f"{args.config} has no [[disk]] named {args.disk!r}")
+        node = Node(config)
+        t0 = time.monotonic()
+        node.start()
+    except (HspError, OSError) as exc:
+        emit("error", error=f"starting the node: {exc}")
+        return 1
+    emit("started", role=config.role, connect_s=round(time.monotonic() - t0, 3),
+         device=str(node.disk[args.disk].path), size=node.disk[args.disk].size)
+    try:
+        if config.role == "standby":
+            return standby(node, args.disk, args.timeout)
+        return active(node, args.disk, args.mode, args.ops, args.warmup, args.bytes,
+                      args.depth)
+    except (HspError, OSError) as exc:
+        emit("error", error=f"{config.role}: {type(exc).__name__}: {exc}")
+        return 1
+    finally:
+        node.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
