@@ -1,0 +1,100 @@
+"""Our side of `hsp-bench disk`, host pieces: the figures read from the active's job events as
+drbd_bench reads fio's (nearest-rank percentiles, MB = 2^20), a standby whose disk differs in
+anything refused loudly, the side found by drbd_bench, and no resync figure while resync does
+not exist (the table says so, the JSON holds null)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from hsp_rdma.cli import bench_disk
+from hsp_rdma.cli.common import make_console
+from hsp_rdma.errors import LabError
+from hsp_rdma.lab import Lab
+from hsp_rdma.tools import drbd_bench as db
+from hsp_rdma.tools import hsp_disk_bench as hb
+from hsp_rdma.tools.hsp_disk_guest import BLOCK, MB, _payload
+
+W4K = {"event": "write4k", "mode": "applied", "warmup": 50,
+       "samples_us": [float(v) for v in range(100, 0, -1)], "seconds": 1.0}
+W1M = {"event": "write1m", "mode": "applied", "bytes": 64 * MB, "writes": 64, "depth": 8,
+       "seconds": 4.0}
+
+
+def test_figures_are_nearest_rank_percentiles_and_2_20_megabytes() -> None:
+    f = hb.figures(W4K, W1M)
+    # 100 samples 1..100 us: nearest rank p50 = the 50th, p99 = the 99th
+    assert (f["write4k_p50_us"], f["write4k_p99_us"]) == (50.0, 99.0)
+    assert f["write1m_MBps"] == 16.0 and f["write4k_ios"] == 100
+    assert (f["write4k_min_us"], f["write4k_max_us"], f["warmup"]) == (1.0, 100.0, 50)
+    assert db.check_ours("applied", f) == f  # what drbd_bench demands of our side
+
+
+@pytest.mark.parametrize(("w4k", "w1m", "says"), [
+    (dict(W4K, samples_us=[]), W1M, "no 4 KiB writes"),
+    (W4K, dict(W1M, seconds=0.0), "1 MiB job"),
+    (W4K, dict(W1M, bytes=0), "1 MiB job"),
+])
+def test_a_run_without_figures_is_an_error(w4k: dict, w1m: dict, says: str) -> None:
+    with pytest.raises(LabError, match=says):
+        hb.figures(w4k, w1m)
+
+
+END = {"digest": 0x1234ABCD, "writes": 158, "bytes": 150 * BLOCK + 8 * MB, "size": 16 * MB}
+
+
+def test_an_equal_replica_is_reported() -> None:
+    assert hb.check_replica("applied", END, dict(END)) == {
+        "digest": "1234abcd", "writes": 158, "bytes": END["bytes"]}
+
+
+@pytest.mark.parametrize("key", ["digest", "writes", "bytes", "size"])
+def test_a_replica_that_differs_in_anything_fails_naming_it(key: str) -> None:
+    standby = dict(END, **{key: END[key] + 1})
+    with pytest.raises(LabError, match=rf"received.*replicated wrongly.*{key}: active "
+                                       rf"{END[key]}, standby {END[key] + 1}"):
+        hb.check_replica("received", END, standby)
+    with pytest.raises(LabError, match=key):
+        hb.check_replica("received", END, {k: v for k, v in END.items() if k != key})
+
+
+def test_every_write_of_a_run_carries_its_own_bytes() -> None:
+    rnd = bytes(range(256)) * ((MB + 4096) // 256)
+    small = {_payload(rnd, k, BLOCK) for k in range(600)}
+    assert len(small) == 600 and all(len(p) == BLOCK for p in small)
+    big = [_payload(rnd, k, MB) for k in (0, 1)]
+    assert [len(p) for p in big] == [MB, MB] and big[0] != big[1]
+
+
+def test_fabric_y_is_refused_with_what_to_use() -> None:
+    with pytest.raises(LabError, match="fabric x only.*--fabric x"):
+        hb.write(Lab("hspdisk-never-up"), "applied", db.DiskWorkload(fabric="y"))
+
+
+def test_the_bench_finds_our_side_and_it_has_no_resync_yet() -> None:
+    ours = db.find_ours()
+    assert ours is hb.OURS and ours.write is hb.write and ours.resync is None
+
+
+def test_without_resync_the_table_says_so_and_the_json_holds_null() -> None:
+    f = hb.figures(W4K, W1M)
+    drbd = {"write4k_p50_us": 900.0, "write4k_p99_us": 1700.0, "write1m_MBps": 20.0}
+    r = {"rdma": "rxe", "fabric": "x", "workload": db.DiskWorkload().__dict__,
+         "raw": drbd, "drbd": {"C": drbd, "A": drbd},
+         "hsp": {m: f for m in ("async", "received", "applied")},
+         "resync_MBps": {"drbd": 30.0, "hsp": None},
+         "resync": {"drbd": {"bytes": 64 * MB, "seconds": 2.0, "MBps": 32.0,
+                             "handshake_s": 0.5, "sync_only_MBps": 42.0, "protocol": "A"},
+                    "hsp": None},
+         "tcp_MBps": 40.0, "tcp": {"stream_MBps": 40.0, "rtt_4k_p50_us": 1000.0,
+                                   "rtt_4k_p99_us": 2000.0, "round_trips": 200},
+         "notes": [], "method": "m"}
+    r["goals"] = db.goals(r)
+    assert set(r["goals"]) == {"applied_4k_p50_vs_drbd_C"}  # no resync goal judged
+    out = io.StringIO()
+    bench_disk.show(r, make_console(file=out, width=250))
+    resync_row = [ln for ln in out.getvalue().splitlines()
+                  if "hsp_rdma" in ln and "no resync yet" in ln]
+    assert len(resync_row) == 1
