@@ -25,7 +25,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from hsp_rdma.cli import bench_disk, bench_ifa
+from hsp_rdma.cli import bench_disk, bench_ifa, bench_soft
 from hsp_rdma.cli.common import (
     EXIT_CODES_HELP,
     EXIT_FAILED,
@@ -66,8 +66,11 @@ def build_parser() -> Parser:
                "subcommand (default: gso bench, cext cextbench, disk diskbench)")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
     g = sub.add_parser("gso", help="stop-and-copy and blackout of a Graceful Switch Over")
-    g.add_argument("--lab", choices=RDMA_KINDS, default="rxe",
-                   help="soft device of the built-in lab")
+    g.add_argument("--lab", choices=RDMA_KINDS, default=None,
+                   help="soft device of the built-in lab (default: rxe)")
+    g.add_argument("--provider", choices=("verbs", "soft"), default="verbs",
+                   help="verbs: RDMA devices (lab or --peer); soft: the software VIA provider, "
+                        "two processes on this host beside memcpy and a Unix-socket ping-pong")
     g.add_argument("--peer", metavar="ADDRESS", type=ipv4,
                    help="two real hosts: the IPv4 of the host running 'hsp-bench serve' "
                    "(then --device and --local-ip are needed, --lab is ignored)")
@@ -108,6 +111,7 @@ def build_parser() -> Parser:
                     help="this host's IPv4 on that device")
     for opt in ("--size", "--runs", "--chunk", "--depth", "--profiles"):
         sv._add_action(next(a for a in g._actions if opt in a.option_strings))
+    p.checks.append(bench_soft.joint_problem)
     p.checks.append(_joint_problem)
     p.checks.append(bench_disk.joint_problem)
     return p
@@ -115,6 +119,8 @@ def build_parser() -> Parser:
 
 def _joint_problem(args: argparse.Namespace) -> str | None:
     """What is wrong across options, found once they are all parsed (exit 64)."""
+    if args.cmd == "gso" and args.lab is None:
+        args.lab = "rxe"  # (None until here: --provider soft refuses an explicit --lab)
     if args.cmd == "gso" and args.peer and not (args.device and args.local_ip):
         return "--peer needs --device and --local-ip"
     if args.cmd == "gso" and args.peer and args.mode != "push":
@@ -335,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
             return bench_disk.run(args, console)
         if args.cmd == "interface-a":
             return bench_ifa.run(args, console)
+        if args.provider == "soft":
+            return bench_soft.run(args, console)
         return run_gso(args)
 
     return run_cli("hsp-bench", body)

@@ -1,0 +1,339 @@
+"""The GSO bench over the software VIA provider (`hsp-bench gso --provider soft`): two gso_node
+processes on this host, beside a plain memcpy and a Unix-socket ping-pong, same run.
+
+Method: node a (the standby, listening on 127.0.0.1) and node b (the active, 127.0.0.2) run `python -m hsp_rdma.ha.gso_node --device soft:a|soft:b` as separate processes and switch
+over back and forth --runs times with a state image of --size (hw profile "soft"); their JSON
+events are summarized by gso_bench.summarize (stop-and-copy MB/s = image bytes / first data
+write posted .. last completed on the copying side, blackout = the active's freeze .. its
+receipt of "done"). Beside it, in the same run: a single-core memcpy (libc memmove through
+ctypes) of the image's size between two pre-faulted buffers, median of several copies (goal:
+copy >= 0.8 x memcpy); and the send/receive round trip of a 64-byte message over two soft VIs
+(this process and an echo process, 127.0.0.1 -> 127.0.0.2: post the receive, post the send,
+until both completed) beside the same message bounced over an AF_UNIX stream socket between
+this process and an echo process (goal: soft round trip <= 1 x the Unix socket's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hsp_rdma import via
+from hsp_rdma.errors import HspError
+from hsp_rdma.tools.gso_bench import modes_of, profile_for, summarize
+from hsp_rdma.tools.guest import GuestRun
+from hsp_rdma.units import percentile
+from hsp_rdma.via.providers import soft as soft_provider
+
+ACTIVE_IP, STANDBY_IP = "127.0.0.2", "127.0.0.1"
+ECHO_IP, PING_IP = "127.0.0.2", "127.0.0.1"
+COPY_GOAL = 0.8  # stop-and-copy >= this x memcpy
+RTT_GOAL = 1.0  # soft round trip <= this x the Unix socket's
+LAT_BYTES = 64
+LAT_ITERS = 2000
+WARMUP = 200
+MEMCPY_REPS = 7
+ECHO_DISC = b"hsp-soft-bench"
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def _child_env() -> dict[str, str]:
+    """The children's environment: a soft port base of this run's own unless one is set
+    (ports base..base+9999 stay below the ephemeral range), so parallel runs do not meet."""
+    env = dict(os.environ)
+    env.setdefault("HSP_VIA_SOFT_PORT_BASE", str(10000 + random.randrange(13) * 1000))
+    return env
+
+
+# ---- the GSO pair --------------------------------------------------------------------------
+def _node_argv(name: str, args, chunk: int, depth: int, mode: str) -> list[str]:
+    argv = [sys.executable, "-m", "hsp_rdma.ha.gso_node", "--name", name,
+            "--device", f"soft:{name}", "--pmem", str(args.size), "--runs", str(args.runs),
+            "--chunk", str(chunk), "--depth", str(depth), "--mode", mode]
+    if args.profiles:
+        argv += ["--profiles", args.profiles]
+    if name == "a":
+        return argv + ["--local-ip", STANDBY_IP]
+    return argv + ["--local-ip", ACTIVE_IP, "--serving", "--peer-ip", STANDBY_IP]
+
+
+def run_pair(args, mode: str, chunk: int, depth: int, env: dict[str, str],
+             on_event: Callable[[str, dict], None] | None = None,
+             timeout: float = 120.0) -> tuple[list[dict], dict[str, int], dict[str, str]]:
+    """gso_node a (standby) and b (active) as two processes; their events, exit codes and
+    the tails of their stderr."""
+    runs = {n: GuestRun(n, on_event=on_event) for n in ("a", "b")}
+    procs = {n: subprocess.Popen(_node_argv(n, args, chunk, depth, mode), env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for n in ("a", "b")}
+    deadline = time.monotonic() + timeout
+    rc, err = {}, {}
+    try:
+        for n in ("b", "a"):
+            p = procs[n]
+            for chunk_out in iter(lambda p=p: p.stdout.readline(), b""):
+                runs[n].feed(chunk_out)
+                if time.monotonic() > deadline:
+                    raise HspError(f"gso_node {n} gave no result in {timeout:.0f} s")
+            rc[n] = p.wait(max(1.0, deadline - time.monotonic()))
+            err[n] = p.stderr.read().decode(errors="replace")[-500:]
+    except subprocess.TimeoutExpired as exc:
+        raise HspError(f"gso_node gave no result in {timeout:.0f} s") from exc
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            for f in (p.stdout, p.stderr):
+                f.close()
+    return runs["a"].events + runs["b"].events, rc, err
+
+
+# ---- baselines -------------------------------------------------------------------------------
+def memcpy_MBps(size: int, reps: int = MEMCPY_REPS) -> float:
+    """One core's memcpy of SIZE bytes between two pre-faulted buffers, median of REPS."""
+    src, dst = bytearray(b"\x5a" * size), bytearray(size)
+    s = (ctypes.c_char * size).from_buffer(src)
+    d = (ctypes.c_char * size).from_buffer(dst)
+    ctypes.memmove(d, s, size)  # fault every page in first
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        ctypes.memmove(d, s, size)
+        times.append(time.perf_counter() - t0)
+    del s, d
+    return size / statistics.median(times) / 1e6
+
+
+def _lat_stats(rtts_us: list[float]) -> dict[str, float]:
+    return {"t_min_us": round(min(rtts_us), 2), "t_typical_us": round(statistics.median(rtts_us), 2),
+            "t_avg_us": round(statistics.fmean(rtts_us), 2),
+            "p99_us": round(percentile(rtts_us, 99), 2),
+            "p99_9_us": round(percentile(rtts_us, 99.9), 2), "t_max_us": round(max(rtts_us), 2)}
+
+
+def _echo(kind: str, *extra: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "hsp_rdma.tools.soft_bench", kind, *extra],
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def _end(p: subprocess.Popen, what: str) -> None:
+    try:
+        p.wait(10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+    err = p.stderr.read().decode(errors="replace").strip()
+    p.stdout.close()
+    p.stderr.close()
+    if p.returncode:
+        raise HspError(f"the {what} echo process exited {p.returncode}: {err[-400:]}")
+
+
+def unix_rtt(size: int, iters: int, env: dict[str, str]) -> list[float]:
+    """Round trips (us) of SIZE bytes over an AF_UNIX stream socket to an echo process."""
+    with tempfile.TemporaryDirectory(prefix="hsp-unix-echo-") as tmp:
+        path = str(Path(tmp) / "echo.sock")
+        p = _echo("echo-unix", path, str(size), env=env)
+        try:
+            if p.stdout.readline().strip() != b"ready":
+                raise HspError("the Unix-socket echo process did not start: "
+                               + p.stderr.read().decode(errors="replace")[-400:])
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            msg, buf = b"p" * size, bytearray(size)
+            view = memoryview(buf)
+            out = []
+            for i in range(iters + WARMUP):
+                t0 = time.perf_counter()
+                s.sendall(msg)
+                got = 0
+                while got < size:
+                    got += s.recv_into(view[got:])
+                if i >= WARMUP:
+                    out.append((time.perf_counter() - t0) * 1e6)
+            s.close()
+        finally:
+            _end(p, "Unix-socket")
+    return out
+
+
+def _soft_end(label: str, size: int):
+    nic = via.VipOpenNic(f"soft:{label}")
+    ptag = via.VipCreatePtag(nic)
+    buf = bytearray(2 * size)
+    mh = via.VipRegisterMem(nic, buf, via.MemAttributes(ptag=ptag))
+    vi = via.VipCreateVi(nic, via.ViAttributes(ptag=ptag))
+    send = via.VipDescriptor(segments=[via.DataSegment(via.address_of(buf), mh, size)])
+    recv = via.VipDescriptor(segments=[via.DataSegment(via.address_of(buf, size), mh, size)])
+    return nic, vi, buf, send, recv
+
+
+def soft_rtt(size: int, iters: int, env: dict[str, str]) -> list[float]:
+    """Round trips (us) of SIZE bytes over two connected soft VIs to an echo process:
+    post the receive, post the send, until both completed."""
+    # (the echo process must map the discriminator to the port this process connects to)
+    env = env | {"HSP_VIA_SOFT_PORT_BASE": str(soft_provider.PORT_BASE)}
+    p = _echo("echo-soft", ECHO_IP, str(size), str(iters + WARMUP), env=env)
+    nic, vi, _buf, send, recv = _soft_end("ping", size)
+    out = []
+    try:
+        deadline = time.monotonic() + 15
+        while True:  # the echo process may not listen yet
+            try:
+                via.VipConnectRequest(vi, via.NetAddress(PING_IP, b""),
+                                      via.NetAddress(ECHO_IP, ECHO_DISC), 2000)
+                break
+            except (via.VipNoMatch, via.VipNotReachable):
+                if time.monotonic() > deadline or p.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        for i in range(iters + WARMUP):
+            via.VipPostRecv(vi, recv)
+            t0 = time.perf_counter()
+            via.VipPostSend(vi, send)
+            via.VipRecvWait(vi, 10_000)
+            via.VipSendWait(vi, 10_000)
+            if i >= WARMUP:
+                out.append((time.perf_counter() - t0) * 1e6)
+        via.VipDisconnect(vi)
+    except via.VipError as exc:
+        raise HspError(f"the soft round trip failed: {exc}") from exc
+    finally:
+        via.VipCloseNic(nic)
+        _end(p, "soft VI")
+    return out
+
+
+def _serve_unix(path: str, size: int) -> int:
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+    print("ready", flush=True)
+    s, _ = srv.accept()
+    buf = bytearray(size)
+    view = memoryview(buf)
+    while True:
+        got = 0
+        while got < size:
+            n = s.recv_into(view[got:])
+            if not n:
+                return 0
+            got += n
+        s.sendall(view)
+
+
+def _serve_soft(ip: str, size: int, count: int) -> int:
+    nic, vi, _buf, send, recv = _soft_end("echo", size)
+    try:
+        req = via.VipConnectWait(nic, via.NetAddress(ip, ECHO_DISC), 15_000)
+        via.VipPostRecv(vi, recv)
+        via.VipConnectAccept(req, vi)
+        for _ in range(count):
+            via.VipRecvWait(vi, 10_000)
+            via.VipPostRecv(vi, recv)
+            via.VipPostSend(vi, send)
+            via.VipSendWait(vi, 10_000)
+        via.VipRecvWait(vi, 10_000)  # flushed when the pinger disconnects
+    except via.VipInvalidState:
+        pass  # the pinger disconnected: nothing more to echo
+    finally:
+        via.VipCloseNic(nic)
+    return 0
+
+
+# ---- the bench -------------------------------------------------------------------------------
+def bench_gso_soft(args, step: Callable[[str], None] = _quiet,
+                   on_gso: Callable[[int], None] = lambda _n: None) -> list[dict[str, Any]]:
+    """ARGS: size, runs, chunk, depth, profiles, mode (hsp-bench gso's options); lat_iters
+    optional. One result per mode, the baselines measured once in the same run."""
+    profile = profile_for("soft:a", args.profiles)
+    chunk = args.chunk or profile.chunk_size
+    depth = args.depth or profile.queue_depth
+    env = _child_env()
+    seen: list[dict] = []
+
+    def on_event(_node: str, ev: dict) -> None:
+        if ev["event"] == "gso" and ev["role"] == "active":
+            seen.append(ev)
+            on_gso(len(seen))
+
+    results = []
+    for mode in modes_of(args):
+        step(f"{args.runs} GSO(s), {mode}, soft:a/soft:b on {STANDBY_IP}/{ACTIVE_IP}")
+        events, rc, err = run_pair(args, mode, chunk, depth, env, on_event,
+                                   timeout=60 + args.runs * (5 + args.size / 2e7))
+        results.append((mode, events, f"rc {rc} {err.get('a', '')} {err.get('b', '')}"))
+    image = next(e["image_bytes"] for _m, evs, _x in results for e in evs
+                 if e["event"] == "gso" and e["role"] == "active")
+    step(f"baseline: memcpy of {image} bytes, one core")
+    mem = memcpy_MBps(image)
+    iters = getattr(args, "lat_iters", LAT_ITERS)
+    step(f"round trip: {LAT_BYTES} B x {iters} over an AF_UNIX socket")
+    unix = unix_rtt(LAT_BYTES, iters, env)
+    step(f"round trip: {LAT_BYTES} B x {iters} over soft VIs")
+    soft = soft_rtt(LAT_BYTES, iters, env)
+    u, s = _lat_stats(unix), _lat_stats(soft)
+    rtt_ratio = round(s["t_typical_us"] / u["t_typical_us"], 2)
+    out = []
+    for mode, events, extra in results:
+        r = summarize(args, events, mem, 0, "soft:a/soft:b", profile, chunk, depth,
+                      extra=extra, mode=mode)
+        bw = r["stop_and_copy_MBps"]
+        for key in ("baseline_ib_write_bw_MBps", "ratio", "baseline_ib_read_bw_MBps",
+                    "ratio_vs_ib_read_bw", "reference_event_MBps", "reference_region_bytes",
+                    "reference_one_chunk_event_MBps", "ratio_vs_one_chunk_event",
+                    "ratio_vs_event", "baseline_retries"):
+            r.pop(key, None)
+        out.append(r | {
+            "provider": "soft", "baseline_memcpy_MBps": round(mem, 1),
+            "ratio_vs_memcpy": round(bw / mem, 3), "copy_goal": COPY_GOAL,
+            "copy_goal_met": bw >= COPY_GOAL * mem,
+            "round_trip": {"bytes": LAT_BYTES, "iterations": iters, "soft_vi": s,
+                           "unix_socket": u, "ratio": rtt_ratio, "goal": RTT_GOAL,
+                           "met": rtt_ratio <= RTT_GOAL},
+            "method": " ".join(__doc__.split("Method: ", 1)[1].split()),
+        })
+    return out
+
+
+def goals_met(r: dict[str, Any]) -> bool:
+    """Every goal the soft bench printed: copy vs memcpy, blackout, round trip."""
+    return bool(r["copy_goal_met"] and r["blackout_goal_met"] and r["round_trip"]["met"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The echo peers, run as programs by the bench: echo-unix PATH SIZE, echo-soft IP SIZE
+    COUNT."""
+    p = argparse.ArgumentParser(prog="python -m hsp_rdma.tools.soft_bench")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    u = sub.add_parser("echo-unix")
+    u.add_argument("path")
+    u.add_argument("size", type=int)
+    s = sub.add_parser("echo-soft")
+    s.add_argument("ip")
+    s.add_argument("size", type=int)
+    s.add_argument("count", type=int)
+    args = p.parse_args(argv)
+    if args.cmd == "echo-unix":
+        return _serve_unix(args.path, args.size)
+    return _serve_soft(args.ip, args.size, args.count)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
