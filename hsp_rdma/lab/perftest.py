@@ -97,3 +97,73 @@ def run(lab: Lab, tool: str, fabric: str = "x", args: tuple[str, ...] = (),
         notes.append(f"attempt {attempt + 1}: client rejected (server not listening yet); retried")
     raise LabError(f"{tool} on fabric {fabric}: client rejected {retries + 1} times; see notes: "
                    + "; ".join(notes))
+
+
+RPING_PORT = 7174  # rping's own default; pair i of one call listens on RPING_PORT + i
+
+
+@dataclass
+class RpingResult:
+    """One rping between two lab nodes on one fabric: did RDMA get through?"""
+
+    server: str
+    client: str
+    fabric: str
+    ok: bool
+    retries: int
+    client_result: ExecResult
+    server_result: ExecResult | None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def detail(self) -> str:
+        c = self.client_result
+        why = "timed out" if c.timed_out else f"exit {c.rc}"
+        return (f"rping {self.client}->{self.server} on fabric {self.fabric}: {why}; "
+                f"{(c.stdout + c.stderr).strip()[-300:]}")
+
+
+def rping_pairs(lab: Lab, pairs: list[tuple[str, str, str]], count: int = 3,
+                timeout: float = 20.0, retries: int = 2) -> list[RpingResult]:
+    """rping (RDMA SEND + READ + WRITE over rdma_cm) for every (SERVER, CLIENT, FABRIC) in
+    PAIRS, all at once; each client gets TIMEOUT s. A client the server rejected because it
+    was not listening yet is retried (counted in the result); any other failure, a timeout
+    included, is the result (ok False): a fabric that is cut shows as a timed-out client."""
+    info = lab.info()
+    for server, client, fabric in pairs:
+        for node in (server, client):
+            if node not in info or fabric not in info[node]:
+                raise LabError(f"rping: node {node} has no fabric {fabric} in this lab "
+                               f"(nodes {', '.join(k for k in info if k != 'rdma')})")
+    results: dict[int, RpingResult] = {}
+    todo = list(range(len(pairs)))
+    tries = {i: 0 for i in todo}
+    notes: dict[int, list[str]] = {i: [] for i in todo}
+    while todo:
+        started = []
+        for i in todo:
+            server, client, fabric = pairs[i]
+            addr, port = info[server][fabric]["ipv4"], str(RPING_PORT + i)
+            srv = lab.spawn(server, ["rping", "-s", "-a", addr, "-p", port, "-C", str(count),
+                                     "-v"], timeout=timeout + 10)
+            started.append((i, srv, addr, port))
+        time.sleep(1.0 + max(tries[i] for i in todo))
+        clients = [(i, srv, lab.spawn(pairs[i][1], ["rping", "-c", "-a", addr, "-p", port,
+                                                    "-C", str(count), "-v"], timeout=timeout))
+                   for i, srv, addr, port in started]
+        todo = []
+        for i, srv, cli in clients:
+            cres = cli.wait()
+            text = cres.stdout + cres.stderr
+            ok = cres.ok and text.count("ping data") >= count
+            if not ok:
+                srv.kill()
+            sres = srv.wait(timeout=30)
+            if not ok and not cres.timed_out and "REJECTED" in text and tries[i] < retries:
+                tries[i] += 1
+                notes[i].append(f"attempt {tries[i]}: client rejected (server not listening "
+                                "yet); retried")
+                todo.append(i)
+                continue
+            results[i] = RpingResult(*pairs[i], ok, tries[i], cres, sres, notes[i])
+    return [results[i] for i in range(len(pairs))]
