@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hsp_rdma.errors import LabError
+from hsp_rdma.errors import LabError, LabTimeout
 from hsp_rdma.lab import ALL_NODES, MAX_NODES, NODES, Lab, fabric_plan, node_names
 from hsp_rdma.lab.fenced import carry_out, serve_once
 from hsp_rdma.lab.hub import Switch, parse_node_ports, serve
@@ -287,3 +287,14 @@ def test_three_nodes_rxe_fabric_pulled_on_one_node_cuts_only_it(three_nodes: Lab
         lab.fault("c", "link", "x", "up")
     again = rping_pairs(lab, [("a", "c", "x")], timeout=20)[0]
     assert again.ok, again.detail
+
+
+@pytest.mark.lab
+def test_three_nodes_rxe_failed_boot_leaves_no_hub_nor_guest(lab_artefacts) -> None:
+    lab = Lab(os.environ.get("HSP_TEST_LAB_ID", "pytest") + "-n3x")
+    with pytest.raises(LabTimeout, match="did not finish booting"):
+        lab.up(rdma="rxe", nodes=3, boot_timeout=0.3)
+    assert not lab.dir.exists() and not lab.running()
+    out = subprocess.run(["pgrep", "-f", str(lab.dir)], capture_output=True, text=True,
+                         check=False)
+    assert out.stdout == "", "no QEMU, hub or fence device may outlive a failed up"
