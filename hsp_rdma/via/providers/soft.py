@@ -65,6 +65,14 @@ PORT_SPAN = 10000
 # A peer that stops acknowledging (host gone, cable pulled) fails the connection after about
 # this long, like the verbs provider's RC retry budget (~4 s on RoCE).
 USER_TIMEOUT_MS = 4000
+# A peer whose kernel still takes our bytes but whose provider acknowledges nothing (the
+# process SIGSTOPped or hung) would leave sends posted forever: like RC retry exhaustion, an
+# operation of ours that sees no acknowledgement progress, while not a byte arrives from the
+# peer, for this long completes with TRANSPORT_ERROR and the VI goes to ERROR with the callback. Checked once per ACK_TICK_S by
+# the progress thread (a receive timeout on the socket), so it fires within about
+# ACK_TIMEOUT_MS + ACK_TICK_S. HSP_VIA_SOFT_ACK_TIMEOUT_MS changes it (tests, slow peers).
+ACK_TIMEOUT_MS = int(os.environ.get("HSP_VIA_SOFT_ACK_TIMEOUT_MS", str(USER_TIMEOUT_MS)))
+ACK_TICK_S = max(0.05, min(1.0, ACK_TIMEOUT_MS / 4000))
 HANDSHAKE_S = 10.0  # a connecting peer must say who it wants within this
 DRAIN_S = 2.0  # after refusing a peer: how long its stream is read (so our NAK reaches it)
 
@@ -717,6 +725,22 @@ class _Stream:
         self.buf = bytearray(size)
         self.mv = memoryview(self.buf)
         self.lo = self.hi = 0
+        # Called when a read waited the socket's receive timeout (SO_RCVTIMEO) for nothing;
+        # it raises to give up, else the read goes on where it was.
+        self.on_idle: Callable[[], None] | None = None
+        self.rx_t = 0.0  # when bytes last arrived (read after an idle wake-up only)
+
+    def _recv(self, view: memoryview) -> int:
+        while True:
+            try:
+                got = self.sock.recv_into(view)
+                if self.on_idle is not None:
+                    self.rx_t = time.monotonic()
+                return got
+            except BlockingIOError:
+                if self.on_idle is None:
+                    raise
+                self.on_idle()
 
     def pending(self) -> int:
         return self.hi - self.lo
@@ -727,7 +751,7 @@ class _Stream:
                 k = self.hi - self.lo
                 self.mv[:k] = self.mv[self.lo:self.hi]
                 self.lo, self.hi = 0, k
-            got = self.sock.recv_into(self.mv[self.hi:])
+            got = self._recv(self.mv[self.hi:])
             if got == 0:
                 raise _Eof(mid=self.hi > self.lo)
             self.hi += got
@@ -753,7 +777,7 @@ class _Stream:
             self.lo += k
         n = len(dest)
         while k < n:
-            got = self.sock.recv_into(dest[k:])
+            got = self._recv(dest[k:])
             if got == 0:
                 raise _Eof(mid=True)
             k += got
@@ -772,6 +796,12 @@ class _Conn:
                          ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 3)):
             if hasattr(socket, opt):
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), val)
+        # The progress thread's reads wake once per ACK_TICK_S to look for an overdue ACK.
+        sec = int(ACK_TICK_S)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                        struct.pack("ll", sec, int((ACK_TICK_S - sec) * 1e6)))
+        stream.on_idle = self._idle
+        self.ack_wait_t = 0.0  # since when the oldest operation in flight waits for progress
         self.closed = False  # VipDisconnect / destroy: nothing more is reported or applied
         self.failed = False  # the stream broke or was refused: the VI is in ERROR
         self.wlock = threading.Condition(threading.RLock())
@@ -811,6 +841,8 @@ class _Conn:
             if op is not None:
                 seq = self.last_seq = next(self.seq) & _MASK
                 parts[0] = parts[0][:4] + struct.pack("!I", seq) + parts[0][8:]
+                if not self.pending:
+                    self.ack_wait_t = time.monotonic()
                 self.pending.append((seq, op[0], op[1]))
             if self.closed or self.failed:
                 return seq
@@ -984,6 +1016,35 @@ class _Conn:
         else:
             raise _Garbage(f"unexpected frame {_NAMES.get(kind, kind)} on a connected VI")
 
+    def _idle(self) -> None:
+        """The socket was silent for ACK_TICK_S: fail the VI if the oldest operation in
+        flight saw no acknowledgement progress for ACK_TIMEOUT_MS (RC retry exhaustion)."""
+        if self.closed:
+            raise _Closed()
+        waited = time.monotonic() - max(self.ack_wait_t, self.stream.rx_t)
+        try:
+            _s, desc, _segs = self.pending[0]
+        except IndexError:
+            return  # nothing in flight: a silent peer is no error (as on RC)
+        if waited * 1000 < ACK_TIMEOUT_MS:
+            return
+        vi = self.vi
+        vi.nic.count("ack_timeouts")
+        why = (f"the peer sent and acknowledged nothing for {waited:.1f} s (at most {ACK_TIMEOUT_MS} ms "
+               "allowed): its process is stopped or hung, or the path is cut")
+        op = desc.control & Control.OP_MASK
+        status = Status.DONE | Status.TRANSPORT_ERROR | {
+            Control.OP_RDMAWRITE: Status.OP_RDMA_WRITE,
+            Control.OP_RDMAREAD: Status.OP_RDMA_READ}.get(op, Status.OP_SEND)
+        with vi._lock:
+            current = vi.conn is self and not self.failed
+            if current and desc.wr_id not in vi._done:
+                vi._done[desc.wr_id] = (int(status), 0, None, why)
+        if current:
+            vi.send_cq.push(vi, False)
+        vi._broken(self, "TRANSPORT_ERROR", why, desc)
+        raise _Closed()
+
     def _expect_seq(self, seq: int) -> None:
         if seq != ((self.applied + 1) & _MASK):
             raise _Garbage(f"operation {seq} out of order (expected {self.applied + 1})")
@@ -1103,6 +1164,7 @@ class _Conn:
         if ((seq - self.acked) & _MASK) > ((self.last_seq - self.acked) & _MASK):
             raise _Garbage(f"ACK {seq} for an operation never sent (last sent {self.last_seq})")
         self.acked = seq
+        self.ack_wait_t = time.monotonic()
         while self.pending and ((seq - self.pending[0][0]) & _MASK) < (1 << 31):
             s, desc, _segs = self.pending[0]
             if desc.control & Control.OP_MASK == Control.OP_RDMAREAD:
@@ -1121,6 +1183,7 @@ class _Conn:
         if not self._into(seq, segs, length, None):
             raise _Garbage("the RDMA Read's local memory was deregistered")  # local misuse
         self.pending.popleft()
+        self.ack_wait_t = time.monotonic()
         vi._complete_send(desc, Status.DONE)
 
     def _nak(self, seq: int, value: int, reason: str) -> None:
