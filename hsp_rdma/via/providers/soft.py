@@ -345,6 +345,21 @@ class CompletionQueue:
                 self._efd = os.eventfd(len(self.fifo), os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             return self._efd
 
+    def arm(self) -> None:
+        """As the verbs provider's: ask for an event on the next completion. The eventfd
+        is always armed (every completion writes it), so there is nothing to do."""
+
+    def take_event(self) -> bool:
+        """As the verbs provider's: consume the pending event without blocking (the
+        eventfd drained); True if there was one. Then take the completions (``Vi.done``):
+        one that lands after this writes the eventfd again, so none is missed."""
+        fd = self.fileno()
+        try:
+            os.eventfd_read(fd)
+            return True
+        except BlockingIOError:
+            return False
+
     def done(self) -> tuple[Vi, bool] | None:
         """(vi, is_recv_queue) of the oldest completion whose descriptor is at its queue's
         head, or None (entries for descriptors already taken are dropped)."""
