@@ -123,12 +123,17 @@ class RpingResult:
                 f"{(c.stdout + c.stderr).strip()[-300:]}")
 
 
+# What an rping client prints when the server's listener is not there yet: rdma_cm's reject
+# (rxe) or a TCP reset (siw). The client may then hang: it is killed and the pair retried.
+_RPING_NOT_LISTENING = ("REJECTED", "Connection refused")
+
+
 def rping_pairs(lab: Lab, pairs: list[tuple[str, str, str]], count: int = 3,
                 timeout: float = 20.0, retries: int = 2) -> list[RpingResult]:
     """rping (RDMA SEND + READ + WRITE over rdma_cm) for every (SERVER, CLIENT, FABRIC) in
-    PAIRS, all at once; each client gets TIMEOUT s. A client the server rejected because it
-    was not listening yet is retried (counted in the result); any other failure, a timeout
-    included, is the result (ok False): a fabric that is cut shows as a timed-out client."""
+    PAIRS, all at once; each client gets TIMEOUT s. A client the server refused because it
+    was not listening yet is killed and retried (counted in the result); any other failure, a
+    timeout included, is the result (ok False): a cut fabric shows as a timed-out client."""
     info = lab.info()
     for server, client, fabric in pairs:
         for node in (server, client):
@@ -147,23 +152,34 @@ def rping_pairs(lab: Lab, pairs: list[tuple[str, str, str]], count: int = 3,
             srv = lab.spawn(server, ["rping", "-s", "-a", addr, "-p", port, "-C", str(count),
                                      "-v"], timeout=timeout + 10)
             started.append((i, srv, addr, port))
-        time.sleep(1.0 + max(tries[i] for i in todo))
-        clients = [(i, srv, lab.spawn(pairs[i][1], ["rping", "-c", "-a", addr, "-p", port,
-                                                    "-C", str(count), "-v"], timeout=timeout))
-                   for i, srv, addr, port in started]
+        # the servers' head start: every one is a process start in a TCG guest
+        time.sleep(1.0 + 0.1 * len(todo) + max(tries[i] for i in todo))
+        running = {i: (srv, lab.spawn(pairs[i][1], ["rping", "-c", "-a", addr, "-p", port,
+                                                     "-C", str(count), "-v"], timeout=timeout))
+                   for i, srv, addr, port in started}
         todo = []
-        for i, srv, cli in clients:
-            cres = cli.wait()
-            text = cres.stdout + cres.stderr
-            ok = cres.ok and text.count("ping data") >= count
-            if not ok:
-                srv.kill()
-            sres = srv.wait(timeout=30)
-            if not ok and not cres.timed_out and "REJECTED" in text and tries[i] < retries:
-                tries[i] += 1
-                notes[i].append(f"attempt {tries[i]}: client rejected (server not listening "
-                                "yet); retried")
-                todo.append(i)
-                continue
-            results[i] = RpingResult(*pairs[i], ok, tries[i], cres, sres, notes[i])
+        late = time.monotonic() + timeout + 15  # the node's agent went quiet: Job.wait says so
+        while running:
+            for i, (srv, cli) in list(running.items()):
+                cres = cli.poll() if time.monotonic() < late else cli.wait(timeout=1)
+                said = "".join(cli.output()) if cres is None else cres.stdout + cres.stderr
+                refused = any(s in said for s in _RPING_NOT_LISTENING)
+                if cres is None and not (refused and tries[i] < retries):
+                    continue
+                del running[i]
+                if cres is None:  # refused and hanging: end it, then retry
+                    cli.kill()
+                    cres = cli.wait(timeout=30)
+                ok = cres.ok and said.count("ping data") >= count
+                if not ok:
+                    srv.kill()
+                sres = srv.wait(timeout=30)
+                if not ok and refused and tries[i] < retries:
+                    tries[i] += 1
+                    notes[i].append(f"attempt {tries[i]}: client refused (server not listening "
+                                    "yet); retried")
+                    todo.append(i)
+                    continue
+                results[i] = RpingResult(*pairs[i], ok, tries[i], cres, sres, notes[i])
+            time.sleep(0.1)
     return [results[i] for i in range(len(pairs))]
