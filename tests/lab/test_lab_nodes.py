@@ -74,6 +74,8 @@ def test_two_lab_ids_get_different_hub_blocks() -> None:
     def flat(lab_id: str) -> set[int]:
         return {p for f in hub_ports(lab_id).values() for p in (f["hub"], *f["nodes"].values())}
     assert flat("one").isdisjoint(flat("two"))
+    test_id = os.environ.get("HSP_TEST_LAB_ID", "pytest")  # the two labs the tests below boot
+    assert flat(test_id + "-n3").isdisjoint(flat(test_id + "-n3x"))
 
 
 def test_memory_check_names_the_cost_and_the_way_out() -> None:
