@@ -1170,6 +1170,11 @@ class _Conn:
         # Applied before the receiver can see it: a VipDisconnect right after the completion
         # still acknowledges it (close() sends the last ACK), as RC acknowledges on placement.
         self.applied = seq
+        if self.stream.pending() < HDR.size:
+            # Nothing more buffered: acknowledge now, before the receiver is woken, so this
+            # thread is back in recv (GIL released) when the woken thread wants the GIL, and
+            # the peer's send completes while our application is still waking up.
+            self.flush_ack()
         vi._complete(desc, True, status, length, immediate=value if imm else None)
 
     def _complete_upto(self, seq: int) -> None:
