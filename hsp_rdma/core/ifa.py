@@ -505,11 +505,10 @@ class Stream:
             "recv_msgs": s.recv_msgs, "recv_bytes": s.recv_bytes,
             "credits": link.credits if link is not None else 0,
             "refused": dict(s.refused),
-            "frames_sent": s.frames_sent, "frames_resent": s.frames_resent,
-            "queued": len(self.queue), "unacked": len(self.unacked),
-            "assembling_bytes": self.partial[3] if self.partial else 0,  # not applied (yet)
-            "last_sent": self.sent_txid, "last_received": self.received_txid,
-            "last_applied_by_peer": self.applied_txid, "last_applied": self.local_applied,
+            # beyond the contract, kept few (hsp status shows each as a column):
+            "resent": s.frames_resent,  # frames sent again after a reconnect
+            "unacked": len(self.queue) + len(self.unacked),  # frames the peer has not acked
+            "assembling_bytes": self.partial[3] if self.partial else 0,  # held, not applied
         }
 
 

@@ -64,6 +64,7 @@ from hsp_rdma.ha.config import NodeConfig
 CHANNELS = (Channel.HEALTH, Channel.OAM, Channel.PMEM, Channel.DISK, Channel.CONFIG)
 OAM_APP, OAM_SYSTEM = 0, 1  # first byte of an oam message: the application's, or the node's
 _HB = struct.Struct("<dQ")  # sender's clock, count
+HELLO_WAIT_S = 20.0  # a new connection whose peer says nothing in this time is made again
 
 
 class NodeError(HspError):
@@ -72,21 +73,6 @@ class NodeError(HspError):
 
 class CommitTimeout(NodeError):
     exit_code = 124
-
-
-def _connect_retry(fn: Callable[[int], None], deadline: float, what: str) -> None:
-    while True:
-        ms = max(1, int((deadline - time.monotonic()) * 1000))
-        try:
-            fn(ms)
-            return
-        except (via.VipNoMatch, via.VipNotReachable, via.VipReject) as exc:
-            if time.monotonic() + 0.3 >= deadline:
-                raise NodeError(f"{what}: {exc}") from exc
-            time.sleep(0.3)
-        except via.VipTimeout as exc:
-            raise NodeError(f"{what}: no peer in time ({exc}); is the peer node running "
-                            "with the same [fabric] addresses?") from exc
 
 
 @dataclass
@@ -294,26 +280,149 @@ class Node:
 
     def _connect_all(self) -> None:
         port = self._port
-        fab = port.config
         size = self.config.replication.message_size
         deadline = time.monotonic() + self.config.timeouts.connect / 1000
         for ch in CHANNELS:
-            link = port.links[ch]
             for slot in range(self.config.replication.credits):
-                self._post_recv(link, slot, size)
-            local = via.NetAddress(fab.local, self._disc(ch))
-            what = f"channel {ch.name.lower()} on fabric {fab.name} ({fab.rdma_device})"
-            if self.role == "active":
-                remote = via.NetAddress(fab.peer, self._disc(ch))
-                _connect_retry(lambda ms, v=link.vi, lo=local, r=remote:
-                               via.VipConnectRequest(v, lo, r, ms), deadline, what)
-            else:
-                def accept(ms: int, v=link.vi, lo=local) -> None:
-                    via.VipConnectAccept(via.VipConnectWait(port.nic, lo, ms), v)
-                _connect_retry(accept, deadline, what)
-            link.up = True
+                self._post_recv(port.links[ch], slot, size)
+        if self.role == "active":
+            for ch in CHANNELS:
+                self._connect_channel(ch, deadline)
+        else:
+            self._accept_all(deadline)
+
+    def _what(self, ch: Channel) -> str:
+        fab = self._port.config
+        return f"channel {ch.name.lower()} on fabric {fab.name} ({fab.rdma_device})"
+
+    def _up(self, ch: Channel, timeout_s: float) -> None:
+        """A new connection of CH: feed Connected (our HELLO goes), kick, await the peer's."""
+        link = self._port.links[ch]
+        link.up, link.lost = True, ""
+        with self._lock:
+            self._run(self.session.feed(ifa.Connected(ch)))
+            self._kick(link)
+        self._await_hello(ch, timeout_s)
+
+    def _connect_channel(self, ch: Channel, deadline: float) -> None:
+        """The active: connect CH and wait for the peer's HELLO on it; a connection that
+        brings none in HELLO_WAIT_S is torn down and made again, until DEADLINE."""
+        fab = self._port.config
+        link = self._port.links[ch]
+        local = via.NetAddress(fab.local, self._disc(ch))
+        attempts = 0
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0:
+                    raise via.VipTimeout("the connect timeout passed")
+                via.VipConnectRequest(link.vi, local, via.NetAddress(fab.peer, self._disc(ch)),
+                                      max(1, int(left * 1000)))
+                self._up(ch, min(HELLO_WAIT_S, max(0.1, deadline - time.monotonic())))
+                return
+            except (via.VipError, NodeError) as exc:
+                attempts += 1
+                self._reset_link(ch)
+                if time.monotonic() + 0.3 >= deadline:
+                    raise NodeError(f"{self._what(ch)}: no connection within the connect "
+                                    f"timeout after {attempts} attempt(s), the last: {exc}; is "
+                                    "the peer node running with the same [fabric] addresses?"
+                                    ) from exc
+                time.sleep(0.3)
+
+    def _accept_all(self, deadline: float) -> None:
+        """The standby: listen on every channel and accept them in whatever order they come;
+        a channel that breaks before every channel is up (the active gave up on it and
+        connects it again) goes back to waiting. Listening on all at once also spares the
+        active refused attempts (on siw a refused one could still reach a listener made a
+        moment later, which then waited 30 s for an initiator that had given up)."""
+        fab = self._port.config
+        pending = list(CHANNELS)
+        last: dict[Channel, str] = {}
+        while pending:
+            while True:  # channels that broke meanwhile (the NIC's error callback)
+                try:
+                    _lost, ch, why = self._requests.get_nowait()
+                except queue.Empty:
+                    break
+                if ch not in pending:
+                    self._reset_link(ch)
+                    pending.append(ch)
+                    last[ch] = why
+            if time.monotonic() >= deadline:
+                ch = pending[0]
+                raise NodeError(f"{self._what(ch)}: no connection within the connect timeout"
+                                + (f" (the last attempt: {last[ch]})" if ch in last else "")
+                                + "; is the peer node running with the same [fabric] "
+                                "addresses?")
+            for ch in list(pending):
+                try:
+                    req = via.VipConnectWait(self._port.nic,
+                                             via.NetAddress(fab.local, self._disc(ch)), 50)
+                except via.VipTimeout:
+                    continue
+                try:
+                    via.VipConnectAccept(req, self._port.links[ch].vi)
+                    self._up(ch, HELLO_WAIT_S)
+                    pending.remove(ch)
+                except (via.VipError, NodeError) as exc:
+                    last[ch] = str(exc)
+                    self._reset_link(ch)
+
+    def _kick(self, link: _ChannelLink) -> None:
+        """A zero-length send right after our HELLO. siw (6.1) now and then leaves the first
+        send of a new connection unsent until another send is posted; this is that other send.
+        The peer re-posts its receive and feeds nothing (a zero-length message is never a
+        frame); the credits allow it: HELLO, kick and window - 2 DATA frames fit the window."""
+        if not link.free:
+            return
+        slot = link.free.pop()
+        d = via.VipDescriptor(segments=[via.DataSegment(
+            via.address_of(link.send_buf, slot * self.config.replication.message_size),
+            link.send_handle, 0)])
+        d.slot = slot
+        try:
+            via.VipPostSend(link.vi, d)
+        except via.VipError:
+            link.free.append(slot)
+            raise
+
+    def _await_hello(self, ch: Channel, timeout_s: float) -> None:
+        link = self._port.links[ch]
+        stream = self.session.streams[ch]
+        end = time.monotonic() + timeout_s
+        while stream.link is None or not stream.link.synced:
+            left = end - time.monotonic()
+            if not link.up or left <= 0:
+                raise NodeError(f"no HELLO from the peer in {timeout_s:.0f} s"
+                                + (f" ({link.lost})" if link.lost else ""))
+            try:
+                d = via.VipRecvWait(link.vi, max(1, int(left * 1000)))
+            except via.VipTimeout:
+                continue
             with self._lock:
-                self._run(self.session.feed(ifa.Connected(ch)))
+                self._on_recv(ch, link, d)
+                self._feed_lost()
+
+    def _reset_link(self, ch: Channel) -> None:
+        """Back to IDLE with every receive posted again and every send slot free."""
+        link = self._port.links[ch]
+        link.up = False
+        try:
+            via.VipDisconnect(link.vi)
+        except via.VipError:
+            pass  # a connect that failed left the VI IDLE already
+        size = self.config.replication.message_size
+        slots = []
+        while (d := via.VipRecvDone(link.vi)) is not None:
+            slots.append(d.slot)
+        while (d := via.VipSendDone(link.vi)) is not None:
+            link.free.append(d.slot)
+        for slot in slots:
+            self._post_recv(link, slot, size)
+        with self._lock:
+            self._pending_lost.clear()
+            self._run(self.session.feed(ifa.Disconnected(ch)))
 
     def _start_control(self) -> None:
         try:
@@ -468,7 +577,6 @@ class Node:
 
     def _reap(self, ch: Channel, recv: bool) -> None:
         link = self._port.links[ch]
-        size = self.config.replication.message_size
         while True:
             try:
                 d = via.VipRecvDone(link.vi) if recv else via.VipSendDone(link.vi)
@@ -477,19 +585,27 @@ class Node:
                 return
             if d is None:
                 return
-            if d.status & via.VIP_STATUS_ERROR_MASK:
-                self._lose(ch, f"{'receive' if recv else 'send'} completed in error "
-                           f"({getattr(d, 'reason', '') or hex(d.status)})")
-                continue
             if not recv:
                 link.free.append(d.slot)
+                if d.status & via.VIP_STATUS_ERROR_MASK:
+                    self._lose(ch, f"send completed in error "
+                               f"({getattr(d, 'reason', '') or hex(d.status)})")
                 continue
-            off = d.slot * size
-            data = bytes(link.recv_buf[off:off + d.length])
-            try:
-                self._post_recv(link, d.slot, size)
-            except via.VipError as exc:
-                self._lose(ch, f"cannot re-post a receive: {exc}")
+            self._on_recv(ch, link, d)
+
+    def _on_recv(self, ch: Channel, link: _ChannelLink, d) -> None:
+        if d.status & via.VIP_STATUS_ERROR_MASK:
+            self._lose(ch, f"receive completed in error "
+                       f"({getattr(d, 'reason', '') or hex(d.status)})")
+            return
+        size = self.config.replication.message_size
+        off = d.slot * size
+        data = bytes(link.recv_buf[off:off + d.length])
+        try:
+            self._post_recv(link, d.slot, size)
+        except via.VipError as exc:
+            self._lose(ch, f"cannot re-post a receive: {exc}")
+        if data:  # a zero-length message is the peer's kick (see _kick), not a frame
             self._run(self.session.feed(ifa.FrameReceived(ch, data)))
 
     def _lose(self, ch: Channel, why: str) -> None:

@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--message-size", type=int, default=64 * 1024)
     p.add_argument("--credits", type=int, default=16)
     p.add_argument("--commit-timeout", type=int, default=30000)
-    p.add_argument("--connect-timeout", type=int, default=60000)
+    p.add_argument("--connect-timeout", type=int, default=120000)
     p.add_argument("--txs", type=int, default=30)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--max-size", type=int, default=MiB)
