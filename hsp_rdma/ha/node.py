@@ -370,10 +370,11 @@ class Node:
                     self._reset_link(ch)
 
     def _kick(self, link: _ChannelLink) -> None:
-        """A zero-length send right after our HELLO. siw (6.1) now and then leaves the first
-        send of a new connection unsent until another send is posted; this is that other send.
-        The peer re-posts its receive and feeds nothing (a zero-length message is never a
-        frame); the credits allow it: HELLO, kick and window - 2 DATA frames fit the window."""
+        """A zero-length send right after our HELLO, in case siw (6.1) left the first send of
+        the new connection unsent until another is posted (suspected, from a reconnect race
+        the VIA provider met; not proven to matter here: the fix that did was accepting the
+        channels in any order). The peer re-posts its receive and feeds nothing (a
+        zero-length message is never a frame); HELLO, kick and window - 2 DATA frames fit."""
         if not link.free:
             return
         slot = link.free.pop()
