@@ -1,11 +1,16 @@
 """Our side of `hsp-bench disk`, host pieces: the figures read from the active's job events as
 drbd_bench reads fio's (nearest-rank percentiles, MB = 2^20), a standby whose disk differs in
-anything refused loudly, the side found by drbd_bench, and no resync figure while resync does
-not exist (the table says so, the JSON holds null)."""
+anything refused loudly, the side found by drbd_bench, no resync figure while resync does
+not exist (the table says so, the JSON holds null); and the guest script end to end as two node
+processes over the soft provider (127.0.0.1 / 127.0.0.2, one image file each)."""
 
 from __future__ import annotations
 
 import io
+import os
+import random
+import subprocess
+import sys
 
 import pytest
 
@@ -15,7 +20,9 @@ from hsp_rdma.errors import LabError
 from hsp_rdma.lab import Lab
 from hsp_rdma.tools import drbd_bench as db
 from hsp_rdma.tools import hsp_disk_bench as hb
+from hsp_rdma.tools.guest import GuestRun
 from hsp_rdma.tools.hsp_disk_guest import BLOCK, MB, _payload
+from hsp_rdma.tools.lab_config import write_node_configs
 
 W4K = {"event": "write4k", "mode": "applied", "warmup": 50,
        "samples_us": [float(v) for v in range(100, 0, -1)], "seconds": 1.0}
@@ -98,3 +105,60 @@ def test_without_resync_the_table_says_so_and_the_json_holds_null() -> None:
     resync_row = [ln for ln in out.getvalue().splitlines()
                   if "hsp_rdma" in ln and "no resync yet" in ln]
     assert len(resync_row) == 1
+
+
+# ---- the guest script end to end on this host: two node processes over the soft provider ----
+
+SOFT_INFO = {"a": {"x": {"rdma_dev": "soft:a", "ipv4": "127.0.0.1"}},
+             "b": {"x": {"rdma_dev": "soft:b", "ipv4": "127.0.0.2"}}}
+DISK_BYTES = 4 * MB
+
+
+def run_guest_pair(tmp_path, mode: str, standby_image: bytes | None = None) -> dict:
+    """hsp_disk_guest's active (a) and standby (b), each its own image file; their events."""
+    paths = write_node_configs(SOFT_INFO, tmp_path,
+                               disks=[{"name": hb.DISK, "path": str(tmp_path / "NODE.img")}],
+                               timeouts={"connect": 20000, "commit": 20000})
+    for node, path in paths.items():
+        path.write_text(path.read_text().replace("NODE", node))
+        (tmp_path / f"{node}.img").write_bytes(bytes(DISK_BYTES))
+    if standby_image is not None:
+        (tmp_path / "b.img").write_bytes(standby_image)
+    env = dict(os.environ, HSP_VIA_SOFT_PORT_BASE=str(10000 + random.randrange(13) * 1000))
+    procs = {node: subprocess.Popen(
+        [sys.executable, "-m", "hsp_rdma.tools.hsp_disk_guest", "--config", str(paths[node]),
+         "--disk", hb.DISK, "--mode", mode, "--ops", "40", "--warmup", "5",
+         "--bytes", str(2 * MB), "--depth", "8", "--timeout", "60"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for node in ("b", "a")}
+    runs = {}
+    for node, p in procs.items():
+        try:
+            out, err = p.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+        runs[node] = GuestRun(node)
+        runs[node].feed(out)
+        assert p.returncode == 0, (node, out[-800:], err[-800:])
+    return {n: {kind: r.of(kind) for kind in ("write4k", "write1m", "end")}
+            for n, r in runs.items()}
+
+
+@pytest.mark.parametrize("mode", ["async", "applied"])
+def test_the_guest_pair_over_soft_gives_figures_and_an_equal_replica(tmp_path, mode) -> None:
+    ev = run_guest_pair(tmp_path, mode)
+    a, b = ev["a"], ev["b"]
+    f = hb.figures(a["write4k"][0], a["write1m"][0])
+    assert f["write4k_ios"] == 40 and 0 < f["write4k_p50_us"] <= f["write4k_p99_us"]
+    assert f["write1m_bytes"] == 2 * MB and f["write1m_MBps"] > 0
+    rep = hb.check_replica(mode, a["end"][0], b["end"][0])
+    assert rep["writes"] == 5 + 40 + 2 and rep["bytes"] == 45 * BLOCK + 2 * MB
+    assert (tmp_path / "a.img").read_bytes() == (tmp_path / "b.img").read_bytes()
+
+
+def test_a_standby_disk_that_differs_outside_the_writes_fails_the_check(tmp_path) -> None:
+    image = bytearray(DISK_BYTES)
+    image[-1] = 1  # a byte the run never writes
+    ev = run_guest_pair(tmp_path, "applied", standby_image=bytes(image))
+    with pytest.raises(LabError, match="replicated wrongly.*digest"):
+        hb.check_replica("applied", ev["a"]["end"][0], ev["b"]["end"][0])
