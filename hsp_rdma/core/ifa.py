@@ -28,6 +28,8 @@ only CTRL (explicit credits / acks). ``DATA`` carries CTRL, then ``DATA_HDR`` (t
 flags u8), then one fragment of a message; a message is the fragments from ``FIRST`` to
 ``LAST``, each its own stream sequence number. ``WANT_RECEIVED`` / ``WANT_APPLIED`` on the last
 fragment ask for an immediate ack (commit modes received / applied); ``async`` asks for none.
+The received ack leaves before the message is applied (it precedes the ``Deliver``); the
+applied ack leaves when ``Applied`` is fed.
 
 Credits. Each side posts ``credits`` receives per channel link (the engine re-posts a buffer
 as soon as its completion is fed in), so a sender starts with ``credits`` and spends one per
@@ -172,7 +174,10 @@ class Send:
 class Deliver:
     """A complete message TXID arrived: apply it, then feed ``Applied`` (or ``ApplyFailed``).
 
-    Always the last action of its list; the frames due (credits, acks) come from ``Applied``.
+    Always the last action of its list. A transaction asking for ``received`` has its ack
+    (and whatever else ``pump`` sends) before the Deliver in the same list, so it leaves
+    before the apply; the frames due after the apply (credits, applied acks) come from
+    ``Applied``.
     """
 
     channel: Channel
@@ -385,8 +390,14 @@ class Stream:
                 out.append(Alarm(self.channel, r.cause, f"{self.channel.name.lower()}: frame "
                                  f"refused ({r}); reconnect the channel"))
         if out and isinstance(out[-1], Deliver):
-            # The frames due now are built when Applied comes (right after the Deliver): an
-            # engine that feeds Applied while carrying out this list still posts them in order.
+            # Commit mode received: the ack goes out before the Deliver is carried out, so
+            # the peer's "received" never waits for our apply. Otherwise the frames due are
+            # built when Applied comes (right after the Deliver): an engine that feeds
+            # Applied while carrying out this list still posts them in order.
+            if self.link is not None and self.link.ack_wanted:
+                deliver = out.pop()
+                out.extend(self.pump())
+                out.append(deliver)
             return out
         out.extend(self.pump())
         return out
@@ -574,6 +585,7 @@ class TxKind(enum.IntEnum):
     DISK_WRITE = 2
     DISK_FLUSH = 3
     CONFIG = 4
+    DISK_WRITE_FLUSH = 5  # DISK_WRITE's body; the standby makes the disk stable after it
 
 
 _TX = struct.Struct("<BI")  # kind, count
@@ -593,8 +605,10 @@ def encode_pmem(writes: list[tuple[int, bytes]]) -> bytes:
     return b"".join(parts)
 
 
-def encode_disk(writes: list[tuple[int, int, bytes]]) -> bytes:
-    parts = [_TX.pack(TxKind.DISK_WRITE, len(writes))]
+def encode_disk(writes: list[tuple[int, int, bytes]], flush: bool = False) -> bytes:
+    """Disk writes as one transaction; FLUSH: the disk is made stable after them (a flush
+    carried in the same transaction: one commit for a synchronous write, not two)."""
+    parts = [_TX.pack(TxKind.DISK_WRITE_FLUSH if flush else TxKind.DISK_WRITE, len(writes))]
     for disk, off, data in writes:
         parts += [_DISK_W.pack(disk, off, len(data)), bytes(data)]
     return b"".join(parts)
@@ -612,8 +626,8 @@ def decode_tx(message: bytes, pmem_size: int = 1 << 62,
               disk_sizes: tuple[int, ...] = ()) -> tuple[TxKind, list]:
     """(kind, items) of MESSAGE, every offset checked against the region sizes given.
 
-    Items: PMEM [(offset, bytes)], DISK_WRITE [(disk, offset, bytes)], DISK_FLUSH [disk],
-    CONFIG [dict].
+    Items: PMEM [(offset, bytes)], DISK_WRITE and DISK_WRITE_FLUSH [(disk, offset, bytes)],
+    DISK_FLUSH [disk], CONFIG [dict].
     """
     if len(message) < _TX.size:
         raise TxError("transaction shorter than its header")
@@ -636,7 +650,7 @@ def decode_tx(message: bytes, pmem_size: int = 1 << 62,
                               f"({pmem_size} bytes)")
             items.append((off, mv[pos:pos + ln]))
             pos += ln
-    elif kind is TxKind.DISK_WRITE:
+    elif kind is TxKind.DISK_WRITE or kind is TxKind.DISK_WRITE_FLUSH:
         for _ in range(count):
             if pos + _DISK_W.size > len(message):
                 raise TxError("truncated disk write header")

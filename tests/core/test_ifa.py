@@ -319,3 +319,32 @@ def test_frame_header_is_the_shared_one():
     pair.connect()
     data = pair.wire["b"][0][0]
     assert len(data) >= HEADER_SIZE
+
+
+def test_received_ack_leaves_before_the_deliver():
+    """Commit mode received: the receiver's list has the ack's Send before the Deliver (the
+    ack does not wait for the apply); applied: nothing is sent before the Deliver."""
+    for mode, ack_first in ((Commit.RECEIVED, True), (Commit.APPLIED, False)):
+        pair = Pair(1024, 8)
+        pair.connect()
+        pair.handshake()
+        _, acts = pair.s["a"].submit(CH, b"x" * 100, mode)
+        (frame,) = [a.data for a in acts if isinstance(a, Send)]
+        out = pair.s["b"].feed(FrameReceived(CH, frame))
+        assert isinstance(out[-1], Deliver)
+        sends = [a for a in out[:-1] if isinstance(a, Send)]
+        assert bool(sends) is ack_first, (mode, out)
+        if ack_first:  # the ack moves a's received watermark before b applies anything
+            back = pair.s["a"].feed(FrameReceived(CH, sends[0].data))
+            (prog,) = [a for a in back if isinstance(a, Progress)]
+            assert prog.received == 1 and prog.applied == 0
+
+
+def test_disk_write_with_flush_is_one_transaction():
+    body = ifa.encode_disk([(0, 512, b"q" * 4096)], flush=True)
+    kind, items = ifa.decode_tx(body, disk_sizes=(8192,))
+    assert kind is ifa.TxKind.DISK_WRITE_FLUSH and items[0][:2] == (0, 512)
+    assert bytes(items[0][2]) == b"q" * 4096
+    for cut in range(len(body)):
+        with pytest.raises(ifa.TxError):
+            ifa.decode_tx(body[:cut], disk_sizes=(8192,))
