@@ -16,6 +16,7 @@ import ipaddress
 import itertools
 import os
 import secrets
+import select
 import socket
 import struct
 import sys
@@ -79,7 +80,7 @@ DRAIN_S = 2.0  # after refusing a peer: how long its stream is read (so our NAK 
 # ---- the wire: one header for every frame, network byte order, then LENGTH payload bytes ---
 HDR = struct.Struct("!2sBBIQIII")  # magic, type, flags, seq, addr, rkey, value, length
 MAGIC = b"SV"
-VERSION = 1
+VERSION = 2  # 2: ACKs ride on SENDs (F_ACKED); a version-1 peer would never see them
 HELLO = 1  # seq=VERSION, rkey=reliability, value=enable bits, addr=max transfer; payload=disc
 ACCEPT = 2  # the same fields, for the acceptor's VI
 REJECT = 3  # value=VipReturn
@@ -102,6 +103,12 @@ F_IMM = 1
 # A READY with F_LOCAL says "I read your cookie"; the acceptor answers with CMA_OK.
 F_LOCAL = 2
 F_CMA = 4
+# A SEND with F_ACKED carries an ACK in its (otherwise unused) address field: every operation
+# of the receiver's up to and including that seq was applied. The side that completed a
+# receive waits up to ACK_DELAY_S for its application to answer (the ACK then rides on the
+# answer, one frame and one wake-up fewer for the peer) before it sends a plain ACK.
+F_ACKED = 8
+ACK_DELAY_S = 0.0005
 LOCAL = struct.Struct("!16sIQ16s")  # boot id, pid, cookie address, nonce
 IOV = struct.Struct("!QI")  # address, length
 CMA_MIN = 4096  # smaller messages travel inline (one syscall either way)
@@ -817,6 +824,8 @@ class _Conn:
                         struct.pack("ll", sec, int((ACK_TICK_S - sec) * 1e6)))
         stream.on_idle = self._idle
         self.ack_wait_t = 0.0  # since when the oldest operation in flight waits for progress
+        self.ack_due = 0.0  # a receive completed: its ACK waits for an answer until then
+        self._poller: select.poll | None = None
         self.closed = False  # VipDisconnect / destroy: nothing more is reported or applied
         self.failed = False  # the stream broke or was refused: the VI is in ERROR
         self.wlock = threading.Condition(threading.RLock())
@@ -855,7 +864,19 @@ class _Conn:
             seq = 0
             if op is not None:
                 seq = self.last_seq = next(self.seq) & _MASK
-                parts[0] = parts[0][:4] + struct.pack("!I", seq) + parts[0][8:]
+                hdr = parts[0]
+                # An ACK still owed goes out before (a SEND: on) any operation of ours, so
+                # the peer never sees a later operation of ours before the ACK of its own.
+                owed = self.applied != self.ack_sent
+                if owed:
+                    self.ack_sent = self.applied
+                if owed and hdr[2] == SEND:
+                    parts[0] = hdr[:3] + bytes((hdr[3] | F_ACKED,)) + struct.pack(
+                        "!IQ", seq, self.ack_sent) + hdr[16:]
+                else:
+                    parts[0] = hdr[:4] + struct.pack("!I", seq) + hdr[8:]
+                    if owed:
+                        parts.insert(0, frame(ACK, seq=self.ack_sent))
                 if not self.pending:
                     self.ack_wait_t = time.monotonic()
                 self.pending.append((seq, op[0], op[1]))
@@ -933,7 +954,7 @@ class _Conn:
         vi, nic = self.vi, self.vi.nic
         try:
             while True:
-                if self.stream.pending() < HDR.size:
+                if self.stream.pending() < HDR.size and not self._ack_may_wait():
                     self.flush_ack()
                 h = self.stream.header()
                 self.in_frame = True
@@ -994,6 +1015,8 @@ class _Conn:
         if kind == ACK:
             self._complete_upto(seq)
         elif kind == SEND:
+            if flags & F_ACKED:
+                self._complete_upto(addr & _MASK)
             self._expect_seq(seq)
             iovs, length = self._payload(kind, flags, length)
             self._receive(seq, length, flags & F_IMM, value, remote_write=False, iovs=iovs)
@@ -1030,6 +1053,22 @@ class _Conn:
             self._nak(seq, value, reason)
         else:
             raise _Garbage(f"unexpected frame {_NAMES.get(kind, kind)} on a connected VI")
+
+    def _ack_may_wait(self) -> bool:
+        """At a frame boundary with nothing buffered, after a receive completed: wait (at
+        most until ack_due) for the application's answer to carry the ACK, or for the next
+        frame; True while the ACK may still wait."""
+        if not self.ack_due:
+            return False
+        left = self.ack_due - time.monotonic()
+        if left > 0 and self.applied != self.ack_sent:
+            if self._poller is None:
+                self._poller = select.poll()
+                self._poller.register(self.sock, select.POLLIN)
+            if self._poller.poll(left * 1000):
+                return True  # a frame is coming: read it, the ACK still owed
+        self.ack_due = 0.0
+        return False
 
     def _idle(self) -> None:
         """The socket was silent for ACK_TICK_S: fail the VI if the oldest operation in
@@ -1170,11 +1209,8 @@ class _Conn:
         # Applied before the receiver can see it: a VipDisconnect right after the completion
         # still acknowledges it (close() sends the last ACK), as RC acknowledges on placement.
         self.applied = seq
-        if self.stream.pending() < HDR.size:
-            # Nothing more buffered: acknowledge now, before the receiver is woken, so this
-            # thread is back in recv (GIL released) when the woken thread wants the GIL, and
-            # the peer's send completes while our application is still waking up.
-            self.flush_ack()
+        if not self.ack_due:
+            self.ack_due = time.monotonic() + ACK_DELAY_S
         vi._complete(desc, True, status, length, immediate=value if imm else None)
 
     def _complete_upto(self, seq: int) -> None:
