@@ -1,7 +1,8 @@
 """hsp-bench: stop-and-copy bandwidth and switch-over blackout beside perftest, same run, same pair.
 
 `hsp-bench gso --lab rxe|siw` runs in the built-in two-node lab (booting it if needed);
-`hsp-bench gso --peer` and `hsp-bench serve` run it on two real hosts.
+`hsp-bench gso --peer` and `hsp-bench serve` run it on two real hosts; `hsp-bench gso --provider
+soft` on this host over the software VIA provider (hsp_rdma.cli.bench_soft).
 `hsp-bench cext` compares the Cython bindings with ib_write_bw / ib_send_lat and with an
 event-driven pyverbs writer. `hsp-bench disk --vs drbd` puts disk replication beside DRBD 8.4
 (hsp_rdma.cli.bench_disk). Each prints its method; the work is in hsp_rdma.tools.
