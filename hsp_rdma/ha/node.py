@@ -64,7 +64,8 @@ from hsp_rdma.ha.config import NodeConfig
 CHANNELS = (Channel.HEALTH, Channel.OAM, Channel.PMEM, Channel.DISK, Channel.CONFIG)
 OAM_APP, OAM_SYSTEM = 0, 1  # first byte of an oam message: the application's, or the node's
 _HB = struct.Struct("<dQ")  # sender's clock, count
-HELLO_WAIT_S = 20.0  # a new connection whose peer says nothing in this time is made again
+HELLO_WAIT_S = 20.0
+SEND_SLOT_WAIT_MS = 5000  # no free send slot and no send completion in this time: link lost  # a new connection whose peer says nothing in this time is made again
 
 
 class NodeError(HspError):
@@ -154,6 +155,16 @@ class _PmemTx:
         self.txid = self._node._commit(Channel.PMEM, ifa.encode_pmem(self.writes), self._commit)
 
 
+def stable(fd: int) -> None:
+    """Every write made through FD so far is stable: ``fdatasync`` for a file and for a block
+    device alike. On a file it writes the data and the metadata needed to read it back (the
+    size), not the times (what ``fsync`` adds); on a block device the kernel's fdatasync and
+    fsync are one call that writes the device's dirty pages and then flushes its volatile
+    cache. ``sync_file_range`` is not used: it never flushes the device cache nor the file's
+    size, so it is no barrier."""
+    os.fdatasync(fd)
+
+
 class _Disk:
     """``node.disk[name]``: a replicated file or block device."""
 
@@ -171,19 +182,26 @@ class _Disk:
         self.writes = 0
         self.bytes = 0
 
-    def write(self, offset: int, data: bytes, commit: str | None = None) -> int:
+    def write(self, offset: int, data: bytes, commit: str | None = None,
+              flush: bool = False) -> int:
+        """Write DATA at OFFSET here and replicate it. FLUSH: a synchronous write, the write
+        and its flush as one transaction (one commit, not two): stable here before it is
+        sent, and (``applied``) stable on the standby with every earlier write when this
+        returns, as ``write`` then ``flush`` would give."""
         if offset < 0 or offset + len(data) > self.size:
             raise NodeError(f"disk {self.config.name}: write {offset}+{len(data)} is beyond "
                             f"its {self.size} bytes")
         os.pwrite(self.fd, data, offset)
         self.writes += 1
         self.bytes += len(data)
-        return self._node._commit(Channel.DISK, ifa.encode_disk([(self.index, offset, data)]),
-                                  commit)
+        if flush:
+            stable(self.fd)
+        return self._node._commit(
+            Channel.DISK, ifa.encode_disk([(self.index, offset, data)], flush=flush), commit)
 
     def flush(self, commit: str | None = None) -> int:
         """Stable here, then (``applied``) stable on the standby with every earlier write."""
-        os.fsync(self.fd)
+        stable(self.fd)
         return self._node._commit(Channel.DISK, ifa.encode_flush(self.index), commit)
 
     def read(self, offset: int, length: int) -> bytes:
@@ -243,6 +261,7 @@ class Node:
         self._requests: queue.Queue = queue.Queue()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stop = False
+        self._dead = ""  # why the loop thread ended, if it ended other than by close()
         self._thread: threading.Thread | None = None
         self._port: _FabricPort | None = None
         self._control = None
@@ -468,6 +487,9 @@ class Node:
         hand-over to the loop, which costs two thread switches per commit), then wait as the
         commit mode says; the txid."""
         mode = Commit.parse(commit or self.default_commit)
+        if self._dead:
+            raise NodeError(f"{ch.name.lower()}: no commit: {self._dead}; close the node and "
+                            "start it again")
         timeout = self.config.timeouts.commit / 1000 if timeout is None else timeout
         deadline = time.monotonic() + timeout
         with self._lock:
@@ -479,6 +501,10 @@ class Node:
         index = {Commit.ASYNC: 0, Commit.RECEIVED: 1, Commit.APPLIED: 2}[mode]
         with self._cv:
             while self._marks[ch][index] < txid:
+                if self._dead:
+                    raise NodeError(f"{ch.name.lower()} transaction {txid} cannot be "
+                                    f"{mode.name.lower()}: {self._dead}; close the node and "
+                                    "start it again")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise CommitTimeout(
@@ -511,6 +537,15 @@ class Node:
         self._wake()
 
     def _loop(self) -> None:
+        try:
+            self._loop_body()
+        except BaseException as exc:  # noqa: BLE001 - told to every waiting commit
+            self._dead = f"the node's loop thread died: {type(exc).__name__}: {exc}"
+            self._alarm(self._dead)
+            with self._cv:
+                self._cv.notify_all()
+
+    def _loop_body(self) -> None:
         sel = selectors.DefaultSelector()
         sel.register(self._wake_r, selectors.EVENT_READ, None)
         # Only receive queues wake the loop. Send completions free a buffer slot and nothing
@@ -525,8 +560,8 @@ class Node:
         next_hb = time.monotonic()
         with self._lock:
             for ch in CHANNELS:  # anything that completed before the loop ran
-                self._reap(ch, True)
                 self._reap(ch, False)
+                self._reap(ch, True)
         while not self._stop:
             now = time.monotonic()
             if now >= next_hb:
@@ -545,8 +580,9 @@ class Node:
                     else:
                         ch, cq = key.data
                         cq.take_event()
-                        self._reap(ch, True)
+                        # sends first: a received CREDIT pumps DATA, which needs the slots
                         self._reap(ch, False)
+                        self._reap(ch, True)
             with self._lock:
                 self._serve_requests()
                 self._feed_lost()
@@ -651,14 +687,21 @@ class Node:
         if not link.free:
             self._reap(act.channel, False)
         if not link.free:
-            # credits bound what is in flight; a full slot pool means completions are slow
-            deadline = time.monotonic() + 5
-            while not link.free and link.up and time.monotonic() < deadline:
-                time.sleep(0.0002)
-                self._reap(act.channel, False)
-            if not link.free:
-                self._lose(act.channel, "no send completion in 5 s")
+            # Credits bound what is in flight (window <= slots), so a send completion is on
+            # its way: sleep on the send queue until it comes (GIL released, woken by the
+            # completion itself; no polling). Only the peer's transport is waited on, never
+            # its software or our own loop, so holding the lock cannot deadlock.
+            try:
+                d = via.VipSendWait(link.vi, SEND_SLOT_WAIT_MS)
+            except via.VipTimeout:
+                self._lose(act.channel, f"no send completion in {SEND_SLOT_WAIT_MS} ms")
                 return
+            link.free.append(d.slot)
+            if d.status & via.VIP_STATUS_ERROR_MASK:
+                self._lose(act.channel, f"send completed in error "
+                           f"({getattr(d, 'reason', '') or hex(d.status)})")
+                return
+            self._reap(act.channel, False)
         size = self.config.replication.message_size
         slot = link.free.pop()
         off = slot * size
@@ -690,13 +733,16 @@ class Node:
             if kind is ifa.TxKind.PMEM:
                 for off, data in items:
                     self._pmem[off:off + len(data)] = data
-            elif kind is ifa.TxKind.DISK_WRITE:
+            elif kind is ifa.TxKind.DISK_WRITE or kind is ifa.TxKind.DISK_WRITE_FLUSH:
                 for disk, off, data in items:
                     os.pwrite(self._disks[disk].fd, data, off)
                     self._disks[disk].writes += 1
                     self._disks[disk].bytes += len(data)
+                if kind is ifa.TxKind.DISK_WRITE_FLUSH:
+                    for disk in {d for d, _, _ in items}:
+                        stable(self._disks[disk].fd)
             elif kind is ifa.TxKind.DISK_FLUSH:
-                os.fsync(self._disks[items[0]].fd)
+                stable(self._disks[items[0]].fd)
             elif kind is ifa.TxKind.CONFIG:
                 if self.on_config is None:
                     raise NodeError("no configuration apply callback is registered "

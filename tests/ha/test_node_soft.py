@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from hsp_rdma.core.frames import Channel
 from hsp_rdma.ha.config import load_node_config
-from hsp_rdma.ha.node import Node
+from hsp_rdma.ha.node import Node, NodeError
 from hsp_rdma.tools.lab_config import write_node_configs
 from hsp_rdma.via.providers import soft
 
@@ -80,3 +82,42 @@ def test_node_engine_replicates_over_soft_in_every_commit_mode(pair) -> None:
     assert standby.pmem.read(0, 1 << 20) == active.pmem.read(0, 1 << 20)
     st = active.status()
     assert st["role"] == "active"
+
+
+def test_a_synchronous_disk_write_is_one_commit(pair) -> None:
+    active, standby, _seen = pair
+    disk = active.disk["data"]
+    before = active.session.streams[Channel.DISK].next_txid
+    disk.write(4096, b"S" * 4096, commit="applied", flush=True)
+    assert active.session.streams[Channel.DISK].next_txid == before + 1  # one transaction
+    assert standby.disk["data"].read(4096, 4096) == b"S" * 4096
+
+
+def test_a_dead_loop_fails_the_waiting_commit_at_once(pair) -> None:
+    active, standby, _seen = pair
+    gate = threading.Event()
+    standby.on_config = lambda _cmd: gate.wait(30)  # the standby holds the apply
+    result: list[BaseException | int] = []
+
+    def commit() -> None:
+        try:
+            result.append(active.config_change({"held": 1}))
+        except BaseException as exc:  # noqa: BLE001 - looked at below
+            result.append(exc)
+
+    t = threading.Thread(target=commit)
+    t.start()
+    time.sleep(0.3)
+    assert not result, "the commit returned before the standby applied it"
+
+    def boom() -> None:
+        raise RuntimeError("injected failure")
+
+    active._serve_requests = boom
+    active._wake()
+    t.join(3)
+    gate.set()
+    assert result and isinstance(result[0], NodeError), result
+    assert "loop thread died" in str(result[0]) and "injected failure" in str(result[0])
+    with pytest.raises(NodeError, match="loop thread died"):
+        active.pmem.transaction().__exit__(None, None, None)
