@@ -65,6 +65,7 @@ import struct
 from collections import deque
 from dataclasses import dataclass, field
 
+from hsp_rdma.core import frames as _frames
 from hsp_rdma.core.frames import (
     HEADER,
     HEADER_SIZE,
@@ -79,6 +80,12 @@ CTRL = struct.Struct("<IIQQ")  # link_seq, grant, ack_seq, ack_applied
 DATA_HDR = struct.Struct("<QB")  # txid, flags
 OVERHEAD = HEADER_SIZE + CTRL.size + DATA_HDR.size  # bytes of a DATA frame besides the chunk
 _CRC_OFFSET = HEADER_SIZE - 4
+_HEAD = struct.Struct(HEADER.format[:-1])  # the header up to its crc field
+_ZERO_CRC = b"\0\0\0\0"
+_DATA_AT = HEADER_SIZE + CTRL.size  # where DATA_HDR starts in a frame
+_CHUNK_AT = _DATA_AT + DATA_HDR.size
+# the compiled CRC straight (frames.crc32c's dispatch is one more call per use)
+_crc = _frames._crc32c_native if _frames.NATIVE_CRC32C else crc32c
 MIN_CREDITS = 4
 DEFAULT_MAX_MESSAGE = 64 << 20
 
@@ -113,27 +120,32 @@ class Commit(enum.IntEnum):
             raise ValueError(f"commit mode {name!r} is not one of async, received, applied") from None
 
 
+# Flag and Commit as plain ints on the per-frame paths (enum operators cost a call each)
+_FIRST, _LAST, _WANT_RECEIVED, _WANT_APPLIED = 1, 2, 4, 8
+_WANT = {1: 0, 2: _WANT_RECEIVED, 3: _WANT_APPLIED}  # Commit -> flag on the last fragment
+_HELLO, _CREDIT, _DATA = 1, 2, 3
+
 CAUSES = ("truncated", "bad_magic", "too_big", "bad_length", "bad_crc", "version",
           "wrong_channel", "bad_type", "wrong_epoch", "replayed", "out_of_order", "bad_ack",
           "bad_fragment")
 
 
 # ---- events (fed in) ------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Connected:
     """A new link of CHANNEL is up with ``credits`` receives posted on each side."""
 
     channel: Channel
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Disconnected:
     """CHANNEL's link broke (VI in ERROR, flushed completion, cm event); unacked data stays."""
 
     channel: Channel
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FrameReceived:
     """A receive completed on CHANNEL's link with DATA (its buffer is re-posted by the engine)."""
 
@@ -141,7 +153,7 @@ class FrameReceived:
     data: bytes | bytearray | memoryview
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Applied:
     """The engine applied transaction TXID of CHANNEL (fed right after its ``Deliver``)."""
 
@@ -149,7 +161,7 @@ class Applied:
     txid: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ApplyFailed:
     """The engine could not apply TXID: the standby is inconsistent from here on."""
 
@@ -162,7 +174,7 @@ Event = Connected | Disconnected | FrameReceived | Applied | ApplyFailed
 
 
 # ---- actions (carried out by the engine) ----------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Send:
     """Post DATA as one send on CHANNEL's current link (a credit was already spent)."""
 
@@ -170,7 +182,7 @@ class Send:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Deliver:
     """A complete message TXID arrived: apply it, then feed ``Applied`` (or ``ApplyFailed``).
 
@@ -185,7 +197,7 @@ class Deliver:
     message: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Progress:
     """CHANNEL's sender watermarks moved: transactions up to each id are sent / received /
     applied by the peer. The engine wakes the commits waiting on them."""
@@ -196,7 +208,7 @@ class Progress:
     applied: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Alarm:
     channel: Channel
     cause: str
@@ -254,6 +266,7 @@ class Stream:
 
     def __init__(self, channel: Channel, session: Session):
         self.channel = Channel(channel)
+        self._ch = int(self.channel)
         self.session = session
         self.link: Link | None = None
         self.stats = Stats()
@@ -286,18 +299,23 @@ class Stream:
         chunk = self.session.chunk
         txid = self.next_txid
         self.next_txid += 1
-        want = {Commit.ASYNC: 0, Commit.RECEIVED: Flag.WANT_RECEIVED,
-                Commit.APPLIED: Flag.WANT_APPLIED}[Commit.parse(commit)]
-        mv = memoryview(message)
-        offsets = range(0, size, chunk) if size else [0]
-        last = len(offsets) - 1
-        for i, off in enumerate(offsets):
-            flags = (Flag.FIRST if i == 0 else 0) | (Flag.LAST | want if i == last else 0)
-            self.queue.append(_Pending(self.next_seq, txid, int(flags),
-                                       bytes(mv[off:off + chunk])))
-            if i == last:
-                self.ends.append((txid, self.next_seq))
-            self.next_seq += 1
+        want = _WANT[commit if type(commit) is Commit else Commit.parse(commit)]
+        if size <= chunk:  # one fragment: the common case, no slicing
+            seq = self.next_seq
+            self.queue.append(_Pending(seq, txid, _FIRST | _LAST | want, bytes(message)))
+            self.ends.append((txid, seq))
+            self.next_seq = seq + 1
+        else:
+            mv = memoryview(message)
+            offsets = range(0, size, chunk)
+            last = len(offsets) - 1
+            for i, off in enumerate(offsets):
+                flags = (_FIRST if i == 0 else 0) | (_LAST | want if i == last else 0)
+                self.queue.append(_Pending(self.next_seq, txid, flags,
+                                           bytes(mv[off:off + chunk])))
+                if i == last:
+                    self.ends.append((txid, self.next_seq))
+                self.next_seq += 1
         self.stats.sent_msgs += 1
         self.stats.sent_bytes += size
         return txid
@@ -310,11 +328,11 @@ class Stream:
         link.ack_wanted = False
         return CTRL.pack(link.sent, grant, self.recv_next - 1, self.local_applied)
 
-    def _frame(self, ftype: FrameType, seq: int, body: bytes) -> bytes:
-        header = HEADER.pack(MAGIC, PROTOCOL_VERSION, int(self.channel), int(ftype),
-                             self.session.epoch, seq, len(body), 0)
-        crc = crc32c(body, crc32c(header))
-        return header[:_CRC_OFFSET] + crc.to_bytes(4, "little") + body
+    def _frame(self, ftype: int, seq: int, body: bytes) -> bytes:
+        head = _HEAD.pack(MAGIC, PROTOCOL_VERSION, self._ch, ftype, self.session.epoch, seq,
+                          len(body))
+        crc = _crc(body, _crc(_ZERO_CRC, _crc(head)))
+        return b"".join((head, crc.to_bytes(4, "little"), body))
 
     def pump(self) -> list[Action]:
         """Frames the credits allow now, and an explicit CREDIT frame when one is due."""
@@ -323,21 +341,25 @@ class Stream:
         if link is None:
             return out
         sent_before = self.sent_txid
-        while link.synced and self.queue and link.credits >= 2:
-            p = self.queue.popleft()
-            body = self._ctrl(link) + DATA_HDR.pack(p.txid, p.flags) + p.chunk
-            out.append(Send(self.channel, self._frame(FrameType.DATA, p.seq, body)))
-            self.unacked.append(p)
-            self.stats.frames_sent += 1
-            if p.seq <= self.max_seq_sent:
-                self.stats.frames_resent += 1
-            self.max_seq_sent = max(self.max_seq_sent, p.seq)
-            if p.flags & Flag.LAST:
-                self.sent_txid = p.txid
-        threshold = max(2, link.window // 2)
+        queue = self.queue
+        if queue and link.synced and link.credits >= 2:
+            stats = self.stats
+            ch = self.channel
+            while queue and link.credits >= 2:
+                p = queue.popleft()
+                body = b"".join((self._ctrl(link), DATA_HDR.pack(p.txid, p.flags), p.chunk))
+                out.append(Send(ch, self._frame(_DATA, p.seq, body)))
+                self.unacked.append(p)
+                stats.frames_sent += 1
+                if p.seq <= self.max_seq_sent:
+                    stats.frames_resent += 1
+                else:
+                    self.max_seq_sent = p.seq
+                if p.flags & _LAST:
+                    self.sent_txid = p.txid
         if link.credits >= 1 and (link.ack_wanted or link.to_return > 0 and (
-                link.to_return >= threshold or link.peer_credits() <= 0)):
-            out.append(Send(self.channel, self._frame(FrameType.CREDIT, 0, self._ctrl(link))))
+                link.to_return >= max(2, link.window // 2) or link.peer_credits() <= 0)):
+            out.append(Send(self.channel, self._frame(_CREDIT, 0, self._ctrl(link))))
         if self.sent_txid != sent_before:
             out.append(self._progress())
         return out
@@ -368,7 +390,7 @@ class Stream:
         if self.unacked:
             self.queue.extendleft(reversed(self.unacked))
             self.unacked.clear()
-        return [Send(self.channel, self._frame(FrameType.HELLO, 0, self._ctrl(link)))]
+        return [Send(self.channel, self._frame(_HELLO, 0, self._ctrl(link)))]
 
     def disconnected(self) -> list[Action]:
         self.link = None
@@ -404,7 +426,7 @@ class Stream:
 
     def _accept(self, link: Link | None, data) -> list[Action]:
         session = self.session
-        buf = bytes(data)
+        buf = data if type(data) is bytes else bytes(data)
         n = len(buf)
         if n < HEADER_SIZE:
             raise Refused("truncated")
@@ -417,24 +439,25 @@ class Stream:
             raise Refused("truncated")
         if n - HEADER_SIZE > length:
             raise Refused("bad_length")
-        if crc32c(memoryview(buf)[HEADER_SIZE:], crc32c(buf[:_CRC_OFFSET] + b"\0\0\0\0")) != crc:
+        if _crc(memoryview(buf)[HEADER_SIZE:],
+                _crc(_ZERO_CRC, _crc(memoryview(buf)[:_CRC_OFFSET]))) != crc:
             raise Refused("bad_crc")
         if version != PROTOCOL_VERSION:
             raise Refused("version")
         if channel != self.channel:
             raise Refused("wrong_channel")
-        if ftype not in (FrameType.HELLO, FrameType.CREDIT, FrameType.DATA):
+        if ftype != _DATA and ftype != _CREDIT and ftype != _HELLO:
             raise Refused("bad_type")
         if epoch != session.epoch:
             raise Refused("wrong_epoch")
-        if length < CTRL.size or (ftype == FrameType.DATA and length < CTRL.size + DATA_HDR.size):
+        if length < CTRL.size or (ftype == _DATA and length < CTRL.size + DATA_HDR.size):
             raise Refused("bad_length")
         link_seq, grant, ack_seq, ack_applied = CTRL.unpack_from(buf, HEADER_SIZE)
         if link is None:
             raise Refused("out_of_order", "no link is up on this channel")
         if link_seq != link.received + 1:
             raise Refused("replayed" if link_seq <= link.received else "out_of_order")
-        if (ftype == FrameType.HELLO) == link.synced:
+        if (ftype == _HELLO) == link.synced:
             raise Refused("out_of_order", "HELLO opens a link, once")
         if ack_seq >= self.next_seq or ack_applied >= self.next_txid or grant > link.window:
             raise Refused("bad_ack")
@@ -444,31 +467,44 @@ class Stream:
         link.to_return += 1
         link.credits += grant
         out: list[Action] = []
-        if self._on_acks(ack_seq, ack_applied):
+        if (ack_seq > self.peer_ack_seq or ack_applied > self.applied_txid) and \
+                self._on_acks(ack_seq, ack_applied):
             out.append(self._progress())
-        if ftype == FrameType.HELLO:
+        if ftype == _HELLO:
             link.synced = True
             # the peer has everything up to ack_seq: drop it from what goes again
             while self.queue and self.queue[0].seq <= ack_seq:
                 self.queue.popleft()
             return out
-        if ftype == FrameType.CREDIT:
+        if ftype == _CREDIT:
             if seq != 0:
                 raise Refused("bad_fragment", "a CREDIT frame carries sequence 0")
             return out
-        return out + self._data(seq, buf)
+        if out:
+            return out + self._data(seq, buf)
+        return self._data(seq, buf)
 
     def _data(self, seq: int, buf: bytes) -> list[Action]:
         if seq < self.recv_next:
             raise Refused("replayed")
         if seq > self.recv_next:
             raise Refused("out_of_order")
-        txid, flags = DATA_HDR.unpack_from(buf, HEADER_SIZE + CTRL.size)
-        chunk = buf[HEADER_SIZE + CTRL.size + DATA_HDR.size:]
+        txid, flags = DATA_HDR.unpack_from(buf, _DATA_AT)
+        chunk = buf[_CHUNK_AT:]
         partial = self.partial
         if flags & ~0xF:
             raise Refused("bad_fragment", f"unknown flags 0x{flags:x}")
-        if flags & Flag.FIRST:
+        if flags == _FIRST | _LAST | flags & 0xC and partial is None:
+            # a whole message in one frame: the common case, no reassembly
+            if txid != self.delivered_txid + 1:
+                raise Refused("bad_fragment", f"transaction {txid} starts out of order "
+                              f"(delivered up to {self.delivered_txid})")
+            size = len(chunk)
+            if size > self.session.max_message:
+                raise Refused("too_big")
+            self.recv_next += 1
+            return self._complete(txid, flags, size, chunk)
+        if flags & _FIRST:
             if partial is not None or txid != self.delivered_txid + 1:
                 raise Refused("bad_fragment", f"transaction {txid} starts out of order "
                               f"(delivered up to {self.delivered_txid})")
@@ -482,20 +518,24 @@ class Stream:
             raise Refused("too_big")
         chunks.append(chunk)
         self.recv_next += 1
-        link = self.link
-        assert link is not None
-        if not flags & Flag.LAST:
+        if not flags & _LAST:
             self.partial = (ptx, flags, chunks, size)
             return []
         self.partial = None
+        return self._complete(txid, flags, size,
+                              chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def _complete(self, txid: int, flags: int, size: int, message: bytes) -> list[Action]:
+        link = self.link
+        assert link is not None
         self.delivered_txid = txid
-        self.stats.recv_msgs += 1
-        self.stats.recv_bytes += size
-        if flags & Flag.WANT_RECEIVED:
+        stats = self.stats
+        stats.recv_msgs += 1
+        stats.recv_bytes += size
+        if flags & _WANT_RECEIVED:
             link.ack_wanted = True
-        if flags & Flag.WANT_APPLIED:
+        if flags & _WANT_APPLIED:
             self.want_applied.add(txid)
-        message = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         return [Deliver(self.channel, txid, message)]
 
     def applied(self, txid: int) -> list[Action]:
@@ -557,15 +597,16 @@ class Session:
 
     def submit(self, channel: Channel, message: bytes | bytearray | memoryview,
                commit: Commit | str = Commit.APPLIED) -> tuple[int, list[Action]]:
-        stream = self.streams[Channel(channel)]
-        txid = stream.submit(message, Commit.parse(commit))
+        stream = self.streams[channel]  # a Channel or its int (IntEnum: the same key)
+        txid = stream.submit(message, commit if type(commit) is Commit else Commit.parse(commit))
         return txid, stream.pump()
 
     def feed(self, event: Event) -> list[Action]:
-        stream = self.streams[Channel(event.channel)]
-        if isinstance(event, FrameReceived):
+        stream = self.streams[event.channel]
+        kind = type(event)
+        if kind is FrameReceived:
             return stream.received(event.data)
-        if isinstance(event, Applied):
+        if kind is Applied:
             return stream.applied(event.txid)
         if isinstance(event, ApplyFailed):
             stream.inconsistent = True
