@@ -85,6 +85,7 @@ class _ChannelLink:
     send_buf: mmap.mmap
     send_handle: object
     free: list[int] = field(default_factory=list)
+    recv_descs: dict[int, object] = field(default_factory=dict)  # slot -> its descriptor
     up: bool = False
     lost: str = ""
 
@@ -247,6 +248,7 @@ class Node:
         self.default_commit = rep.commit
         self.role = config.role
         self.session = ifa.Session(epoch, rep.message_size, rep.credits, CHANNELS)
+        self._msg_size = rep.message_size
         self._pmem = mmap.mmap(-1, config.pmem_size)
         self.pmem = _Pmem(self)
         self.disk: dict[str, _Disk] = {}
@@ -557,6 +559,7 @@ class Node:
             cq.arm()
             sel.register(cq.fileno(), selectors.EVENT_READ, (ch, cq))
         interval = self.config.timeouts.heartbeat_interval / 1000
+        requests = self._requests
         next_hb = time.monotonic()
         with self._lock:
             for ch in CHANNELS:  # anything that completed before the loop ran
@@ -568,24 +571,25 @@ class Node:
                 next_hb = now + interval
                 with self._lock:
                     self._heartbeat(now)
-            for key, _ in sel.select(max(0.0, next_hb - time.monotonic())):
-                with self._lock:
+            ready = sel.select(max(0.0, next_hb - time.monotonic()))
+            with self._lock:  # one hold per wake-up
+                for key, _ in ready:
                     if key.data is None:
                         try:
                             while os.read(self._wake_r, 4096):
                                 pass
                         except BlockingIOError:
                             pass
-                        self._serve_requests()
                     else:
                         ch, cq = key.data
                         cq.take_event()
                         # sends first: a received CREDIT pumps DATA, which needs the slots
                         self._reap(ch, False)
                         self._reap(ch, True)
-            with self._lock:
-                self._serve_requests()
-                self._feed_lost()
+                if requests.queue:  # (a peek; what comes later wakes the loop again)
+                    self._serve_requests()
+                if self._pending_lost:
+                    self._feed_lost()
         sel.close()
 
     def _serve_requests(self) -> None:
@@ -607,16 +611,22 @@ class Node:
 
     # ---- completions ------------------------------------------------------------------------
     def _post_recv(self, link: _ChannelLink, slot: int, size: int) -> None:
-        d = via.VipDescriptor(segments=[via.DataSegment(
-            via.address_of(link.recv_buf, slot * size), link.recv_handle, size)])
-        d.slot = slot
+        # one descriptor per receive slot, made once: a completed descriptor is the
+        # caller's again (VIPL) and goes back as it is, its segment unchanged
+        d = link.recv_descs.get(slot)
+        if d is None:
+            d = link.recv_descs[slot] = via.VipDescriptor(segments=[via.DataSegment(
+                via.address_of(link.recv_buf, slot * size), link.recv_handle, size)])
+            d.slot = slot
         via.VipPostRecv(link.vi, d)
 
     def _reap(self, ch: Channel, recv: bool) -> None:
         link = self._port.links[ch]
+        done = via.VipRecvDone if recv else via.VipSendDone
+        vi = link.vi
         while True:
             try:
-                d = via.VipRecvDone(link.vi) if recv else via.VipSendDone(link.vi)
+                d = done(vi)
             except via.VipError as exc:
                 self._lose(ch, str(exc))
                 return
@@ -635,9 +645,9 @@ class Node:
             self._lose(ch, f"receive completed in error "
                        f"({getattr(d, 'reason', '') or hex(d.status)})")
             return
-        size = self.config.replication.message_size
+        size = self._msg_size
         off = d.slot * size
-        data = bytes(link.recv_buf[off:off + d.length])
+        data = link.recv_buf[off:off + d.length]  # a copy (bytes): the slot is posted again
         try:
             self._post_recv(link, d.slot, size)
         except via.VipError as exc:
@@ -663,20 +673,22 @@ class Node:
     def _run(self, actions: list) -> None:
         """Carry out every action; an I/O failure becomes an event fed after the list."""
         for act in actions:
+            kind = type(act)
             try:
-                if isinstance(act, ifa.Send):
+                if kind is ifa.Send:
                     self._send(act)
-                elif isinstance(act, ifa.Deliver):
+                elif kind is ifa.Deliver:
                     self._run(self.session.feed(self._apply(act)))
-                elif isinstance(act, ifa.Progress):
+                elif kind is ifa.Progress:
                     with self._cv:
                         self._marks[act.channel] = (act.sent, act.received, act.applied)
                         self._cv.notify_all()
-                elif isinstance(act, ifa.Alarm):
+                elif kind is ifa.Alarm:
                     self._alarm(act.text)
             except via.VipError as exc:
                 self._lose(act.channel, str(exc))
-        self._feed_lost()
+        if self._pending_lost:
+            self._feed_lost()
 
     def _send(self, act: ifa.Send) -> None:
         link = self._port.links[act.channel]
@@ -702,7 +714,7 @@ class Node:
                            f"({getattr(d, 'reason', '') or hex(d.status)})")
                 return
             self._reap(act.channel, False)
-        size = self.config.replication.message_size
+        size = self._msg_size
         slot = link.free.pop()
         off = slot * size
         link.send_buf[off:off + len(act.data)] = act.data

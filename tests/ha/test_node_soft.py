@@ -113,7 +113,8 @@ def test_a_dead_loop_fails_the_waiting_commit_at_once(pair) -> None:
     def boom() -> None:
         raise RuntimeError("injected failure")
 
-    active._serve_requests = boom
+    active._serve_requests = boom  # the loop calls it for the request put next
+    active._requests.put(("lost", Channel.HEALTH, "test"))
     active._wake()
     t.join(3)
     gate.set()
