@@ -22,7 +22,7 @@ from hsp_rdma.core import gso
 from hsp_rdma.core.profiles import load_profiles, pick_profile, profile_dirs
 from hsp_rdma.errors import GsoRefused, HspError
 from hsp_rdma.ha.fence import FenceAgent
-from hsp_rdma.ha.switchover import Application, Engine
+from hsp_rdma.ha.switchover import CONNECT_TIMEOUT_S, Application, Engine
 from hsp_rdma.units import size_arg
 
 COUNTER = struct.Struct("<Q")
@@ -110,12 +110,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="persist the GSO epochs here (fsync'd before they are acted on)")
     p.add_argument("--profiles", metavar="DIR",
                    help="a directory of hw profiles searched before the installed ones")
+    p.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S,
+                   help="seconds to connect and exchange Hello with the peer, attempts "
+                        "retried meanwhile (default %(default)s)")
     p.add_argument("--ready-timeout", type=float, default=2.0)
     p.add_argument("--gso-timeout", type=float, default=60.0)
     p.add_argument("--copy-timeout", type=float, default=60.0)
     p.add_argument("--done-timeout", type=float, default=10.0)
     p.add_argument("--fence-timeout", type=float, default=10.0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.connect_timeout > 0:
+        p.error(f"--connect-timeout should be more than 0 seconds, not {args.connect_timeout}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             app.running = True
         if args.inject == "bad-version":
             eng.hello_version = 99
-        hello = eng.connect(args.local_ip, args.peer_ip)
+        hello = eng.connect(args.local_ip, args.peer_ip, args.connect_timeout)
         emit("connected", profile=profile.name, chunk=eng.chunk_size, depth=eng.queue_depth,
              peer_region=hello.region_size, serving=eng.machine.serving,
              epoch=eng.machine.epoch, seen=eng.machine.seen,

@@ -39,6 +39,7 @@ from hsp_rdma.core.frames import PROTOCOL_VERSION
 from hsp_rdma.core.gso_wire import Hello, decode_message, encode_message
 from hsp_rdma.core.profiles import MAX_QUEUE_DEPTH, PollMode, Profile
 from hsp_rdma.errors import ConfigError, FrameError, HspError
+from hsp_rdma.ha.connect import HELLO_WAIT_S, PERMANENT, Attempts, retry_until
 from hsp_rdma.ha.fence import FenceAgent
 from hsp_rdma.ha.image import HEADER, HEADER_SPACE, StateImage, Verified, verify
 from hsp_rdma.ha.persist import Epochs, EpochStore
@@ -46,6 +47,7 @@ from hsp_rdma.ha.persist import Epochs, EpochStore
 DISCRIMINATOR = b"hsp-gso"
 CTL_SLOTS = 16  # receive descriptors kept posted: one per possible in-flight control frame
 CTL_SIZE = 256  # a gso control frame is 26 header bytes + at most 54 payload bytes (Sealed)
+CONNECT_TIMEOUT_S = 120.0  # the pair may start seconds apart on a loaded host; see connect()
 MARKER = struct.Struct("<Q")
 # A VI's send queue holds via's QUEUE_DEPTH descriptors: the copy's writes, the control
 # frames in flight and the marker must fit in it together.
@@ -57,6 +59,10 @@ DOORBELL = object()  # what _receive returns for the marker's doorbell, when ask
 
 class SwitchoverError(HspError):
     """The switch-over engine could not set up or lost its peer; says which step."""
+
+
+class _ConnectFailed(SwitchoverError):
+    """A connection that broke or stayed silent as it came up: worth another attempt."""
 
 
 @dataclass
@@ -222,6 +228,7 @@ class Engine:
     hold_verify_s: float = 0.0  # B waits this long after the marker before verifying
     replay_stale_first: bool = False  # A replays its last Start-GSO and marker first
     on_marker: Callable[[int], None] = lambda value: None  # B saw this epoch's marker
+    hello_wait_s: float = HELLO_WAIT_S  # a new connection without the peer's Hello: again
 
     # ---- set-up --------------------------------------------------------------------
     @classmethod
@@ -278,53 +285,84 @@ class Engine:
         via.VipPostRecv(self.vi, d)
         self._recv_slots.append(slot)
 
-    def connect(self, local_ip: str, peer_ip: str | None, timeout_s: float = 30.0) -> Hello:
+    def connect(self, local_ip: str, peer_ip: str | None,
+                timeout_s: float = CONNECT_TIMEOUT_S) -> Hello:
         """Listen (peer_ip None) or connect, then exchange Hello; returns the peer's.
 
-        The connector retries while nothing listens yet (the peer may still be starting)."""
+        On a new connection each side sends its Hello and a zero-length kick, then waits at
+        most hello_wait_s for the peer's Hello. The connector retries any VIA failure
+        (nothing listens yet, refused, unreachable, a connection that broke or brought no
+        Hello: torn down and made again) until TIMEOUT_S; the listener waits again for the
+        next connection when one breaks or brings no Hello. A peer of another protocol
+        version, or a second active, ends it at once."""
         local = via.NetAddress(local_ip, DISCRIMINATOR)
         deadline = self.clock() + timeout_s
         if not self._recv_slots:
             for slot in range(CTL_SLOTS):  # receives first: the peer may send at once
                 self._post_recv(slot)  # (they stay posted across failed attempts)
-        while True:
-            ms = max(1, int((deadline - self.clock()) * 1000))
+        if peer_ip is None:
+            return self._accept(local, deadline, timeout_s)
+        remote = via.NetAddress(peer_ip, DISCRIMINATOR)
+
+        def attempt(left_s: float) -> Hello:
+            via.VipConnectRequest(self.vi, local, remote, max(1, int(left_s * 1000)))
+            return self._up(peer_ip, min(self.hello_wait_s, max(0.1, deadline - self.clock())))
+
+        def give_up(attempts: Attempts) -> SwitchoverError:
+            return SwitchoverError(f"cannot connect to {peer_ip} within {timeout_s:.0f} s "
+                                   f"({attempts}); is its gso_node listening on {peer_ip} "
+                                   "on this fabric?")
+
+        return retry_until(attempt, deadline, clock=self.clock,
+                           retry_on=(via.VipError, _ConnectFailed), reset=self._reset_link,
+                           give_up=give_up)
+
+    def _accept(self, local: via.NetAddress, deadline: float, timeout_s: float) -> Hello:
+        """The listener: accept, exchange Hello; a connection that fails to come up, breaks
+        or brings no Hello is dropped and the next one awaited, until DEADLINE."""
+        attempts = Attempts()
+        while (left := deadline - self.clock()) > 0:
             try:
-                if peer_ip is None:
-                    req = via.VipConnectWait(self.nic, local, ms)
-                    via.VipConnectAccept(req, self.vi)
-                else:
-                    via.VipConnectRequest(self.vi, local,
-                                          via.NetAddress(peer_ip, DISCRIMINATOR), ms)
+                req = via.VipConnectWait(self.nic, local, max(1, int(left * 1000)))
+            except via.VipTimeout:
                 break
-            except (via.VipNoMatch, via.VipNotReachable, via.VipReject) as exc:
-                if peer_ip is None or self.clock() + 0.5 >= deadline:
-                    raise SwitchoverError(f"cannot connect to {peer_ip}: {exc}") from exc
-                time.sleep(0.5)
-            except via.VipTimeout as exc:
-                raise SwitchoverError(f"no peer {'connected' if peer_ip is None else 'answered'}"
-                                      f" in {timeout_s:.0f} s: {exc}") from exc
+            try:
+                via.VipConnectAccept(req, self.vi)
+                return self._up("the peer", self.hello_wait_s)
+            except PERMANENT:
+                raise
+            except (via.VipError, _ConnectFailed) as exc:
+                attempts.failed(exc)
+                self._reset_link()
+        raise SwitchoverError(f"no peer connected in {timeout_s:.0f} s"
+                              + (f" ({attempts})" if attempts.count else ""))
+
+    def _hello(self) -> Hello:
+        return Hello(region_addr=via.address_of(self.image.buf),
+                     region_handle=int(self.image_handle), region_size=self.image.capacity,
+                     marker_addr=via.address_of(self.marker_buf),
+                     marker_handle=int(self.marker_handle), serving=self.machine.serving,
+                     active_since=self.machine.active_since, version=self.hello_version)
+
+    def _up(self, who: str, wait_s: float) -> Hello:
+        """A new connection: our Hello and a kick go, then the peer's Hello, within WAIT_S.
+        _ConnectFailed when the connection breaks or stays silent (worth another attempt);
+        SwitchoverError when the peer can never be ours (version, a second active)."""
         try:
-            self._send(Hello(region_addr=via.address_of(self.image.buf),
-                             region_handle=int(self.image_handle),
-                             region_size=self.image.capacity,
-                             marker_addr=via.address_of(self.marker_buf),
-                             marker_handle=int(self.marker_handle),
-                             serving=self.machine.serving,
-                             active_since=self.machine.active_since,
-                             version=self.hello_version))
-        except via.VipError as exc:
-            raise SwitchoverError(f"the connection to {peer_ip or 'the peer'} broke as it "
-                                  f"came up, before our Hello: {exc}") from exc
-        deadline = self.clock() + timeout_s
+            self._send(self._hello())
+            self._kick()
+        except (via.VipError, SwitchoverError) as exc:
+            raise _ConnectFailed(f"the connection to {who} broke as it came up, before our "
+                                 f"Hello: {exc}") from exc
+        end = self.clock() + wait_s
         while self.peer.hello is None:
-            msg = self._receive(deadline)
+            msg = self._receive(end)
             if msg is None and not self.link_up:
-                raise SwitchoverError(f"the connection to {peer_ip or 'the peer'} broke "
-                                      f"before its Hello: {self.link_error}")
+                raise _ConnectFailed(f"the connection to {who} broke before its Hello: "
+                                     f"{self.link_error}")
             if msg is None:
-                raise SwitchoverError(f"peer {peer_ip or '(listener)'} sent no Hello in "
-                                      f"{timeout_s:.0f} s")
+                raise _ConnectFailed(f"{who} sent no Hello in {wait_s:.0f} s on a connection "
+                                     "that came up")
             if isinstance(msg, Hello):
                 if msg.version != PROTOCOL_VERSION:
                     raise SwitchoverError(f"peer speaks protocol version {msg.version}, we "
@@ -336,6 +374,40 @@ class Engine:
             raise SwitchoverError("both nodes claim to be active: refusing to run (split "
                                   "brain); restart one of them as standby")
         return self.peer.hello
+
+    def _kick(self) -> None:
+        """A zero-length send right after our Hello. siw (6.1) now and then leaves the first
+        send of a new connection unsent until another send is posted (as the Interface A
+        node saw, commit bc766cd); this is that other send. The peer takes it as it takes
+        the marker's doorbell: a no-op, its receive posted again."""
+        self._post_send(via.VipDescriptor(segments=[via.DataSegment(
+            via.address_of(self.src_marker, MARKER.size), self.src_marker_handle, 0)]),
+            "control")
+
+    def _reset_link(self) -> None:
+        """After a failed attempt: the VI back to IDLE, every receive posted again, nothing
+        of that connection left (sends, messages, the peer's Hello, the link error)."""
+        try:
+            via.VipDisconnect(self.vi)
+        except via.VipError:
+            pass  # a connect that failed left the VI IDLE already
+        flushed = []
+        try:
+            while (d := via.VipRecvDone(self.vi)) is not None:
+                flushed.append(d.slot)
+            while via.VipSendDone(self.vi) is not None:
+                pass
+        except via.VipError:
+            pass
+        for slot in flushed:
+            self._recv_slots.remove(slot)
+        self._posted.clear()
+        self._inbox.clear()
+        self.peer.hello = None
+        self.link_error, self._lost_fed = "", False
+        # the flushed ones, and any a receive could not post again as the VI failed
+        for slot in sorted(set(range(CTL_SLOTS)) - set(self._recv_slots)):
+            self._post_recv(slot)
 
     # ---- the send queue: posted in order, reaped as completions come --------------------
     def _post_send(self, desc, what: str, epoch: int = 0) -> None:
