@@ -25,6 +25,7 @@ application runs again: a read with the old handle then fails.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import struct
@@ -326,6 +327,14 @@ class Engine:
                 req = via.VipConnectWait(self.nic, local, max(1, int(left * 1000)))
             except via.VipTimeout:
                 break
+            except via.VipError as exc:
+                cause = exc.__cause__
+                if errno.EADDRINUSE not in (exc.errno, getattr(cause, "errno", None)):
+                    raise
+                raise SwitchoverError(
+                    f"cannot listen at {local.host}: {exc}; another GSO listener (a gso_node "
+                    "or hsp-bench serve still running, or still exiting) holds the port on "
+                    "this node: stop it, or listen on another address") from exc
             try:
                 via.VipConnectAccept(req, self.vi)
                 return self._up("the peer", self.hello_wait_s)

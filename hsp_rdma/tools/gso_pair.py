@@ -15,6 +15,9 @@ from hsp_rdma.errors import LabError
 from hsp_rdma.lab import Lab
 from hsp_rdma.tools.guest import GuestRun
 
+END_WAIT_S = 60.0  # a killed node program's exit (its NIC's close waits for teardowns)
+LIVE: list[GuestRun] = []  # started and not yet seen to end (finish_pair, stop_pair)
+
 
 @dataclass
 class PairResult:
@@ -45,6 +48,7 @@ def start_pair(lab: Lab, pmem: int, runs: int, fabric: str = "x", chunk: int = 0
                 *(extra_a if node == "a" else extra_b)]
         run = runs_by_node[node] = GuestRun(node, on_event=on_event)
         run.job = lab.spawn(node, argv, timeout=timeout, on_stdout=run.feed)
+        LIVE.append(run)
         if node == "a":
             _wait_listening(lab)
     return runs_by_node["a"], runs_by_node["b"]
@@ -52,11 +56,35 @@ def start_pair(lab: Lab, pmem: int, runs: int, fabric: str = "x", chunk: int = 0
 
 def _wait_listening(lab: Lab) -> None:
     # rdma_cm has no "listening" event to wait on from outside: give the listener a moment
-    # (TCG guests start Python in ~1 s); the connector retries nothing, so be generous.
+    # (TCG guests start Python in ~1 s); the connector retries until its connect timeout.
     time.sleep(2.5)
 
 
+def _ended(run: GuestRun) -> None:
+    """Wait until RUN's node says its process ended (a kill is asked, not awaited)."""
+    try:
+        run.job.wait(END_WAIT_S)
+    except LabError:
+        pass  # the node went down (nothing runs there any more) or does not answer
+    if run in LIVE:
+        LIVE.remove(run)
+
+
+def stop_pair(*runs: GuestRun) -> None:
+    """Kill RUNS and wait until each has ended; ``stop_pair(*LIVE)`` after a test ends every
+    pair it started, also one a failed assertion left running. A node program still running
+    (or still exiting: its NIC closes last, after the connection's teardown, which on siw
+    waits for the peer) keeps its rdma_cm listener bound, and the next pair's listener on
+    that node would fail to bind the same port ("Address already in use")."""
+    for run in runs:
+        run.job.kill()
+    for run in runs:
+        _ended(run)
+
+
 def finish_pair(standby: GuestRun, active: GuestRun, timeout: float | None = None) -> PairResult:
+    """Wait for both; one that gives no result in TIMEOUT is killed and awaited (see
+    stop_pair)."""
     rc, err = {}, {}
     for run in (active, standby):
         try:
@@ -64,6 +92,7 @@ def finish_pair(standby: GuestRun, active: GuestRun, timeout: float | None = Non
             rc[run.name], err[run.name] = res.rc, res.stderr
         except LabError as exc:
             rc[run.name], err[run.name] = -1, str(exc)
+        _ended(run)  # after a timeout, wait() asked for the kill: await it
     return PairResult(standby, active, rc, err)
 
 

@@ -137,3 +137,16 @@ def test_listener_gives_up_at_its_timeout():
             standby.connect(LISTEN_IP, None, 1.0)
     finally:
         standby.close()
+
+
+def test_a_second_listener_on_the_same_address_says_who_holds_the_port():
+    first, second = engine("a", False), engine("a2", False)
+    try:
+        t, _box = in_thread(first.connect, LISTEN_IP, None, 3)
+        time.sleep(0.5)
+        with pytest.raises(SwitchoverError, match="another GSO listener"):
+            second.connect(LISTEN_IP, None, 1.0)
+        t.join(10)
+    finally:
+        first.close()
+        second.close()
