@@ -65,6 +65,7 @@ CHANNELS = (Channel.HEALTH, Channel.OAM, Channel.PMEM, Channel.DISK, Channel.CON
 OAM_APP, OAM_SYSTEM = 0, 1  # first byte of an oam message: the application's, or the node's
 _HB = struct.Struct("<dQ")  # sender's clock, count
 HELLO_WAIT_S = 20.0
+_STATUS_ERROR = int(via.VIP_STATUS_ERROR_MASK)  # an int: the flag enum's & is a call per use
 SEND_SLOT_WAIT_MS = 5000  # no free send slot and no send completion in this time: link lost  # a new connection whose peer says nothing in this time is made again
 
 
@@ -634,14 +635,14 @@ class Node:
                 return
             if not recv:
                 link.free.append(d.slot)
-                if d.status & via.VIP_STATUS_ERROR_MASK:
+                if d.status & _STATUS_ERROR:
                     self._lose(ch, f"send completed in error "
                                f"({getattr(d, 'reason', '') or hex(d.status)})")
                 continue
             self._on_recv(ch, link, d)
 
     def _on_recv(self, ch: Channel, link: _ChannelLink, d) -> None:
-        if d.status & via.VIP_STATUS_ERROR_MASK:
+        if d.status & _STATUS_ERROR:
             self._lose(ch, f"receive completed in error "
                        f"({getattr(d, 'reason', '') or hex(d.status)})")
             return
@@ -709,7 +710,7 @@ class Node:
                 self._lose(act.channel, f"no send completion in {SEND_SLOT_WAIT_MS} ms")
                 return
             link.free.append(d.slot)
-            if d.status & via.VIP_STATUS_ERROR_MASK:
+            if d.status & _STATUS_ERROR:
                 self._lose(act.channel, f"send completed in error "
                            f"({getattr(d, 'reason', '') or hex(d.status)})")
                 return
