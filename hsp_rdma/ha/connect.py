@@ -17,6 +17,7 @@ from hsp_rdma import via
 
 T = TypeVar("T")
 HELLO_WAIT_S = 20.0  # a new connection whose peer says nothing in this time is made again
+ATTEMPT_S = 30.0  # one connect attempt (resolve, route, handshake) at most; then another
 RETRY_PAUSE_S = 0.3
 # VIA failures that another attempt cannot mend: the caller's input is wrong.
 PERMANENT = (via.VipInvalidParameter, via.VipInvalidReliabilityLevel, via.VipNotSupported)
@@ -42,10 +43,11 @@ class Attempts:
 def retry_until(attempt: Callable[[float], T], deadline: float, *, clock: Callable[[], float],
                 retry_on: tuple[type[BaseException], ...], reset: Callable[[], None],
                 give_up: Callable[[Attempts], BaseException],
+                failed: Callable[[BaseException], None] = lambda exc: None,
                 pause_s: float = RETRY_PAUSE_S) -> T:
     """ATTEMPT(seconds left) until it returns; on a RETRY_ON failure (a PERMANENT VIA one
-    excepted) RESET() and try again after PAUSE_S while DEADLINE (on CLOCK) allows, else
-    raise GIVE_UP(attempts), chained to the last failure."""
+    excepted) FAILED(exc), RESET() and try again after PAUSE_S while DEADLINE (on CLOCK)
+    allows, else raise GIVE_UP(attempts), chained to the last failure."""
     attempts = Attempts()
     while True:
         left = deadline - clock()
@@ -57,6 +59,7 @@ def retry_until(attempt: Callable[[float], T], deadline: float, *, clock: Callab
                 raise
             except retry_on as exc:
                 attempts.failed(exc)
+                failed(exc)
                 reset()
         if clock() + pause_s >= deadline:
             raise give_up(attempts) from attempts.last

@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                       chunk_size=args.chunk, queue_depth=args.depth, fence=fence,
                       peer_name=args.peer_name, state_dir=args.state_dir)
     eng.on_alarm = lambda why: emit("alarm", reason=why, serving=eng.machine.serving)
+    eng.on_connect_failed = lambda why: emit("connect_retry", reason=why)
     eng.digest_algo = (gso.DigestAlgo.CRC32 if args.digest == "crc32"
                        else gso.DigestAlgo.BLAKE2B_256)
     eng.mode = gso.GsoMode[args.mode.upper()]

@@ -40,7 +40,7 @@ from hsp_rdma.core.frames import PROTOCOL_VERSION
 from hsp_rdma.core.gso_wire import Hello, decode_message, encode_message
 from hsp_rdma.core.profiles import MAX_QUEUE_DEPTH, PollMode, Profile
 from hsp_rdma.errors import ConfigError, FrameError, HspError
-from hsp_rdma.ha.connect import HELLO_WAIT_S, PERMANENT, Attempts, retry_until
+from hsp_rdma.ha.connect import ATTEMPT_S, HELLO_WAIT_S, PERMANENT, Attempts, retry_until
 from hsp_rdma.ha.fence import FenceAgent
 from hsp_rdma.ha.image import HEADER, HEADER_SPACE, StateImage, Verified, verify
 from hsp_rdma.ha.persist import Epochs, EpochStore
@@ -230,6 +230,7 @@ class Engine:
     replay_stale_first: bool = False  # A replays its last Start-GSO and marker first
     on_marker: Callable[[int], None] = lambda value: None  # B saw this epoch's marker
     hello_wait_s: float = HELLO_WAIT_S  # a new connection without the peer's Hello: again
+    on_connect_failed: Callable[[str], None] = lambda why: None  # an attempt failed (retried)
 
     # ---- set-up --------------------------------------------------------------------
     @classmethod
@@ -292,10 +293,11 @@ class Engine:
 
         On a new connection each side sends its Hello and a zero-length kick, then waits at
         most hello_wait_s for the peer's Hello. The connector retries any VIA failure
-        (nothing listens yet, refused, unreachable, a connection that broke or brought no
-        Hello: torn down and made again) until TIMEOUT_S; the listener waits again for the
-        next connection when one breaks or brings no Hello. A peer of another protocol
-        version, or a second active, ends it at once."""
+        (nothing listens yet, refused, unreachable, no answer in ATTEMPT_S, a connection that
+        broke or brought no Hello: torn down and made again) until TIMEOUT_S; the listener
+        waits again for the next connection when one breaks or brings no Hello. Each failed
+        attempt is told to on_connect_failed. A peer of another protocol version, or a
+        second active, ends it at once."""
         local = via.NetAddress(local_ip, DISCRIMINATOR)
         deadline = self.clock() + timeout_s
         if not self._recv_slots:
@@ -306,7 +308,8 @@ class Engine:
         remote = via.NetAddress(peer_ip, DISCRIMINATOR)
 
         def attempt(left_s: float) -> Hello:
-            via.VipConnectRequest(self.vi, local, remote, max(1, int(left_s * 1000)))
+            via.VipConnectRequest(self.vi, local, remote,
+                                  max(1, int(min(left_s, ATTEMPT_S) * 1000)))
             return self._up(peer_ip, min(self.hello_wait_s, max(0.1, deadline - self.clock())))
 
         def give_up(attempts: Attempts) -> SwitchoverError:
@@ -316,7 +319,7 @@ class Engine:
 
         return retry_until(attempt, deadline, clock=self.clock,
                            retry_on=(via.VipError, _ConnectFailed), reset=self._reset_link,
-                           give_up=give_up)
+                           give_up=give_up, failed=lambda exc: self.on_connect_failed(str(exc)))
 
     def _accept(self, local: via.NetAddress, deadline: float, timeout_s: float) -> Hello:
         """The listener: accept, exchange Hello; a connection that fails to come up, breaks
@@ -342,6 +345,7 @@ class Engine:
                 raise
             except (via.VipError, _ConnectFailed) as exc:
                 attempts.failed(exc)
+                self.on_connect_failed(str(exc))
                 self._reset_link()
         raise SwitchoverError(f"no peer connected in {timeout_s:.0f} s"
                               + (f" ({attempts})" if attempts.count else ""))

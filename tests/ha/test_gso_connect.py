@@ -101,6 +101,8 @@ def test_listener_waits_again_after_a_connection_that_brings_no_hello():
 
 def test_connector_tears_down_a_connection_that_brings_no_hello_and_connects_again():
     active = engine("b", True)
+    retried: list[str] = []
+    active.on_connect_failed = retried.append
     try:
         t, box = in_thread(active.connect, CONNECT_IP, LISTEN_IP, 30)
         silent_peer(listen=True, hold_s=HELLO_WAIT_S + 1.0)  # the first attempt's listener
@@ -110,6 +112,7 @@ def test_connector_tears_down_a_connection_that_brings_no_hello_and_connects_aga
             t.join(20)
             assert "error" not in box, box
             assert not box["result"].serving and active.link_up
+            assert any("sent no Hello in 1 s" in why for why in retried), retried
         finally:
             standby.close()
     finally:

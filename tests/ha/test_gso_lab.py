@@ -40,7 +40,8 @@ def wait_event(runs: list[GuestRun], kind: str, timeout: float = 60) -> dict:
             if r.of(kind):
                 return r.of(kind)[0]
         time.sleep(0.05)
-    raise AssertionError(f"no '{kind}' event in {timeout} s: {[r.events for r in runs]}")
+    raise AssertionError(f"no '{kind}' event in {timeout} s: {[r.events for r in runs]}; "
+                         f"stderr: {[r.job.output()[1][-600:] for r in runs]}")
 
 
 def pmem_crc(run: GuestRun, role: str, epoch: int) -> int:
