@@ -135,8 +135,10 @@ class DigestAlgo(enum.IntEnum):
     """How B checks the image; the digest itself travels in the image trailer."""
 
     BLAKE2B_256 = 1
-    # 2 was CRC32C, never accepted by an image: a free wire value, not to be reused.
-    CRC32 = 3  # zlib's CRC-32 (IEEE): about 450 MB/s in a TCG guest against blake2b's 93
+    # CRC-32C (Castagnoli), the compiled hsp_rdma.cext.crc32c: SSE4.2 ~8.6 GB/s on the host,
+    # its slice-by-8 path ~660 MiB/s in a TCG guest (which emulates SSE4.2's crc32 at ~100)
+    CRC32C = 2
+    CRC32 = 3  # zlib's CRC-32 (IEEE): ~550 MiB/s in a TCG guest, ~4.3 GB/s on the host
 
 
 class GsoMode(enum.IntEnum):

@@ -95,6 +95,8 @@ class Profile:
     # How a datapath thread waits for completions: "busy" polls the CQ, "event" sleeps on its
     # completion channel (soft devices whose work runs in kernel threads on the same CPUs).
     completion_wait: str = "busy"
+    # The GSO image digest: "crc32" (zlib), "crc32c" (the compiled CRC-32C) or "blake2b".
+    digest: str = "crc32"
     notes: str = ""
     path: str | None = None
 
@@ -193,6 +195,8 @@ def _check_notes(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+DIGESTS = ("crc32", "crc32c", "blake2b")  # the GSO image digests (gso.DigestAlgo by name)
+
 FIELDS: dict[str, tuple[Any, str]] = {
     "name": (_check_name, "a lower-case name of letters, digits, '_' and '-'"),
     "match": (_check_match, 'a device-name glob or a non-empty list of globs, e.g. "rxe*"'),
@@ -207,9 +211,10 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "marker_poll": (_check_poll, (f'"busy", "yield", "doorbell" or "sleep_us:N", N from 1 '
                                   f'to {MAX_SLEEP_US}')),
     "completion_wait": (lambda v: v if v in ("busy", "event") else None, '"busy" or "event"'),
+    "digest": (lambda v: v if v in DIGESTS else None, ", ".join(f'"{d}"' for d in DIGESTS)),
     "notes": (_check_notes, "a string"),
 }
-OPTIONAL = frozenset({"notes", "completion_wait"})
+OPTIONAL = frozenset({"notes", "completion_wait", "digest"})
 
 
 def _line_of(text: str, key: str) -> int | None:

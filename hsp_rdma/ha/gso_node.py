@@ -26,6 +26,8 @@ from hsp_rdma.ha.switchover import CONNECT_TIMEOUT_S, Application, Engine
 from hsp_rdma.units import size_arg
 
 COUNTER = struct.Struct("<Q")
+DIGESTS = {"crc32": gso.DigestAlgo.CRC32, "crc32c": gso.DigestAlgo.CRC32C,
+           "blake2b": gso.DigestAlgo.BLAKE2B_256}
 INJECTIONS = ("none", "stale-marker", "no-ready", "bad-version", "bad-digest", "hold-verify",
               "replay-old-start")
 HOLD_VERIFY_S = 3.0  # --inject hold-verify: a window after the marker for a drill's fault
@@ -94,7 +96,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--chunk", type=size_arg(512, 1 << 30, "--chunk"), default=0)
     p.add_argument("--depth", type=int, default=0)
-    p.add_argument("--digest", choices=("crc32", "blake2b"), default="crc32")
+    p.add_argument("--digest", choices=("crc32", "crc32c", "blake2b"), default=None,
+                   help="the image digest (default: the hw profile's digest)")
     p.add_argument("--mode", choices=("push", "pull"), default="push",
                    help="how this node's GSOs move the image: push (it RDMA-writes it into "
                         "the standby) or pull (the standby RDMA-reads it); the standby "
@@ -140,8 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                       peer_name=args.peer_name, state_dir=args.state_dir)
     eng.on_alarm = lambda why: emit("alarm", reason=why, serving=eng.machine.serving)
     eng.on_connect_failed = lambda why: emit("connect_retry", reason=why)
-    eng.digest_algo = (gso.DigestAlgo.CRC32 if args.digest == "crc32"
-                       else gso.DigestAlgo.BLAKE2B_256)
+    eng.digest_algo = DIGESTS[args.digest or profile.digest]
     eng.mode = gso.GsoMode[args.mode.upper()]
     app.attach(eng.image.pmem)
     try:

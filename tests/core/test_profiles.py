@@ -61,6 +61,10 @@ def test_shipped_profiles_load_and_pick_by_device():
     # measured in the lab: a busy writer starves siw's kernel threads
     assert (rxe.completion_wait, siw.completion_wait, mlx5.completion_wait) == (
         "busy", "event", "busy")
+    # measured in a lab guest and on the host: the compiled CRC-32C beats zlib's CRC-32
+    soft = pick_profile("soft:a", profiles)
+    assert (rxe.digest, siw.digest, soft.digest, mlx5.digest) == (
+        "crc32c", "crc32c", "crc32c", "crc32")
 
 
 def test_no_profile_for_device_names_the_known_globs():
@@ -82,10 +86,12 @@ def test_good_text_parses():
     assert p.match == ("tst*",) and p.gid_index_rule == 1
     assert p.marker_poll == MarkerPoll(PollMode.SLEEP, 50)
     assert p.notes == "" and p.completion_wait == "busy"  # both optional
+    assert p.digest == "crc32"  # optional too
 
 
 @pytest.mark.parametrize("key, value", [
     ("completion_wait", '"spin"'),
+    ("digest", '"md5"'),
     ("mtu", "1500"),  # not an IB MTU
     ("mtu", '"1024"'),  # wrong type
     ("transport", '"tcp"'),
