@@ -5,11 +5,10 @@ print one JSON object per line: their results, or {"event": "error", ...}.
 
 The active's jobs, like drbd_bench's fio jobs on /dev/drbd0:
 - 4 KiB sequential writes from offset 0, iodepth 1, each made durable as the commit mode
-  says before the next starts: ``write(commit="async")`` (sent) then ``flush(commit=MODE)``.
-  The flush follows the write on the same channel and a mode's watermark is cumulative, so
-  its acknowledgement covers the write: one round trip per write, as DRBD's protocol C needs
-  (a write acknowledged in MODE and then a flush in MODE would be two). WARMUP writes first,
-  not timed; then OPS timed, each sample from the write call to the flush's return [usec].
+  says before the next starts: ``write(commit=MODE, flush=True)``, one transaction that the
+  standby writes and fdatasyncs (and the active too) before it acknowledges in MODE: one
+  round trip per write, as DRBD's protocol C needs, like fio's ``sync=1``. WARMUP writes
+  first, not timed; then OPS timed, each sample from the call to its return [usec].
 - 1 MiB sequential writes, DEPTH in flight (DEPTH threads, each blocking in
   ``write(commit=MODE)``, fio's libaio at iodepth DEPTH), BYTES in all, then
   ``flush(commit=MODE)``; timed from the first write to the flush's return.
@@ -85,8 +84,7 @@ def active(node, disk_name: str, mode: str, ops: int, warmup: int, nbytes: int,
         data = _payload(rnd, i, BLOCK)
         off = (i - warmup if i >= warmup else i) * BLOCK
         t0 = time.perf_counter()
-        disk.write(off, data, commit="async")
-        disk.flush(commit=mode)
+        disk.write(off, data, commit=mode, flush=True)
         if i >= warmup:
             samples.append(round((time.perf_counter() - t0) * 1e6, 1))
     emit("write4k", mode=mode, warmup=warmup, samples_us=samples,
