@@ -224,6 +224,10 @@ def show(r: dict[str, Any], out: Console | None = None) -> None:
         if dig:
             inside = "seal" if mode == "pull" else "copy"
             t3.add_row(f"digest (part of {inside})", f"{dig['p50']:.2f}", f"{dig['max']:.2f}")
+        bdig = r.get("standby_digest_ms")
+        if bdig:
+            t3.add_row("standby digest (part of pull)", f"{bdig['p50']:.2f}",
+                       f"{bdig['max']:.2f}")
         out.print(t3)
     out.print(Text(f"method: {r['method']}", style="dim"))
 

@@ -57,6 +57,10 @@ def show(r: dict[str, Any], console: Console) -> None:
         dig = r.get("digest_ms")
         if dig:
             t3.add_row("digest (part of copy/seal)", f"{dig['p50']:.2f}", f"{dig['max']:.2f}")
+        bdig = r.get("standby_digest_ms")
+        if bdig:
+            t3.add_row("standby digest (part of pull)", f"{bdig['p50']:.2f}",
+                       f"{bdig['max']:.2f}")
         console.print(t3)
     rt = r["round_trip"]
     t4 = table(f"send/receive round trip, {rt['bytes']} B, {rt['iterations']} iterations "

@@ -156,6 +156,10 @@ def summarize(args, events: list[dict], base_bw: float, base_retries: int, devic
     verify = [e["verify_s"] * 1000 for e in events
               if e["event"] == "gso" and e["role"] == "standby"]
     digest = [e.get("digest_s", 0.0) * 1000 for e in gsos]
+    # pull: the standby digests each chunk as its read lands (inside the pull, not verify)
+    b_digest = [e.get("digest_s", 0.0) * 1000 for e in events if e["event"] == "gso"
+                and e["role"] == "standby" and e.get("outcome") == "completed"
+                and e.get("digest_s")]
     phase_runs: dict[str, list[float]] = {}
     for e in events:
         if e["event"] == "gso" and e["outcome"] == "completed":
@@ -193,6 +197,7 @@ def summarize(args, events: list[dict], base_bw: float, base_retries: int, devic
         # the active's digest: on the copy's critical path (push: between posting writes;
         # pull: in the seal, before Sealed)
         "digest_ms": _stats(digest),
+        "standby_digest_ms": _stats(b_digest) if b_digest else None,
         "phases_ms": {name: _stats(v) for name, v in phase_runs.items()},
         "marker_wait": poll.mode.value + (f" {poll.sleep_us} us" if poll.sleep_us else ""),
         "runs": args.runs, "device": device, "profile": profile.name, "chunk": chunk,
