@@ -307,7 +307,9 @@ def test_image_larger_than_standby_region_is_refused_before_stopping(healthy_lab
 
 
 def test_peer_with_another_protocol_version_is_refused(healthy_lab: Lab) -> None:
-    a, b = start_pair(healthy_lab, 1 * MiB, runs=1, extra_b=("--inject", "bad-version"))
+    # b may miss a's Hello as a leaves; it then retries, for 20 s rather than the default 120
+    a, b = start_pair(healthy_lab, 1 * MiB, runs=1,
+                      extra_b=("--inject", "bad-version", "--connect-timeout", "20"))
     res = finish_pair(a, b, timeout=90)
     assert "peer speaks protocol version 99" in only(a, "error")["error"]
     assert not b.of("frozen") and res.rc["a"] == 1
