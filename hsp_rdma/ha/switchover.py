@@ -21,6 +21,18 @@ per read (iWARP scatters a read into one segment), pumped by the serve loop like
 copy, then verifies it (the header's digest must also be the one Sealed announced) and resumes.
 The active deregisters that second registration when the GSO ends (RevokeRead), before its
 application runs again: a read with the old handle then fails.
+
+Where the digest is taken (the profile's ``digest``, CRC32C for rxe/siw/soft). Push: the
+active posts every write the queue depth allows, then digests the oldest posted chunk while
+they fly, one chunk per pump; the header (with the digest) goes last, before the marker; the
+standby digests the whole image after the marker (it cannot know earlier what landed). Pull:
+the standby digests each chunk as its read completes (reads complete in order, and its own
+reads are the only writes into its buffer during the pull, so a chunk digested then is the
+chunk verify sees), so verify is the header checks and a comparison. The active still digests
+in the seal, before Sealed: the standby must compare against a digest taken from the source,
+not one of what it read, and Sealed is the only message before the standby resumes that can
+carry it. Moving it off the seal (Sealed without digest, a later message with it, taken while
+the standby reads) is a protocol change for the machine and its explorer.
 """
 
 from __future__ import annotations
