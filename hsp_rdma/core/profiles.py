@@ -217,30 +217,37 @@ FIELDS: dict[str, tuple[Any, str]] = {
 OPTIONAL = frozenset({"notes", "completion_wait", "digest"})
 
 
-def _line_of(text: str, key: str) -> int | None:
+def line_of(text: str, key: str) -> int | None:
+    """The 1-based line of TEXT where KEY is assigned (``key =`` at a line's start), or None."""
     found = re.search(rf"^[ \t]*{re.escape(key)}[ \t]*=", text, re.MULTILINE)
     return text.count("\n", 0, found.start()) + 1 if found else None
 
 
-def parse_profile(text: str, path: str | None = None) -> Profile:
-    """The profile in TOML ``text``; ``path`` only names the source in errors."""
+def load_toml(text: str, source: str | None = None) -> dict[str, Any]:
+    """TOML ``text`` as a dict, or a ConfigError naming ``source`` and the line that is not
+    TOML. Every TOML file of the project (profiles, node configs, scenarios) is read here."""
     try:
-        raw = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         line = re.search(r"line (\d+)", str(exc))
-        raise ConfigError(f"not valid TOML: {exc}", path,
+        raise ConfigError(f"not valid TOML: {exc}", source,
                           int(line.group(1)) if line else None) from None
+
+
+def parse_profile(text: str, path: str | None = None) -> Profile:
+    """The profile in TOML ``text``; ``path`` only names the source in errors."""
+    raw = load_toml(text, path)
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in FIELDS:
             raise ConfigError(
                 f"unknown field {key!r}; the fields are: {', '.join(FIELDS)}",
-                path, _line_of(text, key))
+                path, line_of(text, key))
         check, allowed = FIELDS[key]
         parsed = check(value)
         if parsed is None:
             raise ConfigError(f"field {key} = {value!r}: should be {allowed}",
-                              path, _line_of(text, key))
+                              path, line_of(text, key))
         values[key] = parsed
     missing = [key for key in FIELDS if key not in values and key not in OPTIONAL]
     if missing:

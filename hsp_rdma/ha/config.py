@@ -53,13 +53,12 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hsp_rdma.core.frames import MAX_PAYLOAD
-from hsp_rdma.core.profiles import MAX_QUEUE_DEPTH
+from hsp_rdma.core.profiles import MAX_QUEUE_DEPTH, load_toml
 from hsp_rdma.errors import ConfigError
 from hsp_rdma.units import format_size, parse_size
 
@@ -351,12 +350,7 @@ def parse_node_config(text: str, source: str | Path | None = None) -> NodeConfig
     """The node configuration in TOML ``text``; ``source`` names the file in errors and
     anchors relative paths."""
     src = str(source) if source is not None else None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        line = re.search(r"line (\d+)", str(exc))
-        raise ConfigError(f"not valid TOML: {exc}", src,
-                          int(line.group(1)) if line else None) from None
+    raw = load_toml(text, src)
     r = _Reader(text, src)
     r.known(raw, (), KEYS[""])
 

@@ -38,13 +38,12 @@ from __future__ import annotations
 
 import difflib
 import re
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hsp_rdma.core.profiles import _line_of as line_of
+from hsp_rdma.core.profiles import line_of, load_toml
 from hsp_rdma.errors import ConfigError, LabError
 from hsp_rdma.ha.config import COMMIT_MODES, FABRICS
 from hsp_rdma.lab.netem import parse_spec
@@ -414,12 +413,7 @@ def parse_scenario(text: str, path: str | None = None, name: str | None = None) 
     """The scenario in TOML ``text``; ``path`` names it in errors, ``name`` defaults to the
     file's stem."""
     src = _Source(text, path)
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        line = re.search(r"line (\d+)", str(exc))
-        raise ConfigError(f"not valid TOML: {exc}", path,
-                          int(line.group(1)) if line else None) from None
+    raw = load_toml(text, path)
     for key in raw:
         if key not in TOP_FIELDS:
             raise src.error(f"unknown field {key!r}{_did_you_mean(key, TOP_FIELDS)} (a "
