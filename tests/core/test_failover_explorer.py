@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import os
 import sys
-from collections import deque
 from dataclasses import dataclass, field, fields, replace
 
 import pytest
+from explore_bfs import search
 
 from hsp_rdma.core import failover
 from hsp_rdma.core.failover import (
@@ -457,51 +457,27 @@ class Report:
 def explore(budget: Budget, manager: Manager = Manager.SELF, fence: bool = True,
             limit: int = 3_000_000) -> Report:
     """Breadth-first search of every reachable world; raises Violation with a trace."""
-    start = initial_world(budget, manager, fence)
     truthful = budget.fence_lies == 0
-    seen = {start.key(): None}
-    parents: dict = {}
-    queue = deque([start])
     report = Report()
 
-    def trace(key) -> str:
-        steps = []
-        while key in parents:
-            key, label = parents[key]
-            steps.append(label)
-        return "\n  ".join(reversed(steps))
-
-    while queue:
-        w = queue.popleft()
-        report.states += 1
-        assert report.states <= limit, "state space larger than expected"
-        wkey = w.key()
-        try:
-            check_state(w, truthful)
-            successors = moves(w)
-        except Exception as exc:
-            raise Violation(f"{exc}\ntrace:\n  {trace(wkey)}") from exc
+    def expand(w):
+        check_state(w, truthful)
+        successors = moves(w)
         if sum(1 for m in w.nodes if m is not None and m.serving) > 1:
             report.two_serving += 1
-        progress = False
-        for label, nxt, is_progress in successors:
-            progress |= is_progress
-            k = nxt.key()
-            if k not in seen:
-                seen[k] = None
-                parents[k] = (wkey, label)
-                queue.append(nxt)
-        if not progress:
-            report.terminals += 1
-            y = w.nodes[Y]
-            if y is not None and y.serving and y.epoch > EPOCH:
-                report.failovers += 1
-            report.spent |= {name for name in _BUDGET_FIELDS
-                             if getattr(w.budget, name) < getattr(budget, name)}
-            try:
-                check_terminal(w, truthful)
-            except Violation as exc:
-                raise Violation(f"{exc}\ntrace:\n  {trace(wkey)}") from exc
+        return successors
+
+    def terminal(w) -> None:
+        report.terminals += 1
+        y = w.nodes[Y]
+        if y is not None and y.serving and y.epoch > EPOCH:
+            report.failovers += 1
+        report.spent |= {name for name in _BUDGET_FIELDS
+                         if getattr(w.budget, name) < getattr(budget, name)}
+        check_terminal(w, truthful)
+
+    report.states = search(initial_world(budget, manager, fence), expand, terminal, Violation,
+                           limit)
     return report
 
 

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import os
 import sys
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field, fields, replace
 
 import pytest
+from explore_bfs import search
 
 from hsp_rdma.core import gso
 from hsp_rdma.core.gso import (
@@ -503,48 +504,24 @@ class Report:
 def explore(budget: Budget, modes: tuple = PUSH, limit: int = 2_000_000) -> Report:
     """Breadth-first search of every reachable world; raises Violation with a trace. GSO
     requests take their mode from MODES in turn."""
-    start = initial_world(budget, modes)
-    seen = {start.key(): None}
-    parents: dict = {}
-    queue = deque([start])
     report = Report()
 
-    def trace(key) -> str:
-        steps = []
-        while key in parents:
-            key, label = parents[key]
-            steps.append(label)
-        return "\n  ".join(reversed(steps))
-
-    while queue:
-        w = queue.popleft()
-        report.states += 1
-        assert report.states <= limit, "state space larger than expected"
-        wkey = w.key()
-        progress = False
-        try:
-            check_state(w)
-            successors = moves(w, modes, budget.requests)
-        except Exception as exc:
-            raise Violation(f"{exc}\ntrace:\n  {trace(wkey)}") from exc
-        for label, nxt, is_progress in successors:
-            progress |= is_progress
+    def expand(w):
+        check_state(w)
+        successors = moves(w, modes, budget.requests)
+        for _label, nxt, _progress in successors:
             collect_garbage(nxt)
-            k = nxt.key()
-            if k not in seen:
-                seen[k] = None
-                parents[k] = (wkey, label)
-                queue.append(nxt)
-        if not progress:
-            report.terminals += 1
-            if any(m.epoch > 2 and m.active_since == m.epoch for m in w.nodes):
-                report.switched += 1
-            report.spent.update(name for name in _BUDGET_FIELDS
-                                if getattr(w.budget, name) < getattr(budget, name))
-            try:
-                check_terminal(w)
-            except Violation as exc:
-                raise Violation(f"{exc}\ntrace:\n  {trace(wkey)}") from exc
+        return successors
+
+    def terminal(w) -> None:
+        report.terminals += 1
+        if any(m.epoch > 2 and m.active_since == m.epoch for m in w.nodes):
+            report.switched += 1
+        report.spent.update(name for name in _BUDGET_FIELDS
+                            if getattr(w.budget, name) < getattr(budget, name))
+        check_terminal(w)
+
+    report.states = search(initial_world(budget, modes), expand, terminal, Violation, limit)
     return report
 
 
