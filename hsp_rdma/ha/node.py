@@ -399,10 +399,13 @@ class Node:
         zero-length message is never a frame); HELLO, kick and window - 2 DATA frames fit."""
         if not link.free:
             return
-        slot = link.free.pop()
+        self._post_send(link, link.free.pop(), 0)
+
+    def _post_send(self, link: _ChannelLink, slot: int, length: int) -> None:
+        """Post send-buffer SLOT of LINK (its first LENGTH bytes, already in place); the slot
+        goes back to the free list if the post fails."""
         d = via.VipDescriptor(segments=[via.DataSegment(
-            via.address_of(link.send_buf, slot * self.config.replication.message_size),
-            link.send_handle, 0)])
+            via.address_of(link.send_buf, slot * self._msg_size), link.send_handle, length)])
         d.slot = slot
         try:
             via.VipPostSend(link.vi, d)
@@ -719,14 +722,7 @@ class Node:
         slot = link.free.pop()
         off = slot * size
         link.send_buf[off:off + len(act.data)] = act.data
-        d = via.VipDescriptor(segments=[via.DataSegment(
-            via.address_of(link.send_buf, off), link.send_handle, len(act.data))])
-        d.slot = slot
-        try:
-            via.VipPostSend(link.vi, d)
-        except via.VipError:
-            link.free.append(slot)
-            raise
+        self._post_send(link, slot, len(act.data))
 
     def _apply(self, act: ifa.Deliver):
         ch = act.channel
