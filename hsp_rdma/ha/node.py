@@ -277,6 +277,9 @@ class Node:
         # fault injection for drills and tests (tools/ifa_pair --kill-mid-tx): called with
         # each Send action before it is posted, in the loop thread
         self.before_send: Callable[[ifa.Send], None] | None = None
+        # the failover engine (ha/failover_engine.py) when one is attached; None: heart beats
+        # are sent and counted only
+        self.failover = None
 
     # ---- life -------------------------------------------------------------------------------
     def start(self) -> Node:
@@ -498,6 +501,14 @@ class Node:
                             "start it again")
         timeout = self.config.timeouts.commit / 1000 if timeout is None else timeout
         deadline = time.monotonic() + timeout
+        if self.failover is not None:
+            with self._lock:
+                try:
+                    alone = self.failover.commit_gate(ch, mode)
+                except Exception as exc:  # noqa: BLE001 - failover_engine.CommitRefused
+                    raise NodeError(f"{ch.name.lower()}: no commit: {exc}") from None
+                if alone:  # serving alone after a confirmed fence: done here
+                    return self.failover.local_txid(ch)
         with self._lock:
             try:
                 txid, actions = self.session.submit(ch, message, mode)
@@ -602,15 +613,31 @@ class Node:
                 req = self._requests.get_nowait()
             except queue.Empty:
                 return
-            _lost, ch, why = req
+            kind, ch, why = req
+            if kind == "call":
+                ch()  # a function handed to the loop (call_in_loop)
+                continue
             self._lose(ch, why)
 
+    def call_in_loop(self, fn: Callable[[], None]) -> None:
+        """Run FN in the loop thread, under the lock (from any thread)."""
+        self._requests.put(("call", fn, None))
+        self._wake()
+
     def _heartbeat(self, now: float) -> None:
+        if self.failover is not None:
+            self.failover.tick(now)  # its detector says when to send (send_heartbeat)
+            return
+        self.send_heartbeat(now)
+
+    def send_heartbeat(self, now: float) -> None:
         if self.session.streams[Channel.HEALTH].link is None:
             return
         self.heartbeats["sent"] += 1
-        _, actions = self.session.submit(Channel.HEALTH, _HB.pack(now, self.heartbeats["sent"]),
-                                         Commit.ASYNC)
+        count = self.heartbeats["sent"]
+        payload = (_HB.pack(now, count) if self.failover is None
+                   else self.failover.heartbeat(now, count))
+        _, actions = self.session.submit(Channel.HEALTH, payload, Commit.ASYNC)
         self._run(actions)
 
     # ---- completions ------------------------------------------------------------------------
@@ -657,6 +684,8 @@ class Node:
         except via.VipError as exc:
             self._lose(ch, f"cannot re-post a receive: {exc}")
         if data:  # a zero-length message is the peer's kick (see _kick), not a frame
+            if self.failover is not None and not self.failover.admit(ch, data):
+                return  # another epoch's frame: refused by the failover engine
             self._run(self.session.feed(ifa.FrameReceived(ch, data)))
 
     def _lose(self, ch: Channel, why: str) -> None:
@@ -672,6 +701,8 @@ class Node:
             self._alarm(f"{ch.name.lower()}: link lost on fabric "
                         f"{self._port.config.name}: {why}")
             self._run(self.session.feed(ifa.Disconnected(ch)))
+            if self.failover is not None:
+                self.failover.link_lost(ch, why)
 
     # ---- actions ----------------------------------------------------------------------------
     def _run(self, actions: list) -> None:
@@ -736,6 +767,8 @@ class Node:
                 return ifa.Applied(ch, act.txid)
             if ch == Channel.HEALTH:
                 self.heartbeats["received"] += 1
+                if self.failover is not None:
+                    self.failover.heard(act.message, time.monotonic())
                 return ifa.Applied(ch, act.txid)
             kind, items = ifa.decode_tx(act.message, len(self._pmem),
                                         tuple(d.size for d in self._disks))
@@ -830,4 +863,5 @@ class Node:
                            or s[Channel.CONFIG].inconsistent},
                 "heartbeats": dict(self.heartbeats),
                 "alarms": list(self.alarms),
+                **({"failover": self.failover.status()} if self.failover is not None else {}),
             }

@@ -1,0 +1,160 @@
+"""The failover engine (ha/failover_engine.py) over the soft VIA provider, on this host: two
+nodes in one process. The active goes away (its node closed: every connection drops, no
+goodbye) -> the standby suspects it after the heart-beat timeout, fences it through the
+configured fence action (a program, fence-agents convention), persists the bumped epoch,
+promotes and serves. Without a fence action: an alarm, no promotion. An active that is alive
+but silent (a lying fence) is refused at its old epoch and stops serving."""
+
+from __future__ import annotations
+
+import json
+import random
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from hsp_rdma.ha.config import load_node_config
+from hsp_rdma.ha.failover_engine import FailoverEngine
+from hsp_rdma.ha.node import Node, NodeError
+from hsp_rdma.tools.lab_config import write_node_configs
+from hsp_rdma.via.providers import soft
+
+INFO = {"a": {"x": {"rdma_dev": "soft:a", "ipv4": "127.0.0.1"}},
+        "b": {"x": {"rdma_dev": "soft:b", "ipv4": "127.0.0.2"}}}
+TIMEOUTS = {"connect": 20000, "heartbeat_interval": 50, "heartbeat_timeout": 400,
+            "commit": 3000}
+
+
+def fence_script(tmp_path: Path) -> Path:
+    """A fence agent that records its stdin (key=value lines) and says done."""
+    path = tmp_path / "fence_record"
+    path.write_text(f"#!/bin/sh\ncat >> {tmp_path}/fence.log\necho '---' >> "
+                    f"{tmp_path}/fence.log\necho 'Success: Powered OFF'\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def start_pair(tmp_path: Path, monkeypatch, fence: bool) -> dict[str, Node]:
+    monkeypatch.setattr(soft, "PORT_BASE", 10000 + random.randrange(13) * 1000)
+    choices = {"pmem_size": "256 KiB", "timeouts": TIMEOUTS}
+    if fence:
+        choices["fence"] = {"action": str(fence_script(tmp_path)), "timeout": 5000}
+    paths = write_node_configs(INFO, tmp_path, **choices)
+    nodes = {n: Node(load_node_config(p)) for n, p in paths.items()}
+    for n in nodes.values():
+        FailoverEngine(n)
+    errors: list[BaseException] = []
+
+    def start(n: Node) -> None:
+        try:
+            n.start()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(n,)) for n in nodes.values()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(40)
+    assert not errors, errors
+    return nodes
+
+
+@pytest.fixture
+def closing():
+    nodes: list[Node] = []
+    yield nodes
+    for n in nodes:
+        try:
+            n.close()
+        except Exception:  # noqa: BLE001, S110 - already closed by the test
+            pass
+
+
+def wait_until(pred, timeout: float = 10.0) -> float:
+    t0 = time.monotonic()
+    while not pred():
+        assert time.monotonic() - t0 < timeout, "condition not reached"
+        time.sleep(0.01)
+    return time.monotonic() - t0
+
+
+def test_killed_active_is_fenced_and_the_standby_promotes(tmp_path, monkeypatch, closing):
+    nodes = start_pair(tmp_path, monkeypatch, fence=True)
+    a, b = nodes["a"], nodes["b"]
+    closing.extend((b, a))
+    for i in range(20):
+        with a.pmem.transaction(commit="applied") as tx:
+            tx.write(i * 8, i.to_bytes(8, "little"))
+    wait_until(lambda: b.status()["heartbeats"]["received"] >= 3)
+    assert b.status()["failover"]["state"] == "STANDBY"
+    with pytest.raises(NodeError, match="does not serve"), \
+        b.pmem.transaction(commit="async") as tx:
+        tx.write(0, b"x")
+    a.close()  # the active dies: its connections drop, no goodbye
+    took = wait_until(lambda: b.failover.serving, timeout=10)
+    st = b.status()
+    fo = st["failover"]
+    assert st["role"] == "active" and fo["state"] == "ACTIVE_ALONE", fo
+    assert fo["epoch"] == 3 and st["epoch"] == 3  # b has rank 1: the next odd epoch
+    assert json.loads((tmp_path / "node-state/b/failover/gso-epoch.json").read_text())[
+        "epoch"] == 3  # persisted before use
+    assert [r["ok"] for r in fo["fence_runs"]] == [True]
+    said = (tmp_path / "fence.log").read_text()
+    assert "action=off" in said and "plug=a" in said
+    whats = [e["what"] for e in fo["events"]]
+    assert whats.index("suspected") < whats.index("fencing") < whats.index("fence_result") \
+        < whats.index("persisted") < whats.index("active"), whats
+    assert 0.3 < took < 5, took  # the 400 ms timeout, not at once on the link loss
+    # b serves alone: what a committed is there, and new transactions are acknowledged
+    assert b.pmem.read(19 * 8, 8) == (19).to_bytes(8, "little")
+    with b.pmem.transaction(commit="applied") as tx:
+        tx.write(4096, b"after")
+    assert b.pmem.read(4096, 5) == b"after"
+
+
+def test_no_fence_action_raises_an_alarm_and_does_not_promote(tmp_path, monkeypatch, closing):
+    nodes = start_pair(tmp_path, monkeypatch, fence=False)
+    a, b = nodes["a"], nodes["b"]
+    closing.extend((b, a))
+    wait_until(lambda: b.status()["heartbeats"]["received"] >= 3)
+    a.close()
+    wait_until(lambda: b.status()["failover"]["state"] == "IN_DOUBT")
+    time.sleep(1.0)  # well past the timeout: still no promotion
+    st = b.status()
+    assert st["role"] == "standby" and not st["failover"]["serving"]
+    assert st["failover"]["epoch"] == 1 and st["failover"]["fence_runs"] == []
+    assert "no fence action is configured" in st["failover"]["alarm"]
+    assert any("no fence action is configured" in al for al in st["alarms"])
+    with pytest.raises(NodeError, match="does not serve"), \
+        b.pmem.transaction(commit="async") as tx:
+        tx.write(0, b"x")
+
+
+def test_a_returning_old_active_is_refused_and_stops_serving(tmp_path, monkeypatch, closing):
+    """Node a stays alive but stops sending heart beats (a paused sender); the fence 'confirms'
+    without doing anything (a lying fence). b promotes at epoch 3; a's frames of epoch 1 are
+    refused by b, and a, seeing epoch 3, stops serving: never two that commit."""
+    nodes = start_pair(tmp_path, monkeypatch, fence=True)
+    a, b = nodes["a"], nodes["b"]
+    closing.extend((b, a))
+    wait_until(lambda: b.status()["heartbeats"]["received"] >= 3)
+    real = a.send_heartbeat
+    a.send_heartbeat = lambda now: None  # silent, alive
+    wait_until(lambda: b.failover.serving, timeout=10)
+    assert b.status()["failover"]["epoch"] == 3
+    a.send_heartbeat = real  # a "resumes"
+    wait_until(lambda: not a.failover.serving, timeout=5)
+    sa = a.status()["failover"]
+    assert sa["state"] in ("DEMOTING", "WAIT_PEER", "SYNC_TARGET", "STANDBY_PAIR"), sa
+    assert a.status()["role"] == "standby"
+    with pytest.raises(NodeError, match="does not serve"), \
+        a.pmem.transaction(commit="applied") as tx:
+        tx.write(0, b"stale")
+    wait_until(lambda: b.status()["failover"]["refused_frames"].get("health:older_epoch", 0)
+               > 0, timeout=5)
+    assert b.failover.serving and b.status()["failover"]["state"] == "ACTIVE_ALONE"
+    assert b.pmem.read(0, 5) != b"stale"
