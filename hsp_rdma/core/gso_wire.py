@@ -42,7 +42,22 @@ class Hello:
     version: int = PROTOCOL_VERSION
 
 
-WireMessage = StartGso | Ready | Sealed | Done | Abort | Cancel | Hello
+GOODBYE_TEXT = 192  # bytes of UTF-8 reason a Goodbye carries (cut there, NUL-padded)
+
+
+@dataclass(frozen=True, slots=True)
+class Goodbye:
+    """Sent by a node that ends the pair because the two can never switch over as they are
+    (another protocol version, an image larger than the peer's region, two actives): the
+    peer ends at once with REASON and TEXT, instead of waiting for a timeout to notice.
+    Like Hello it belongs to the connection, not to a GSO: no epoch, never fed to the
+    machine."""
+
+    reason: AbortReason
+    text: str
+
+
+WireMessage = StartGso | Ready | Sealed | Done | Abort | Cancel | Hello | Goodbye
 
 # type number, payload struct, fields of the dataclass in payload order (epoch excluded).
 LAYOUTS: dict[type, tuple[int, struct.Struct, tuple[str, ...]]] = {
@@ -56,19 +71,29 @@ LAYOUTS: dict[type, tuple[int, struct.Struct, tuple[str, ...]]] = {
                                             "active_since", "version")),
     Sealed: (7, struct.Struct("<QIQH32s"), ("address", "handle", "image_length", "digest_algo",
                                              "digest")),
+    Goodbye: (8, struct.Struct(f"<H{GOODBYE_TEXT}s"), ("reason", "text")),
 }
 _BY_TYPE = {num: (cls, st, fields) for cls, (num, st, fields) in LAYOUTS.items()}
 _CONVERT = {"digest_algo": DigestAlgo, "reason": AbortReason, "serving": bool,
             "mode": GsoMode}
-_BYTES = frozenset({"digest"})  # packed as they are; everything else as an int
+_BYTES = frozenset({"digest"})  # packed as they are; text as UTF-8; everything else an int
+_TEXT = frozenset({"text"})
+
+
+def _pack_field(msg: WireMessage, name: str):
+    value = getattr(msg, name)
+    if name in _BYTES:
+        return value
+    if name in _TEXT:
+        return value.encode("utf-8")[:GOODBYE_TEXT]
+    return int(value)
 
 
 def encode_message(msg: WireMessage, sequence: int) -> bytes:
     """The frame bytes of MSG (channel gso)."""
     num, st, fields = LAYOUTS[type(msg)]
     epoch = getattr(msg, "epoch", 0)
-    payload = st.pack(*(getattr(msg, f) if f in _BYTES else int(getattr(msg, f))
-                        for f in fields))
+    payload = st.pack(*(_pack_field(msg, f) for f in fields))
     return encode(Frame(Channel.GSO, num, epoch, sequence, payload))
 
 
@@ -91,6 +116,8 @@ def decode_message(buf: bytes | bytearray | memoryview) -> tuple[WireMessage, in
                 values[name] = conv(values[name])
     except ValueError as exc:
         raise FrameError(f"{cls.__name__}: {exc}") from None
-    if cls is not Hello:
+    for name in _TEXT & values.keys():
+        values[name] = values[name].rstrip(b"\0").decode("utf-8", errors="replace")
+    if cls not in (Hello, Goodbye):
         values["epoch"] = frame.epoch
     return cls(**values), frame.sequence

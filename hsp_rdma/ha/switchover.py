@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from hsp_rdma import via
 from hsp_rdma.core import gso
 from hsp_rdma.core.frames import PROTOCOL_VERSION
-from hsp_rdma.core.gso_wire import Hello, decode_message, encode_message
+from hsp_rdma.core.gso_wire import Goodbye, Hello, decode_message, encode_message
 from hsp_rdma.core.profiles import MAX_QUEUE_DEPTH, PollMode, Profile
 from hsp_rdma.errors import ConfigError, FrameError, HspError
 from hsp_rdma.ha.connect import ATTEMPT_S, HELLO_WAIT_S, PERMANENT, Attempts, retry_until
@@ -72,6 +72,16 @@ DOORBELL = object()  # what _receive returns for the marker's doorbell, when ask
 
 class SwitchoverError(HspError):
     """The switch-over engine could not set up or lost its peer; says which step."""
+
+
+class PeerLeft(SwitchoverError):
+    """The peer ended the pair with a Goodbye (it can never switch over with this node as
+    the two are configured), or the link is gone while no GSO is in progress: nothing can
+    reach this node any more. The message says why."""
+
+
+# A node in one of these states has no GSO in progress (no timer, nothing frozen).
+RESTING = frozenset({gso.GsoState.NORMAL_ACTIVE, gso.GsoState.NORMAL_STANDBY})
 
 
 class _ConnectFailed(SwitchoverError):
@@ -235,6 +245,7 @@ class Engine:
     # B (pull): (epoch, algo, bound fields, digest) of the payload, digested as it landed
     _landed: tuple | None = None
     link_error: str = ""  # why the VI is gone: set once, then AllFabricsLost is fed
+    peer_goodbye: Goodbye | None = None  # the peer ended the pair and said why
     _lost_fed: bool = False
     forged_frames: int = 0  # frames that failed to decode: counted, never applied
     alarm: str = ""
@@ -276,7 +287,7 @@ class Engine:
             # SealImage makes for one epoch of a pull and RevokeRead ends.
             rw = via.MemAttributes(ptag=ptag, enable_rdma_write=True)
             image_handle = via.VipRegisterMem(nic, image.buf, rw)
-            marker = mmap.mmap(-1, mmap.PAGESIZE)
+            marker = via.shared_buffer(mmap.PAGESIZE)  # (soft: written without a message)
             marker_handle = via.VipRegisterMem(nic, marker, rw)
             src_marker = mmap.mmap(-1, mmap.PAGESIZE)
             local = via.MemAttributes(ptag=ptag)
@@ -389,6 +400,8 @@ class Engine:
         end = self.clock() + wait_s
         while self.peer.hello is None:
             msg = self._receive(end)
+            if self.peer_goodbye is not None:
+                raise PeerLeft(self.link_error)
             if msg is None and not self.link_up:
                 raise _ConnectFailed(f"the connection to {who} broke before its Hello: "
                                      f"{self.link_error}")
@@ -397,15 +410,37 @@ class Engine:
                                      "that came up")
             if isinstance(msg, Hello):
                 if msg.version != PROTOCOL_VERSION:
-                    raise SwitchoverError(f"peer speaks protocol version {msg.version}, we "
-                                          f"speak {PROTOCOL_VERSION}: upgrade one side")
+                    self._refuse_peer(gso.AbortReason.VERSION_MISMATCH,
+                                      f"peer speaks protocol version {msg.version}, we speak "
+                                      f"{PROTOCOL_VERSION}: upgrade one side",
+                                      f"it speaks protocol version {PROTOCOL_VERSION}, we "
+                                      f"speak {msg.version}: upgrade one side")
                 self.peer.hello = msg
             else:
                 self._inbox.append(msg)
         if self.peer.hello.serving and self.machine.serving:
-            raise SwitchoverError("both nodes claim to be active: refusing to run (split "
-                                  "brain); restart one of them as standby")
+            self._refuse_peer(gso.AbortReason.NOT_STANDBY,
+                              "both nodes claim to be active: refusing to run (split brain); "
+                              "restart one of them as standby",
+                              "both nodes claim to be active (split brain); restart one of "
+                              "them as standby")
         return self.peer.hello
+
+    def _refuse_peer(self, reason: gso.AbortReason, ours: str, theirs: str) -> None:
+        """End the pair: tell the peer why (THEIRS, in its words) in a Goodbye, so it ends at
+        once rather than on a timeout, then raise PeerLeft(OURS). The Goodbye is posted;
+        close() lets it go out before disconnecting."""
+        self.say_goodbye(reason, theirs)
+        raise PeerLeft(ours)
+
+    def say_goodbye(self, reason: gso.AbortReason, text: str) -> None:
+        """Tell the peer this node ends the pair, and why (best effort: a link already gone
+        takes nothing). The caller ends too; close() lets the Goodbye go out first."""
+        if self.link_up:
+            try:
+                self._send(Goodbye(reason, text))
+            except (SwitchoverError, via.VipError):
+                pass  # the peer's own timeouts end it
 
     def _kick(self) -> None:
         """A zero-length send right after our Hello. siw (6.1) now and then leaves the first
@@ -567,6 +602,12 @@ class Engine:
                 continue
             if isinstance(msg, Hello) and self.peer.hello is not None:
                 continue  # a repeated Hello changes nothing once connected
+            if isinstance(msg, Goodbye):
+                # the peer ends the pair: like a link loss to the machine (a GSO in progress
+                # aborts, the application thaws), and serve() then ends with its reason
+                self.peer_goodbye = msg
+                self._lose_link(f"the peer ended the pair: {msg.text}")
+                return None
             return msg
         return None
 
@@ -591,6 +632,13 @@ class Engine:
         if self.mode is gso.GsoMode.PULL and not self.profile.rdma_read:
             raise gso.GsoRefused(f"GSO refused: pull mode needs RDMA Read, and hw profile "
                                  f"'{self.profile.name}' says rdma_read = false; use push")
+        if length > hello.region_size:
+            # the pair can never switch over this way: the standby hears why and ends too
+            self.say_goodbye(gso.AbortReason.IMAGE_TOO_LARGE,
+                             f"the active's state image of {length} bytes exceeds this "
+                             f"standby's registered region of {hello.region_size} bytes: "
+                             f"give this node a region of at least {length} bytes (P.mem, "
+                             "blob and header)")
         self._feed(gso.RequestGso(image_length=length, peer_region_size=hello.region_size,
                                   peer_version=hello.version, digest_algo=self.digest_algo,
                                   mode=self.mode))
@@ -919,7 +967,15 @@ class Engine:
         """Carry the machine until UNTIL() is true: control frames, the copy, send
         completions and ticks (so every timer fires, also while the copy runs)."""
         tick_ms = max(1, int(tick_s * 1000))
-        while not until():
+        while True:
+            resting = self.machine.state in RESTING
+            if resting and self.peer_goodbye is not None:
+                raise PeerLeft(self.link_error)  # (a GSO it interrupted is in reports)
+            if until():
+                return
+            if resting and not self.link_up:
+                raise PeerLeft(f"the link to the peer is gone ({self.link_error}) and no GSO "
+                               "is in progress: nothing can reach this node any more")
             while self._inbox:
                 self._feed(self._inbox.popleft())
             if self._copy is not None or self._pull is not None:

@@ -18,7 +18,7 @@ from hsp_rdma.core.gso import (
     Sealed,
     StartGso,
 )
-from hsp_rdma.core.gso_wire import Hello, decode_message, encode_message
+from hsp_rdma.core.gso_wire import GOODBYE_TEXT, Goodbye, Hello, decode_message, encode_message
 from hsp_rdma.errors import FrameError
 
 epochs = st.integers(1, 0xFFFF_FFFF)
@@ -37,6 +37,9 @@ messages = st.one_of(
               marker_addr=st.integers(0, (1 << 64) - 1),
               marker_handle=st.integers(0, (1 << 32) - 1), serving=st.booleans(),
               active_since=st.integers(0, 1 << 48)),
+    # at most 4 UTF-8 bytes a character: 48 of them always fit (longer text is cut)
+    st.builds(Goodbye, reason=st.sampled_from(AbortReason),
+              text=st.text(st.characters(exclude_characters="\0"), max_size=48)),
 )
 
 
@@ -83,3 +86,12 @@ def test_start_gso_with_an_unknown_mode_is_refused() -> None:
     payload = struct.pack("<QHHB", 4096, 3, 1, 9)
     with pytest.raises(FrameError, match="StartGso: 9 is not a valid GsoMode"):
         decode_message(encode(Frame(Channel.GSO, 1, 1, 1, payload)))
+
+
+def test_goodbye_text_is_cut_to_its_room_and_never_fails_to_decode() -> None:
+    long = Goodbye(AbortReason.IMAGE_TOO_LARGE, "é" * GOODBYE_TEXT)  # 2 bytes a character
+    got, _seq = decode_message(encode_message(long, 7))
+    assert got.reason is AbortReason.IMAGE_TOO_LARGE and got.text == "é" * (GOODBYE_TEXT // 2)
+    cut, _seq = decode_message(encode_message(Goodbye(AbortReason.VERSION_MISMATCH,
+                                                      "x" + "é" * GOODBYE_TEXT), 8))
+    assert cut.text.startswith("x" + "é" * 90)  # a character cut in two decodes as U+FFFD

@@ -298,21 +298,36 @@ def test_restarted_nodes_keep_their_epochs_and_ignore_a_replayed_old_gso(healthy
     assert json.loads(saved.stdout)["epoch"] == json.loads(saved.stdout)["seen"] == 2
 
 
+# A pair that can never switch over: the refusing node tells the other why (Goodbye) and
+# both end at once, each with its reason, instead of one waiting out a timeout (60-90 s).
+PROMPT_S = 30.0  # both ended well within this (TCG guests: Python start, connect, close)
+
+
 def test_image_larger_than_standby_region_is_refused_before_stopping(healthy_lab: Lab) -> None:
+    t0 = time.monotonic()
     a, b = start_pair(healthy_lab, 2 * MiB, runs=1, extra_a=("--pmem", str(1 * MiB)))
-    res = finish_pair(a, b, timeout=60)
+    res = finish_pair(a, b, timeout=PROMPT_S)
     refused = only(b, "refused")
     assert "exceeds the standby's registered region" in refused["reason"]
     assert not b.of("frozen") and res.rc["b"] == 1
+    told = only(a, "error")["error"]
+    assert "the peer ended the pair: the active's state image of" in told, a.events
+    assert "exceeds this standby's registered region" in told and res.rc["a"] == 1
+    assert time.monotonic() - t0 < PROMPT_S, "both ended at once"
 
 
 def test_peer_with_another_protocol_version_is_refused(healthy_lab: Lab) -> None:
-    # b may miss a's Hello as a leaves; it then retries, for 20 s rather than the default 120
+    # --connect-timeout 20: should b ever miss a's Hello and Goodbye, it gives up in 20 s
+    t0 = time.monotonic()
     a, b = start_pair(healthy_lab, 1 * MiB, runs=1,
                       extra_b=("--inject", "bad-version", "--connect-timeout", "20"))
-    res = finish_pair(a, b, timeout=90)
+    res = finish_pair(a, b, timeout=PROMPT_S)
     assert "peer speaks protocol version 99" in only(a, "error")["error"]
     assert not b.of("frozen") and res.rc["a"] == 1
+    told = only(b, "error")["error"]
+    assert "the peer ended the pair: it speaks protocol version 1, we speak 99" in told, b.events
+    assert res.rc["b"] == 1
+    assert time.monotonic() - t0 < PROMPT_S, "both ended at once"
 
 
 def test_bench_on_two_hosts_serve_and_peer(healthy_lab: Lab) -> None:

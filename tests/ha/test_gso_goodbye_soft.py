@@ -1,0 +1,120 @@
+"""A pair that can never switch over ends at once on both sides, each saying why (over the
+soft provider, on this host): the refusing node sends a Goodbye with its reason and the
+refused one ends with it, instead of waiting for a timeout to notice."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+
+from hsp_rdma.core.profiles import load_profiles, pick_profile
+from hsp_rdma.errors import GsoRefused
+from hsp_rdma.ha.switchover import Engine, PeerLeft
+from hsp_rdma.via.providers import soft
+
+LISTEN_IP, CONNECT_IP = "127.0.0.1", "127.0.0.2"
+PROMPT_S = 10.0  # ends well before any of the engine's timeouts (connect: 20 s here)
+
+
+@pytest.fixture(autouse=True)
+def _own_ports(monkeypatch):
+    monkeypatch.setattr(soft, "PORT_BASE", random.randrange(40, 50) * 1000)
+
+
+def engine(name: str, serving: bool, pmem: int = 1 << 16) -> Engine:
+    return Engine.open(f"soft:{name}", pick_profile(f"soft:{name}", load_profiles()),
+                       pmem, 256, serving=serving)
+
+
+def in_thread(fn, *args):
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["result"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, box
+
+
+def closing(eng: Engine, fn, *args):
+    """FN(*ARGS), then close ENG (so what it posted, a Goodbye, goes out) whatever happens."""
+    try:
+        return fn(*args)
+    finally:
+        eng.close()
+
+
+def serve_forever(eng: Engine) -> None:
+    eng.serve(until=lambda: False)
+
+
+def test_peer_of_another_version_is_told_and_both_end_at_once():
+    standby, active = engine("a", False), engine("b", True)
+    active.hello_version = 99
+    t0, refused = time.monotonic(), ""
+    t, box = in_thread(closing, standby, standby.connect, LISTEN_IP, None, 20)
+    try:
+        try:
+            active.connect(CONNECT_IP, LISTEN_IP, 20)
+            # it may have taken the standby's Hello before the Goodbye: it hears it next
+            active.request_gso()
+            serve_forever(active)
+        except PeerLeft as exc:
+            refused = str(exc)
+        took = time.monotonic() - t0
+    finally:
+        active.close()
+    t.join(PROMPT_S)
+    assert isinstance(box.get("error"), PeerLeft), box
+    assert "peer speaks protocol version 99, we speak 1" in str(box["error"])
+    assert "the peer ended the pair: it speaks protocol version 1, we speak 99" in refused
+    assert took < PROMPT_S, f"the refused node ended after {took:.1f} s"
+
+
+def test_image_larger_than_the_standby_region_ends_the_standby_with_the_reason():
+    standby, active = engine("a", False), engine("b", True, pmem=1 << 17)
+    t, box = in_thread(standby.connect, LISTEN_IP, None, 20)
+    try:
+        active.connect(CONNECT_IP, LISTEN_IP, 20)
+        t.join(20)
+        assert "error" not in box, box
+        with pytest.raises(GsoRefused, match="exceeds the standby's registered region"):
+            active.request_gso()
+    finally:
+        active.close()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(PeerLeft, match=r"the peer ended the pair: the active's state image "
+                                           r"of \d+ bytes exceeds this standby's registered "
+                                           r"region of \d+ bytes: give this node a region"):
+            serve_forever(standby)
+    finally:
+        standby.close()
+    assert time.monotonic() - t0 < PROMPT_S
+    assert not standby.reports, "no GSO started"
+
+
+def test_a_standby_whose_peer_left_ends_instead_of_waiting_forever():
+    standby, active = engine("a", False), engine("b", True)
+    t, box = in_thread(standby.connect, LISTEN_IP, None, 20)
+    try:
+        active.connect(CONNECT_IP, LISTEN_IP, 20)
+        t.join(20)
+        assert "error" not in box, box
+    finally:
+        active.close()  # leaves without a word
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(PeerLeft, match="the link to the peer is gone .* no GSO is in "
+                                           "progress"):
+            serve_forever(standby)
+    finally:
+        standby.close()
+    assert time.monotonic() - t0 < PROMPT_S
