@@ -8,7 +8,6 @@ needs no staging; at freeze time only the application blob is copied in after it
 from __future__ import annotations
 
 import hashlib
-import mmap
 import struct
 import time
 import zlib
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from hsp_rdma.core import frames
 from hsp_rdma.core.gso import DigestAlgo
 from hsp_rdma.errors import HspError
+from hsp_rdma.via.shm import shared_buffer
 
 try:
     from hsp_rdma.cext.crc32c import crc32c as _crc32c_native
@@ -102,7 +102,8 @@ class StateImage:
         self.pmem_size = pmem_size
         self.blob_capacity = blob_capacity
         self.capacity = HEADER_SPACE + pmem_size + blob_capacity
-        self.buf = mmap.mmap(-1, self.capacity)
+        # shared memory: over the soft provider a same-host peer writes into it directly
+        self.buf = shared_buffer(self.capacity)
         self.pmem = memoryview(self.buf)[HEADER_SPACE:HEADER_SPACE + pmem_size]
         self.length = 0  # of the image; 0 until load_blob()
 

@@ -21,6 +21,7 @@ from hsp_rdma.via.constants import *
 from hsp_rdma.via.constants import Reliability, VipReturn, ViState
 from hsp_rdma.via.providers import soft as _soft
 from hsp_rdma.via.providers import verbs as _prov
+from hsp_rdma.via.shm import shared_buffer  # registerable memory a same-host peer can map
 from hsp_rdma.via.types import (
     AddressSegment,
     DataSegment,
@@ -497,4 +498,5 @@ __all__ = [
     "VipSetViAttributes",
     "VipTimeout",
     "address_of",
+    "shared_buffer",
 ]

@@ -14,7 +14,9 @@ import ctypes
 import errno as _errno
 import ipaddress
 import itertools
+import mmap
 import os
+import random
 import secrets
 import select
 import socket
@@ -27,6 +29,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from hsp_rdma.via import shm
 from hsp_rdma.via.constants import Control, Reliability, Status, VipReturn, ViState
 from hsp_rdma.via.types import (
     MemAttributes,
@@ -63,6 +66,14 @@ NATIVE_MTU = 4096
 # (parallel test runs); several discriminators may share a port, the listener tells them apart.
 PORT_BASE = int(os.environ.get("HSP_VIA_SOFT_PORT_BASE", "10000"))
 PORT_SPAN = 10000
+# Test runs and benches of several engineers on one host: each picks a base of its own among
+# every base whose ports stay in 10000..32767 (below Linux's ephemeral range, 32768-60999).
+PORT_BASE_MIN, PORT_BASE_MAX = 10000, 32768 - PORT_SPAN
+
+
+def random_port_base() -> int:
+    """A port base for one test run or bench (12768 to choose from: runs rarely meet)."""
+    return random.randrange(PORT_BASE_MIN, PORT_BASE_MAX)
 # A peer that stops acknowledging (host gone, cable pulled) fails the connection after about
 # this long, like the verbs provider's RC retry budget (~4 s on RoCE).
 USER_TIMEOUT_MS = 4000
@@ -93,6 +104,7 @@ ACK = 9  # seq=every operation up to and including it was applied
 NAK = 10  # seq=the operation refused (all before it were applied), value=Status bits;
 #           payload=the reason in words. The sender of a NAK closes the stream after it.
 CMA_OK = 11  # the acceptor read the initiator's handshake cookie: F_CMA frames may come
+GRANT = 12  # rkey, value=slot, addr=region address, flags=rights; payload=GRANT_BODY
 F_IMM = 1
 # Same host (both ends on one kernel): a HELLO/ACCEPT with F_LOCAL carries LOCAL after the
 # discriminator (boot id, pid, the address of a 16-byte cookie, a nonce for the peer). Each
@@ -108,6 +120,18 @@ F_CMA = 4
 # receive waits up to ACK_DELAY_S for its application to answer (the ACK then rides on the
 # answer, one frame and one wake-up fewer for the peer) before it sends a plain ACK.
 F_ACKED = 8
+# Same host, one-sided writes (hsp_rdma.via.shm): a WRITE with F_GRANT asks, once per region
+# and connection, for the region itself. When the receiver applied it (every check passed) and
+# the region lies in a shared_buffer of its own, it answers GRANT before the write's ACK: its
+# memfd (as /proc/PID/fd/FD of the proven peer pid), where the region starts in it, its length,
+# and the grant-table slot the region holds. The writer maps exactly those pages (read-write:
+# only regions that allow remote writes are granted) and from then on an RDMA Write into that
+# region, posted while nothing of ours is unacknowledged (so it lands after everything posted
+# before it), is one memcpy into the peer's memory: no frame, complete when copied. Before each
+# such write the writer checks the range against the grant and the slot against the owner's
+# table (cleared on deregistration); anything else goes as a frame, refused by the owner.
+F_GRANT = 16
+GRANT_BODY = struct.Struct("!IQQ")  # fd, region offset in the memfd, region length
 ACK_DELAY_S = 0.0005
 LOCAL = struct.Struct("!16sIQ16s")  # boot id, pid, cookie address, nonce
 IOV = struct.Struct("!QI")  # address, length
@@ -117,7 +141,7 @@ MAX_REASON = 512
 IOV_BATCH = 512
 _MASK = 0xFFFFFFFF
 _NAMES = {HELLO: "HELLO", ACCEPT: "ACCEPT", REJECT: "REJECT", READY: "READY", SEND: "SEND",
-          CMA_OK: "CMA_OK",
+          CMA_OK: "CMA_OK", GRANT: "GRANT",
           WRITE: "WRITE", READ_REQ: "READ_REQ", READ_RESP: "READ_RESP", ACK: "ACK", NAK: "NAK"}
 
 
@@ -279,6 +303,22 @@ class Region:
         self.nic, self.ptag, self.key = nic, attrs.ptag, key
         self.remote_write, self.remote_read = attrs.enable_rdma_write, attrs.enable_rdma_read
         self.closed = False
+        # Same host: the shared_buffer this region lies in (peers may be granted a mapping)
+        self.shm = shm.lookup(self.addr, self.length) if self.remote_write else None
+        self.slot = -1  # its grant-table slot, once granted
+
+    def grant(self) -> tuple[int, int, int] | None:
+        """(memfd, offset in it, slot) for a peer to map this region, or None."""
+        if self.shm is None or self.closed:
+            return None
+        alloc, off = self.shm
+        if not alloc.live():
+            return None
+        if self.slot < 0:
+            self.slot = alloc.claim(self.key, EN_WRITE)
+            if self.slot < 0:
+                return None
+        return alloc.fd, shm.PAGE + off, self.slot
 
     @property
     def pd(self) -> Ptag:  # the verbs provider's name for it
@@ -292,6 +332,9 @@ class Region:
     def close(self) -> None:
         """Deregistered: the buffer is the caller's again (an mmap can be closed)."""
         self.closed = True
+        if self.slot >= 0:  # grantees see it before their next write
+            self.shm[0].release(self.slot)
+            self.slot = -1
         view, self.view = self.view, memoryview(b"")
         try:
             view.release()
@@ -843,6 +886,8 @@ class _Conn:
         self.cma_pid = 0  # same host: the peer's pid, proven; its F_CMA frames are read
         self.cma_out = False  # same host: the peer reads ours; our SEND/WRITE data may stay
         self.expect_cma_ok = False  # (the initiator, having offered)
+        self.asked: set[int] = set()  # rkeys of the peer's we asked a grant for (once each)
+        self.grants: dict[int, _Grant] = {}  # the peer's regions we may write into directly
         self.reader = threading.Thread(target=self._read_loop, daemon=True,
                                        name=f"via-soft-vi{vi.serial}")
         self.writer = threading.Thread(target=self._write_loop, daemon=True,
@@ -943,6 +988,7 @@ class _Conn:
             self.backlog.clear()
             self.wlock.notify_all()
             started = self.started
+        self.drop_grants()
         self._break_stream()
         if not started:
             self.sock.close()
@@ -987,6 +1033,7 @@ class _Conn:
             with self.wlock:
                 self.failed = True
                 self.wlock.notify_all()
+            self.drop_grants()
             self.writer.join(DRAIN_S)
             _close(self.sock)
 
@@ -1033,6 +1080,10 @@ class _Conn:
                                f"RDMA Write into handle {rkey:#x}, deregistered meanwhile")
             nic.count("rdma_write_bytes_rx", length)
             self.applied = seq
+            if flags & F_GRANT and self.cma_pid:
+                self._grant(region)
+        elif kind == GRANT:
+            self._take_grant(rkey, addr, value, flags, length)
         elif kind == CMA_OK:
             if not self.expect_cma_ok or self.cma_out:
                 raise _Garbage("CMA_OK from a peer that was not offered the same-host path")
@@ -1053,6 +1104,71 @@ class _Conn:
             self._nak(seq, value, reason)
         else:
             raise _Garbage(f"unexpected frame {_NAMES.get(kind, kind)} on a connected VI")
+
+    def _grant(self, region: Region) -> None:
+        """The proven same-host peer wrote into REGION (every check passed) and asked for
+        it: grant it, if it lies in a shared_buffer of ours (sent before the write's ACK)."""
+        g = region.grant()
+        if g is None:
+            return
+        fd, off, slot = g
+        self.vi.nic.count("shm_grants_tx")
+        self.send([frame(GRANT, addr=region.addr, rkey=region.key, value=slot, flags=EN_WRITE,
+                         length=GRANT_BODY.size), GRANT_BODY.pack(fd, off, region.length)])
+
+    def _take_grant(self, rkey: int, addr: int, slot: int, rights: int, length: int) -> None:
+        """The peer grants region RKEY: map exactly its pages of the peer's memfd."""
+        if length != GRANT_BODY.size:
+            raise _Garbage(f"GRANT with a {length}-byte body")
+        fd, off, size = GRANT_BODY.unpack(self.stream.take(length))
+        if rkey not in self.asked or not self.cma_pid:
+            raise _Garbage(f"GRANT of handle {rkey:#x}, which was never asked for")
+        self.asked.discard(rkey)
+        try:
+            if not (rights & EN_WRITE and 0 <= slot < shm.SLOTS and size
+                    and off >= shm.PAGE and size <= MAX_TRANSFER):
+                raise ValueError(f"slot {slot}, offset {off}, {size} bytes, rights {rights}")
+            g = _Grant.map(self.cma_pid, fd, off, size, addr, rkey, slot)
+        except (OSError, ValueError) as exc:  # (no direct path: the writes stay frames)
+            self.vi.nic.count("shm_grants_unusable")
+            self.vi.nic.note(f"grant of handle {rkey:#x} not usable: {exc}")
+            return
+        with self.wlock:
+            if self.closed or self.failed:
+                g.close()
+                return
+            old = self.grants.pop(rkey, None)
+            self.grants[rkey] = g
+            if old is not None:
+                old.close()
+        self.vi.nic.count("shm_grants_rx")
+
+    def shm_write(self, g: _Grant, raddr: int, segs: list, total: int) -> bool:
+        """An RDMA Write as one copy into the peer's granted region, if it may go that way
+        now (nothing of ours unacknowledged, the range in the grant, the owner's slot still
+        the region's); False: it goes as a frame."""
+        with self.wlock:
+            if (self.pending or self.closed or self.failed or g.closed
+                    or not g.addr <= raddr or raddr + total > g.addr + g.length
+                    or not g.valid()):
+                return False
+            at = g.start + raddr - g.addr
+            for r, o, n in segs:
+                if n:
+                    src = r.pin(o, n)
+                    if src is None:
+                        return False  # deregistered meanwhile: the frame path says so
+                    g.view[at:at + n] = src
+                    at += n
+        self.vi.nic.count("shm_bytes_tx", total)
+        self.vi.nic.count("shm_writes_tx")
+        return True
+
+    def drop_grants(self) -> None:
+        with self.wlock:  # (no copy is under way: they hold the lock)
+            for g in self.grants.values():
+                g.close()
+            self.grants.clear()
 
     def _ack_may_wait(self) -> bool:
         """At a frame boundary with nothing buffered, after a receive completed: wait (at
@@ -1261,6 +1377,47 @@ class _Closed(Exception):
     """The connection ended on purpose (a NAK taken); the reader stops quietly."""
 
 
+class _Grant:
+    """A peer's region mapped into this process (its pages of the peer's memfd, read-write)
+    and the peer's grant table (read-only), to check the region is still registered."""
+
+    def __init__(self, mm: mmap.mmap, table: mmap.mmap, start: int, addr: int, length: int,
+                 rkey: int, slot: int):
+        self.mm, self.table, self.view = mm, table, memoryview(mm)
+        self.start, self.addr, self.length = start, addr, length
+        self.rkey, self.slot = rkey, slot
+        self.want = shm.SLOT.pack(rkey, EN_WRITE)
+        self.closed = False
+
+    @classmethod
+    def map(cls, pid: int, fd: int, off: int, size: int, addr: int, rkey: int,
+            slot: int) -> _Grant:
+        path = f"/proc/{pid}/fd/{fd}"
+        if not os.readlink(path).startswith(f"/memfd:{shm.MEMFD_NAME}"):
+            raise ValueError(f"{path} is not a shared buffer of the soft provider")
+        f = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            if os.fstat(f).st_size < off + size:
+                raise ValueError(f"{path} is shorter than the granted region")
+            lo = off - off % shm.PAGE
+            mm = mmap.mmap(f, off + size - lo, offset=lo,
+                           flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+            table = mmap.mmap(f, shm.PAGE, offset=0, access=mmap.ACCESS_READ)
+        finally:
+            os.close(f)
+        return cls(mm, table, off - lo, addr, size, rkey, slot)
+
+    def valid(self) -> bool:
+        at = self.slot * shm.SLOT.size
+        return self.table[at:at + shm.SLOT.size] == self.want
+
+    def close(self) -> None:
+        self.closed = True
+        self.view.release()
+        self.mm.close()
+        self.table.close()
+
+
 def _rest(parts: list, sent: int) -> list:
     """PARTS less the first SENT bytes."""
     i = 0
@@ -1455,6 +1612,15 @@ class Vi:
         if op != Control.OP_SENDRECV:
             raddr = desc.address.address & 0xFFFFFFFFFFFFFFFF
             rkey = int(desc.address.handle) & 0xFFFFFFFF
+        if op == Control.OP_RDMAWRITE and not imm and conn.cma_pid:
+            g = conn.grants.get(rkey)
+            if g is not None and conn.shm_write(g, raddr, segs, total):
+                self._complete_send(desc, Status.DONE)  # in the peer's memory
+                return
+            if g is None and rkey not in conn.asked:
+                with conn.wlock:
+                    conn.asked.add(rkey)
+                flags |= F_GRANT
         if op == Control.OP_RDMAREAD:
             parts = [frame(READ_REQ, addr=raddr, rkey=rkey, value=total)]
         else:

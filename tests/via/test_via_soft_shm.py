@@ -1,0 +1,263 @@
+"""The soft provider's one-sided same-host RDMA Write (host, no lab): a region registered over
+``via.shared_buffer`` is granted to the proven same-host peer after its first (checked) write,
+and later writes are one memcpy into it, with no frame; everything else still goes as a frame
+and is refused by the owner as before.
+
+Two NICs in this process (the same-host proof reads our own pid's memory): "own" registers
+the target, "peer" writes into it.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+import time
+
+import pytest
+
+from hsp_rdma import via
+from hsp_rdma.via import shm
+from hsp_rdma.via.providers import soft
+
+PAGE = mmap.PAGESIZE
+DISC = b"shm-test"
+FILL = 0xAA
+
+
+class Pair:
+    """OWN: a shared_buffer of 4 pages, pages 1-2 registered with remote write (H), page 3
+    registered without remote rights (H_NONE), page 0 not registered. PEER: a source buffer,
+    its VI connected to OWN's."""
+
+    def __init__(self, target=None):
+        self.own = via.VipOpenNic("soft:own")
+        self.peer = via.VipOpenNic("soft:peer")
+        self.errors: list = []
+        via.VipErrorCallback(self.own, lambda _c, e: self.errors.append(e))
+        self.optag, self.pptag = via.VipCreatePtag(self.own), via.VipCreatePtag(self.peer)
+        self.mem = target if target is not None else via.shared_buffer(4 * PAGE)
+        self.mem[:] = bytes([FILL]) * len(self.mem)
+        view = memoryview(self.mem)
+        self.h = via.VipRegisterMem(self.own, view[PAGE:3 * PAGE], via.MemAttributes(
+            ptag=self.optag, enable_rdma_write=True))
+        self.h_none = via.VipRegisterMem(self.own, view[3 * PAGE:4 * PAGE],
+                                         via.MemAttributes(ptag=self.optag))
+        self.base = via.address_of(self.mem)
+        self.src = bytearray(os.urandom(4 * PAGE))
+        self.hs = via.VipRegisterMem(self.peer, self.src, via.MemAttributes(ptag=self.pptag))
+        self.rbuf = bytearray(64)
+        self.hr = via.VipRegisterMem(self.own, self.rbuf, via.MemAttributes(ptag=self.optag))
+        self.ovi = via.VipCreateVi(self.own, via.ViAttributes(ptag=self.optag,
+                                                              enable_rdma_write=True))
+        self.pvi = via.VipCreateVi(self.peer, via.ViAttributes(ptag=self.pptag,
+                                                               enable_rdma_write=True))
+        via.VipPostRecv(self.ovi, via.VipDescriptor(segments=[
+            via.DataSegment(via.address_of(self.rbuf), self.hr, 64)]))
+
+        def accept() -> None:
+            req = via.VipConnectWait(self.own, via.NetAddress("127.0.0.1", DISC), 5000)
+            via.VipConnectAccept(req, self.ovi)
+
+        t = threading.Thread(target=accept)
+        t.start()
+        via.VipConnectRequest(self.pvi, via.NetAddress("127.0.0.2", b""),
+                              via.NetAddress("127.0.0.1", DISC), 5000)
+        t.join()
+
+    def write(self, off: int, n: int, handle=None, src_off: int = 0) -> via.VipDescriptor:
+        """RDMA Write N bytes of src[SRC_OFF:] at OFF of the target buffer; its completion."""
+        via.VipPostSend(self.pvi, via.VipDescriptor(
+            control=via.Control.OP_RDMAWRITE,
+            segments=[via.DataSegment(via.address_of(self.src, src_off), self.hs, n)],
+            address=via.AddressSegment(self.base + off, handle if handle is not None
+                                       else self.h)))
+        return via.VipSendWait(self.pvi, 5000)
+
+    def counters(self, nic) -> dict:
+        return via.VipQuerySystemManagementInfo(nic)["counters"]
+
+    def granted(self, timeout_s: float = 3) -> None:
+        t0 = time.monotonic()
+        while not self.pvi.conn.grants and time.monotonic() - t0 < timeout_s:
+            time.sleep(0.005)
+        while self.pvi.conn.pending and time.monotonic() - t0 < timeout_s:
+            time.sleep(0.005)  # (the first write's ACK)
+        assert self.pvi.conn.grants, self.counters(self.peer)
+
+    def close(self) -> None:
+        via.VipCloseNic(self.peer)
+        via.VipCloseNic(self.own)
+
+
+@pytest.fixture
+def pair(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(soft, "PORT_BASE", soft.random_port_base())
+    p = Pair()
+    yield p
+    p.close()
+
+
+def ok(d: via.VipDescriptor) -> bool:
+    return not d.status & via.Status.ERROR_MASK
+
+
+def expect(p: Pair, changed: dict[int, bytes]) -> None:
+    """The target buffer is as filled but for CHANGED (offset: bytes)."""
+    want = bytearray([FILL]) * (4 * PAGE)
+    for off, data in changed.items():
+        want[off:off + len(data)] = data
+    got = bytes(p.mem)
+    if got != want:
+        first = next(i for i in range(len(got)) if got[i] != want[i])
+        pytest.fail(f"target memory differs at offset {first} (page {first // PAGE})")
+
+
+def test_writes_after_the_grant_land_without_a_frame(pair: Pair) -> None:
+    assert ok(pair.write(PAGE, 100))  # a frame, asking for the grant
+    pair.granted()
+    rx = pair.counters(pair.own).get("frames_rx", 0)
+    g = next(iter(pair.pvi.conn.grants.values()))
+    assert len(g.mm) <= 2 * PAGE + PAGE, "more than the region's pages were mapped"
+    for i in range(20):
+        assert ok(pair.write(PAGE + 64 * i, 64, src_off=64 * i))
+    assert pair.counters(pair.peer)["shm_writes_tx"] == 20
+    assert pair.counters(pair.own).get("frames_rx", 0) == rx, "a direct write sent a frame"
+    expect(pair, {PAGE: bytes(pair.src[:64 * 20])})
+    # a standby polling a marker sees it with no message
+    marker_at = 3 * PAGE - 8
+    assert ok(pair.write(marker_at, 8, src_off=PAGE))
+    assert pair.mem[marker_at:marker_at + 8] == pair.src[PAGE:PAGE + 8]
+
+
+def test_a_write_after_an_unacknowledged_send_keeps_its_order(pair: Pair) -> None:
+    assert ok(pair.write(PAGE, 16))
+    pair.granted()
+    hsend = pair.hs
+    via.VipPostSend(pair.pvi, via.VipDescriptor(segments=[
+        via.DataSegment(via.address_of(pair.src), hsend, 32)]))
+    before = pair.counters(pair.peer).get("shm_writes_tx", 0)
+    # posted at once after the send: the send is not acknowledged yet, so the write goes as
+    # a frame behind it (or, if the ACK already came, directly: both keep the order)
+    via.VipPostSend(pair.pvi, via.VipDescriptor(
+        control=via.Control.OP_RDMAWRITE,
+        segments=[via.DataSegment(via.address_of(pair.src, 64), hsend, 64)],
+        address=via.AddressSegment(pair.base + 2 * PAGE, pair.h)))
+    r = via.VipRecvWait(pair.ovi, 5000)
+    assert ok(r) and pair.rbuf[:32] == pair.src[:32]
+    for _ in range(2):
+        assert ok(via.VipSendWait(pair.pvi, 5000))
+    assert pair.mem[2 * PAGE:2 * PAGE + 64] == pair.src[64:128]
+    assert pair.counters(pair.peer).get("shm_writes_tx", 0) - before <= 1
+
+
+@pytest.mark.parametrize("what", ["past_the_end", "before_the_start", "no_write_right",
+                                  "deregistered"])
+def test_direct_writes_outside_the_grant_are_refused_by_the_owner(pair: Pair,
+                                                                   what: str) -> None:
+    assert ok(pair.write(PAGE, 16))
+    pair.granted()
+    changed = {PAGE: bytes(pair.src[:16])}
+    if what == "past_the_end":
+        d = pair.write(3 * PAGE - 8, 64)
+        counter = "refused_range"
+    elif what == "before_the_start":
+        d = pair.write(PAGE - 8, 64)
+        counter = "refused_range"
+    elif what == "no_write_right":
+        d = pair.write(3 * PAGE, 64, handle=pair.h_none)
+        counter = "refused_permission"
+    else:
+        via.VipDeregisterMem(pair.own, None, pair.h)
+        d = pair.write(PAGE + 64, 64)
+        counter = "refused_handle"
+    assert d.status & via.VIP_STATUS_RDMA_PROT_ERROR, hex(d.status)
+    assert pair.counters(pair.own).get(counter) == 1, pair.counters(pair.own)
+    assert pair.counters(pair.peer).get("shm_writes_tx", 0) == 0
+    t0 = time.monotonic()
+    while not pair.errors and time.monotonic() - t0 < 3:
+        time.sleep(0.01)
+    assert [e.code for e in pair.errors] == ["PROTECTION"]
+    expect(pair, changed)
+
+
+def test_ordinary_buffers_and_write_protected_regions_are_never_granted(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(soft, "PORT_BASE", soft.random_port_base())
+    p = Pair(target=mmap.mmap(-1, 4 * PAGE))  # not a shared_buffer: the frame path
+    try:
+        for i in range(3):
+            assert ok(p.write(PAGE + 64 * i, 64, src_off=64 * i))
+        assert not p.pvi.conn.grants
+        assert "shm_grants_tx" not in p.counters(p.own)
+        expect(p, {PAGE: bytes(p.src[:192])})
+    finally:
+        p.close()
+    # a shared_buffer region registered without remote write has no slot to grant
+    nic = via.VipOpenNic("soft:x")
+    try:
+        buf = via.shared_buffer(PAGE)
+        h = via.VipRegisterMem(nic, buf, via.MemAttributes(ptag=via.VipCreatePtag(nic)))
+        assert h.mr.shm is None and h.mr.grant() is None
+    finally:
+        via.VipCloseNic(nic)
+
+
+def test_without_the_same_host_proof_nothing_is_granted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(soft, "PORT_BASE", soft.random_port_base())
+    monkeypatch.setenv("HSP_VIA_SOFT_LOCAL", "0")
+    p = Pair()
+    try:
+        for i in range(3):
+            assert ok(p.write(PAGE + 64 * i, 64, src_off=64 * i))
+        time.sleep(0.05)
+        assert not p.pvi.conn.grants and "shm_grants_tx" not in p.counters(p.own)
+        expect(p, {PAGE: bytes(p.src[:192])})
+    finally:
+        p.close()
+
+
+def test_an_unasked_grant_is_garbage(pair: Pair) -> None:
+    """A peer that grants what was never asked for breaks the protocol: the VI goes to ERROR
+    and nothing is mapped."""
+    errors: list = []
+    via.VipErrorCallback(pair.peer, lambda _c, e: errors.append(e))
+    own_conn = pair.ovi.conn
+    own_conn.send([soft.frame(soft.GRANT, addr=pair.base, rkey=0x1234, value=0,
+                              flags=soft.EN_WRITE, length=soft.GRANT_BODY.size),
+                   soft.GRANT_BODY.pack(3, PAGE, PAGE)])
+    t0 = time.monotonic()
+    while not errors and time.monotonic() - t0 < 3:
+        time.sleep(0.01)
+    assert [e.code for e in errors] == ["PROTOCOL"], errors
+    assert "never asked" in errors[0].message
+    assert pair.counters(pair.peer).get("garbage") == 1
+    assert not pair.pvi.conn.grants
+
+
+def test_a_grant_of_something_else_than_a_shared_buffer_is_not_used(pair: Pair) -> None:
+    """A grant naming an fd that is not a shared buffer (here: a socket of the owner) maps
+    nothing; the writes stay frames and still land."""
+    pair.pvi.conn.asked.add(0x4321)
+    fd = pair.ovi.conn.sock.fileno()
+    pair.ovi.conn.send([soft.frame(soft.GRANT, addr=pair.base, rkey=0x4321, value=0,
+                                   flags=soft.EN_WRITE, length=soft.GRANT_BODY.size),
+                        soft.GRANT_BODY.pack(fd, PAGE, PAGE)])
+    t0 = time.monotonic()
+    while not pair.counters(pair.peer).get("shm_grants_unusable") and time.monotonic() - t0 < 3:
+        time.sleep(0.01)
+    assert pair.counters(pair.peer).get("shm_grants_unusable") == 1
+    assert 0x4321 not in pair.pvi.conn.grants
+    assert ok(pair.write(PAGE, 32))
+    expect(pair, {PAGE: bytes(pair.src[:32])})
+
+
+def test_shared_buffer_is_forgotten_with_its_buffer() -> None:
+    buf = via.shared_buffer(3 * PAGE)
+    addr = via.address_of(buf)
+    assert shm.lookup(addr + PAGE, PAGE) is not None
+    assert shm.lookup(addr + PAGE, 3 * PAGE) is None  # past its end
+    buf.close()
+    assert shm.lookup(addr, PAGE) is None  # closed: no longer a shared buffer
+    with pytest.raises(ValueError, match="positive size"):
+        via.shared_buffer(0)
