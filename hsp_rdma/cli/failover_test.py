@@ -36,12 +36,15 @@ from hsp_rdma.errors import ConfigError
 from hsp_rdma.lab import RDMA_KINDS
 from hsp_rdma.tools.drills.runner import (
     DrillRunner,
+    DrillsUnavailable,
     HostsTarget,
     LabTarget,
+    SoftTarget,
     Target,
     judge,
     make_runner,
     report,
+    why_unavailable,
 )
 from hsp_rdma.tools.drills.scenario import Scenario, find_scenario, load_scenario, shipped
 
@@ -68,6 +71,9 @@ def build_parser() -> Parser:
                        help="soft device of the built-in lab")
     where.add_argument("--config", nargs=2, type=existing_file, metavar=("A.toml", "B.toml"),
                        help="two real hosts: the node configuration of each (instead of --lab)")
+    p.add_argument("--provider", choices=("verbs", "soft"), default="verbs",
+                   help="soft: run the drills on this host, two node processes over the "
+                   "software VIA provider (no lab, no RDMA); verbs: the lab or --config hosts")
     add_lab_id(p, None, "the lab the drills use, booted when it is down (default: "
                f"{DEFAULT_LAB_ID})")
     p.add_argument("--json", action="store_true",
@@ -119,10 +125,17 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
-def run_drills(scenarios: list[Scenario], runner: DrillRunner, as_json: bool) -> int:
-    """Run each drill, report them all; EXIT_OK only when every one passed."""
+def run_drills(scenarios: list[Scenario], runner: DrillRunner, as_json: bool,
+               target: Target | SoftTarget | None = None) -> int:
+    """Run each drill, report them all; EXIT_OK only when every one passed, 69 when none
+    failed but some could not run (each named with what it lacks)."""
     rows = []
+    skipped = [(s.name, why) for s in scenarios
+               if target is not None and (why := why_unavailable(target, s))]
+    names = {n for n, _ in skipped}
     for s in scenarios:
+        if s.name in names:
+            continue
         if as_json:
             result = runner.run(s)
         else:
@@ -130,7 +143,9 @@ def run_drills(scenarios: list[Scenario], runner: DrillRunner, as_json: bool) ->
                 result = runner.run(s)
         rows.append(report(result, judge(s, result)))
     if as_json:
-        print(json.dumps({"scenarios": rows}, indent=1))
+        print(json.dumps({"scenarios": rows,
+                          "unavailable": [{"name": n, "why": w} for n, w in skipped]},
+                         indent=1))
     else:
         t = table("failover drills", "drill", "passed", "acknowledged", "lost", "two actives",
                   "blackout [msec]", "detect [msec]", "resync [bytes]", "audit repairs")
@@ -144,10 +159,16 @@ def run_drills(scenarios: list[Scenario], runner: DrillRunner, as_json: bool) ->
         for r in rows:
             for why in r["failures"]:
                 console.print(Text.assemble((f"{r['name']}: ", "bold red"), why))
-    return EXIT_OK if all(r["passed"] for r in rows) else EXIT_FAILED
+    for name, why in skipped:
+        err_console.print(Text.assemble((f"{PROG}: {name} not run: ", "bold yellow"), why))
+    if not all(r["passed"] for r in rows):
+        return EXIT_FAILED
+    return DrillsUnavailable.exit_code if skipped else EXIT_OK
 
 
-def target_of(args: argparse.Namespace) -> Target:
+def target_of(args: argparse.Namespace) -> Target | SoftTarget:
+    if args.provider == "soft":
+        return SoftTarget()
     if args.config:
         return HostsTarget(tuple(args.config))
     return LabTarget(args.lab, getattr(args, "lab_id", DEFAULT_LAB_ID))
@@ -165,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.list:
             show_list(scenarios, args.json)
             return EXIT_OK
-        return run_drills(scenarios, make_runner(target_of(args)), args.json)
+        target = target_of(args)
+        return run_drills(scenarios, make_runner(target), args.json, target)
 
     return run_cli(PROG, body)
 

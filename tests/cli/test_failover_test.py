@@ -54,7 +54,7 @@ def test_running_drills_says_the_node_engine_is_missing(tool) -> None:
     for argv in ([], ["kill-active", "--lab", "siw"], ["--json"]):
         res = tool(*argv)
         assert res.returncode == 69, res.stderr
-        assert "needs the node engine (hsp_rdma.ha.node)" in res.stderr
+        assert "is not built yet" in res.stderr and "--provider soft" in res.stderr
         assert "none was run" in res.stderr and res.stdout == ""
         no_traceback(res)
 

@@ -1,0 +1,142 @@
+"""One node of a drill: ``python -m hsp_rdma.tools.drills.drill_node CONFIG SCENARIO ACK_ADDR
+DIR``. Starts the node engine with its failover engine; while this node serves, runs the
+scenario's ledger workload on it (``tools/drills/app.py``) and sends each acknowledged
+transfer's id to the driver (``ACK_ADDR`` = host:port, one TCP connection, ``ack N`` lines).
+
+Prints JSON events on stdout, one per line, each with ``t`` (this host's monotonic clock):
+``started`` (pid, role, epoch), ``serving`` (the workload runs; epoch), ``failover`` events
+(suspected, fencing, fence_result, persisted, active, stopped, alarm, refused) as the engine
+notes them, ``final`` when the driver asked it to stop (``DIR/stop`` exists): its status, and
+P.mem dumped to ``DIR/pmem-<node>.bin`` for the driver's check. Exit 0 after ``final``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+from hsp_rdma.errors import HspError
+from hsp_rdma.ha.config import load_node_config
+from hsp_rdma.ha.failover_engine import FailoverEngine
+from hsp_rdma.ha.node import Node, NodeError
+from hsp_rdma.tools.drills import app
+from hsp_rdma.tools.drills.scenario import load_scenario
+
+_out_lock = threading.Lock()
+
+
+def emit(event: str, **kw) -> None:
+    with _out_lock:
+        sys.stdout.write(json.dumps({"event": event, "t": time.monotonic(), **kw}) + "\n")
+        sys.stdout.flush()
+
+
+class _PmemSink:
+    def __init__(self, node: Node):
+        self.node = node
+
+    def transaction(self, commit: str):
+        return self.node.pmem.transaction(commit=commit)
+
+    def view(self) -> memoryview:
+        return memoryview(self.node.pmem.buf)
+
+
+class _DiskSink:
+    """A journal record: written, made stable and replicated as one transaction."""
+
+    def __init__(self, disk, commit: str):
+        self.disk, self.commit = disk, commit
+
+    def write(self, offset: int, data) -> None:
+        self.disk.write(offset, bytes(data), commit=self.commit, flush=True)
+
+    def flush(self) -> None:
+        pass  # each write was flushed with itself
+
+
+def main(argv: list[str]) -> int:
+    cfg_path, scenario_path, ack_addr, work = argv
+    work = Path(work)
+    cfg = load_node_config(cfg_path)
+    spec = load_scenario(scenario_path).workload
+    node = Node(cfg)
+    serving = threading.Event()
+    stop = threading.Event()
+    engine = FailoverEngine(node, on_role=lambda role: serving.set() if role == "active"
+                            else serving.clear())
+    seen = [0]
+
+    def watch() -> None:  # the engine's notes, as events (the driver's view of the node)
+        while not stop.is_set():
+            with node._lock:
+                notes = engine.history[:]
+            hist_new = notes[seen[0]:] if len(notes) >= seen[0] else notes
+            seen[0] = len(notes)
+            for n in hist_new:
+                emit("failover", **n)
+            time.sleep(0.01)
+
+    node.start()
+    emit("started", pid=os.getpid(), node=cfg.name, role=node.role, epoch=node.session.epoch)
+    threading.Thread(target=watch, daemon=True).start()
+    if cfg.role == "active":
+        serving.set()
+    host, _, port = ack_addr.rpartition(":")
+    acked = [0]
+    workload_error: list[str] = []
+
+    def workload() -> None:
+        serving.wait()
+        if stop.is_set():
+            return
+        sock = socket.create_connection((host, int(port)), timeout=10)
+        try:
+            disk = node.disk["journal"] if "disk" in spec.targets else None
+            content = disk.read(0, disk.size) if disk is not None else None
+            wl = app.open_workload(spec, _PmemSink(node) if "pmem" in spec.targets else None,
+                                   _DiskSink(disk, spec.commit) if disk else None, content)
+            emit("serving", epoch=node.session.epoch, last_id=wl.last_id)
+            send = app.socket_ack(sock)
+
+            def ack(tid: int) -> None:
+                send(tid)
+                acked[0] += 1
+
+            app.run(wl, spec.rate, ack, lambda: stop.is_set() or not engine.serving,
+                    random.Random(os.getpid()))
+        except (HspError, OSError) as exc:
+            if not stop.is_set():
+                workload_error.append(str(exc))
+                emit("workload_stopped", why=str(exc))
+        finally:
+            sock.close()
+
+    worker = threading.Thread(target=workload, daemon=True)
+    worker.start()
+    stop_file = work / "stop"
+    while not stop_file.exists():
+        time.sleep(0.02)
+    stop.set()
+    serving.set()
+    worker.join(10)
+    st = node.status()
+    (work / f"pmem-{cfg.name}.bin").write_bytes(bytes(node.pmem.buf))
+    emit("final", status=st, acked=acked[0], workload_error=workload_error)
+    node.close()
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except (HspError, NodeError) as exc:
+        emit("error", why=str(exc))
+        print(f"drill_node: {exc}", file=sys.stderr)
+        sys.exit(1)
