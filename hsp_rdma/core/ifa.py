@@ -439,8 +439,8 @@ class Stream:
             raise Refused("truncated")
         if n - HEADER_SIZE > length:
             raise Refused("bad_length")
-        if _crc(memoryview(buf)[HEADER_SIZE:],
-                _crc(_ZERO_CRC, _crc(memoryview(buf)[:_CRC_OFFSET]))) != crc:
+        mv = memoryview(buf)
+        if _crc(mv[HEADER_SIZE:], _crc(_ZERO_CRC, _crc(mv[:_CRC_OFFSET]))) != crc:
             raise Refused("bad_crc")
         if version != PROTOCOL_VERSION:
             raise Refused("version")
@@ -633,6 +633,7 @@ _TX = struct.Struct("<BI")  # kind, count
 _PMEM_W = struct.Struct("<QI")  # offset, length
 _DISK_W = struct.Struct("<HQI")  # disk index, offset, length
 _FLUSH = struct.Struct("<H")
+_TX_KINDS = {int(k): k for k in TxKind}
 
 
 class TxError(ValueError):
@@ -676,10 +677,10 @@ def decode_tx(message: bytes, pmem_size: int = 1 << 62,
     pos = _TX.size
     mv = memoryview(message)
     items: list = []
-    try:
-        kind = TxKind(kind)
-    except ValueError:
-        raise TxError(f"unknown transaction kind {kind}") from None
+    known = _TX_KINDS.get(kind)  # (a dict: the enum's constructor is a call per apply)
+    if known is None:
+        raise TxError(f"unknown transaction kind {kind}")
+    kind = known
     if kind is TxKind.PMEM:
         for _ in range(count):
             if pos + _PMEM_W.size > len(message):
