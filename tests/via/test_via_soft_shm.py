@@ -61,8 +61,15 @@ class Pair:
 
         t = threading.Thread(target=accept)
         t.start()
-        via.VipConnectRequest(self.pvi, via.NetAddress("127.0.0.2", b""),
-                              via.NetAddress("127.0.0.1", DISC), 5000)
+        deadline = time.monotonic() + 5
+        while True:  # (until the accepting thread listens)
+            try:
+                via.VipConnectRequest(self.pvi, via.NetAddress("127.0.0.2", b""),
+                                      via.NetAddress("127.0.0.1", DISC), 5000)
+                break
+            except via.VipNoMatch:
+                assert time.monotonic() < deadline, "the accepting side never listened"
+                time.sleep(0.01)
         t.join()
 
     def write(self, off: int, n: int, handle=None, src_off: int = 0) -> via.VipDescriptor:

@@ -24,6 +24,7 @@ import struct
 import sys
 import threading
 import time
+import weakref
 import zlib
 from collections import Counter, deque
 from collections.abc import Callable
@@ -85,6 +86,12 @@ USER_TIMEOUT_MS = 4000
 # ACK_TIMEOUT_MS + ACK_TICK_S. HSP_VIA_SOFT_ACK_TIMEOUT_MS changes it (tests, slow peers).
 ACK_TIMEOUT_MS = int(os.environ.get("HSP_VIA_SOFT_ACK_TIMEOUT_MS", str(USER_TIMEOUT_MS)))
 ACK_TICK_S = max(0.05, min(1.0, ACK_TIMEOUT_MS / 4000))
+# A thread waiting for a completion reads its VI's stream itself (HSP_VIA_SOFT_WAITER_READS=0:
+# the progress thread reads everything, the waiter sleeps on the completion queue); the
+# progress thread keeps off the stream while waiters read and for LINGER_S after the last.
+WAITER_READS = os.environ.get("HSP_VIA_SOFT_WAITER_READS", "1") != "0"
+LINGER_S = 0.002
+PLOCK_WAIT_S = 0.002
 HANDSHAKE_S = 10.0  # a connecting peer must say who it wants within this
 DRAIN_S = 2.0  # after refusing a peer: how long its stream is read (so our NAK reaches it)
 
@@ -869,6 +876,17 @@ class _Conn:
         self.ack_wait_t = 0.0  # since when the oldest operation in flight waits for progress
         self.ack_due = 0.0  # a receive completed: its ACK waits for an answer until then
         self._poller: select.poll | None = None
+        self.plock = threading.Lock()  # held by the one thread reading the stream
+        self._wpoll = select.poll()  # (waiting threads', under plock)
+        self._wpoll.register(sock, select.POLLIN)
+        self._bpoll = select.poll()  # (the progress thread's, under plock)
+        self._bpoll.register(sock, select.POLLIN)
+        self.wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        weakref.finalize(self, os.close, self.wake)  # (any thread may still write it)
+        self.waiting = 0  # threads reading as waiters now
+        self.last_wait = 0.0  # when a waiting thread last read
+        self.ended = False  # the stream failed or ended: nothing more is read
+        self.drain = False  # (after our NAK: read until the peer closes)
         self.closed = False  # VipDisconnect / destroy: nothing more is reported or applied
         self.failed = False  # the stream broke or was refused: the VI is in ERROR
         self.wlock = threading.Condition(threading.RLock())
@@ -995,41 +1013,146 @@ class _Conn:
         elif threading.current_thread() is not self.reader:
             self.reader.join(5)
 
-    # ---- reading ------------------------------------------------------------------------
-    def _read_loop(self) -> None:
-        vi, nic = self.vi, self.vi.nic
+    # ---- reading: whoever waits reads ---------------------------------------------------
+    # A thread waiting in VipSendWait/VipRecvWait reads the stream itself and applies what it
+    # reads (no hand-off through the progress thread: one wake-up per message, as a socket
+    # ping-pong). The progress thread reads only when nobody waits and nobody waited for
+    # LINGER_S (frames nobody waits for: writes, ACKs, a failure to report); it stays off the
+    # socket otherwise, so a waiting thread's message wakes no one else. `plock` is held by
+    # the one thread reading; the stream is read only under it.
+    def drive(self, limit: float | None, q: deque) -> bool:
+        """As a waiting thread: read and apply what the stream brings, waiting at most LIMIT s
+        (None: one tick) for it. False if this thread cannot (another thread reads now, the
+        stream ended, or this is the progress thread): then wait for a completion instead.
+        Q: the work queue waited on; if its head completed meanwhile (the progress thread
+        read it before this thread took the stream), nothing is read."""
+        if (not WAITER_READS or self.ended or self.closed or not self.started
+                or threading.current_thread() is self.reader):
+            return False
+        if not self.plock.acquire(timeout=PLOCK_WAIT_S if limit is None
+                                  else max(0.0, min(limit, PLOCK_WAIT_S))):
+            return False
+        self.waiting += 1
         try:
-            while True:
-                if self.stream.pending() < HDR.size and not self._ack_may_wait():
-                    self.flush_ack()
-                h = self.stream.header()
-                self.in_frame = True
-                self._apply(h)
-                self.in_frame = False
-                if self.closed:
+            done = self.vi._done
+            if not (self.ended or self.closed or (q and q[0].wr_id in done)):
+                self._pump(ACK_TICK_S if limit is None else limit, self._wpoll)
+        except BaseException as exc:  # noqa: BLE001 - handled as the progress thread would
+            self._fail(exc)
+        finally:
+            self.waiting -= 1
+            self.last_wait = time.monotonic()
+            owed = self.applied != self.ack_sent
+            self.plock.release()
+        if owed:  # the progress thread sends it if the application does not answer in time
+            os.eventfd_write(self.wake, 1)  # (it may be asleep on a wait taken before)
+        return True
+
+    def _pump(self, limit: float, poller: select.poll) -> None:
+        """Under plock: wait at most LIMIT s for a frame at a frame boundary, then apply every
+        frame that has arrived. Owed ACKs and the ACK timeout are looked after on the way."""
+        stream = self.stream
+        while True:
+            if stream.pending() == 0:
+                wait = min(limit, ACK_TICK_S)
+                owed = self.applied != self.ack_sent
+                if owed:
+                    now = time.monotonic()
+                    if self.ack_due > now:
+                        wait = min(wait, self.ack_due - now)
+                    else:
+                        self.ack_due = 0.0
+                        self.flush_ack()
+                if not poller.poll(max(0, wait) * 1000):
+                    now = time.monotonic()
+                    if self.applied != self.ack_sent and self.ack_due <= now:
+                        self.ack_due = 0.0
+                        self.flush_ack()
+                    if self.pending and (now - max(self.ack_wait_t, stream.rx_t)) * 1000 \
+                            >= ACK_TIMEOUT_MS:
+                        self._idle()
                     return
+                stream.rx_t = time.monotonic()
+            h = stream.header()
+            self.in_frame = True
+            self._apply(h)
+            self.in_frame = False
+            if self.closed:
+                raise _Closed()
+            limit = 0  # (and on with what is there already)
+
+    def _fail(self, exc: BaseException) -> None:
+        """The stream failed (or was refused, or ended on purpose) in whichever thread read
+        it: report as the progress thread always did; the progress thread ends it."""
+        vi, nic = self.vi, self.vi.nic
+        self.ended = True
+        try:
+            raise exc
         except _Refused as r:
             nic.count(r.counter)
             reason = str(r).encode()[:MAX_REASON]
             self.send([frame(NAK, seq=r.seq, value=int(r.status), length=len(reason)), reason])
             vi._broken(self, r.code, str(r), r.desc, r.completion)
-            self._drain()
+            self.drain = True
         except _Closed:
             pass
         except _Garbage as g:
             nic.count("garbage")
             vi._broken(self, "PROTOCOL", f"the peer broke the protocol: {g}")
-        except (_Eof, OSError) as exc:
+        except (_Eof, OSError) as exc2:
             mid = self.in_frame or self.stream.pending() > 0
             if mid and not self.closed:
                 nic.count("truncated")
-            why = "the peer closed the stream" if isinstance(exc, _Eof) else \
-                (exc.strerror or str(exc))
+            why = "the peer closed the stream" if isinstance(exc2, _Eof) else \
+                (exc2.strerror or str(exc2))
             vi._broken(self, "CONN_LOST", f"connection lost: {why}"
                        + (" in the middle of a frame" if mid else ""))
-        except Exception as exc:  # noqa: BLE001 - a provider bug still ends in ERROR, reported
-            vi._broken(self, "PROTOCOL", f"the soft provider failed on a frame: {exc!r}")
+        except Exception as exc2:  # noqa: BLE001 - a provider bug still ends in ERROR
+            vi._broken(self, "PROTOCOL", f"the soft provider failed on a frame: {exc2!r}")
         finally:
+            with self.wlock:
+                self.failed = True
+                self.wlock.notify_all()
+            os.eventfd_write(self.wake, 1)  # the progress thread ends the stream
+
+    def _read_loop(self) -> None:
+        """The progress thread: reads when no thread waits; ends the stream once it failed."""
+        poller = select.poll()  # (the stream, and the wake-up when another thread failed it)
+        poller.register(self.sock, select.POLLIN)
+        poller.register(self.wake, select.POLLIN)
+        try:
+            while not (self.ended or self.closed):
+                quiet = LINGER_S - (time.monotonic() - self.last_wait)
+                if WAITER_READS and (self.waiting or quiet > 0):
+                    time.sleep(max(quiet, LINGER_S / 4))
+                    continue
+                wait = ACK_TICK_S
+                if self.applied != self.ack_sent:
+                    wait = max(0.0, min(wait, self.ack_due - time.monotonic()))
+                ready = self.stream.pending() > 0
+                for fd, _ev in ([] if ready else poller.poll(wait * 1000)):
+                    if fd == self.wake:
+                        try:
+                            os.eventfd_read(self.wake)
+                        except BlockingIOError:
+                            pass
+                    else:
+                        ready = True
+                if WAITER_READS and (self.waiting or
+                                     time.monotonic() - self.last_wait < LINGER_S):
+                    continue  # a waiting thread came: it reads
+                if not self.plock.acquire(timeout=LINGER_S):
+                    continue
+                try:
+                    if not (self.ended or self.closed):
+                        self._pump(0, self._bpoll if ready else _NEVER)
+                except BaseException as exc:  # noqa: BLE001 - reported there
+                    self._fail(exc)
+                finally:
+                    self.plock.release()
+        finally:
+            if self.drain:
+                self._drain()
             with self.wlock:
                 self.failed = True
                 self.wlock.notify_all()
@@ -1377,6 +1500,18 @@ class _Closed(Exception):
     """The connection ended on purpose (a NAK taken); the reader stops quietly."""
 
 
+class _NoPoll:
+    """A poller that never finds the stream readable (the progress thread's pump after a
+    wait that found nothing: owed ACKs and the ACK timeout only)."""
+
+    @staticmethod
+    def poll(_timeout_ms: float = 0) -> list:
+        return []
+
+
+_NEVER = _NoPoll()
+
+
 class _Grant:
     """A peer's region mapped into this process (its pages of the peer's memfd, read-write)
     and the peer's grant table (read-only), to check the region is still registered."""
@@ -1710,9 +1845,13 @@ class Vi:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise VipTimeout(f"no {what} completed in {timeout_ms} ms")
+            conn = self.conn
+            if conn is not None and conn.drive(left, self.recvq if recv else self.sendq):
+                continue  # (this thread read the stream: look again)
             with cq._cv:
                 if cq._gen == gen:
-                    cq._cv.wait(left)
+                    cq._cv.wait(left if conn is None or not WAITER_READS
+                                else min(left or PLOCK_WAIT_S, PLOCK_WAIT_S))
 
 
 def resize_cq(cq: CompletionQueue, entries: int) -> None:
