@@ -348,3 +348,35 @@ def test_disk_write_with_flush_is_one_transaction():
     for cut in range(len(body)):
         with pytest.raises(ifa.TxError):
             ifa.decode_tx(body[:cut], disk_sizes=(8192,))
+
+
+@pytest.mark.parametrize("hardware", [True, False])
+def test_frames_are_the_same_on_either_crc_path(hardware):
+    """use_crc32c_hardware picks the compiled CRC32C's path (SSE4.2 or table): the frames and
+    what the peer accepts do not change, and a corrupted frame is refused on either."""
+    if not ifa._frames.NATIVE_CRC32C:
+        pytest.skip("the compiled CRC32C is not built")
+    from hsp_rdma.core.frames import crc32c_reference
+
+    before = ifa._HW
+    try:
+        ifa.use_crc32c_hardware(hardware)
+        pair = Pair(64 * 1024, 8)
+        pair.connect()
+        rng = random.Random(3)
+        for size in (16, 4096, 200_000):
+            pair.submit("a", size, Commit.APPLIED, rng)
+        pair.drain()
+        pair.check()
+        hello = pair.history[0]
+        unsummed = hello[:HEADER_SIZE - 4] + b"\0\0\0\0" + hello[HEADER_SIZE:]
+        assert int.from_bytes(hello[HEADER_SIZE - 4:HEADER_SIZE], "little") == \
+            crc32c_reference(unsummed)
+        s = Session(7, 4096, 4, (CH,))
+        s.feed(Connected(CH))
+        bad = bytearray(hello)
+        bad[-1] ^= 1
+        s.feed(FrameReceived(CH, bytes(bad)))
+        assert s.streams[CH].stats.refused == {"bad_crc": 1}
+    finally:
+        ifa.use_crc32c_hardware(before)
