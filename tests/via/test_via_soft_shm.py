@@ -3,6 +3,8 @@
 and later writes are one memcpy into it, with no frame; everything else still goes as a frame
 and is refused by the owner as before.
 
+Also: the same-host stream moves from TCP to a Unix socket that takes only the proven peer.
+
 Two NICs in this process (the same-host proof reads our own pid's memory): "own" registers
 the target, "peer" writes into it.
 """
@@ -268,3 +270,44 @@ def test_shared_buffer_is_forgotten_with_its_buffer() -> None:
     assert shm.lookup(addr, PAGE) is None  # closed: no longer a shared buffer
     with pytest.raises(ValueError, match="positive size"):
         via.shared_buffer(0)
+
+
+def test_same_host_stream_moves_to_a_unix_socket(pair: Pair) -> None:
+    import socket
+    assert pair.pvi.conn.sock.family == socket.AF_UNIX
+    assert pair.ovi.conn.sock.family == socket.AF_UNIX
+    assert pair.pvi.conn.cma_out and pair.ovi.conn.cma_out  # (CMA_OK came in the handshake)
+    assert ok(pair.write(PAGE, 64))
+    expect(pair, {PAGE: bytes(pair.src[:64])})
+
+
+def test_unix_stream_off_stays_on_tcp(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    monkeypatch.setattr(soft, "PORT_BASE", soft.random_port_base())
+    monkeypatch.setenv("HSP_VIA_SOFT_UNIX", "0")
+    p = Pair()
+    try:
+        assert p.pvi.conn.sock.family == socket.AF_INET
+        assert ok(p.write(PAGE, 64))
+        t0 = time.monotonic()
+        while not p.pvi.conn.cma_out and time.monotonic() - t0 < 3:
+            time.sleep(0.01)
+        assert p.pvi.conn.cma_out  # (CMA_OK came on the stream)
+    finally:
+        p.close()
+
+
+@pytest.mark.parametrize("who", ["another_pid", "another_name"])
+def test_the_unix_socket_takes_only_the_proven_peer_naming_it(who: str) -> None:
+    import socket
+    ls, name = soft._unix_listener()
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        c.connect(b"\0hsp-via-soft-" + name)
+        c.sendall(name if who == "another_pid" else b"x" * len(name))
+        pid = os.getpid() + (1 if who == "another_pid" else 0)
+        with pytest.raises(ConnectionRefusedError, match="not from the proven peer"):
+            soft._unix_accept(ls, name, pid, 2)
+    finally:
+        c.close()
+        ls.close()

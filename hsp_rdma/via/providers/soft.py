@@ -112,6 +112,7 @@ NAK = 10  # seq=the operation refused (all before it were applied), value=Status
 #           payload=the reason in words. The sender of a NAK closes the stream after it.
 CMA_OK = 11  # the acceptor read the initiator's handshake cookie: F_CMA frames may come
 GRANT = 12  # rkey, value=slot, addr=region address, flags=rights; payload=GRANT_BODY
+UNIX = 13  # the acceptor's answer to READY with F_UNIX: payload=its socket name, or empty
 F_IMM = 1
 # Same host (both ends on one kernel): a HELLO/ACCEPT with F_LOCAL carries LOCAL after the
 # discriminator (boot id, pid, the address of a 16-byte cookie, a nonce for the peer). Each
@@ -138,6 +139,17 @@ F_ACKED = 8
 # such write the writer checks the range against the grant and the slot against the owner's
 # table (cleared on deregistration); anything else goes as a frame, refused by the owner.
 F_GRANT = 16
+# Same host, the stream itself: a READY with F_LOCAL|F_UNIX (the initiator proved the
+# acceptor's pid) asks to move the VI's stream to a Unix socket (TCP loopback costs tens of
+# microseconds a frame, a Unix socket a few). If the acceptor proved the initiator's pid too,
+# it answers, after CMA_OK and before anything else, UNIX with the name of an abstract Unix
+# socket it listens on for this one connection (random); the initiator connects and sends
+# the name back on it; the acceptor takes only a connection whose peer credentials
+# (SO_PEERCRED) are the proven pid and that names it. From then on the VI's frames travel
+# on the Unix socket, exactly as they did on TCP; the TCP connection is closed. An empty
+# UNIX: stay on TCP. HSP_VIA_SOFT_UNIX=0 never asks nor accepts.
+F_UNIX = 32
+UNIX_NAME = 16
 GRANT_BODY = struct.Struct("!IQQ")  # fd, region offset in the memfd, region length
 ACK_DELAY_S = 0.0005
 LOCAL = struct.Struct("!16sIQ16s")  # boot id, pid, cookie address, nonce
@@ -148,8 +160,19 @@ MAX_REASON = 512
 IOV_BATCH = 512
 _MASK = 0xFFFFFFFF
 _NAMES = {HELLO: "HELLO", ACCEPT: "ACCEPT", REJECT: "REJECT", READY: "READY", SEND: "SEND",
-          CMA_OK: "CMA_OK", GRANT: "GRANT",
+          CMA_OK: "CMA_OK", GRANT: "GRANT", UNIX: "UNIX",
           WRITE: "WRITE", READ_REQ: "READ_REQ", READ_RESP: "READ_RESP", ACK: "ACK", NAK: "NAK"}
+
+
+# The per-operation paths use plain ints (an IntFlag operator costs a Python call).
+_OP_MASK, _CTL_IMM = int(Control.OP_MASK), int(Control.IMMEDIATE)
+_OP_SENDRECV, _OP_RDMAWRITE, _OP_RDMAREAD = (int(Control.OP_SENDRECV), int(Control.OP_RDMAWRITE),
+                                             int(Control.OP_RDMAREAD))
+_ST_DONE, _ST_IMM = int(Status.DONE), int(Status.IMMEDIATE)
+_ST_OP_OF = {_OP_RDMAWRITE: int(Status.OP_RDMA_WRITE), _OP_RDMAREAD: int(Status.OP_RDMA_READ)}
+_ST_OP_SEND = int(Status.OP_SEND)
+_ST_RECEIVED = int(Status.DONE | Status.OP_RECEIVE)
+_ST_REMOTE_WRITTEN = int(Status.DONE | Status.OP_REMOTE_RDMA_WRITE)
 
 
 def frame(kind: int, seq: int = 0, addr: int = 0, rkey: int = 0, value: int = 0,
@@ -213,6 +236,47 @@ class _Cookie:
 
     def offer(self) -> bytes:
         return LOCAL.pack(_BOOT, os.getpid(), self.addr, self.nonce)
+
+
+def unix_enabled() -> bool:
+    return os.environ.get("HSP_VIA_SOFT_UNIX", "1") != "0"
+
+
+def _unix_listener() -> tuple[socket.socket, bytes]:
+    """An abstract Unix socket listening under a random name, for one connection."""
+    name = secrets.token_hex(UNIX_NAME // 2).encode()
+    ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        ls.bind(b"\0hsp-via-soft-" + name)
+        ls.listen(1)
+    except OSError:
+        ls.close()
+        raise
+    return ls, name
+
+
+def _unix_accept(ls: socket.socket, name: bytes, pid: int, timeout_s: float) -> socket.socket:
+    """The one connection that comes from PID and names NAME; OSError otherwise."""
+    ls.settimeout(timeout_s)
+    u, _ = ls.accept()
+    try:
+        u.settimeout(timeout_s)
+        cred = u.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        peer_pid = struct.unpack("3i", cred)[0]
+        got = b""
+        while len(got) < len(name):
+            more = u.recv(len(name) - len(got))
+            if not more:
+                break
+            got += more
+        if peer_pid != pid or got != name:
+            raise ConnectionRefusedError(
+                f"the Unix connection came from pid {peer_pid} naming {got!r}, not from the "
+                f"proven peer {pid}")
+    except BaseException:
+        u.close()
+        raise
+    return u
 
 
 def _verify(offer: tuple, want: bytes) -> int:
@@ -694,14 +758,45 @@ def connect_accept(conn: ConnRequest, vi: Vi) -> None:
         _close(s)
         raise VipNotReachable(f"the connection from {conn.remote.host} did not establish "
                               f"({exc}): the peer gave up or went away") from exc
-    c = _Conn(vi, s, conn.stream)
+    stream, pid = conn.stream, 0
+    if cookie is not None:
+        pid = _verify(conn.offer, cookie.nonce)  # (its cookie holds our nonce)
+        if h[2] & F_LOCAL and h[2] & F_UNIX:  # it asks for a Unix socket: answer first
+            try:
+                s, stream = _accept_unix(s, stream, pid)
+            except (OSError, _Eof) as exc:
+                vi.state = ViState.IDLE
+                _close(s)
+                raise VipNotReachable(f"the connection from {conn.remote.host} did not "
+                                      f"establish ({exc}): the peer gave up or went "
+                                      "away") from exc
+    c = _Conn(vi, s, stream)
     if cookie is not None:
         c.cookie = cookie
         c.cma_out = bool(h[2] & F_LOCAL)  # it read our cookie: it can copy from us
-        c.cma_pid = _verify(conn.offer, cookie.nonce)  # (its cookie holds our nonce)
-        if c.cma_pid:
+        c.cma_pid = pid
+        if c.cma_pid and not h[2] & F_UNIX:  # (else _accept_unix said it)
             c.send([frame(CMA_OK)])
     vi._establish(c, conn.remote_attrs)
+
+
+def _accept_unix(s: socket.socket, stream: _Stream,
+                 pid: int) -> tuple[socket.socket, _Stream]:
+    """The acceptor's side of the move to a Unix socket (READY asked for it): CMA_OK if
+    PID (the initiator) was proven, then UNIX(name) if we may, and the Unix connection from
+    PID; else an empty UNIX and the TCP stream goes on."""
+    ok = frame(CMA_OK) if pid else b""
+    if not (pid and unix_enabled()):
+        s.sendall(ok + frame(UNIX))
+        return s, stream
+    ls, name = _unix_listener()
+    try:
+        s.sendall(ok + frame(UNIX, length=len(name)) + name)
+        u = _unix_accept(ls, name, pid, HANDSHAKE_S)
+    finally:
+        ls.close()
+    _close(s)
+    return u, _Stream(u)
 
 
 def connect_reject(conn: ConnRequest) -> None:
@@ -763,9 +858,18 @@ def connect_request(vi: Vi, local: NetAddress, remote: NetAddress,
             offer = LOCAL.unpack(body)
             pid = _verify(offer, cookie.nonce)  # (its cookie holds our nonce)
             cookie.buf[:] = offer[3]  # its nonce, where it will look for it
+        ask_unix = bool(pid) and unix_enabled()
         try:
-            s.sendall(frame(READY, flags=F_LOCAL if pid else 0))
-        except OSError as exc:
+            s.sendall(frame(READY, flags=(F_LOCAL | (F_UNIX if ask_unix else 0)) if pid
+                            else 0))
+            cma_ok = False
+            if ask_unix:
+                s.settimeout(max(0.001, deadline - time.monotonic()))
+                s, stream, cma_ok = _connect_unix(s, stream)
+        except TimeoutError as exc:
+            raise VipTimeout(f"{remote.host} did not finish the connection in {timeout_ms} "
+                             "ms") from exc
+        except (OSError, _Eof, _Garbage) as exc:
             raise VipNotReachable(f"{remote.host} went away while connecting: {exc}") from exc
     except BaseException:
         vi.state = ViState.IDLE
@@ -774,9 +878,34 @@ def connect_request(vi: Vi, local: NetAddress, remote: NetAddress,
         raise
     peer = _attrs_of(h[5], h[6], h[4])
     c = _Conn(vi, s, stream)
-    c.cookie, c.cma_pid, c.expect_cma_ok = cookie, pid, cookie is not None
+    c.cookie, c.cma_pid = cookie, pid
+    c.cma_out = cma_ok
+    c.expect_cma_ok = cookie is not None and not ask_unix
     vi._establish(c, peer)
     return peer
+
+
+def _connect_unix(s: socket.socket, stream: _Stream) -> tuple[socket.socket, _Stream, bool]:
+    """The initiator's side of the move to a Unix socket: (socket, stream, CMA_OK seen)."""
+    h = stream.header()
+    cma_ok = h[1] == CMA_OK and not h[7]
+    if cma_ok:
+        h = stream.header()
+    if h[1] != UNIX or h[7] not in (0, UNIX_NAME):
+        raise _Garbage(f"expected UNIX, got {_NAMES.get(h[1], h[1])} ({h[7]} bytes)")
+    if not h[7]:
+        return s, stream, cma_ok  # (it stays on TCP)
+    name = stream.take(h[7])
+    u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        u.settimeout(s.gettimeout())
+        u.connect(b"\0hsp-via-soft-" + name)
+        u.sendall(name)
+    except BaseException:
+        u.close()
+        raise
+    _close(s)
+    return u, _Stream(u), cma_ok
 
 
 def _close(s: socket.socket) -> None:
@@ -862,12 +991,13 @@ class _Conn:
     def __init__(self, vi: Vi, sock: socket.socket, stream: _Stream):
         self.vi, self.sock, self.stream = vi, sock, stream
         sock.settimeout(None)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        for opt, val in (("TCP_USER_TIMEOUT", USER_TIMEOUT_MS), ("TCP_KEEPIDLE", 2),
-                         ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 3)):
-            if hasattr(socket, opt):
-                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), val)
+        if sock.family != socket.AF_UNIX:  # (a Unix peer that dies closes its end at once)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for opt, val in (("TCP_USER_TIMEOUT", USER_TIMEOUT_MS), ("TCP_KEEPIDLE", 2),
+                             ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 3)):
+                if hasattr(socket, opt):
+                    sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), val)
         # The progress thread's reads wake once per ACK_TICK_S to look for an overdue ACK.
         sec = int(ACK_TICK_S)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
@@ -1441,10 +1571,9 @@ class _Conn:
                                "local_protection", why, desc, (int(
                                    Status.DONE | Status.PROTECTION_ERROR
                                    | Status.OP_RECEIVE), 0, None, why))
-        status = Status.DONE | (Status.OP_REMOTE_RDMA_WRITE if remote_write
-                                else Status.OP_RECEIVE)
+        status = _ST_REMOTE_WRITTEN if remote_write else _ST_RECEIVED
         if imm:
-            status |= Status.IMMEDIATE
+            status |= _ST_IMM
         # Applied before the receiver can see it: a VipDisconnect right after the completion
         # still acknowledges it (close() sends the last ACK), as RC acknowledges on placement.
         self.applied = seq
@@ -1462,10 +1591,10 @@ class _Conn:
         self.ack_wait_t = time.monotonic()
         while self.pending and ((seq - self.pending[0][0]) & _MASK) < (1 << 31):
             s, desc, _segs = self.pending[0]
-            if desc.control & Control.OP_MASK == Control.OP_RDMAREAD:
+            if int(desc.control) & _OP_MASK == _OP_RDMAREAD:
                 raise _Garbage(f"ACK {seq} before the response to RDMA Read {s}")
             self.pending.popleft()
-            vi._complete_send(desc, Status.DONE)
+            vi._complete_send(desc, _ST_DONE)
 
     def _read_response(self, seq: int, length: int) -> None:
         vi = self.vi
@@ -1713,17 +1842,18 @@ class Vi:
         return out
 
     def post_send(self, desc: VipDescriptor) -> None:
-        op = desc.control & Control.OP_MASK
+        control = int(desc.control)
+        op = control & _OP_MASK
         segs = self._segs(desc)
-        imm = bool(desc.control & Control.IMMEDIATE)
-        if op == Control.OP_RDMAREAD:
+        imm = bool(control & _CTL_IMM)
+        if op == _OP_RDMAREAD:
             if not self.attrs.enable_rdma_read:
                 raise VipInvalidRdmaRead("RDMA Read needs enable_rdma_read on the VI")
             if imm:
                 raise VipInvalidParameter("an RDMA Read carries no immediate data")
-        elif op not in (Control.OP_SENDRECV, Control.OP_RDMAWRITE):
+        elif op != _OP_SENDRECV and op != _OP_RDMAWRITE:
             raise VipInvalidParameter(f"control 0x{desc.control:x} names no operation")
-        if op != Control.OP_SENDRECV and desc.address is None:
+        if op != _OP_SENDRECV and desc.address is None:
             raise VipInvalidParameter("an RDMA descriptor needs an AddressSegment")
         total = sum(n for _r, _o, n in segs)
         if total > self.max_transfer:
@@ -1744,22 +1874,22 @@ class Vi:
             self.sendq.append(desc)
         flags = F_IMM if imm else 0
         raddr = rkey = 0
-        if op != Control.OP_SENDRECV:
+        if op != _OP_SENDRECV:
             raddr = desc.address.address & 0xFFFFFFFFFFFFFFFF
             rkey = int(desc.address.handle) & 0xFFFFFFFF
-        if op == Control.OP_RDMAWRITE and not imm and conn.cma_pid:
+        if op == _OP_RDMAWRITE and not imm and conn.cma_pid:
             g = conn.grants.get(rkey)
             if g is not None and conn.shm_write(g, raddr, segs, total):
-                self._complete_send(desc, Status.DONE)  # in the peer's memory
+                self._complete_send(desc, _ST_DONE)  # in the peer's memory
                 return
             if g is None and rkey not in conn.asked:
                 with conn.wlock:
                     conn.asked.add(rkey)
                 flags |= F_GRANT
-        if op == Control.OP_RDMAREAD:
+        if op == _OP_RDMAREAD:
             parts = [frame(READ_REQ, addr=raddr, rkey=rkey, value=total)]
         else:
-            kind = SEND if op == Control.OP_SENDRECV else WRITE
+            kind = SEND if op == _OP_SENDRECV else WRITE
             if conn.cma_out and total >= CMA_MIN:  # same host: the peer copies from us
                 iov = b"".join(IOV.pack(r.addr + o, n) for r, o, n in segs if n)
                 parts = [frame(kind, addr=raddr, rkey=rkey, value=desc.immediate,
@@ -1803,9 +1933,7 @@ class Vi:
         (self.recv_cq if recv else self.send_cq).push(self, recv)
 
     def _complete_send(self, desc: VipDescriptor, status: Status, reason: str = "") -> None:
-        op = desc.control & Control.OP_MASK
-        status |= {Control.OP_RDMAWRITE: Status.OP_RDMA_WRITE,
-                   Control.OP_RDMAREAD: Status.OP_RDMA_READ}.get(op, Status.OP_SEND)
+        status = int(status) | _ST_OP_OF.get(int(desc.control) & _OP_MASK, _ST_OP_SEND)
         self._complete(desc, False, status, sum(s.length for s in desc.segments),
                        reason=reason)
 
