@@ -40,6 +40,11 @@ def show(r: dict[str, Any], console: Console) -> None:
               f"{r['baseline_memcpy_MBps']:.1f}", f"{r['stop_and_copy_MBps']:.1f}",
               f"{r['ratio_vs_memcpy']:.3f}",
               goal_cell("met" if r["copy_goal_met"] else "missed", r["copy_goal_met"]))
+    w = r.get("rdma_write")
+    if w:
+        t.add_row("", str(w["chunk"]), "all", f"{r['baseline_memcpy_MBps']:.1f}",
+                  f"{w['MBps']:.1f} (RDMA Write alone)", f"{w['ratio_vs_memcpy']:.3f}",
+                  f"{w['direct_writes']} direct, {w['frame_writes']} frames")
     console.print(t)
     b = r["blackout_ms"]
     t2 = table(f"switch-over blackout over {r['runs']} runs", "t_min [msec]",

@@ -30,11 +30,14 @@ def test_soft_gso_bench_runs_two_nodes_and_both_baselines(monkeypatch, capsys):
     assert 0 < rt["unix_socket"]["t_min_us"] <= rt["unix_socket"]["t_typical_us"]
     assert 0 < rt["soft_vi"]["t_min_us"] <= rt["soft_vi"]["t_typical_us"]
     assert rt["met"] == (rt["ratio"] <= rt["goal"])
+    w = r["rdma_write"]
+    assert w["MBps"] > 0 and w["best_MBps"] >= w["MBps"] and w["direct_writes"] > 0
     assert "ib_write_bw" not in json.dumps({k: v for k, v in r.items() if k != "method"})
     out = io.StringIO()
     show(r, make_console(file=out, width=200))
     text = out.getvalue()
     assert "memcpy, one core [MB/sec]" in text and "AF_UNIX socket" in text
+    assert "RDMA Write alone" in text
     assert "method:" in text
 
 
