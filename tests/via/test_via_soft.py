@@ -12,7 +12,6 @@ import importlib.util
 import json
 import mmap
 import os
-import random
 import select
 import signal
 import subprocess
@@ -38,7 +37,7 @@ LOCAL = "127.0.0.1"
 def _env() -> dict:
     """A port base of this run's own (ports base..base+9999 stay below the ephemeral range),
     so parallel runs on one host do not meet."""
-    return dict(os.environ, HSP_VIA_SOFT_PORT_BASE=str(10000 + random.randrange(13) * 1000))
+    return dict(os.environ, HSP_VIA_SOFT_PORT_BASE=str(soft.random_port_base()))
 
 
 def _spawn(env: dict, script: str, *args: str, dev: str) -> subprocess.Popen:
@@ -166,7 +165,7 @@ def test_peer_killed_mid_transfer_soft(monkeypatch: pytest.MonkeyPatch) -> None:
 def pair(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
     """Two soft NICs in this process, a VI on each, connected over 127.0.0.1 (with the
     same-host path, or every byte inline); the receiver's VI reports both queues to one CQ."""
-    monkeypatch.setattr(soft, "PORT_BASE", 10000 + random.randrange(13) * 1000)
+    monkeypatch.setattr(soft, "PORT_BASE", soft.random_port_base())
     monkeypatch.setenv("HSP_VIA_SOFT_LOCAL", "1" if request.param == "same-host" else "0")
     a, b = via.VipOpenNic("soft:a"), via.VipOpenNic("soft:b")
     ends = []
@@ -319,7 +318,7 @@ def test_two_nodes_on_two_loopback_addresses_and_a_nic_closed_under_a_stream(
     """Node a listens on 127.0.0.2, node b (bound to 127.0.0.1) connects; b streams sends;
     a's NIC is closed under it: b's VI goes to ERROR with CONN_LOST, its sends complete (done
     or flushed), nothing raises but VipErrors, and a's registered buffer is free again."""
-    monkeypatch.setattr(soft, "PORT_BASE", 10000 + random.randrange(13) * 1000)
+    monkeypatch.setattr(soft, "PORT_BASE", soft.random_port_base())
     a, b = via.VipOpenNic("soft:a"), via.VipOpenNic("soft:b")
     errors: list = []
     via.VipErrorCallback(b, lambda _c, e: errors.append(e.code))

@@ -84,7 +84,7 @@ class Victim:
 
 @pytest.fixture
 def victim(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(soft, "PORT_BASE", 10000 + random.randrange(13) * 1000)
+    monkeypatch.setattr(soft, "PORT_BASE", soft.random_port_base())
     monkeypatch.setattr(soft, "HANDSHAKE_S", 0.5)
     v = Victim()
     yield v

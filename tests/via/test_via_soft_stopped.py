@@ -7,7 +7,6 @@ told (as RC retry exhaustion does on verbs). A silent peer with nothing in fligh
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ TIMEOUT_MS = 1000
 
 @pytest.fixture
 def echo(monkeypatch):
-    base = 10000 + random.randrange(13) * 1000
+    base = soft.random_port_base()
     monkeypatch.setattr(soft, "PORT_BASE", base)
     monkeypatch.setattr(soft, "ACK_TIMEOUT_MS", TIMEOUT_MS)
     monkeypatch.setattr(soft, "ACK_TICK_S", 0.1)
