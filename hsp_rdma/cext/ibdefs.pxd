@@ -58,6 +58,7 @@ cdef extern from "<infiniband/verbs.h>" nogil:
         int max_mr
         int max_pd
         int max_qp_rd_atom
+        int max_qp_init_rd_atom
         int max_sge_rd
 
     cdef struct ibv_port_attr:

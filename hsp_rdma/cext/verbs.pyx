@@ -226,7 +226,7 @@ cdef class Device:
                 "hw_ver": a.hw_ver, "max_qp": a.max_qp, "max_qp_wr": a.max_qp_wr,
                 "max_sge": a.max_sge, "max_cq": a.max_cq, "max_cqe": a.max_cqe,
                 "max_mr": a.max_mr, "max_pd": a.max_pd, "max_qp_rd_atom": a.max_qp_rd_atom,
-                "max_sge_rd": a.max_sge_rd}
+                "max_qp_init_rd_atom": a.max_qp_init_rd_atom, "max_sge_rd": a.max_sge_rd}
 
     def query_port(self, int port=1):
         cdef ibv_port_attr a
@@ -640,6 +640,9 @@ cdef class EventChannel:
             if ev.event == RDMA_CM_EVENT_CONNECT_REQUEST:
                 new = CMId.__new__(CMId, self, None, False)
                 new.cid = ev.id
+                # what the connecting side asked for, which accept() answers within
+                new.req_initiator_depth = ev.param.conn.initiator_depth
+                new.req_responder_resources = ev.param.conn.responder_resources
                 self.register(new)
                 cid = new
             else:
@@ -670,9 +673,32 @@ cdef int _sockaddr(str ip, int port, sockaddr_in *sa) except -1:
     return 0
 
 
+# RDMA Reads (and atomics) in flight per QP, each way, at most: a pull posts its queue
+# depth of reads (profiles.MAX_QUEUE_DEPTH is larger, but a responder keeps per-read state
+# for each, and 16 already covers the lab's bandwidth-delay product many times over).
+MAX_RD_ATOM = 16
+
+
+cdef int _rd_atom(rdma_cm_id *cid, str call, int *responder, int *initiator) except -1:
+    """The device's RDMA Read limits (max_qp_rd_atom as the target, max_qp_init_rd_atom
+    as the initiator), capped at MAX_RD_ATOM."""
+    cdef ibv_device_attr a
+    cdef int rc
+    if cid.verbs == NULL:
+        raise VerbsError(call, 22, "the address is not resolved yet")
+    with nogil:
+        rc = ibv_query_device(cid.verbs, &a)
+    if rc:
+        raise VerbsError("ibv_query_device", rc, f"before {call}")
+    responder[0] = max(0, min(MAX_RD_ATOM, a.max_qp_rd_atom))
+    initiator[0] = max(0, min(MAX_RD_ATOM, a.max_qp_init_rd_atom))
+    return 0
+
+
 cdef int _conn_param(rdma_conn_param *p, bytes private_data, int limit, str call,
                      int retry_count, int rnr_retry_count) except -1:
-    """Fill P for rdma_connect / rdma_accept; P borrows PRIVATE_DATA's buffer."""
+    """Fill P for rdma_connect / rdma_accept; P borrows PRIVATE_DATA's buffer. The RDMA
+    Read depths are the caller's to set (one each way until it does)."""
     if len(private_data) > limit:
         raise VerbsError(call, 22, f"private data holds at most {limit} bytes")
     if not (0 <= retry_count <= 7 and 0 <= rnr_retry_count <= 7):
@@ -711,6 +737,12 @@ cdef class CMId:
     cdef readonly object send_cq
     cdef readonly object recv_cq
     cdef readonly int max_inline  # what the device granted at create_qp
+    # RDMA Reads in flight this side asked for at connect/accept (as initiator, as target)
+    cdef readonly int initiator_depth
+    cdef readonly int responder_resources
+    # on an id made by a connect request: what the requester asked for (-1: none)
+    cdef readonly int req_initiator_depth
+    cdef readonly int req_responder_resources
     cdef bint has_qp
     # Calls that run without the GIL take the id with _enter() and give it back: close()
     # (from any thread) waits for them, so no C call ever runs on a destroyed id or QP.
@@ -722,6 +754,7 @@ cdef class CMId:
 
     def __cinit__(self, EventChannel channel not None, context=None, bint create=True):
         self.channel = channel
+        self.req_initiator_depth = self.req_responder_resources = -1
         if channel.ch == NULL:
             raise VerbsError("rdma_create_id", 9, "the event channel is closed")
         if create:
@@ -842,11 +875,18 @@ cdef class CMId:
     def connect(self, bytes private_data=b"", int retry_count=6, int rnr_retry_count=0):
         """rdma_connect. RETRY_COUNT bounds the transport retries after an ACK timeout; 7
         is legal but rxe reads it as "retry forever" (rxe_comp.c), so a send to a vanished
-        peer would never fail: the default is 6."""
+        peer would never fail: the default is 6. RDMA Reads in flight, each way: what the
+        device allows (max_qp_init_rd_atom as initiator, max_qp_rd_atom as responder),
+        capped at MAX_RD_ATOM; the accepting side may lower them."""
         cdef rdma_conn_param p
-        cdef int rc
+        cdef int rc, responder, initiator
         cdef rdma_cm_id *cid
         _conn_param(&p, private_data, 56, "rdma_connect", retry_count, rnr_retry_count)
+        self._check("rdma_connect")
+        _rd_atom(self.cid, "rdma_connect", &responder, &initiator)
+        p.responder_resources = <uint8_t>responder
+        p.initiator_depth = <uint8_t>initiator
+        self.responder_resources, self.initiator_depth = responder, initiator
         cid = self._enter("rdma_connect")
         try:
             with nogil:
@@ -857,10 +897,21 @@ cdef class CMId:
             raise VerbsError("rdma_connect", errno)
 
     def accept(self, bytes private_data=b"", int rnr_retry_count=0):
+        """rdma_accept. RDMA Read depths: the least of what this device allows (capped at
+        MAX_RD_ATOM) and what the request asked for: we serve at most the reads it will
+        issue, and issue at most the reads it will serve."""
         cdef rdma_conn_param p
-        cdef int rc
+        cdef int rc, responder, initiator
         cdef rdma_cm_id *cid
         _conn_param(&p, private_data, 196, "rdma_accept", 0, rnr_retry_count)
+        self._check("rdma_accept")
+        _rd_atom(self.cid, "rdma_accept", &responder, &initiator)
+        if self.req_initiator_depth >= 0:  # an id made by a connect request
+            responder = min(responder, self.req_initiator_depth)
+            initiator = min(initiator, self.req_responder_resources)
+        p.responder_resources = <uint8_t>responder
+        p.initiator_depth = <uint8_t>initiator
+        self.responder_resources, self.initiator_depth = responder, initiator
         cid = self._enter("rdma_accept")
         try:
             with nogil:
