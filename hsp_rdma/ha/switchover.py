@@ -51,7 +51,7 @@ from hsp_rdma.core import gso
 from hsp_rdma.core.frames import PROTOCOL_VERSION
 from hsp_rdma.core.gso_wire import Goodbye, Hello, decode_message, encode_message
 from hsp_rdma.core.profiles import MAX_QUEUE_DEPTH, PollMode, Profile
-from hsp_rdma.errors import ConfigError, FrameError, HspError
+from hsp_rdma.errors import ConfigError, FrameError, HspError, IllegalTransition
 from hsp_rdma.ha.connect import ATTEMPT_S, HELLO_WAIT_S, PERMANENT, Attempts, retry_until
 from hsp_rdma.ha.fence import FenceAgent
 from hsp_rdma.ha.image import HEADER, HEADER_SPACE, StateImage, Verified, verify
@@ -418,13 +418,32 @@ class Engine:
                 self.peer.hello = msg
             else:
                 self._inbox.append(msg)
-        if self.peer.hello.serving and self.machine.serving:
-            self._refuse_peer(gso.AbortReason.NOT_STANDBY,
-                              "both nodes claim to be active: refusing to run (split brain); "
-                              "restart one of them as standby",
-                              "both nodes claim to be active (split brain); restart one of "
-                              "them as standby")
+        self._peer_role(self.peer.hello)
         return self.peer.hello
+
+    def _peer_role(self, hello: Hello) -> None:
+        """The peer's Hello carries its role as a heart beat would: serving, active since
+        epoch N. When it serves and this node plays the active side, that is PeerActive(N)
+        for the machine, which judges it: a peer active since this node's epoch or later is
+        one no row of an active accepts before a GSO (IllegalTransition: two actives, split
+        brain), so this node refuses to run and tells the peer why; after the marker it would
+        be B's word that it took over (this node becomes standby). A peer active since an
+        older epoch is stale (ignored): this node is the active, and the peer, which sees
+        the newer epoch in this node's Hello, is the one that refuses."""
+        if not (hello.serving and self.machine.role is gso.Role.ACTIVE):
+            return
+        ours = self.machine.active_since
+        try:
+            self._feed(gso.PeerActive(hello.active_since))
+        except IllegalTransition:
+            older = ("this node is the older active: restart it as standby"
+                     if hello.active_since > ours else "restart one of them as standby")
+            self._refuse_peer(gso.AbortReason.NOT_STANDBY,
+                              f"both nodes claim to be active (split brain): the peer since "
+                              f"epoch {hello.active_since}, this node since epoch {ours}; "
+                              f"refusing to run; {older}",
+                              f"both nodes claim to be active (split brain): this node since "
+                              f"epoch {hello.active_since}, the peer since epoch {ours}")
 
     def _refuse_peer(self, reason: gso.AbortReason, ours: str, theirs: str) -> None:
         """End the pair: tell the peer why (THEIRS, in its words) in a Goodbye, so it ends at
@@ -494,6 +513,29 @@ class Engine:
             self._posted.clear()  # their completions can only be flushes now
             self._abandon_copy()
             self._pull = None
+            self._find_goodbye()
+
+    def _find_goodbye(self) -> None:
+        """The link failed: a Goodbye the peer sent as it left may still wait, unread, among
+        the completed receives (a send can meet the disconnect first). Read what completed
+        (nothing is posted again: the VI is gone); a Goodbye names why the peer left."""
+        try:
+            while (d := via.VipRecvDone(self.vi)) is not None:
+                if d.slot in self._recv_slots:
+                    self._recv_slots.remove(d.slot)
+                if d.status & via.VIP_STATUS_ERROR_MASK or not d.length:
+                    continue
+                off = d.slot * CTL_SIZE
+                try:
+                    msg, _seq = decode_message(bytes(self.ctl_buf[off:off + d.length]))
+                except FrameError:
+                    continue
+                if isinstance(msg, Goodbye):
+                    self.peer_goodbye = msg
+                    self.link_error = f"the peer ended the pair: {msg.text}"
+                    return
+        except via.VipError:
+            pass  # nothing more to read on this VI
 
     def _reap(self, timeout_ms: int = 0) -> gso.Event | None:
         """Take send completions: wait up to TIMEOUT_MS for the first, then all that are

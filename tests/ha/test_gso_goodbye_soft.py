@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from hsp_rdma.core.gso import GsoMachine, GsoState
 from hsp_rdma.core.profiles import load_profiles, pick_profile
 from hsp_rdma.errors import GsoRefused
 from hsp_rdma.ha.switchover import Engine, PeerLeft
@@ -118,3 +119,52 @@ def test_a_standby_whose_peer_left_ends_instead_of_waiting_forever():
     finally:
         standby.close()
     assert time.monotonic() - t0 < PROMPT_S
+
+
+def connect_pair(listener: Engine, connector: Engine) -> tuple[BaseException | None,
+                                                                 BaseException | None]:
+    """Both connect and serve until they end (the listener in a thread, each closed after):
+    each one's error."""
+
+    def connect_and_serve(eng: Engine, peer_ip: str | None, local_ip: str) -> None:
+        eng.connect(local_ip, peer_ip, 20)
+        serve_forever(eng)  # the peer's Goodbye, if it refused
+
+    t, box = in_thread(closing, listener, connect_and_serve, listener, None, LISTEN_IP)
+    err = None
+    try:
+        connect_and_serve(connector, LISTEN_IP, CONNECT_IP)
+    except PeerLeft as exc:
+        err = exc
+    finally:
+        connector.close()
+    t.join(PROMPT_S)
+    return box.get("error"), err
+
+
+def test_two_fresh_actives_meet_as_peer_active_and_refuse_to_run():
+    """Each one's Hello says 'serving since epoch 0': PeerActive(0) for the other's machine,
+    which no row of an active accepts before a GSO (split brain)."""
+    x, y = engine("a", True), engine("b", True)
+    ex, ey = connect_pair(x, y)
+    for eng, err in ((x, ex), (y, ey)):
+        assert isinstance(err, PeerLeft), err
+        assert "both nodes claim to be active (split brain)" in str(err)
+        assert eng.machine.state is GsoState.NORMAL_ACTIVE and not eng.reports
+    assert x.machine.broken is not None or y.machine.broken is not None
+
+
+def test_the_older_active_refuses_and_the_newer_one_is_told():
+    """X became active in GSO 3 (persisted); Y was started as active from nothing (epoch 0):
+    Y's machine takes X's PeerActive(3) as a split brain and Y refuses, naming itself the
+    older active; X's machine ignores Y's PeerActive(0) as stale and X ends on Y's Goodbye."""
+    x, y = engine("a", True), engine("b", True)
+    x.machine = GsoMachine.active(epoch=3, region_size=x.image.capacity)
+    ex, ey = connect_pair(x, y)
+    assert isinstance(ey, PeerLeft) and y.machine.broken is not None, ey
+    assert ("the peer since epoch 3, this node since epoch 0; refusing to run; this node is "
+            "the older active: restart it as standby") in str(ey)
+    assert isinstance(ex, PeerLeft), ex
+    assert x.machine.broken is None and x.machine.stale_ignored == 1, "X judged it stale"
+    assert "the peer ended the pair: both nodes claim to be active (split brain): this node " \
+           "since epoch 3, the peer since epoch 0" in str(ex)
