@@ -61,15 +61,18 @@ def _finish(p: subprocess.Popen, timeout: float) -> tuple[str, str, bool]:
         return out, err, True
 
 
-@pytest.fixture(scope="module", params=["same-host", "inline"])
+@pytest.fixture(scope="module", params=["same-host", "inline", "shared-memory"])
 def scenario_results(request: pytest.FixtureRequest) -> dict:
     """Once with the same-host path (SEND/WRITE data of 4 KiB and more copied from the
-    sender's memory), once with every byte inline on the stream (the path across hosts)."""
+    sender's memory), once with every byte inline on the stream (the path across hosts),
+    once with every region a via.shared_buffer (RDMA Writes as direct copies into the
+    peer's memory once granted: scenarios_shm.py)."""
     env = _env()
-    env["HSP_VIA_SOFT_LOCAL"] = "1" if request.param == "same-host" else "0"
-    server = _spawn(env, "scenarios.py", "server", "--dump-after", "50", dev="soft:server")
+    env["HSP_VIA_SOFT_LOCAL"] = "0" if request.param == "inline" else "1"
+    script = "scenarios_shm.py" if request.param == "shared-memory" else "scenarios.py"
+    server = _spawn(env, script, "server", "--dump-after", "50", dev="soft:server")
     time.sleep(0.2)
-    client = _spawn(env, "scenarios.py", "client", "--dump-after", "50", dev="soft:client")
+    client = _spawn(env, script, "client", "--dump-after", "50", dev="soft:client")
     out: dict = {"stderr": {}, "hung": {}}
     for side, p in (("client", client), ("server", server)):
         stdout, stderr, hung = _finish(p, 60)
@@ -88,6 +91,11 @@ def test_via_semantics_soft(scenario_results: dict, name: str) -> None:
         assert r is not None, (f"{side} never reported '{name}' (crashed or hung?): "
                                f"{scenario_results['hung']} {scenario_results['stderr']}")
         assert r["ok"], f"{side} {name} on soft: {r['detail']}"
+    counters = [scenario_results.get((side, "_counters")) for side in ("server", "client")]
+    if all(counters) and name == SCENARIOS[-1]:  # (shared-memory run: regions were granted;
+        # the scenarios write a region once each, so the writes after a grant, the direct
+        # copies, are tested in test_via_soft_shm.py)
+        assert sum(c["detail"].get("shm_grants_rx", 0) for c in counters) > 0, counters
 
 
 def test_random_call_sequences_never_crash_soft() -> None:
