@@ -1,11 +1,17 @@
 """The software provider of hsp_rdma.via, ``VipOpenNic("soft:NAME")``: VIPL over TCP, no RDMA.
 
 M-VIA style: a connected VI is one TCP stream of frames (connect handshake, sends, RDMA Write
-and Read requests, acknowledgements). Each connection's progress thread applies what arrives
-into the registered regions after checking the memory handle, the range, the protection tag
-and the region's RDMA enable bits; anything else is refused and counted (``Nic.counters``),
-the peer is told (NAK), and the VI goes to ERROR with the error callback, as a remote access
-error does on verbs. Works on 127.0.0.1 and between any two Linux hosts.
+and Read requests, acknowledgements). What arrives is applied into the registered regions
+after checking the memory handle, the range, the protection tag and the region's RDMA enable
+bits, by the thread waiting for a completion on that VI or else by the connection's progress
+thread; anything else is refused and counted (``Nic.counters``), the peer is told (NAK), and
+the VI goes to ERROR with the error callback, as a remote access error does on verbs. Works on
+127.0.0.1 and between any two Linux hosts.
+
+Same host (both ends proven to each other, see F_LOCAL): the stream moves to a Unix socket
+(F_UNIX), send data is copied from the sender's memory (F_CMA), and an RDMA Write into a
+region registered over a ``via.shared_buffer`` is, once the owner granted it (F_GRANT), one
+memcpy into the peer's memory with no frame at all.
 """
 
 from __future__ import annotations
@@ -1005,7 +1011,6 @@ class _Conn:
         stream.on_idle = self._idle
         self.ack_wait_t = 0.0  # since when the oldest operation in flight waits for progress
         self.ack_due = 0.0  # a receive completed: its ACK waits for an answer until then
-        self._poller: select.poll | None = None
         self.plock = threading.Lock()  # held by the one thread reading the stream
         self._wpoll = select.poll()  # (waiting threads', under plock)
         self._wpoll.register(sock, select.POLLIN)
@@ -1422,22 +1427,6 @@ class _Conn:
             for g in self.grants.values():
                 g.close()
             self.grants.clear()
-
-    def _ack_may_wait(self) -> bool:
-        """At a frame boundary with nothing buffered, after a receive completed: wait (at
-        most until ack_due) for the application's answer to carry the ACK, or for the next
-        frame; True while the ACK may still wait."""
-        if not self.ack_due:
-            return False
-        left = self.ack_due - time.monotonic()
-        if left > 0 and self.applied != self.ack_sent:
-            if self._poller is None:
-                self._poller = select.poll()
-                self._poller.register(self.sock, select.POLLIN)
-            if self._poller.poll(left * 1000):
-                return True  # a frame is coming: read it, the ACK still owed
-        self.ack_due = 0.0
-        return False
 
     def _idle(self) -> None:
         """The socket was silent for ACK_TICK_S: fail the VI if the oldest operation in
