@@ -1,5 +1,6 @@
-"""`hsp-bench disk --lab rxe|siw --vs drbd`: disk replication beside DRBD 8.4 on one lab pair,
-same run, identical RAM disks; the parsing, tables and exit codes (the work is in
+"""`hsp-bench disk --lab rxe|siw --vs drbd [--provider verbs|soft|both]`: disk replication
+beside DRBD 8.4 on one lab pair, same run, identical RAM disks, ours over the verbs provider
+and/or the soft VIA provider (TCP, as DRBD); the parsing, tables and exit codes (the work is in
 hsp_rdma.tools.drbd_bench)."""
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from hsp_rdma.units import format_size, size_arg
 LAB_ID = "diskbench"
 DRBD_WORD = {"async": "A", "received": "B", "applied": "C"}  # our commit mode, DRBD's protocol
 NOT_BUILT = "not built yet"
+PROVIDER_CHOICES = {"verbs": ("verbs",), "soft": ("soft",), "both": drbd_bench.PROVIDERS}
+SOFT_LABEL = "hsp_rdma soft/TCP"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> Parser:
@@ -58,11 +61,20 @@ def add_parser(sub: argparse._SubParsersAction) -> Parser:
                         f"(default: {format_size(d.disk_bytes)})")
     p.add_argument("--fabric", choices=FABRICS, default="x",
                    help="the lab fabric DRBD and ours replicate over")
+    p.add_argument("--provider", choices=tuple(PROVIDER_CHOICES), default="both",
+                   help="the VIA provider our node pair runs on: verbs (the lab's soft RDMA "
+                        "device), soft (the software VIA provider, VIPL over TCP between the "
+                        "nodes, DRBD's transport), or both (default: one lab boot and one "
+                        "DRBD run give both rows side by side, which is the comparison the "
+                        "bench exists for; each provider adds about a third to the run)")
     p.add_argument("--keep", action="store_true", help="leave the lab up (when it booted it)")
     p.add_argument("--check", action="store_true",
-                   help=f"exit 1 when a goal (our applied 4 KiB t_typical <= "
-                        f"{drbd_bench.APPLIED_4K_GOAL} x DRBD protocol C's, our resync >= "
-                        f"{drbd_bench.RESYNC_GOAL} x DRBD's) is missed; 69 while our side is "
+                   help=f"exit 1 when a goal of a measured provider is missed (verbs: our "
+                        f"applied 4 KiB t_typical <= {drbd_bench.APPLIED_4K_GOAL} x DRBD "
+                        f"protocol C's, our resync >= {drbd_bench.RESYNC_GOAL} x DRBD's; soft, "
+                        f"issue 14: our applied 4 KiB t_typical < "
+                        f"{drbd_bench.SOFT_APPLIED_4K_GOAL} x DRBD C's and our applied 1 MiB "
+                        f"BW >= {drbd_bench.SOFT_BW_GOAL} x DRBD C's); 69 while our side is "
                         "not built")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     return p
@@ -81,6 +93,10 @@ def joint_problem(args: argparse.Namespace) -> str | None:
     problem = workload(args).problem()
     if problem:
         return f"{problem}: adjust --disk-size, --bulk, --resync or --ops"
+    if args.fabric != "x":
+        return (f"our disk replication (--provider {args.provider}) runs on fabric x only "
+                f"(the node opens fabric x; fabric y comes with issue 13), not "
+                f"{args.fabric}: use --fabric x")
     return None
 
 
@@ -111,13 +127,26 @@ def show(r: dict[str, Any], out: Console) -> None:
     for proto, f in r["drbd"].items():
         row("DRBD 8.4", f"protocol {proto}", f)
     goals = r.get("goals") or {}
+    providers = r.get("providers") or ["verbs"]
+    verbs_label = f"hsp_rdma verbs/{r['rdma']}" if "soft" in providers else "hsp_rdma"
     if r.get("hsp"):
         for mode, f in r["hsp"].items():
             g = goals.get("applied_4k_p50_vs_drbd_C") if mode == "applied" else None
-            row("hsp_rdma", f"{mode} (~{DRBD_WORD.get(mode, '?')})", f,
+            row(verbs_label, f"{mode} (~{DRBD_WORD.get(mode, '?')})", f,
                 goal_cell(f"<= {g['goal']} x DRBD C", g["met"]) if g else "-")
-    else:
-        t.add_row("hsp_rdma", NOT_BUILT, "-", "-", "-", "-", "-", "-")
+    elif "verbs" in providers:
+        t.add_row(verbs_label, NOT_BUILT, "-", "-", "-", "-", "-", "-")
+    if r.get("hsp_soft"):
+        for mode, f in r["hsp_soft"].items():
+            g4 = goals.get("soft_applied_4k_p50_vs_drbd_C") if mode == "applied" else None
+            gb = goals.get("soft_applied_1m_MBps_vs_drbd_C") if mode == "applied" else None
+            cell: Text | str = "-"
+            if g4 and gb:
+                cell = Text.assemble(goal_cell(f"4KiB < {g4['goal']} x C", g4["met"]), ", ",
+                                     goal_cell(f"BW >= {gb['goal']} x C", gb["met"]))
+            row(SOFT_LABEL, f"{mode} (~{DRBD_WORD.get(mode, '?')})", f, cell)
+    elif "soft" in providers:
+        t.add_row(SOFT_LABEL, NOT_BUILT, "-", "-", "-", "-", "-", "-")
     out.print(t)
     rs = r["resync"]
     d = rs["drbd"]
@@ -138,7 +167,8 @@ def show(r: dict[str, Any], out: Console) -> None:
                    "-", _ratio(h["MBps"], d["MBps"]),
                    goal_cell(f">= {g['goal']} x DRBD", g["met"]) if g else "-")
     else:
-        t2.add_row("hsp_rdma", NOT_BUILT if not r.get("hsp") else "no resync yet",
+        t2.add_row("hsp_rdma", NOT_BUILT if not (r.get("hsp") or r.get("hsp_soft"))
+                   else "no resync yet",
                    "-", "-", "-", "-", "-", "-")
     out.print(t2)
     tcp = r["tcp"]
@@ -161,8 +191,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
                   TimeElapsedColumn(), console=console, transient=True) as prog:
         task = prog.add_task("", total=None)
         r = drbd_bench.bench_in_lab(args.lab, args.lab_id, workload(args), ours, args.keep,
-                                    step=lambda msg: prog.update(task, description=msg))
-    r = r | {"lab": args.lab, "vs": args.vs}
+                                    step=lambda msg: prog.update(task, description=msg),
+                                    providers=PROVIDER_CHOICES[args.provider])
+    r = r | {"lab": args.lab, "vs": args.vs, "provider": args.provider}
     if args.json:
         print(json.dumps(r, indent=1))
     else:

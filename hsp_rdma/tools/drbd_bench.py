@@ -18,7 +18,9 @@ command .. UpToDate/UpToDate), under the protocol of the last run (A). The TCP r
 node a to node b on the same fabric, in Python with TCP_NODELAY: 200 round trips of a 4 KiB
 message and a 1-byte answer (what a protocol C write needs of the wire at least), then one
 stream of BYTES (time from first to last byte at the receiver). Our side, when given, runs the
-same workload on /dev/ram1 per commit mode.
+same workload on /dev/ram1 per commit mode, per VIA provider asked for: verbs (the lab's soft
+RDMA device) and/or soft (the software VIA provider, VIPL over TCP between the nodes, on the
+same fabric x IPv4s as DRBD).
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ DRBD_DEVICE, DRBD_BACKING, OUR_BACKING = "/dev/drbd0", "/dev/ram0", "/dev/ram1"
 FIELDS = ("write4k_p50_us", "write4k_p99_us", "write1m_MBps")
 APPLIED_4K_GOAL = 0.8  # our applied 4 KiB median <= 0.8 x DRBD protocol C's
 RESYNC_GOAL = 1.0  # our resync MB/s >= 1.0 x DRBD's
+# Issue 14, over the soft provider (TCP, as DRBD): our applied 4 KiB median beats DRBD protocol
+# C's (strictly below 1.0 x) and our applied 1 MiB x 8 bandwidth matches it (>= 1.0 x).
+SOFT_APPLIED_4K_GOAL = 1.0
+SOFT_BW_GOAL = 1.0
+PROVIDERS = ("verbs", "soft")  # the VIA providers our side runs on, measured in this order
 MB = 1 << 20
 GUEST_DIR = "/hsp"  # each node's lab share, where the host writes the DRBD configs
 
@@ -84,7 +91,8 @@ class DiskWorkload:
 class OurSide:
     """Where our disk replication plugs in. ``write(lab, mode, workload)`` runs the workload
     through node.disk on ``workload.our_device`` (set up on both nodes, blank) in commit MODE
-    (async | received | applied) with node a active and returns the FIELDS; ``resync(lab,
+    (async | received | applied) with node a active and returns the FIELDS (keyword
+    ``provider="soft"``: the node pair on the soft VIA provider instead of verbs); ``resync(lab,
     workload)``, once resync exists, returns {"MBps": ..., "bytes": ..., "seconds": ...}."""
 
     write: Callable[[Lab, str, DiskWorkload], dict[str, float]]
@@ -388,15 +396,29 @@ def check_ours(mode: str, got: Any) -> dict[str, float]:
 
 
 def goals(r: dict[str, Any]) -> dict[str, Any] | None:
-    """The issue's goals against DRBD, once our side is measured; None before."""
-    hsp = r.get("hsp")
-    if not hsp:
+    """The issues' goals against DRBD, once our side is measured; None before. Over verbs:
+    applied 4 KiB <= APPLIED_4K_GOAL x protocol C, resync (once it exists); over the soft
+    provider (issue 14): applied 4 KiB below protocol C's, applied 1 MiB x 8 BW at least C's."""
+    hsp, soft = r.get("hsp"), r.get("hsp_soft")
+    if not hsp and not soft:
         return None
-    c50 = r["drbd"]["C"]["write4k_p50_us"]
+    c = r["drbd"]["C"]
+    c50 = c["write4k_p50_us"]
+    out: dict[str, Any] = {}
+    if soft:
+        s50, sbw = soft["applied"]["write4k_p50_us"], soft["applied"]["write1m_MBps"]
+        out["soft_applied_4k_p50_vs_drbd_C"] = {
+            "ratio": round(s50 / c50, 3), "goal": SOFT_APPLIED_4K_GOAL,
+            "met": s50 < SOFT_APPLIED_4K_GOAL * c50}
+        out["soft_applied_1m_MBps_vs_drbd_C"] = {
+            "ratio": round(sbw / c["write1m_MBps"], 3), "goal": SOFT_BW_GOAL,
+            "met": sbw >= SOFT_BW_GOAL * c["write1m_MBps"]}
+    if not hsp:
+        return out
     applied = hsp["applied"]["write4k_p50_us"]
-    out: dict[str, Any] = {
-        "applied_4k_p50_vs_drbd_C": {"ratio": round(applied / c50, 3), "goal": APPLIED_4K_GOAL,
-                                     "met": applied <= APPLIED_4K_GOAL * c50}}
+    out["applied_4k_p50_vs_drbd_C"] = {"ratio": round(applied / c50, 3),
+                                       "goal": APPLIED_4K_GOAL,
+                                       "met": applied <= APPLIED_4K_GOAL * c50}
     ours = r["resync_MBps"].get("hsp")
     if ours is not None:
         ratio = ours / r["resync_MBps"]["drbd"]
@@ -411,9 +433,15 @@ def goals_met(r: dict[str, Any]) -> bool:
 
 
 def bench_disk_lab(lab: Lab, ours: OurSide | None = None, w: DiskWorkload = DiskWorkload(),
-                   step: Callable[[str], None] = lambda _msg: None) -> dict[str, Any]:
-    """The whole bench on a running lab (see the module's method); brd and DRBD are removed
-    from both nodes afterwards, also when a step fails."""
+                   step: Callable[[str], None] = lambda _msg: None,
+                   providers: tuple[str, ...] = ("verbs",)) -> dict[str, Any]:
+    """The whole bench on a running lab (see the module's method), our side on each of
+    PROVIDERS (verbs, soft); brd and DRBD are removed from both nodes afterwards, also when a
+    step fails."""
+    bad = [p for p in providers if p not in PROVIDERS]
+    if bad or not providers:
+        raise LabError(f"disk bench: our side runs on {' and/or '.join(PROVIDERS)}, not "
+                       f"{', '.join(map(repr, bad)) or 'nothing'}")
     problem = w.problem()
     if problem:
         raise LabError(f"disk bench: {problem}")
@@ -431,7 +459,7 @@ def bench_disk_lab(lab: Lab, ours: OurSide | None = None, w: DiskWorkload = Disk
             raise LabError("cannot remove what an earlier run left: " + "; ".join(problems))
     load_before = os.getloadavg()[0]
     try:
-        r = _measure(lab, drbd, ours, w, step, notes)
+        r = _measure(lab, drbd, ours, w, step, notes, providers)
     except BaseException as exc:
         problems = drbd.down()
         if problems and isinstance(exc, HspError):
@@ -453,7 +481,8 @@ def bench_disk_lab(lab: Lab, ours: OurSide | None = None, w: DiskWorkload = Disk
 
 
 def _measure(lab: Lab, drbd: DrbdLab, ours: OurSide | None, w: DiskWorkload,
-             step: Callable[[str], None], notes: list[str]) -> dict[str, Any]:
+             step: Callable[[str], None], notes: list[str],
+             providers: tuple[str, ...] = ("verbs",)) -> dict[str, Any]:
     pair = drbd.pair
     step(f"loading brd (2 x {format_size(w.disk_bytes)}) and drbd on both nodes")
     drbd.load()
@@ -474,13 +503,22 @@ def _measure(lab: Lab, drbd: DrbdLab, ours: OurSide | None, w: DiskWorkload,
     pair.both(["drbdadm", "-c", drbd.config(drbd.protocol or "C"), "down", RESOURCE],
               "DRBD down")
     hsp: dict[str, Any] | None = None
+    hsp_soft: dict[str, Any] | None = None
     hsp_resync: dict[str, float] | None = None
     if ours is not None:
-        hsp = {}
-        for mode in COMMIT_MODES:
-            step(f"our disk replication ({mode}) on {w.our_device}")
-            hsp[mode] = check_ours(mode, ours.write(lab, mode, w))
-        if ours.resync is not None:
+        if "verbs" in providers:
+            hsp = {}
+            for mode in COMMIT_MODES:
+                step(f"our disk replication ({mode}, verbs) on {w.our_device}")
+                hsp[mode] = check_ours(mode, ours.write(lab, mode, w))
+        if "soft" in providers:
+            hsp_soft = {}
+            for mode in COMMIT_MODES:
+                step(f"our disk replication ({mode}, soft provider over TCP) on "
+                     f"{w.our_device}")
+                hsp_soft[mode] = check_ours(f"{mode}, soft provider",
+                                            ours.write(lab, mode, w, provider="soft"))
+        if ours.resync is not None and hsp is not None:
             step(f"our resync of {format_size(w.resync_bytes)} after a disconnect")
             hsp_resync = ours.resync(lab, w)
     else:
@@ -488,7 +526,8 @@ def _measure(lab: Lab, drbd: DrbdLab, ours: OurSide | None, w: DiskWorkload,
                      "raw RAM disk were measured")
     r: dict[str, Any] = {
         "rdma": lab.info()["rdma"], "fabric": w.fabric, "workload": asdict(w),
-        "raw": raw, "drbd": rows, "hsp": hsp,
+        "raw": raw, "drbd": rows, "hsp": hsp, "hsp_soft": hsp_soft,
+        "providers": list(providers),
         "resync_MBps": {"drbd": resync["MBps"],
                         "hsp": hsp_resync["MBps"] if hsp_resync else None},
         "resync": {"drbd": resync, "hsp": hsp_resync},
@@ -501,18 +540,19 @@ def _measure(lab: Lab, drbd: DrbdLab, ours: OurSide | None, w: DiskWorkload,
 
 def bench_in_lab(rdma: str, lab_id: str, w: DiskWorkload, ours: OurSide | None = None,
                  keep: bool = False,
-                 step: Callable[[str], None] = lambda _msg: None) -> dict[str, Any]:
+                 step: Callable[[str], None] = lambda _msg: None,
+                 providers: tuple[str, ...] = ("verbs",)) -> dict[str, Any]:
     """bench_disk_lab on lab LAB_ID with RDMA (rxe or siw), booted when it is down and then
     ended after the run unless KEEP."""
     lab = Lab(lab_id)
     booted = False
     try:
         booted = lab.ensure_up(rdma, 2, step)
-        return bench_disk_lab(lab, ours, w, step)
+        return bench_disk_lab(lab, ours, w, step, providers)
     finally:
         if booted and not keep:
             lab.down()
 
 
-__all__ = ["FIELDS", "DiskWorkload", "OurSide", "bench_disk_lab", "bench_in_lab", "find_ours",
+__all__ = ["FIELDS", "PROVIDERS", "DiskWorkload", "OurSide", "bench_disk_lab", "bench_in_lab", "find_ours",
            "goals_met"]

@@ -8,6 +8,10 @@ after a warm-up; 1 MiB x DEPTH BW = bytes / 2^20 / seconds, the closing flush in
 each run the standby's disk CRC32C, write count and bytes must equal the active's, or the run
 fails: a bench that replicates wrongly gives no figure.
 
+PROVIDER "soft" runs the same pair on the soft VIA provider (``VipOpenNic("soft:a")`` /
+``"soft:b"``, the same fabric x IPv4s): VIPL over TCP between the two guests, DRBD's own
+transport there; nothing else differs (same guest script, node, disk, figures, replica check).
+
 Resync does not exist yet (the failover issue, 12): ``OURS.resync`` is None, which the bench
 shows as "no resync yet" and ``resync_MBps.hsp`` null, never a figure.
 """
@@ -31,6 +35,27 @@ ACTIVE, STANDBY = "a", "b"  # node a active, as DRBD's primary
 CONFIG_DIR = "hsp-disk-bench"  # under the lab dir, one per mode: new files (9p cache=loose)
 COMMIT_TIMEOUT_MS = 60_000  # a lab write is never this slow; past it the node says so
 CONNECT_TIMEOUT_MS = 60_000
+PROVIDERS = ("verbs", "soft")  # the VIA provider our node pair runs on
+
+
+def check_provider(provider: str) -> None:
+    if provider not in PROVIDERS:
+        raise LabError(f"our disk replication runs on the {' or '.join(PROVIDERS)} provider, "
+                       f"not {provider!r}")
+
+
+def provider_info(info: dict[str, Any], provider: str) -> dict[str, Any]:
+    """INFO (``Lab.info()``) with each node's rdma device as PROVIDER opens it: the lab's
+    device for verbs, ``soft:NODE`` for the soft provider (same IPv4s)."""
+    check_provider(provider)
+    if provider == "verbs":
+        return info
+    out = dict(info)
+    for node, fabrics in info.items():
+        if isinstance(fabrics, dict) and "x" in fabrics:
+            out[node] = {fab: (dict(v, rdma_dev=f"soft:{node}") if isinstance(v, dict) else v)
+                         for fab, v in fabrics.items()}
+    return out
 
 
 def figures(w4k: dict[str, Any], w1m: dict[str, Any]) -> dict[str, Any]:
@@ -74,13 +99,17 @@ def _problem(run: GuestRun, res: Any) -> str:
            f"{(res.stderr or res.stdout).strip()[-600:] or '(no output)'}"
 
 
-def write(lab: Lab, mode: str, w: DiskWorkload) -> dict[str, Any]:
-    """The two jobs in commit MODE on W.our_device (present and blank on both nodes)."""
+def write(lab: Lab, mode: str, w: DiskWorkload, provider: str = "verbs") -> dict[str, Any]:
+    """The two jobs in commit MODE on W.our_device (present and blank on both nodes), the
+    node pair on PROVIDER (verbs: the lab's rdma device; soft: the soft VIA provider)."""
+    check_provider(provider)
+    what = mode if provider == "verbs" else f"{mode}, soft provider"
     if w.fabric != "x":
         raise LabError(f"our disk replication runs on fabric x only (the node opens fabric x; "
                        f"fabric y comes with issue 13), not {w.fabric}: use --fabric x")
     configs = write_node_configs(
-        lab.info(), Path(lab.dir) / CONFIG_DIR / mode, active=ACTIVE,
+        provider_info(lab.info(), provider), Path(lab.dir) / CONFIG_DIR / provider / mode,
+        active=ACTIVE,
         disks=[{"name": DISK, "path": w.our_device}], replication={"commit": mode},
         timeouts={"commit": COMMIT_TIMEOUT_MS, "connect": CONNECT_TIMEOUT_MS})
     # 50 ms a 4 KiB write, 1 MB/s, 4 MB/s per digest: far beyond anything the lab has shown
@@ -102,17 +131,18 @@ def write(lab: Lab, mode: str, w: DiskWorkload) -> dict[str, Any]:
     sres = sb.job.wait()
     w4k, w1m, a_end, s_end = act.of("write4k"), act.of("write1m"), act.of("end"), sb.of("end")
     if not (ares.ok and w4k and w1m and a_end):
-        raise LabError(f"our disk replication ({mode}) on node {ACTIVE}: {_problem(act, ares)}"
+        raise LabError(f"our disk replication ({what}) on node {ACTIVE}: {_problem(act, ares)}"
                        f"; standby {STANDBY}: {_problem(sb, sres)}")
     if not (sres.ok and s_end):
-        raise LabError(f"our disk replication ({mode}): the standby on node {STANDBY} did not "
+        raise LabError(f"our disk replication ({what}): the standby on node {STANDBY} did not "
                        f"report its disk: {_problem(sb, sres)}")
     out = figures(w4k[0], w1m[0])
-    out["replica"] = check_replica(mode, a_end[0], s_end[0])
+    out["replica"] = check_replica(what, a_end[0], s_end[0])
     out["connect_s"] = act.of("started")[0]["connect_s"]
+    out["provider"] = provider
     return out
 
 
 OURS = OurSide(write=write, resync=None)
 
-__all__ = ["OURS", "check_replica", "figures", "write"]
+__all__ = ["OURS", "PROVIDERS", "check_replica", "figures", "provider_info", "write"]
