@@ -187,7 +187,13 @@ def main(argv: list[str] | None = None) -> int:
             show_list(scenarios, args.json)
             return EXIT_OK
         target = target_of(args)
-        return run_drills(scenarios, make_runner(target), args.json, target)
+        runner = make_runner(target)
+        try:
+            return run_drills(scenarios, runner, args.json, target)
+        finally:
+            close = getattr(runner, "close", None)
+            if close is not None:
+                close()  # a lab the runner booted goes down
 
     return run_cli(PROG, body)
 

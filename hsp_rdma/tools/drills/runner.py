@@ -112,25 +112,27 @@ class SoftTarget:
 
 
 def make_runner(target: Target | SoftTarget) -> DrillRunner:
-    """The runner for ``target``: this host over soft runs the drills the node engine can
-    run today; the lab and real hosts do not have a runner yet, and a pass is never
-    pretended."""
+    """The runner for ``target``: this host over soft and the built-in lab run the drills
+    the node engine can run today; two real hosts have no runner yet (a pass is never
+    pretended)."""
     if isinstance(target, SoftTarget):
         from hsp_rdma.tools.drills.soft_runner import SoftRunner
         return SoftRunner()
-    where = (f"the {target.kind} lab" if isinstance(target, LabTarget)
-             else "the two hosts of " + " and ".join(str(p) for p in target.configs))
+    if isinstance(target, LabTarget):
+        from hsp_rdma.tools.drills.lab_runner import LabRunner
+        return LabRunner(target.kind, target.lab_id)
+    where = "the two hosts of " + " and ".join(str(p) for p in target.configs)
     raise DrillsUnavailable(
         f"running drills on {where} is not built yet: the node engine and its failover "
         "engine run (hsp_rdma.ha.failover_engine), but the runner that starts drill nodes "
-        "there and streams their acknowledgements out (a guest has no path to the host "
-        "but its 9p share) is missing (issue 12); none was run. Run them on this host over "
-        "the soft provider: --provider soft")
+        "on real hosts and streams their acknowledgements to this driver is missing "
+        "(issue 12); none was run. Run them in the lab (--lab rxe|siw) or on this host over "
+        "the soft provider (--provider soft)")
 
 
 def why_unavailable(target: Target | SoftTarget, scenario: Scenario) -> str | None:
     """Why ``scenario`` cannot run on ``target`` today (None: it can)."""
-    if isinstance(target, SoftTarget):
+    if isinstance(target, (SoftTarget, LabTarget)):
         from hsp_rdma.tools.drills.soft_runner import unsupported
         return unsupported(scenario)
     return None

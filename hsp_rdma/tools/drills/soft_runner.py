@@ -201,45 +201,64 @@ class SoftRunner:
 
     def _judge(self, scenario: Scenario, work: Path, procs: dict, ack_path: Path,
                fault_t: float | None, problems: list[str]) -> DrillResult:
-        log = read_acklog(ack_path)
-        acks = list(log.acks)
-        b_active = procs["b"].find("failover", "active")
-        failover = b_active is not None
-        survivor = "b" if failover else "a"
-        final = procs[survivor].find("final")
-        if final is None:
-            problems.append(f"the survivor (node {survivor}) gave no final state")
+        survivor = "b" if procs["b"].find("failover", "active") else "a"
         pmem_file = work / f"pmem-{survivor}.bin"
-        ledger = pmem_file.read_bytes() if pmem_file.exists() else None
-        journal = (work / f"journal-{survivor}.img").read_bytes() \
-            if "disk" in scenario.workload.targets else None
-        if "pmem" not in scenario.workload.targets:
-            ledger = None
-        lost = verify_acked(log.ids, ledger, journal) if final is not None else log.ids
-        if ledger is not None:
-            ok, why = check_ledger(ledger)
-            if not ok:
-                problems.extend(f"survivor's ledger: {w}" for w in why)
-            if journal is not None:
-                problems.extend(f"survivor: {w}" for w in check_replay(ledger, journal))
-        # two actives: the old active acknowledged after the new one became active
-        two = False
-        if failover:
-            t_new = b_active["t"]
-            two = any(a.node == "a" and a.t_ns / 1e9 > t_new for a in acks)
-            two = two or (procs["a"].find("failover", "active") is not None)
-        suspected = procs["b"].find("failover", "suspected")
-        detect = None
-        if fault_t is not None and suspected is not None:
-            detect = round((suspected["t"] - fault_t) * 1000, 1)
-        blackout = blackout_ms(acks, int(fault_t * 1e9)) if fault_t is not None else None
-        for p in procs.values():
-            err = p.find("workload_stopped")
-            if err and p.name == survivor:
-                problems.append(f"node {p.name}'s workload stopped: {err['why']}")
-        return DrillResult(scenario.name, len(log.ids), len(lost), two,
-                           None if blackout is None else round(blackout, 1), detect, 0, 0,
-                           failover, False, tuple(problems))
+        journal_file = work / f"journal-{survivor}.final"
+        return judge_drill(scenario, procs, read_acklog(ack_path),
+                           pmem_file.read_bytes() if pmem_file.exists() else None,
+                           journal_file.read_bytes() if journal_file.exists() else None,
+                           fault_t, problems)
+
+
+def judge_drill(scenario: Scenario, procs: dict, log, ledger: bytes | None,
+                journal: bytes | None, fault_t: float | None,
+                problems: list[str]) -> DrillResult:
+    """The DrillResult of a drill of nodes a (first active) and b: PROCS[name].find(event,
+    what) gives a node's events with ``t`` on the driver's clock (s), LOG the ack log, LEDGER
+    and JOURNAL the survivor's P.mem and disk as it left them, FAULT_T the first fault."""
+    acks = list(log.acks)
+    b_active = procs["b"].find("failover", "active")
+    failover = b_active is not None
+    survivor = "b" if failover else "a"
+    final = procs[survivor].find("final")
+    if final is None:
+        problems.append(f"the survivor (node {survivor}) gave no final state")
+    if "pmem" not in scenario.workload.targets:
+        ledger = None
+    if "disk" not in scenario.workload.targets:
+        journal = None
+    lost = verify_acked(log.ids, ledger, journal) if final is not None else log.ids
+    if ledger is not None:
+        ok, why = check_ledger(ledger)
+        if not ok:
+            problems.extend(f"survivor's ledger: {w}" for w in why)
+        if journal is not None:
+            problems.extend(f"survivor: {w}" for w in check_replay(ledger, journal))
+    # two actives: the old active acknowledged after the new one became active, or became
+    # active again itself
+    two = False
+    if failover:
+        t_new = b_active["t"]
+        two = any(a.node == "a" and a.t_ns / 1e9 > t_new for a in acks)
+        two = two or (procs["a"].find("failover", "active") is not None)
+    suspected = procs["b"].find("failover", "suspected")
+    detect = None
+    if fault_t is not None and suspected is not None:
+        detect = round((suspected["t"] - fault_t) * 1000, 1)
+    blackout = blackout_ms(acks, int(fault_t * 1e9)) if fault_t is not None else None
+    if failover:
+        # the old active's last ack to the new active's first, each as the driver got it:
+        # acks still on their way at the fault (the lab's channel streams them) count as
+        # the old active's, not as the end of the blackout
+        old = [a.t_ns for a in acks if a.node == "a"]
+        new = [a.t_ns for a in acks if a.node == "b"]
+        blackout = (min(new) - max(old)) / 1e6 if old and new else None
+    err = procs[survivor].find("workload_stopped")
+    if err:
+        problems.append(f"node {survivor}'s workload stopped: {err['why']}")
+    return DrillResult(scenario.name, len(log.ids), len(lost), two,
+                       None if blackout is None else round(blackout, 1), detect, 0, 0,
+                       failover, False, tuple(problems))
 
 
 def _wait(pred, timeout: float, what: str) -> None:

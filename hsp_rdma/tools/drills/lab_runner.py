@@ -1,0 +1,183 @@
+"""Drills in the built-in lab (rxe or siw): drill nodes (``tools/drills/drill_node.py``) in
+guests a (the first active) and b, the lab's fence device as fence action
+(``hsp_rdma.lab.fence_agent``), faults through ``Lab.fault`` (kill = the guest's QEMU killed,
+pause/resume = QMP stop/cont).
+
+A guest has no network path to the host: the workload's acks come out as ``ack`` events on
+the lab's command channel (the job's stdout, streamed through the node's 9p share) and the
+driver stamps each with its own monotonic clock as it arrives, so every time here (acks,
+``suspected``, ``active``) is the driver's, and detect_ms includes the channel's delay (an
+upper bound). At the end the survivor writes its P.mem and journal into its share, where the
+driver reads them. Before each drill the lab is healed (a killed node booted, a paused one
+resumed), as the test fixture does.
+
+Steps supported: those of ``soft_runner.SUPPORTED``; others are refused before anything runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from hsp_rdma.errors import LabError
+from hsp_rdma.lab import Lab
+from hsp_rdma.tools.drills.acklog import Ack, AckWriter, read_acklog
+from hsp_rdma.tools.drills.runner import DrillResult, DrillsUnavailable
+from hsp_rdma.tools.drills.scenario import Scenario
+from hsp_rdma.tools.drills.soft_runner import UNTIL_EVENT, judge_drill
+from hsp_rdma.tools.guest import GuestRun
+from hsp_rdma.tools.lab_config import write_node_configs
+
+TIMEOUTS = {"heartbeat_interval": 100, "heartbeat_timeout": 1000, "connect": 90000,
+            "commit": 10000}
+GUEST_SHARE = "/hsp"  # where a guest sees its writable share
+
+
+class _Events:
+    """A guest run's events, with ``t`` replaced by the driver's clock at arrival."""
+
+    def __init__(self, name: str, writer: AckWriter):
+        self.run = GuestRun(name, on_event=self._on_event)
+        self.events: list[dict] = []
+        self.writer = writer
+
+    def _on_event(self, name: str, ev: dict) -> None:
+        now = time.monotonic()
+        if ev.get("event") == "ack":
+            self.writer.append(Ack(int(ev["id"]), int(now * 1e9), name))
+            return
+        ev["guest_t"], ev["t"] = ev.get("t"), now
+        self.events.append(ev)
+
+    def find(self, event: str, what: str | None = None) -> dict | None:
+        for e in list(self.events):
+            if e["event"] == event and (what is None or e.get("what") == what):
+                return e
+        return None
+
+
+def heal(lab: Lab) -> None:
+    """Both nodes powered, running and cabled."""
+    for node, n in lab.status()["nodes"].items():
+        if n["state"] in ("dead", "killed"):
+            lab.boot_node(node)
+        elif n["state"] == "paused":
+            lab.fault(node, "resume")
+        for fab, link in n["links"].items():
+            if link != "up" and lab.node_alive(node):
+                lab.fault(node, "link", fab, "up")
+
+
+class LabRunner:
+    """Runs drills in lab LAB_ID of KIND, booting it when it is down (and ending it on
+    ``close`` when it booted it)."""
+
+    def __init__(self, kind: str, lab_id: str):
+        self.kind, self.lab = kind, Lab(lab_id)
+        self.owned: bool | None = None
+
+    def close(self) -> None:
+        if self.owned:
+            self.lab.down()
+
+    def _ready(self) -> Lab:
+        if self.owned is None:
+            try:
+                self.owned = self.lab.ensure_up(self.kind)
+            except LabError as exc:
+                raise DrillsUnavailable(f"the {self.kind} lab cannot run: {exc}") from exc
+        heal(self.lab)
+        return self.lab
+
+    def run(self, scenario: Scenario) -> DrillResult:
+        lab = self._ready()
+        problems: list[str] = []
+        tag = f"drill-{scenario.name}-{time.time_ns()}"
+        shares = {n: lab.node_dir(n) / "share" / tag for n in ("a", "b")}
+        for d in shares.values():
+            d.mkdir(parents=True)
+        ack_path = Path(lab.dir) / tag / "acks.log"  # outside the nodes' directories
+        ack_path.parent.mkdir(parents=True, exist_ok=True)
+        # configs and state of this drill alone: a guest's writes under the lab's directory
+        # stay in its overlay for as long as it runs, so a reused state directory would bring
+        # the epoch of an earlier drill
+        paths = write_node_configs(
+            lab.info(), Path(lab.dir) / tag, pmem_size="4 MiB", timeouts=TIMEOUTS,
+            disks=[{"name": "journal", "path": f"/tmp/{tag}-journal.img", "size": "16 MiB"}],
+            fence={"action": f"{sys.executable} -m hsp_rdma.lab.fence_agent", "timeout": 60000})
+        writer = AckWriter(ack_path)
+        procs = {n: _Events(n, writer) for n in ("a", "b")}
+        role_of = {"active": "a", "standby": "b"}
+        fault_t: float | None = None
+
+        def poll() -> None:
+            for p in procs.values():
+                p.run.job.poll()
+
+        def wait(pred, timeout: float, what: str) -> None:
+            deadline = time.monotonic() + timeout
+            while not pred():
+                poll()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no {what} in {timeout:g} s")
+                time.sleep(0.01)
+
+        try:
+            for n, p in procs.items():
+                p.run.job = lab.spawn(n, [sys.executable, "-m",
+                                          "hsp_rdma.tools.drills.drill_node", str(paths[n]),
+                                          str(scenario.path), "stdout", f"{GUEST_SHARE}/{tag}"],
+                                      timeout=600, on_stdout=p.run.feed)
+            wait(lambda: procs["a"].find("serving") and procs["b"].find("started"), 180,
+                 "pair serving")
+            for step in scenario.steps:
+                if step.do == "wait":
+                    if step.until is not None:
+                        ev = UNTIL_EVENT[step.until]
+                        wait(lambda ev=ev: procs["b"].find("failover", ev),
+                             step.timeout_s or 60, f"event {step.until}")
+                    if step.wait_s:
+                        end = time.monotonic() + step.wait_s
+                        wait(lambda end=end: time.monotonic() >= end, step.wait_s + 1, "time")
+                    continue
+                node = role_of[step.node]
+                if fault_t is None and step.do in ("kill", "pause"):
+                    fault_t = time.monotonic()
+                try:
+                    lab.fault(node, step.do)
+                except LabError:
+                    if step.do != "resume" or lab.node_alive(node):
+                        raise
+                    # resumed after the fence powered it off: nothing to resume
+        except (RuntimeError, LabError) as exc:
+            problems.append(str(exc))
+        finally:
+            survivor = "b" if procs["b"].find("failover", "active") else "a"
+            (shares[survivor] / "stop").touch()
+            try:
+                wait(lambda: procs[survivor].find("final"), 60, f"final state of {survivor}")
+            except RuntimeError as exc:
+                problems.append(str(exc))
+            for p in procs.values():
+                if p.run.job is not None and p.run.job.poll() is None:
+                    p.run.job.kill()
+            writer.close()
+            # what each node said (times: the driver's clock), beside the ack log; a node's
+            # own directory is wiped when it boots again
+            for n, p in procs.items():
+                _out, err = p.run.job.output() if p.run.job is not None else ("", "")
+                (ack_path.parent / f"{n}-events.json").write_text(json.dumps(p.events,
+                                                                             indent=0))
+                (ack_path.parent / f"{n}-stderr.txt").write_text(err)
+            if problems:
+                problems.append(f"the nodes' events and stderr: {ack_path.parent}")
+        pmem = shares[survivor] / f"pmem-{survivor}.bin"
+        journal = shares[survivor] / f"journal-{survivor}.final"
+        return judge_drill(scenario, procs, read_acklog(ack_path),
+                           _read(pmem), _read(journal), fault_t, problems)
+
+
+def _read(path: Path) -> bytes | None:
+    return path.read_bytes() if path.exists() else None
