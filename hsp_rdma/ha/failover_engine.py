@@ -14,9 +14,10 @@ Wiring into ``ha/node.py`` (small hooks there, all in the node's loop thread und
 - ``link_lost(channel, why)``: a broken channel is evidence (not a verdict) for the detector.
 - ``commit_gate(channel, mode)``: the application's commit on this node: refused when the
   node does not serve; acknowledged locally when it serves alone after a confirmed fence
-  (the peer is powered off, nothing can be replicated); received/applied commits of an
-  active that lost its peer without fencing it are refused (the peer may take over with
-  what it had: the limit stated in ``core/failover.py``).
+  (the peer is powered off, nothing can be replicated); commits of an active that lost
+  its peer without fencing it are refused at once with the reason (the peer may take over
+  with what it had: the limit stated in ``core/failover.py``; and without resync nothing
+  written alone could reach the peer later).
 
 Actions: ``PersistEpoch`` -> ``EpochStore`` (``<state_dir>/failover/``; written and fsync'd
 before ``Persisted`` is fed), ``FencePeer`` -> the configured fence agent (``ha/fence.py``,
@@ -174,10 +175,12 @@ class FailoverEngine:
         if m.state is fo.FoState.ACTIVE_ALONE:
             if self.alone_ok:
                 return True
-            if mode is not Commit.ASYNC:
-                raise CommitRefused(
-                    f"the peer is not heard and was not fenced: a {mode.name.lower()} commit "
-                    "cannot be acknowledged now (the standby may take over with what it has)")
+            # Even async waits for the frame to be sent, which needs the link: fail now,
+            # with the reason, rather than after the commit timeout.
+            raise CommitRefused(
+                f"the peer is not heard and was not fenced: a {mode.name.lower()} commit "
+                "cannot be acknowledged now (the standby may take over with what it has; "
+                "resync after a link loss is not built yet)")
         return False
 
     def local_txid(self, channel: Channel) -> int:

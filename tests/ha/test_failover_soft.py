@@ -158,3 +158,25 @@ def test_a_returning_old_active_is_refused_and_stops_serving(tmp_path, monkeypat
                > 0, timeout=5)
     assert b.failover.serving and b.status()["failover"]["state"] == "ACTIVE_ALONE"
     assert b.pmem.read(0, 5) != b"stale"
+
+
+def test_an_active_that_lost_its_standby_unfenced_refuses_synchronous_commits(
+        tmp_path, monkeypatch, closing):
+    """The standby goes away; the active did not fence it, so the standby may be the one
+    that takes over with what it had: every commit is refused at once with the reason (not
+    acknowledged alone; core/failover.py's stated limit)."""
+    nodes = start_pair(tmp_path, monkeypatch, fence=True)
+    a, b = nodes["a"], nodes["b"]
+    closing.extend((b, a))
+    wait_until(lambda: a.status()["heartbeats"]["received"] >= 3)
+    b.close()
+    wait_until(lambda: a.status()["failover"]["state"] == "ACTIVE_ALONE")
+    st = a.status()
+    assert st["role"] == "active" and st["failover"]["serving"]
+    assert st["failover"]["dirty_tracking"] and st["failover"]["fence_runs"] == []
+    for mode in ("applied", "received", "async"):
+        t0 = time.monotonic()
+        with pytest.raises(NodeError, match="was not fenced"), \
+                a.pmem.transaction(commit=mode) as tx:
+            tx.write(0, mode.encode())
+        assert time.monotonic() - t0 < 1.0  # at once, not after the commit timeout
