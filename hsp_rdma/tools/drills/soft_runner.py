@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from hsp_rdma.tools.drills.acklog import AckWriter, blackout_ms, pump, read_acklog
@@ -101,10 +102,16 @@ class SoftRunner:
 
     def run(self, scenario: Scenario) -> DrillResult:
         work = Path(tempfile.mkdtemp(prefix=f"hsp-drill-{scenario.name}-"))
+        keep = self.keep
         try:
-            return self._run(scenario, work)
+            result = self._run(scenario, work)
+            if result.problems:  # the nodes' events and stderr stay for the reader
+                keep = True
+                result = replace(result, problems=(*result.problems,
+                                                   f"the nodes' events and stderr: {work}"))
+            return result
         finally:
-            if not self.keep:
+            if not keep:
                 shutil.rmtree(work, ignore_errors=True)
 
     def _run(self, scenario: Scenario, work: Path) -> DrillResult:
