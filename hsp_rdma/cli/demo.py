@@ -3,8 +3,10 @@ switching over.
 
 It boots the built-in two-node lab (this host has no RDMA, or its devices have no peer here),
 shows ib_write_bw and ib_send_lat on both fabrics and a cable pull that fabric y survives, then
-a Graceful Switch Over of the running demo application (b -> a), the switch-back (a -> b), and
-hsp-bench gso beside ib_write_bw. The work is in hsp_rdma.tools.demo; this module shows it.
+a Graceful Switch Over of the running demo application (b -> a), the switch-back (a -> b),
+hsp-bench gso beside ib_write_bw, and an unplanned failover: hsp-failover-test's drill
+kill-active (the active's guest killed under the ledger workload; the standby fences it through
+the lab's fence device and takes over; every acknowledged transfer checked). The work is in hsp_rdma.tools.demo; this module shows it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from hsp_rdma.cli.common import (
     run_cli,
     table,
 )
+from hsp_rdma.cli.failover_test import show_drills
 from hsp_rdma.lab import RDMA_KINDS
 from hsp_rdma.tools.demo import demo_ok, host_rdma_devices, lab_demo
 
@@ -67,6 +70,9 @@ def show_gso(result: dict, out: Console | None = None) -> None:
                   str(s["image_bytes"]), f"{s['copy_MBps']:.2f}", f"{s['blackout_ms']:.1f}")
     out.print(t)
     show_bench(result["bench"], out)
+    if "drill" in result:
+        show_drills([result["drill"]], out,
+                    f"unplanned failover: drill {result['drill']['name']} ({result['rdma']})")
 
 
 def build_parser() -> Parser:

@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from rich.console import Console
 from rich.text import Text
 
 from hsp_rdma.cli.common import (
@@ -125,6 +126,24 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
+def show_drills(rows: list[dict], out: Console | None = None,
+                title: str = "failover drills") -> None:
+    """Drill reports (``runner.report``) as a table, then why each failed one failed."""
+    out = console if out is None else out
+    t = table(title, "drill", "passed", "acknowledged", "lost", "two actives",
+              "blackout [msec]", "detect [msec]", "resync [bytes]", "audit repairs")
+    for r in rows:
+        t.add_row(Text(r["name"]), goal_cell("yes" if r["passed"] else "NO", r["passed"]),
+                  str(r["acknowledged"]), goal_cell(str(r["lost"]), r["lost"] == 0),
+                  goal_cell("yes" if r["two_actives"] else "no", not r["two_actives"]),
+                  _ms(r["blackout_ms"]), _ms(r["detect_ms"]), str(r["resync_bytes"]),
+                  str(r["audit_repairs"]))
+    out.print(t)
+    for r in rows:
+        for why in r["failures"]:
+            out.print(Text.assemble((f"{r['name']}: ", "bold red"), why))
+
+
 def run_drills(scenarios: list[Scenario], runner: DrillRunner, as_json: bool,
                target: Target | SoftTarget | None = None) -> int:
     """Run each drill, report them all; EXIT_OK only when every one passed, 69 when none
@@ -147,18 +166,7 @@ def run_drills(scenarios: list[Scenario], runner: DrillRunner, as_json: bool,
                           "unavailable": [{"name": n, "why": w} for n, w in skipped]},
                          indent=1))
     else:
-        t = table("failover drills", "drill", "passed", "acknowledged", "lost", "two actives",
-                  "blackout [msec]", "detect [msec]", "resync [bytes]", "audit repairs")
-        for r in rows:
-            t.add_row(Text(r["name"]), goal_cell("yes" if r["passed"] else "NO", r["passed"]),
-                      str(r["acknowledged"]), goal_cell(str(r["lost"]), r["lost"] == 0),
-                      goal_cell("yes" if r["two_actives"] else "no", not r["two_actives"]),
-                      _ms(r["blackout_ms"]), _ms(r["detect_ms"]), str(r["resync_bytes"]),
-                      str(r["audit_repairs"]))
-        console.print(t)
-        for r in rows:
-            for why in r["failures"]:
-                console.print(Text.assemble((f"{r['name']}: ", "bold red"), why))
+        show_drills(rows)
     for name, why in skipped:
         err_console.print(Text.assemble((f"{PROG}: {name} not run: ", "bold yellow"), why))
     if not all(r["passed"] for r in rows):

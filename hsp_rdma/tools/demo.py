@@ -1,7 +1,9 @@
 """The main job's work (README's first command; `scripts/demo` is its CLI): a pair of nodes
 over real RDMA in the built-in lab, perftest on both fabrics, a cable pull that fabric y
-survives, a Graceful Switch Over of the demo application and its switch-back, and the GSO
-bench beside ib_write_bw."""
+survives, a Graceful Switch Over of the demo application and its switch-back, the GSO
+bench beside ib_write_bw, and last the failover drill kill-active (hsp-failover-test's: the
+active's guest killed under the ledger workload, the standby fences it and takes over; lost
+transfers counted)."""
 
 from __future__ import annotations
 
@@ -12,8 +14,13 @@ from pathlib import Path
 
 from hsp_rdma.errors import HspError, LabError
 from hsp_rdma.lab import FABRICS, Lab, perftest
+from hsp_rdma.tools.drills.lab_runner import LabRunner, heal
+from hsp_rdma.tools.drills.runner import judge, report
+from hsp_rdma.tools.drills.scenario import find_scenario, load_scenario
 from hsp_rdma.tools.gso_bench import bench_gso_lab
 from hsp_rdma.tools.gso_pair import PairResult, run_pair
+
+DEMO_DRILL = "kill-active"
 
 
 def host_rdma_devices() -> list[str]:
@@ -60,11 +67,22 @@ def lab_demo(rdma: str, lab_id: str, keep: bool, gso_size: int = 16 << 20,
         bench = bench_gso_lab(argparse.Namespace(
             lab=rdma, lab_id=lab_id, size=gso_size, runs=3, chunk=0, depth=0, fabric="x",
             keep=True, profiles=None), step=step)[0]
+        step(f"{rdma}: failover drill {DEMO_DRILL} (the active's guest killed under load)")
+        drill = run_drill(rdma, lab_id, DEMO_DRILL)
     finally:
         if not keep:
             lab.down()
+        elif lab.running():
+            heal(lab)  # the drill killed a node: the kept lab is whole again
     return {"mode": "lab", "rdma": rdma, "boot_s": round(boot_s, 1), "transfers": rows,
-            "cable_pull": pull, "gso": gso, "bench": bench}
+            "cable_pull": pull, "gso": gso, "bench": bench, "drill": drill}
+
+
+def run_drill(rdma: str, lab_id: str, name: str) -> dict:
+    """The shipped drill NAME in the running lab LAB_ID, as hsp-failover-test reports it."""
+    scenario = load_scenario(find_scenario(name))
+    result = LabRunner(rdma, lab_id).run(scenario)  # the lab is up: the runner does not own it
+    return report(result, judge(scenario, result))
 
 
 def gso_summary(res: PairResult) -> dict:
@@ -94,4 +112,5 @@ def gso_summary(res: PairResult) -> dict:
 
 
 def demo_ok(results: list[dict]) -> bool:
-    return all(r["cable_pull"]["x_failed_while_pulled"] and r["gso"]["ok"] for r in results)
+    return all(r["cable_pull"]["x_failed_while_pulled"] and r["gso"]["ok"]
+               and r["drill"]["passed"] for r in results)

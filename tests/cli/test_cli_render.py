@@ -59,6 +59,9 @@ DEMO = {
                        "counter_at_resume": 41, "pmem_identical": True,
                        "image_bytes": 16781312, "copy_MBps": 17.0, "blackout_ms": 990.0}]},
     "bench": GSO,
+    "drill": {"name": "kill-[x]", "passed": False, "acknowledged": 770, "lost": 1,
+              "two_actives": False, "blackout_ms": 3866.2, "detect_ms": 1047.0,
+              "resync_bytes": 0, "audit_repairs": 0, "failures": ["[red]1 lost"]},
 }
 STATUS = {
     "lab_id": "default", "rdma": "siw", "kver": "6.1.0-[x]", "up": True,
@@ -94,7 +97,9 @@ def test_demo_tables_keep_units_and_user_text() -> None:
     demo.show_gso(DEMO, console)
     text = out.getvalue()
     for word in ("ib_write_bw 64 KiB [MB/sec]", "ib_send_lat 2 B typical [usec]", "99% [usec]",
-                 "copy [MB/sec]", "blackout [msec]", "t_min [msec]", ODD):
+                 "copy [MB/sec]", "blackout [msec]", "t_min [msec]", ODD,
+                 "unplanned failover: drill kill-[x] (rxe)", "detect [msec]", "3866",
+                 "kill-[x]: [red]1 lost"):
         assert word in text, word
 
 
