@@ -380,7 +380,7 @@ class Node:
                     _lost, ch, why = self._requests.get_nowait()
                 except queue.Empty:
                     break
-                if ch not in pending:
+                if ch not in pending and not self._stale(ch):
                     self._reset_link(ch)
                     pending.append(ch)
                     last[ch] = why
@@ -636,7 +636,16 @@ class Node:
             if kind == "call":
                 ch()  # a function handed to the loop (call_in_loop)
                 continue
-            self._lose(ch, why)
+            if not self._stale(ch):
+                self._lose(ch, why)
+
+    def _stale(self, ch: Channel) -> bool:
+        """Whether a queued error report of CH's VI is about a connection that is gone: the
+        provider puts the VI in ERROR before it reports, and only a reset (``_reset_link``)
+        takes it out. A report queued while the active gave a connection up and made it
+        again (siw lab: a first connection whose HELLO never came) must not down the new
+        one: that downed pmem at the loop's start, ~1 siw pair start in 7."""
+        return via.VipQueryVi(self._port.links[ch].vi)[0] is not via.ViState.ERROR
 
     def call_in_loop(self, fn: Callable[[], None]) -> None:
         """Run FN in the loop thread, under the lock (from any thread)."""
