@@ -5,6 +5,10 @@ named node off or on and answers. `python -m hsp_rdma.lab.fenced LAB_DIR` is sta
 The channel from each guest is its own writable 9p share (the one the command channel already
 uses): the guest's fence agent (`hsp_rdma.lab.fence_agent`) renames a request into
 `fence/ID.req`; the listener carries it out and renames the answer into `fence/ID.ans`.
+A request is JSON (`{"action", "plug"}`) or `key=value` lines; with `reply=kv` the answer is
+`key=value` lines too (the agent then needs no json import in the guest), else JSON. Every
+answer names `noticed_ms` (the request's age when the listener saw it: its poll) and
+`took_ms` (the action), which the agent reports with its own time.
 """
 
 from __future__ import annotations
@@ -19,13 +23,34 @@ from hsp_rdma.errors import LabError
 from hsp_rdma.lab.lab import Lab
 
 FENCE_DIR = "fence"
-POLL_S = 0.1
+POLL_S = 0.02  # a look is one state.json read and a glob per node: ~0.1 ms
 
 
-def _write_atomically(path: Path, obj: dict) -> None:
+def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _parse_request(text: str) -> dict:
+    if text.lstrip().startswith("{"):
+        r = json.loads(text)
+        if not isinstance(r, dict):
+            raise ValueError(f"not a JSON object: {text[:80]!r}")
+        return r
+    r = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            r[key.strip()] = value.strip()
+    return r
+
+
+def _answer_text(ans: dict, kv: bool) -> str:
+    if not kv:
+        return json.dumps(ans)
+    return "".join(f"{k}={int(v) if isinstance(v, bool) else ' '.join(str(v).split())}\n"
+                   for k, v in ans.items())
 
 
 def carry_out(lab: Lab, action: str, plug: str) -> dict:
@@ -65,17 +90,21 @@ def serve_once(lab: Lab, log) -> int:
         folder = lab.node_dir(asker) / "share" / FENCE_DIR
         for req in sorted(folder.glob("*.req")) if folder.is_dir() else ():
             try:
-                r = json.loads(req.read_text())
+                noticed = max(0.0, time.time() - req.stat().st_mtime)
+                r = _parse_request(req.read_text())
                 action, plug = str(r.get("action", "")), str(r.get("plug", ""))
-            except (OSError, ValueError, AttributeError) as exc:
-                action, plug, r = "", "", {"error": str(exc)}
+            except (OSError, ValueError) as exc:
+                action, plug, r, noticed = "", "", {"error": str(exc)}, 0.0
             t0 = time.monotonic()
             ans = carry_out(lab, action, plug) if action else {
                 "ok": False, "detail": f"unreadable request: {r}"}
-            _write_atomically(req.with_suffix(".ans"), ans)
+            took = time.monotonic() - t0
+            timing = {"noticed_ms": round(noticed * 1000, 1), "took_ms": round(took * 1000, 1)}
+            _write_atomically(req.with_suffix(".ans"),
+                              _answer_text({**ans, **timing}, r.get("reply") == "kv"))
             req.unlink(missing_ok=True)
             log.write(json.dumps({"t": time.time(), "from": asker, "action": action,
-                                  "plug": plug, "took_s": round(time.monotonic() - t0, 3),
+                                  "plug": plug, "took_s": round(took, 3), **timing,
                                   **ans}) + "\n")
             log.flush()
             n += 1

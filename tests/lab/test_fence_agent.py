@@ -1,0 +1,105 @@
+"""The lab's fence agent (run in the guests) against the host's fence device, on the host: the
+fence-agents convention (stdin key=value, exit 0 done / 1 failed, status 0 on / 2 off), the
+key=value channel with per-hop timings, and the agent's start-up kept lean (stdlib os, sys,
+time only, run as COMMAND: a script, -I -S). The same agent fences in the lab drills."""
+
+from __future__ import annotations
+
+import io
+import json
+import shlex
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from hsp_rdma.lab import Lab
+from hsp_rdma.lab.fence_agent import COMMAND
+from hsp_rdma.lab.fenced import serve_once
+
+
+def _fake_lab(root: Path) -> Lab:
+    """A lab whose state names nodes a and b, neither running (so both are 'off')."""
+    lab = Lab("fence", root)
+    for n in "ab":
+        (lab.node_dir(n) / "share" / "fence").mkdir(parents=True)
+    lab.state_path.write_text(json.dumps({
+        "lab_id": "fence", "rdma": "rxe", "fabrics": 2, "kver": "6.1", "topology": "pair",
+        "nodes": {n: {} for n in "ab"}, "links": {n: {"x": "up", "y": "up"} for n in "ab"}}))
+    return lab
+
+
+@pytest.fixture
+def device(tmp_path):
+    """The fence device serving the fake lab while the test runs; yields (lab, log)."""
+    lab, log, stop = _fake_lab(tmp_path), io.StringIO(), threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            serve_once(lab, log)
+            time.sleep(0.005)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield lab, log
+    stop.set()
+    t.join(5)
+
+
+def agent(lab: Lab, *lines: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    share = lab.node_dir("b") / "share"
+    return subprocess.run(shlex.split(COMMAND), input="\n".join([*lines, f"share={share}"]) + "\n",
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_status_and_off_of_a_node_that_is_off_name_each_hop(device) -> None:
+    lab, log = device
+    st = agent(lab, "action=status", "plug=a")
+    assert st.returncode == 2, st.stderr  # fence-agents: status 2 = off
+    assert "status a: node a is off [agent " in st.stdout
+    assert "device answered" in st.stdout and "noticed it after" in st.stdout
+    off = agent(lab, "action=off", "plug=a")
+    assert off.returncode == 0 and "node a is off" in off.stdout, off.stderr
+    seen = [json.loads(line) for line in log.getvalue().splitlines()]
+    assert [(s["from"], s["action"], s["plug"]) for s in seen] == [("b", "status", "a"),
+                                                                   ("b", "off", "a")]
+    assert all("noticed_ms" in s and "took_ms" in s for s in seen)
+    assert not list((lab.node_dir("b") / "share" / "fence").iterdir())  # nothing left behind
+
+
+def test_unknown_plug_fails_with_the_device_s_reason(device) -> None:
+    lab, _ = device
+    res = agent(lab, "action=off", "plug=zz")
+    assert res.returncode == 1 and "unknown plug 'zz': the lab's nodes are a, b" in res.stdout
+
+
+@pytest.mark.parametrize("lines, said", [
+    (("action=off",), "no plug= given"),
+    (("action=explode", "plug=a"), "unknown action='explode'"),
+    (("action=off", "plug=a/../b"), "is not a node name"),
+    (("action=off", "plug=a", "timeout=soon"), "timeout='soon' is not a number"),
+])
+def test_bad_options_are_refused_with_what_is_wrong(tmp_path, lines, said) -> None:
+    res = agent(_fake_lab(tmp_path), *lines)
+    assert res.returncode == 1 and said in res.stderr and "Traceback" not in res.stderr
+
+
+def test_no_fence_device_fails_in_the_given_time(tmp_path) -> None:
+    t0 = time.monotonic()
+    res = agent(_fake_lab(tmp_path), "action=off", "plug=a", "timeout=0.3")
+    assert res.returncode == 1 and "gave no answer in 0.3 s" in res.stderr
+    assert time.monotonic() - t0 < 10
+
+
+def test_metadata_and_a_lean_start(tmp_path) -> None:
+    """Every module the agent imports costs ~30x in a TCG guest reading it over 9p: as
+    COMMAND, no site, no project package, no json/pathlib/re."""
+    res = subprocess.run([*shlex.split(COMMAND)[:-1], "-X", "importtime",
+                          shlex.split(COMMAND)[-1]], input="action=metadata\n",
+                         capture_output=True, text=True, timeout=20, check=False)
+    assert res.returncode == 0 and 'name="fence_hsp_lab"' in res.stdout
+    imported = {line.split("|")[-1].strip() for line in res.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert not imported & {"site", "json", "pathlib", "re", "hsp_rdma", "hsp_rdma.lab"}, imported
