@@ -67,7 +67,9 @@ def test_a_report_of_an_abandoned_connection_does_not_down_its_successor(
         assert b.pmem.read(0, 4096) == a.pmem.read(0, 4096)
         st = a.status()
         assert st["channels"]["pmem"]["state"] == "connected", st["channels"]["pmem"]
-        assert not [x for x in st["alarms"] if "pmem" in x], st["alarms"]
+        # the first connection's own loss may be noted (a flushed receive during its HELLO
+        # wait); the provider's report of it must not be taken for the second one
+        assert not [x for x in st["alarms"] if "pmem" in x and "CONN_LOST" in x], st["alarms"]
     finally:
         for n in (a, b):
             n.close()
