@@ -23,6 +23,8 @@ T0 = time.monotonic()  # the agent's own clock starts here (the interpreter's st
 
 # the lab's fence action, as a fence-agents command line (FenceAgent.parse / [fence] action)
 COMMAND = f"{sys.executable} -I -S {os.path.abspath(__file__)}"
+# the same agent in POSIX sh (fence_hsp_lab.sh beside this file): no interpreter to start
+SH_COMMAND = f"/bin/sh {os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fence_hsp_lab.sh')}"
 
 ACTIONS = ("off", "on", "reboot", "status", "monitor", "metadata")
 POLL_S = 0.01  # one stat over 9p per look: the answer comes from a host poll of a few ms

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from hsp_rdma.lab import Lab
-from hsp_rdma.lab.fence_agent import COMMAND
+from hsp_rdma.lab.fence_agent import COMMAND, SH_COMMAND
 from hsp_rdma.lab.fenced import serve_once
 
 
@@ -48,19 +48,24 @@ def device(tmp_path):
     t.join(5)
 
 
-def agent(lab: Lab, *lines: str, timeout: float = 20) -> subprocess.CompletedProcess:
+AGENTS = pytest.mark.parametrize("cmd", [COMMAND, SH_COMMAND], ids=["py", "sh"])
+
+
+def agent(lab: Lab, *lines: str, cmd: str = COMMAND,
+          timeout: float = 20) -> subprocess.CompletedProcess:
     share = lab.node_dir("b") / "share"
-    return subprocess.run(shlex.split(COMMAND), input="\n".join([*lines, f"share={share}"]) + "\n",
+    return subprocess.run(shlex.split(cmd), input="\n".join([*lines, f"share={share}"]) + "\n",
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def test_status_and_off_of_a_node_that_is_off_name_each_hop(device) -> None:
+@AGENTS
+def test_status_and_off_of_a_node_that_is_off_name_each_hop(device, cmd) -> None:
     lab, log = device
-    st = agent(lab, "action=status", "plug=a")
+    st = agent(lab, "action=status", " plug = a ", cmd=cmd)
     assert st.returncode == 2, st.stderr  # fence-agents: status 2 = off
-    assert "status a: node a is off [agent " in st.stdout
+    assert "status a: node a is off [" in st.stdout and "agent" in st.stdout
     assert "device answered" in st.stdout and "noticed it after" in st.stdout
-    off = agent(lab, "action=off", "plug=a")
+    off = agent(lab, "action=off", "plug=a", cmd=cmd)
     assert off.returncode == 0 and "node a is off" in off.stdout, off.stderr
     seen = [json.loads(line) for line in log.getvalue().splitlines()]
     assert [(s["from"], s["action"], s["plug"]) for s in seen] == [("b", "status", "a"),
@@ -69,9 +74,10 @@ def test_status_and_off_of_a_node_that_is_off_name_each_hop(device) -> None:
     assert not list((lab.node_dir("b") / "share" / "fence").iterdir())  # nothing left behind
 
 
-def test_unknown_plug_fails_with_the_device_s_reason(device) -> None:
+@AGENTS
+def test_unknown_plug_fails_with_the_device_s_reason(device, cmd) -> None:
     lab, _ = device
-    res = agent(lab, "action=off", "plug=zz")
+    res = agent(lab, "action=off", "plug=zz", cmd=cmd)
     assert res.returncode == 1 and "unknown plug 'zz': the lab's nodes are a, b" in res.stdout
 
 
@@ -81,14 +87,16 @@ def test_unknown_plug_fails_with_the_device_s_reason(device) -> None:
     (("action=off", "plug=a/../b"), "is not a node name"),
     (("action=off", "plug=a", "timeout=soon"), "timeout='soon' is not a number"),
 ])
-def test_bad_options_are_refused_with_what_is_wrong(tmp_path, lines, said) -> None:
-    res = agent(_fake_lab(tmp_path), *lines)
+@AGENTS
+def test_bad_options_are_refused_with_what_is_wrong(tmp_path, lines, said, cmd) -> None:
+    res = agent(_fake_lab(tmp_path), *lines, cmd=cmd)
     assert res.returncode == 1 and said in res.stderr and "Traceback" not in res.stderr
 
 
-def test_no_fence_device_fails_in_the_given_time(tmp_path) -> None:
+@AGENTS
+def test_no_fence_device_fails_in_the_given_time(tmp_path, cmd) -> None:
     t0 = time.monotonic()
-    res = agent(_fake_lab(tmp_path), "action=off", "plug=a", "timeout=0.3")
+    res = agent(_fake_lab(tmp_path), "action=off", "plug=a", "timeout=0.3", cmd=cmd)
     assert res.returncode == 1 and "gave no answer in 0.3 s" in res.stderr
     assert time.monotonic() - t0 < 10
 
@@ -103,3 +111,10 @@ def test_metadata_and_a_lean_start(tmp_path) -> None:
     imported = {line.split("|")[-1].strip() for line in res.stderr.splitlines()
                 if line.startswith("import time:")}
     assert not imported & {"site", "json", "pathlib", "re", "hsp_rdma", "hsp_rdma.lab"}, imported
+
+
+def test_sh_agent_metadata_matches() -> None:
+    said = [subprocess.run(shlex.split(c), input="action=metadata\n", capture_output=True,
+                           text=True, timeout=20, check=True).stdout.strip()
+            for c in (COMMAND, SH_COMMAND)]
+    assert said[0] == said[1]
