@@ -44,7 +44,7 @@ setup(
     # hsp_rdma/hw-profiles is a symlink to the top-level hw-profiles/: shipped as real files.
     # hsp_rdma/scenarios: the drills hsp-failover-test ships (TOML, no Python package).
     package_data={"hsp_rdma": ["hw-profiles/*.toml", "scenarios/*.toml"],
-                  "hsp_rdma.cext": ["*.pxd", "*.pyx"], "hsp_rdma.lab": ["guest/*"]},
+                  "hsp_rdma.cext": ["*.pxd", "*.pyx"], "hsp_rdma.lab": ["guest/*", "*.sh"]},
     python_requires=">=3.11",
     install_requires=["rich>=13", "pyroute2>=0.7"],
     extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
