@@ -83,7 +83,7 @@ def main() -> int:
         rid = f"{os.uname().nodename}-{os.getpid()}-{time.monotonic_ns()}"
         base = os.path.join(folder, rid)
         with open(base + ".tmp", "w") as f:
-            f.write(f"action={action}\nplug={plug}\nreply=kv\n")
+            f.write(f"action={action}\nplug={plug}\nreply=kv\nend=1\n")
         os.replace(base + ".tmp", base + ".req")
     except OSError as exc:
         return _fail(f"cannot ask the lab's fence device through {folder}: {exc}")
@@ -97,6 +97,10 @@ def main() -> int:
             break
         except FileNotFoundError:
             if time.monotonic() > deadline:
+                try:  # no late power action from a request its asker gave up on
+                    os.unlink(base + ".req")
+                except OSError:
+                    pass
                 return _fail(f"the lab's fence device gave no answer in {timeout:g} s "
                              "(is the lab's fenced running?)")
             time.sleep(POLL_S)

@@ -5,8 +5,8 @@ named node off or on and answers. `python -m hsp_rdma.lab.fenced LAB_DIR` is sta
 The channel from each guest is its own writable 9p share (the one the command channel already
 uses): the guest's fence agent (`hsp_rdma.lab.fence_agent`) renames a request into
 `fence/ID.req`; the listener carries it out and renames the answer into `fence/ID.ans`.
-A request is JSON (`{"action", "plug"}`) or `key=value` lines; with `reply=kv` the answer is
-`key=value` lines too (the agent then needs no json import in the guest), else JSON. Every
+A request is JSON (`{"action", "plug"}`) or `key=value` lines ending with `end=1`, answered
+in its own form (the agents then need no json in the guest). Every
 answer names `noticed_ms` (the request's age when the listener saw it: its poll) and
 `took_ms` (the action), which the agent reports with its own time.
 """
@@ -32,7 +32,12 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _parse_request(text: str) -> dict:
+INCOMPLETE_S = 5.0  # a key=value request without its end=1 line after this is unreadable
+
+
+def _parse_request(text: str, age_s: float) -> dict | None:
+    """The request; None while a key=value one is still being written (no end=1 line yet:
+    the sh agent writes it in place, having no rename without running mv)."""
     if text.lstrip().startswith("{"):
         r = json.loads(text)
         if not isinstance(r, dict):
@@ -43,6 +48,10 @@ def _parse_request(text: str) -> dict:
         key, sep, value = line.partition("=")
         if sep:
             r[key.strip()] = value.strip()
+    if r.get("end") != "1":
+        if age_s < INCOMPLETE_S:
+            return None
+        raise ValueError(f"no end=1 line after {age_s:.0f} s: {text[:80]!r}")
     return r
 
 
@@ -89,19 +98,24 @@ def serve_once(lab: Lab, log) -> int:
     for asker in lab.nodes:
         folder = lab.node_dir(asker) / "share" / FENCE_DIR
         for req in sorted(folder.glob("*.req")) if folder.is_dir() else ():
+            kv, noticed = False, 0.0
             try:
                 noticed = max(0.0, time.time() - req.stat().st_mtime)
-                r = _parse_request(req.read_text())
+                text = req.read_text()
+                kv = not text.lstrip().startswith("{")  # a key=value asker reads key=value
+                r = _parse_request(text, noticed)
+                if r is None:
+                    continue  # still being written: the next look
                 action, plug = str(r.get("action", "")), str(r.get("plug", ""))
             except (OSError, ValueError) as exc:
-                action, plug, r, noticed = "", "", {"error": str(exc)}, 0.0
+                action, plug, r = "", "", {"error": str(exc)}
             t0 = time.monotonic()
             ans = carry_out(lab, action, plug) if action else {
                 "ok": False, "detail": f"unreadable request: {r}"}
             took = time.monotonic() - t0
             timing = {"noticed_ms": round(noticed * 1000, 1), "took_ms": round(took * 1000, 1)}
             _write_atomically(req.with_suffix(".ans"),
-                              _answer_text({**ans, **timing}, r.get("reply") == "kv"))
+                              _answer_text({**ans, **timing}, kv))
             req.unlink(missing_ok=True)
             log.write(json.dumps({"t": time.time(), "from": asker, "action": action,
                                   "plug": plug, "took_s": round(took, 3), **timing,

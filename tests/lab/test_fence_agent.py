@@ -118,3 +118,22 @@ def test_sh_agent_metadata_matches() -> None:
                            text=True, timeout=20, check=True).stdout.strip()
             for c in (COMMAND, SH_COMMAND)]
     assert said[0] == said[1]
+
+
+def test_a_request_still_being_written_waits_then_is_unreadable(tmp_path, monkeypatch) -> None:
+    from hsp_rdma.lab import fenced
+    lab, log = _fake_lab(tmp_path), io.StringIO()
+    req = lab.node_dir("b") / "share" / "fence" / "r1.req"
+    req.write_text("action=off\nplug=a\nreply=kv\n")  # no end=1 yet: the writer is at it
+    assert serve_once(lab, log) == 0 and req.exists()
+    monkeypatch.setattr(fenced, "INCOMPLETE_S", 0.0)
+    assert serve_once(lab, log) == 1 and not req.exists()
+    ans = req.with_suffix(".ans").read_text()
+    assert "ok=0" in ans and "no end=1 line" in ans
+
+
+@AGENTS
+def test_a_request_left_unanswered_is_taken_back(tmp_path, cmd) -> None:
+    lab = _fake_lab(tmp_path)
+    assert agent(lab, "action=off", "plug=a", "timeout=0.2", cmd=cmd).returncode == 1
+    assert not list((lab.node_dir("b") / "share" / "fence").iterdir())
