@@ -1,8 +1,8 @@
 """Drills in the built-in lab (rxe or siw): drill nodes (``tools/drills/drill_node.py``) in
 guests a (the first active) and b, the lab's fence device as fence action
-(``hsp_rdma.lab.fence_agent.COMMAND``: the lean start, ~0.3 s in a guest against ~2 s for
-``-m``), faults through ``Lab.fault`` (kill = the guest's QEMU killed,
-pause/resume = QMP stop/cont).
+(``hsp_rdma.lab.fence_agent.SH_COMMAND``, the sh agent: ms to start in a busy guest, where
+``python -m`` took ~2 s and ``-I -S`` ~1 s), faults through ``Lab.fault`` (kill = the guest's
+QEMU killed, pause/resume = QMP stop/cont).
 
 A guest has no network path to the host: the workload's acks come out as ``ack`` events on
 the lab's command channel (the job's stdout, streamed through the node's 9p share) and the
@@ -107,7 +107,7 @@ class LabRunner:
         paths = write_node_configs(
             lab.info(), Path(lab.dir) / tag, pmem_size="4 MiB", timeouts=TIMEOUTS,
             disks=[{"name": "journal", "path": f"/tmp/{tag}-journal.img", "size": "16 MiB"}],
-            fence={"action": fence_agent.COMMAND, "timeout": 60000})
+            fence={"action": fence_agent.SH_COMMAND, "timeout": 60000})
         writer = AckWriter(ack_path)
         procs = {n: _Events(n, writer) for n in ("a", "b")}
         role_of = {"active": "a", "standby": "b"}
