@@ -81,6 +81,11 @@ def _standby(node, args) -> int:
     from hsp_rdma.ha.node import NodeError
     emit("ready", role="standby")
     last = time.monotonic()
+    # This pair runs no failover engine; its standby takes heart-beat silence as the end of
+    # the active, as the engine's detector would. A killed active's rdma_cm normally sends a
+    # DREQ (the link goes down at once), but one full lab run saw no disconnect reach the
+    # standby (rxe), which then waited out the test's 400 s.
+    beats, beat_t = node.heartbeats["received"], time.monotonic()
     while True:
         try:
             msg = node.oam.recv(timeout=0.2)
@@ -95,8 +100,13 @@ def _standby(node, args) -> int:
                  config=node.applied_config)
             return 0
         st = node.session.streams[Channel.PMEM].link
-        if st is None:  # the active is gone (killed): what do we hold?
-            emit("final", digest=node.digest(), status=node.status())
+        now = time.monotonic()
+        if node.heartbeats["received"] != beats:
+            beats, beat_t = node.heartbeats["received"], now
+        silent = now - beat_t > args.silence_s
+        if st is None or silent:  # the active is gone (killed): what do we hold?
+            emit("final", digest=node.digest(), status=node.status(),
+                 why="link down" if st is None else f"no heart beat in {args.silence_s:g} s")
             return 0
         if time.monotonic() - last > 2:
             last = time.monotonic()
@@ -276,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--disk-size", type=int, default=4 * MiB)
     p.add_argument("--message-size", type=int, default=64 * 1024)
     p.add_argument("--credits", type=int, default=16)
+    p.add_argument("--silence-s", type=float, default=10.0,
+                   help="standby: end (final) after this long without a heart beat")
     p.add_argument("--commit-timeout", type=int, default=30000)
     p.add_argument("--connect-timeout", type=int, default=120000)
     p.add_argument("--txs", type=int, default=30)
