@@ -8,13 +8,12 @@ but silent (a lying fence) is refused at its old epoch and stops serving."""
 from __future__ import annotations
 
 import json
-import random
 import stat
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from pair_helpers import start_nodes
 
 from hsp_rdma.ha.config import load_node_config
 from hsp_rdma.ha.failover_engine import FailoverEngine
@@ -38,7 +37,7 @@ def fence_script(tmp_path: Path) -> Path:
 
 
 def start_pair(tmp_path: Path, monkeypatch, fence: bool) -> dict[str, Node]:
-    monkeypatch.setattr(soft, "PORT_BASE", 10000 + random.randrange(13) * 1000)
+    monkeypatch.setattr(soft, "PORT_BASE", soft.random_port_base())
     choices = {"pmem_size": "256 KiB", "timeouts": TIMEOUTS}
     if fence:
         choices["fence"] = {"action": str(fence_script(tmp_path)), "timeout": 5000}
@@ -46,19 +45,7 @@ def start_pair(tmp_path: Path, monkeypatch, fence: bool) -> dict[str, Node]:
     nodes = {n: Node(load_node_config(p)) for n, p in paths.items()}
     for n in nodes.values():
         FailoverEngine(n)
-    errors: list[BaseException] = []
-
-    def start(n: Node) -> None:
-        try:
-            n.start()
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=start, args=(n,)) for n in nodes.values()]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(40)
+    errors = start_nodes(nodes.values())
     assert not errors, errors
     return nodes
 

@@ -4,11 +4,10 @@ listener waiting again after a connection that stays silent, the give-up message
 
 from __future__ import annotations
 
-import random
-import threading
 import time
 
 import pytest
+from pair_helpers import in_thread
 
 from hsp_rdma import via
 from hsp_rdma.core.profiles import load_profiles, pick_profile
@@ -21,7 +20,7 @@ HELLO_WAIT_S = 1.0
 
 @pytest.fixture(autouse=True)
 def _own_ports(monkeypatch):
-    monkeypatch.setattr(soft, "PORT_BASE", random.randrange(30, 40) * 1000)
+    monkeypatch.setattr(soft, "PORT_BASE", soft.random_port_base())
 
 
 def engine(name: str, serving: bool) -> Engine:
@@ -29,20 +28,6 @@ def engine(name: str, serving: bool) -> Engine:
                       1 << 16, 256, serving=serving)
     eng.hello_wait_s = HELLO_WAIT_S
     return eng
-
-
-def in_thread(fn, *args):
-    box: dict = {}
-
-    def run() -> None:
-        try:
-            box["result"] = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            box["error"] = exc
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, box
 
 
 def silent_peer(listen: bool, hold_s: float) -> None:

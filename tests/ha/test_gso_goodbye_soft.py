@@ -4,11 +4,10 @@ refused one ends with it, instead of waiting for a timeout to notice."""
 
 from __future__ import annotations
 
-import random
-import threading
 import time
 
 import pytest
+from pair_helpers import in_thread
 
 from hsp_rdma.core.gso import GsoMachine, GsoState
 from hsp_rdma.core.profiles import load_profiles, pick_profile
@@ -22,26 +21,12 @@ PROMPT_S = 10.0  # ends well before any of the engine's timeouts (connect: 20 s 
 
 @pytest.fixture(autouse=True)
 def _own_ports(monkeypatch):
-    monkeypatch.setattr(soft, "PORT_BASE", random.randrange(40, 50) * 1000)
+    monkeypatch.setattr(soft, "PORT_BASE", soft.random_port_base())
 
 
 def engine(name: str, serving: bool, pmem: int = 1 << 16) -> Engine:
     return Engine.open(f"soft:{name}", pick_profile(f"soft:{name}", load_profiles()),
                        pmem, 256, serving=serving)
-
-
-def in_thread(fn, *args):
-    box: dict = {}
-
-    def run() -> None:
-        try:
-            box["result"] = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            box["error"] = exc
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, box
 
 
 def closing(eng: Engine, fn, *args):

@@ -10,8 +10,9 @@ link: down". Here the pair must serve: the first pmem transaction is applied."""
 from __future__ import annotations
 
 import random
-import threading
 from pathlib import Path
+
+from pair_helpers import start_nodes
 
 from hsp_rdma import via
 from hsp_rdma.core.frames import Channel
@@ -44,20 +45,8 @@ def test_a_report_of_an_abandoned_connection_does_not_down_its_successor(
         up(self, ch, timeout_s)
 
     monkeypatch.setattr(Node, "_up", standby_up)
-    errors: list[BaseException] = []
-
-    def start(n: Node) -> None:
-        try:
-            n.start()
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=start, args=(n,)) for n in (a, b)]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(40)
+        errors = start_nodes((a, b))
         assert not errors, errors
         assert dropped == [Channel.PMEM]
         # the active reconnected pmem (its first connection was reported lost meanwhile)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pair_helpers import start_nodes
 
 from hsp_rdma.core.frames import Channel
 from hsp_rdma.ha.config import load_node_config
@@ -25,7 +26,7 @@ INFO = {"a": {"x": {"rdma_dev": "soft:a", "ipv4": "127.0.0.1"}},
 
 @pytest.fixture
 def pair(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(soft, "PORT_BASE", 10000 + random.randrange(13) * 1000)
+    monkeypatch.setattr(soft, "PORT_BASE", soft.random_port_base())
     paths = write_node_configs(INFO, tmp_path, pmem_size="1 MiB",
                                disks=[{"name": "data", "path": str(tmp_path / "data-NODE.img"),
                                        "size": "256 KiB"}],
@@ -39,22 +40,9 @@ def pair(tmp_path: Path, monkeypatch):
     assert configs["a"].fabrics[0].rdma_device == "soft:a"
     seen: list[dict] = []
     nodes = {"a": Node(configs["a"]), "b": Node(configs["b"], on_config=seen.append)}
-    errors: list[BaseException] = []
-
-    def start(n: Node) -> None:
-        try:
-            n.start()
-        except BaseException as exc:  # noqa: BLE001 - reported by the test below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=start, args=(n,)) for n in nodes.values()]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(40)
+    errors = start_nodes(nodes.values())
     try:
         assert not errors, errors
-        assert not any(t.is_alive() for t in threads), "a node did not start in 40 s"
         yield nodes["a"], nodes["b"], seen
     finally:
         for n in nodes.values():
