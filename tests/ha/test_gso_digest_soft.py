@@ -8,11 +8,12 @@ import argparse
 
 from hsp_rdma.core.profiles import PACKAGED_PROFILE_DIR, load_profiles, pick_profile
 from hsp_rdma.tools import soft_bench
+from hsp_rdma.via.providers import soft
 
 
 def test_pull_over_soft_digests_as_the_reads_land(monkeypatch):
     assert pick_profile("soft:a", load_profiles(PACKAGED_PROFILE_DIR)).digest == "crc32c"
-    monkeypatch.setenv("HSP_VIA_SOFT_PORT_BASE", str(soft_bench.random.randrange(22, 33) * 1000))
+    monkeypatch.setenv("HSP_VIA_SOFT_PORT_BASE", str(soft.random_port_base()))
     # 4 MiB in 1 MiB chunks: several reads, each digested after it completed
     args = argparse.Namespace(size=4 << 20, runs=2, chunk=0, depth=0, profiles=None,
                               mode="pull", lat_iters=50)

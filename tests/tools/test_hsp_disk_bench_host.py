@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import random
 import subprocess
 import sys
 
@@ -23,6 +22,7 @@ from hsp_rdma.tools import hsp_disk_bench as hb
 from hsp_rdma.tools.guest import GuestRun
 from hsp_rdma.tools.hsp_disk_guest import BLOCK, MB, _payload
 from hsp_rdma.tools.lab_config import write_node_configs
+from hsp_rdma.via.providers import soft
 
 W4K = {"event": "write4k", "mode": "applied", "warmup": 50,
        "samples_us": [float(v) for v in range(100, 0, -1)], "seconds": 1.0}
@@ -124,7 +124,7 @@ def run_guest_pair(tmp_path, mode: str, standby_image: bytes | None = None) -> d
         (tmp_path / f"{node}.img").write_bytes(bytes(DISK_BYTES))
     if standby_image is not None:
         (tmp_path / "b.img").write_bytes(standby_image)
-    env = dict(os.environ, HSP_VIA_SOFT_PORT_BASE=str(10000 + random.randrange(13) * 1000))
+    env = dict(os.environ, HSP_VIA_SOFT_PORT_BASE=str(soft.random_port_base()))
     procs = {node: subprocess.Popen(
         [sys.executable, "-m", "hsp_rdma.tools.hsp_disk_guest", "--config", str(paths[node]),
          "--disk", hb.DISK, "--mode", mode, "--ops", "40", "--warmup", "5",

@@ -13,10 +13,11 @@ from hsp_rdma.cli import bench
 from hsp_rdma.cli.bench_soft import show
 from hsp_rdma.cli.common import EXIT_USAGE, make_console
 from hsp_rdma.tools import soft_bench
+from hsp_rdma.via.providers import soft
 
 
 def test_soft_gso_bench_runs_two_nodes_and_both_baselines(monkeypatch, capsys):
-    monkeypatch.setenv("HSP_VIA_SOFT_PORT_BASE", str(soft_bench.random.randrange(11, 22) * 1000))
+    monkeypatch.setenv("HSP_VIA_SOFT_PORT_BASE", str(soft.random_port_base()))
     args = argparse.Namespace(size=1 << 20, runs=2, chunk=0, depth=0, profiles=None,
                               mode="push", lat_iters=200)
     [r] = soft_bench.bench_gso_soft(args)
