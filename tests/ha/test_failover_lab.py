@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hsp_rdma.lab import Lab
+from hsp_rdma.lab import Lab, fence_agent
 from hsp_rdma.tools.drills.lab_runner import LabRunner
 from hsp_rdma.tools.drills.runner import judge
 from hsp_rdma.tools.drills.scenario import find_scenario, load_scenario
@@ -47,7 +47,8 @@ def test_killed_active_is_fenced_and_the_standby_serves(healthy_lab: Lab) -> Non
         timeouts={"heartbeat_interval": 100, "heartbeat_timeout": TIMEOUT_MS,
                   "connect": 90000, "commit": 10000},
         disks=[{"name": "journal", "path": f"{tag}-journal.img", "size": "4 MiB"}],
-        fence={"action": f"{sys.executable} -m hsp_rdma.lab.fence_agent", "timeout": 60000})
+        # the sh agent, as the drills use it (the Python one is the GSO lab tests')
+        fence={"action": fence_agent.SH_COMMAND, "timeout": 60000})
     scenario = str(find_scenario("kill-active"))
     runs = {}
     for node in ("a", "b"):

@@ -219,6 +219,7 @@ def test_copy_timeout_fires_while_the_copy_is_stalled(healthy_lab: Lab) -> None:
     assert not a.of("resumed")
 
 
+# the Python fence agent here (the failover tests and drills use the sh one)
 FENCE_AGENT = f"{sys.executable} -m hsp_rdma.lab.fence_agent"
 IN_DOUBT_ARGS = ("--done-timeout", "2", "--fence-timeout", "5")
 
