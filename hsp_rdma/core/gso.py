@@ -47,16 +47,23 @@ shorten the split brain, not prevent it.
 
 Pull mode (``RequestGso(mode=GsoMode.PULL)``, announced in Start-GSO). The data path turns
 around, the machine stays: after "ready" A freezes and seals the image (``SealImage``: the
-header with the digest written into A's own buffer, the image opened for remote read for this
-epoch only), then sends Sealed with the handle, address, length and digest; B pulls the image
-with RDMA Reads (``StartPull``), verifies it and proceeds as for a push (resume, "done").
-Sending Sealed is the point of no return of a pull, as the marker write is of a push: before
-it B cannot read the image, so A may resume; after it A waits for "done" (timer ``pull`` =
-``copy + done``: B's pull, verify and resume) and goes in doubt without it. A revokes the read
-permission (``RevokeRead``) whenever the GSO ends, before the application runs again; a seal
-that completes after the GSO ended is revoked at once. B's waits are timed too: for Sealed
-(the ``gso`` deadline) and for the pull (``copy``); a pull that fails, stalls or loses the
-link ends in Abort, B never resumes without a pulled and verified image.
+header written into A's own buffer, the image opened for remote read for this epoch only),
+then sends Sealed with the handle, address and length, and digests the frozen image
+(``DigestImage``) while B reads it: both only read it, and it stays frozen until A revokes the
+read. A sends the digest in a message of its own (Digest) when ``ImageDigested`` comes, in
+AWAIT_DONE only (the application still frozen). B pulls the image with RDMA Reads
+(``StartPull``) and keeps a Digest of this epoch whenever it comes (``pull_digest``); it
+verifies (``VerifyImage`` with that digest) only once it has both the complete pull and the
+digest: a pull that completes first waits in AWAIT_DIGEST under the copy timer armed at Sealed.
+Then it proceeds as for a push (resume, "done"). Sending Sealed is the point of no return of
+a pull, as the marker write is of a push: before it B cannot read the image, so A may resume;
+after it A waits for "done" (timer ``pull`` = ``copy + done``: B's pull, digest wait, verify and
+resume) and goes in doubt without it. A revokes the read permission (``RevokeRead``) whenever
+the GSO ends, before the application runs again; a seal that completes after the GSO ended is
+revoked at once. B's waits are timed too: for Sealed (the ``gso`` deadline) and for the pull
+and the digest (``copy``); a pull that fails or stalls, a digest that never comes or does not
+match, or a lost link ends in Abort: B never resumes without a pulled image that it verified
+against the digest A sent.
 
 Restarts. A node that restarts comes back as a standby with the ``epoch`` and ``seen`` it
 persisted (``GsoMachine.standby(epoch, ..., seen=seen)``): the Start-GSO, Done and marker of
@@ -111,6 +118,7 @@ class GsoState(enum.Enum):
     GSO_INTERRUPT = "GSO_INTERRUPT"  # B sent "ready", polls the marker word
     AWAIT_SEALED = "AWAIT_SEALED"  # pull: B sent "ready", waits for Sealed
     PULLING = "PULLING"  # pull: B RDMA-reads the image from A
+    AWAIT_DIGEST = "AWAIT_DIGEST"  # pull: B read the whole image, waits for A's Digest
     VERIFYING = "VERIFYING"  # B saw the marker, checks image length and digest
 
 
@@ -197,7 +205,7 @@ class Sealed(Event):
     """A → B (pull): A froze the image and opened it for remote read for this epoch only.
 
     ``address``/``handle`` name the image in A's memory (the handle is valid until A revokes
-    it when the GSO ends); ``digest`` is the one in the image's header.
+    it when the GSO ends). The digest follows in Digest: A takes it while B reads.
     """
 
     epoch: int
@@ -205,6 +213,14 @@ class Sealed(Event):
     handle: int
     image_length: int
     digest_algo: DigestAlgo
+
+
+@dataclass(frozen=True, slots=True)
+class Digest(Event):
+    """A → B (pull): the digest of the frozen image A opened for read in this epoch (taken
+    while B reads it); B verifies its pulled image against it, never without it."""
+
+    epoch: int
     digest: bytes
 
 
@@ -253,6 +269,13 @@ class ImageSealed(Event):
     epoch: int
     address: int
     handle: int
+
+
+@dataclass(frozen=True, slots=True)
+class ImageDigested(Event):
+    """Local (A, pull): the digest of the frozen image of ``epoch`` is taken."""
+
+    epoch: int
     digest: bytes
 
 
@@ -341,7 +364,7 @@ class RequestGso(Event):
     mode: GsoMode = GsoMode.PUSH
 
 
-Message = StartGso | Ready | Sealed | Done | Abort | Cancel
+Message = StartGso | Ready | Sealed | Digest | Done | Abort | Cancel
 
 
 # ---------------------------------------------------------------------------- actions
@@ -380,8 +403,17 @@ class CancelCopy(Action):
 
 @dataclass(frozen=True, slots=True)
 class SealImage(Action):
-    """A (pull): write the header (digest) into the frozen image, open it for remote read
-    for ``epoch`` only; report ImageSealed (with handle, address, digest) or SealFailed."""
+    """A (pull): write the header into the frozen image, open it for remote read for
+    ``epoch`` only; report ImageSealed (with handle and address) or SealFailed."""
+
+    epoch: int
+    image_length: int
+
+
+@dataclass(frozen=True, slots=True)
+class DigestImage(Action):
+    """A (pull): digest the frozen image of ``epoch`` while the peer reads it (only reading
+    it); report ImageDigested. Drop it when the read is revoked (the GSO ended)."""
 
     epoch: int
     image_length: int
@@ -402,7 +434,6 @@ class StartPull(Action):
     address: int
     handle: int
     image_length: int
-    digest: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,11 +486,13 @@ class PollMarker(Action):
 
 @dataclass(frozen=True, slots=True)
 class VerifyImage(Action):
-    """B: check the image's length and digest (from its trailer); report ImageVerified."""
+    """B: check the image's length and digest; report ImageVerified. The digest to match is
+    ``digest`` when given (a pull: the one A's Digest carried), else the image header's."""
 
     epoch: int
     image_length: int
     digest_algo: DigestAlgo
+    digest: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,6 +549,7 @@ class On(enum.Enum):
     READY = "Ready"
     READY_PULL = "Ready (pull)"
     SEALED = "Sealed"
+    DIGEST = "Digest"
     DONE = "Done"
     ABORT = "Abort"
     CANCEL = "Cancel"
@@ -523,8 +557,10 @@ class On(enum.Enum):
     QUIESCED = "Quiesced"
     QUIESCED_PULL = "Quiesced (pull)"
     IMAGE_SEALED = "ImageSealed"
+    IMAGE_DIGESTED = "ImageDigested"
     SEAL_FAILED = "SealFailed"
-    PULL_COMPLETE = "PullComplete"
+    PULL_COMPLETE = "PullComplete (digest received)"
+    PULL_COMPLETE_EARLY = "PullComplete (digest not received yet)"
     PULL_FAILED = "PullFailed"
     COPY_COMPLETE = "CopyComplete"
     COPY_FAILED = "CopyFailed"
@@ -568,6 +604,9 @@ class Op(enum.Enum):
     WRITE_MARKER = "WriteMarker"
     SEAL_IMAGE = "SealImage"
     SEND_SEALED = "send Sealed"
+    DIGEST_IMAGE = "DigestImage"
+    SEND_DIGEST = "send Digest"
+    TAKE_DIGEST = "keep the Digest"
     REVOKE_READ = "RevokeRead (pull)"
     START_PULL = "StartPull"
     CANCEL_PULL = "CancelPull"
@@ -659,8 +698,10 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
             # A seal that completes after the GSO ended (pull): close the read at once.
             On.IMAGE_SEALED: (_IGNORE, (_e(Op.REVOKE_READ),)),
             # Late arrivals of an epoch this node already finished, as A or as B.
-            **_ignore(On.START_GSO_DUP, On.READY, On.READY_PULL, On.SEALED, On.ABORT,
-                      On.COPY_COMPLETE, On.COPY_FAILED, On.SEAL_FAILED, On.PULL_COMPLETE,
+            # A digest that completes after the GSO ended: the image may run again, never send.
+            **_ignore(On.START_GSO_DUP, On.READY, On.READY_PULL, On.SEALED, On.DIGEST,
+                      On.ABORT, On.COPY_COMPLETE, On.COPY_FAILED, On.SEAL_FAILED,
+                      On.IMAGE_DIGESTED, On.PULL_COMPLETE, On.PULL_COMPLETE_EARLY,
                       On.PULL_FAILED, On.MARKER_OURS, On.MARKER_OTHER, On.FENCE_CONFIRMED,
                       On.FENCE_FAILED, On.TICK, On.ALL_FABRICS_LOST),
         }),
@@ -692,7 +733,9 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
         }),
         # Pull, before Sealed: B cannot read the image yet, so A may always resume.
         S.SEALING: _steps(S.SEALING, {
-            On.IMAGE_SEALED: (S.AWAIT_DONE, (_e(Op.SEND_SEALED), _e(Op.ARM, Timer.PULL))),
+            # Sealed first (B starts reading), then A digests while B reads.
+            On.IMAGE_SEALED: (S.AWAIT_DONE, (_e(Op.SEND_SEALED), _e(Op.DIGEST_IMAGE),
+                                             _e(Op.ARM, Timer.PULL))),
             On.SEAL_FAILED: (S.NORMAL_ACTIVE, (_e(Op.SEND_CANCEL, R.COPY_FAILED),)
                              + _RESUME_A + _ABORTED),
             On.TICK_EXPIRED: (S.NORMAL_ACTIVE, (_e(Op.SEND_CANCEL, R.COPY_TIMEOUT),)
@@ -706,6 +749,8 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
         # After the marker (push) or Sealed (pull): A resumes only on B's word (Abort) or B's
         # fence; never on a timer.
         S.AWAIT_DONE: _steps(S.AWAIT_DONE, {
+            # Pull: the image is still frozen here (every exit revokes before it thaws).
+            On.IMAGE_DIGESTED: (_IGNORE, (_e(Op.SEND_DIGEST),)),
             On.DONE: (S.NORMAL_STANDBY, _TO_STANDBY),
             On.PEER_ACTIVE: (S.NORMAL_STANDBY, _TO_STANDBY),
             On.ABORT: (S.NORMAL_ACTIVE, _RESUME_A + _ABORTED),
@@ -730,8 +775,9 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
             On.FENCE_CONFIRMED: (S.NORMAL_ACTIVE, _FENCED),
             On.REQUEST_GSO: (_IGNORE, _REFUSE),
             **_BUSY,
+            # A digest taken after the doubt began: A asked B to abort; no use sending it.
             **_ignore(On.CANCEL_AHEAD, On.READY, On.READY_PULL, On.FENCE_FAILED, On.TICK,
-                      On.ALL_FABRICS_LOST),
+                      On.ALL_FABRICS_LOST, On.IMAGE_DIGESTED),
         }),
         # B is being taken down: its Done no longer counts; its Abort still does. A fence that
         # does not answer in time counts as failed: in doubt again (alarm still up), ask B
@@ -744,7 +790,7 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
             On.REQUEST_GSO: (_IGNORE, _REFUSE),
             **_BUSY,
             **_ignore(On.CANCEL_AHEAD, On.DONE, On.PEER_ACTIVE, On.READY, On.READY_PULL,
-                      On.TICK, On.ALL_FABRICS_LOST),
+                      On.TICK, On.ALL_FABRICS_LOST, On.IMAGE_DIGESTED),
         }),
     },
     Role.STANDBY: {
@@ -762,9 +808,10 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
             # while a fence attempt that timed out still ran: its answer comes now (if it took
             # B down, the active is gone: the Monitor's failover, not the GSO's). Abort: this
             # node was A, went down, and restarted as standby before B's Abort came.
-            **_ignore(On.START_GSO_DUP, On.READY, On.READY_PULL, On.SEALED, On.DONE, On.ABORT,
-                      On.QUIESCED, On.QUIESCED_PULL, On.PULL_COMPLETE, On.PULL_FAILED,
-                      On.IMAGE_SEALED, On.SEAL_FAILED, On.MARKER_OURS, On.MARKER_OTHER,
+            **_ignore(On.START_GSO_DUP, On.READY, On.READY_PULL, On.SEALED, On.DIGEST, On.DONE,
+                      On.ABORT, On.QUIESCED, On.QUIESCED_PULL, On.PULL_COMPLETE,
+                      On.PULL_COMPLETE_EARLY, On.PULL_FAILED, On.IMAGE_SEALED,
+                      On.IMAGE_DIGESTED, On.SEAL_FAILED, On.MARKER_OURS, On.MARKER_OTHER,
                       On.IMAGE_OK, On.IMAGE_BAD, On.FENCE_CONFIRMED, On.FENCE_FAILED,
                       On.PEER_ACTIVE, On.TICK, On.ALL_FABRICS_LOST),
         }),
@@ -797,6 +844,8 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
         # Pull: nothing was read into the region yet, so no resync is needed on an abort.
         S.AWAIT_SEALED: _steps(S.AWAIT_SEALED, {
             On.SEALED: (S.PULLING, (_e(Op.START_PULL), _e(Op.ARM, Timer.COPY))),
+            # A sends it after Sealed; on another fabric it may overtake Sealed: kept.
+            On.DIGEST: (_IGNORE, (_e(Op.TAKE_DIGEST),)),
             On.TICK_EXPIRED: (S.NORMAL_STANDBY, (_e(Op.SEND_ABORT, R.GSO_TIMEOUT),
                                                  _e(Op.RESUME_STANDBY)) + _ABORTED),
             On.CANCEL: (S.NORMAL_STANDBY, (_e(Op.SEND_ABORT, R.CANCELLED),
@@ -806,9 +855,12 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
             **_ignore(On.START_GSO_DUP, On.CANCEL_AHEAD, On.MARKER_OURS, On.MARKER_OTHER,
                       On.PEER_ACTIVE, On.TICK, On.ALL_FABRICS_LOST),
         }),
-        # A pull that fails, stalls or loses the link ends in Abort; reads stop first.
+        # A pull that fails, stalls or loses the link ends in Abort; reads stop first. B
+        # verifies only with both the whole image and A's digest, whichever comes last.
         S.PULLING: _steps(S.PULLING, {
+            On.DIGEST: (_IGNORE, (_e(Op.TAKE_DIGEST),)),
             On.PULL_COMPLETE: (S.VERIFYING, (_e(Op.VERIFY_IMAGE),)),
+            On.PULL_COMPLETE_EARLY: (S.AWAIT_DIGEST, ()),
             On.PULL_FAILED: (S.NORMAL_STANDBY, (_e(Op.SEND_ABORT, R.COPY_FAILED),)
                              + _B_ABORTS_AFTER_READY),
             On.TICK_EXPIRED: (S.NORMAL_STANDBY, (_e(Op.CANCEL_PULL),
@@ -818,6 +870,21 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
                         + _B_ABORTS_AFTER_READY),
             On.ALL_FABRICS_LOST: (S.NORMAL_STANDBY, (_e(Op.CANCEL_PULL),
                                                      _e(Op.SEND_ABORT, R.LINK_LOST))
+                                  + _B_ABORTS_AFTER_READY),
+            On.REQUEST_GSO: (_IGNORE, _REFUSE),
+            **_BUSY,
+            **_ignore(On.START_GSO_DUP, On.CANCEL_AHEAD, On.SEALED, On.MARKER_OURS,
+                      On.MARKER_OTHER, On.PEER_ACTIVE, On.TICK),
+        }),
+        # Pull: the image is all here, A's digest is not. The copy timer armed at Sealed
+        # bounds the wait; no digest, a Cancel or a lost link: Abort, never resume.
+        S.AWAIT_DIGEST: _steps(S.AWAIT_DIGEST, {
+            On.DIGEST: (S.VERIFYING, (_e(Op.TAKE_DIGEST), _e(Op.VERIFY_IMAGE))),
+            On.TICK_EXPIRED: (S.NORMAL_STANDBY, (_e(Op.SEND_ABORT, R.COPY_TIMEOUT),)
+                              + _B_ABORTS_AFTER_READY),
+            On.CANCEL: (S.NORMAL_STANDBY, (_e(Op.SEND_ABORT, R.CANCELLED),)
+                        + _B_ABORTS_AFTER_READY),
+            On.ALL_FABRICS_LOST: (S.NORMAL_STANDBY, (_e(Op.SEND_ABORT, R.LINK_LOST),)
                                   + _B_ABORTS_AFTER_READY),
             On.REQUEST_GSO: (_IGNORE, _REFUSE),
             **_BUSY,
@@ -835,7 +902,7 @@ TRANSITIONS: dict[Role, dict[GsoState, dict[On, Step]]] = {
                         + _B_ABORTS_AFTER_READY),
             On.REQUEST_GSO: (_IGNORE, _REFUSE),
             **_BUSY,
-            **_ignore(On.START_GSO_DUP, On.CANCEL_AHEAD, On.SEALED, On.MARKER_OURS,
+            **_ignore(On.START_GSO_DUP, On.CANCEL_AHEAD, On.SEALED, On.DIGEST, On.MARKER_OURS,
                       On.MARKER_OTHER, On.PEER_ACTIVE, On.TICK, On.ALL_FABRICS_LOST),
         }),
     },
@@ -848,7 +915,7 @@ ROLE_OF: dict[GsoState, Role] = {
 SERVING = frozenset({S.NORMAL_ACTIVE, S.PRE_GSO})
 ALARMED = frozenset({S.IN_DOUBT, S.FENCING})
 TIMED = frozenset({S.PRE_GSO, S.COPYING, S.SEALING, S.AWAIT_DONE, S.IN_DOUBT, S.FENCING,
-                   S.START_GSO, S.GSO_INTERRUPT, S.AWAIT_SEALED, S.PULLING})
+                   S.START_GSO, S.GSO_INTERRUPT, S.AWAIT_SEALED, S.PULLING, S.AWAIT_DIGEST})
 
 
 @dataclass(frozen=True, slots=True)
@@ -857,7 +924,8 @@ class Timeouts:
 
     ``fence`` is both how long A waits in doubt before it fences and how long it gives the
     fence action to answer. In pull mode A waits ``pull`` (= ``copy + done``) after Sealed:
-    B's reads, verify and resume.
+    B's reads, its wait for the digest, verify and resume (B's reads and digest wait share
+    ``copy``).
     """
 
     ready: float = 0.5
@@ -885,11 +953,12 @@ def _seen(epoch: int, seen: int | None) -> int:
     return seen
 
 
-_EPOCHED = (StartGso, Ready, Sealed, Done, Abort, Cancel, Quiesced, CopyComplete, CopyFailed,
-            ImageSealed, SealFailed, PullComplete, PullFailed, ImageVerified, FenceConfirmed,
-            FenceFailed)
+_EPOCHED = (StartGso, Ready, Sealed, Digest, Done, Abort, Cancel, Quiesced, CopyComplete,
+            CopyFailed, ImageSealed, ImageDigested, SealFailed, PullComplete, PullFailed,
+            ImageVerified, FenceConfirmed, FenceFailed)
 _SIMPLE_KIND: dict[type[Event], On] = {
-    Ready: On.READY, Sealed: On.SEALED, Done: On.DONE, Abort: On.ABORT, Cancel: On.CANCEL,
+    Ready: On.READY, Sealed: On.SEALED, Digest: On.DIGEST, Done: On.DONE, Abort: On.ABORT,
+    Cancel: On.CANCEL, ImageDigested: On.IMAGE_DIGESTED,
     Quiesced: On.QUIESCED, CopyComplete: On.COPY_COMPLETE, CopyFailed: On.COPY_FAILED,
     ImageSealed: On.IMAGE_SEALED, SealFailed: On.SEAL_FAILED,
     PullComplete: On.PULL_COMPLETE, PullFailed: On.PULL_FAILED,
@@ -917,6 +986,7 @@ class GsoMachine:
     image_length: int = 0
     digest_algo: DigestAlgo = DigestAlgo.BLAKE2B_256
     mode: GsoMode = GsoMode.PUSH  # of the current (or last) GSO
+    pull_digest: bytes | None = None  # B (pull): the Digest of this epoch, once it came
     deadline: float | None = None
     stale_ignored: int = 0
     broken: IllegalTransition | None = None
@@ -1002,6 +1072,8 @@ class GsoMachine:
                 return On.READY_PULL
             if isinstance(event, Quiesced) and pull:
                 return On.QUIESCED_PULL
+            if isinstance(event, PullComplete) and self.pull_digest is None:
+                return On.PULL_COMPLETE_EARLY
             return _SIMPLE_KIND[type(event)]
         if isinstance(event, MarkerSeen):
             ours = self.epoch >= 1 and event.value == marker_value(self.epoch)
@@ -1057,11 +1129,13 @@ class GsoMachine:
                 self.epoch = self.seen = self.seen + 1
                 self.image_length, self.digest_algo = event.image_length, event.digest_algo
                 self.mode = event.mode
+                self.pull_digest = None
                 return [SendMessage(StartGso(self.epoch, self.image_length, self.digest_algo,
                                              mode=self.mode))]
             case Op.ADOPT:
                 assert isinstance(event, (StartGso, Cancel))
                 self.epoch = self.seen = event.epoch
+                self.pull_digest = None
                 if isinstance(event, StartGso):
                     self.image_length, self.digest_algo = event.image_length, event.digest_algo
                     self.mode = event.mode
@@ -1090,13 +1164,21 @@ class GsoMachine:
             case Op.SEND_SEALED:
                 assert isinstance(event, ImageSealed)
                 return [SendMessage(Sealed(self.epoch, event.address, event.handle,
-                                           self.image_length, self.digest_algo, event.digest))]
+                                           self.image_length, self.digest_algo))]
+            case Op.DIGEST_IMAGE:
+                return [DigestImage(self.epoch, self.image_length)]
+            case Op.SEND_DIGEST:
+                assert isinstance(event, ImageDigested)
+                return [SendMessage(Digest(self.epoch, event.digest))]
+            case Op.TAKE_DIGEST:
+                assert isinstance(event, Digest)
+                self.pull_digest = event.digest
+                return []
             case Op.REVOKE_READ:
                 return [RevokeRead(self.epoch)] if self.mode is GsoMode.PULL else []
             case Op.START_PULL:
                 assert isinstance(event, Sealed)
-                return [StartPull(self.epoch, event.address, event.handle, self.image_length,
-                                  event.digest)]
+                return [StartPull(self.epoch, event.address, event.handle, self.image_length)]
             case Op.CANCEL_PULL:
                 return [CancelPull(self.epoch)]
             case Op.RESTART_AS_STANDBY:
@@ -1106,6 +1188,11 @@ class GsoMachine:
                 assert self.deadline is not None
                 return [PollMarker(marker_value(self.epoch), seen, self.deadline)]
             case Op.VERIFY_IMAGE:
+                if self.mode is GsoMode.PULL:
+                    # The table verifies a pull only once the digest came; b"" (no digest)
+                    # can only fail, never stand for the header's.
+                    return [VerifyImage(self.epoch, self.image_length, self.digest_algo,
+                                        self.pull_digest or b"")]
                 return [VerifyImage(self.epoch, self.image_length, self.digest_algo)]
             case Op.RESUME_AS_ACTIVE:
                 self.active_since = self.epoch

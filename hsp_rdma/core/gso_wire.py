@@ -15,6 +15,7 @@ from hsp_rdma.core.gso import (
     Abort,
     AbortReason,
     Cancel,
+    Digest,
     DigestAlgo,
     Done,
     GsoMode,
@@ -57,7 +58,7 @@ class Goodbye:
     text: str
 
 
-WireMessage = StartGso | Ready | Sealed | Done | Abort | Cancel | Hello | Goodbye
+WireMessage = StartGso | Ready | Sealed | Digest | Done | Abort | Cancel | Hello | Goodbye
 
 # type number, payload struct, fields of the dataclass in payload order (epoch excluded).
 LAYOUTS: dict[type, tuple[int, struct.Struct, tuple[str, ...]]] = {
@@ -69,9 +70,11 @@ LAYOUTS: dict[type, tuple[int, struct.Struct, tuple[str, ...]]] = {
     Hello: (6, struct.Struct("<QIQQIBQH"), ("region_addr", "region_handle", "region_size",
                                             "marker_addr", "marker_handle", "serving",
                                             "active_since", "version")),
-    Sealed: (7, struct.Struct("<QIQH32s"), ("address", "handle", "image_length", "digest_algo",
-                                             "digest")),
+    # Sealed no longer carries the digest (it follows in Digest, type 9): a peer that sends
+    # the old 54-byte Sealed is refused by its payload length.
+    Sealed: (7, struct.Struct("<QIQH"), ("address", "handle", "image_length", "digest_algo")),
     Goodbye: (8, struct.Struct(f"<H{GOODBYE_TEXT}s"), ("reason", "text")),
+    Digest: (9, struct.Struct("<32s"), ("digest",)),
 }
 _BY_TYPE = {num: (cls, st, fields) for cls, (num, st, fields) in LAYOUTS.items()}
 _CONVERT = {"digest_algo": DigestAlgo, "reason": AbortReason, "serving": bool,

@@ -150,13 +150,16 @@ class Verified:
 
 
 def verify(region, epoch: int, image_length: int, algo: DigestAlgo,
-           landed: tuple[DigestAlgo, bytes, bytes] | None = None) -> Verified:
+           landed: tuple[DigestAlgo, bytes, bytes] | None = None,
+           expected: bytes | None = None) -> Verified:
     """Check a copied image in REGION against what Start-GSO announced.
 
     ``landed`` = (algo, bound fields, digest) of a digest already taken over REGION's payload
     chunk by chunk as each chunk landed (a pull: the standby's own reads are the only writes
     into REGION); it stands for digesting the payload again when it was taken with the
     header's epoch and lengths, else the payload is digested here as without it.
+    ``expected``: the digest to match (a pull: the one the active sent in Digest), instead of
+    the one in the header.
     """
     if image_length < HEADER_SPACE or image_length > len(region):
         return Verified(False, f"announced length {image_length} does not fit the region "
@@ -181,6 +184,6 @@ def verify(region, epoch: int, image_length: int, algo: DigestAlgo,
         d.update(bound)
         d.update(memoryview(region)[HEADER_SPACE:image_length])
         computed = d.digest()
-    if computed != digest:
+    if computed != (digest if expected is None else expected):
         return Verified(False, "digest mismatch: the image is not what the active sent")
     return Verified(True, "ok", pmem_len, blob_len)

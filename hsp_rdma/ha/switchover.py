@@ -14,11 +14,13 @@ they come, so the copy runs while the machine keeps getting ticks (its copy time
 standby's Abort work while writes are in flight).
 
 Pull mode (``Engine.mode``, the active's choice, announced in Start-GSO): the active freezes,
-writes the image header (with the digest) into its own buffer and registers the image a second
-time, for remote read only, for this epoch only; the handle travels in Sealed. The standby
-RDMA-reads the image in chunks of the profile's size, queue_depth reads in flight, one segment
-per read (iWARP scatters a read into one segment), pumped by the serve loop like the push
-copy, then verifies it (the header's digest must also be the one Sealed announced) and resumes.
+writes the image header (without a digest) into its own buffer and registers the image a
+second time, for remote read only, for this epoch only; the handle travels in Sealed. Then it
+digests the frozen image in a worker thread while the standby reads it (both only read it)
+and sends the digest in Digest. The standby RDMA-reads the image in chunks of the profile's
+size, queue_depth reads in flight, one segment per read (iWARP scatters a read into one
+segment), pumped by the serve loop like the push copy, then verifies it against the digest
+Digest brought (waiting for it, if the pull was first, under the copy timer) and resumes.
 The active deregisters that second registration when the GSO ends (RevokeRead), before its
 application runs again: a read with the old handle then fails.
 
@@ -28,11 +30,10 @@ they fly, one chunk per pump; the header (with the digest) goes last, before the
 standby digests the whole image after the marker (it cannot know earlier what landed). Pull:
 the standby digests each chunk as its read completes (reads complete in order, and its own
 reads are the only writes into its buffer during the pull, so a chunk digested then is the
-chunk verify sees), so verify is the header checks and a comparison. The active still digests
-in the seal, before Sealed: the standby must compare against a digest taken from the source,
-not one of what it read, and Sealed is the only message before the standby resumes that can
-carry it. Moving it off the seal (Sealed without digest, a later message with it, taken while
-the standby reads) is a protocol change for the machine and its explorer.
+chunk verify sees), so verify is the header checks and a comparison. The active digests the
+image after Sealed, in a thread of its own (the compiled CRC32C, zlib's CRC-32 and blake2b
+release the GIL), so the seal is only the header and the registration; the digest travels in
+Digest, sent only while the active is still frozen (core.gso).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import errno
 import mmap
 import os
 import struct
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -54,12 +56,12 @@ from hsp_rdma.core.profiles import MAX_QUEUE_DEPTH, PollMode, Profile
 from hsp_rdma.errors import ConfigError, FrameError, HspError, IllegalTransition
 from hsp_rdma.ha.connect import ATTEMPT_S, HELLO_WAIT_S, PERMANENT, Attempts, retry_until
 from hsp_rdma.ha.fence import FenceAgent
-from hsp_rdma.ha.image import HEADER, HEADER_SPACE, StateImage, Verified, verify
+from hsp_rdma.ha.image import HEADER_SPACE, StateImage, Verified, verify
 from hsp_rdma.ha.persist import Epochs, EpochStore
 
 DISCRIMINATOR = b"hsp-gso"
 CTL_SLOTS = 16  # receive descriptors kept posted: one per possible in-flight control frame
-CTL_SIZE = 256  # a gso control frame is 26 header bytes + at most 54 payload bytes (Sealed)
+CTL_SIZE = 256  # a gso control frame: 26 header bytes + a payload (Goodbye's is the largest)
 CONNECT_TIMEOUT_S = 120.0  # the pair may start seconds apart on a loaded host; see connect()
 MARKER = struct.Struct("<Q")
 # A VI's send queue holds via's QUEUE_DEPTH descriptors: the copy's writes, the control
@@ -105,7 +107,8 @@ class GsoReport:
     done_t: float = 0.0  # A: "done" received (B resumed before sending it)
     resume_t: float = 0.0  # B: resumed as active
     verify_s: float = 0.0  # B: digest check
-    digest_s: float = 0.0  # A: digesting the image (inside the copy for a push, the seal for a pull)
+    digest_s: float = 0.0  # A: digesting the image (inside the copy for a push; for a pull in
+    # a worker thread after Sealed, while the standby reads)
     resume_s: float = 0.0  # B: the application's resume, before "done" leaves
     reason: str = ""
     writes: int = 0  # RDMA Writes posted (push, on A) or RDMA Reads (pull, on B)
@@ -197,6 +200,41 @@ class _Pull:
     bound: bytes = b""  # the header fields the digest began with
 
 
+class _DigestJob:
+    """A (pull): the frozen image's digest, taken in a worker thread while the peer reads
+    it. The thread only reads the image; ``result()`` is None until it is done."""
+
+    def __init__(self, image: StateImage, epoch: int, length: int, algo: gso.DigestAlgo,
+                 clock: Clock, corrupt: bool):
+        self.epoch, self.digest, self.took_s, self.error = epoch, b"", 0.0, ""
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"gso-digest-{epoch}",
+                                        args=(image, length, algo, clock, corrupt), daemon=True)
+        self._thread.start()
+
+    def _run(self, image, length, algo, clock, corrupt) -> None:
+        t0 = clock()
+        try:
+            d = image.digest_start(self.epoch, algo)
+            with memoryview(image.buf) as view:
+                d.update(view[HEADER_SPACE:length])
+            digest = d.digest()
+            if corrupt:
+                digest = bytes([digest[0] ^ 1]) + digest[1:]
+            self.digest = digest
+        except Exception as exc:  # noqa: BLE001 - reported, never fed: B's copy timer ends it
+            self.error = f"{type(exc).__name__}: {exc}"
+        self.took_s = clock() - t0
+        self._done.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
+
+
 @dataclass
 class Peer:
     hello: Hello | None = None
@@ -241,7 +279,8 @@ class Engine:
     _pull: _Pull | None = None
     mode: gso.GsoMode = gso.GsoMode.PUSH  # how this node's GSO requests move the image
     _read_handle: object = None  # A (pull): the image's registration for remote read
-    _sealed_digest: bytes = b""  # B (pull): the digest Sealed announced
+    _digest_job: _DigestJob | None = None  # A (pull): the digest taken while B reads
+    _digest_jobs: list = field(default_factory=list)  # every one started (joined at close)
     # B (pull): (epoch, algo, bound fields, digest) of the payload, digested as it landed
     _landed: tuple | None = None
     link_error: str = ""  # why the VI is gone: set once, then AllFabricsLost is fed
@@ -735,11 +774,14 @@ class Engine:
                 return self._seal(epoch, length)
             case gso.RevokeRead():
                 self._revoke_read()
-            case gso.StartPull(epoch=epoch, address=addr, handle=handle, image_length=length,
-                               digest=digest):
+            case gso.DigestImage(epoch=epoch, image_length=length):
+                self._digest_job = _DigestJob(self.image, epoch, length, self.digest_algo,
+                                              self.clock, self.corrupt_image)
+                self._digest_jobs = [j for j in self._digest_jobs if not j.done]
+                self._digest_jobs.append(self._digest_job)
+            case gso.StartPull(epoch=epoch, address=addr, handle=handle, image_length=length):
                 self._current.copy_start_t = now
                 self._current.image_bytes = length
-                self._sealed_digest = digest
                 self._landed = None
                 self._pull = _Pull(epoch, length, addr, handle)
             case gso.CancelPull():
@@ -769,7 +811,8 @@ class Engine:
                 if isinstance(seen, gso.MarkerSeen) and seen.value != expected:
                     self.markers_ignored += 1
                 return seen
-            case gso.VerifyImage(epoch=epoch, image_length=length, digest_algo=algo):
+            case gso.VerifyImage(epoch=epoch, image_length=length, digest_algo=algo,
+                                 digest=expected):
                 self.on_marker(gso.marker_value(epoch))
                 if self.hold_verify_s:
                     time.sleep(self.hold_verify_s)
@@ -777,11 +820,13 @@ class Engine:
                 pulled = self.machine.mode is gso.GsoMode.PULL
                 landed = self._landed if pulled and self._landed and \
                     self._landed[0] == epoch else None
-                v = verify(self.image.buf, epoch, length, algo,
-                           landed[1:] if landed is not None else None)
+                if pulled and not expected:
+                    v = Verified(False, "no digest from the active to verify the pulled image")
+                else:
+                    v = verify(self.image.buf, epoch, length, algo,
+                               landed[1:] if landed is not None else None,
+                               expected=expected if pulled else None)
                 self._landed = None
-                if v.ok and pulled and HEADER.unpack_from(self.image.buf)[7] != self._sealed_digest:
-                    v = Verified(False, "the image's digest is not the one Sealed announced")
                 self._current.verify_s = self.clock() - t0
                 self._current.reason = v.reason
                 return gso.ImageVerified(epoch, v.ok)
@@ -831,16 +876,10 @@ class Engine:
         return gso.FenceConfirmed(epoch)
 
     def _seal(self, epoch: int, length: int) -> gso.Event:
-        """Pull: digest the frozen image, write its header into our own buffer, and open it
+        """Pull: write the frozen image's header into our own buffer (its digest field left
+        zero: the digest follows in Digest, taken while the peer reads) and open the image
         for remote read (a registration of its own, for this epoch only)."""
-        t0 = self.clock()
-        d = self.image.digest_start(epoch, self.digest_algo)
-        d.update(memoryview(self.image.buf)[HEADER_SPACE:length])
-        digest = d.digest()
-        self._current.digest_s = self.clock() - t0
-        if self.corrupt_image:
-            digest = bytes([digest[0] ^ 1]) + digest[1:]
-        hdr = self.image.header(epoch, digest, self.digest_algo)
+        hdr = self.image.header(epoch, bytes(32), self.digest_algo)
         self.image.buf[:len(hdr)] = hdr
         self._revoke_read()
         try:
@@ -850,11 +889,25 @@ class Engine:
             self._current.reason = f"cannot open the image for remote read: {exc}"
             return gso.SealFailed(epoch, self._current.reason)
         self._current.sealed_t = self.clock()
-        return gso.ImageSealed(epoch, via.address_of(self.image.buf), int(self._read_handle),
-                               digest)
+        return gso.ImageSealed(epoch, via.address_of(self.image.buf), int(self._read_handle))
+
+    def _digested(self) -> gso.Event | None:
+        """ImageDigested once the digest thread is done (None before, or if it failed: then
+        nothing is sent and the standby's copy timer ends the GSO)."""
+        job = self._digest_job
+        if job is None or not job.done:
+            return None
+        self._digest_job = None
+        if self._current is not None and self._current.epoch == job.epoch:
+            self._current.digest_s = job.took_s
+            if job.error:
+                self._current.reason = f"digesting the image failed: {job.error}"
+        return None if job.error else gso.ImageDigested(job.epoch, job.digest)
 
     def _revoke_read(self) -> None:
-        """Close the peer's read of the image (idempotent)."""
+        """Close the peer's read of the image (idempotent). A digest still being taken is
+        dropped: the GSO ended, the image may run again, its digest must never be sent."""
+        self._digest_job = None
         if self._read_handle is not None:
             handle, self._read_handle = self._read_handle, None
             via.VipDeregisterMem(self.nic, self.image.buf, handle)
@@ -1020,6 +1073,9 @@ class Engine:
                                "is in progress: nothing can reach this node any more")
             while self._inbox:
                 self._feed(self._inbox.popleft())
+            digested = self._digested()
+            if digested is not None:
+                self._feed(digested)
             if self._copy is not None or self._pull is not None:
                 try:
                     done = (self._pump_copy(tick_ms) if self._copy is not None
@@ -1038,7 +1094,9 @@ class Engine:
                 if done is not None:
                     self._feed(done)
                 if self.link_up:
-                    msg = self._receive(self.clock() + tick_s)
+                    # a digest being taken: look at it often, the standby may be waiting
+                    wait_s = min(tick_s, 0.002) if self._digest_job is not None else tick_s
+                    msg = self._receive(self.clock() + wait_s)
                 else:
                     time.sleep(tick_s)  # no link: only time passes (timers, fencing)
                     msg = None
@@ -1048,6 +1106,9 @@ class Engine:
         """Let what is posted go out (a last "done" or "abort" must reach the peer), then
         disconnect and free everything."""
         deadline = self.clock() + drain_s
+        for job in self._digest_jobs:
+            job.join(drain_s)  # a digest thread reads the image buffer closed below
+        self._digest_job = None
         while self._posted and self.link_up and self.clock() < deadline:
             self._reap(timeout_ms=100)
         try:

@@ -20,6 +20,8 @@ from hsp_rdma.core.gso import (
     ClearAlarm,
     CopyComplete,
     CopyFailed,
+    Digest,
+    DigestImage,
     Done,
     FenceConfirmed,
     FenceFailed,
@@ -27,6 +29,7 @@ from hsp_rdma.core.gso import (
     GsoMachine,
     GsoMode,
     GsoState,
+    ImageDigested,
     ImageSealed,
     ImageVerified,
     MarkerSeen,
@@ -474,12 +477,18 @@ def test_pull_happy_path_seal_pull_verify_resume_revoke() -> None:
     assert b.state is GsoState.AWAIT_SEALED and b.deadline == pytest.approx(20.1)
     assert a.feed(ready, 0.3) == [StopApplication(), SealImage(5, 1000)]
     assert a.state is GsoState.SEALING and a.deadline == pytest.approx(10.3)
-    (sealed,) = sent(a.feed(ImageSealed(5, 0x7000, 42, DIGEST), 0.4))
-    assert sealed == Sealed(5, 0x7000, 42, 1000, a.digest_algo, DIGEST)
+    acts = a.feed(ImageSealed(5, 0x7000, 42), 0.4)
+    # Sealed first, then A digests the frozen image while B reads it
+    assert acts == [SendMessage(Sealed(5, 0x7000, 42, 1000, a.digest_algo)),
+                    DigestImage(5, 1000)]
+    (sealed,) = sent(acts)
     assert a.state is GsoState.AWAIT_DONE and a.deadline == pytest.approx(0.4 + 12)
-    assert b.feed(sealed, 0.5) == [StartPull(5, 0x7000, 42, 1000, DIGEST)]
+    assert b.feed(sealed, 0.5) == [StartPull(5, 0x7000, 42, 1000)]
     assert b.state is GsoState.PULLING and b.deadline == pytest.approx(10.5)
-    assert b.feed(PullComplete(5), 2) == [VerifyImage(5, 1000, b.digest_algo)]
+    (digest,) = sent(a.feed(ImageDigested(5, DIGEST), 0.6))
+    assert digest == Digest(5, DIGEST) and a.state is GsoState.AWAIT_DONE
+    assert b.feed(digest, 0.7) == [] and b.state is GsoState.PULLING  # kept, pull goes on
+    assert b.feed(PullComplete(5), 2) == [VerifyImage(5, 1000, b.digest_algo, DIGEST)]
     acts = b.feed(ImageVerified(5, True), 2.1)
     assert acts[0] == ResumeAsActive(5) and sent(acts) == [Done(5)]
     # A revokes B's read before it restarts as standby
@@ -491,7 +500,7 @@ def test_pull_aborts_revoke_the_read_before_the_active_thaws() -> None:
     start = sent(a.feed(RequestGso(1000, REGION, mode=GsoMode.PULL), 0))[0]
     b.feed(start, 0)
     a.feed(sent(b.feed(Quiesced(5), 0))[0], 0)
-    sealed = sent(a.feed(ImageSealed(5, 0x7000, 42, DIGEST), 0))[0]
+    sealed = sent(a.feed(ImageSealed(5, 0x7000, 42), 0))[0]
     b.feed(sealed, 0)
     # the pull fails: B aborts (and never resumes), A revokes, then thaws
     acts = b.feed(PullFailed(5, "remote access error"), 1)
@@ -513,7 +522,7 @@ def test_pull_timers_a_stalled_pull_and_a_missing_sealed_end_in_abort() -> None:
     start = sent(a.feed(RequestGso(1000, REGION, mode=GsoMode.PULL), 0))[0]
     b.feed(start, 0)
     a.feed(sent(b.feed(Quiesced(5), 0))[0], 0)
-    b.feed(sent(a.feed(ImageSealed(5, 1, 2, DIGEST), 0))[0], 1)
+    b.feed(sent(a.feed(ImageSealed(5, 1, 2), 0))[0], 1)
     acts = b.feed(Tick(), 11)  # the pull stalled past the copy timeout
     assert acts[0] == CancelPull(5) and sent(acts) == [Abort(5, AbortReason.COPY_TIMEOUT)]
     # A, past Sealed, waits copy + done and then goes in doubt: never resumes on a timer
@@ -530,7 +539,7 @@ def test_seal_timeout_and_failure_thaw_the_active() -> None:
     assert sent(acts) == [Cancel(5, AbortReason.COPY_FAILED)]
     assert acts[1:3] == [RevokeRead(5), ResumeApplication()] and a.serving
     # a seal that completes after the GSO ended is revoked at once
-    assert a.feed(ImageSealed(5, 1, 2, DIGEST), 0.6) == [RevokeRead(5)]
+    assert a.feed(ImageSealed(5, 1, 2), 0.6) == [RevokeRead(5)]
 
 
 def test_push_mode_never_revokes() -> None:
@@ -538,3 +547,66 @@ def test_push_mode_never_revokes() -> None:
     a.feed(RequestGso(1000, REGION), 0)
     acts = a.feed(Abort(5, AbortReason.BUSY), 0.1)
     assert not any(isinstance(x, RevokeRead) for x in acts)
+
+
+def _pulling(a, b) -> None:
+    start = sent(a.feed(RequestGso(1000, REGION, mode=GsoMode.PULL), 0))[0]
+    b.feed(start, 0)
+    a.feed(sent(b.feed(Quiesced(5), 0))[0], 0)
+    b.feed(sent(a.feed(ImageSealed(5, 0x7000, 42), 0))[0], 0.5)
+    assert b.state is GsoState.PULLING
+
+
+def test_pull_complete_before_the_digest_waits_for_it_then_verifies_against_it() -> None:
+    a, b = pair()
+    _pulling(a, b)
+    assert b.feed(PullComplete(5), 2) == [] and b.state is GsoState.AWAIT_DIGEST
+    assert b.deadline == pytest.approx(10.5)  # still the copy timer armed at Sealed
+    assert b.feed(Digest(4, DIGEST), 2.1) == [] and b.state is GsoState.AWAIT_DIGEST  # stale
+    assert b.feed(Digest(5, DIGEST), 2.2) == [VerifyImage(5, 1000, b.digest_algo, DIGEST)]
+    assert b.state is GsoState.VERIFYING
+    assert b.feed(Digest(5, DIGEST), 2.3) == []  # a duplicate changes nothing
+
+
+@pytest.mark.parametrize("end", ["timeout", "link", "cancel", "mismatch"])
+def test_pull_without_a_good_digest_aborts_and_never_resumes(end) -> None:
+    a, b = pair()
+    _pulling(a, b)
+    b.feed(PullComplete(5), 2)
+    if end == "timeout":
+        acts, reason = b.feed(Tick(), 10.5), AbortReason.COPY_TIMEOUT
+    elif end == "link":
+        acts, reason = b.feed(AllFabricsLost(), 3), AbortReason.LINK_LOST
+    elif end == "cancel":
+        acts, reason = b.feed(Cancel(5, AbortReason.IN_DOUBT), 3), AbortReason.CANCELLED
+    else:
+        b.feed(Digest(5, DIGEST), 3)
+        acts, reason = b.feed(ImageVerified(5, False), 3.1), AbortReason.DIGEST_MISMATCH
+    assert sent(acts) == [Abort(5, reason)] and b.state is GsoState.NORMAL_STANDBY
+    assert not any(isinstance(x, ResumeAsActive) for x in acts)
+    assert ResumeStandby(needs_resync=True) in acts
+
+
+def test_a_digest_taken_after_the_gso_ended_is_never_sent() -> None:
+    a, b = pair()
+    _pulling(a, b)
+    acts = a.feed(Abort(5, AbortReason.COPY_FAILED), 1)
+    assert acts[:2] == [RevokeRead(5), ResumeApplication()] and a.serving
+    assert a.feed(ImageDigested(5, DIGEST), 1.1) == []  # its image may run again
+    # in doubt (A asked B to abort), a late digest is not sent either
+    a, b = pair()
+    _pulling(a, b)
+    a.feed(Tick(), 12.5)
+    assert a.state is GsoState.IN_DOUBT and a.feed(ImageDigested(5, DIGEST), 12.6) == []
+
+
+def test_a_digest_overtaking_sealed_is_kept() -> None:
+    a, b = pair()
+    start = sent(a.feed(RequestGso(1000, REGION, mode=GsoMode.PULL), 0))[0]
+    b.feed(start, 0)
+    a.feed(sent(b.feed(Quiesced(5), 0))[0], 0)
+    sealed = sent(a.feed(ImageSealed(5, 0x7000, 42), 0))[0]
+    digest = sent(a.feed(ImageDigested(5, DIGEST), 0.1))[0]
+    assert b.feed(digest, 0.2) == [] and b.state is GsoState.AWAIT_SEALED
+    b.feed(sealed, 0.3)
+    assert b.feed(PullComplete(5), 1) == [VerifyImage(5, 1000, b.digest_algo, DIGEST)]

@@ -9,7 +9,9 @@ Both data paths are explored: push (RDMA Write + marker) and pull (A seals, B re
 gives each GSO request its mode in turn, so two requests can push then pull. Every reachable
 state is checked: never two nodes serving, no protocol violation, a marker of another epoch
 never completes a GSO, a node resumes as active only from an image that verified (and, in
-pull mode, that it read completely while the active's read permission was open), a node never
+pull mode, that it read completely while the active's read permission was open, and that it
+verified only after the active's Digest of this epoch came, against that digest), the active
+sends its Digest only while its application is still frozen, a node never
 serves while its image is open for remote read, and no read permission outlives its GSO, B never both aborts and completes one epoch (in one life), a restarted node never
 completes or joins an epoch it had seen, refusals stop nothing, and a state where nothing
 more can happen has one node serving or an alarm raised.
@@ -37,6 +39,8 @@ from hsp_rdma.core.gso import (
     CancelPull,
     CopyComplete,
     CopyFailed,
+    Digest,
+    DigestImage,
     Done,
     FenceConfirmed,
     FenceFailed,
@@ -44,6 +48,7 @@ from hsp_rdma.core.gso import (
     GsoMachine,
     GsoMode,
     GsoState,
+    ImageDigested,
     ImageSealed,
     ImageVerified,
     MarkerSeen,
@@ -143,23 +148,25 @@ class World:
     verified: frozenset = frozenset()  # (node, epoch): ImageVerified(ok=True) fed to node
     read_open: frozenset = frozenset()  # (node, epoch): its image is open for remote read
     pulled: frozenset = frozenset()  # (node, epoch): PullComplete fed to node
+    # (node, epoch, digest): a Digest message delivered to node (the standby received it)
+    digest_received: frozenset = frozenset()
     # (epoch, seen) a node persisted when it last went down; None if it never did.
     persisted: tuple = (None, None)
 
     def key(self) -> tuple:
-        machines = tuple((m.state.value, m.epoch, m.seen, m.active_since, m.mode)
-                         for m in self.nodes)
+        machines = tuple((m.state.value, m.epoch, m.seen, m.active_since, m.mode,
+                          m.pull_digest) for m in self.nodes)
         return (machines, tuple(self.dead), self.net, self.writes, tuple(self.mem),
                 tuple(self.polls), tuple(self.last_seen), self.pending, self.budget,
                 self.markers_written, self.done_sent, self.abort_sent, self.verified,
-                self.read_open, self.pulled, self.persisted)
+                self.read_open, self.pulled, self.digest_received, self.persisted)
 
     def clone(self) -> World:
         return World(list(self.nodes), list(self.dead), list(self.clock), self.net,
                      self.writes, list(self.mem), list(self.polls), list(self.last_seen),
                      self.pending, self.budget, self.markers_written, self.done_sent,
                      self.abort_sent, self.verified, self.read_open, self.pulled,
-                     self.persisted)
+                     self.digest_received, self.persisted)
 
 
 class Violation(AssertionError):
@@ -173,7 +180,7 @@ def initial_world(budget: Budget, modes: tuple = PUSH) -> World:
     nodes = [GsoMachine.active(2, REGION), GsoMachine.standby(2, REGION)]
     late = [(Y, Done(2)), (X, StartGso(2, IMAGE)), (Y, Ready(2))]
     if GsoMode.PULL in modes:
-        late.append((X, Sealed(2, 0x1000, 7, IMAGE, gso.DigestAlgo.CRC32, DIGEST)))
+        late += [(X, Sealed(2, 0x1000, 7, IMAGE, gso.DigestAlgo.CRC32)), (X, Digest(2, DIGEST))]
     return World(
         nodes=nodes, dead=[False, False], clock=[0.0, 0.0],
         net=_bag(late),
@@ -193,6 +200,8 @@ def feed(w: World, n: int, event, now: float | None = None) -> None:
         w.verified |= {(n, event.epoch)}
     if isinstance(event, PullComplete):
         w.pulled |= {(n, event.epoch)}
+    if isinstance(event, Digest):
+        w.digest_received |= {(n, event.epoch, event.digest)}
     w.nodes[n] = machine = _clone_machine(w.nodes[n])
     actions = machine.feed(event, w.clock[n])
     other = 1 - n
@@ -215,6 +224,9 @@ def feed(w: World, n: int, event, now: float | None = None) -> None:
                 w.done_sent |= {(n, msg.epoch)}
             if isinstance(msg, Abort):
                 w.abort_sent |= {(n, msg.epoch)}
+            if isinstance(msg, Digest) and machine.serving:
+                raise Violation(f"node {n} sent the digest of epoch {msg.epoch} while serving "
+                                "(its image may have changed since it was frozen)")
             if w.done_sent & w.abort_sent:
                 raise Violation(f"{sorted(w.done_sent & w.abort_sent)} both done and aborted")
             if not w.dead[other]:
@@ -223,6 +235,8 @@ def feed(w: World, n: int, event, now: float | None = None) -> None:
             w.pending = _bag(w.pending + ((n, "copy", action.epoch),))
         elif isinstance(action, SealImage):
             w.pending = _bag(w.pending + ((n, "seal", action.epoch),))
+        elif isinstance(action, DigestImage):
+            w.pending = _bag(w.pending + ((n, "digest", action.epoch),))
         elif isinstance(action, RevokeRead):
             w.read_open -= {(n, action.epoch)}
         elif isinstance(action, StartPull):
@@ -239,6 +253,10 @@ def feed(w: World, n: int, event, now: float | None = None) -> None:
         elif isinstance(action, PollMarker):
             w.polls[n] = action.not_equal_to
         elif isinstance(action, VerifyImage):
+            if machine.mode is GsoMode.PULL and \
+                    (n, action.epoch, action.digest) not in w.digest_received:
+                raise Violation(f"node {n} verified its pulled image of epoch {action.epoch} "
+                                "without the active's digest")
             w.pending = _bag(w.pending + ((n, "verify", action.epoch),))
         elif isinstance(action, FencePeer):
             w.pending = _bag(w.pending + ((n, "fence", action.epoch),))
@@ -248,6 +266,9 @@ def feed(w: World, n: int, event, now: float | None = None) -> None:
                 if (n, action.epoch) not in w.pulled:
                     raise Violation(f"node {n} resumed in epoch {action.epoch} without having "
                                     "pulled the image")
+                if not any(d[:2] == (n, action.epoch) for d in w.digest_received):
+                    raise Violation(f"node {n} resumed in epoch {action.epoch} without having "
+                                    "received the active's digest")
             elif action.epoch not in w.markers_written or seen != marker_value(action.epoch):
                 raise Violation(f"node resumed in epoch {action.epoch} without its marker")
             if (n, action.epoch) not in w.verified:
@@ -275,6 +296,7 @@ def bury(w: World, n: int) -> None:
     # Its registrations die with it: nothing is readable any more, nothing it read counts.
     w.read_open = frozenset(item for item in w.read_open if item[0] != n)
     w.pulled = frozenset(item for item in w.pulled if item[0] != n)
+    w.digest_received = frozenset(item for item in w.digest_received if item[0] != n)
     w.polls[n], w.mem[n], w.last_seen[n] = None, 0, 0
 
 
@@ -307,6 +329,8 @@ def collect_garbage(w: World) -> None:
     # A node resumes only in its current epoch: older verifications can never be asked for.
     w.verified = frozenset(item for item in w.verified if item[1] >= epochs[item[0]])
     w.pulled = frozenset(item for item in w.pulled if item[1] >= epochs[item[0]])
+    w.digest_received = frozenset(item for item in w.digest_received
+                                  if item[1] >= epochs[item[0]])
 
 
 def moves(w: World, modes: tuple = PUSH, requests: int = 0):
@@ -351,10 +375,15 @@ def moves(w: World, modes: tuple = PUSH, requests: int = 0):
             def sealed(nw, c=complete, e=epoch, n=n):
                 # The engine opens the read as it reports the seal (one synchronous step).
                 nw.read_open |= {(n, e)}
-                c(nw, ImageSealed(e, 0x1000, 7, DIGEST))
+                c(nw, ImageSealed(e, 0x1000, 7))
 
             go(f"{n} sealed the image", sealed)
             go(f"{n} seal failed", lambda nw, c=complete, e=epoch: c(nw, SealFailed(e)))
+        elif what == "digest":
+            # A's digest of its frozen image, taken while B reads it (a digest that never
+            # comes is B's copy timer running out first, also explored).
+            go(f"{n} digested the image",
+               lambda nw, c=complete, e=epoch: c(nw, ImageDigested(e, DIGEST)))
         elif what == "pull":
             # A read completes only while the source's image is open for it.
             if (1 - n, epoch) in w.read_open and not w.dead[1 - n]:
@@ -672,7 +701,7 @@ E = gso.Effect
 @pytest.mark.parametrize(("role", "state", "on", "step", "found"), [
     # B takes a failed pull for a complete one
     (gso.Role.STANDBY, GsoState.PULLING, gso.On.PULL_FAILED,
-     gso.Step(GsoState.VERIFYING, (E(gso.Op.VERIFY_IMAGE),)), "without having pulled"),
+     gso.Step(GsoState.AWAIT_DIGEST, ()), "without having pulled"),
     # A becomes standby and forgets to revoke the read
     (gso.Role.ACTIVE, GsoState.AWAIT_DONE, gso.On.DONE,
      gso.Step(GsoState.NORMAL_STANDBY, (E(gso.Op.RESTART_AS_STANDBY),
@@ -687,8 +716,19 @@ E = gso.Effect
     (gso.Role.ACTIVE, GsoState.AWAIT_DONE, gso.On.TICK_EXPIRED,
      gso.Step(GsoState.NORMAL_ACTIVE, (E(gso.Op.REVOKE_READ), E(gso.Op.RESUME_APPLICATION))),
      "two nodes serve"),
+    # B's pull goes straight to verify when it completes before A's Digest came
+    (gso.Role.STANDBY, GsoState.PULLING, gso.On.PULL_COMPLETE_EARLY,
+     gso.Step(GsoState.VERIFYING, (E(gso.Op.VERIFY_IMAGE),)), "without the active's digest"),
+    # B gives up waiting for the digest and verifies the image anyway
+    (gso.Role.STANDBY, GsoState.AWAIT_DIGEST, gso.On.TICK_EXPIRED,
+     gso.Step(GsoState.VERIFYING, (E(gso.Op.VERIFY_IMAGE),)), "without the active's digest"),
+    # A sends a digest that completes after it resumed (its image runs again)
+    (gso.Role.ACTIVE, GsoState.NORMAL_ACTIVE, gso.On.IMAGE_DIGESTED,
+     gso.Step(GsoState.NORMAL_ACTIVE, (E(gso.Op.SEND_DIGEST),)),
+     "sent the digest .* while serving"),
 ], ids=["resume-after-failed-pull", "no-revoke-on-done", "thaw-without-revoke",
-        "resume-on-pull-timeout"])
+        "resume-on-pull-timeout", "verify-without-digest", "verify-on-digest-timeout",
+        "digest-after-thaw"])
 def test_explorer_catches_broken_pull_tables(monkeypatch, role, state, on, step, found):
     # Sanity of the checker in pull mode: each mutation of the table is found.
     explore(NO_FAULTS, PULL)

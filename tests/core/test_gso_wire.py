@@ -11,6 +11,7 @@ from hsp_rdma.core.gso import (
     Abort,
     AbortReason,
     Cancel,
+    Digest,
     DigestAlgo,
     Done,
     GsoMode,
@@ -28,7 +29,8 @@ messages = st.one_of(
     st.builds(Ready, epoch=epochs),
     st.builds(Sealed, epoch=epochs, address=st.integers(0, (1 << 64) - 1),
               handle=st.integers(0, (1 << 32) - 1), image_length=st.integers(0, 1 << 40),
-              digest_algo=st.sampled_from(DigestAlgo), digest=st.binary(min_size=32, max_size=32)),
+              digest_algo=st.sampled_from(DigestAlgo)),
+    st.builds(Digest, epoch=epochs, digest=st.binary(min_size=32, max_size=32)),
     st.builds(Done, epoch=epochs),
     st.builds(Abort, epoch=epochs, reason=st.sampled_from(AbortReason)),
     st.builds(Cancel, epoch=epochs, reason=st.sampled_from(AbortReason)),
@@ -95,3 +97,19 @@ def test_goodbye_text_is_cut_to_its_room_and_never_fails_to_decode() -> None:
     cut, _seq = decode_message(encode_message(Goodbye(AbortReason.VERSION_MISMATCH,
                                                       "x" + "é" * GOODBYE_TEXT), 8))
     assert cut.text.startswith("x" + "é" * 90)  # a character cut in two decodes as U+FFFD
+
+
+def test_digest_type_numbers_are_kept() -> None:
+    # Old types keep their numbers; Digest is new (9); the old Sealed with a digest (54 bytes)
+    # is refused by its length, never read as the new one.
+    from hsp_rdma.core.gso_wire import LAYOUTS
+    assert {cls.__name__: num for cls, (num, _st, _f) in LAYOUTS.items()} == {
+        "StartGso": 1, "Ready": 2, "Done": 3, "Abort": 4, "Cancel": 5, "Hello": 6,
+        "Sealed": 7, "Goodbye": 8, "Digest": 9}
+    old_sealed = encode(Frame(Channel.GSO, 7, 3, 1, bytes(54)))
+    with pytest.raises(FrameError, match="Sealed: payload of 54 bytes, expected 22"):
+        decode_message(old_sealed)
+    with pytest.raises(FrameError, match="Digest: payload of 4 bytes, expected 32"):
+        decode_message(encode(Frame(Channel.GSO, 9, 3, 1, bytes(4))))
+    assert decode_message(encode_message(Digest(3, bytes(range(32))), 5)) == (
+        Digest(3, bytes(range(32))), 5)
