@@ -222,8 +222,9 @@ def show(r: dict[str, Any], out: Console | None = None) -> None:
                 t3.add_row(name, f"{phases[name]['p50']:.2f}", f"{phases[name]['max']:.2f}")
         dig = r.get("digest_ms")
         if dig:
-            inside = "seal" if mode == "pull" else "copy"
-            t3.add_row(f"digest (part of {inside})", f"{dig['p50']:.2f}", f"{dig['max']:.2f}")
+            # pull: the active digests in a thread after Sealed, while the standby reads
+            label = "digest (beside the pull)" if mode == "pull" else "digest (part of copy)"
+            t3.add_row(label, f"{dig['p50']:.2f}", f"{dig['max']:.2f}")
         bdig = r.get("standby_digest_ms")
         if bdig:
             t3.add_row("standby digest (part of pull)", f"{bdig['p50']:.2f}",

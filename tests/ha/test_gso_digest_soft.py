@@ -1,6 +1,7 @@
 """The image digest off the GSO's critical path, over the soft provider on this host: in pull
-mode the standby digests each chunk as its read lands, so its verify only compares; the
-default digest of the soft profile is CRC32C."""
+mode the standby digests each chunk as its read lands, so its verify only compares against
+the digest the active took while it read (Digest); the default digest of the soft profile is
+CRC32C."""
 
 from __future__ import annotations
 
@@ -20,4 +21,4 @@ def test_pull_over_soft_digests_as_the_reads_land(monkeypatch):
     [r] = soft_bench.bench_gso_soft(args)
     assert r["mode"] == "pull" and len(r["per_run"]) == 2  # both pulls verified and resumed
     assert r["standby_digest_ms"] and r["standby_digest_ms"]["p50"] > 0
-    assert r["digest_ms"]["p50"] > 0  # the active's seal digest (Sealed carries it)
+    assert r["digest_ms"]["p50"] > 0  # the active's digest, taken while the standby reads
