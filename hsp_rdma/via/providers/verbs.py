@@ -79,7 +79,30 @@ _WC_STATUS = {
     cx.WC_RETRY_EXC_ERR: Status.TRANSPORT_ERROR,
     cx.WC_RNR_RETRY_EXC_ERR: Status.TRANSPORT_ERROR,
 }
-_FLUSHED = (cx.WC_WR_FLUSH_ERR, 0, 0, 0, 0)
+# A completion as _REC unpacks a WC_FORMAT record (wr_id, status, opcode, byte_len, imm,
+# wc_flags, qp_num); VI._done keeps these tuples as they come.
+_REC = struct.Struct(cx.WC_FORMAT)
+assert _REC.size == cx.WC_SIZE
+_POLL_BATCH = 32  # completions per poll_into
+_FLUSHED = (0, cx.WC_WR_FLUSH_ERR, 0, 0, 0, 0, 0)
+
+# The hot path works on plain ints: an operation on a flag enum is a Python call (~8 us in a
+# TCG guest). Descriptor status values are those of the Status members, as ints.
+_OP_MASK = int(Control.OP_MASK)
+_C_SENDRECV, _C_RDMAWRITE, _C_RDMAREAD = (int(Control.OP_SENDRECV), int(Control.OP_RDMAWRITE),
+                                          int(Control.OP_RDMAREAD))
+_C_IMMEDIATE, _C_QFENCE = int(Control.IMMEDIATE), int(Control.QFENCE)
+_S_DONE, _S_IMMEDIATE = int(Status.DONE), int(Status.IMMEDIATE)
+_S_RECV_OK = _S_DONE | int(Status.OP_RECEIVE)
+_S_RECV_RDMA_OK = _S_RECV_OK | int(Status.OP_REMOTE_RDMA_WRITE)
+_S_SEND_OK = {_C_SENDRECV: _S_DONE | int(Status.OP_SEND),  # by control & OP_MASK
+              _C_RDMAWRITE: _S_DONE | int(Status.OP_RDMA_WRITE),
+              _C_RDMAREAD: _S_DONE | int(Status.OP_RDMA_READ)}
+_WC_OK = cx.WC_SUCCESS
+_WC_RECV_RDMA_WITH_IMM, _WC_WITH_IMM = cx.WC_RECV_RDMA_WITH_IMM, cx.WC_WITH_IMM
+_WR_SEND, _WR_RDMA_WRITE = cx.WR_SEND, cx.WR_RDMA_WRITE
+_CONNECTED = ViState.CONNECTED
+_ntohl = socket.ntohl
 
 
 def port_of(discriminator: bytes) -> int:
@@ -121,22 +144,41 @@ class CompletionQueue:
         self.cq = _verbs(cx.CQ, nic.dev, entries)
         self.fifo: deque[tuple[Vi, bool]] = deque()
         self.users = 0  # work queues attached (VipDestroyCQ refuses while > 0)
+        # poll_into buffers, reused: a drain takes one from the list (and gives it back), so
+        # threads draining the same CQ at once each fill a buffer of their own.
+        self._bufs = [bytearray(_POLL_BATCH * _REC.size)]
 
     def drain(self) -> None:
         """Route every completion on the CQ to the VI (and work queue) it belongs to."""
-        nic = self.nic
-        while True:
-            got = _verbs(self.cq.poll, 32)
-            for wid, st, opcode, nbytes, imm, flags in got:
-                vi = nic.vi_by_serial.get(wid >> (SEQ_BITS + 1))
-                if vi is None:
-                    continue
-                recv = bool((wid >> SEQ_BITS) & 1)
-                vi._done[wid] = (st, opcode, nbytes, imm, flags)
-                if self.vipl:
-                    self.fifo.append((vi, recv))
-            if len(got) < 32:
-                return
+        bufs = self._bufs
+        try:
+            buf = bufs.pop()
+        except IndexError:
+            buf = bytearray(_POLL_BATCH * _REC.size)
+        try:
+            poll_into = self.cq.poll_into
+            by_serial = self.nic.vi_by_serial
+            unpack_from, size = _REC.unpack_from, _REC.size
+            while True:
+                try:
+                    n = poll_into(buf)
+                except VerbsError as exc:
+                    raise VipErrorResource(str(exc), exc.errno) from exc
+                if not n:
+                    return
+                for off in range(0, n * size, size):
+                    rec = unpack_from(buf, off)
+                    wid = rec[0]
+                    vi = by_serial.get(wid >> (SEQ_BITS + 1))
+                    if vi is None:
+                        continue
+                    vi._done[wid] = rec
+                    if self.vipl:
+                        self.fifo.append((vi, bool((wid >> SEQ_BITS) & 1)))
+                if n < _POLL_BATCH:
+                    return
+        finally:
+            bufs.append(buf)
 
     def wait(self, timeout_ms: int) -> None:
         """Arm and sleep on the completion channel (GIL released) up to TIMEOUT_MS."""
@@ -158,8 +200,12 @@ class CompletionQueue:
     def take_event(self) -> bool:
         """Consume one completion event without blocking and re-arm; True if one was there.
         Then take the completions (``Vi.done``): any that came before the re-arm are there."""
-        got = _verbs(self.cq.wait, 0)
-        _verbs(self.cq.arm)
+        cq = self.cq
+        try:
+            got = cq.wait(0)
+            cq.arm()
+        except VerbsError as exc:
+            raise VipErrorResource(str(exc), exc.errno) from exc
         return bool(got)
 
 
@@ -314,6 +360,8 @@ class Vi:
         self.peer_gone = False
         self.why_error = "no reason recorded"  # what put the VI in ERROR, for messages
         self.serial = next(nic._serials)
+        self._send_base = self.serial << (SEQ_BITS + 1)  # | sequence: a send's work id
+        self._recv_base = self._send_base | (1 << SEQ_BITS)
         self._own = [CompletionQueue(nic, QUEUE_DEPTH) for cq in (send_cq, recv_cq)
                      if cq is None]
         own = iter(self._own)
@@ -386,7 +434,9 @@ class Vi:
         for desc in self.recvq:
             if desc.wr_id in self._done:
                 continue
-            sges = self._recv_sges.pop(desc.wr_id)
+            sges = self._recv_sges.pop(desc.wr_id, None)
+            if sges is None:  # posted onto an earlier queue pair (post_recv keeps no list)
+                sges = self._sges(desc)
             desc.wr_id = self._next_id(True)
             self._recv_sges[desc.wr_id] = sges
             self._reposted.append(desc.wr_id)
@@ -629,7 +679,7 @@ class Vi:
         return out
 
     def _next_id(self, recv: bool) -> int:
-        return (self.serial << (SEQ_BITS + 1)) | (int(recv) << SEQ_BITS) | next(self._seq)
+        return (self._recv_base if recv else self._send_base) | next(self._seq)
 
     def _track(self, desc: VipDescriptor, recv: bool) -> int:
         wid = self._next_id(recv)
@@ -639,17 +689,56 @@ class Vi:
         return wid
 
     def post_send(self, desc: VipDescriptor) -> None:
-        op = desc.control & Control.OP_MASK
+        # The hot path: a send or RDMA Write without immediate data or fence, one valid
+        # segment, on a connected VI with room; everything else (and every error) is
+        # _post_send's.
+        ctl = desc.control
+        sendq = self.sendq
+        if not ((ctl == _C_SENDRECV or ctl == _C_RDMAWRITE) and self.state is _CONNECTED
+                and len(sendq) < QUEUE_DEPTH
+                and (ctl == _C_SENDRECV or desc.address is not None)):
+            return self._post_send(desc)
+        # (one segment checked as _sges does, written out in post_send and post_recv: a
+        # call costs in a TCG guest)
+        segs = desc.segments
+        if len(segs) == 1:
+            seg = segs[0]
+            h = seg.handle
+            if h.__class__ is MemHandle:
+                mr = h.mr
+                addr, length, lo = seg.address, seg.length, mr.addr
+                if (not mr.closed and mr.pd is self.attrs.ptag.pd and lo <= addr
+                        and addr + length <= lo + mr.length):
+                    if ctl == _C_SENDRECV:
+                        opcode, raddr, rkey = _WR_SEND, 0, 0
+                    else:
+                        opcode, raddr, rkey = (_WR_RDMA_WRITE, desc.address.address,
+                                               int(desc.address.handle))
+                    wid = self._send_base | next(self._seq)
+                    sendq.append(desc)
+                    desc.status = 0
+                    desc.wr_id = wid
+                    try:
+                        self.cmid.post1(wid, opcode, addr, length, h.lkey, raddr, rkey)
+                    except VerbsError as exc:
+                        sendq.pop()
+                        raise VipErrorResource(str(exc), exc.errno) from exc
+                    return None
+        return self._post_send(desc)
+
+    def _post_send(self, desc: VipDescriptor) -> None:
+        ctl = int(desc.control)
+        op = ctl & _OP_MASK
         sges = self._sges(desc)
-        imm = bool(desc.control & Control.IMMEDIATE)
+        imm = bool(ctl & _C_IMMEDIATE)
         if imm and self.nic.iwarp:
             raise VipNotSupported(f"{self.nic.name} is iWARP, which carries no immediate data "
                                   "(RFC 5040): put the value in the message instead")
-        if op == Control.OP_SENDRECV:
+        if op == _C_SENDRECV:
             opcode = cx.WR_SEND_WITH_IMM if imm else cx.WR_SEND
-        elif op == Control.OP_RDMAWRITE:
+        elif op == _C_RDMAWRITE:
             opcode = cx.WR_RDMA_WRITE_WITH_IMM if imm else cx.WR_RDMA_WRITE
-        elif op == Control.OP_RDMAREAD:
+        elif op == _C_RDMAREAD:
             if not self.attrs.enable_rdma_read:
                 raise VipInvalidRdmaRead("RDMA Read needs enable_rdma_read on the VI")
             if imm:
@@ -660,9 +749,9 @@ class Vi:
                     f"segment(s), not {len(sges)}: post one read per segment")
             opcode = cx.WR_RDMA_READ
         else:
-            raise VipInvalidParameter(f"control 0x{desc.control:x} names no operation")
+            raise VipInvalidParameter(f"control 0x{ctl:x} names no operation")
         raddr = rkey = 0
-        if op != Control.OP_SENDRECV:
+        if op != _C_SENDRECV:
             if desc.address is None:
                 raise VipInvalidParameter("an RDMA descriptor needs an AddressSegment")
             raddr, rkey = desc.address.address, int(desc.address.handle)
@@ -675,15 +764,49 @@ class Vi:
             raise VipErrorResource(f"the send queue is full ({QUEUE_DEPTH} descriptors): take "
                                    "completions with VipSendDone/VipSendWait")
         wid = self._track(desc, False)
+        fence = bool(ctl & _C_QFENCE)
+        imm_wire = socket.htonl(desc.immediate & 0xFFFFFFFF) if imm else 0
         try:
-            self.cmid.post_send(wid, opcode, sges, raddr, rkey,
-                                socket.htonl(desc.immediate & 0xFFFFFFFF),
-                                True, bool(desc.control & Control.QFENCE))
+            if len(sges) == 1 and not fence:
+                a, n, k = sges[0]
+                self.cmid.post1(wid, opcode, a, n, k, raddr, rkey, imm_wire)
+            else:
+                self.cmid.post_send(wid, opcode, sges, raddr, rkey, imm_wire, True, fence)
         except VerbsError as exc:
             self.sendq.pop()
             raise VipErrorResource(str(exc), exc.errno) from exc
 
     def post_recv(self, desc: VipDescriptor) -> None:
+        # The hot path: one valid segment onto the connected queue pair, no list kept (a
+        # descriptor posted onto a queue pair is never posted again by _make_qp: it
+        # completes, flushed at the latest).
+        cmid, recvq = self.cmid, self.recvq
+        if not (cmid is not None and self.state is _CONNECTED and len(recvq) < QUEUE_DEPTH):
+            return self._post_recv(desc)
+        # (one segment checked as _sges does, written out in post_send and post_recv: a
+        # call costs in a TCG guest)
+        segs = desc.segments
+        if len(segs) == 1:
+            seg = segs[0]
+            h = seg.handle
+            if h.__class__ is MemHandle:
+                mr = h.mr
+                addr, length, lo = seg.address, seg.length, mr.addr
+                if (not mr.closed and mr.pd is self.attrs.ptag.pd and lo <= addr
+                        and addr + length <= lo + mr.length):
+                    wid = self._recv_base | next(self._seq)
+                    recvq.append(desc)
+                    desc.status = 0
+                    desc.wr_id = wid
+                    try:
+                        cmid.post_recv1(wid, addr, length, h.lkey)
+                    except VerbsError as exc:
+                        recvq.pop()
+                        raise VipErrorResource(str(exc), exc.errno) from exc
+                    return None
+        return self._post_recv(desc)
+
+    def _post_recv(self, desc: VipDescriptor) -> None:
         if self.state is ViState.ERROR:
             raise VipInvalidState(f"VI is in ERROR ({self.why_error}): VipDisconnect it, "
                                   "then reconnect")
@@ -708,15 +831,36 @@ class Vi:
         if not q:
             return None
         head = q[0]
-        got = self._done.pop(head.wr_id, None)
+        wid = head.wr_id
+        got = self._done.pop(wid, None)
         if got is None:
             (self.recv_cq if recv else self.send_cq).drain()
-            got = self._done.pop(head.wr_id, None)
+            got = self._done.pop(wid, None)
             if got is None:
                 return None
         q.popleft()
-        self._recv_sges.pop(head.wr_id, None)
-        st, opcode, nbytes, imm, flags = got
+        if self._recv_sges:
+            self._recv_sges.pop(wid, None)
+        _wid, st, opcode, nbytes, imm, flags, _qp = got
+        if st != _WC_OK:
+            return self._done_error(head, recv, st, opcode, nbytes, imm, flags)
+        if recv:
+            status = _S_RECV_RDMA_OK if opcode == _WC_RECV_RDMA_WITH_IMM else _S_RECV_OK
+            if flags & _WC_WITH_IMM:
+                status |= _S_IMMEDIATE
+                head.immediate = _ntohl(imm)
+            head.length = nbytes
+        else:
+            segs = head.segments
+            status = _S_SEND_OK.get(head.control & _OP_MASK, _S_DONE)
+            head.length = segs[0].length if len(segs) == 1 else sum(s.length for s in segs)
+        head.status = status
+        head.reason = ""
+        return head
+
+    def _done_error(self, head: VipDescriptor, recv: bool, st: int, opcode: int, nbytes: int,
+                    imm: int, flags: int) -> VipDescriptor:
+        """done() of a completion in error (flushed included)."""
         status = Status.DONE | _WC_STATUS.get(st, Status.TRANSPORT_ERROR)
         if recv and st == cx.WC_LOC_QP_OP_ERR:
             # rdma_rxe completes a receive too small for the message with "local QP operation
@@ -731,17 +875,17 @@ class Vi:
                 head.immediate = socket.ntohl(imm)
             head.length = nbytes
         else:
-            op = head.control & Control.OP_MASK
-            status |= {Control.OP_RDMAWRITE: Status.OP_RDMA_WRITE,
-                       Control.OP_RDMAREAD: Status.OP_RDMA_READ}.get(op, Status.OP_SEND)
+            op = int(head.control) & _OP_MASK
+            status |= {_C_RDMAWRITE: Status.OP_RDMA_WRITE,
+                       _C_RDMAREAD: Status.OP_RDMA_READ}.get(op, Status.OP_SEND)
             head.length = sum(s.length for s in head.segments)
         head.status = int(status)
-        head.reason = "" if st == cx.WC_SUCCESS else cx.wc_status_str(st)
-        if st != cx.WC_SUCCESS and st != cx.WC_WR_FLUSH_ERR:
+        head.reason = cx.wc_status_str(st)
+        if st != cx.WC_WR_FLUSH_ERR:
             self._fail(Status(_WC_STATUS.get(st, Status.TRANSPORT_ERROR)).name or "TRANSPORT",
                        f"{'receive' if recv else 'send'} completed with "
                        f"{cx.wc_status_str(st)}", head)
-        elif st == cx.WC_WR_FLUSH_ERR and self.state is ViState.CONNECTED:
+        elif self.state is ViState.CONNECTED:
             self._fail("CONN_LOST", "descriptors flushed: the queue pair is in error", head)
         return head
 
