@@ -129,6 +129,15 @@ def _stats(values: list[float]) -> dict[str, float]:
     return {"p50": round(statistics.median(values), 2), "max": round(max(values), 2)}
 
 
+def _overhead(gsos: list[dict], copies: list[dict], events: list[dict]) -> dict[str, float]:
+    """p50/max of each run's blackout minus that run's copy and the standby's verify."""
+    verify = {e["epoch"]: e["verify_s"] for e in events
+              if e["event"] == "gso" and e["role"] == "standby"}
+    over = [(e["blackout_s"] - c["copy_s"] - verify.get(e["epoch"], 0.0)) * 1000
+            for e, c in zip(gsos, copies)]
+    return {"p50": round(statistics.median(over), 1), "max": round(max(over), 1)} if over else {}
+
+
 def summarize(args, events: list[dict], base_bw: float, base_retries: int, device: str,
               profile: Profile, chunk: int, depth: int, ref_bw: float | None = None,
               extra: str = "", expect: int | None = None, mode: str = "push",
@@ -205,8 +214,12 @@ def summarize(args, events: list[dict], base_bw: float, base_retries: int, devic
         "runs": args.runs, "device": device, "profile": profile.name, "chunk": chunk,
         "queue_depth": depth, "baseline_retries": base_retries,
         "per_run": [{"epoch": e["epoch"], "copy_MBps": round(c["copy_MBps"], 2),
-                     "blackout_ms": round(e["blackout_s"] * 1000, 1)}
+                     "blackout_ms": round(e["blackout_s"] * 1000, 1),
+                     "copy_ms": round(c["copy_s"] * 1000, 1)}
                     for e, c in zip(gsos, copies)],
+        # the blackout beyond its own run's copy and verify (paired per run: the goal above
+        # pairs medians of different runs, which a noisy host can move by more than this)
+        "overhead_ms": _overhead(gsos, copies, events),
         "method": " ".join(__doc__.split("Method: ", 1)[1].split()),
     }
 
