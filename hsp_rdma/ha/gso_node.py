@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                  reason=rep.reason, image_bytes=rep.image_bytes, writes=rep.writes,
                  copy_s=rep.copy_end_t - rep.copy_start_t, copy_MBps=rep.copy_MBps,
                  blackout_s=rep.blackout_s, verify_s=rep.verify_s, resume_s=rep.resume_s,
-                 digest_s=rep.digest_s,
+                 digest_s=rep.digest_s, digest_wait_s=rep.digest_wait_s,
                  phases_ms=rep.phases_ms(), serving=eng.machine.serving, alarm=eng.alarm,
                  stale_ignored=eng.machine.stale_ignored,
                  markers_ignored=eng.markers_ignored, fence=eng.fence_results,

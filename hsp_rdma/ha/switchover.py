@@ -107,6 +107,7 @@ class GsoReport:
     done_t: float = 0.0  # A: "done" received (B resumed before sending it)
     resume_t: float = 0.0  # B: resumed as active
     verify_s: float = 0.0  # B: digest check
+    digest_wait_s: float = 0.0  # B (pull): the whole image here, A's Digest not yet
     digest_s: float = 0.0  # A: digesting the image (inside the copy for a push; for a pull in
     # a worker thread after Sealed, while the standby reads)
     resume_s: float = 0.0  # B: the application's resume, before "done" leaves
@@ -818,6 +819,8 @@ class Engine:
                     time.sleep(self.hold_verify_s)
                 t0 = self.clock()
                 pulled = self.machine.mode is gso.GsoMode.PULL
+                if pulled and self._current.copy_end_t:
+                    self._current.digest_wait_s = max(0.0, now - self._current.copy_end_t)
                 landed = self._landed if pulled and self._landed and \
                     self._landed[0] == epoch else None
                 if pulled and not expected:

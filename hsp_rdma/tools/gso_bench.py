@@ -138,6 +138,11 @@ def _overhead(gsos: list[dict], copies: list[dict], events: list[dict]) -> dict[
     return {"p50": round(statistics.median(over), 1), "max": round(max(over), 1)} if over else {}
 
 
+def _p50_max(values: list[float]) -> dict[str, float]:
+    return {"p50": round(statistics.median(values), 2), "max": round(max(values), 2)} \
+        if values else {}
+
+
 def summarize(args, events: list[dict], base_bw: float, base_retries: int, device: str,
               profile: Profile, chunk: int, depth: int, ref_bw: float | None = None,
               extra: str = "", expect: int | None = None, mode: str = "push",
@@ -220,6 +225,8 @@ def summarize(args, events: list[dict], base_bw: float, base_retries: int, devic
         # the blackout beyond its own run's copy and verify (paired per run: the goal above
         # pairs medians of different runs, which a noisy host can move by more than this)
         "overhead_ms": _overhead(gsos, copies, events),
+        # pull: how long the standby, its pull complete, waited for the active's Digest
+        "standby_digest_wait_ms": _p50_max([e.get("digest_wait_s", 0.0) * 1000 for e in copies]),
         "method": " ".join(__doc__.split("Method: ", 1)[1].split()),
     }
 
