@@ -18,6 +18,10 @@ LAT_COLUMNS = ("bytes", "iterations", "t_min_us", "t_max_us", "t_typical_us", "t
 # What a client prints when the server's rdma_cm listener is not there (yet).
 _NOT_LISTENING = ("REJECTED", "Unable to perform rdma_client", "Couldn't connect",
                   "Failed to connect", "ADDR_ERROR", "UNREACHABLE")
+# A run that broke while the two perftest ends set up or exchanged their parameters (seen on
+# siw in a heavily loaded host: "Bad wc status -- 5", "Failed to exchange data between server
+# and clients"): no measurement was made; run again and say so.
+_BROKEN_SETUP = ("Bad wc status", "Failed to exchange data", "Unable to read from socket")
 
 
 @dataclass
@@ -87,6 +91,11 @@ def run(lab: Lab, tool: str, fabric: str = "x", args: tuple[str, ...] = (),
         srv.kill()
         srv_res = srv.wait(timeout=30)
         text = cli.stdout + cli.stderr
+        broke = next((s for s in _BROKEN_SETUP if s in text), None)
+        if broke and not cli.timed_out:
+            notes.append(f"attempt {attempt + 1}: {tool} broke before measuring ({broke!r}); "
+                         "retried")
+            continue
         if cli.timed_out or not any(s in text for s in _NOT_LISTENING):
             raise LabError(
                 f"{tool} {client}->{server} on fabric {fabric} failed "
@@ -95,7 +104,7 @@ def run(lab: Lab, tool: str, fabric: str = "x", args: tuple[str, ...] = (),
                 f"{(srv_res.stdout + srv_res.stderr).strip()[-400:]}"
             )
         notes.append(f"attempt {attempt + 1}: client rejected (server not listening yet); retried")
-    raise LabError(f"{tool} on fabric {fabric}: client rejected {retries + 1} times; see notes: "
+    raise LabError(f"{tool} on fabric {fabric}: no measurement in {retries + 1} attempts: "
                    + "; ".join(notes))
 
 

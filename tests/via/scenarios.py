@@ -76,13 +76,15 @@ class Ctx:
         via.VipConnectAccept(req, vi)
         return req
 
-    def connect(self, vi: via.Vi, disc: bytes, timeout_ms: int = 20000) -> None:
-        """Connect, retrying while the peer's listener is not up yet (bounded)."""
+    def connect(self, vi: via.Vi, disc: bytes, timeout_ms: int = 30000) -> None:
+        """Connect, retrying while the peer's listener is not up yet (bounded). One attempt
+        may take 15 s: on a loaded host a siw connection took more than 5 s to come up, and
+        the client's give-up then broke the server's just-accepted VI."""
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
             try:
                 via.VipConnectRequest(vi, via.NetAddress(self.local, b""),
-                                      via.NetAddress(self.peer, disc), 5000)
+                                      via.NetAddress(self.peer, disc), 15000)
                 return
             except via.VipNoMatch:
                 if time.monotonic() > deadline:
