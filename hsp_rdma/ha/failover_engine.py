@@ -78,7 +78,14 @@ class FailoverEngine:
         if saved is None or saved.epoch < epoch:
             self.store.save(Epochs(epoch, epoch, epoch if cfg.role == "active" else 0))
         node.session.set_epoch(epoch)
-        self.detector: det.FailureDetector | None = None  # made when the loop starts
+        # Made at the peer's first heart beat, or when the start grace runs out: a pair whose
+        # start() returned on this side may still be finishing its start on the other (siw:
+        # a channel's first message can take a 20 s reconnect), and a detector started
+        # "heard" at this side's first tick suspected a live peer one timeout later (seen in
+        # the lab: the active refused its first commits). Until then this side beats anyway.
+        self.detector: det.FailureDetector | None = None
+        self.start_grace = max(self.timeout, cfg.timeouts.connect / 1000)
+        self._first_tick: float | None = None
         self.timer: float | None = None  # the machine's
         self.alone_ok = False  # serving alone after a confirmed fence of the peer
         self.dirty_tracking = False
@@ -116,19 +123,32 @@ class FailoverEngine:
         del self.history[:-64]
 
     # ---- hooks from the node's loop (under its lock) ------------------------------------------
+    def _start_detector(self, now: float, why: str) -> None:
+        # the pair is connected (start() returned): heard now, not suspected
+        self.detector = det.FailureDetector((self.fabric,), self.interval, self.timeout, now)
+        self.detector.suspected = False
+        self._note("detector", now, started=why)
+
     def tick(self, now: float) -> None:
         if self.detector is None:
-            # the pair is connected (start() returned): heard now, not suspected
-            self.detector = det.FailureDetector((self.fabric,), self.interval, self.timeout, now)
-            self.detector.suspected = False
-        self._feed_detector(det.DetectorTick(), now)
+            if self._first_tick is None:
+                self._first_tick = now
+            if now - self._first_tick < self.start_grace:
+                self.node.send_heartbeat(now)  # no peer heart beat yet: beat, judge nothing
+            else:
+                self._start_detector(now, f"no heart beat from the peer in "
+                                          f"{self.start_grace:g} s of start grace")
+        if self.detector is not None:
+            self._feed_detector(det.DetectorTick(), now)
         if self.timer is not None and now >= self.timer:
             self.timer = None
             self._feed(fo.Tick(), now)
 
     def heard(self, message: bytes, now: float) -> None:
-        if len(message) < HEARTBEAT.size or self.detector is None:
+        if len(message) < HEARTBEAT.size:
             return
+        if self.detector is None:
+            self._start_detector(now, "the peer's first heart beat")
         _clock, _count, epoch, active = HEARTBEAT.unpack_from(message)
         self._feed_detector(det.HeartbeatReceived(self.fabric, epoch, bool(active)), now)
 

@@ -167,3 +167,30 @@ def test_an_active_that_lost_its_standby_unfenced_refuses_synchronous_commits(
                 a.pmem.transaction(commit=mode) as tx:
             tx.write(0, mode.encode())
         assert time.monotonic() - t0 < 1.0  # at once, not after the commit timeout
+
+
+def test_a_peer_slow_to_send_its_first_heart_beat_is_not_suspected(tmp_path, monkeypatch,
+                                                                    closing):
+    """The standby's first heart beat comes 3 timeouts after the pair connected (in the lab: a
+    siw channel whose first message waited for a reconnect): the active judges nothing until
+    it hears the peer (before: it suspected a live standby one timeout after its own start and
+    refused its first commits)."""
+    real, t0 = Node.send_heartbeat, time.monotonic()
+
+    def late(self: Node, now: float) -> None:
+        if self.config.name == "b" and time.monotonic() - t0 < 1.2:
+            return
+        real(self, now)
+
+    monkeypatch.setattr(Node, "send_heartbeat", late)
+    nodes = start_pair(tmp_path, monkeypatch, fence=True)
+    a, b = nodes["a"], nodes["b"]
+    closing.extend((b, a))
+    wait_until(lambda: time.monotonic() - t0 > 1.5 and a.status()["heartbeats"]["received"] > 3)
+    fo = a.status()["failover"]
+    assert fo["state"] == "ACTIVE" and not fo["alarm"], fo
+    whats = [e["what"] for e in fo["events"]]
+    assert "suspected" not in whats and "detector" in whats, whats
+    with a.pmem.transaction(commit="applied") as tx:
+        tx.write(0, b"first")
+    assert b.pmem.read(0, 5) == b"first"
