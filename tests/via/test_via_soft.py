@@ -366,3 +366,13 @@ def test_two_nodes_on_two_loopback_addresses_and_a_nic_closed_under_a_stream(
     finally:
         via.VipCloseNic(a)
         via.VipCloseNic(b)
+
+
+def test_a_port_base_that_leaves_no_room_is_a_clear_error(monkeypatch) -> None:
+    """HSP_VIA_SOFT_PORT_BASE too high for the provider's ports: said, not an OverflowError
+    from bind() deep inside (a drill runner once picked 59000 + a 10000-port span)."""
+    monkeypatch.setattr(soft, "PORT_BASE", 59000)
+    with pytest.raises(via.VipInvalidParameter, match="port base 59000.*HSP_VIA_SOFT_PORT_BASE"):
+        soft.port_of(b"pmem")
+    monkeypatch.setattr(soft, "PORT_BASE", soft.random_port_base())
+    assert 10000 <= soft.port_of(b"pmem") < 32768

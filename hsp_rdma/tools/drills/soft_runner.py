@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -32,6 +31,7 @@ from hsp_rdma.tools.drills.ledger import check_ledger, check_replay, verify_acke
 from hsp_rdma.tools.drills.runner import DrillResult
 from hsp_rdma.tools.drills.scenario import Scenario
 from hsp_rdma.tools.lab_config import write_node_configs
+from hsp_rdma.via.providers import soft
 
 SUPPORTED = {"wait", "kill", "pause", "resume"}
 UNTIL_EVENT = {"suspected": "suspected", "fenced": "fence_result", "promoted": "active"}
@@ -125,7 +125,7 @@ class SoftRunner:
         for node, path in paths.items():
             path.write_text(path.read_text().replace("NODE", node))
             (work / f"journal-{node}.img").write_bytes(bytes(DISK_SIZE))
-        env = dict(os.environ, HSP_VIA_SOFT_PORT_BASE=str(20000 + random.randrange(40) * 1000))
+        env = dict(os.environ, HSP_VIA_SOFT_PORT_BASE=str(soft.random_port_base()))
         # the driver's ack log: one connection per serving node
         listener = socket.create_server(("127.0.0.1", 0))
         listener.settimeout(0.2)

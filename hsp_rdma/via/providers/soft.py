@@ -189,6 +189,11 @@ def frame(kind: int, seq: int = 0, addr: int = 0, rkey: int = 0, value: int = 0,
 
 
 def port_of(discriminator: bytes) -> int:
+    if not 1 <= PORT_BASE <= 65536 - PORT_SPAN:
+        raise VipInvalidParameter(
+            f"the soft provider's port base {PORT_BASE} (HSP_VIA_SOFT_PORT_BASE) leaves no room "
+            f"for its {PORT_SPAN} ports: pick one in 1..{65536 - PORT_SPAN} (best "
+            f"{PORT_BASE_MIN}..{PORT_BASE_MAX - 1}, below the ephemeral range)")
     return PORT_BASE + zlib.crc32(discriminator) % PORT_SPAN
 
 
