@@ -495,11 +495,16 @@ def test_pull_happy_path_seal_pull_verify_resume_revoke() -> None:
     assert a.feed(Done(5), 2.2)[:2] == [RevokeRead(5), RestartAsStandby(5)]
 
 
-def test_pull_aborts_revoke_the_read_before_the_active_thaws() -> None:
-    a, b = pair()
+def _sealing(a, b) -> None:
+    """A pull GSO of epoch 5 up to the active's seal: B got Start-GSO, A got B's Quiesced."""
     start = sent(a.feed(RequestGso(1000, REGION, mode=GsoMode.PULL), 0))[0]
     b.feed(start, 0)
     a.feed(sent(b.feed(Quiesced(5), 0))[0], 0)
+
+
+def test_pull_aborts_revoke_the_read_before_the_active_thaws() -> None:
+    a, b = pair()
+    _sealing(a, b)
     sealed = sent(a.feed(ImageSealed(5, 0x7000, 42), 0))[0]
     b.feed(sealed, 0)
     # the pull fails: B aborts (and never resumes), A revokes, then thaws
@@ -519,9 +524,7 @@ def test_pull_timers_a_stalled_pull_and_a_missing_sealed_end_in_abort() -> None:
     assert sent(acts) == [Abort(5, AbortReason.GSO_TIMEOUT)]
     assert ResumeStandby(needs_resync=False) in acts  # nothing was read into the region
     a, b = pair()
-    start = sent(a.feed(RequestGso(1000, REGION, mode=GsoMode.PULL), 0))[0]
-    b.feed(start, 0)
-    a.feed(sent(b.feed(Quiesced(5), 0))[0], 0)
+    _sealing(a, b)
     b.feed(sent(a.feed(ImageSealed(5, 1, 2), 0))[0], 1)
     acts = b.feed(Tick(), 11)  # the pull stalled past the copy timeout
     assert acts[0] == CancelPull(5) and sent(acts) == [Abort(5, AbortReason.COPY_TIMEOUT)]
@@ -532,9 +535,7 @@ def test_pull_timers_a_stalled_pull_and_a_missing_sealed_end_in_abort() -> None:
 
 def test_seal_timeout_and_failure_thaw_the_active() -> None:
     a, b = pair()
-    start = sent(a.feed(RequestGso(1000, REGION, mode=GsoMode.PULL), 0))[0]
-    b.feed(start, 0)
-    a.feed(sent(b.feed(Quiesced(5), 0))[0], 0)
+    _sealing(a, b)
     acts = a.feed(SealFailed(5, "no memory"), 0.5)
     assert sent(acts) == [Cancel(5, AbortReason.COPY_FAILED)]
     assert acts[1:3] == [RevokeRead(5), ResumeApplication()] and a.serving
@@ -550,9 +551,7 @@ def test_push_mode_never_revokes() -> None:
 
 
 def _pulling(a, b) -> None:
-    start = sent(a.feed(RequestGso(1000, REGION, mode=GsoMode.PULL), 0))[0]
-    b.feed(start, 0)
-    a.feed(sent(b.feed(Quiesced(5), 0))[0], 0)
+    _sealing(a, b)
     b.feed(sent(a.feed(ImageSealed(5, 0x7000, 42), 0))[0], 0.5)
     assert b.state is GsoState.PULLING
 
@@ -602,9 +601,7 @@ def test_a_digest_taken_after_the_gso_ended_is_never_sent() -> None:
 
 def test_a_digest_overtaking_sealed_is_kept() -> None:
     a, b = pair()
-    start = sent(a.feed(RequestGso(1000, REGION, mode=GsoMode.PULL), 0))[0]
-    b.feed(start, 0)
-    a.feed(sent(b.feed(Quiesced(5), 0))[0], 0)
+    _sealing(a, b)
     sealed = sent(a.feed(ImageSealed(5, 0x7000, 42), 0))[0]
     digest = sent(a.feed(ImageDigested(5, DIGEST), 0.1))[0]
     assert b.feed(digest, 0.2) == [] and b.state is GsoState.AWAIT_SEALED
