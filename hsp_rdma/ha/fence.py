@@ -4,6 +4,14 @@
 A fence action is a program; its options arrive on stdin as `key=value` lines (`action=off`,
 `plug=NODE`, plus the site's own: `ip=`, `username=`, ...); exit status 0 means done. For
 `off`, fence-agents confirm the power state before they exit 0.
+
+Besides the power actions, DRBD's `fencing resource-and-stonith` idea, for a pair with one
+fabric (where an active that loses its standby cannot tell "standby dead" from "link down"):
+`outdate` marks PLUG Outdated at the fence device (the node keeps running; exit 0 = marked),
+`unoutdate` clears the mark (exit 0 = cleared). The device arbitrates: a request from a node
+that is Outdated, or that it powered off and not on since, is refused (exit 1), so an outdated
+standby can never fence the active. The asking node is passed as `nodename=` (fence_scsi's
+option name); the lab's device knows it from its channel instead.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from dataclasses import dataclass
 
 from hsp_rdma.errors import ConfigError
 
-ACTIONS = ("off", "on", "reboot", "status", "monitor")
+ACTIONS = ("off", "on", "reboot", "status", "monitor", "outdate", "unoutdate")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +60,19 @@ class FenceAgent:
             pairs.append((key.strip(), value))
         return cls(command, tuple(pairs))
 
-    def run(self, action: str, plug: str | None, timeout_s: float) -> FenceResult:
-        """Run the agent for ACTION on PLUG; never raises for the agent's own failures."""
+    def run(self, action: str, plug: str | None, timeout_s: float,
+            nodename: str | None = None) -> FenceResult:
+        """Run the agent for ACTION on PLUG, as asked by node NODENAME when given (a
+        `nodename=` line, replacing a configured one); never raises for the agent's own
+        failures (a bad ACTION or NODENAME is the caller's: ValueError)."""
         if action not in ACTIONS:
             raise ValueError(f"fence action {action!r}: one of {', '.join(ACTIONS)}")
+        if nodename is not None and (not nodename.strip() or "\n" in nodename):
+            raise ValueError(f"fence nodename {nodename!r} is not one node name")
         lines = [f"action={action}", *([f"plug={plug}"] if plug else []),
-                 *(f"{k}={v}" for k, v in self.options)]
+                 *([f"nodename={nodename.strip()}"] if nodename is not None else []),
+                 *(f"{k}={v}" for k, v in self.options
+                   if nodename is None or k != "nodename")]
         try:
             res = subprocess.run(shlex.split(self.program), input="\n".join(lines) + "\n",
                                  capture_output=True, text=True, timeout=timeout_s, check=False)
