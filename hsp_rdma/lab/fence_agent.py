@@ -1,8 +1,11 @@
 """fence_hsp_lab: a fence agent for the lab's fence device, in the ClusterLabs fence-agents
 convention, run inside a lab guest: options as `key=value` lines on stdin (`action=off|on|
-reboot|status|monitor|metadata`, `plug=a|b|...` (any node of the lab), optional
-`timeout=SECONDS`, `share=/hsp`).
-Exit 0 = done (for status/monitor: 0 = on, 2 = off), 1 = failed.
+reboot|status|monitor|outdate|unoutdate|metadata`, `plug=a|b|...` (any node of the lab),
+optional `timeout=SECONDS`, `share=/hsp`; `nodename=` is accepted and not needed: the device
+knows the asking node from the share its request comes through).
+Exit 0 = done (for status/monitor: 0 = on, 2 = off; outdate: marked; unoutdate: cleared),
+1 = failed or refused (the device's reason on stdout: "node b is Outdated (by a): it may not
+fence").
 
     python -I -S /path/to/hsp_rdma/lab/fence_agent.py <<< $'action=off\nplug=a'   # COMMAND
     python -m hsp_rdma.lab.fence_agent <<< $'action=off\nplug=a'                  # same, slower
@@ -26,7 +29,7 @@ COMMAND = f"{sys.executable} -I -S {os.path.abspath(__file__)}"
 # the same agent in POSIX sh (fence_hsp_lab.sh beside this file): no interpreter to start
 SH_COMMAND = f"/bin/sh {os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fence_hsp_lab.sh')}"
 
-ACTIONS = ("off", "on", "reboot", "status", "monitor", "metadata")
+ACTIONS = ("off", "on", "reboot", "status", "monitor", "outdate", "unoutdate", "metadata")
 POLL_S = 0.01  # one stat over 9p per look: the answer comes from a host poll of a few ms
 
 METADATA = """<?xml version="1.0" ?>
@@ -35,9 +38,10 @@ METADATA = """<?xml version="1.0" ?>
 <parameter name="action" unique="0" required="1"><content type="string" default="reboot"/></parameter>
 <parameter name="plug" unique="0" required="1"><content type="string"/></parameter>
 <parameter name="timeout" unique="0" required="0"><content type="second" default="60"/></parameter>
+<parameter name="nodename" unique="0" required="0"><content type="string"/></parameter>
 </parameters>
 <actions><action name="on"/><action name="off"/><action name="reboot"/><action name="status"/>
-<action name="monitor"/><action name="metadata"/></actions>
+<action name="monitor"/><action name="outdate"/><action name="unoutdate"/><action name="metadata"/></actions>
 </resource-agent>"""
 
 

@@ -2,9 +2,11 @@
 # fence_hsp_lab, in POSIX sh: the same agent as fence_agent.py (same options, exit codes and
 # channel to the lab's fence device), for the guests' fast path: a Python interpreter alone
 # takes 0.2 s to start in an idle TCG guest and ~1 s in a busy one, sh a few ms.
-# Options as key=value lines on stdin: action=off|on|reboot|status|monitor|metadata, plug=NODE
-# (or port=), timeout=SECONDS (60), share=/hsp. Exit 0 = done (status/monitor: 0 on, 2 off),
-# 1 = failed. Run it as fence_agent.SH_COMMAND.
+# Options as key=value lines on stdin: action=off|on|reboot|status|monitor|outdate|unoutdate|
+# metadata, plug=NODE (or port=), timeout=SECONDS (60), share=/hsp (nodename= is accepted and
+# not needed: the device knows the asker from its share). Exit 0 = done (status/monitor: 0 on,
+# 2 off; outdate: marked; unoutdate: cleared), 1 = failed or refused (the device's reason on
+# stdout). Run it as fence_agent.SH_COMMAND.
 action=reboot plug= port= timeout=60 share=/hsp
 while IFS= read -r line || [ -n "$line" ]; do
     while [ "${line# }" != "$line" ]; do line=${line# }; done
@@ -29,14 +31,15 @@ case $action in
 <parameter name="action" unique="0" required="1"><content type="string" default="reboot"/></parameter>
 <parameter name="plug" unique="0" required="1"><content type="string"/></parameter>
 <parameter name="timeout" unique="0" required="0"><content type="second" default="60"/></parameter>
+<parameter name="nodename" unique="0" required="0"><content type="string"/></parameter>
 </parameters>
 <actions><action name="on"/><action name="off"/><action name="reboot"/><action name="status"/>
-<action name="monitor"/><action name="metadata"/></actions>
+<action name="monitor"/><action name="outdate"/><action name="unoutdate"/><action name="metadata"/></actions>
 </resource-agent>
 XML
         exit 0 ;;
-    off | on | reboot | status | monitor) ;;
-    *) fail "unknown action='$action': one of off, on, reboot, status, monitor, metadata" ;;
+    off | on | reboot | status | monitor | outdate | unoutdate) ;;
+    *) fail "unknown action='$action': one of off, on, reboot, status, monitor, outdate, unoutdate, metadata" ;;
 esac
 [ -n "$plug" ] || plug=$port
 [ -n "$plug" ] || fail "no plug= given (the node to fence: a, b, ... any node of the lab)"

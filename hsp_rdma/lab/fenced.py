@@ -9,6 +9,15 @@ A request is JSON (`{"action", "plug"}`) or `key=value` lines ending with `end=1
 in its own form (the agents then need no json in the guest). Every
 answer names `noticed_ms` (the request's age when the listener saw it: its poll) and
 `took_ms` (the action), which the agent reports with its own time.
+
+Besides power, DRBD's outdate-peer (`fencing resource-and-stonith`): `outdate` marks a node
+Outdated (it keeps running), `unoutdate` clears the mark. The device arbitrates, knowing the
+asker from the share its request came through: a request from a node that is Outdated, or that
+the device powered off and that has not been on since, is refused (ok=0 and the reason), so an
+outdated standby can never fence the active; `unoutdate` from the node that set the mark is
+always taken; `status`/`monitor` are answered to anyone and say `outdated=1|0`. The marks live
+in LAB_DIR/fence-state.json (written atomically: a restarted device keeps them; `hsp-lab down`
+removes them with the lab).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from hsp_rdma.errors import LabError
 from hsp_rdma.lab.lab import Lab
 
 FENCE_DIR = "fence"
+STATE_FILE = "fence-state.json"  # in the lab dir: {"outdated": {node: {"by", "t"}}, "off": ...}
 POLL_S = 0.02  # a look is one state.json read and a glob per node: ~0.1 ms
 
 
@@ -62,34 +72,109 @@ def _answer_text(ans: dict, kv: bool) -> str:
                    for k, v in ans.items())
 
 
-def carry_out(lab: Lab, action: str, plug: str) -> dict:
-    """One request: {"ok", "power", "detail"}; never raises."""
+def load_marks(lab: Lab) -> dict:
+    """The device's marks: {"outdated": {node: {"by", "t"}}, "off": {node: {"by", "t",
+    "started"}}}; empty when none was written (or it is unreadable: then none is trusted)."""
+    try:
+        marks = json.loads((lab.dir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        marks = {}
+    if not isinstance(marks, dict):
+        marks = {}
+    return {k: dict(marks.get(k) or {}) for k in ("outdated", "off")}
+
+
+def _save_marks(lab: Lab, marks: dict) -> None:
+    _write_atomically(lab.dir / STATE_FILE, json.dumps(marks, sort_keys=True))
+
+
+def _started(lab: Lab, node: str):
+    """When NODE's QEMU was last started (a new value on every boot, by whatever means)."""
+    return ((lab.state() or {}).get("nodes", {}).get(node) or {}).get("started")
+
+
+def _refusal(lab: Lab, marks: dict, asker: str) -> str | None:
+    """Why a request from ASKER is refused, or None; forgets an off mark of a node that has
+    been booted since (by this device's `on` or by the lab's own boot_node)."""
+    out = marks["outdated"].get(asker)
+    if out:
+        return f"node {asker} is Outdated (by {out['by']}): it may not fence"
+    off = marks["off"].get(asker)
+    if off:
+        if _started(lab, asker) != off.get("started") and lab.node_alive(asker):
+            del marks["off"][asker]
+            return None
+        return (f"node {asker} was powered off (by {off['by']}) and has not been on since: "
+                "it may not fence")
+    return None
+
+
+def carry_out(lab: Lab, action: str, plug: str, asker: str | None = None) -> dict:
+    """One request of node ASKER (None: not known, no arbitration): {"ok", "power", "detail"}
+    (status also "outdated"); never raises. A changed mark is kept before the answer."""
     nodes = lab.nodes  # a, b, or every node of a lab of 3+
     if plug not in nodes:
         return {"ok": False, "detail": f"unknown plug {plug!r}: the lab's nodes are "
                                        f"{', '.join(nodes)}"}
+    if action not in ("off", "on", "reboot", "status", "monitor", "outdate", "unoutdate"):
+        return {"ok": False, "detail": f"unknown action {action!r}: off, on, reboot, status, "
+                                       "outdate, unoutdate"}
+    marks = load_marks(lab)
+    before = json.dumps(marks, sort_keys=True)
+    ans = _carry_out(lab, marks, action, plug, asker)
+    if json.dumps(marks, sort_keys=True) != before:
+        try:
+            _save_marks(lab, marks)
+        except OSError as exc:
+            ans = {**ans, "ok": ans["ok"] and action not in ("outdate", "unoutdate"),
+                   "detail": f"{ans['detail']}; but the mark could not be kept in "
+                             f"{lab.dir / STATE_FILE}: {exc.strerror}"}
+    return ans
+
+
+def _carry_out(lab: Lab, marks: dict, action: str, plug: str, asker: str | None) -> dict:
+    by = asker or "an unnamed asker"
     try:
+        refused = _refusal(lab, marks, asker) if asker else None
+        mark = marks["outdated"].get(plug)
+        if action in ("status", "monitor"):
+            power = "on" if lab.node_alive(plug) else "off"
+            return {"ok": True, "power": power, "outdated": bool(mark),
+                    "detail": f"node {plug} is {power}"
+                              + (f", Outdated (by {mark['by']})" if mark else "")}
+        if action == "unoutdate" and mark and mark["by"] == asker:
+            refused = None  # the node that set the mark may always clear it
+        if refused:
+            return {"ok": False, "detail": refused}
+        if action == "outdate":
+            marks["outdated"][plug] = {"by": by, "t": time.time()}
+            return {"ok": True, "outdated": True, "detail": f"node {plug} is Outdated (by {by})"}
+        if action == "unoutdate":
+            marks["outdated"].pop(plug, None)
+            return {"ok": True, "outdated": False,
+                    "detail": f"node {plug} is no longer Outdated" if mark
+                    else f"node {plug} was not Outdated"}
         if action == "off":
             if lab.node_alive(plug):
                 lab.fault(plug, "kill")
             off = not lab.node_alive(plug)
+            if off:
+                marks["off"][plug] = {"by": by, "t": time.time(), "started": _started(lab, plug)}
             return {"ok": off, "power": "off" if off else "on",
                     "detail": f"node {plug} is {'off' if off else 'still running'}"}
         if action == "on":
             if not lab.node_alive(plug):
                 lab.boot_node(plug)
+            marks["off"].pop(plug, None)
             return {"ok": True, "power": "on", "detail": f"node {plug} is on"}
-        if action in ("status", "monitor"):
-            power = "on" if lab.node_alive(plug) else "off"
-            return {"ok": True, "power": power, "detail": f"node {plug} is {power}"}
-        if action == "reboot":
-            if lab.node_alive(plug):
-                lab.fault(plug, "kill")
-            lab.boot_node(plug)
-            return {"ok": True, "power": "on", "detail": f"node {plug} rebooted"}
+        # reboot
+        if lab.node_alive(plug):
+            lab.fault(plug, "kill")
+        lab.boot_node(plug)
+        marks["off"].pop(plug, None)
+        return {"ok": True, "power": "on", "detail": f"node {plug} rebooted"}
     except LabError as exc:
         return {"ok": False, "detail": str(exc)}
-    return {"ok": False, "detail": f"unknown action {action!r}: off, on, reboot, status"}
 
 
 def serve_once(lab: Lab, log) -> int:
@@ -110,7 +195,7 @@ def serve_once(lab: Lab, log) -> int:
             except (OSError, ValueError) as exc:
                 action, plug, r = "", "", {"error": str(exc)}
             t0 = time.monotonic()
-            ans = carry_out(lab, action, plug) if action else {
+            ans = carry_out(lab, action, plug, asker) if action else {
                 "ok": False, "detail": f"unreadable request: {r}"}
             took = time.monotonic() - t0
             timing = {"noticed_ms": round(noticed * 1000, 1), "took_ms": round(took * 1000, 1)}

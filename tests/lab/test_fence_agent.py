@@ -17,7 +17,7 @@ import pytest
 
 from hsp_rdma.lab import Lab
 from hsp_rdma.lab.fence_agent import COMMAND, SH_COMMAND
-from hsp_rdma.lab.fenced import serve_once
+from hsp_rdma.lab.fenced import STATE_FILE, carry_out, load_marks, serve_once
 
 
 def _fake_lab(root: Path) -> Lab:
@@ -51,9 +51,10 @@ def device(tmp_path):
 AGENTS = pytest.mark.parametrize("cmd", [COMMAND, SH_COMMAND], ids=["py", "sh"])
 
 
-def agent(lab: Lab, *lines: str, cmd: str = COMMAND,
-          timeout: float = 20) -> subprocess.CompletedProcess:
-    share = lab.node_dir("b") / "share"
+def agent(lab: Lab, *lines: str, cmd: str = COMMAND, timeout: float = 20,
+          asker: str = "b") -> subprocess.CompletedProcess:
+    """The agent as run in node ASKER (its request goes through ASKER's share)."""
+    share = lab.node_dir(asker) / "share"
     return subprocess.run(shlex.split(cmd), input="\n".join([*lines, f"share={share}"]) + "\n",
                           capture_output=True, text=True, timeout=timeout, check=False)
 
@@ -137,3 +138,85 @@ def test_a_request_left_unanswered_is_taken_back(tmp_path, cmd) -> None:
     lab = _fake_lab(tmp_path)
     assert agent(lab, "action=off", "plug=a", "timeout=0.2", cmd=cmd).returncode == 1
     assert not list((lab.node_dir("b") / "share" / "fence").iterdir())
+
+
+@AGENTS
+def test_an_outdated_node_may_not_fence_and_its_outdater_clears_the_mark(device, cmd) -> None:
+    """DRBD's outdate-peer at the fence device: a outdates b; b (Outdated) can neither fence
+    nor clear its own mark; a still fences; a clears the mark; status says Outdated."""
+    lab, log = device
+    res = agent(lab, "action=outdate", "plug=b", "nodename=a", cmd=cmd, asker="a")
+    assert res.returncode == 0 and "outdate b: node b is Outdated (by a)" in res.stdout, res
+    for action in ("off", "outdate", "reboot", "on"):
+        res = agent(lab, f"action={action}", "plug=a", cmd=cmd, asker="b")
+        assert res.returncode == 1, res
+        assert "node b is Outdated (by a): it may not fence" in res.stdout
+    res = agent(lab, "action=unoutdate", "plug=b", cmd=cmd, asker="b")
+    assert res.returncode == 1 and "node b is Outdated (by a)" in res.stdout
+    st = agent(lab, "action=status", "plug=b", cmd=cmd, asker="b")  # status: anyone may ask
+    assert st.returncode == 2 and "node b is off, Outdated (by a)" in st.stdout
+    marks = json.loads((lab.dir / STATE_FILE).read_text())  # kept in the lab dir: a
+    assert marks["outdated"]["b"]["by"] == "a"                # restarted device keeps it
+    res = agent(lab, "action=unoutdate", "plug=b", cmd=cmd, asker="a")
+    assert res.returncode == 0 and "node b is no longer Outdated" in res.stdout
+    assert load_marks(lab)["outdated"] == {}
+    res = agent(lab, "action=unoutdate", "plug=b", cmd=cmd, asker="a")
+    assert res.returncode == 0 and "node b was not Outdated" in res.stdout
+    seen = [json.loads(line) for line in log.getvalue().splitlines()]
+    assert [(s["from"], s["action"], s["ok"]) for s in seen][:2] == [("a", "outdate", True),
+                                                                     ("b", "off", False)]
+
+
+@AGENTS
+def test_the_outdating_node_still_fences_and_a_powered_off_node_may_not(device, cmd) -> None:
+    lab, _ = device
+    booted = []
+    lab.boot_node = booted.append  # the fake lab has no QEMU: "on" only records the boot
+    assert agent(lab, "action=outdate", "plug=b", cmd=cmd, asker="a").returncode == 0
+    res = agent(lab, "action=off", "plug=b", cmd=cmd, asker="a")
+    assert res.returncode == 0 and "node b is off" in res.stdout
+    assert agent(lab, "action=unoutdate", "plug=b", cmd=cmd, asker="a").returncode == 0
+    res = agent(lab, "action=off", "plug=a", cmd=cmd, asker="b")  # b's request, queued
+    assert res.returncode == 1                                   # before it went off
+    assert "node b was powered off (by a) and has not been on since" in res.stdout
+    assert agent(lab, "action=on", "plug=b", cmd=cmd, asker="a").returncode == 0
+    assert booted == ["b"] and load_marks(lab)["off"] == {}
+    assert agent(lab, "action=outdate", "plug=a", cmd=cmd, asker="b").returncode == 0
+
+
+def test_crossing_requests_are_served_one_by_one_the_first_wins(tmp_path) -> None:
+    """Both nodes ask to fence each other at once (one fabric down): the device serves them
+    in turn, and the second asker is by then powered off, so refused."""
+    lab, log = _fake_lab(tmp_path), io.StringIO()
+    for asker, plug in (("a", "b"), ("b", "a")):
+        (lab.node_dir(asker) / "share" / "fence" / "r.req").write_text(
+            f"action=off\nplug={plug}\nreply=kv\nend=1\n")
+    assert serve_once(lab, log) == 2
+    first, second = ((lab.node_dir(n) / "share" / "fence" / "r.ans").read_text() for n in "ab")
+    assert "ok=1" in first and "detail=node b is off" in first
+    assert "ok=0" in second and "node b was powered off (by a)" in second
+
+
+def test_a_node_booted_since_its_off_may_fence_again(tmp_path, monkeypatch) -> None:
+    """An off mark holds until the node is on again, by the device's `on` or by the lab's own
+    boot (a new start time for its QEMU)."""
+    lab = _fake_lab(tmp_path)
+    state = json.loads(lab.state_path.read_text())
+    state["nodes"]["b"]["started"] = 1.0
+    lab.state_path.write_text(json.dumps(state))
+    assert carry_out(lab, "off", "b", "a")["ok"]
+    assert not carry_out(lab, "status", "a", "b")["outdated"]
+    assert "powered off (by a)" in carry_out(lab, "off", "a", "b")["detail"]
+    state["nodes"]["b"]["started"] = 2.0  # booted again, outside the fence device
+    lab.state_path.write_text(json.dumps(state))
+    monkeypatch.setattr(Lab, "node_alive", lambda self, node: node == "b")
+    res = carry_out(lab, "outdate", "a", "b")
+    assert res["ok"] and res["detail"] == "node a is Outdated (by b)"
+    assert load_marks(lab)["off"] == {}
+
+
+def test_a_mark_that_cannot_be_kept_is_not_claimed(tmp_path) -> None:
+    lab = _fake_lab(tmp_path)
+    (lab.dir / STATE_FILE).with_suffix(".tmp").mkdir()  # the atomic write cannot happen
+    res = carry_out(lab, "outdate", "b", "a")
+    assert not res["ok"] and "the mark could not be kept" in res["detail"]
