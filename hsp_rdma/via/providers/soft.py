@@ -98,6 +98,14 @@ ACK_TICK_S = max(0.05, min(1.0, ACK_TIMEOUT_MS / 4000))
 WAITER_READS = os.environ.get("HSP_VIA_SOFT_WAITER_READS", "1") != "0"
 LINGER_S = 0.002
 PLOCK_WAIT_S = 0.002
+# Link emulation (drills): with HSP_VIA_SOFT_LINKS_DIR=DIR set when a NIC soft:NAME opens, a
+# watcher thread of that NIC looks for DIR/NAME.down every LINK_POLL_S; while it exists the
+# NIC's port is down, as a pulled cable: every connected VI goes to ERROR (CONN_LOST, posted
+# descriptors flushed, the error callback told, after a PORT_DOWN report for the NIC) and its
+# stream is shut, so the peer's VI breaks too; connects from or to the NIC fail until the file
+# is gone. Without the variable nothing is watched and nothing costs anything.
+LINKS_DIR_ENV = "HSP_VIA_SOFT_LINKS_DIR"
+LINK_POLL_S = 0.025
 HANDSHAKE_S = 10.0  # a connecting peer must say who it wants within this
 DRAIN_S = 2.0  # after refusing a peer: how long its stream is read (so our NAK reaches it)
 
@@ -595,6 +603,10 @@ class _Listener:
             nic.note(f"connection from {peer[0]}:{peer[1]} refused before HELLO: {exc}")
             _close(s)
             return
+        if nic.link_down:  # a pulled cable: the request never arrives (the peer sees EOF)
+            nic.count("link_down_refused")
+            _close(s)
+            return
         req = ConnRequest(nic, s, stream, NetAddress(self.host, disc),
                           NetAddress(peer[0], disc), _attrs_of(h[5], h[6], h[4]))
         req.offer = offer
@@ -638,6 +650,18 @@ class Nic:
         self._cv = threading.Condition()
         self._incoming: dict[tuple[str, bytes], deque[ConnRequest]] = {}
         self._closing = False
+        self.link_down = False  # the port is down (link emulation, LINKS_DIR_ENV)
+        self.link_file: str | None = None
+        self._link_stop: threading.Event | None = None
+        links = os.environ.get(LINKS_DIR_ENV)
+        if links:
+            self.link_file = os.path.join(links, f"{label}.down")
+            self._link_stop = threading.Event()
+            if os.path.exists(self.link_file):
+                self.link_down = True
+                self.count("link_down")
+            threading.Thread(target=self._watch_link, daemon=True,
+                             name=f"via-soft-link-{label}").start()
 
     @property
     def handles(self) -> dict[int, Region]:
@@ -658,10 +682,49 @@ class Nic:
             except Exception as exc:  # noqa: BLE001 - a handler's bug must not kill the thread
                 print(f"hsp_rdma.via: error handler raised {exc!r}", file=sys.stderr)
 
+    def _watch_link(self) -> None:
+        """The link watcher (LINKS_DIR_ENV): the port goes down while the file exists."""
+        stop, path = self._link_stop, self.link_file
+        while not stop.wait(LINK_POLL_S):
+            down = os.path.exists(path)
+            if down == self.link_down:
+                continue
+            self.link_down = down  # first: connects from here on fail
+            if down:
+                self.count("link_down")
+                self._port_down()
+            else:
+                self.count("link_up")
+                self.note(f"{self.name}: port up again ({path} removed)")
+
+    def _port_down(self) -> None:
+        """The port went down: the NIC is told (PORT_DOWN), every connection breaks as on a
+        port error, and requests not yet accepted are dropped."""
+        why = f"the port of {self.name} is down (link pulled: {self.link_file} exists)"
+        self.note(why)
+        self.report(ErrorDescriptor(self, None, "PORT", "PORT_DOWN", why))
+        with self._cv:
+            for q in self._incoming.values():
+                for req in q:
+                    _close(req.sock)
+            self._incoming.clear()
+        for vi in list(self.vis):
+            conn = vi.conn
+            if conn is None or vi.state is not ViState.CONNECTED:
+                continue
+            vi._broken(conn, "CONN_LOST", f"connection lost: {why}")
+            conn._break_stream()  # the peer's side breaks as well (its stream ends)
+
+    def _link_refusal(self) -> str:
+        return (f"{self.name}: the port is down (link pulled: {self.link_file} exists); "
+                "connects fail until it is removed")
+
     def close(self) -> None:
         if self._closing:
             return
         self._closing = True
+        if self._link_stop is not None:
+            self._link_stop.set()
         for vi in list(self.vis):
             vi.destroy(force=True)
         for lst in self.listeners.values():
@@ -700,7 +763,8 @@ def system_management_info(nic: Nic, info_type: int = 0) -> dict:
     (refused_handle, refused_range, refused_ptag, refused_permission, refused_hello,
     garbage, truncated, length_errors, empty_queue, no_match)."""
     return {"nic": nic.name, "info_type": info_type,
-            "state": "1: DOWN" if nic.closed else "4: ACTIVE", "phys_state": "5: LinkUp",
+            "state": "1: DOWN" if nic.closed or nic.link_down else "4: ACTIVE",
+            "phys_state": "3: Disabled" if nic.link_down else "5: LinkUp",
             "link_layer": "TCP", "rate": "software", "counters": dict(nic.counters),
             "hw_counters": {}, "notes": list(nic.notes)}
 
@@ -745,6 +809,9 @@ def connect_accept(conn: ConnRequest, vi: Vi) -> None:
         raise VipInvalidParameter("the VI does not belong to the NIC that took the request")
     if vi.state is not ViState.IDLE:
         raise VipInvalidState(f"VI is {vi.state.name}: only an IDLE VI accepts")
+    if conn.nic.link_down:
+        _close(conn.sock)
+        raise VipNotReachable(conn.nic._link_refusal())
     if conn.reliability != vi.attrs.reliability_level:
         conn._reject(VipReturn.INVALID_RELIABILITY_LEVEL)
         raise VipInvalidReliabilityLevel(
@@ -823,6 +890,8 @@ def connect_request(vi: Vi, local: NetAddress, remote: NetAddress,
     if vi.state is not ViState.IDLE:
         raise VipInvalidState(f"VI is {vi.state.name}, not IDLE: cannot connect")
     _check_host(remote, "remote")
+    if vi.nic.link_down:
+        raise VipNotReachable(vi.nic._link_refusal())
     timeout_ms = 60000 if timeout_ms is None else max(int(timeout_ms), 1)
     deadline = time.monotonic() + timeout_ms / 1000
     port = port_of(remote.discriminator)
@@ -1744,6 +1813,10 @@ class Vi:
                 _close(conn.sock)
                 raise VipInvalidState("the VI was destroyed (or its NIC closed) while it "
                                       "connected")
+            if self.nic.link_down:
+                self.state = ViState.IDLE
+                _close(conn.sock)
+                raise VipNotReachable(self.nic._link_refusal())
             self.conn, self.peer_attrs = conn, peer
             self.state = ViState.CONNECTED
             conn.start()
