@@ -72,15 +72,24 @@ def _answer_text(ans: dict, kv: bool) -> str:
                    for k, v in ans.items())
 
 
+class UnreadableMarks(Exception):
+    """The marks file is there and cannot be read: the message says which and what to do."""
+
+
 def load_marks(lab: Lab) -> dict:
     """The device's marks: {"outdated": {node: {"by", "t"}}, "off": {node: {"by", "t",
-    "started"}}}; empty when none was written (or it is unreadable: then none is trusted)."""
+    "started"}}}; empty when none was written. UnreadableMarks when the file is unreadable (a
+    mark is never forgotten silently: requests are then refused until it is fixed)."""
+    path = lab.dir / STATE_FILE
     try:
-        marks = json.loads((lab.dir / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        marks = {}
+        marks = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {"outdated": {}, "off": {}}
+    except (OSError, ValueError) as exc:
+        raise UnreadableMarks(f"the fence marks in {path} are unreadable ({exc}): fix or remove "
+                         "that file") from None
     if not isinstance(marks, dict):
-        marks = {}
+        raise UnreadableMarks(f"the fence marks in {path} are not a JSON object: fix or remove it")
     return {k: dict(marks.get(k) or {}) for k in ("outdated", "off")}
 
 
@@ -119,7 +128,10 @@ def carry_out(lab: Lab, action: str, plug: str, asker: str | None = None) -> dic
     if action not in ("off", "on", "reboot", "status", "monitor", "outdate", "unoutdate"):
         return {"ok": False, "detail": f"unknown action {action!r}: off, on, reboot, status, "
                                        "outdate, unoutdate"}
-    marks = load_marks(lab)
+    try:
+        marks = load_marks(lab)
+    except UnreadableMarks as exc:
+        return {"ok": False, "detail": str(exc)}
     before = json.dumps(marks, sort_keys=True)
     ans = _carry_out(lab, marks, action, plug, asker)
     if json.dumps(marks, sort_keys=True) != before:

@@ -220,3 +220,10 @@ def test_a_mark_that_cannot_be_kept_is_not_claimed(tmp_path) -> None:
     (lab.dir / STATE_FILE).with_suffix(".tmp").mkdir()  # the atomic write cannot happen
     res = carry_out(lab, "outdate", "b", "a")
     assert not res["ok"] and "the mark could not be kept" in res["detail"]
+
+
+def test_unreadable_marks_refuse_rather_than_forget(tmp_path) -> None:
+    lab = _fake_lab(tmp_path)
+    (lab.dir / STATE_FILE).write_text("{half")
+    res = carry_out(lab, "off", "a", "b")
+    assert not res["ok"] and "fence marks" in res["detail"] and "unreadable" in res["detail"]

@@ -124,7 +124,7 @@ def test_status_fault_and_fence_device_know_every_node(tmp_path: Path) -> None:
         lab.fault("c", "link", "x", "down")
     with pytest.raises(LabError, match="unknown node 'd': the lab's nodes are a, b, c"):
         lab.fault("d", "kill")
-    assert carry_out(lab, "status", "c") == {"ok": True, "power": "off",
+    assert carry_out(lab, "status", "c") == {"ok": True, "power": "off", "outdated": False,
                                              "detail": "node c is off"}
     assert "the lab's nodes are a, b, c" in carry_out(lab, "off", "d")["detail"]
     req = lab.node_dir("c") / "share" / "fence" / "r1.req"  # asked from node c, about a
