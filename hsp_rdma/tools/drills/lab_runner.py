@@ -2,7 +2,9 @@
 guests a (the first active) and b, the lab's fence device as fence action
 (``hsp_rdma.lab.fence_agent.SH_COMMAND``, the sh agent: ms to start in a busy guest, where
 ``python -m`` took ~2 s and ``-I -S`` ~1 s), faults through ``Lab.fault`` (kill = the guest's
-QEMU killed, pause/resume = QMP stop/cont).
+QEMU killed, pause/resume = QMP stop/cont, pull/plug = the fabric's link down/up, netem = tc
+netem in the guest, heal = every pulled link up and every netem cleared); corrupt and audit are
+drill command files (``runner.StepDriver``) the driver writes into the node's share.
 
 A guest has no network path to the host: the workload's acks come out as ``ack`` events on
 the lab's command channel (the job's stdout, streamed through the node's 9p share) and the
@@ -12,7 +14,8 @@ upper bound). At the end the survivor writes its P.mem and journal into its shar
 driver reads them. Before each drill the lab is healed (a killed node booted, a paused one
 resumed), as the test fixture does.
 
-Steps supported: those of ``soft_runner.SUPPORTED``; others are refused before anything runs.
+Steps supported: those of ``soft_runner.SUPPORTED`` and netem, on either fabric; gso and
+restart are refused before anything runs (``unsupported``).
 """
 
 from __future__ import annotations
@@ -25,15 +28,27 @@ from pathlib import Path
 from hsp_rdma.errors import LabError
 from hsp_rdma.lab import Lab, fence_agent
 from hsp_rdma.tools.drills.acklog import Ack, AckWriter, read_acklog
-from hsp_rdma.tools.drills.runner import DrillResult, DrillsUnavailable
+from hsp_rdma.tools.drills.runner import (
+    DrillResult,
+    DrillsUnavailable,
+    StepDriver,
+    command_file,
+)
 from hsp_rdma.tools.drills.scenario import Scenario
-from hsp_rdma.tools.drills.soft_runner import UNTIL_EVENT, judge_drill
+from hsp_rdma.tools.drills.soft_runner import SUPPORTED, judge_drill
+from hsp_rdma.tools.drills.soft_runner import unsupported as _unsupported
 from hsp_rdma.tools.guest import GuestRun
 from hsp_rdma.tools.lab_config import write_node_configs
 
 TIMEOUTS = {"heartbeat_interval": 100, "heartbeat_timeout": 1000, "connect": 90000,
             "commit": 10000}
 GUEST_SHARE = "/hsp"  # where a guest sees its writable share
+LAB_SUPPORTED = SUPPORTED | {"netem"}
+
+
+def unsupported(scenario: Scenario) -> str | None:
+    """Why SCENARIO cannot run in the lab, or None."""
+    return _unsupported(scenario, LAB_SUPPORTED, None, "in the lab")
 
 
 class _Events:
@@ -110,8 +125,8 @@ class LabRunner:
             fence={"action": fence_agent.SH_COMMAND, "timeout": 60000})
         writer = AckWriter(ack_path)
         procs = {n: _Events(n, writer) for n in ("a", "b")}
-        role_of = {"active": "a", "standby": "b"}
-        fault_t: float | None = None
+        pulled: set[tuple[str, str]] = set()
+        netems: set[tuple[str, str]] = set()
 
         def poll() -> None:
             for p in procs.values():
@@ -125,6 +140,39 @@ class LabRunner:
                     raise RuntimeError(f"no {what} in {timeout:g} s")
                 time.sleep(0.01)
 
+        def fault(node: str, step) -> None:
+            if step.do in ("pull", "plug"):
+                lab.fault(node, "link", step.fabric, "down" if step.do == "pull" else "up")
+                (pulled.add if step.do == "pull" else pulled.discard)((node, step.fabric))
+                return
+            if step.do == "netem":
+                lab.fault(node, "netem", step.fabric, step.spec)
+                (netems.discard if step.spec == "clear" else netems.add)((node, step.fabric))
+                return
+            try:
+                lab.fault(node, step.do)
+            except LabError:
+                if step.do != "resume" or lab.node_alive(node):
+                    raise
+                # resumed after the fence powered it off: nothing to resume
+
+        def heal_links() -> None:
+            for node, fab in sorted(pulled):
+                if lab.node_alive(node):
+                    lab.fault(node, "link", fab, "up")
+            pulled.clear()
+            for node, fab in sorted(netems):
+                if lab.node_alive(node):
+                    lab.fault(node, "netem", fab, "clear")
+            netems.clear()
+
+        def sleep(seconds: float) -> None:
+            end = time.monotonic() + seconds
+            wait(lambda: time.monotonic() >= end, seconds + 1, "time")
+
+        driver = StepDriver(procs, fault, heal_links,
+                            lambda n, seq, cmd: command_file(shares[n], seq, cmd),
+                            wait, sleep, time.monotonic)
         try:
             for n, p in procs.items():
                 p.run.job = lab.spawn(n, [sys.executable, "-m",
@@ -133,28 +181,14 @@ class LabRunner:
                                       timeout=600, on_stdout=p.run.feed)
             wait(lambda: procs["a"].find("serving") and procs["b"].find("started"), 180,
                  "pair serving")
-            for step in scenario.steps:
-                if step.do == "wait":
-                    if step.until is not None:
-                        ev = UNTIL_EVENT[step.until]
-                        wait(lambda ev=ev: procs["b"].find("failover", ev),
-                             step.timeout_s or 60, f"event {step.until}")
-                    if step.wait_s:
-                        end = time.monotonic() + step.wait_s
-                        wait(lambda end=end: time.monotonic() >= end, step.wait_s + 1, "time")
-                    continue
-                node = role_of[step.node]
-                if fault_t is None and step.do in ("kill", "pause"):
-                    fault_t = time.monotonic()
-                try:
-                    lab.fault(node, step.do)
-                except LabError:
-                    if step.do != "resume" or lab.node_alive(node):
-                        raise
-                    # resumed after the fence powered it off: nothing to resume
+            driver.run(scenario.steps)
         except (RuntimeError, LabError) as exc:
             problems.append(str(exc))
         finally:
+            try:
+                heal_links()  # (the survivor's final state goes out on a healthy pair)
+            except LabError as exc:
+                problems.append(f"healing the links after the drill: {exc}")
             survivor = "b" if procs["b"].find("failover", "active") else "a"
             (shares[survivor] / "stop").touch()
             try:
@@ -177,7 +211,7 @@ class LabRunner:
         pmem = shares[survivor] / f"pmem-{survivor}.bin"
         journal = shares[survivor] / f"journal-{survivor}.final"
         return judge_drill(scenario, procs, read_acklog(ack_path),
-                           _read(pmem), _read(journal), fault_t, problems)
+                           _read(pmem), _read(journal), driver.fault_t, problems)
 
 
 def _read(path: Path) -> bytes | None:

@@ -2,10 +2,19 @@
 returns a ``DrillResult`` (what was measured); ``judge`` holds it against the scenario's
 checks. Running a drill needs the node engine (hsp_rdma.ha.node) and the failover machine
 (hsp_rdma.core.failover); until a runner is built on them, ``make_runner`` says so.
+
+``StepDriver`` runs a scenario's steps for the soft and lab runners, which give it their own
+faults (``fault``), command files (``put_command``) and clock-keeping wait (``wait``): a
+``wait until`` takes only an event that came after the last action step, ``corrupt`` goes to
+the node that was standby when the drill began, ``audit`` to the node serving now, each as a
+drill command file (``command_file``) answered by a ``command_done`` event.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -66,6 +75,166 @@ class DrillRunner(Protocol):
     verifies the survivor with tools.drills.ledger.verify_acked."""
 
     def run(self, scenario: Scenario) -> DrillResult: ...
+
+
+# scenario events (``wait until``) -> the engine's history note (a node's ``failover`` event,
+# ``what``) and whose events tell it: "b" the node that was standby when the drill began,
+# None either node
+UNTIL_EVENT = {"suspected": "suspected", "fenced": "fence_result", "promoted": "active",
+               "resync-started": "resync_started", "resync-done": "resync_done",
+               "audit-done": "audit_done"}
+UNTIL_NODE = {"suspected": "b", "fenced": "b", "promoted": "b"}
+COMMAND_TIMEOUT_S = 30.0  # a drill command file is answered (command_done) within this
+AUDIT_TIMEOUT_S = 60.0  # an audit's audit_done follows its command_done within this
+
+
+class Events(Protocol):
+    """One node's events as a runner collected them (dicts with ``event``, ``t``, ...)."""
+
+    events: list[dict]
+
+
+def find_event(node: Events, event: str, what: str | None = None, since: int = 0,
+               ok: bool | None = None) -> dict | None:
+    """NODE's first EVENT (with ``what`` = WHAT, ``ok`` = OK when given) from index SINCE
+    on. A fence_result counts for ``fenced`` only when ok (when OK is True)."""
+    for e in node.events[since:]:
+        if e.get("event") != event or (what is not None and e.get("what") != what):
+            continue
+        if ok is not None and bool(e.get("ok")) != ok:
+            continue
+        return e
+    return None
+
+
+def until_event(procs: dict[str, Events], until: str,
+                since: dict[str, int] | None = None) -> dict | None:
+    """The event that ends ``wait until UNTIL``, if it came (after SINCE[node])."""
+    what = UNTIL_EVENT[until]
+    nodes = [UNTIL_NODE[until]] if until in UNTIL_NODE else list(procs)
+    for n in nodes:
+        start = (since or {}).get(n, 0)
+        e = find_event(procs[n], "failover", what, start, True if until == "fenced" else None)
+        if e is None and what == "audit_done":
+            e = find_event(procs[n], "audit_done", None, start)
+        if e is not None:
+            return e
+    return None
+
+
+def _audit_events(events: list[dict]) -> list[dict]:
+    return [e for e in events if (e.get("event") == "failover" and e.get("what") == "audit_done")
+            or e.get("event") == "audit_done"]
+
+
+def event_results(procs: dict[str, Events]) -> tuple[bool, int, int]:
+    """(resync, resync_bytes, audit_repairs) from the nodes' events: a resync ran when a
+    ``resync_done`` was noted; its bytes are those the SyncSource side noted; audit repairs
+    are the ``repairs`` of the audits of the node serving at the time (a's before b's
+    promotion, b's from it on), so an audit both sides note is counted once."""
+    resync_done = [e for p in procs.values() for e in p.events
+                   if e.get("event") == "failover" and e.get("what") == "resync_done"]
+    resync_bytes = sum(int(e.get("bytes") or 0) for e in resync_done
+                       if e.get("side") == "SyncSource")
+    promoted = find_event(procs["b"], "failover", "active") if "b" in procs else None
+    t_b = promoted["t"] if promoted is not None else None
+    repairs = 0
+    for name, p in procs.items():
+        for e in _audit_events(p.events):
+            if name == "a" and t_b is not None and e.get("t", 0) >= t_b:
+                continue  # the old active's, after the standby took over
+            if name == "b" and (t_b is None or e.get("t", 0) < t_b):
+                continue  # the standby's side of an audit (the active counts it)
+            repairs += int(e.get("repairs") or 0)
+    return bool(resync_done), resync_bytes, repairs
+
+
+def command_file(folder: Path, seq: int, command: dict[str, Any]) -> Path:
+    """Write drill command SEQ into FOLDER as ``cmd-SEQ.json`` (a temp name renamed: the
+    node never reads half a file)."""
+    path = folder / f"cmd-{seq}.json"
+    tmp = folder / f".cmd-{seq}.json.tmp"
+    tmp.write_text(json.dumps(command), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+class StepDriver:
+    """Runs a scenario's steps on nodes a (the active when the drill began) and b. PROCS:
+    name -> the node's events; FAULT(node, step) does kill/pause/resume/pull/plug/netem;
+    HEAL() clears every pull and netem done; PUT_COMMAND(node, seq, command) drops a drill
+    command file in the node's directory; WAIT(pred, timeout_s, what) waits (RuntimeError
+    when it runs out); SLEEP(seconds). ``fault_t``: the driver's clock at the first kill,
+    pause or pull."""
+
+    FAULTS = ("kill", "pause", "pull")
+
+    def __init__(self, procs: dict[str, Events], fault: Callable[[str, Any], None],
+                 heal: Callable[[], None], put_command: Callable[[str, int, dict], None],
+                 wait: Callable[[Callable[[], Any], float, str], None],
+                 sleep: Callable[[float], None], clock: Callable[[], float]):
+        self.procs, self.fault, self.heal = procs, fault, heal
+        self.put_command, self.wait, self.sleep, self.clock = put_command, wait, sleep, clock
+        self.fault_t: float | None = None
+        self.since = {n: 0 for n in procs}
+        self.seq = {n: 0 for n in procs}
+
+    def serving(self) -> str:
+        """The node serving now: b once it promoted, else a."""
+        return "b" if find_event(self.procs["b"], "failover", "active") else "a"
+
+    def _mark(self) -> None:
+        self.since = {n: len(p.events) for n, p in self.procs.items()}
+
+    def command(self, node: str, command: dict) -> dict:
+        """Send COMMAND to NODE and wait for its command_done; RuntimeError if not ok."""
+        self.seq[node] += 1
+        seq = self.seq[node]
+        start = len(self.procs[node].events)
+        self.put_command(node, seq, command)
+        done: list[dict] = []
+
+        def answered() -> bool:
+            for e in self.procs[node].events[start:]:
+                if e.get("event") == "command_done" and e.get("seq") == seq:
+                    done.append(e)
+                    return True
+            return False
+
+        self.wait(answered, COMMAND_TIMEOUT_S, f"command_done of {command['do']} (cmd-{seq}) "
+                  f"from node {node}")
+        if not done[0].get("ok"):
+            raise RuntimeError(f"node {node} could not {command['do']}: "
+                               f"{done[0].get('detail') or 'no detail given'}")
+        return done[0]
+
+    def run(self, steps) -> None:
+        role_of = {"active": "a", "standby": "b"}
+        for step in steps:
+            if step.do == "wait":
+                if step.until is not None:
+                    since = dict(self.since)
+                    self.wait(lambda u=step.until, s=since: until_event(self.procs, u, s),
+                              step.timeout_s or 60, f"event {step.until}")
+                if step.wait_s:
+                    self.sleep(step.wait_s)
+                continue
+            self._mark()
+            if step.do == "corrupt":
+                self.command("b", {"do": "corrupt", "what": step.what, "index": step.index})
+            elif step.do == "audit":
+                node = self.serving()
+                start = len(self.procs[node].events)
+                self.command(node, {"do": "audit"})
+                self.wait(lambda n=node, s=start: until_event({n: self.procs[n]}, "audit-done",
+                                                              {n: s}),
+                          AUDIT_TIMEOUT_S, f"audit_done from node {node}")
+            elif step.do == "heal":
+                self.heal()
+            else:
+                if self.fault_t is None and step.do in self.FAULTS:
+                    self.fault_t = self.clock()
+                self.fault(role_of[step.node], step)
 
 
 def judge(scenario: Scenario, result: DrillResult) -> list[str]:
@@ -132,7 +301,10 @@ def make_runner(target: Target | SoftTarget) -> DrillRunner:
 
 def why_unavailable(target: Target | SoftTarget, scenario: Scenario) -> str | None:
     """Why ``scenario`` cannot run on ``target`` today (None: it can)."""
-    if isinstance(target, (SoftTarget, LabTarget)):
+    if isinstance(target, SoftTarget):
         from hsp_rdma.tools.drills.soft_runner import unsupported
         return unsupported(scenario)
+    if isinstance(target, LabTarget):
+        from hsp_rdma.tools.drills.lab_runner import unsupported as lab_unsupported
+        return lab_unsupported(scenario)
     return None

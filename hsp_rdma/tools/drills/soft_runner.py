@@ -1,14 +1,19 @@
 """Drills on this host over the soft VIA provider (``soft:NAME``, TCP on 127.0.0.1/.2): two
 node processes (``tools/drills/drill_node.py``), each with its failover engine; the fence
 action is ``tools/drills/host_fence.py`` (kills the fenced node's process). Faults are done to
-the processes: ``kill`` = SIGKILL, ``pause``/``resume`` = SIGSTOP/SIGCONT. The driver keeps the
+the processes: ``kill`` = SIGKILL, ``pause``/``resume`` = SIGSTOP/SIGCONT; ``pull``/``plug`` of
+fabric x = the soft provider's link emulation (each node runs with HSP_VIA_SOFT_LINKS_DIR =
+WORK/links and its NIC soft:a or soft:b goes down while WORK/links/a.down or b.down exists),
+``heal`` removes every such file; ``corrupt`` and ``audit`` are drill command files
+(``runner.StepDriver``) in the node's own directory WORK/a or WORK/b. The driver keeps the
 ack log (``acklog``: one TCP connection per serving node, each line stamped with this host's
 monotonic clock, which the nodes share), then checks the survivor's P.mem ledger and disk
 journal against it (``ledger.verify_acked``, ``check_replay``).
 
-Steps supported: wait (for, until suspected/fenced/promoted), kill, pause, resume. A scenario
-with any other step (pull, plug, netem, gso, corrupt, heal, audit, restart) is refused before
-anything starts (``unsupported``): those need link control, resync or audit, not built yet.
+Steps supported: wait (for, until suspected/fenced/promoted/resync-started/resync-done/
+audit-done), kill, pause, resume, pull, plug (fabric x: the soft pair has no other), heal,
+corrupt, audit. A scenario with any other step (netem, gso, restart) is refused before
+anything starts (``unsupported``).
 """
 
 from __future__ import annotations
@@ -28,13 +33,23 @@ from pathlib import Path
 
 from hsp_rdma.tools.drills.acklog import AckWriter, blackout_ms, pump, read_acklog
 from hsp_rdma.tools.drills.ledger import check_ledger, check_replay, verify_acked
-from hsp_rdma.tools.drills.runner import DrillResult
+from hsp_rdma.tools.drills.runner import (
+    UNTIL_EVENT,
+    DrillResult,
+    StepDriver,
+    command_file,
+    event_results,
+)
 from hsp_rdma.tools.drills.scenario import Scenario
 from hsp_rdma.tools.lab_config import write_node_configs
 from hsp_rdma.via.providers import soft
 
-SUPPORTED = {"wait", "kill", "pause", "resume"}
-UNTIL_EVENT = {"suspected": "suspected", "fenced": "fence_result", "promoted": "active"}
+SUPPORTED = {"wait", "kill", "pause", "resume", "pull", "plug", "heal", "corrupt", "audit"}
+WHY_NOT = {"netem": "netem needs tc on a real interface (the soft provider has none): run it "
+                    "in the lab (--lab rxe|siw)",
+           "gso": "a Graceful Switch Over from a drill step is not built yet",
+           "restart": "booting a killed node again (rejoin) is not built yet"}
+SOFT_FABRICS = ("x",)  # the soft pair's one fabric: NIC soft:a / soft:b
 INFO = {"a": {"x": {"rdma_dev": "soft:a", "ipv4": "127.0.0.1"}},
         "b": {"x": {"rdma_dev": "soft:b", "ipv4": "127.0.0.2"}}}
 TIMEOUTS = {"heartbeat_interval": 100, "heartbeat_timeout": 1000, "connect": 30000,
@@ -42,19 +57,23 @@ TIMEOUTS = {"heartbeat_interval": 100, "heartbeat_timeout": 1000, "connect": 300
 DISK_SIZE = 16 << 20
 
 
-def unsupported(scenario: Scenario, supported: set[str] = SUPPORTED) -> str | None:
-    """Why SCENARIO cannot run yet, or None."""
-    bad = sorted({s.do for s in scenario.steps} - supported)
-    bad += [f"wait until {s.until}" for s in scenario.steps
-            if s.do == "wait" and s.until is not None and s.until not in UNTIL_EVENT]
-    if scenario.checks.resync:
-        bad.append("a resync check")
-    if scenario.checks.audit_repairs is not None:
-        bad.append("an audit check")
+def unsupported(scenario: Scenario, supported: set[str] = SUPPORTED,
+                fabrics: tuple[str, ...] | None = SOFT_FABRICS,
+                where: str = "over the soft provider") -> str | None:
+    """Why SCENARIO cannot run here (SUPPORTED steps, FABRICS that can be pulled; None:
+    any), or None."""
+    bad = []
+    for do in sorted({s.do for s in scenario.steps} - supported):
+        bad.append(f"{do} ({WHY_NOT.get(do, 'not built yet')})")
+    for until in sorted({s.until for s in scenario.steps if s.do == "wait" and s.until
+                         and s.until not in UNTIL_EVENT}):
+        bad.append(f"wait until {until} (no runner waits for that event yet)")
+    if fabrics is not None:
+        for fab in sorted({s.fabric for s in scenario.steps if s.fabric} - set(fabrics)):
+            bad.append(f"fabric {fab} (the pair here has only {', '.join(fabrics)})")
     if not bad:
         return None
-    return (f"its step(s) {', '.join(bad)} need link control, resync or audit in the node "
-            "engine, not built yet (issue 12); kill, pause, resume and wait run today")
+    return f"{', '.join(bad)}: cannot run {where} (issue 12)"
 
 
 class _NodeProc:
@@ -125,7 +144,13 @@ class SoftRunner:
         for node, path in paths.items():
             path.write_text(path.read_text().replace("NODE", node))
             (work / f"journal-{node}.img").write_bytes(bytes(DISK_SIZE))
-        env = dict(os.environ, HSP_VIA_SOFT_PORT_BASE=str(soft.random_port_base()))
+        links = work / "links"
+        links.mkdir()
+        dirs = {n: work / n for n in ("a", "b")}  # each node's own: its commands, its dumps
+        for d in dirs.values():
+            d.mkdir()
+        env = dict(os.environ, HSP_VIA_SOFT_PORT_BASE=str(soft.random_port_base()),
+                   **{soft.LINKS_DIR_ENV: str(links)})
         # the driver's ack log: one connection per serving node
         listener = socket.create_server(("127.0.0.1", 0))
         listener.settimeout(0.2)
@@ -154,10 +179,31 @@ class SoftRunner:
         threading.Thread(target=accept, daemon=True).start()
         scen_path = scenario.path or ""
         argv = [sys.executable, "-m", "hsp_rdma.tools.drills.drill_node"]
-        procs = {n: _NodeProc(n, [*argv, str(paths[n]), scen_path, ack_addr, str(work)],
+        procs = {n: _NodeProc(n, [*argv, str(paths[n]), scen_path, ack_addr, str(dirs[n])],
                               work, env) for n in ("a", "b")}
-        role_of = {"active": "a", "standby": "b"}
-        fault_t: float | None = None
+
+        def fault(node: str, step) -> None:
+            if step.do in ("pull", "plug"):
+                down = links / f"{node}.down"  # fabric x: the node's one NIC, soft:NODE
+                if step.do == "pull":
+                    down.touch()
+                else:
+                    down.unlink(missing_ok=True)
+                return
+            sig = {"kill": signal.SIGKILL, "pause": signal.SIGSTOP,
+                   "resume": signal.SIGCONT}[step.do]
+            try:
+                procs[node].proc.send_signal(sig)
+            except ProcessLookupError:
+                pass  # resumed after the fence powered it off: nothing to resume
+
+        def heal() -> None:
+            for f in links.glob("*.down"):
+                f.unlink(missing_ok=True)
+
+        driver = StepDriver(procs, fault, heal,
+                            lambda n, seq, cmd: command_file(dirs[n], seq, cmd),
+                            _wait, time.sleep, time.monotonic)
         try:
             deadline = time.monotonic() + 60
             while not all(p.find("started") for p in procs.values()):
@@ -170,28 +216,13 @@ class SoftRunner:
                 time.sleep(0.05)
             if not procs["a"].find("serving"):
                 _wait(lambda: procs["a"].find("serving"), 20, "the active's workload to start")
-            for step in scenario.steps:
-                if step.do == "wait":
-                    if step.until is not None:
-                        ev = UNTIL_EVENT[step.until]
-                        _wait(lambda ev=ev: procs["b"].find("failover", ev),
-                              step.timeout_s or 60, f"event {step.until}")
-                    if step.wait_s:
-                        time.sleep(step.wait_s)
-                    continue
-                p = procs[role_of[step.node]]
-                sig = {"kill": signal.SIGKILL, "pause": signal.SIGSTOP,
-                       "resume": signal.SIGCONT}[step.do]
-                if fault_t is None and step.do in ("kill", "pause"):
-                    fault_t = time.monotonic()
-                try:
-                    p.proc.send_signal(sig)
-                except ProcessLookupError:
-                    pass  # resumed after the fence powered it off: nothing to resume
+            driver.run(scenario.steps)
         except RuntimeError as exc:
             problems.append(str(exc))
         finally:
-            (work / "stop").touch()
+            heal()  # (a node still running must not stop on a pulled link)
+            for d in dirs.values():
+                (d / "stop").touch()
             for p in procs.values():
                 if p.proc.poll() is None:
                     try:
@@ -204,13 +235,13 @@ class SoftRunner:
             for t in pumps:
                 t.join(5)
             writer.close()
-        return self._judge(scenario, work, procs, ack_path, fault_t, problems)
+        return self._judge(scenario, dirs, procs, ack_path, driver.fault_t, problems)
 
-    def _judge(self, scenario: Scenario, work: Path, procs: dict, ack_path: Path,
+    def _judge(self, scenario: Scenario, dirs: dict[str, Path], procs: dict, ack_path: Path,
                fault_t: float | None, problems: list[str]) -> DrillResult:
         survivor = "b" if procs["b"].find("failover", "active") else "a"
-        pmem_file = work / f"pmem-{survivor}.bin"
-        journal_file = work / f"journal-{survivor}.final"
+        pmem_file = dirs[survivor] / f"pmem-{survivor}.bin"
+        journal_file = dirs[survivor] / f"journal-{survivor}.final"
         return judge_drill(scenario, procs, read_acklog(ack_path),
                            pmem_file.read_bytes() if pmem_file.exists() else None,
                            journal_file.read_bytes() if journal_file.exists() else None,
@@ -263,9 +294,10 @@ def judge_drill(scenario: Scenario, procs: dict, log, ledger: bytes | None,
     err = procs[survivor].find("workload_stopped")
     if err:
         problems.append(f"node {survivor}'s workload stopped: {err['why']}")
+    resync, resync_bytes, audit_repairs = event_results(procs)
     return DrillResult(scenario.name, len(log.ids), len(lost), two,
-                       None if blackout is None else round(blackout, 1), detect, 0, 0,
-                       failover, False, tuple(problems))
+                       None if blackout is None else round(blackout, 1), detect,
+                       resync_bytes, audit_repairs, failover, resync, tuple(problems))
 
 
 def _wait(pred, timeout: float, what: str) -> None:
