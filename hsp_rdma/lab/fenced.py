@@ -93,6 +93,12 @@ def load_marks(lab: Lab) -> dict:
     return {k: dict(marks.get(k) or {}) for k in ("outdated", "off")}
 
 
+def clear_marks(lab: Lab) -> None:
+    """Forget every mark (Outdated, powered off): for a lab healed between drills or tests,
+    so one drill's outdated standby does not stay unable to fence in the next."""
+    (lab.dir / STATE_FILE).unlink(missing_ok=True)
+
+
 def _save_marks(lab: Lab, marks: dict) -> None:
     _write_atomically(lab.dir / STATE_FILE, json.dumps(marks, sort_keys=True))
 

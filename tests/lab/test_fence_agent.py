@@ -17,7 +17,7 @@ import pytest
 
 from hsp_rdma.lab import Lab
 from hsp_rdma.lab.fence_agent import COMMAND, SH_COMMAND
-from hsp_rdma.lab.fenced import STATE_FILE, carry_out, load_marks, serve_once
+from hsp_rdma.lab.fenced import STATE_FILE, carry_out, clear_marks, load_marks, serve_once
 
 
 def _fake_lab(root: Path) -> Lab:
@@ -227,3 +227,30 @@ def test_unreadable_marks_refuse_rather_than_forget(tmp_path) -> None:
     (lab.dir / STATE_FILE).write_text("{half")
     res = carry_out(lab, "off", "a", "b")
     assert not res["ok"] and "fence marks" in res["detail"] and "unreadable" in res["detail"]
+
+
+@pytest.mark.lab
+def test_outdate_arbitration_from_the_guests(healthy_lab: Lab) -> None:
+    """In the lab: each guest asks through its own share (the device knows who asks): a
+    outdates b (sh agent); b may not fence a (sh agent) nor clear its own mark (py agent);
+    a clears it. Nothing is powered off; the marks are cleared whatever happens."""
+    lab = healthy_lab
+
+    def ask(node: str, cmd: str, *lines: str):
+        text = "\\n".join([*lines, "timeout=60"])
+        return lab.exec(node, ["sh", "-c", f"printf '{text}\\n' | {cmd}"], timeout=90)
+
+    try:
+        res = ask("a", SH_COMMAND, "action=outdate", "plug=b", "nodename=a")
+        assert res.rc == 0 and "node b is Outdated (by a)" in res.stdout, (res.stdout, res.stderr)
+        res = ask("b", SH_COMMAND, "action=off", "plug=a")
+        assert res.rc == 1 and "node b is Outdated (by a): it may not fence" in res.stdout
+        res = ask("b", COMMAND, "action=unoutdate", "plug=b")
+        assert res.rc == 1 and "node b is Outdated (by a)" in res.stdout
+        res = ask("b", SH_COMMAND, "action=status", "plug=a")
+        assert res.rc == 0 and "node a is on" in res.stdout  # status: anyone may ask
+        res = ask("a", COMMAND, "action=unoutdate", "plug=b")
+        assert res.rc == 0 and "node b is no longer Outdated" in res.stdout
+        assert load_marks(lab)["outdated"] == {} and lab.node_alive("a")
+    finally:
+        clear_marks(lab)
