@@ -52,7 +52,9 @@ on oam and reconnects the channel, and the re-send repairs it.
 
 Transactions. Only a complete message is delivered (``Deliver``), in transaction-id order,
 once. The message bodies (P.mem writes, disk writes and flushes, configuration commands) are
-encoded by ``encode_pmem`` / ``encode_disk`` / ``encode_config`` and decoded with bounds checks;
+encoded by ``encode_pmem`` / ``encode_disk`` / ``encode_config`` (and an audit's digests by
+``encode_audit``: it travels on the channel it audits, so it is a fence in that stream) and
+decoded with bounds checks;
 the engine applies a delivered transaction as one step of its loop, so a failover or switch-over
 (same loop) never sees half of one.
 """
@@ -641,12 +643,17 @@ class TxKind(enum.IntEnum):
     DISK_FLUSH = 3
     CONFIG = 4
     DISK_WRITE_FLUSH = 5  # DISK_WRITE's body; the standby makes the disk stable after it
+    AUDIT = 6  # the active's digests of some chunks of one region (``encode_audit``)
 
 
 _TX = struct.Struct("<BI")  # kind, count
 _PMEM_W = struct.Struct("<QI")  # offset, length
 _DISK_W = struct.Struct("<HQI")  # disk index, offset, length
 _FLUSH = struct.Struct("<H")
+_AUDIT = struct.Struct("<QHIQ")  # audit id, target, chunk size, first chunk; then u32 CRCs
+AUDIT_PMEM = 0xFFFF  # an audit's target: P.mem (else the index of a disk)
+AUDIT_MAX_CHUNK = 1 << 24  # bytes of one audited chunk, at most
+AUDIT_MAX_CHUNKS = 1 << 16  # digests in one audit transaction, at most
 _TX_KINDS = {int(k): k for k in TxKind}
 
 
@@ -678,12 +685,72 @@ def encode_config(command: dict) -> bytes:
     return _TX.pack(TxKind.CONFIG, 1) + json.dumps(command, sort_keys=True).encode()
 
 
+@dataclass(frozen=True, slots=True)
+class AuditRequest:
+    """One audit transaction: the active's CRC32C of chunks ``first`` .. ``first + len(crcs)
+    - 1`` (each ``chunk`` bytes, the region's last one possibly shorter) of ``target``
+    (``AUDIT_PMEM`` or a disk index), taken at this point of the channel's stream."""
+
+    audit_id: int
+    target: int
+    chunk: int
+    first: int
+    crcs: tuple[int, ...]
+
+
+def audit_digests(data: bytes | bytearray | memoryview, chunk: int) -> list[int]:
+    """CRC32C of each CHUNK-byte slice of DATA (the last one possibly shorter): both sides of
+    an audit digest with this (the CRC path the frames use, see ``use_crc32c_hardware``)."""
+    mv = memoryview(data)
+    hw = _HW
+    return [_crc(mv[off:off + chunk], 0, hw) for off in range(0, len(mv), chunk)]
+
+
+def encode_audit(audit_id: int, target: int, chunk: int, first: int,
+                 crcs: list[int] | tuple[int, ...]) -> bytes:
+    if not 0 < len(crcs) <= AUDIT_MAX_CHUNKS:
+        raise ValueError(f"an audit transaction carries 1 to {AUDIT_MAX_CHUNKS} digests, "
+                         f"not {len(crcs)}")
+    if not 0 < chunk <= AUDIT_MAX_CHUNK:
+        raise ValueError(f"an audit chunk is 1 to {AUDIT_MAX_CHUNK} bytes, not {chunk}")
+    return b"".join((_TX.pack(TxKind.AUDIT, len(crcs)),
+                     _AUDIT.pack(audit_id, target, chunk, first),
+                     struct.pack(f"<{len(crcs)}I", *crcs)))
+
+
+def _decode_audit(message: bytes, count: int, pmem_size: int,
+                  disk_sizes: tuple[int, ...]) -> AuditRequest:
+    pos = _TX.size
+    if pos + _AUDIT.size > len(message):
+        raise TxError("truncated audit header")
+    audit_id, target, chunk, first = _AUDIT.unpack_from(message, pos)
+    pos += _AUDIT.size
+    if not 0 < count <= AUDIT_MAX_CHUNKS:
+        raise TxError(f"audit {audit_id} carries {count} digests (1 to {AUDIT_MAX_CHUNKS})")
+    if len(message) != pos + 4 * count:
+        raise TxError(f"audit {audit_id}: {len(message) - pos} bytes of digests, "
+                      f"{4 * count} announced")
+    if not 0 < chunk <= AUDIT_MAX_CHUNK:
+        raise TxError(f"audit {audit_id}: a chunk of {chunk} bytes (1 to {AUDIT_MAX_CHUNK})")
+    if target == AUDIT_PMEM:
+        size, what = pmem_size, "P.mem"
+    elif target < len(disk_sizes):
+        size, what = disk_sizes[target], f"disk {target}"
+    else:
+        raise TxError(f"audit {audit_id} of disk {target}, which does not exist")
+    if (first + count - 1) * chunk >= size:
+        raise TxError(f"audit {audit_id}: chunks {first}..{first + count - 1} of {chunk} "
+                      f"bytes go beyond {what} ({size} bytes)")
+    return AuditRequest(audit_id, target, chunk, first,
+                        struct.unpack_from(f"<{count}I", message, pos))
+
+
 def decode_tx(message: bytes, pmem_size: int = 1 << 62,
               disk_sizes: tuple[int, ...] = ()) -> tuple[TxKind, list]:
     """(kind, items) of MESSAGE, every offset checked against the region sizes given.
 
     Items: PMEM [(offset, bytes)], DISK_WRITE and DISK_WRITE_FLUSH [(disk, offset, bytes)],
-    DISK_FLUSH [disk], CONFIG [dict].
+    DISK_FLUSH [disk], CONFIG [dict], AUDIT [AuditRequest].
     """
     if len(message) < _TX.size:
         raise TxError("transaction shorter than its header")
@@ -724,6 +791,9 @@ def decode_tx(message: bytes, pmem_size: int = 1 << 62,
             raise TxError(f"flush of disk {disk}, which does not exist")
         pos += _FLUSH.size
         items.append(disk)
+    elif kind is TxKind.AUDIT:
+        items.append(_decode_audit(message, count, pmem_size, disk_sizes))
+        pos = len(message)
     else:
         try:
             items.append(json.loads(bytes(mv[pos:])))

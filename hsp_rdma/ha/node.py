@@ -95,6 +95,9 @@ class _ChannelLink:
     send_addrs: dict[int, int] = field(default_factory=dict)  # slot -> its buffer's address
     up: bool = False
     lost: str = ""
+    unposted: list[int] = field(default_factory=list)  # receive slots flushed in error
+    early: list[bytes] = field(default_factory=list)  # frames of a new connection before
+    # the reconnect thread fed it Connected (the loop reaps while that thread connects)
 
 
 class _FabricPort:
@@ -284,6 +287,12 @@ class Node:
         self.heartbeats = {"sent": 0, "received": 0}
         self._started = time.monotonic()
         self._pending_lost: list[tuple[Channel, str]] = []
+        # runtime reconnect (after start): channels to connect again, and the thread doing it
+        self._running = False
+        self._reconnect: set[Channel] = set()
+        self._reconnect_wake = threading.Event()
+        self._reconnector: threading.Thread | None = None
+        self.reconnects = 0
         # fault injection for drills and tests (tools/ifa_pair --kill-mid-tx): called with
         # each Send action before it is posted, in the loop thread
         self.before_send: Callable[[ifa.Send], None] | None = None
@@ -305,6 +314,7 @@ class Node:
         self._connect_all()
         self._thread = threading.Thread(target=self._loop, name=f"hsp-node-{self.config.name}",
                                         daemon=True)
+        self._running = True
         self._thread.start()
         self._start_control()
         return self
@@ -320,7 +330,7 @@ class Node:
         for ch in CHANNELS:
             for slot in range(self.config.replication.credits):
                 self._post_recv(port.links[ch], slot, size)
-        if self.role == "active":
+        if self.config.role == "active":  # by config: a restarted node may start standby
             for ch in CHANNELS:
                 self._connect_channel(ch, deadline)
         else:
@@ -449,23 +459,25 @@ class Node:
                 self._feed_lost()
 
     def _reset_link(self, ch: Channel) -> None:
-        """Back to IDLE with every receive posted again and every send slot free."""
+        """Back to IDLE with every receive posted again and every send slot free. Under the
+        loop's lock: the loop may be reaping this VI's queues (a runtime reconnect)."""
         link = self._port.links[ch]
-        link.up = False
-        try:
-            via.VipDisconnect(link.vi)
-        except via.VipError:
-            pass  # a connect that failed left the VI IDLE already
-        size = self.config.replication.message_size
-        slots = []
-        while (d := via.VipRecvDone(link.vi)) is not None:
-            slots.append(d.slot)
-        while (d := via.VipSendDone(link.vi)) is not None:
-            link.free.append(d.slot)
-        for slot in slots:
-            self._post_recv(link, slot, size)
         with self._lock:
-            self._pending_lost.clear()
+            link.up = False
+            try:
+                via.VipDisconnect(link.vi)
+            except via.VipError:
+                pass  # a connect that failed left the VI IDLE already
+            size = self.config.replication.message_size
+            slots, link.unposted = link.unposted, []
+            while (d := via.VipRecvDone(link.vi)) is not None:
+                slots.append(d.slot)
+            while (d := via.VipSendDone(link.vi)) is not None:
+                link.free.append(d.slot)
+            for slot in slots:
+                self._post_recv(link, slot, size)
+            self._pending_lost = [p for p in self._pending_lost if p[0] != ch]
+            link.early.clear()  # (the old connection is gone: only the next one's frames)
             self._run(self.session.feed(ifa.Disconnected(ch)))
 
     def _start_control(self) -> None:
@@ -475,14 +487,39 @@ class Node:
             return
         path = self.config.socket_path
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._audit().start_periodic()  # when the config sets audit_interval
         self._control = ControlServer(path, {"status": lambda _req: self.status(),
-                                             "digest": lambda _req: self.digest()}).start()
+                                             "digest": lambda _req: self.digest(),
+                                             "audit": lambda req: self._audit().control(req)}
+                                      ).start()
+
+    def _audit(self):
+        """The node's auditor (``ha/audit.py``), made at its first use."""
+        auditor = getattr(self, "auditor", None)
+        if auditor is None:
+            from hsp_rdma.ha.audit import Auditor
+            with self._lock:
+                auditor = getattr(self, "auditor", None) or Auditor(self)
+                self.auditor = auditor
+        return auditor
+
+    def audit_now(self) -> int:
+        """Start an audit of P.mem and every disk against the standby's (on the active; returns
+        at once with the audit's id: ``status()["audit"]`` and, with a failover engine, its
+        ``audit_done`` note follow). Raises NodeError on a standby or a pair not in step."""
+        if self.role != "active":
+            raise NodeError(f"node {self.config.name} is the {self.role}: run the audit on "
+                            "the active (it is authoritative), e.g. hsp audit --now there")
+        return self._audit().start_run()
 
     def close(self) -> None:
         self._stop = True
         self._wake()
+        self._reconnect_wake.set()
         if self._thread is not None:
             self._thread.join(5)
+        if self._reconnector is not None:
+            self._reconnector.join(5)
         if self._control is not None:
             self._control.close()
         if self._port is not None:
@@ -517,23 +554,43 @@ class Node:
                             "start it again")
         timeout = self.config.timeouts.commit / 1000 if timeout is None else timeout
         deadline = time.monotonic() + timeout
+        queued = False
         if self.failover is not None:
-            with self._lock:
-                try:
-                    alone = self.failover.commit_gate(ch, mode)
-                except Exception as exc:  # noqa: BLE001 - failover_engine.CommitRefused
-                    raise NodeError(f"{ch.name.lower()}: no commit: {exc}") from None
-                if alone:  # serving alone after a confirmed fence: done here
-                    return self.failover.local_txid(ch)
+            while True:
+                with self._lock:
+                    try:
+                        gate = self.failover.commit_gate(ch, mode, message)
+                    except Exception as exc:  # noqa: BLE001 - failover_engine.CommitRefused
+                        raise NodeError(f"{ch.name.lower()}: no commit: {exc}") from None
+                    if gate == "local":  # serving alone, the peer fenced or outdated
+                        return self.failover.local_txid(ch)
+                    queued = gate == "queue"  # alone: replicated when the peer is back
+                if gate != "wait":
+                    break
+                # the peer was just lost and is being outdated: hold the commit until the
+                # fence device answers (then local, or refused), within the commit timeout
+                if time.monotonic() >= deadline:
+                    raise CommitTimeout(f"{ch.name.lower()}: not committed in {timeout:.1f} s: "
+                                        "the peer is lost and the fence device has not "
+                                        "answered the outdate yet")
+                with self._cv:
+                    self._cv.wait(min(0.05, max(0.0, deadline - time.monotonic())))
         with self._lock:
             try:
                 txid, actions = self.session.submit(ch, message, mode)
             except ValueError as exc:
                 raise NodeError(f"{ch.name.lower()}: {exc}") from exc
             self._run(actions)
+        if queued:
+            return txid
         index = mode - 1  # the watermark: ASYNC sent, RECEIVED received, APPLIED applied
+        failover = self.failover
         with self._cv:
             while self._marks[ch][index] < txid:
+                if failover is not None and failover.alone_ok:
+                    # the peer was lost after this was sent and is now fenced or outdated:
+                    # acknowledged here alone (the core sends it again when the peer is back)
+                    return txid
                 if self._dead:
                     raise NodeError(f"{ch.name.lower()} transaction {txid} cannot be "
                                     f"{mode.name.lower()}: {self._dead}; close the node and "
@@ -701,6 +758,7 @@ class Node:
 
     def _on_recv(self, ch: Channel, link: _ChannelLink, d) -> None:
         if d.status & _STATUS_ERROR:
+            link.unposted.append(d.slot)  # posted again by the reset before a reconnect
             self._lose(ch, f"receive completed in error "
                        f"({getattr(d, 'reason', '') or hex(d.status)})")
             return
@@ -712,6 +770,9 @@ class Node:
         except via.VipError as exc:
             self._lose(ch, f"cannot re-post a receive: {exc}")
         if data:  # a zero-length message is the peer's kick (see _kick), not a frame
+            if not link.up:  # a runtime reconnect's new connection, not fed Connected yet
+                link.early.append(data)
+                return
             if self.failover is not None and not self.failover.admit(ch, data):
                 return  # another epoch's frame: refused by the failover engine
             self._run(self.session.feed(ifa.FrameReceived(ch, data)))
@@ -731,6 +792,87 @@ class Node:
             self._run(self.session.feed(ifa.Disconnected(ch)))
             if self.failover is not None:
                 self.failover.link_lost(ch, why)
+            if self._running:
+                self._want_reconnect(ch)
+
+    # ---- runtime reconnect ------------------------------------------------------------------
+    # A channel lost after start is connected again by its own thread, as at start (the node
+    # whose config says active connects, the other listens), until it is back or the node
+    # closes; the loop goes on meanwhile (heart beats, the detector, local commits). The core
+    # re-sends on the new link what the peer lacks. The failover engine decides what the loss
+    # means (heart-beat silence on every fabric), not this thread.
+    RECONNECT_PAUSE_S = 0.5
+
+    def _want_reconnect(self, ch: Channel) -> None:
+        self._reconnect.add(ch)
+        self._reconnect_wake.set()
+        if self._reconnector is None or not self._reconnector.is_alive():
+            self._reconnector = threading.Thread(
+                target=self._reconnect_loop, name=f"hsp-reconnect-{self.config.name}",
+                daemon=True)
+            self._reconnector.start()
+
+    def _reconnect_loop(self) -> None:
+        connects = self.config.role == "active"
+        fab = self._port.config
+        while not self._stop:
+            with self._lock:
+                todo = [ch for ch in CHANNELS if ch in self._reconnect]
+            if not todo:
+                self._reconnect_wake.wait(1.0)
+                self._reconnect_wake.clear()
+                continue
+            for ch in todo:
+                if self._stop:
+                    return
+                try:
+                    if self._port.links[ch].up or via.VipQueryVi(
+                            self._port.links[ch].vi)[0] is not via.ViState.IDLE:
+                        self._reset_link(ch)
+                    local = via.NetAddress(fab.local, self._disc(ch))
+                    if connects:
+                        via.VipConnectRequest(self._port.links[ch].vi, local,
+                                              via.NetAddress(fab.peer, self._disc(ch)), 1000)
+                    else:
+                        req = via.VipConnectWait(self._port.nic, local, 100)
+                        via.VipConnectAccept(req, self._port.links[ch].vi)
+                except via.VipTimeout:
+                    continue
+                except via.VipError as exc:
+                    with self._lock:
+                        self._port.links[ch].lost = f"reconnecting: {exc}"
+                    continue
+                self._rejoined(ch)
+            if self._reconnect:
+                self._reconnect_wake.wait(self.RECONNECT_PAUSE_S if connects else 0.05)
+                self._reconnect_wake.clear()
+
+    def _rejoined(self, ch: Channel) -> None:
+        """CH's new connection: feed Connected (our HELLO goes) and what came before it;
+        wait for the peer's HELLO (the loop takes it); no HELLO in HELLO_WAIT_S: made again."""
+        link = self._port.links[ch]
+        stream = self.session.streams[ch]
+        with self._lock:
+            link.up, link.lost = True, ""
+            self._run(self.session.feed(ifa.Connected(ch)))
+            self._kick(link)
+            early, link.early = link.early, []
+            for data in early:
+                if self.failover is None or self.failover.admit(ch, data):
+                    self._run(self.session.feed(ifa.FrameReceived(ch, data)))
+        end = time.monotonic() + HELLO_WAIT_S
+        while not self._stop and time.monotonic() < end:
+            with self._lock:
+                if not link.up:
+                    return  # lost again: the loss put it back on the list
+                if stream.link is not None and stream.link.synced:
+                    self._reconnect.discard(ch)
+                    self.reconnects += 1
+                    self._alarm(f"{ch.name.lower()}: reconnected on fabric "
+                                f"{self._port.config.name}")
+                    return
+            time.sleep(0.01)
+        self._reset_link(ch)
 
     # ---- actions ----------------------------------------------------------------------------
     def _run(self, actions: list) -> None:
@@ -789,7 +931,11 @@ class Node:
             if ch == Channel.OAM:
                 kind, body = act.message[:1], act.message[1:]
                 if kind == bytes([OAM_SYSTEM]):
-                    self.oam.events.append(json.loads(body))
+                    event = json.loads(body)
+                    if isinstance(event, dict) and "audit" in event:
+                        self._audit().on_message(event)  # ha/audit.py: answers, results
+                    else:
+                        self.oam.events.append(event)
                 else:
                     self.oam.inbox.put(bytes(body))
                 return ifa.Applied(ch, act.txid)
@@ -812,6 +958,8 @@ class Node:
                         stable(self._disks[disk].fd)
             elif kind is ifa.TxKind.DISK_FLUSH:
                 stable(self._disks[items[0]].fd)
+            elif kind is ifa.TxKind.AUDIT:
+                self._audit().answer(items[0])  # digest our copy here, in stream order
             elif kind is ifa.TxKind.CONFIG:
                 if self.on_config is None:
                     raise NodeError("no configuration apply callback is registered "
@@ -891,4 +1039,5 @@ class Node:
                 "heartbeats": dict(self.heartbeats),
                 "alarms": list(self.alarms),
                 **({"failover": self.failover.status()} if self.failover is not None else {}),
+                **({"audit": self.auditor.status()} if getattr(self, "auditor", None) else {}),
             }
