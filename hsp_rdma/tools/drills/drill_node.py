@@ -10,6 +10,16 @@ Prints JSON events on stdout, one per line, each with ``t`` (this host's monoton
 notes them, ``final`` when the driver asked it to stop (``DIR/stop`` exists): its status, and
 P.mem dumped to ``DIR/pmem-<node>.bin`` and the journal disk to ``DIR/journal-<node>.final``
 for the driver's check. Exit 0 after ``final``.
+
+Drill commands: the driver writes ``DIR/cmd-<seq>.json`` (a temp name renamed), seq from 1;
+each is run once, in seq order, and answered by ``command_done`` (seq, ok, detail):
+``{"do": "corrupt", "what": "page"|"block", "index": N}`` overwrites P.mem page N (4 KiB) or
+4 KiB block N of the journal disk of this node with random bytes, behind the replication's
+back (a damaged standby copy for the audit to find); ``{"do": "audit"}`` starts an audit
+(``node.audit_now()``, on the active) and answers when it ended (or after
+``AUDIT_ANSWER_S``, still running): its ``audit_done`` shows as a ``failover`` event (the
+engine's note); an audit that failed answers ok false with the reason, and without an
+engine an ``audit_done`` event carries its counters.
 """
 
 from __future__ import annotations
@@ -31,6 +41,8 @@ from hsp_rdma.tools.drills import app
 from hsp_rdma.tools.drills.scenario import load_scenario
 
 _out_lock = threading.Lock()
+PAGE = 4096  # a corrupted P.mem page, a corrupted disk block
+AUDIT_ANSWER_S = 20.0  # an audit command is answered when the audit ended, or after this
 
 
 def emit(event: str, **kw) -> None:
@@ -61,6 +73,88 @@ class _DiskSink:
 
     def flush(self) -> None:
         pass  # each write was flushed with itself
+
+
+def corrupt(node: Node, what: str, index: int) -> str:
+    """Overwrite P.mem page INDEX or journal block INDEX of NODE with random bytes, here only;
+    what was done (ValueError saying what is wrong)."""
+    if what not in ("page", "block"):
+        raise ValueError(f"corrupt what={what!r}: a 'page' (of P.mem) or a 'block' (of the "
+                         "journal disk)")
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        raise ValueError(f"corrupt index={index!r}: a page or block number, 0 or more")
+    noise = os.urandom(PAGE)
+    with node._lock:  # between two applied transactions
+        if what == "page":
+            size = len(node._pmem)
+            if (index + 1) * PAGE > size:
+                raise ValueError(f"P.mem page {index} is beyond this node's P.mem of {size} B "
+                                 f"({size // PAGE} pages of {PAGE} B)")
+            node._pmem[index * PAGE:(index + 1) * PAGE] = noise
+            return f"P.mem page {index} of node {node.config.name} overwritten"
+        disk = node.disk.get("journal") or next(iter(node.disk.values()), None)
+        if disk is None:
+            raise ValueError("this node has no disk: no block to corrupt")
+        if (index + 1) * PAGE > disk.size:
+            raise ValueError(f"block {index} is beyond disk {disk.config.name} of {disk.size} B "
+                             f"({disk.size // PAGE} blocks of {PAGE} B)")
+        os.pwrite(disk.fd, noise, index * PAGE)
+        return f"block {index} of disk {disk.config.name} of node {node.config.name} overwritten"
+
+
+def run_command(node: Node, command: dict) -> tuple[bool, str]:
+    """(ok, detail) of one drill command."""
+    do = command.get("do") if isinstance(command, dict) else None
+    try:
+        if do == "corrupt":
+            return True, corrupt(node, command.get("what"), command.get("index"))
+        if do == "audit":
+            audit_id = node.audit_now()
+            rec = node.auditor.wait(audit_id, AUDIT_ANSWER_S)
+            if rec is None:
+                return True, f"audit {audit_id} started, still running after {AUDIT_ANSWER_S:g} s"
+            if rec["error"] is not None:
+                return False, f"audit {audit_id} failed: {rec['error']}"
+            if node.failover is None:
+                emit("audit_done", id=audit_id, repairs=rec["repairs"], chunks=rec["chunks"])
+            return True, (f"audit {audit_id}: {rec['chunks']} chunks, {rec['repairs']} "
+                          f"repaired, {rec['took_ms']} ms")
+    except (ValueError, HspError, OSError) as exc:
+        return False, str(exc)
+    return False, f"unknown drill command {command!r}: do is 'corrupt' or 'audit'"
+
+
+class Commands:
+    """``DIR/cmd-<seq>.json``, each run once in seq order, in a thread of its own (an audit
+    command waits for its audit; the main loop keeps watching for ``stop``)."""
+
+    def __init__(self, node: Node, work: Path):
+        self.node, self.work = node, work
+        self.next_seq = 1
+        self.queue: list[tuple[int, dict | None, str]] = []
+        self.cv = threading.Condition()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def poll(self, names: list[str]) -> None:
+        while f"cmd-{self.next_seq}.json" in names:
+            seq = self.next_seq
+            self.next_seq += 1
+            try:
+                command, why = json.loads((self.work / f"cmd-{seq}.json").read_text()), ""
+            except (OSError, ValueError) as exc:
+                command, why = None, f"cmd-{seq}.json cannot be read as JSON: {exc}"
+            with self.cv:
+                self.queue.append((seq, command, why))
+                self.cv.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self.cv:
+                while not self.queue:
+                    self.cv.wait()
+                seq, command, why = self.queue.pop(0)
+            ok, detail = (False, why) if command is None else run_command(self.node, command)
+            emit("command_done", seq=seq, ok=ok, detail=detail)
 
 
 def main(argv: list[str]) -> int:
@@ -132,7 +226,12 @@ def main(argv: list[str]) -> int:
 
     worker = threading.Thread(target=workload, daemon=True)
     worker.start()
-    while "stop" not in os.listdir(work):  # listed, not stat'ed: a 9p share may cache "absent"
+    commands = Commands(node, work)
+    while True:
+        names = os.listdir(work)  # listed, not stat'ed: a 9p share may cache "absent"
+        if "stop" in names:
+            break
+        commands.poll(names)
         time.sleep(0.02)
     stop.set()
     serving.set()
