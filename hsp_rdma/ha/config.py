@@ -31,6 +31,7 @@ default may be left out)::
     commit = "applied"              # async | received | applied (DRBD protocols A, B, C)
     message_size = "64 KiB"         # one receive buffer; larger messages are fragmented
     credits = 32                    # receives posted per channel = sends the peer may have out
+    resync_rate = "64 MiB"          # bytes per second a resync may send (DRBD's resync-rate)
 
     [timeouts]                      # milliseconds
     heartbeat_interval = 100
@@ -42,10 +43,19 @@ default may be left out)::
     action = "fence_ipmilan"        # program
     options = { ip = "10.1.1.1", username = "admin" }
     timeout = 30000
+    delay = 1000                    # ms the standby waits before it fences the active (below)
+    outdate = true                  # the active outdates a lost standby before serving alone
 
 Relative paths (``state_dir``, ``control_socket``, a disk's ``path``) are taken from the
 directory of the file. Sizes are bytes (an integer) or a string with a binary unit ("64 KiB",
 "16MiB"). Keys not shown above are refused, with the nearest known key suggested.
+
+With a fence action, an active that loses its standby asks the fence device to mark it
+Outdated (action ``outdate``: DRBD's outdate-peer) and serves alone only once that is
+confirmed; the standby waits ``delay`` before its own ``off`` of the active (Pacemaker's
+``pcmk_delay_base``), so with one fabric pulled the active, which still serves, wins: the
+device refuses a fence from an Outdated node. ``outdate = false``: the active refuses commits
+while alone instead (for fence agents without the action).
 """
 
 from __future__ import annotations
@@ -90,6 +100,7 @@ class ReplicationConfig:
     commit: str = "applied"
     message_size: int = 64 * 1024
     credits: int = 32
+    resync_rate: int = 64 << 20  # bytes per second
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +116,8 @@ class FenceConfig:
     action: str
     options: tuple[tuple[str, str], ...] = ()
     timeout: int = 30000  # ms
+    delay: int = 1000  # ms the standby waits before fencing the active
+    outdate: bool = True  # the active outdates a lost standby, then serves alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,9 +162,9 @@ KEYS: dict[str, tuple[str, ...]] = {
     "fabric.*": ("rdma_device", "local", "peer", "port"),
     "pmem": ("size",),
     "disk": ("name", "path", "size"),
-    "replication": ("commit", "message_size", "credits"),
+    "replication": ("commit", "message_size", "credits", "resync_rate"),
     "timeouts": ("heartbeat_interval", "heartbeat_timeout", "commit", "connect"),
-    "fence": ("action", "options", "timeout"),
+    "fence": ("action", "options", "timeout", "delay", "outdate"),
 }
 _HEADER = re.compile(r"\s*(\[\[?)\s*(.+?)\s*\]\]?\s*(?:#.*)?\Z")
 _KEY = re.compile(r"""\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')"""
@@ -430,7 +443,9 @@ def parse_node_config(text: str, source: str | Path | None = None) -> NodeConfig
         message_size=r.get(rep, at, "message_size", *_size_in(MIN_MESSAGE, MAX_MESSAGE),
                            default_rep.message_size),
         credits=r.get(rep, at, "credits", *_int_in(MIN_CREDITS, MAX_QUEUE_DEPTH),
-                      default_rep.credits))
+                      default_rep.credits),
+        resync_rate=r.get(rep, at, "resync_rate", *_size_in(64 << 10, 1 << 40),
+                          default_rep.resync_rate))
 
     at = ("timeouts",)
     tim = r.table(raw, at, KEYS["timeouts"], required=False) or {}
@@ -460,7 +475,11 @@ def parse_node_config(text: str, source: str | Path | None = None) -> NodeConfig
                               f'a string (fence agents read text), e.g. {key} = '
                               f'"{_shown(value)}"')
         fence = FenceConfig(action, tuple(options.items()),
-                            r.get(fen, at, "timeout", *TIMEOUT_MS, 30000))
+                            r.get(fen, at, "timeout", *TIMEOUT_MS, 30000),
+                            r.get(fen, at, "delay", *_int_in(0, 600_000), 1000),
+                            r.get(fen, at, "outdate",
+                                  lambda v: v if isinstance(v, bool) else None,
+                                  "true or false", True))
 
     return NodeConfig(name=name, peer=peer, role=role, state_dir=state_dir,
                       fabrics=tuple(fabrics), pmem_size=pmem_size,

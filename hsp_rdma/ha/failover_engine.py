@@ -12,20 +12,35 @@ Wiring into ``ha/node.py`` (small hooks there, all in the node's loop thread und
   and dropped: a returning old active cannot write. A newer epoch tells the machine
   (``PeerEpochSeen``): an active that sees one stops serving.
 - ``link_lost(channel, why)``: a broken channel is evidence (not a verdict) for the detector.
-- ``commit_gate(channel, mode)``: the application's commit on this node: refused when the
-  node does not serve; acknowledged locally when it serves alone after a confirmed fence
-  (the peer is powered off, nothing can be replicated); commits of an active that lost
-  its peer without fencing it are refused at once with the reason (the peer may take over
-  with what it had: the limit stated in ``core/failover.py``; and without resync nothing
-  written alone could reach the peer later).
+- ``commit_gate(channel, mode, message)``: the application's commit on this node: refused
+  when the node does not serve; acknowledged locally, its blocks marked in the dirty bitmaps
+  (``ha/resync.py``), when it serves alone after a confirmed fence: the peer powered off (a
+  promotion), or outdated (below); held ("wait") while the outdate runs; refused at once
+  with the reason when the peer could not be outdated (it may take over with what it had:
+  the limit stated in ``core/failover.py``).
+
+Link loss without node loss (one fabric, pulled): both sides suspect the other. The active
+(ACTIVE -> ACTIVE_ALONE) asks the fence device to mark the standby Outdated (action
+``outdate``, DRBD's outdate-peer; ``[fence] outdate``) and serves alone once that is
+confirmed; commits in flight at the loss are acknowledged then too (the core sends them again
+when the peer is back). The standby waits ``[fence] delay`` before its ``off`` of the active,
+which the device refuses from an Outdated node: it stays standby (IN_DOUBT, alarm). When the
+link is back the node's reconnect thread makes the channels again, heart beats restore both
+machines (SYNC_SOURCE / SYNC_TARGET), the resync sends what the bitmaps hold, the target is
+UpToDate at ``done`` and the active clears the mark (``unoutdate``). The arbitration is the
+fence device's (``lab/fenced.py``, ``tools/drills/host_fence.py``): the machine and its
+explorer see the outdate only as a fence of the standby that fails.
 
 Actions: ``PersistEpoch`` -> ``EpochStore`` (``<state_dir>/failover/``; written and fsync'd
 before ``Persisted`` is fed), ``FencePeer`` -> the configured fence agent (``ha/fence.py``,
 action ``off``, plug = the peer's name) in a thread, its answer fed back through the node's
 request queue; ``BecomeActive`` -> the session's epoch is the new one, the node's role is
 active, ``on_role`` is called; ``StopServing`` -> role standby, commits refused;
-``RaiseAlarm`` -> ``hsp status`` alarms and an ``oam`` report. Not built yet (an alarm says
-so): dirty bitmaps while alone, resync, rejoin of an old active as standby.
+``RaiseAlarm`` -> ``hsp status`` alarms and an ``oam`` report; ``StartDirtyTracking`` /
+``StopDirtyTracking`` / ``StartResync`` -> ``ha/resync.py``. A node that ran here before
+(persisted epochs) starts as a restarted standby and asks for a full resync. Not built yet
+(an alarm says so): ``Rejoin`` of a demoted old active in the same process (today it is
+restarted, which is the restarted-standby path).
 """
 
 from __future__ import annotations
@@ -43,6 +58,7 @@ from hsp_rdma.core.frames import Channel
 from hsp_rdma.core.ifa import HEADER, Commit
 from hsp_rdma.ha.fence import FenceAgent
 from hsp_rdma.ha.persist import Epochs, EpochStore
+from hsp_rdma.ha.resync import REQUEST_WAIT_S, DirtyTracker, ResyncSource, system_message
 
 HEARTBEAT = struct.Struct("<dQQB")  # sender's clock, count, its epoch, 1 when it serves
 
@@ -65,16 +81,29 @@ class FailoverEngine:
         epoch = max(node.session.epoch, saved.epoch if saved else 0)
         self.agent: FenceAgent | None = None
         self.fence_timeout = 30.0
+        self.fence_delay = 0.0
+        self.outdate_peer = False
         if cfg.fence is not None:
             self.agent = FenceAgent.parse(cfg.fence.action,
                                           [f"{k}={v}" for k, v in cfg.fence.options])
             self.fence_timeout = cfg.fence.timeout / 1000
+            self.fence_delay = cfg.fence.delay / 1000
+            self.outdate_peer = cfg.fence.outdate
         rank = fo.FailoverMachine.rank_of(cfg.name, cfg.peer)
         kw = {"manager": fo.Manager(cfg.manager), "fence_configured": self.agent is not None,
               "timeouts": fo.Timeouts(fence=self.fence_timeout + 5.0,
                                       fence_retry=max(1.0, self.timeout))}
-        make = fo.FailoverMachine.active if cfg.role == "active" else fo.FailoverMachine.standby
-        self.machine = make(epoch, rank, **kw)
+        # A node that ran here before (persisted epochs) restarts as a standby waiting for
+        # its peer, Consistent at best, and asks for a full resync (its P.mem is gone);
+        # a first start takes the pair as established (both empty, in sync).
+        self.restarted = saved is not None
+        if self.restarted:
+            self.machine = fo.FailoverMachine.restarted(epoch, saved.active_since, rank, **kw)
+            node.role = "standby"
+        else:
+            make = (fo.FailoverMachine.active if cfg.role == "active"
+                    else fo.FailoverMachine.standby)
+            self.machine = make(epoch, rank, **kw)
         if saved is None or saved.epoch < epoch:
             self.store.save(Epochs(epoch, epoch, epoch if cfg.role == "active" else 0))
         node.session.set_epoch(epoch)
@@ -87,8 +116,17 @@ class FailoverEngine:
         self.start_grace = max(self.timeout, cfg.timeouts.connect / 1000)
         self._first_tick: float | None = None
         self.timer: float | None = None  # the machine's
-        self.alone_ok = False  # serving alone after a confirmed fence of the peer
-        self.dirty_tracking = False
+        self.alone_ok = False  # serving alone after a confirmed fence (off or outdate)
+        self.outdating = False  # an outdate of the lost peer is running: commits wait
+        self.alone_refusal = ""  # why commits are refused while alone (no outdate)
+        self._outdate_retry_at: float | None = None
+        self.dirty = DirtyTracker(node, Path(cfg.state_dir) / "failover")
+        self.sync: ResyncSource | None = None  # this node is the SyncSource
+        self.sync_target_since: float | None = None  # this node is the SyncTarget
+        self._sync_request: dict | None = None  # the target's request, heard on oam
+        self._oam_seen = 0
+        self.resync_rate = cfg.replication.resync_rate
+        self.resyncs: list[dict] = []
         self.refused_frames: dict[str, int] = {}
         self.alarm: str | None = None
         self.history: list[dict] = []  # what happened, with the node's clock, for status
@@ -96,6 +134,7 @@ class FailoverEngine:
         self.suspected_at: float | None = None
         self.promoted_at: float | None = None
         self._events: deque = deque()
+        self._state_before = self.machine.state
         self._local: dict[Channel, int] = {}
         self._busy = False
         node.failover = self
@@ -105,10 +144,21 @@ class FailoverEngine:
     def serving(self) -> bool:
         return self.machine.serving
 
+    @property
+    def dirty_tracking(self) -> bool:
+        return self.dirty.on
+
     def status(self) -> dict:
         st = self.machine.status()
+        now = self.clock()
         st.update({"alarm": self.alarm, "refused_frames": dict(self.refused_frames),
-                   "dirty_tracking": self.dirty_tracking, "serving_alone": self.alone_ok,
+                   "dirty_tracking": self.dirty.on, "dirty": self.dirty.status(),
+                   "resync": (self.sync.status(now) if self.sync is not None else
+                              {"side": "SyncTarget",
+                               "seconds": round(now - self.sync_target_since, 3)}
+                              if self.sync_target_since is not None else None),
+                   "resyncs": list(self.resyncs[-4:]),
+                   "serving_alone": self.alone_ok, "outdating": self.outdating,
                    "fence_configured": self.agent is not None,
                    "fence_runs": list(self.fence_runs[-4:]),
                    "events": list(self.history[-16:])})
@@ -143,6 +193,13 @@ class FailoverEngine:
         if self.timer is not None and now >= self.timer:
             self.timer = None
             self._feed(fo.Tick(), now)
+        self._take_oam(now)
+        if self.sync is not None:
+            self._resync_step(now)
+        if (self._outdate_retry_at is not None and now >= self._outdate_retry_at
+                and self.machine.state is fo.FoState.ACTIVE_ALONE and not self.alone_ok
+                and not self.outdating):
+            self._outdate(now)
 
     def heard(self, message: bytes, now: float) -> None:
         if len(message) < HEARTBEAT.size:
@@ -183,25 +240,32 @@ class FailoverEngine:
         self._feed_detector(det.LinkEvidence(self.fabric, det.Evidence.DISCONNECTED,
                                              f"{channel.name.lower()}: {why}"), self.clock())
 
-    def commit_gate(self, channel: Channel, mode: Commit) -> bool:
-        """True: acknowledge locally (serving alone after a fence); False: replicate.
-        Raises NodeError-like text through ``refuse`` when this node must not commit."""
+    def commit_gate(self, channel: Channel, mode: Commit, message: bytes = b"") -> str:
+        """What the node does with a commit: "replicate" (as usual), "local" (acknowledged
+        here alone, its blocks marked dirty: serving alone after the peer was fenced off or
+        outdated), "queue" (alone too, but sent when the peer is back: configuration and oam,
+        which no bitmap can carry), "wait" (the peer was just lost and is being outdated: ask
+        again). Raises CommitRefused when this node must not commit."""
         if channel is Channel.HEALTH:
-            return False
+            return "replicate"
         m = self.machine
         if not m.serving:
             raise CommitRefused(f"this node does not serve (failover state {m.state.value}, "
                                 f"epoch {m.epoch}): commit on the active")
         if m.state is fo.FoState.ACTIVE_ALONE:
             if self.alone_ok:
-                return True
+                if channel is Channel.PMEM or channel is Channel.DISK:
+                    self.dirty.mark(message)
+                    return "local"
+                return "queue"
+            if self.outdating:
+                return "wait"
             # Even async waits for the frame to be sent, which needs the link: fail now,
             # with the reason, rather than after the commit timeout.
-            raise CommitRefused(
+            raise CommitRefused(self.alone_refusal or (
                 f"the peer is not heard and was not fenced: a {mode.name.lower()} commit "
-                "cannot be acknowledged now (the standby may take over with what it has; "
-                "resync after a link loss is not built yet)")
-        return False
+                "cannot be acknowledged now (the standby may take over with what it has)"))
+        return "replicate"
 
     def local_txid(self, channel: Channel) -> int:
         """A transaction acknowledged here alone: its number (counted per channel after the
@@ -249,8 +313,11 @@ class FailoverEngine:
                     self._raise_alarm(f"failover machine stopped: {exc}", now)
                     self._events.clear()
                     return
+                before = self._state_before
                 for act in actions:
                     self._do(act, now)
+                self._transition(before, self.machine.state, now)
+                self._state_before = self.machine.state
         finally:
             self._busy = False
 
@@ -288,12 +355,11 @@ class FailoverEngine:
                               "is not built yet (issue 12): restart this node as standby "
                               "with an empty state", now)
         elif isinstance(act, fo.StartDirtyTracking):
-            self.dirty_tracking = True  # bitmaps not kept yet (issue 12, resync)
+            self.dirty.on = True
         elif isinstance(act, fo.StopDirtyTracking):
-            self.dirty_tracking = False
+            self.dirty.on = False
         elif isinstance(act, fo.StartResync):
-            self._raise_alarm(f"a resync ({act.side.value}) is needed and is not built yet "
-                              "(issue 12)", now)
+            self._start_resync(act.side, now)
         elif isinstance(act, fo.RaiseAlarm):
             self._raise_alarm(act.reason, now)
         elif isinstance(act, fo.ClearAlarm):
@@ -302,6 +368,152 @@ class FailoverEngine:
         # a demoted old active does not (its session is stale: it needs a resync first).
         if self.machine.state is fo.FoState.STANDBY and self.machine.epoch > node.session.epoch:
             node.session.set_epoch(self.machine.epoch)
+
+    # ---- link loss without node loss: outdate, serve alone, resync ---------------------------
+    def _transition(self, before: fo.FoState, after: fo.FoState, now: float) -> None:
+        S = fo.FoState
+        if before is after:
+            return
+        if after is S.ACTIVE_ALONE and before in (S.ACTIVE, S.SYNC_SOURCE):
+            # the standby is lost while this node serves: stop the resync (what was in
+            # flight stays dirty), then outdate it at the fence device before serving alone
+            if self.sync is not None:
+                self.sync.abandon()
+                self._note("resync_stopped", now, side="SyncSource",
+                           out_of_sync=self.dirty.out_of_sync)
+                self.sync = None
+            self.alone_ok = False
+            self._outdate(now)
+        elif before is S.ACTIVE_ALONE and after is not S.ACTIVE_ALONE:
+            self.alone_ok = False  # the peer is back (or this node stopped serving)
+            self.outdating = False
+            self._outdate_retry_at = None
+        if before is S.SYNC_TARGET and after is not S.SYNC_TARGET:
+            self.sync_target_since = None
+        if after is not S.SYNC_SOURCE and self.sync is not None:
+            self.sync.abandon()
+            self.sync = None
+        with self.node._cv:  # commits waiting for the outdate ask again
+            self.node._cv.notify_all()
+
+    def _outdate(self, now: float) -> None:
+        self._outdate_retry_at = None
+        if self.agent is None or not self.outdate_peer:
+            self.alone_refusal = (
+                "the peer is not heard and " + ("no fence action is configured" if self.agent
+                                                 is None else "[fence] outdate is false")
+                + ": commits are refused while alone (the standby may take over with what "
+                "it has); with a fence action that can outdate the peer, this node would "
+                "serve alone")
+            self._raise_alarm(self.alone_refusal, now)
+            return
+        self.outdating = True
+        self._note("outdating", now, peer=self.node.config.peer)
+        node, peer, agent, timeout = self.node, self.node.config.peer, self.agent, \
+            self.fence_timeout
+
+        def run() -> None:
+            res = agent.run("outdate", peer, timeout, nodename=node.config.name)
+            node.call_in_loop(lambda: self._outdate_done(res.ok, res.detail, now))
+
+        threading.Thread(target=run, name=f"hsp-outdate-{peer}", daemon=True).start()
+
+    def _outdate_done(self, ok: bool, detail: str, started: float) -> None:
+        now = self.clock()
+        self.outdating = False
+        self._note("outdated", now, ok=ok, detail=detail,
+                   took_ms=round((now - started) * 1000, 1))
+        if self.machine.state is not fo.FoState.ACTIVE_ALONE:
+            pass  # the peer came back meanwhile: nothing to do with the answer
+        elif ok:
+            self.alone_ok = True
+            self.alone_refusal = ""
+            self.dirty.on = True
+            self.dirty.save_all()  # what the bitmaps hold from now on survives a crash
+        else:
+            self.alone_refusal = (f"the peer is not heard and could not be outdated ({detail}): "
+                                  "commits are refused while alone; outdating again in "
+                                  f"{self.machine.timeouts.fence_retry:g} s")
+            self._raise_alarm(self.alone_refusal, now)
+            self._outdate_retry_at = now + self.machine.timeouts.fence_retry
+        with self.node._cv:
+            self.node._cv.notify_all()
+
+    def _take_oam(self, now: float) -> None:
+        """The peer's resync messages among the node's oam system events."""
+        events = self.node.oam.events
+        if self._oam_seen > len(events):  # (the list is never cut today; be safe)
+            self._oam_seen = 0
+        new, self._oam_seen = events[self._oam_seen:], len(events)
+        for ev in new:
+            what = ev.get("resync") if isinstance(ev, dict) else None
+            if what == "request":
+                self._sync_request = ev
+                self._note("resync_request", now, full=bool(ev.get("full")))
+                if self.sync is not None and not self.sync.began:
+                    self.sync.begin(bool(ev.get("full")))
+            elif what == "done" and self.machine.state is fo.FoState.SYNC_TARGET:
+                took = now - (self.sync_target_since or now)
+                self._note("resync_done", now, side="SyncTarget",
+                           bytes=int(ev.get("bytes", 0)), blocks=int(ev.get("blocks", 0)),
+                           seconds=round(took, 3))
+                self.resyncs.append({"side": "SyncTarget", "bytes": int(ev.get("bytes", 0)),
+                                     "seconds": round(took, 3)})
+                self._feed(fo.ResyncDone(), now)
+
+    def _start_resync(self, side: fo.SyncSide, now: float) -> None:
+        self._note("resync_started", now, side=side.value, out_of_sync=self.dirty.out_of_sync)
+        if side is fo.SyncSide.TARGET:
+            self.sync_target_since = now
+            # a node that restarted has nothing to go by (its P.mem is empty): everything
+            system_message(self.node, {"resync": "request", "full": self.restarted})
+            return
+        self.sync = ResyncSource(self.node, self.dirty, self.resync_rate, now)
+        req, self._sync_request = self._sync_request, None
+        if req is not None:
+            self.sync.begin(bool(req.get("full")))
+
+    def _resync_step(self, now: float) -> None:
+        src = self.sync
+        if not src.began and now - src.started >= REQUEST_WAIT_S:
+            self._note("resync_request", now, full=False, waited_s=REQUEST_WAIT_S)
+            src.begin(False)  # the peer did not ask: it may not have noticed the outage
+        if not src.step(now) or src.done_sent:
+            return
+        src.done_sent = True
+        system_message(self.node, {"resync": "done", "bytes": src.sent_bytes,
+                                   "blocks": src.sent_blocks})
+        took = now - src.started
+        self._note("resync_done", now, side="SyncSource", bytes=src.sent_bytes,
+                   blocks=src.sent_blocks, seconds=round(took, 3))
+        self.resyncs.append({"side": "SyncSource", "bytes": src.sent_bytes,
+                             "blocks": src.sent_blocks, "seconds": round(took, 3)})
+        self.sync = None
+        self.dirty.save_all()
+        self._feed(fo.ResyncDone(), now)
+        self._unoutdate(now)
+
+    def _unoutdate(self, now: float) -> None:
+        """The peer has everything again: clear its Outdated mark at the fence device."""
+        if self.agent is None or not self.outdate_peer:
+            return
+        node, peer, agent, timeout = self.node, self.node.config.peer, self.agent, \
+            self.fence_timeout
+
+        def run() -> None:
+            res = agent.run("unoutdate", peer, timeout, nodename=node.config.name)
+            node.call_in_loop(lambda: self._unoutdated(res.ok, res.detail, now))
+
+        threading.Thread(target=run, name=f"hsp-unoutdate-{peer}", daemon=True).start()
+
+    def _unoutdated(self, ok: bool, detail: str, started: float) -> None:
+        now = self.clock()
+        self._note("unoutdated", now, ok=ok, detail=detail,
+                   took_ms=round((now - started) * 1000, 1))
+        if not ok:
+            self._raise_alarm(f"the peer is UpToDate again but its Outdated mark could not be "
+                              f"cleared at the fence device ({detail}): it cannot fence this "
+                              "node until it is (fence agent action unoutdate)", now)
 
     def _raise_alarm(self, reason: str, now: float) -> None:
         self.alarm = reason
@@ -316,10 +528,14 @@ class FailoverEngine:
         if self.agent is None:  # the machine fences only with a fence action configured
             self._events.append(fo.FenceResult(False, "no fence action", attempt))
             return
-        agent, timeout = self.agent, self.fence_timeout
+        agent, timeout, delay = self.agent, self.fence_timeout, self.fence_delay
 
         def run() -> None:
-            res = agent.run("off", peer, timeout)
+            # the standby waits before it fences, so that an active that still serves (one
+            # fabric pulled) outdates it first and the fence device refuses this request
+            if delay > 0:
+                time.sleep(delay)
+            res = agent.run("off", peer, timeout, nodename=node.config.name)
             node.call_in_loop(lambda: self.fence_done(res.ok, res.detail, attempt, now))
 
         threading.Thread(target=run, name=f"hsp-fence-{peer}", daemon=True).start()

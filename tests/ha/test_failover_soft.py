@@ -147,23 +147,54 @@ def test_a_returning_old_active_is_refused_and_stops_serving(tmp_path, monkeypat
     assert b.pmem.read(0, 5) != b"stale"
 
 
-def test_an_active_that_lost_its_standby_unfenced_refuses_synchronous_commits(
+def test_an_active_that_lost_its_standby_outdates_it_then_serves_alone(
         tmp_path, monkeypatch, closing):
-    """The standby goes away; the active did not fence it, so the standby may be the one
-    that takes over with what it had: every commit is refused at once with the reason (not
-    acknowledged alone; core/failover.py's stated limit)."""
+    """The standby goes away; the active asks the fence device to outdate it (DRBD's
+    outdate-peer: it may no longer take over), then acknowledges alone and marks what it
+    wrote in its dirty bitmap, persisted."""
     nodes = start_pair(tmp_path, monkeypatch, fence=True)
     a, b = nodes["a"], nodes["b"]
     closing.extend((b, a))
     wait_until(lambda: a.status()["heartbeats"]["received"] >= 3)
     b.close()
-    wait_until(lambda: a.status()["failover"]["state"] == "ACTIVE_ALONE")
+    wait_until(lambda: a.status()["failover"]["serving_alone"])
     st = a.status()
-    assert st["role"] == "active" and st["failover"]["serving"]
-    assert st["failover"]["dirty_tracking"] and st["failover"]["fence_runs"] == []
+    assert st["role"] == "active" and st["failover"]["state"] == "ACTIVE_ALONE"
+    assert st["failover"]["fence_runs"] == []  # outdated, not powered off
+    said = (tmp_path / "fence.log").read_text()
+    assert "action=outdate" in said and "plug=b" in said and "nodename=a" in said, said
+    for i, mode in enumerate(("applied", "received", "async")):
+        t0 = time.monotonic()
+        with a.pmem.transaction(commit=mode) as tx:
+            tx.write(8192 * i, mode.encode())
+        assert time.monotonic() - t0 < 1.0
+    dirty = a.status()["failover"]["dirty"]
+    assert dirty["on"] and dirty["dirty_blocks"]["pmem"] == 3, dirty
+    saved = (tmp_path / "node-state/a/failover/pmem.bitmap").read_bytes()
+    from hsp_rdma.core.bitmap import DirtyBitmap
+    assert DirtyBitmap.from_bytes(saved).dirty_blocks == 3
+
+
+def test_an_active_that_cannot_outdate_its_lost_standby_refuses_commits(
+        tmp_path, monkeypatch, closing):
+    """``[fence] outdate = false``: the standby may be the one that takes over with what it
+    had, so every commit is refused at once with the reason (not acknowledged alone)."""
+    monkeypatch.setattr(soft, "PORT_BASE", soft.random_port_base())
+    paths = write_node_configs(INFO, tmp_path, pmem_size="256 KiB", timeouts=TIMEOUTS,
+                               fence={"action": str(fence_script(tmp_path)), "timeout": 5000,
+                                      "outdate": False})
+    nodes = {n: Node(load_node_config(p)) for n, p in paths.items()}
+    for n in nodes.values():
+        FailoverEngine(n)
+    assert not start_nodes(nodes.values())
+    a, b = nodes["a"], nodes["b"]
+    closing.extend((b, a))
+    wait_until(lambda: a.status()["heartbeats"]["received"] >= 3)
+    b.close()
+    wait_until(lambda: a.status()["failover"]["state"] == "ACTIVE_ALONE")
     for mode in ("applied", "received", "async"):
         t0 = time.monotonic()
-        with pytest.raises(NodeError, match="was not fenced"), \
+        with pytest.raises(NodeError, match="outdate is false"), \
                 a.pmem.transaction(commit=mode) as tx:
             tx.write(0, mode.encode())
         assert time.monotonic() - t0 < 1.0  # at once, not after the commit timeout

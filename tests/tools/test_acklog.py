@@ -142,3 +142,11 @@ def test_the_log_file_is_plain_lines(tmp_path) -> None:
     with AckWriter(tmp_path / "a.log") as w:
         w.append(Ack(7, 123, "node-1"))
     assert (tmp_path / "a.log").read_text() == f"{FILE_HEADER}\n7 123 node-1\n"
+
+
+def test_blackout_of_a_pulled_cable_is_the_stop_that_follows_the_fault() -> None:
+    """Acks go on for a moment after a cable is pulled (until the loss is seen): the blackout
+    is the longest stop from the last ack before the fault on, not the first gap."""
+    ms = 1_000_000
+    acks = [Ack(i, t * ms, "a") for i, t in enumerate((1, 2, 3, 4, 1104, 1105, 1106), 1)]
+    assert blackout_ms(acks, fault_ns=int(2.5 * ms)) == 1100.0

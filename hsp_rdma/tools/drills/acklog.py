@@ -179,11 +179,13 @@ def pump(stream: BinaryIO, writer: AckWriter, node: str,
 
 
 def blackout_ms(acks: Iterable[Ack], fault_ns: int) -> float | None:
-    """Last ack before ``fault_ns`` to the first ack after it, in ms (None: no ack on one
-    side, the workload never came back or never ran)."""
-    times = [a.t_ns for a in acks]
+    """The longest time without an ack from the last ack before ``fault_ns`` on, in ms: for a
+    node killed, last ack before to the first after; for a cable pulled, where acks may go
+    on for a moment until the loss is seen, the stop that follows (None: no ack on one side,
+    the workload never came back or never ran)."""
+    times = sorted(a.t_ns for a in acks)
     before = [t for t in times if t <= fault_ns]
-    after = [t for t in times if t > fault_ns]
-    if not before or not after:
+    if not before or times[-1] <= fault_ns:
         return None
-    return (min(after) - max(before)) / 1e6
+    start = len(before) - 1
+    return max(b - a for a, b in zip(times[start:], times[start + 1:], strict=False)) / 1e6

@@ -1,0 +1,233 @@
+"""Dirty tracking and resync of one node (issue 12: link loss without node loss), carried out
+for the failover engine (``ha/failover_engine.py``), which decides when (the machine's
+``StartDirtyTracking``/``StartResync``/``StopDirtyTracking``).
+
+Dirty tracking. While the active serves alone, each transaction it acknowledges locally marks
+the pages of P.mem and the 4 KiB blocks of each disk it wrote in a ``DirtyBitmap``
+(``core/bitmap.py``); a bitmap that gained a block is written to
+``<state_dir>/failover/<target>.bitmap`` (atomically, fsync'd) before the commit returns, so a
+crash of the active during the outage does not forget what changed.
+
+Resync, in the stream. The SyncSource sends each dirty block's *current* bytes as an ordinary
+transaction on the block's own channel (a P.mem transaction on ``pmem``, a disk write on
+``disk``), read under the node's lock: it is ordered with the application's transactions,
+which go on being replicated meanwhile, and since transactions carry absolute bytes, a block
+sent after a newer write simply carries that write too. A block is acknowledged (its bit
+cleared, ``DirtyBitmap.ack``) once the standby *applied* its transaction; a block written again
+while in flight stays dirty and goes again. Rate: ``[replication] resync_rate`` bytes per
+second, at most ``IN_FLIGHT`` bytes unacknowledged. A link lost mid-resync abandons what was in
+flight (it stays dirty) and the next resync goes on from the bitmap's cursor. At the end each
+resynced disk is flushed on the standby (an applied flush), and the source says ``done``.
+
+The two sides talk on ``oam`` with the node's own messages (queued in the core when the link
+is down, sent when it is back): the SyncTarget asks ``{"resync": "request", "full": bool}``
+(full: it has nothing to go by, e.g. it restarted with an empty P.mem); the SyncSource answers
+``{"resync": "done", "bytes": N}`` only after every resync transaction was applied there, so
+the target is UpToDate again exactly when it has everything. A source that hears no request
+in ``REQUEST_WAIT_S`` starts from its bitmap anyway (the peer may not have noticed the outage).
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+from pathlib import Path
+
+from hsp_rdma.core import ifa
+from hsp_rdma.core.bitmap import BitmapError, DirtyBitmap
+from hsp_rdma.core.frames import Channel
+from hsp_rdma.core.ifa import Commit
+
+PAGE = mmap.PAGESIZE
+DISK_BLOCK = 4096
+TX_MAX = 64 << 10  # bytes of one resync transaction
+IN_FLIGHT = 4 << 20  # resync bytes sent and not yet applied on the target
+REQUEST_WAIT_S = 2.0
+OAM_SYSTEM = 1  # ha/node.py's first byte of a node's own oam message
+
+
+class DirtyTracker:
+    """The bitmaps of one node: ``pmem`` and ``disk<i>`` per replicated disk."""
+
+    def __init__(self, node, directory: Path):
+        self.node = node
+        self.dir = directory
+        self.maps: dict[str, DirtyBitmap] = {}
+        self.on = False
+        self.persists = 0
+        self.load_error = ""
+        for name, size, gran in self._targets():
+            path = self.dir / f"{name}.bitmap"
+            try:
+                bm = DirtyBitmap.from_bytes(path.read_bytes())
+                if (bm.size, bm.granularity) != (size, gran):
+                    raise BitmapError(f"it describes {bm.size} bytes at {bm.granularity} B, "
+                                      f"the region is {size} bytes at {gran} B")
+            except FileNotFoundError:
+                bm = DirtyBitmap(size, gran)
+            except (OSError, BitmapError) as exc:  # damaged: everything may differ
+                self.load_error = f"{path}: {exc}; resync in full"
+                bm = DirtyBitmap(size, gran)
+                bm.set_all()
+            self.maps[name] = bm
+
+    def _targets(self):
+        yield "pmem", len(self.node.pmem.buf), PAGE
+        for i, d in enumerate(self.node._disks):
+            yield f"disk{i}", d.size, DISK_BLOCK
+
+    @property
+    def out_of_sync(self) -> int:
+        return sum(bm.out_of_sync for bm in self.maps.values())
+
+    def mark(self, message: bytes) -> None:
+        """A transaction acknowledged alone: mark what it wrote; persist a bitmap that grew."""
+        node = self.node
+        kind, items = ifa.decode_tx(message, len(node.pmem.buf), node._disk_sizes)
+        grown = set()
+        if kind is ifa.TxKind.PMEM:
+            bm = self.maps["pmem"]
+            before = bm.dirty_blocks
+            for off, data in items:
+                bm.mark(off, len(data))
+            if bm.dirty_blocks != before:
+                grown.add("pmem")
+        elif kind in (ifa.TxKind.DISK_WRITE, ifa.TxKind.DISK_WRITE_FLUSH):
+            for disk, off, data in items:
+                bm = self.maps[f"disk{disk}"]
+                before = bm.dirty_blocks
+                bm.mark(off, len(data))
+                if bm.dirty_blocks != before:
+                    grown.add(f"disk{disk}")
+        for name in grown:
+            self.save(name)
+
+    def save(self, name: str) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"{name}.bitmap"
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(self.maps[name].to_bytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self.persists += 1
+
+    def save_all(self) -> None:
+        for name in self.maps:
+            self.save(name)
+
+    def clean(self) -> bool:
+        return all(bm.dirty_blocks == 0 for bm in self.maps.values())
+
+    def status(self) -> dict:
+        return {"on": self.on, "out_of_sync": self.out_of_sync,
+                "dirty_blocks": {n: bm.dirty_blocks for n, bm in self.maps.items()},
+                "persisted_writes": self.persists,
+                **({"load_error": self.load_error} if self.load_error else {})}
+
+
+def system_message(node, event: dict) -> None:
+    """Queue EVENT as the node's own oam message (sent now, or when the link is back)."""
+    body = bytes([OAM_SYSTEM]) + json.dumps(event).encode()
+    _, actions = node.session.submit(Channel.OAM, body, Commit.ASYNC)
+    node._run(actions)
+
+
+class ResyncSource:
+    """The SyncSource's walk over the bitmaps; ``step`` from the node's loop (under its lock)."""
+
+    def __init__(self, node, tracker: DirtyTracker, rate: int, started: float):
+        self.node, self.tracker, self.rate = node, tracker, rate
+        self.started = started
+        self.request: dict | None = None  # the target's, when heard
+        self.pending: list[tuple[Channel, int, str, int, int, int]] = []
+        # (channel, txid, bitmap name, first block, count, bytes)
+        self.flushes: dict[int, int] = {}  # disk index -> txid of its final flush
+        self.sent_bytes = 0
+        self.sent_blocks = 0
+        self.budget = 0.0
+        self.last = started
+        self.began = False
+        self.done_sent = False
+
+    def begin(self, full: bool) -> None:
+        if full:
+            for bm in self.tracker.maps.values():
+                bm.set_all()
+            self.tracker.save_all()
+        self.began = True
+
+    def _in_flight(self) -> int:
+        return sum(p[5] for p in self.pending)
+
+    def step(self, now: float) -> bool:
+        """Send what the rate allows, take acknowledgements; True once everything is
+        applied on the target (the caller then says done)."""
+        node = self.node
+        self.budget = min(self.budget + (now - self.last) * self.rate, float(IN_FLIGHT))
+        self.last = now
+        # acknowledgements: applied on the target
+        keep = []
+        for p in self.pending:
+            ch, txid, name, first, count, _size = p
+            if node._marks[ch][2] >= txid:
+                self.tracker.maps[name].ack(first, count)
+            else:
+                keep.append(p)
+        if len(keep) != len(self.pending):
+            self.pending = keep
+        if not self.began:
+            return False
+        for name, bm in self.tracker.maps.items():
+            per_tx = max(1, TX_MAX // bm.granularity)
+            while self.budget > 0 and self._in_flight() < IN_FLIGHT:
+                runs = bm.take(per_tx)
+                if not runs:
+                    break
+                for first, count in runs:
+                    off, length = bm.byte_range(first, count)
+                    self._send(name, first, count, off, length)
+                    self.budget -= length
+        if not self.tracker.clean() or self.pending:
+            return False
+        if not node._disks:
+            return True
+        if not self.flushes:  # every block applied: make each disk stable on the target
+            for i in range(len(node._disks)):
+                txid, actions = node.session.submit(Channel.DISK, ifa.encode_flush(i),
+                                                    Commit.APPLIED)
+                node._run(actions)
+                self.flushes[i] = txid
+            return False
+        return all(node._marks[Channel.DISK][2] >= t for t in self.flushes.values())
+
+    def _send(self, name: str, first: int, count: int, off: int, length: int) -> None:
+        node = self.node
+        if name == "pmem":
+            ch = Channel.PMEM
+            message = ifa.encode_pmem([(off, bytes(node.pmem.buf[off:off + length]))])
+        else:
+            ch, disk = Channel.DISK, int(name[4:])
+            data = os.pread(node._disks[disk].fd, length, off)
+            message = ifa.encode_disk([(disk, off, data)])
+        txid, actions = node.session.submit(ch, message, Commit.APPLIED)
+        node._run(actions)
+        self.pending.append((ch, txid, name, first, count, length))
+        self.sent_bytes += length
+        self.sent_blocks += count
+
+    def abandon(self) -> None:
+        """The link went: what was in flight stays dirty (sent again by the next resync)."""
+        for bm in self.tracker.maps.values():
+            bm.abandon()
+        self.pending.clear()
+        self.flushes.clear()
+        self.tracker.save_all()
+
+    def status(self, now: float) -> dict:
+        return {"side": "SyncSource", "began": self.began,
+                "out_of_sync": self.tracker.out_of_sync, "sent_bytes": self.sent_bytes,
+                "sent_blocks": self.sent_blocks, "in_flight_bytes": self._in_flight(),
+                "resync_rate": self.rate, "seconds": round(now - self.started, 3)}

@@ -1,0 +1,133 @@
+"""Link loss without node loss (issue 12), over the soft VIA provider on this host: two nodes in
+one process, the only fabric pulled by the provider's link emulation (HSP_VIA_SOFT_LINKS_DIR).
+
+The active loses its standby, outdates it at the fence device (DRBD's outdate-peer), serves
+alone and marks what it writes in its dirty bitmaps; the standby's own fence of the active is
+refused (it is Outdated), so it stays standby. When the cable is back, the channels reconnect,
+the resync sends only what changed while new transactions go on, the standby is UpToDate
+again and holds exactly the active's bytes, and the Outdated mark is cleared. Nobody
+promoted."""
+
+from __future__ import annotations
+
+import dataclasses
+import stat
+import time
+from pathlib import Path
+
+import pytest
+from pair_helpers import start_nodes
+
+from hsp_rdma.ha.config import load_node_config
+from hsp_rdma.ha.failover_engine import FailoverEngine
+from hsp_rdma.ha.node import Node
+from hsp_rdma.tools.lab_config import write_node_configs
+from hsp_rdma.via.providers import soft
+
+INFO = {"a": {"x": {"rdma_dev": "soft:a", "ipv4": "127.0.0.1"}},
+        "b": {"x": {"rdma_dev": "soft:b", "ipv4": "127.0.0.2"}}}
+TIMEOUTS = {"connect": 20000, "heartbeat_interval": 50, "heartbeat_timeout": 400,
+            "commit": 3000}
+PAGE = 4096
+
+
+def arbiter(tmp_path: Path) -> Path:
+    """A fence agent that takes outdate/unoutdate and refuses off from an outdated node (the
+    devices' arbitration, without killing anything: both nodes live in this process)."""
+    path = tmp_path / "fence_arbiter"
+    path.write_text(f"""#!/bin/sh
+opts=$(cat)
+echo "$opts" >> {tmp_path}/fence.log; echo --- >> {tmp_path}/fence.log
+action=$(echo "$opts" | sed -n 's/^action=//p'); me=$(echo "$opts" | sed -n 's/^nodename=//p')
+plug=$(echo "$opts" | sed -n 's/^plug=//p')
+case $action in
+outdate) touch {tmp_path}/outdated-$plug; echo "Success: $plug Outdated"; exit 0 ;;
+unoutdate) rm -f {tmp_path}/outdated-$plug; echo "Success: $plug UpToDate"; exit 0 ;;
+off) [ -e {tmp_path}/outdated-$me ] && {{ echo "node $me is Outdated: it may not fence" >&2;
+     exit 1; }}; echo "Powered OFF $plug"; exit 0 ;;
+esac
+exit 1
+""")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def wait_until(pred, timeout: float = 15.0, what: str = "condition") -> float:
+    t0 = time.monotonic()
+    while not pred():
+        assert time.monotonic() - t0 < timeout, f"{what} not reached in {timeout} s"
+        time.sleep(0.01)
+    return time.monotonic() - t0
+
+
+@pytest.fixture
+def pair(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(soft, "PORT_BASE", soft.random_port_base())
+    links = tmp_path / "links"
+    links.mkdir()
+    monkeypatch.setenv(soft.LINKS_DIR_ENV, str(links))
+    paths = write_node_configs(
+        INFO, tmp_path, pmem_size="256 KiB", timeouts=TIMEOUTS,
+        disks=[{"name": "journal", "path": "journal.img", "size": "1 MiB"}],
+        fence={"action": str(arbiter(tmp_path)), "timeout": 5000, "delay": 600})
+    nodes = {}
+    for n, p in paths.items():
+        cfg = load_node_config(p)
+        disk = dataclasses.replace(cfg.disks[0], path=tmp_path / f"journal-{n}.img")
+        nodes[n] = Node(dataclasses.replace(cfg, disks=(disk,)))
+        FailoverEngine(nodes[n])
+    errors = start_nodes(nodes.values())
+    assert not errors, errors
+    yield nodes, links
+    for n in nodes.values():
+        n.close()
+
+
+def events(node: Node) -> list[str]:
+    return [e["what"] for e in node.failover.history]
+
+
+def test_pull_the_only_fabric_then_plug_it_resyncs_what_changed(pair, tmp_path) -> None:
+    (a, b), links = (pair[0]["a"], pair[0]["b"]), pair[1]
+    wait_until(lambda: b.status()["heartbeats"]["received"] >= 3)
+    for i in range(8):  # replicated before the pull
+        with a.pmem.transaction(commit="applied") as tx:
+            tx.write(i * PAGE, bytes([i + 1]) * 64)
+    a.disk["journal"].write(0, b"J" * 4096, commit="applied", flush=True)
+
+    (links / "a.down").touch()  # the only fabric goes down; both nodes live
+    wait_until(lambda: a.status()["failover"]["serving_alone"], what="a serving alone")
+    # while alone: acknowledged here, marked dirty (pages 20..29, disk blocks 10..14)
+    for i in range(20, 30):
+        with a.pmem.transaction(commit="applied") as tx:
+            tx.write(i * PAGE + 100, bytes([i]) * 200)
+    for blk in range(10, 15):
+        a.disk["journal"].write(blk * 4096, bytes([blk]) * 4096, commit="applied", flush=True)
+    dirty = a.status()["failover"]["dirty"]
+    assert dirty["dirty_blocks"] == {"pmem": 10, "disk0": 5}, dirty
+    # the standby suspected the active too, but its fence was refused: it stays standby
+    wait_until(lambda: "fence_result" in events(b), what="b's fence answer")
+    assert b.status()["role"] == "standby" and not b.failover.serving
+    assert not b.failover.fence_runs[-1]["ok"], b.failover.fence_runs
+    assert "Outdated" in b.failover.fence_runs[-1]["detail"]
+
+    (links / "a.down").unlink()  # plugged: the channels come back, the resync runs
+    wait_until(lambda: a.status()["failover"]["state"] == "ACTIVE"
+               and b.status()["failover"]["state"] == "STANDBY", timeout=30,
+               what="resync done on both")
+    with a.pmem.transaction(commit="applied") as tx:  # and replication goes on
+        tx.write(50 * PAGE, b"after")
+    assert b.pmem.read(0, len(a.pmem.buf)) == a.pmem.read(0, len(a.pmem.buf))
+    assert b.disk["journal"].digest() == a.disk["journal"].digest()
+    src = [e for e in a.failover.history if e["what"] == "resync_done"][-1]
+    assert src["side"] == "SyncSource" and src["blocks"] == 15, src
+    assert src["bytes"] == 15 * 4096, src  # only what changed, not the 1.25 MiB
+    assert "resync_done" in events(b)
+    st = a.status()["failover"]
+    assert st["dirty"]["out_of_sync"] == 0 and not st["dirty"]["on"]
+    assert b.status()["failover"]["disk"] == "UpToDate"
+    wait_until(lambda: "unoutdated" in events(a), what="the Outdated mark cleared")
+    assert not (tmp_path / "outdated-b").exists()
+    # nobody promoted: same epoch, a still the only active
+    assert a.status()["epoch"] == b.status()["epoch"] == 1
+    assert "active" not in events(b) and a.failover.serving
