@@ -281,9 +281,9 @@ def socket_of(args: argparse.Namespace) -> Path:
     return load_node_config(path).socket_path
 
 
-def ask(sock: Path, cmd: str, timeout: float) -> dict:
-    """The node's answer to CMD, ``ok`` removed; its refusal as a ControlError."""
-    answer = control_request(sock, cmd, timeout_s=timeout)
+def ask(sock: Path, cmd: str, timeout: float, **args: Any) -> dict:
+    """The node's answer to CMD (with ARGS), ``ok`` removed; its refusal as a ControlError."""
+    answer = control_request(sock, cmd, timeout_s=timeout, **args)
     if answer.get("ok") is not True:
         raise ControlError(f"the node on {sock} refused {cmd!r}: "
                            f"{answer.get('error') or 'no reason given'}")
@@ -327,13 +327,38 @@ def cmd_status(args: argparse.Namespace) -> int:
         return rc
 
 
+AUDIT_FIELDS = {"chunks": "chunks compared", "repairs": "repairs", "repaired": "repaired chunks",
+                "verified": "chunks verified again", "bytes": "bytes sent", "took_ms": "took [ms]"}
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
+    """Start an audit on the node (its active) and wait for its end, up to --timeout."""
     sock = socket_of(args)
-    answer = ask(sock, "audit", args.timeout)
+    # the node answers when the audit ended, or (still running) a second before we give up
+    answer = ask(sock, "audit", args.timeout, wait_s=max(0.0, args.timeout - 1.0))
     if args.json:
         print(json.dumps(answer, indent=1))
-    else:
-        console.print(generic_table(f"audit of the node on {sock}", answer))
+        return EXIT_OK
+    if answer.get("done") is False:
+        console.print(Text(f"hsp audit: {_plain(answer.get('detail') or 'the audit runs')}",
+                           style="yellow"))
+        return EXIT_OK
+    if "id" in answer:
+        repairs = answer.get("repairs")
+        t = table(f"audit {_plain(answer['id'])} of the node on {sock}", "", "",
+                  justify="left")
+        t.show_header = False
+        for key, label in AUDIT_FIELDS.items():
+            if key in answer:
+                t.add_row(Text(label), cell(answer[key]))
+        for key, value in answer.items():
+            if key not in AUDIT_FIELDS and key not in ("id", "done", "error"):
+                t.add_row(Text(str(key)), cell(value))
+        console.print(t)
+        console.print(Text(f"{_plain(repairs)} chunk(s) repaired from the active",
+                           style="yellow" if repairs else "green"))
+        return EXIT_OK
+    console.print(generic_table(f"audit of the node on {sock}", answer))
     return EXIT_OK
 
 
