@@ -189,3 +189,18 @@ def test_hsp_audit_now_asks_the_running_node(pair, capsys):
     text = capsys.readouterr().out
     assert rc == 0 and "repairs" in text and "chunks" in text
     assert chunk_digests(b) == chunk_digests(a)
+
+
+def test_periodic_audits_run_on_the_active_only(pair):
+    """``audit_interval`` (ms, from the node's TOML when the loader has it) starts an audit
+    every interval on the active; the standby's periodic thread never starts one."""
+    a, b = pair
+    for n in (a, b):
+        n.auditor.interval_s = 0.2
+        n.auditor.start_periodic()
+    deadline = time.monotonic() + 10
+    while a.status()["audit"]["runs"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    st = a.status()["audit"]
+    assert st["runs"] >= 2 and st["total_repairs"] == 0, st
+    assert b.status()["audit"]["runs"] == 0 and b.status()["audit"]["answered"] >= 4
