@@ -54,7 +54,7 @@ from hsp_rdma.ha.node import NodeError
 CHUNK = 4096  # bytes of one audited chunk: a P.mem page, a disk block
 SLICE_CHUNKS = 256  # chunks digested per hold of the node's lock = per AUDIT transaction
 DEFAULT_RATE = 64 << 20  # bytes of region digested per second, when the config says nothing
-REPLY_WAIT_S = 30.0  # the standby's answers to one round, at most this long after the last
+REPLY_WAIT_S = 30.0  # the standby's next answer comes within this of the last one or request
 VERIFY_MAX = 4096  # differing chunks verified before repair; more: a divergence, repaired at once
 VERIFY_ROUNDS = 4  # verify rounds at most; a chunk still differing after the last is repaired
 VERIFY_DELAY_S = 0.05  # between two rounds (longer than a local write waits for its submit)
@@ -317,6 +317,7 @@ class Auditor:
             msg = ifa.encode_audit(audit_id, target, self.chunk, first, crcs)
             with self._cv:
                 self._current["outstanding"] += 1
+                self._current["answered_at"] = time.monotonic()  # (the wait counts from here)
             _, actions = node.session.submit(ch, msg, Commit.ASYNC)
             node._run(actions)
         return len(msg), crcs

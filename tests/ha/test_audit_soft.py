@@ -204,3 +204,18 @@ def test_periodic_audits_run_on_the_active_only(pair):
     st = a.status()["audit"]
     assert st["runs"] >= 2 and st["total_repairs"] == 0, st
     assert b.status()["audit"]["runs"] == 0 and b.status()["audit"]["answered"] >= 4
+
+
+def test_a_standby_that_does_not_answer_fails_the_audit_with_an_alarm(pair, monkeypatch):
+    from hsp_rdma.ha import audit as audit_mod
+
+    a, b = pair
+    monkeypatch.setattr(audit_mod, "REPLY_WAIT_S", 0.5)
+    b.auditor.answer = lambda req: None  # digests nothing, says nothing
+    audit_id = a.audit_now()
+    rec = a.auditor.wait(audit_id, 10)
+    assert rec is not None and "did not answer 2 audit transaction(s)" in rec["error"]
+    assert any(f"audit {audit_id} failed" in al for al in a.status()["alarms"])
+    assert not [e for e in a.failover.history if e["what"] == "audit_done"]
+    with pytest.raises(NodeError, match="failed: the standby did not answer"):
+        a.auditor.control({"wait_s": 5})
