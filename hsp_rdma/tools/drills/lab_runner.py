@@ -21,18 +21,21 @@ restart are refused before anything runs (``unsupported``).
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from hsp_rdma.errors import LabError
-from hsp_rdma.lab import Lab, fence_agent
+from hsp_rdma.lab import Lab, fence_agent, fenced
 from hsp_rdma.tools.drills.acklog import Ack, AckWriter, read_acklog
 from hsp_rdma.tools.drills.runner import (
     DrillResult,
     DrillsUnavailable,
     StepDriver,
     command_file,
+    judge,
 )
 from hsp_rdma.tools.drills.scenario import Scenario
 from hsp_rdma.tools.drills.soft_runner import SUPPORTED, judge_drill
@@ -75,7 +78,9 @@ class _Events:
 
 
 def heal(lab: Lab) -> None:
-    """Both nodes powered, running and cabled."""
+    """Both nodes powered, running and cabled, and the fence device's marks of the drill
+    before (Outdated, powered off) forgotten."""
+    fenced.clear_marks(lab)
     for node, n in lab.status()["nodes"].items():
         if n["state"] in ("dead", "killed"):
             lab.boot_node(node)
@@ -114,8 +119,11 @@ class LabRunner:
         shares = {n: lab.node_dir(n) / "share" / tag for n in ("a", "b")}
         for d in shares.values():
             d.mkdir(parents=True)
-        ack_path = Path(lab.dir) / tag / "acks.log"  # outside the nodes' directories
-        ack_path.parent.mkdir(parents=True, exist_ok=True)
+        # the ack log, and after the drill each node's events and stderr: outside the lab's
+        # directory (a lab the runner booted goes down with it), kept when the drill failed
+        evidence = Path(lab.root) / "drills" / lab.lab_id / tag
+        ack_path = evidence / "acks.log"
+        evidence.mkdir(parents=True, exist_ok=True)
         # configs and state of this drill alone: a guest's writes under the lab's directory
         # stay in its overlay for as long as it runs, so a reused state directory would bring
         # the epoch of an earlier drill
@@ -206,12 +214,15 @@ class LabRunner:
                 (ack_path.parent / f"{n}-events.json").write_text(json.dumps(p.events,
                                                                              indent=0))
                 (ack_path.parent / f"{n}-stderr.txt").write_text(err)
-            if problems:
-                problems.append(f"the nodes' events and stderr: {ack_path.parent}")
         pmem = shares[survivor] / f"pmem-{survivor}.bin"
         journal = shares[survivor] / f"journal-{survivor}.final"
-        return judge_drill(scenario, procs, read_acklog(ack_path),
-                           _read(pmem), _read(journal), driver.fault_t, problems)
+        result = judge_drill(scenario, procs, read_acklog(ack_path),
+                             _read(pmem), _read(journal), driver.fault_t, problems)
+        if judge(scenario, result):
+            return replace(result, problems=(*result.problems,
+                                             f"the nodes' events and stderr: {evidence}"))
+        shutil.rmtree(evidence, ignore_errors=True)
+        return result
 
 
 def _read(path: Path) -> bytes | None:

@@ -39,6 +39,7 @@ from hsp_rdma.tools.drills.runner import (
     StepDriver,
     command_file,
     event_results,
+    judge,
 )
 from hsp_rdma.tools.drills.scenario import Scenario
 from hsp_rdma.tools.lab_config import write_node_configs
@@ -124,7 +125,8 @@ class SoftRunner:
         keep = self.keep
         try:
             result = self._run(scenario, work)
-            if result.problems:  # the nodes' events and stderr stay for the reader
+            if result.problems or judge(scenario, result):  # the nodes' events and stderr
+                # stay for the reader
                 keep = True
                 result = replace(result, problems=(*result.problems,
                                                    f"the nodes' events and stderr: {work}"))
