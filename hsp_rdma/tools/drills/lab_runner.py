@@ -38,7 +38,7 @@ from hsp_rdma.tools.drills.runner import (
     judge,
 )
 from hsp_rdma.tools.drills.scenario import Scenario
-from hsp_rdma.tools.drills.soft_runner import SUPPORTED, judge_drill
+from hsp_rdma.tools.drills.soft_runner import PMEM_SIZE, SUPPORTED, judge_drill
 from hsp_rdma.tools.drills.soft_runner import unsupported as _unsupported
 from hsp_rdma.tools.guest import GuestRun
 from hsp_rdma.tools.lab_config import write_node_configs
@@ -128,7 +128,7 @@ class LabRunner:
         # stay in its overlay for as long as it runs, so a reused state directory would bring
         # the epoch of an earlier drill
         paths = write_node_configs(
-            lab.info(), Path(lab.dir) / tag, pmem_size="4 MiB", timeouts=TIMEOUTS,
+            lab.info(), Path(lab.dir) / tag, pmem_size=PMEM_SIZE, timeouts=TIMEOUTS,
             disks=[{"name": "journal", "path": f"/tmp/{tag}-journal.img", "size": "16 MiB"}],
             fence={"action": fence_agent.SH_COMMAND, "timeout": 60000})
         writer = AckWriter(ack_path)

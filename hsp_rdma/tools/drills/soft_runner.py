@@ -56,6 +56,9 @@ INFO = {"a": {"x": {"rdma_dev": "soft:a", "ipv4": "127.0.0.1"}},
 TIMEOUTS = {"heartbeat_interval": 100, "heartbeat_timeout": 1000, "connect": 30000,
             "commit": 5000}
 DISK_SIZE = 16 << 20
+# P.mem of a drill node: room above the ledger (~26 KiB for the shipped drills: 1000 accounts,
+# 64 memo slots) for the pages a corrupt step damages (corrupt-and-audit takes page 1024)
+PMEM_SIZE = "8 MiB"
 
 
 def unsupported(scenario: Scenario, supported: set[str] = SUPPORTED,
@@ -139,7 +142,7 @@ class SoftRunner:
         problems: list[str] = []
         fence = f"{sys.executable} -m hsp_rdma.tools.drills.host_fence"
         paths = write_node_configs(
-            INFO, work, pmem_size="4 MiB", timeouts=TIMEOUTS,
+            INFO, work, pmem_size=PMEM_SIZE, timeouts=TIMEOUTS,
             disks=[{"name": "journal", "path": str(work / "journal-NODE.img"),
                     "size": DISK_SIZE}],
             fence={"action": fence, "options": {"dir": str(work)}, "timeout": 10000})
