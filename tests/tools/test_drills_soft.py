@@ -57,6 +57,24 @@ def test_kill_and_pause_the_active_over_soft() -> None:
         assert r["detect_ms"] <= r["blackout_ms"], r
 
 
+def test_pull_the_fabric_and_corrupt_then_audit_over_soft() -> None:
+    """pull-fabric-10s: the link emulation takes fabric x down for 10 s; the active keeps
+    serving, nobody promotes, a resync sends what changed. corrupt-and-audit: one block and
+    one page of the standby damaged through drill command files, the audit repairs exactly
+    those two."""
+    res = subprocess.run([*CLI, "--provider", "soft", "pull-fabric-10s", "corrupt-and-audit",
+                          "--json"], check=False, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    rows = {r["name"]: r for r in json.loads(res.stdout)["scenarios"]}
+    pull, audit = rows["pull-fabric-10s"], rows["corrupt-and-audit"]
+    for r in (pull, audit):
+        assert r["passed"] and r["lost"] == 0 and not r["two_actives"], r
+    assert pull["resync_bytes"] > 0 and pull["audit_repairs"] == 0, pull
+    # served through the 10 s outage: acks stopped only until the link loss was told
+    assert pull["blackout_ms"] is not None and pull["blackout_ms"] < 5000, pull
+    assert audit["audit_repairs"] == 2 and audit["resync_bytes"] == 0, audit
+
+
 def test_drills_with_steps_not_built_say_so_and_exit_69() -> None:
     res = subprocess.run([*CLI, "--provider", "soft", "kill-active-during-resync",
                           "kill-standby-during-gso"],
