@@ -316,6 +316,12 @@ class Node:
                                         daemon=True)
         self._running = True
         self._thread.start()
+        if self.config.role != "active":
+            # the listening side listens for as long as it runs: a cable pulled and plugged
+            # may leave the peer's side of a channel broken and ours not (nothing crossed to
+            # break it), and only the peer's new connection tells us
+            with self._lock:
+                self._want_reconnect(None)
         self._start_control()
         return self
 
@@ -803,8 +809,9 @@ class Node:
     # means (heart-beat silence on every fabric), not this thread.
     RECONNECT_PAUSE_S = 0.5
 
-    def _want_reconnect(self, ch: Channel) -> None:
-        self._reconnect.add(ch)
+    def _want_reconnect(self, ch: Channel | None) -> None:
+        if ch is not None:
+            self._reconnect.add(ch)
         self._reconnect_wake.set()
         if self._reconnector is None or not self._reconnector.is_alive():
             self._reconnector = threading.Thread(
@@ -818,24 +825,33 @@ class Node:
         while not self._stop:
             with self._lock:
                 todo = [ch for ch in CHANNELS if ch in self._reconnect]
-            if not todo:
+            if connects and not todo:
                 self._reconnect_wake.wait(1.0)
                 self._reconnect_wake.clear()
                 continue
-            for ch in todo:
+            # the listener waits on every channel: a request for one we hold up means the
+            # peer lost its side and made it again; ours goes too
+            for ch in todo if connects else CHANNELS:
                 if self._stop:
                     return
+                link = self._port.links[ch]
+                local = via.NetAddress(fab.local, self._disc(ch))
                 try:
-                    if self._port.links[ch].up or via.VipQueryVi(
-                            self._port.links[ch].vi)[0] is not via.ViState.IDLE:
-                        self._reset_link(ch)
-                    local = via.NetAddress(fab.local, self._disc(ch))
                     if connects:
-                        via.VipConnectRequest(self._port.links[ch].vi, local,
+                        if link.up or via.VipQueryVi(link.vi)[0] is not via.ViState.IDLE:
+                            self._reset_link(ch)
+                        via.VipConnectRequest(link.vi, local,
                                               via.NetAddress(fab.peer, self._disc(ch)), 1000)
                     else:
-                        req = via.VipConnectWait(self._port.nic, local, 100)
-                        via.VipConnectAccept(req, self._port.links[ch].vi)
+                        req = via.VipConnectWait(self._port.nic, local,
+                                                 50 if self._reconnect else 200)
+                        if link.up:
+                            with self._lock:
+                                self._lose(ch, "the peer connected this channel again (its "
+                                               "side broke)")
+                                self._feed_lost()
+                        self._reset_link(ch)
+                        via.VipConnectAccept(req, link.vi)
                 except via.VipTimeout:
                     continue
                 except via.VipError as exc:
@@ -843,8 +859,8 @@ class Node:
                         self._port.links[ch].lost = f"reconnecting: {exc}"
                     continue
                 self._rejoined(ch)
-            if self._reconnect:
-                self._reconnect_wake.wait(self.RECONNECT_PAUSE_S if connects else 0.05)
+            if connects and self._reconnect:
+                self._reconnect_wake.wait(self.RECONNECT_PAUSE_S)
                 self._reconnect_wake.clear()
 
     def _rejoined(self, ch: Channel) -> None:
