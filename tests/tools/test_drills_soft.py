@@ -107,7 +107,7 @@ def test_which_shipped_drills_run_where() -> None:
     assert "restart" in soft["kill-active-during-resync"]
     assert "restart" in lab["kill-active-during-resync"]
     for why in (soft["kill-standby-during-gso"], lab["kill-standby-during-gso"]):
-        assert "gso (" in why and "wait until gso-copy-started" in why, why
+        assert "step gso:" in why and "wait until gso-copy-started:" in why, why
 
 
 def test_netem_and_fabric_y_run_in_the_lab_only() -> None:
@@ -120,7 +120,7 @@ spec = "delay 5ms"
 do = "heal"
 """)
     why = unsupported(s)
-    assert "netem (" in why and "in the lab" in why and "fabric y" in why, why
+    assert "step netem:" in why and "in the lab" in why and "fabric y:" in why, why
     assert lab_runner.unsupported(s) is None
 
 

@@ -68,16 +68,16 @@ def unsupported(scenario: Scenario, supported: set[str] = SUPPORTED,
     any), or None."""
     bad = []
     for do in sorted({s.do for s in scenario.steps} - supported):
-        bad.append(f"{do} ({WHY_NOT.get(do, 'not built yet')})")
+        bad.append(f"step {do}: {WHY_NOT.get(do, 'not built yet')}")
     for until in sorted({s.until for s in scenario.steps if s.do == "wait" and s.until
                          and s.until not in UNTIL_EVENT}):
-        bad.append(f"wait until {until} (no runner waits for that event yet)")
+        bad.append(f"wait until {until}: no runner waits for that event yet")
     if fabrics is not None:
         for fab in sorted({s.fabric for s in scenario.steps if s.fabric} - set(fabrics)):
-            bad.append(f"fabric {fab} (the pair here has only {', '.join(fabrics)})")
+            bad.append(f"fabric {fab}: the pair here has only {', '.join(fabrics)}")
     if not bad:
         return None
-    return f"{', '.join(bad)}: cannot run {where} (issue 12)"
+    return f"{'; '.join(bad)} ({where}; issue 12)"
 
 
 class _NodeProc:
