@@ -44,7 +44,8 @@ the connection" never fires in normal operation.
 Bad input. A received buffer is checked in this order and refused with one cause (counted per
 stream in ``refused``): ``truncated``, ``bad_magic``, ``too_big`` (header length beyond a receive
 buffer), ``bad_length``, ``bad_crc``, ``version``, ``wrong_channel``, ``bad_type``,
-``wrong_epoch``, ``replayed`` / ``out_of_order`` (link_seq, then stream sequence),
+``reflected`` (a frame of this node's own direction: its type's top bit says which side sent
+it, when the sessions were given sides), ``wrong_epoch``, ``replayed`` / ``out_of_order`` (link_seq, then stream sequence),
 ``bad_ack``, ``bad_fragment``, ``too_big`` (a message beyond ``max_message``). Nothing is
 applied from a refused frame. A refusal that leaves a stream unable to continue (a frame of
 the right link order that breaks fragment order) also emits ``Alarm``; the engine reports it
@@ -138,9 +139,10 @@ def use_crc32c_hardware(hardware: bool) -> None:
 _FIRST, _LAST, _WANT_RECEIVED, _WANT_APPLIED = 1, 2, 4, 8
 _WANT = {1: 0, 2: _WANT_RECEIVED, 3: _WANT_APPLIED}  # Commit -> flag on the last fragment
 _HELLO, _CREDIT, _DATA = 1, 2, 3
+_DIR = 0x8000  # in a frame's type: sent by the session of side 1 (see Session's ``side``)
 
 CAUSES = ("truncated", "bad_magic", "too_big", "bad_length", "bad_crc", "version",
-          "wrong_channel", "bad_type", "wrong_epoch", "replayed", "out_of_order", "bad_ack",
+          "wrong_channel", "bad_type", "reflected", "wrong_epoch", "replayed", "out_of_order", "bad_ack",
           "bad_fragment")
 
 
@@ -343,7 +345,8 @@ class Stream:
         return CTRL.pack(link.sent, grant, self.recv_next - 1, self.local_applied)
 
     def _frame(self, ftype: int, seq: int, body: bytes) -> bytes:
-        head = _HEAD.pack(MAGIC, PROTOCOL_VERSION, self._ch, ftype, self.session.epoch, seq,
+        head = _HEAD.pack(MAGIC, PROTOCOL_VERSION, self._ch, ftype | self.session.dir,
+                          self.session.epoch, seq,
                           len(body))
         hw = _HW
         crc = _crc(body, _crc(_ZERO_CRC, _crc(head, 0, hw), hw), hw)
@@ -462,8 +465,10 @@ class Stream:
             raise Refused("version")
         if channel != self.channel:
             raise Refused("wrong_channel")
+        ftype ^= session.peer_dir
         if ftype != _DATA and ftype != _CREDIT and ftype != _HELLO:
-            raise Refused("bad_type")
+            raise Refused("reflected" if session.dir != session.peer_dir and (ftype ^ _DIR) in (
+                _DATA, _CREDIT, _HELLO) else "bad_type")
         if epoch != session.epoch:
             raise Refused("wrong_epoch")
         if length < CTRL.size or (ftype == _DATA and length < CTRL.size + DATA_HDR.size):
@@ -588,7 +593,14 @@ class Session:
 
     def __init__(self, epoch: int, buffer_size: int, credits: int,
                  channels: tuple[Channel, ...] = tuple(Channel),
-                 max_message: int = DEFAULT_MAX_MESSAGE):
+                 max_message: int = DEFAULT_MAX_MESSAGE, side: int | None = None):
+        if side not in (None, 0, 1):
+            raise ValueError(f"side should be 0 or 1 (or None), got {side!r}")
+        # side: 0 for the node whose name sorts first, 1 for the other; each marks the frames
+        # it sends, and one that comes back marked as its own (a reflected or forged frame)
+        # is refused: on the wire a frame carries no sender, and both sides number from 1
+        self.dir = 0 if side is None else side * _DIR
+        self.peer_dir = 0 if side is None else (1 - side) * _DIR
         if not 0 <= epoch <= MAX_EPOCH:
             raise ValueError(f"epoch should be between 0 and {MAX_EPOCH}, got {epoch}")
         if buffer_size < OVERHEAD + 64:

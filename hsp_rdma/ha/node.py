@@ -257,7 +257,8 @@ class Node:
         rep = config.replication
         self.default_commit = rep.commit
         self.role = config.role
-        self.session = ifa.Session(epoch, rep.message_size, rep.credits, CHANNELS)
+        self.session = ifa.Session(epoch, rep.message_size, rep.credits, CHANNELS,
+                                   side=0 if config.name < config.peer else 1)
         # every frame's CRC by the compiled CRC32C's faster path here (measured once per
         # process: a TCG guest emulates SSE4.2's crc32 several times slower than the table)
         ifa.use_crc32c_hardware(crc32c_hardware())

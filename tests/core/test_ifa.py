@@ -36,8 +36,8 @@ class Pair:
 
     def __init__(self, buffer_size: int, credits: int, channel: Channel = CH):
         self.ch = channel
-        self.s = {"a": Session(7, buffer_size, credits, (channel,)),
-                  "b": Session(7, buffer_size, credits, (channel,))}
+        self.s = {"a": Session(7, buffer_size, credits, (channel,), side=0),
+                  "b": Session(7, buffer_size, credits, (channel,), side=1)}
         self.window = credits
         self.wire: dict[str, deque[tuple[bytes, bool]]] = {"a": deque(), "b": deque()}  # to X
         self.history: list[bytes] = []
@@ -380,3 +380,20 @@ def test_frames_are_the_same_on_either_crc_path(hardware):
         assert s.streams[CH].stats.refused == {"bad_crc": 1}
     finally:
         ifa.use_crc32c_hardware(before)
+
+
+def test_a_node_s_own_frame_sent_back_to_it_is_refused_as_reflected():
+    """Found by hypothesis: a copy of B's own DATA frame injected towards B carried the
+    sequence number B expected from A (both sides number from 1) and was delivered as A's
+    transaction. Each side now marks its frames; one of its own coming back is refused."""
+    pair = Pair(123, 5)
+    pair.connect()
+    rng = random.Random(0)
+    pair.deliver("b")
+    pair.submit("b", 129, Commit.ASYNC, rng)
+    own = pair.history[-1]  # the last frame B sent
+    pair.inject("b", own)
+    pair.deliver("b")
+    pair.drain()
+    pair.check()
+    assert pair.s["b"].streams[CH].stats.refused.get("reflected", 0) >= 1
