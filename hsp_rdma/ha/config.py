@@ -32,6 +32,8 @@ default may be left out)::
     message_size = "64 KiB"         # one receive buffer; larger messages are fragmented
     credits = 32                    # receives posted per channel = sends the peer may have out
     resync_rate = "64 MiB"          # bytes per second a resync may send (DRBD's resync-rate)
+    audit_interval = 0              # ms between two audits on the active (0: only on demand)
+    audit_rate = "64 MiB"           # bytes of P.mem and disk an audit digests per second
 
     [timeouts]                      # milliseconds
     heartbeat_interval = 100
@@ -101,6 +103,8 @@ class ReplicationConfig:
     message_size: int = 64 * 1024
     credits: int = 32
     resync_rate: int = 64 << 20  # bytes per second
+    audit_interval: int = 0  # ms; 0: audits only on demand (hsp audit --now)
+    audit_rate: int = 64 << 20  # bytes digested per second
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +166,8 @@ KEYS: dict[str, tuple[str, ...]] = {
     "fabric.*": ("rdma_device", "local", "peer", "port"),
     "pmem": ("size",),
     "disk": ("name", "path", "size"),
-    "replication": ("commit", "message_size", "credits", "resync_rate"),
+    "replication": ("commit", "message_size", "credits", "resync_rate", "audit_interval",
+                    "audit_rate"),
     "timeouts": ("heartbeat_interval", "heartbeat_timeout", "commit", "connect"),
     "fence": ("action", "options", "timeout", "delay", "outdate"),
 }
@@ -445,7 +450,11 @@ def parse_node_config(text: str, source: str | Path | None = None) -> NodeConfig
         credits=r.get(rep, at, "credits", *_int_in(MIN_CREDITS, MAX_QUEUE_DEPTH),
                       default_rep.credits),
         resync_rate=r.get(rep, at, "resync_rate", *_size_in(64 << 10, 1 << 40),
-                          default_rep.resync_rate))
+                          default_rep.resync_rate),
+        audit_interval=r.get(rep, at, "audit_interval", *_int_in(0, 7 * 24 * 3600 * 1000),
+                             default_rep.audit_interval),
+        audit_rate=r.get(rep, at, "audit_rate", *_size_in(64 << 10, 1 << 40),
+                         default_rep.audit_rate))
 
     at = ("timeouts",)
     tim = r.table(raw, at, KEYS["timeouts"], required=False) or {}

@@ -109,6 +109,24 @@ def test_the_documented_example_loads() -> None:
     cfg = parse_node_config("\n".join(line[4:] for line in example.splitlines()), FILE)
     assert cfg.socket_path == Path("/run/hsp/a.sock")
     assert cfg.disks[0].size == 64 << 20 and cfg.fence.timeout == 30000
+    assert cfg.fence.delay == 1000 and cfg.fence.outdate is True
+    assert cfg.replication.resync_rate == cfg.replication.audit_rate == 64 << 20
+    assert cfg.replication.audit_interval == 0
+
+
+def test_resync_audit_and_fence_fields_are_read_and_checked() -> None:
+    text = edited("credits = 16", 'credits = 16\nresync_rate = "8 MiB"\naudit_interval = 60000'
+                  '\naudit_rate = "1 MiB"')
+    text = edited('action = "fence_ipmilan"', 'action = "fence_ipmilan"\ndelay = 2500\n'
+                  'outdate = false', text=text)
+    cfg = parse_node_config(text, FILE)
+    assert cfg.replication.resync_rate == 8 << 20 and cfg.replication.audit_rate == 1 << 20
+    assert cfg.replication.audit_interval == 60000
+    assert cfg.fence.delay == 2500 and cfg.fence.outdate is False
+    bad = edited("credits = 16", "credits = 16\nresync_rate = 10")
+    refused(bad, line_of(bad, "resync_rate"), "replication.resync_rate", "64KiB")
+    bad = edited('action = "fence_ipmilan"', 'action = "fence_ipmilan"\noutdate = "yes"')
+    refused(bad, line_of(bad, "outdate"), "fence.outdate", "true or false")
 
 
 def test_minimal_config_takes_the_defaults() -> None:
