@@ -130,6 +130,7 @@ class FailoverEngine:
         self.refused_frames: dict[str, int] = {}
         self.alarm: str | None = None
         self.history: list[dict] = []  # what happened, with the node's clock, for status
+        self.noted = 0
         self.fence_runs: list[dict] = []
         self.suspected_at: float | None = None
         self.promoted_at: float | None = None
@@ -169,7 +170,8 @@ class FailoverEngine:
         return st
 
     def _note(self, what: str, now: float, **kw) -> None:
-        self.history.append({"t": round(now, 3), "what": what, **kw})
+        self.noted += 1  # numbers the notes: a reader of the (cut) history knows what is new
+        self.history.append({"t": round(now, 3), "what": what, "n": self.noted, **kw})
         del self.history[:-64]
 
     # ---- hooks from the node's loop (under its lock) ------------------------------------------

@@ -52,7 +52,8 @@ def test_list_shows_every_shipped_drill_with_its_description(tool) -> None:
 
 def test_running_drills_says_the_node_engine_is_missing(tool) -> None:
     # drills that need what is not built are not run (nothing boots), and say so
-    for argv in (["corrupt-and-audit", "--lab", "siw"], ["pull-fabric-10s", "--provider", "soft"]):
+    for argv in (["kill-active-during-resync", "--lab", "siw"],
+                 ["kill-standby-during-gso", "--provider", "soft"]):
         res = tool(*argv)
         assert res.returncode == 69, res.stderr
         assert "not run" in res.stderr and "not built yet" in res.stderr

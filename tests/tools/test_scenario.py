@@ -224,8 +224,8 @@ def test_no_runner_pretends_a_pass() -> None:
     assert exc.value.exit_code == 69 and "is not built yet" in str(exc.value)
     lab = LabTarget("siw", "x")
     make_runner(lab)  # built lazily: nothing boots before a drill runs
-    for name in ("corrupt-and-audit", "pull-fabric-10s", "kill-standby-during-gso"):
+    for name in ("kill-active-during-resync", "kill-standby-during-gso"):
         why = why_unavailable(lab, load_scenario(find_scenario(name)))
         assert why and "not built yet" in why
-    for name in ("kill-active", "pause-active"):
+    for name in ("kill-active", "pause-active", "pull-fabric-10s", "corrupt-and-audit"):
         assert why_unavailable(lab, load_scenario(find_scenario(name))) is None

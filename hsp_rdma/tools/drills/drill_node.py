@@ -173,10 +173,11 @@ def main(argv: list[str]) -> int:
         while not stop.is_set():
             with node._lock:
                 notes = engine.history[:]
-            hist_new = notes[seen[0]:] if len(notes) >= seen[0] else notes
-            seen[0] = len(notes)
-            for n in hist_new:
-                emit("failover", **n)
+            # by note number: the engine keeps only its last 64 notes
+            for n in notes:
+                if n["n"] > seen[0]:
+                    seen[0] = n["n"]
+                    emit("failover", **n)
             time.sleep(0.01)
 
     node.start()
