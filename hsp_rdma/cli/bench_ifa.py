@@ -31,7 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> Parser:
                    help="seconds at each fixed rate (default: 5)")
     p.add_argument("--rates", type=_rates, default=(1000, 10000),
                    help="transaction rates for the CPU measure, comma-separated "
-                        "(default: 1000,10000)")
+                        "(default: 1000,10000); an idle row (0 tx/s: heart beats only, "
+                        "the heart-beat cost) is always measured first")
     p.add_argument("--check", action="store_true",
                    help="exit 1 when a goal is missed (applied median <= 1.5 x 2 x "
                         "ib_send_lat typical; loop CPU <= 3%% at the highest rate)")
@@ -45,8 +46,9 @@ def _rates(text: str) -> tuple[int, ...]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a list of whole numbers "
                                          "like 1000,10000") from None
-    if not rates or any(not 1 <= r <= 1_000_000 for r in rates):
-        raise argparse.ArgumentTypeError("each rate should be between 1 and 1000000")
+    if not rates or any(not 0 <= r <= 1_000_000 for r in rates):
+        raise argparse.ArgumentTypeError("each rate should be between 0 (idle: heart beats "
+                                         "only, always measured) and 1000000")
     return rates
 
 
@@ -76,10 +78,25 @@ def show(r: dict[str, Any], console: Console) -> None:
     t = table("Node CPU per second [% of one core]", "target [tx/sec]", "achieved [tx/sec]",
               "active loop", "active process", "standby loop", "standby process")
     for c in r["cpu_percent"].values():
-        t.add_row(str(c["target_tx_per_s"]), f"{c['achieved_tx_per_s']:.0f}",
+        rate = c["target_tx_per_s"]
+        t.add_row("0 (idle: heart beats only)" if rate == 0 else str(rate),
+                  f"{c['achieved_tx_per_s']:.0f}",
                   f"{c['active_loop']:.2f}", f"{c['active_process']:.2f}",
                   f"{c['standby_loop']:.2f}", f"{c['standby_process']:.2f}")
     console.print(t)
+    hb = r.get("heartbeat_cpu")
+    if hb:
+        t = table(f"Heart-beat cost: CPU per second, idle pair (0 tx/s for {hb['seconds']} s), "
+                  f"heart-beat interval {hb['heartbeat_interval_ms']} ms",
+                  "node", "heart beats sent [/sec]", "loop [CPU ms/sec]", "loop [% of one core]",
+                  "process [CPU ms/sec]", "process [% of one core]")
+        for side in ("active", "standby"):
+            h = hb[side]
+            t.add_row(f"{side} ({'b' if side == 'active' else 'a'})",
+                      f"{h['heartbeats_per_s']}", f"{h['loop_ms_per_s']:.2f}",
+                      f"{h['loop_percent']:.2f}", f"{h['process_ms_per_s']:.2f}",
+                      f"{h['process_percent']:.2f}")
+        console.print(t)
     console.print(Text.assemble(
         f"goal: loop CPU <= {ifa_bench.CPU_GOAL_PERCENT}% at {g['cpu_rate']} tx/s "
         f"(achieved {g['cpu_achieved_tx_per_s']:.0f}): ",

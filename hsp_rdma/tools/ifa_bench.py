@@ -7,7 +7,10 @@ warm-up). ib_send_lat reports half a round trip; a commit in ``applied`` mode is
 trip (the transaction out, the ack back) plus the apply, so the goal compares it with
 2 x ib_send_lat's typical: applied median <= 1.5 x that. CPU: percent of one core, the node's
 loop thread alone and its whole process (the active's includes the workload's calls), on
-both nodes; a rate the lab cannot sustain is reported with the rate it reached.
+both nodes; a rate the lab cannot sustain is reported with the rate it reached. The first
+CPU row is always the idle one (0 tx/s for the same seconds: the pair connected and quiet, each
+node sending heart beats at its configured interval and nothing else): the heart-beat cost,
+also given as CPU milliseconds per second (``heartbeat_cpu``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,28 @@ GOAL_RATIO = 1.5
 CPU_GOAL_PERCENT = 3.0
 
 
+def heartbeat_cpu(idle: dict[str, Any]) -> dict[str, Any]:
+    """The idle CPU row (0 tx/s) as the heart-beat cost per node: CPU ms per second and %
+    of one core, the node's loop thread and its whole process, with the interval and the
+    heart beats each node sent per second in that window."""
+    if idle.get("target_tx_per_s") != 0:
+        raise LabError(f"the heart-beat cost comes from the idle row (0 tx/s), not from "
+                       f"{idle.get('target_tx_per_s')!r} tx/s")
+    out: dict[str, Any] = {"heartbeat_interval_ms": idle.get("heartbeat_interval_ms"),
+                           "seconds": idle.get("seconds")}
+    for side in ("active", "standby"):
+        loop, proc = idle[f"{side}_loop"], idle[f"{side}_process"]
+        out[side] = {"loop_ms_per_s": round(loop * 10, 2), "loop_percent": loop,
+                     "process_ms_per_s": round(proc * 10, 2), "process_percent": proc,
+                     "heartbeats_per_s": idle.get(f"{side}_heartbeats_per_s")}
+    return out
+
+
+def cpu_rates(rates: tuple[int, ...]) -> tuple[int, ...]:
+    """The rates measured, in order: the idle row (0) first, then RATES' others."""
+    return (0, *(r for r in rates if r != 0))
+
+
 def run_bench(lab: Lab, lat_iters: int = 1000, tput_s: float = 3.0, cpu_s: float = 5.0,
               rates: tuple[int, ...] = (1000, 10000), fabric: str = "x",
               step: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
@@ -32,9 +57,10 @@ def run_bench(lab: Lab, lat_iters: int = 1000, tput_s: float = 3.0, cpu_s: float
     lat = perftest.run(lab, "ib_send_lat", fabric, ("-s", str(LAT_BYTES), "-n", str(lat_iters)))
     step("Interface A pair: latency, throughput, CPU")
     events: list[str] = []
+    measured = cpu_rates(rates)
     a, b = start_ifa_pair(lab, ["--bench", "--lat-iters", str(lat_iters), "--tput-s",
                                 str(tput_s), "--cpu-s", str(cpu_s), "--rates",
-                                ",".join(str(r) for r in rates)],
+                                ",".join(str(r) for r in measured)],
                           timeout=600, tag="ifabench")
     b.on_event = lambda _n, ev: ev["event"] == "phase" and (events.append(ev["name"]),
                                                             step(f"Interface A: {ev['name']}"))
@@ -48,7 +74,7 @@ def run_bench(lab: Lab, lat_iters: int = 1000, tput_s: float = 3.0, cpu_s: float
     typical = lat.row["t_typical_us"]
     applied_p50 = r["latency"]["applied"]["p50"]
     goal_us = GOAL_RATIO * 2 * typical
-    top = str(max(rates))
+    top = str(max(measured))
     cpu_top = r["cpu"][top]
     return {
         "lab": lab.status().get("rdma"),
@@ -60,6 +86,7 @@ def run_bench(lab: Lab, lat_iters: int = 1000, tput_s: float = 3.0, cpu_s: float
         "tx_per_s": {k: v["tx_per_s"] for k, v in r["throughput"].items()},
         "throughput": r["throughput"],
         "cpu_percent": r["cpu"],
+        "heartbeat_cpu": heartbeat_cpu(r["cpu"]["0"]),
         "goals": {
             "applied_p50_us": applied_p50, "goal_us": round(goal_us, 1),
             "latency_met": applied_p50 <= goal_us,
@@ -74,8 +101,10 @@ def run_bench(lab: Lab, lat_iters: int = 1000, tput_s: float = 3.0, cpu_s: float
                    "(half round trip), then a node pair (standby a, active b): per mode "
                    f"{lat_iters} commits of one {LAT_BYTES} B P.mem write after 50 warm-up; "
                    f"async transactions for {tput_s} s per size, then a sync (included); "
+                   f"{cpu_s} s idle (0 tx/s: heart beats only, the heart-beat cost) and "
                    f"{cpu_s} s paced at each rate, CPU from os.times and the loop thread's "
-                   "CPU clock on both nodes"),
+                   "CPU clock on both nodes, over the active's wall time of the window "
+                   "(the standby's over its own)"),
     }
 
 

@@ -117,7 +117,9 @@ def cpu_now(node) -> dict:
     """CPU seconds so far: the whole process and the node's loop thread alone."""
     t = os.times()
     loop = time.clock_gettime(time.pthread_getcpuclockid(node._thread.ident))
-    return {"process_s": t.user + t.system, "loop_s": loop, "wall_s": time.monotonic()}
+    return {"process_s": t.user + t.system, "loop_s": loop, "wall_s": time.monotonic(),
+            "heartbeats_sent": node.heartbeats["sent"],
+            "heartbeats_received": node.heartbeats["received"]}
 
 
 def percentiles(samples: list[float]) -> dict:
@@ -167,7 +169,9 @@ def _bench(node, args) -> int:
         theirs0 = json.loads(node.oam.recv(timeout=30))
         mine0 = cpu_now(node)
         n, t0 = 0, time.monotonic()
-        while True:
+        while rate == 0 and time.monotonic() - t0 < args.cpu_s:  # idle: heart beats only
+            time.sleep(max(0.0, args.cpu_s - (time.monotonic() - t0)))
+        while rate:
             now = time.monotonic()
             if now - t0 >= args.cpu_s:
                 break
@@ -189,7 +193,13 @@ def _bench(node, args) -> int:
             "active_loop": round(100 * (mine1["loop_s"] - mine0["loop_s"]) / dt, 2),
             "standby_process": round(
                 100 * (theirs1["process_s"] - theirs0["process_s"]) / dts, 2),
-            "standby_loop": round(100 * (theirs1["loop_s"] - theirs0["loop_s"]) / dts, 2)}
+            "standby_loop": round(100 * (theirs1["loop_s"] - theirs0["loop_s"]) / dts, 2),
+            "seconds": round(dt, 3),
+            "heartbeat_interval_ms": node.config.timeouts.heartbeat_interval,
+            "active_heartbeats_per_s": round(
+                (mine1["heartbeats_sent"] - mine0["heartbeats_sent"]) / dt, 1),
+            "standby_heartbeats_per_s": round(
+                (theirs1["heartbeats_sent"] - theirs0["heartbeats_sent"]) / dts, 1)}
         emit("phase", name=f"cpu at {rate} tx/s", **cpu[str(rate)])
     node.oam.send(b"quit")
     emit("bench", latency=latency, throughput=throughput, cpu=cpu)
