@@ -150,27 +150,48 @@ def show(r: dict[str, Any], out: Console) -> None:
     out.print(t)
     rs = r["resync"]
     d = rs["drbd"]
+    h = rs.get("hsp")
+    wbw = rs.get("ib_write_bw")
+    ours = (f"; ours: {format_size(h.get('disk_bytes', 0))} of disk + "
+            f"{format_size(h.get('pmem_bytes', 0))} of P.mem written while the active's "
+            f"fabric was pulled, resync_rate {format_size(h['resync_rate'])}/s (set high: "
+            "not the limit)") if h and "resync_rate" in h else ""
     t2 = table(f"resync after a disconnect: {format_size(w['resync_bytes'])} written on the "
-               "primary while disconnected (DRBD: c-plan-ahead 0, resync-rate 500M)",
+               f"primary while disconnected (DRBD: c-plan-ahead 0, resync-rate 500M){ours}",
                "replication", "mode", "handshake [msec]",
-               "reconnect .. UpToDate [msec]", "resync [MB/sec]", "sync phase only [MB/sec]",
-               "ratio to DRBD", "goal")
+               "reconnect .. UpToDate [msec]", "resync [MB/sec]", "sync phase [MB/sec]",
+               "/ DRBD", "/ ib_write_bw", "goal")
+    t2.columns[1].no_wrap = True  # "not built yet" on one line in a 120-column log
+    ref = wbw["MBps"] if wbw else 0.0
     t2.add_row("DRBD 8.4", f"protocol {d['protocol']}",
                f"{d['handshake_s'] * 1e3:.0f}" if d.get("handshake_s") is not None else "-",
                f"{d['seconds'] * 1e3:.0f}", f"{d['MBps']:.2f}",
-               f"{d['sync_only_MBps']:.2f}" if d.get("sync_only_MBps") else "-", "1.00", "-")
-    h = rs.get("hsp")
+               f"{d['sync_only_MBps']:.2f}" if d.get("sync_only_MBps") else "-", "1.00",
+               _ratio(d["MBps"], ref), "-")
     if h:
         g = goals.get("resync_vs_drbd")
-        t2.add_row("hsp_rdma", "", "-",
+        t2.add_row("hsp_rdma", "SyncSource (a)",
+                   f"{h['handshake_s'] * 1e3:.0f}" if h.get("handshake_s") is not None
+                   else "-",
                    f"{h['seconds'] * 1e3:.0f}" if "seconds" in h else "-", f"{h['MBps']:.2f}",
-                   "-", _ratio(h["MBps"], d["MBps"]),
+                   f"{h['sync_only_MBps']:.2f}" if h.get("sync_only_MBps") else "-",
+                   _ratio(h["MBps"], d["MBps"]), _ratio(h["MBps"], ref),
                    goal_cell(f">= {g['goal']} x DRBD", g["met"]) if g else "-")
     else:
         t2.add_row("hsp_rdma", NOT_BUILT if not (r.get("hsp") or r.get("hsp_soft"))
-                   else "no resync yet",
-                   "-", "-", "-", "-", "-", "-")
+                   else "no resync measured",
+                   "-", "-", "-", "-", "-", "-", "-")
+    if wbw:
+        t2.add_row("ib_write_bw", f"{format_size(wbw['bytes'])} x {wbw['depth']} in flight",
+                   "-", "-", f"{wbw['MBps']:.2f}", "-", _ratio(wbw["MBps"], d["MBps"]),
+                   "1.00", "-")
     out.print(t2)
+    if h and "plug_to_done_s" in h:
+        out.print(Text(f"our resync: {h['bytes']} bytes in {h['blocks']} blocks; fabric pulled "
+                       f"{h['pulled_s']:.1f} s (written alone in {h['written_alone_s']:.1f} s);"
+                       f" plug .. resync_done seen by the host {h['plug_to_done_s']:.1f} s "
+                       f"(channels reconnecting included); heart-beat interval "
+                       f"{h['heartbeat_interval_ms']} ms (the resync steps at each)"))
     tcp = r["tcp"]
     out.print(Text(f"TCP on the same wire, a -> b: 4 KiB round trip t_typical "
                    f"{tcp['rtt_4k_p50_us']:.1f} usec, 99% {tcp['rtt_4k_p99_us']:.1f} usec "

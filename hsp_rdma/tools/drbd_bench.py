@@ -20,7 +20,12 @@ message and a 1-byte answer (what a protocol C write needs of the wire at least)
 stream of BYTES (time from first to last byte at the receiver). Our side, when given, runs the
 same workload on /dev/ram1 per commit mode, per VIA provider asked for: verbs (the lab's soft
 RDMA device) and/or soft (the software VIA provider, VIPL over TCP between the nodes, on the
-same fabric x IPv4s as DRBD).
+same fabric x IPv4s as DRBD). Our resync (verbs): a node pair with the failover engine, the
+active's fabric pulled, the same RESYNC bytes written on its disk (and RESYNC_PMEM of P.mem)
+while alone, the fabric plugged, the SyncSource's own resync_done (bytes, seconds) ->
+MB/sec (resync_rate set to 1 GiB/s, not the limit; see hsp_disk_bench), beside ib_write_bw
+on the same fabric in the same run (64 KiB messages, as our resync's transactions, 64 in
+flight, the resync's bytes; perftest's BW average, MB = 2^20).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from typing import Any
 
 from hsp_rdma.errors import HspError, LabError, LabUnavailable
 from hsp_rdma.ha.config import COMMIT_MODES
-from hsp_rdma.lab import NODES, ExecResult, Lab
+from hsp_rdma.lab import NODES, ExecResult, Lab, perftest
 from hsp_rdma.tools.guest import GuestRun
 from hsp_rdma.units import format_size, percentile
 
@@ -66,6 +71,7 @@ class DiskWorkload:
     bytes_1m: int = 128 << 20    # written as 1 MiB writes, DEPTH_1M in flight
     depth_1m: int = 8
     resync_bytes: int = 64 << 20  # written while disconnected, then resynced
+    resync_pmem_bytes: int = 1 << 20  # ours: P.mem written alone too (resynced with the disk)
     disk_bytes: int = 256 << 20  # each RAM disk (brd rd_size)
     fabric: str = "x"
     our_device: str = OUR_BACKING  # the RAM disk our side replicates, on both nodes
@@ -81,6 +87,9 @@ class DiskWorkload:
                 return (f"{name} ({format_size(n)}) must be whole MiB and at most "
                         f"{format_size(room)} (the RAM disk, {format_size(self.disk_bytes)}, "
                         "less 1 MiB for DRBD's meta-data)")
+        if self.resync_pmem_bytes % (64 << 10) or not 0 <= self.resync_pmem_bytes <= 4 << 20:
+            return (f"the P.mem resync size ({format_size(self.resync_pmem_bytes)}) must be a "
+                    "multiple of 64 KiB and at most 4 MiB (the resync run's P.mem is 8 MiB)")
         if self.ops_4k * 4096 > room:
             return (f"{self.ops_4k} 4 KiB writes do not fit on a "
                     f"{format_size(self.disk_bytes)} RAM disk")
@@ -93,7 +102,7 @@ class OurSide:
     through node.disk on ``workload.our_device`` (set up on both nodes, blank) in commit MODE
     (async | received | applied) with node a active and returns the FIELDS (keyword
     ``provider="soft"``: the node pair on the soft VIA provider instead of verbs); ``resync(lab,
-    workload)``, once resync exists, returns {"MBps": ..., "bytes": ..., "seconds": ...}."""
+    workload)`` returns {"MBps": ..., "bytes": ..., "seconds": ...} (and what it came from)."""
 
     write: Callable[[Lab, str, DiskWorkload], dict[str, float]]
     resync: Callable[[Lab, DiskWorkload], dict[str, float]] | None = None
@@ -384,6 +393,22 @@ def tcp_baseline(lab: Lab, w: DiskWorkload, pings: int = TCP_PINGS) -> dict[str,
             "rtt_4k_p99_us": round(percentile(rtt, 99), 1), "round_trips": len(rtt)}
 
 
+WRITE_BW_SIZE, WRITE_BW_DEPTH = 64 << 10, 64  # our resync's transaction size, ~in flight
+
+
+def write_bw(lab: Lab, w: DiskWorkload,
+             step: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+    """ib_write_bw on the workload's fabric, a -> b (as our resync goes), 64 KiB x 64 in
+    flight, as many as our resync's bytes (at least 100): the wire's RDMA baseline."""
+    iters = max((w.resync_bytes + w.resync_pmem_bytes) // WRITE_BW_SIZE, 100)
+    args = ("-s", str(WRITE_BW_SIZE), "-t", str(WRITE_BW_DEPTH), "-n", str(iters))
+    step(f"baseline: ib_write_bw {' '.join(args)} on fabric {w.fabric}")
+    res = perftest.run(lab, "ib_write_bw", w.fabric, args, server="b", client="a",
+                       timeout=600)
+    return {"MBps": round(res.row["bw_avg_MBps"], 2), "bytes": WRITE_BW_SIZE,
+            "depth": WRITE_BW_DEPTH, "iterations": iters, "notes": list(res.notes)}
+
+
 def check_ours(mode: str, got: Any) -> dict[str, float]:
     """Our side's figures for MODE, or a LabError saying which field is missing or wrong."""
     if not isinstance(got, dict):
@@ -505,6 +530,7 @@ def _measure(lab: Lab, drbd: DrbdLab, ours: OurSide | None, w: DiskWorkload,
     hsp: dict[str, Any] | None = None
     hsp_soft: dict[str, Any] | None = None
     hsp_resync: dict[str, float] | None = None
+    wbw: dict[str, Any] | None = None
     if ours is not None:
         if "verbs" in providers:
             hsp = {}
@@ -519,7 +545,9 @@ def _measure(lab: Lab, drbd: DrbdLab, ours: OurSide | None, w: DiskWorkload,
                 hsp_soft[mode] = check_ours(f"{mode}, soft provider",
                                             ours.write(lab, mode, w, provider="soft"))
         if ours.resync is not None and hsp is not None:
-            step(f"our resync of {format_size(w.resync_bytes)} after a disconnect")
+            wbw = write_bw(lab, w, step)
+            step(f"our resync of {format_size(w.resync_bytes)} of disk and "
+                 f"{format_size(w.resync_pmem_bytes)} of P.mem after the fabric was pulled")
             hsp_resync = ours.resync(lab, w)
     else:
         notes.append("our disk replication (node.disk) is not built yet: only DRBD and the "
@@ -529,8 +557,9 @@ def _measure(lab: Lab, drbd: DrbdLab, ours: OurSide | None, w: DiskWorkload,
         "raw": raw, "drbd": rows, "hsp": hsp, "hsp_soft": hsp_soft,
         "providers": list(providers),
         "resync_MBps": {"drbd": resync["MBps"],
-                        "hsp": hsp_resync["MBps"] if hsp_resync else None},
-        "resync": {"drbd": resync, "hsp": hsp_resync},
+                        "hsp": hsp_resync["MBps"] if hsp_resync else None,
+                        "ib_write_bw": wbw["MBps"] if wbw else None},
+        "resync": {"drbd": resync, "hsp": hsp_resync, "ib_write_bw": wbw},
         "tcp_MBps": tcp["stream_MBps"], "tcp": tcp, "notes": notes,
         "method": " ".join(__doc__.split("Method: ", 1)[1].split()),
     }

@@ -12,18 +12,34 @@ PROVIDER "soft" runs the same pair on the soft VIA provider (``VipOpenNic("soft:
 ``"soft:b"``, the same fabric x IPv4s): VIPL over TCP between the two guests, DRBD's own
 transport there; nothing else differs (same guest script, node, disk, figures, replica check).
 
-Resync does not exist yet (the failover issue, 12): ``OURS.resync`` is None, which the bench
-shows as "no resync yet" and ``resync_MBps.hsp`` null, never a figure.
+Resync (``OURS.resync``, issue 12: link loss without node loss), measured for real: a node
+pair with the failover engine on both nodes (fence action: the lab's fence device through its
+sh agent, ``lab.fence_agent.SH_COMMAND``, as the drill runner configures it; heart beats every
+100 ms, suspected after 1 s) whose disk is the same RAM disk and whose ``[replication]
+resync_rate`` is RESYNC_RATE (1 GiB/s, far above what the lab moves: the rate limit is not
+what is measured; the default, 64 MiB/s, would cap it). The host pulls the active's fabric
+(``Lab.fault(a, "link", x, "down")``: QEMU's link down); the active is suspected by the
+standby and the standby by the active, which outdates it at the fence device and serves alone;
+it then writes the workload's resync bytes of its disk (1 MiB writes from offset 0, DRBD's
+amount) and RESYNC_PMEM bytes of P.mem (64 KiB transactions), acknowledged alone and marked in
+the dirty bitmaps. The host plugs the fabric; the channels come back, and the SyncSource (a)
+sends the dirty blocks as ordinary applied transactions (64 KiB each, at most 4 MiB in flight,
+stepped at each heart-beat tick) and notes ``resync_done`` when the last was applied and each
+disk flushed on the target. resync MB/sec = its bytes / 2^20 / its seconds (from
+``resync_started``, the peer heard again, to ``resync_done``: the engine's own notes, one
+clock); sync phase only = bytes from the target's request to done. The replica must then equal
+the active (disk CRC32C, writes, bytes; P.mem CRC32C), or the run fails.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from hsp_rdma.errors import LabError
-from hsp_rdma.lab import Lab
+from hsp_rdma.lab import Lab, fence_agent, fenced
 from hsp_rdma.tools.drbd_bench import MB, DiskWorkload, OurSide
 from hsp_rdma.tools.guest import GuestRun
 from hsp_rdma.tools.lab_config import write_node_configs
@@ -36,6 +52,10 @@ CONFIG_DIR = "hsp-disk-bench"  # under the lab dir, one per mode: new files (9p 
 COMMIT_TIMEOUT_MS = 60_000  # a lab write is never this slow; past it the node says so
 CONNECT_TIMEOUT_MS = 60_000
 PROVIDERS = ("verbs", "soft")  # the VIA provider our node pair runs on
+RESYNC_RATE = 1 << 30       # [replication] resync_rate of the resync run: not the limit
+RESYNC_PMEM_SIZE = 8 << 20  # the resync run's P.mem
+RESYNC_TIMEOUTS = {"heartbeat_interval": 100, "heartbeat_timeout": 1000,
+                   "connect": CONNECT_TIMEOUT_MS, "commit": 10000}  # the drills' (lab_runner)
 
 
 def check_provider(provider: str) -> None:
@@ -143,6 +163,114 @@ def write(lab: Lab, mode: str, w: DiskWorkload, provider: str = "verbs") -> dict
     return out
 
 
-OURS = OurSide(write=write, resync=None)
+def resync_figures(notes: list[dict[str, Any]], expect_bytes: int) -> dict[str, Any]:
+    """The SyncSource's resync from its engine's NOTES (``resync_started``,
+    ``resync_request``, ``resync_done``; ``t`` on its clock, ``seconds`` its own): MB/sec over
+    its seconds and over the sync phase (target's request .. done), or a LabError when no
+    resync finished or it sent less than EXPECT_BYTES (what was written alone)."""
+    done = [n for n in notes if n.get("what") == "resync_done"
+            and n.get("side") == "SyncSource"]
+    if not done:
+        raise LabError("our resync: the active noted no resync_done as SyncSource (notes: "
+                       + ", ".join(n.get("what", "?") for n in notes) + ")")
+    d = done[-1]
+    nbytes, seconds = int(d.get("bytes", 0)), float(d.get("seconds", 0.0))
+    if seconds <= 0:
+        raise LabError(f"our resync: resync_done says {seconds} s")
+    if nbytes < expect_bytes:
+        raise LabError(f"our resync sent {nbytes} bytes, less than the {expect_bytes} written "
+                       "while the fabric was pulled")
+    started = [n for n in notes if n.get("what") == "resync_started"
+               and n.get("side") == "SyncSource" and n["t"] <= d["t"]]
+    t0 = started[-1]["t"] if started else d["t"] - seconds
+    req = [n for n in notes if n.get("what") == "resync_request" and t0 <= n["t"] <= d["t"]]
+    out = {"bytes": nbytes, "blocks": d.get("blocks"), "seconds": round(seconds, 3),
+           "MBps": round(nbytes / MB / seconds, 2), "handshake_s": None,
+           "sync_only_MBps": None,
+           "out_of_sync_at_start": started[-1].get("out_of_sync") if started else None}
+    if req:
+        out["handshake_s"] = round(req[0]["t"] - t0, 3)
+        sync_s = d["t"] - req[0]["t"]
+        if sync_s > 0:
+            out["sync_only_MBps"] = round(nbytes / MB / sync_s, 2)
+    return out
 
-__all__ = ["OURS", "PROVIDERS", "check_replica", "figures", "provider_info", "write"]
+
+def _await(run: GuestRun, event: str, timeout: float, what: str) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while not run.of(event):
+        res = run.job.poll()
+        if res is not None or run.of("error") or time.monotonic() > deadline:
+            if res is None:
+                run.job.kill()
+            res = run.job.wait(timeout=30)
+            raise LabError(f"our resync: {what} on node {run.name}: {_problem(run, res)}")
+        time.sleep(0.02)
+    return run.of(event)[0]
+
+
+def resync(lab: Lab, w: DiskWorkload) -> dict[str, Any]:
+    """Our resync of W.resync_bytes of disk (and W.resync_pmem_bytes of P.mem) after the
+    active's fabric was pulled and plugged again (see the module's docstring)."""
+    if w.fabric != "x":
+        raise LabError(f"our resync runs on fabric x only, not {w.fabric}")
+    fenced.clear_marks(lab)  # no Outdated mark of an earlier run
+    tag = f"resync-{time.time_ns()}"  # a state directory of its own: no persisted epoch
+    configs = write_node_configs(
+        lab.info(), Path(lab.dir) / CONFIG_DIR / tag, active=ACTIVE,
+        pmem_size=RESYNC_PMEM_SIZE, disks=[{"name": DISK, "path": w.our_device}],
+        replication={"commit": "applied", "resync_rate": RESYNC_RATE},
+        timeouts=RESYNC_TIMEOUTS, fence={"action": fence_agent.SH_COMMAND, "timeout": 60000})
+    total = w.resync_bytes + w.resync_pmem_bytes
+    timeout = 180 + 2 * total / 1e6 + 2 * w.disk_bytes / 4e6  # 0.5 MB/s: far below the lab
+    base = [sys.executable, "-m", "hsp_rdma.tools.hsp_disk_guest", "--disk", DISK,
+            "--mode", "applied", "--resync", str(w.resync_bytes),
+            "--resync-pmem", str(w.resync_pmem_bytes), "--timeout", str(timeout)]
+    runs: dict[str, GuestRun] = {}
+    pulled = False
+    try:
+        for node in (STANDBY, ACTIVE):
+            run = runs[node] = GuestRun(node)
+            run.job = lab.spawn(node, [*base, "--config", str(configs[node])],
+                                timeout=timeout + 60, on_stdout=run.feed)
+        act, sb = runs[ACTIVE], runs[STANDBY]
+        _await(act, "ready", timeout, "the pair did not start")
+        _await(sb, "ready", timeout, "the pair did not start")
+        lab.fault(ACTIVE, "link", w.fabric, "down")
+        pulled, t_pull = True, time.monotonic()
+        written = _await(act, "written", timeout, "writing while the fabric was pulled")
+        t_written = time.monotonic()
+        lab.fault(ACTIVE, "link", w.fabric, "up")
+        pulled, t_plug = False, time.monotonic()
+        got = _await(act, "resync", timeout, "the resync after the fabric was plugged")
+        t_done = time.monotonic()
+        a_end = _await(act, "end", 120, "the digests after the resync")
+        s_end = _await(sb, "end", 120, "the standby's digests after the resync")
+        for run in (act, sb):
+            run.job.wait(timeout=60)
+    finally:
+        if pulled:
+            lab.fault(ACTIVE, "link", w.fabric, "up")
+        for run in runs.values():
+            if run.job is not None and run.job.poll() is None:
+                run.job.kill()
+        fenced.clear_marks(lab)
+    out = resync_figures(got["notes"], total)
+    out["replica"] = check_replica("resync", a_end, s_end)
+    if a_end.get("pmem_digest") != s_end.get("pmem_digest"):
+        raise LabError(f"our resync replicated wrongly: after it the standby's P.mem CRC32C is "
+                       f"{s_end.get('pmem_digest')!r}, the active's {a_end.get('pmem_digest')!r}")
+    out.update({"disk_bytes": written["disk_bytes"], "pmem_bytes": written["pmem_bytes"],
+                "written_alone_s": written["seconds"], "resync_rate": got["resync_rate"],
+                "heartbeat_interval_ms": got["heartbeat_interval_ms"],
+                "pulled_s": round(t_plug - t_pull, 3),
+                "pull_to_written_s": round(t_written - t_pull, 3),
+                "plug_to_done_s": round(t_done - t_plug, 3),
+                "notes": got["notes"]})
+    return out
+
+
+OURS = OurSide(write=write, resync=resync)
+
+__all__ = ["OURS", "PROVIDERS", "check_replica", "figures", "provider_info", "resync",
+           "resync_figures", "write"]

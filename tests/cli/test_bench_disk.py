@@ -166,7 +166,7 @@ def test_both_providers_judge_each_its_own_goals_and_label_their_rows() -> None:
     (applied,) = [ln for ln in soft if "applied (~C)" in ln]
     assert "4KiB < 1.0 x C" in applied and "BW >= 1.0 x C" in applied
     assert "0.87" in applied and "1.01" in applied  # 3000/3457, 14.0/13.82
-    assert "no resync yet" in text and "not built yet" not in text
+    assert "no resync measured" in text and "not built yet" not in text
 
 
 def test_soft_only_shows_no_verbs_rows() -> None:

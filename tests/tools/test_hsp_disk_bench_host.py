@@ -1,8 +1,11 @@
 """Our side of `hsp-bench disk`, host pieces: the figures read from the active's job events as
 drbd_bench reads fio's (nearest-rank percentiles, MB = 2^20), a standby whose disk differs in
-anything refused loudly, the side found by drbd_bench, no resync figure while resync does
-not exist (the table says so, the JSON holds null); and the guest script end to end as two node
-processes over the soft provider (127.0.0.1 / 127.0.0.2, one image file each)."""
+anything refused loudly, the side found by drbd_bench (with its resync), no resync figure when
+none was measured (the table says so, the JSON holds null); the resync's figures from the
+SyncSource's engine notes (MB/sec over its seconds and over the sync phase, a short or missing
+resync refused) and its table row beside DRBD's and ib_write_bw's; and the guest script end to
+end as two node processes over the soft provider (127.0.0.1 / 127.0.0.2, one image file
+each).""" 
 
 from __future__ import annotations
 
@@ -80,12 +83,12 @@ def test_fabric_y_is_refused_with_what_to_use() -> None:
         hb.write(Lab("hspdisk-never-up"), "applied", db.DiskWorkload(fabric="y"))
 
 
-def test_the_bench_finds_our_side_and_it_has_no_resync_yet() -> None:
+def test_the_bench_finds_our_side_and_its_resync() -> None:
     ours = db.find_ours()
-    assert ours is hb.OURS and ours.write is hb.write and ours.resync is None
+    assert ours is hb.OURS and ours.write is hb.write and ours.resync is hb.resync
 
 
-def test_without_resync_the_table_says_so_and_the_json_holds_null() -> None:
+def test_without_a_resync_figure_the_table_says_so_and_the_json_holds_null() -> None:
     f = hb.figures(W4K, W1M)
     drbd = {"write4k_p50_us": 900.0, "write4k_p99_us": 1700.0, "write1m_MBps": 20.0}
     r = {"rdma": "rxe", "fabric": "x", "workload": db.DiskWorkload().__dict__,
@@ -103,7 +106,7 @@ def test_without_resync_the_table_says_so_and_the_json_holds_null() -> None:
     out = io.StringIO()
     bench_disk.show(r, make_console(file=out, width=250))
     resync_row = [ln for ln in out.getvalue().splitlines()
-                  if "hsp_rdma" in ln and "no resync yet" in ln]
+                  if "hsp_rdma" in ln and "no resync measured" in ln]
     assert len(resync_row) == 1
 
 
@@ -162,3 +165,75 @@ def test_a_standby_disk_that_differs_outside_the_writes_fails_the_check(tmp_path
     ev = run_guest_pair(tmp_path, "applied", standby_image=bytes(image))
     with pytest.raises(LabError, match="replicated wrongly.*digest"):
         hb.check_replica("applied", ev["a"]["end"][0], ev["b"]["end"][0])
+
+
+# ---- our resync: the figures from the SyncSource's notes, and the table --------------------
+
+NOTES = [{"t": 100.0, "what": "FabricSilent", "n": 3},
+         {"t": 104.5, "what": "resync_started", "side": "SyncSource", "out_of_sync": 65 * MB,
+          "n": 9},
+         {"t": 104.9, "what": "resync_request", "full": False, "n": 10},
+         {"t": 112.5, "what": "resync_done", "side": "SyncSource", "bytes": 65 * MB,
+          "blocks": 16640, "seconds": 8.0, "n": 11}]
+
+
+def test_resync_figures_from_the_sync_source_notes() -> None:
+    f = hb.resync_figures(NOTES, 65 * MB)
+    assert f["bytes"] == 65 * MB and f["blocks"] == 16640 and f["seconds"] == 8.0
+    assert f["MBps"] == 8.12  # 65 MiB / 8 s
+    assert f["handshake_s"] == 0.4 and f["sync_only_MBps"] == round(65 / 7.6, 2)
+    assert f["out_of_sync_at_start"] == 65 * MB
+
+
+def test_resync_figures_without_a_request_take_the_done_seconds_only() -> None:
+    f = hb.resync_figures([NOTES[1], NOTES[3]], 65 * MB)
+    assert f["MBps"] == 8.12 and f["handshake_s"] is None and f["sync_only_MBps"] is None
+
+
+@pytest.mark.parametrize(("notes", "expect", "says"), [
+    (NOTES[:3], 65 * MB, "no resync_done as SyncSource"),
+    ([dict(NOTES[3], side="SyncTarget")], 1, "no resync_done as SyncSource"),
+    (NOTES, 66 * MB, "less than the 69206016 written"),
+    ([dict(NOTES[3], seconds=0.0)], 1, "resync_done says 0.0 s"),
+])
+def test_resync_figures_refuse_what_is_not_a_measured_resync(notes, expect, says) -> None:
+    with pytest.raises(LabError, match=says):
+        hb.resync_figures(notes, expect)
+
+
+def test_the_pmem_resync_size_is_checked() -> None:
+    assert db.DiskWorkload().problem() is None
+    assert "multiple of 64 KiB" in db.DiskWorkload(resync_pmem_bytes=1000).problem()
+    assert "at most 4 MiB" in db.DiskWorkload(resync_pmem_bytes=8 * MB).problem()
+
+
+def test_the_resync_table_shows_ours_beside_drbd_and_ib_write_bw() -> None:
+    f = hb.figures(W4K, W1M)
+    drbd = {"write4k_p50_us": 900.0, "write4k_p99_us": 1700.0, "write1m_MBps": 20.0}
+    ours = dict(hb.resync_figures(NOTES, 65 * MB), disk_bytes=64 * MB, pmem_bytes=MB,
+                written_alone_s=3.2, resync_rate=1 << 30, heartbeat_interval_ms=100,
+                pulled_s=6.1, pull_to_written_s=6.0, plug_to_done_s=11.3)
+    wbw = {"MBps": 16.25, "bytes": 65536, "depth": 64, "iterations": 1040, "notes": []}
+    r = {"rdma": "rxe", "fabric": "x", "workload": db.DiskWorkload().__dict__,
+         "raw": drbd, "drbd": {"C": drbd, "A": drbd},
+         "hsp": {m: f for m in ("async", "received", "applied")},
+         "resync_MBps": {"drbd": 4.06, "hsp": ours["MBps"], "ib_write_bw": 16.25},
+         "resync": {"drbd": {"bytes": 64 * MB, "seconds": 15.76, "MBps": 4.06,
+                             "handshake_s": 0.5, "sync_only_MBps": 4.2, "protocol": "A"},
+                    "hsp": ours, "ib_write_bw": wbw},
+         "tcp_MBps": 40.0, "tcp": {"stream_MBps": 40.0, "rtt_4k_p50_us": 1000.0,
+                                   "rtt_4k_p99_us": 2000.0, "round_trips": 200},
+         "notes": [], "method": "m"}
+    r["goals"] = db.goals(r)
+    assert r["goals"]["resync_vs_drbd"] == {"ratio": 2.0, "goal": 1.0, "met": True}
+    out = io.StringIO()
+    bench_disk.show(r, make_console(file=out, width=250))
+    text = out.getvalue()
+    ours_row = next(ln for ln in text.splitlines() if "SyncSource (a)" in ln)
+    for cell in ("400", "8000", "8.12", "8.55", "2.00", "0.50", ">= 1.0 x DRBD"):
+        assert cell in ours_row, cell
+    wbw_row = next(ln for ln in text.splitlines() if "ib_write_bw" in ln and "64KiB" in ln)
+    assert "16.25" in wbw_row and "4.00" in wbw_row  # 16.25 / 4.06
+    assert "resync_rate 1GiB/s (set high: not the limit)" in text
+    assert "plug .. resync_done seen by the host 11.3 s" in text
+
