@@ -185,6 +185,12 @@ def test_resync_figures_from_the_sync_source_notes() -> None:
     assert f["out_of_sync_at_start"] == 65 * MB
 
 
+def test_a_request_before_the_start_means_no_handshake() -> None:
+    early = [NOTES[0], dict(NOTES[2], t=104.0), NOTES[1], NOTES[3]]
+    f = hb.resync_figures(early, 65 * MB)
+    assert f["handshake_s"] == 0.0 and f["sync_only_MBps"] == f["MBps"] == 8.12
+
+
 def test_resync_figures_without_a_request_take_the_done_seconds_only() -> None:
     f = hb.resync_figures([NOTES[1], NOTES[3]], 65 * MB)
     assert f["MBps"] == 8.12 and f["handshake_s"] is None and f["sync_only_MBps"] is None
@@ -237,3 +243,13 @@ def test_the_resync_table_shows_ours_beside_drbd_and_ib_write_bw() -> None:
     assert "resync_rate 1GiB/s (set high: not the limit)" in text
     assert "plug .. resync_done seen by the host 11.3 s" in text
 
+
+
+def test_after_the_resync_digests_must_match_and_write_counts_may_differ() -> None:
+    a = {"digest": 0xABCD, "size": 4 * MB, "writes": 16, "bytes": 16 * MB, "pmem_digest": 7}
+    b = dict(a, writes=256)
+    assert hb.check_resynced(a, b) == {"digest": "0000abcd", "pmem_digest": "00000007",
+                                       "active_writes": 16, "standby_writes": 256}
+    for key in ("digest", "pmem_digest", "size"):
+        with pytest.raises(LabError, match=f"{key}: active"):
+            hb.check_resynced(a, dict(b, **{key: 1}))
