@@ -22,8 +22,11 @@ the link-control block ``CTRL`` = (link_seq u32, grant u32, ack_seq u64, ack_app
 - ``ack_seq``: the highest stream sequence received in order (cumulative; prunes the peer's
   unacknowledged queue and answers commit mode ``received``).
 - ``ack_applied``: the highest transaction id applied (answers commit mode ``applied``).
-``HELLO`` (first frame on every new link, both ways) carries only CTRL: its ack_seq tells the
-peer where to resume, so re-sent frames start exactly after what arrived. ``CREDIT`` carries
+``HELLO`` (first frame on every new link, both ways) carries CTRL and the session's
+``incarnation`` (u64, random per Session): its ack_seq tells the peer where to resume, so
+re-sent frames start exactly after what arrived; an incarnation other than the one the peer
+knew says this side is a new process (it restarted): the peer's stream emits
+``PeerRestarted`` and takes nothing more from that link (its engine starts a new session). ``CREDIT`` carries
 only CTRL (explicit credits / acks). ``DATA`` carries CTRL, then ``DATA_HDR`` (txid u64,
 flags u8), then one fragment of a message; a message is the fragments from ``FIRST`` to
 ``LAST``, each its own stream sequence number. ``WANT_RECEIVED`` / ``WANT_APPLIED`` on the last
@@ -64,6 +67,7 @@ from __future__ import annotations
 
 import enum
 import json
+import random
 import struct
 from collections import deque
 from dataclasses import dataclass, field
@@ -81,6 +85,7 @@ from hsp_rdma.core.frames import (
 
 CTRL = struct.Struct("<IIQQ")  # link_seq, grant, ack_seq, ack_applied
 DATA_HDR = struct.Struct("<QB")  # txid, flags
+INCARNATION = struct.Struct("<Q")  # after CTRL in a HELLO: the sending session's incarnation
 OVERHEAD = HEADER_SIZE + CTRL.size + DATA_HDR.size  # bytes of a DATA frame besides the chunk
 _CRC_OFFSET = HEADER_SIZE - 4
 _HEAD = struct.Struct(HEADER.format[:-1])  # the header up to its crc field
@@ -231,7 +236,17 @@ class Alarm:
     text: str
 
 
-Action = Send | Deliver | Progress | Alarm
+@dataclass(slots=True)
+class PeerRestarted:
+    """CHANNEL's peer opened this link with another incarnation than the one this session
+    knew: the peer is a new process (it restarted), its numbering starts again and nothing
+    this session keeps for it means anything. The engine starts a new Session for the pair
+    and connects every channel again."""
+
+    channel: Channel
+
+
+Action = Send | Deliver | Progress | Alarm | PeerRestarted
 
 
 class Refused(Exception):
@@ -285,6 +300,7 @@ class Stream:
         self._ch = int(self.channel)
         self.session = session
         self.link: Link | None = None
+        self.peer_incarnation: int | None = None  # the peer's, from its first HELLO
         self.stats = Stats()
         # sending half
         self.next_seq = 1
@@ -408,7 +424,8 @@ class Stream:
         if self.unacked:
             self.queue.extendleft(reversed(self.unacked))
             self.unacked.clear()
-        return [Send(self.channel, self._frame(_HELLO, 0, self._ctrl(link)))]
+        return [Send(self.channel, self._frame(_HELLO, 0, self._ctrl(link)
+                                               + INCARNATION.pack(self.session.incarnation)))]
 
     def disconnected(self) -> list[Action]:
         self.link = None
@@ -480,6 +497,16 @@ class Stream:
             raise Refused("replayed" if link_seq <= link.received else "out_of_order")
         if (ftype == _HELLO) == link.synced:
             raise Refused("out_of_order", "HELLO opens a link, once")
+        if ftype == _HELLO:
+            if length < CTRL.size + INCARNATION.size:
+                raise Refused("bad_length")
+            incarnation = INCARNATION.unpack_from(buf, HEADER_SIZE + CTRL.size)[0]
+            if self.peer_incarnation is None:
+                self.peer_incarnation = incarnation
+            elif incarnation != self.peer_incarnation:
+                # a new process at the other end: its acks and numbers are not ours to judge
+                self.peer_incarnation = incarnation
+                return [PeerRestarted(self.channel)]
         if ack_seq >= self.next_seq or ack_applied >= self.next_txid or grant > link.window:
             raise Refused("bad_ack")
         # A frame of this link, in order: the peer spent a credit on it, we return one.
@@ -593,7 +620,11 @@ class Session:
 
     def __init__(self, epoch: int, buffer_size: int, credits: int,
                  channels: tuple[Channel, ...] = tuple(Channel),
-                 max_message: int = DEFAULT_MAX_MESSAGE, side: int | None = None):
+                 max_message: int = DEFAULT_MAX_MESSAGE, side: int | None = None,
+                 incarnation: int | None = None):
+        # this session's incarnation, in every HELLO: a peer that sees another one knows this
+        # side restarted (PeerRestarted)
+        self.incarnation = random.getrandbits(64) if incarnation is None else incarnation
         if side not in (None, 0, 1):
             raise ValueError(f"side should be 0 or 1 (or None), got {side!r}")
         # side: 0 for the node whose name sorts first, 1 for the other; each marks the frames

@@ -124,6 +124,8 @@ class FailoverEngine:
         self.sync: ResyncSource | None = None  # this node is the SyncSource
         self.sync_target_since: float | None = None  # this node is the SyncTarget
         self._sync_request: dict | None = None  # the target's request, heard on oam
+        self._request_id: str | None = None  # this node's last request, as SyncTarget
+        self._requests_made = 0
         self._oam_seen = 0
         self.resync_rate = cfg.replication.resync_rate
         self.resyncs: list[dict] = []
@@ -176,9 +178,10 @@ class FailoverEngine:
 
     # ---- hooks from the node's loop (under its lock) ------------------------------------------
     def _start_detector(self, now: float, why: str) -> None:
-        # the pair is connected (start() returned): heard now, not suspected
+        # the pair is connected (start() returned): heard now, not suspected; a restarted node
+        # (WAIT_PEER) has not heard its peer yet: its first heart beat is LinkRestored
         self.detector = det.FailureDetector((self.fabric,), self.interval, self.timeout, now)
-        self.detector.suspected = False
+        self.detector.suspected = not self.machine.connected
         self._note("detector", now, started=why)
 
     def tick(self, now: float) -> None:
@@ -450,11 +453,10 @@ class FailoverEngine:
         for ev in new:
             what = ev.get("resync") if isinstance(ev, dict) else None
             if what == "request":
-                self._sync_request = ev
-                self._note("resync_request", now, full=bool(ev.get("full")))
-                if self.sync is not None and not self.sync.began:
-                    self.sync.begin(bool(ev.get("full")))
-            elif what == "done" and self.machine.state is fo.FoState.SYNC_TARGET:
+                self._on_request(ev, now)
+            elif (what == "done" and self.machine.state is fo.FoState.SYNC_TARGET
+                  and ev.get("for") == self._request_id):
+                # (a "done" that answers another request, or none, leaves this one waiting)
                 took = now - (self.sync_target_since or now)
                 self._note("resync_done", now, side="SyncTarget",
                            bytes=int(ev.get("bytes", 0)), blocks=int(ev.get("blocks", 0)),
@@ -463,16 +465,51 @@ class FailoverEngine:
                                      "seconds": round(took, 3)})
                 self._feed(fo.ResyncDone(), now)
 
+    def _on_request(self, ev: dict, now: float) -> None:
+        """The SyncTarget asks (for everything, or what the bitmaps hold): a resync running
+        takes the request on (everything dirty when full); a serving node with none running
+        starts one (the peer restarted within the heart-beat timeout, or asked after this
+        side's resync ended); otherwise kept for the next StartResync(SyncSource)."""
+        full = bool(ev.get("full"))
+        self._note("resync_request", now, full=full, id=ev.get("id"))
+        if self.sync is None and self.machine.serving and self.machine.connected:
+            self.sync = ResyncSource(self.node, self.dirty, self.resync_rate, now)
+        if self.sync is None:
+            self._sync_request = ev
+            return
+        self.sync.answers = ev.get("id")
+        self.sync.done_sent = False
+        if not self.sync.began:
+            self.sync.begin(full)
+        elif full:
+            self.sync.begin(True)  # everything dirty again, what is in flight included
+
+    def peer_restarted(self) -> None:
+        """In the loop: the node started a new session (the peer is a new process). A resync
+        running for the old one starts over for the new one, from the bitmaps (the new peer
+        asks for everything anyway)."""
+        now = self.clock()
+        self._note("peer_restarted", now)
+        self._sync_request = None
+        if self.sync is not None:
+            self.sync.abandon()
+            self.sync = ResyncSource(self.node, self.dirty, self.resync_rate, now)
+
     def _start_resync(self, side: fo.SyncSide, now: float) -> None:
         self._note("resync_started", now, side=side.value, out_of_sync=self.dirty.out_of_sync)
         if side is fo.SyncSide.TARGET:
             self.sync_target_since = now
+            self._requests_made += 1
+            self._request_id = f"{self.node.config.name}-{self.node.session.incarnation:x}-" \
+                               f"{self._requests_made}"
             # a node that restarted has nothing to go by (its P.mem is empty): everything
-            system_message(self.node, {"resync": "request", "full": self.restarted})
+            system_message(self.node, {"resync": "request", "full": self.restarted,
+                                       "id": self._request_id})
             return
         self.sync = ResyncSource(self.node, self.dirty, self.resync_rate, now)
         req, self._sync_request = self._sync_request, None
         if req is not None:
+            self.sync.answers = req.get("id")
             self.sync.begin(bool(req.get("full")))
 
     def _resync_step(self, now: float) -> None:
@@ -484,7 +521,7 @@ class FailoverEngine:
             return
         src.done_sent = True
         system_message(self.node, {"resync": "done", "bytes": src.sent_bytes,
-                                   "blocks": src.sent_blocks})
+                                   "blocks": src.sent_blocks, "for": src.answers})
         took = now - src.started
         self._note("resync_done", now, side="SyncSource", bytes=src.sent_bytes,
                    blocks=src.sent_blocks, seconds=round(took, 3))

@@ -257,8 +257,8 @@ class Node:
         rep = config.replication
         self.default_commit = rep.commit
         self.role = config.role
-        self.session = ifa.Session(epoch, rep.message_size, rep.credits, CHANNELS,
-                                   side=0 if config.name < config.peer else 1)
+        self.session = self._new_session(epoch)
+        self._session_gen = 0  # +1 each time the peer restarted (a new session)
         # every frame's CRC by the compiled CRC32C's faster path here (measured once per
         # process: a TCG guest emulates SSE4.2's crc32 several times slower than the table)
         ifa.use_crc32c_hardware(crc32c_hardware())
@@ -300,6 +300,37 @@ class Node:
         # the failover engine (ha/failover_engine.py) when one is attached; None: heart beats
         # are sent and counted only
         self.failover = None
+
+    def _new_session(self, epoch: int, incarnation: int | None = None) -> ifa.Session:
+        rep = self.config.replication
+        return ifa.Session(epoch, rep.message_size, rep.credits, CHANNELS,
+                           side=0 if self.config.name < self.config.peer else 1,
+                           incarnation=incarnation)
+
+    def _peer_restarted(self, ch: Channel) -> None:
+        """In the loop: CH's peer is a new process (``ifa.PeerRestarted``). What this session
+        kept for the old one means nothing to it: a new session, every channel connected
+        again (the listening side waits for the peer's new connections), commits waiting on
+        the old session told. What the peer lacks comes back by the failover engine's resync
+        (a restarted node asks for everything)."""
+        self._alarm(f"{ch.name.lower()}: the peer restarted (another incarnation): a new "
+                    "session, every channel connected again")
+        # The same incarnation: the new peer must not take this side for restarted too. It
+        # took nothing of the old session (its fresh streams refuse the old numbering) and
+        # this side took nothing of it (every stream stops at the new peer's HELLO), so both
+        # number from where the new session and its fresh streams start.
+        self.session = self._new_session(self.session.epoch, self.session.incarnation)
+        self._session_gen += 1
+        self._pending_lost.clear()
+        with self._cv:
+            self._marks = {c: (0, 0, 0) for c in CHANNELS}
+            self._cv.notify_all()
+        for c in CHANNELS:
+            self._reset_link(c)  # disconnected now: the peer sees it and connects again
+            self._port.links[c].lost = "the peer restarted"
+            self._want_reconnect(c)
+        if self.failover is not None:
+            self.failover.peer_restarted()
 
     # ---- life -------------------------------------------------------------------------------
     def start(self) -> Node:
@@ -587,6 +618,7 @@ class Node:
                 txid, actions = self.session.submit(ch, message, mode)
             except ValueError as exc:
                 raise NodeError(f"{ch.name.lower()}: {exc}") from exc
+            gen = self._session_gen
             self._run(actions)
         if queued:
             return txid
@@ -598,6 +630,10 @@ class Node:
                     # the peer was lost after this was sent and is now fenced or outdated:
                     # acknowledged here alone (the core sends it again when the peer is back)
                     return txid
+                if self._session_gen != gen:
+                    raise NodeError(f"{ch.name.lower()} transaction {txid} was not "
+                                    f"{mode.name.lower()}: the peer restarted before it "
+                                    "acknowledged it")
                 if self._dead:
                     raise NodeError(f"{ch.name.lower()} transaction {txid} cannot be "
                                     f"{mode.name.lower()}: {self._dead}; close the node and "
@@ -907,6 +943,9 @@ class Node:
                         self._cv.notify_all()
                 elif kind is ifa.Alarm:
                     self._alarm(act.text)
+                elif kind is ifa.PeerRestarted:
+                    self._peer_restarted(act.channel)
+                    return  # the rest of this list belongs to the old session
             except via.VipError as exc:
                 self._lose(act.channel, str(exc))
         if self._pending_lost:

@@ -141,7 +141,7 @@ class ResyncSource:
     def __init__(self, node, tracker: DirtyTracker, rate: int, started: float):
         self.node, self.tracker, self.rate = node, tracker, rate
         self.started = started
-        self.request: dict | None = None  # the target's, when heard
+        self.answers: str | None = None  # the id of the target's request it answers
         self.pending: list[tuple[Channel, int, str, int, int, int]] = []
         # (channel, txid, bitmap name, first block, count, bytes)
         self.flushes: dict[int, int] = {}  # disk index -> txid of its final flush
@@ -157,6 +157,7 @@ class ResyncSource:
             for bm in self.tracker.maps.values():
                 bm.set_all()
             self.tracker.save_all()
+            self.flushes.clear()  # (a final flush already asked for comes after more writes)
         self.began = True
 
     def _in_flight(self) -> int:

@@ -397,3 +397,28 @@ def test_a_node_s_own_frame_sent_back_to_it_is_refused_as_reflected():
     pair.drain()
     pair.check()
     assert pair.s["b"].streams[CH].stats.refused.get("reflected", 0) >= 1
+
+
+def test_a_restarted_peer_is_told_by_its_incarnation():
+    """B restarts (a new Session: numbering from 1 again): its HELLO on the new link names
+    another incarnation, and A's stream says PeerRestarted instead of refusing B's frames one
+    by one as replays; the same B reconnecting (same incarnation) is no restart."""
+    pair = Pair(512, 4)
+    pair.connect()
+    rng = random.Random(4)
+    pair.handshake()
+    pair.submit("b", 100, Commit.APPLIED, rng)
+    pair.quiesce()
+    pair.disconnect()
+    pair.connect()  # the same processes: a new link, no restart
+    pair.quiesce()
+    assert pair.alarms == 0
+    pair.disconnect()
+    pair.s["b"] = Session(7, 512, 4, (CH,), side=1)  # b restarted
+    pair.up = True
+    pair.s["a"].feed(Connected(CH))
+    said = pair.s["b"].feed(Connected(CH))
+    hello_b = next(act for act in said if isinstance(act, ifa.Send)).data
+    out = pair.s["a"].feed(FrameReceived(CH, hello_b))
+    assert [type(a) for a in out] == [ifa.PeerRestarted]
+    assert out[0].channel == CH

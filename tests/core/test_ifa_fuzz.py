@@ -165,7 +165,8 @@ def test_fuzz_receive_path_never_crashes_and_never_applies() -> None:
 
 
 def _hello(stream: ifa.Stream) -> bytes:
-    body = CTRL.pack(1, 0, 0, 0)
+    # the corpus peer's own incarnation: the same process, a new link
+    body = CTRL.pack(1, 0, 0, 0) + ifa.INCARNATION.pack(stream.peer_incarnation)
     header = HEADER.pack(0x4853, 1, int(CH), ifa.FrameType.HELLO, stream.session.epoch, 0,
                          len(body), 0)
     crc = crc32c(body, crc32c(header))

@@ -11,6 +11,7 @@ promoted."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import stat
 import time
 from pathlib import Path
@@ -131,3 +132,52 @@ def test_pull_the_only_fabric_then_plug_it_resyncs_what_changed(pair, tmp_path) 
     # nobody promoted: same epoch, a still the only active
     assert a.status()["epoch"] == b.status()["epoch"] == 1
     assert "active" not in events(b) and a.failover.serving
+
+
+def test_a_restarted_standby_rejoins_with_a_full_resync(pair, tmp_path) -> None:
+    """The standby's process dies (its node closed: P.mem gone); the active outdates it and
+    serves alone. The standby starts again from its configuration and state directory: it
+    persisted epochs, so it is a restarted node (Consistent at best, never promotes itself)
+    with an empty P.mem: it asks for everything. The active sees a new incarnation in its
+    HELLO, starts a new session, and the full resync leaves both sides byte-equal; then the
+    pair replicates again."""
+    (a, b), _links = (pair[0]["a"], pair[0]["b"]), pair[1]
+    wait_until(lambda: b.status()["heartbeats"]["received"] >= 3)
+    for i in range(6):
+        with a.pmem.transaction(commit="applied") as tx:
+            tx.write(i * PAGE, bytes([i + 7]) * 300)
+    cfg = b.config
+    b.close()  # the standby is gone
+    wait_until(lambda: a.status()["failover"]["serving_alone"], what="a serving alone")
+    for i in range(10, 14):
+        with a.pmem.transaction(commit="applied") as tx:
+            tx.write(i * PAGE, bytes([i]) * 100)
+    a.disk["journal"].write(8192, b"alone" * 100, commit="applied", flush=True)
+    os.truncate(cfg.disks[0].path, 0)  # its disk copy is lost too (a new machine)
+
+    b2 = Node(cfg)
+    FailoverEngine(b2)
+    pair[0]["b"] = b2  # closed by the fixture
+    assert b2.failover.restarted and b2.role == "standby"
+    assert not start_nodes([b2], timeout_s=60)
+    try:
+        wait_until(lambda: a.status()["failover"]["state"] == "ACTIVE"
+                   and b2.status()["failover"]["state"] == "STANDBY", timeout=40,
+                   what="full resync done")
+    except AssertionError:
+        for n in (a, b2):
+            st = n.status()
+            print(n.config.name, st["failover"]["state"], st["alarms"][-6:],
+                  {k: v["state"] for k, v in st["channels"].items()},
+                  [(e["what"], e.get("side"), e.get("full")) for e in n.failover.history][-14:],
+                  st["failover"]["resync"])
+        raise
+    assert b2.pmem.read(0, len(a.pmem.buf)) == a.pmem.read(0, len(a.pmem.buf))
+    assert b2.disk["journal"].digest() == a.disk["journal"].digest()
+    req = [e for e in a.failover.history if e["what"] == "resync_request"]
+    assert req and req[-1]["full"] is True, req
+    assert "peer_restarted" in events(a)
+    with a.pmem.transaction(commit="applied") as tx:  # replication goes on, new session
+        tx.write(60 * PAGE, b"rejoined")
+    assert b2.pmem.read(60 * PAGE, 8) == b"rejoined"
+    assert a.status()["epoch"] == b2.status()["epoch"] == 1 and "active" not in events(b2)
