@@ -191,7 +191,10 @@ def show(r: dict[str, Any], out: Console) -> None:
                        f"{h['pulled_s']:.1f} s (written alone in {h['written_alone_s']:.1f} s);"
                        f" plug .. resync_done seen by the host {h['plug_to_done_s']:.1f} s "
                        f"(channels reconnecting included); heart-beat interval "
-                       f"{h['heartbeat_interval_ms']} ms (the resync steps at each)"))
+                       f"{h['heartbeat_interval_ms']} ms (the resync steps at each)"
+                       + (f"; the target asked again {h['requests_during']} times during it "
+                          "(it lost the source's heart beats for a timeout)"
+                          if h.get("requests_during") else "")))
     tcp = r["tcp"]
     out.print(Text(f"TCP on the same wire, a -> b: 4 KiB round trip t_typical "
                    f"{tcp['rtt_4k_p50_us']:.1f} usec, 99% {tcp['rtt_4k_p99_us']:.1f} usec "

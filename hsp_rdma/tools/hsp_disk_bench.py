@@ -183,15 +183,19 @@ def resync_figures(notes: list[dict[str, Any]], expect_bytes: int) -> dict[str, 
     started = [n for n in notes if n.get("what") == "resync_started"
                and n.get("side") == "SyncSource" and n["t"] <= d["t"]]
     t0 = started[-1]["t"] if started else d["t"] - seconds
-    # the target's request may come before the source's start (it heard the source first):
-    # the sync phase begins at the later of the two
-    req = [n for n in notes if n.get("what") == "resync_request" and n["t"] <= d["t"]]
+    # The target's request may come before the source's start (it heard the source first):
+    # then the sync phase begins at the start; else at the first request after it. A target
+    # may ask again during the resync (seen on siw: it lost the source's heart beats for a
+    # timeout behind the resync's traffic): counted, not a new start.
+    before = [n for n in notes if n.get("what") == "resync_request" and n["t"] <= t0]
+    after = [n for n in notes if n.get("what") == "resync_request" and t0 < n["t"] <= d["t"]]
     out = {"bytes": nbytes, "blocks": d.get("blocks"), "seconds": round(seconds, 3),
            "MBps": round(nbytes / MB / seconds, 2), "handshake_s": None,
            "sync_only_MBps": None,
-           "out_of_sync_at_start": started[-1].get("out_of_sync") if started else None}
-    if req:
-        begin = max(t0, req[-1]["t"])
+           "out_of_sync_at_start": started[-1].get("out_of_sync") if started else None,
+           "requests_during": len(after) - (0 if before else 1) if before or after else 0}
+    if before or after:
+        begin = t0 if before else after[0]["t"]
         out["handshake_s"] = round(begin - t0, 3)
         sync_s = d["t"] - begin
         if sync_s > 0:
@@ -222,6 +226,8 @@ def _await(run: GuestRun, event: str, timeout: float, what: str) -> dict[str, An
             if res is None:
                 run.job.kill()
             res = run.job.wait(timeout=30)
+            if run.of(event) and not run.of("error"):  # its last lines came in at the exit
+                break
             raise LabError(f"our resync: {what} on node {run.name}: {_problem(run, res)}")
         time.sleep(0.02)
     return run.of(event)[0]
@@ -264,6 +270,7 @@ def resync(lab: Lab, w: DiskWorkload) -> dict[str, Any]:
         t_done = time.monotonic()
         a_end = _await(act, "end", 120, "the digests after the resync")
         s_end = _await(sb, "end", 120, "the standby's digests after the resync")
+        target_notes = sb.of("resync_notes")[0]["notes"] if sb.of("resync_notes") else []
         for run in (act, sb):
             run.job.wait(timeout=60)
     finally:
@@ -281,7 +288,7 @@ def resync(lab: Lab, w: DiskWorkload) -> dict[str, Any]:
                 "pulled_s": round(t_plug - t_pull, 3),
                 "pull_to_written_s": round(t_written - t_pull, 3),
                 "plug_to_done_s": round(t_done - t_plug, 3),
-                "notes": got["notes"]})
+                "notes": got["notes"], "target_notes": target_notes})
     return out
 
 

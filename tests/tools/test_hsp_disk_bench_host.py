@@ -191,6 +191,13 @@ def test_a_request_before_the_start_means_no_handshake() -> None:
     assert f["handshake_s"] == 0.0 and f["sync_only_MBps"] == f["MBps"] == 8.12
 
 
+def test_requests_again_during_the_resync_are_counted_not_a_new_start() -> None:
+    again = [*NOTES[:3], dict(NOTES[2], t=110.0), dict(NOTES[2], t=111.0), NOTES[3]]
+    f = hb.resync_figures(again, 65 * MB)
+    assert f["handshake_s"] == 0.4 and f["requests_during"] == 2
+    assert hb.resync_figures(NOTES, 65 * MB)["requests_during"] == 0
+
+
 def test_resync_figures_without_a_request_take_the_done_seconds_only() -> None:
     f = hb.resync_figures([NOTES[1], NOTES[3]], 65 * MB)
     assert f["MBps"] == 8.12 and f["handshake_s"] is None and f["sync_only_MBps"] is None
