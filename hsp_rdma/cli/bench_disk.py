@@ -192,8 +192,11 @@ def show(r: dict[str, Any], out: Console) -> None:
                        f" plug .. resync_done seen by the host {h['plug_to_done_s']:.1f} s "
                        f"(channels reconnecting included); heart-beat interval "
                        f"{h['heartbeat_interval_ms']} ms (the resync steps at each)"
-                       + (f"; the target asked again {h['requests_during']} times during it "
-                          "(it lost the source's heart beats for a timeout)"
+                       + (f"; interrupted {h['interruptions']} times (the source suspected "
+                          "the target mid-resync and resumed from its bitmap), the last run "
+                          f"{h['last_run_bytes']} bytes at {h['last_run_MBps']:.2f} MB/sec"
+                          if h.get("interruptions") else "")
+                       + (f"; the target asked again {h['requests_during']} times during it"
                           if h.get("requests_during") else "")))
     tcp = r["tcp"]
     out.print(Text(f"TCP on the same wire, a -> b: 4 KiB round trip t_typical "

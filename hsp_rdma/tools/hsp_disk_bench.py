@@ -25,9 +25,10 @@ amount) and RESYNC_PMEM bytes of P.mem (64 KiB transactions), acknowledged alone
 the dirty bitmaps. The host plugs the fabric; the channels come back, and the SyncSource (a)
 sends the dirty blocks as ordinary applied transactions (64 KiB each, at most 4 MiB in flight,
 stepped at each heart-beat tick) and notes ``resync_done`` when the last was applied and each
-disk flushed on the target. resync MB/sec = its bytes / 2^20 / its seconds (from
-``resync_started``, the peer heard again, to ``resync_done``: the engine's own notes, one
-clock); sync phase only = bytes from the target's request to done. The replica must then equal
+disk flushed on the target. resync MB/sec = the bytes out of sync at ``resync_started`` (the
+peer heard again) / 2^20 / the time from it to ``resync_done``: the engine's own notes, one
+clock; a resync stopped by another suspicion of the peer and resumed counts whole, the stops
+included (``interruptions``); sync phase only = from the target's request to done. The replica must then equal
 the active (disk CRC32C, writes, bytes; P.mem CRC32C), or the run fails.
 """
 
@@ -164,36 +165,46 @@ def write(lab: Lab, mode: str, w: DiskWorkload, provider: str = "verbs") -> dict
 
 
 def resync_figures(notes: list[dict[str, Any]], expect_bytes: int) -> dict[str, Any]:
-    """The SyncSource's resync from its engine's NOTES (``resync_started``,
-    ``resync_request``, ``resync_done``; ``t`` on its clock, ``seconds`` its own): MB/sec over
-    its seconds and over the sync phase (target's request .. done), or a LabError when no
-    resync finished or it sent less than EXPECT_BYTES (what was written alone)."""
+    """The SyncSource's resync from its engine's NOTES (``resync_started``, ``resync_stopped``,
+    ``resync_request``, ``resync_done``; ``t`` on its clock) of one run: the bytes out of sync
+    at its first start, over the time from that start to the final ``resync_done``, so a resync
+    stopped by another suspicion of the peer and resumed from its bitmap counts whole, stops
+    included (``interruptions``; the last run's own bytes and rate beside). The sync phase
+    starts at the target's request. A LabError when no resync finished or it covered less than
+    EXPECT_BYTES (what was written alone)."""
     done = [n for n in notes if n.get("what") == "resync_done"
             and n.get("side") == "SyncSource"]
     if not done:
         raise LabError("our resync: the active noted no resync_done as SyncSource (notes: "
                        + ", ".join(n.get("what", "?") for n in notes) + ")")
     d = done[-1]
-    nbytes, seconds = int(d.get("bytes", 0)), float(d.get("seconds", 0.0))
-    if seconds <= 0:
-        raise LabError(f"our resync: resync_done says {seconds} s")
+    last_bytes, last_s = int(d.get("bytes", 0)), float(d.get("seconds", 0.0))
+    starts = [n for n in notes if n.get("what") == "resync_started"
+              and n.get("side") == "SyncSource" and n["t"] <= d["t"]]
+    if starts:
+        t0 = starts[0]["t"]
+        seconds = d["t"] - t0
+        nbytes = int(starts[0].get("out_of_sync", last_bytes))
+    else:
+        t0, seconds, nbytes = d["t"] - last_s, last_s, last_bytes
+    if seconds <= 0 or last_s <= 0:
+        raise LabError(f"our resync: resync_done says {last_s} s ({seconds:.3f} s from its "
+                       "first start)")
     if nbytes < expect_bytes:
-        raise LabError(f"our resync sent {nbytes} bytes, less than the {expect_bytes} written "
-                       "while the fabric was pulled")
-    started = [n for n in notes if n.get("what") == "resync_started"
-               and n.get("side") == "SyncSource" and n["t"] <= d["t"]]
-    t0 = started[-1]["t"] if started else d["t"] - seconds
+        raise LabError(f"our resync covered {nbytes} bytes, less than the {expect_bytes} "
+                       "written while the fabric was pulled")
+    stops = [n for n in notes if n.get("what") == "resync_stopped" and t0 <= n["t"] <= d["t"]]
     # The target's request may come before the source's start (it heard the source first):
     # then the sync phase begins at the start; else at the first request after it. A target
-    # may ask again during the resync (seen on siw: it lost the source's heart beats for a
-    # timeout behind the resync's traffic): counted, not a new start.
+    # asks again after each interruption: counted, not a new start.
     before = [n for n in notes if n.get("what") == "resync_request" and n["t"] <= t0]
     after = [n for n in notes if n.get("what") == "resync_request" and t0 < n["t"] <= d["t"]]
     out = {"bytes": nbytes, "blocks": d.get("blocks"), "seconds": round(seconds, 3),
            "MBps": round(nbytes / MB / seconds, 2), "handshake_s": None,
-           "sync_only_MBps": None,
-           "out_of_sync_at_start": started[-1].get("out_of_sync") if started else None,
-           "requests_during": len(after) - (0 if before else 1) if before or after else 0}
+           "sync_only_MBps": None, "interruptions": len(stops),
+           "requests_during": len(after) - (0 if before else 1) if before or after else 0,
+           "last_run_bytes": last_bytes, "last_run_seconds": round(last_s, 3),
+           "last_run_MBps": round(last_bytes / MB / last_s, 2)}
     if before or after:
         begin = t0 if before else after[0]["t"]
         out["handshake_s"] = round(begin - t0, 3)

@@ -182,7 +182,7 @@ def test_resync_figures_from_the_sync_source_notes() -> None:
     assert f["bytes"] == 65 * MB and f["blocks"] == 16640 and f["seconds"] == 8.0
     assert f["MBps"] == 8.12  # 65 MiB / 8 s
     assert f["handshake_s"] == 0.4 and f["sync_only_MBps"] == round(65 / 7.6, 2)
-    assert f["out_of_sync_at_start"] == 65 * MB
+    assert f["interruptions"] == 0 and f["last_run_MBps"] == 8.12
 
 
 def test_a_request_before_the_start_means_no_handshake() -> None:
@@ -198,6 +198,19 @@ def test_requests_again_during_the_resync_are_counted_not_a_new_start() -> None:
     assert hb.resync_figures(NOTES, 65 * MB)["requests_during"] == 0
 
 
+def test_an_interrupted_resync_counts_whole_from_its_first_start() -> None:
+    # seen on siw: the source suspected the target mid-resync, stopped, and resumed
+    cut = [*NOTES[:3],
+           {"t": 107.0, "what": "resync_stopped", "side": "SyncSource", "out_of_sync": 40 * MB},
+           {"t": 108.5, "what": "resync_started", "side": "SyncSource", "out_of_sync": 40 * MB},
+           {"t": 108.6, "what": "resync_request", "full": False},
+           dict(NOTES[3], t=116.5, bytes=40 * MB, seconds=8.0)]
+    f = hb.resync_figures(cut, 65 * MB)
+    assert f["bytes"] == 65 * MB and f["seconds"] == 12.0 and f["MBps"] == round(65 / 12, 2)
+    assert f["interruptions"] == 1 and f["requests_during"] == 1
+    assert f["last_run_bytes"] == 40 * MB and f["last_run_MBps"] == 5.0
+
+
 def test_resync_figures_without_a_request_take_the_done_seconds_only() -> None:
     f = hb.resync_figures([NOTES[1], NOTES[3]], 65 * MB)
     assert f["MBps"] == 8.12 and f["handshake_s"] is None and f["sync_only_MBps"] is None
@@ -206,7 +219,7 @@ def test_resync_figures_without_a_request_take_the_done_seconds_only() -> None:
 @pytest.mark.parametrize(("notes", "expect", "says"), [
     (NOTES[:3], 65 * MB, "no resync_done as SyncSource"),
     ([dict(NOTES[3], side="SyncTarget")], 1, "no resync_done as SyncSource"),
-    (NOTES, 66 * MB, "less than the 69206016 written"),
+    (NOTES, 66 * MB, "covered 68157440 bytes, less than the 69206016 written"),
     ([dict(NOTES[3], seconds=0.0)], 1, "resync_done says 0.0 s"),
 ])
 def test_resync_figures_refuse_what_is_not_a_measured_resync(notes, expect, says) -> None:
