@@ -528,7 +528,7 @@ class FailoverEngine:
         self.resyncs.append({"side": "SyncSource", "bytes": src.sent_bytes,
                              "blocks": src.sent_blocks, "seconds": round(took, 3)})
         self.sync = None
-        self.dirty.save_all()
+        self.dirty.settled()
         self._feed(fo.ResyncDone(), now)
         self._unoutdate(now)
 

@@ -68,6 +68,7 @@ CHANNELS = (Channel.HEALTH, Channel.OAM, Channel.PMEM, Channel.DISK, Channel.CON
 OAM_APP, OAM_SYSTEM = 0, 1  # first byte of an oam message: the application's, or the node's
 _HB = struct.Struct("<dQ")  # sender's clock, count
 HELLO_WAIT_S = 20.0
+RECONNECT_CONNECT_MS = 3000  # one runtime connect attempt (a TCG guest's rdma_cm can take >1 s)
 _STATUS_ERROR = int(via.VIP_STATUS_ERROR_MASK)  # an int: the flag enum's & is a call per use
 _MODES = {m.name.lower(): m for m in Commit} | {m: m for m in Commit}
 SEND_SLOT_WAIT_MS = 5000  # no free send slot and no send completion in this time: link lost  # a new connection whose peer says nothing in this time is made again
@@ -497,15 +498,18 @@ class Node:
                 self._feed_lost()
 
     def _reset_link(self, ch: Channel) -> None:
-        """Back to IDLE with every receive posted again and every send slot free. Under the
-        loop's lock: the loop may be reaping this VI's queues (a runtime reconnect)."""
+        """Back to IDLE with every receive posted again and every send slot free. The
+        disconnect outside the loop's lock (towards a dead peer it can wait for the cm's
+        timeout: ~12 s of stopped commits in the lab), the rest under it (the loop may be
+        reaping this VI's queues: what it takes in error is posted again here)."""
         link = self._port.links[ch]
         with self._lock:
             link.up = False
-            try:
-                via.VipDisconnect(link.vi)
-            except via.VipError:
-                pass  # a connect that failed left the VI IDLE already
+        try:
+            via.VipDisconnect(link.vi)
+        except via.VipError:
+            pass  # a connect that failed left the VI IDLE already
+        with self._lock:
             size = self.config.replication.message_size
             slots, link.unposted = link.unposted, []
             while (d := via.VipRecvDone(link.vi)) is not None:
@@ -857,6 +861,17 @@ class Node:
             self._reconnector.start()
 
     def _reconnect_loop(self) -> None:
+        """The reconnect thread: never ends before the node closes (an error it did not
+        expect is an alarm, and it goes on after a pause)."""
+        while not self._stop:
+            try:
+                self._reconnect_rounds()
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive any one failure
+                with self._lock:
+                    self._alarm(f"reconnect: {type(exc).__name__}: {exc}; trying again")
+                time.sleep(self.RECONNECT_PAUSE_S)
+
+    def _reconnect_rounds(self) -> None:
         connects = self.config.role == "active"
         fab = self._port.config
         while not self._stop:
@@ -878,7 +893,8 @@ class Node:
                         if link.up or via.VipQueryVi(link.vi)[0] is not via.ViState.IDLE:
                             self._reset_link(ch)
                         via.VipConnectRequest(link.vi, local,
-                                              via.NetAddress(fab.peer, self._disc(ch)), 1000)
+                                              via.NetAddress(fab.peer, self._disc(ch)),
+                                              RECONNECT_CONNECT_MS)
                     else:
                         req = via.VipConnectWait(self._port.nic, local,
                                                  50 if self._reconnect else 200)
@@ -908,7 +924,12 @@ class Node:
         with self._lock:
             link.up, link.lost = True, ""
             self._run(self.session.feed(ifa.Connected(ch)))
-            self._kick(link)
+            try:
+                self._kick(link)
+            except via.VipError as exc:  # broken as it came up: lost, made again
+                self._lose(ch, f"broke as it came up: {exc}")
+                self._feed_lost()
+                return
             early, link.early = link.early, []
             for data in early:
                 if self.failover is None or self.failover.admit(ch, data):

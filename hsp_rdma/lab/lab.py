@@ -56,6 +56,9 @@ PORT_BASE, PORT_SLOTS = 40000, 2000  # lab wires use UDP ports 40000-47999 on 12
 # port per node (a .. the MAX_NODES-th).
 HUB_PORT_BASE, HUB_PORT_SLOTS, HUB_BLOCK = 48000, 600, 20
 AGENT = Path(__file__).with_name("guest") / "agent.py"
+# A node's persistent storage: this folder of its share (the guest's /hsp/persist) is kept when
+# the node is booted again (a killed node's state directory, as a real disk would keep it)
+PERSIST_DIR = "persist"
 POLL_S = 0.05
 JOB_GRACE_S = 15.0  # beyond a job's own timeout, how long the host waits for the agent
 Output = Callable[[bytes], None]
@@ -514,10 +517,19 @@ class Lab:
 
     def _start_node(self, node: str, art: Artefacts, state: dict[str, Any]) -> None:
         ndir = self.node_dir(node)
+        kept = None
         if ndir.exists():
+            # the node's persistent storage (its "disk": PERSIST_DIR of its share) outlives a
+            # power cycle; everything else of the node is made anew
+            persist = ndir / "share" / PERSIST_DIR
+            if persist.is_dir():
+                kept = self.dir / f".{node}-{PERSIST_DIR}-{time.time_ns()}"
+                persist.rename(kept)
             shutil.rmtree(ndir)
         share = ndir / "share"
         (share / "jobs").mkdir(parents=True)
+        if kept is not None:
+            kept.rename(share / PERSIST_DIR)
         shutil.copy2(AGENT, share / "agent.py")
         plan = fabric_plan(node, state["rdma"], state["fabrics"])
         _write_json(share / "config.json", {"node": node, "rdma": state["rdma"], "fabrics": plan})

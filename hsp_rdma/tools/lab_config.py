@@ -81,13 +81,15 @@ def node_config_text(info: Mapping[str, Any], node: str, state_root: Path, *,
     return "\n".join(lines)
 
 
-def write_node_configs(info: Mapping[str, Any], lab_dir: Path, **choices: Any) -> dict[str, Path]:
-    """Write ``LAB_DIR/node-config/{a,b}.toml`` (state under ``LAB_DIR/node-state``) and
-    return node -> path. CHOICES as ``node_config_text``'s; a choice the loader refuses is a
-    ConfigError naming the file, line and field, and nothing is written."""
+def write_node_configs(info: Mapping[str, Any], lab_dir: Path, state_root: Path | None = None,
+                       **choices: Any) -> dict[str, Path]:
+    """Write ``LAB_DIR/node-config/{a,b}.toml`` (state under STATE_ROOT/<node>, by default
+    ``LAB_DIR/node-state``) and return node -> path. CHOICES as ``node_config_text``'s; a
+    choice the loader refuses is a ConfigError naming the file, line and field, and nothing
+    is written."""
     out_dir = lab_dir / "node-config"
-    texts = {node: node_config_text(info, node, lab_dir / "node-state", **choices)
-             for node in NODES}
+    root = state_root if state_root is not None else lab_dir / "node-state"
+    texts = {node: node_config_text(info, node, root, **choices) for node in NODES}
     for node, text in texts.items():
         parse_node_config(text, out_dir / f"{node}.toml")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,10 @@ upper bound). At the end the survivor writes its P.mem and journal into its shar
 driver reads them. Before each drill the lab is healed (a killed node booted, a paused one
 resumed), as the test fixture does.
 
-Steps supported: those of ``soft_runner.SUPPORTED`` and netem, on either fabric; gso and
-restart are refused before anything runs (``unsupported``).
+Steps supported: those of ``soft_runner.SUPPORTED`` and netem, on either fabric (restart:
+the killed guest booted again, its drill node started with the same configuration; each
+node's state directory is in its share, so it finds its persisted epochs); gso is refused
+before anything runs (``unsupported``).
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from hsp_rdma.errors import LabError
 from hsp_rdma.lab import Lab, fence_agent, fenced
+from hsp_rdma.lab.lab import PERSIST_DIR
 from hsp_rdma.tools.drills.acklog import Ack, AckWriter, read_acklog
 from hsp_rdma.tools.drills.runner import (
     DrillResult,
@@ -127,8 +131,13 @@ class LabRunner:
         # configs and state of this drill alone: a guest's writes under the lab's directory
         # stay in its overlay for as long as it runs, so a reused state directory would bring
         # the epoch of an earlier drill
+        # each node's state (epochs, dirty bitmaps) on its persistent storage (the share's
+        # PERSIST_DIR, kept when the guest boots again: a restarted node must find what it
+        # persisted); its control socket in the guest's /tmp (a 9p share holds no socket)
         paths = write_node_configs(
-            lab.info(), Path(lab.dir) / tag, pmem_size=PMEM_SIZE, timeouts=TIMEOUTS,
+            lab.info(), Path(lab.dir) / tag,
+            state_root=Path(GUEST_SHARE) / PERSIST_DIR / tag / "state",
+            control_socket=Path(f"/tmp/{tag}.sock"), pmem_size=PMEM_SIZE, timeouts=TIMEOUTS,
             disks=[{"name": "journal", "path": f"/tmp/{tag}-journal.img", "size": "16 MiB"}],
             fence={"action": fence_agent.SH_COMMAND, "timeout": 60000})
         writer = AckWriter(ack_path)
@@ -157,6 +166,26 @@ class LabRunner:
                 lab.fault(node, "netem", step.fabric, step.spec)
                 (netems.discard if step.spec == "clear" else netems.add)((node, step.fabric))
                 return
+            if step.do == "restart":  # the killed node booted again, its drill node started
+                # booted in a thread while this one goes on reading the other node's events:
+                # acks are stamped as they arrive (a boot of ~14 s read nothing before: a
+                # "blackout" of the command channel, not of the node)
+                failed: list[BaseException] = []
+
+                def boot() -> None:
+                    try:
+                        lab.boot_node(node)
+                    except BaseException as exc:  # noqa: BLE001 - raised in the driver
+                        failed.append(exc)
+
+                booting = threading.Thread(target=boot, daemon=True)
+                booting.start()
+                wait(lambda: not booting.is_alive(), 400, f"node {node} to boot again")
+                if failed:
+                    raise failed[0]
+                shares[node].mkdir(parents=True, exist_ok=True)  # (its share is made anew)
+                spawn(node)
+                return
             try:
                 lab.fault(node, step.do)
             except LabError:
@@ -181,12 +210,16 @@ class LabRunner:
         driver = StepDriver(procs, fault, heal_links,
                             lambda n, seq, cmd: command_file(shares[n], seq, cmd),
                             wait, sleep, time.monotonic)
+        def spawn(n: str) -> None:
+            procs[n].run.job = lab.spawn(n, [sys.executable, "-m",
+                                             "hsp_rdma.tools.drills.drill_node", str(paths[n]),
+                                             str(scenario.path), "stdout",
+                                             f"{GUEST_SHARE}/{tag}"],
+                                         timeout=600, on_stdout=procs[n].run.feed)
+
         try:
-            for n, p in procs.items():
-                p.run.job = lab.spawn(n, [sys.executable, "-m",
-                                          "hsp_rdma.tools.drills.drill_node", str(paths[n]),
-                                          str(scenario.path), "stdout", f"{GUEST_SHARE}/{tag}"],
-                                      timeout=600, on_stdout=p.run.feed)
+            for n in procs:
+                spawn(n)
             wait(lambda: procs["a"].find("serving") and procs["b"].find("started"), 180,
                  "pair serving")
             driver.run(scenario.steps)
@@ -222,6 +255,8 @@ class LabRunner:
             return replace(result, problems=(*result.problems,
                                              f"the nodes' events and stderr: {evidence}"))
         shutil.rmtree(evidence, ignore_errors=True)
+        for n in ("a", "b"):  # this drill's persisted node state
+            shutil.rmtree(lab.node_dir(n) / "share" / PERSIST_DIR / tag, ignore_errors=True)
         return result
 
 

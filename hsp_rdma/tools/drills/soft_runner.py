@@ -12,7 +12,8 @@ journal against it (``ledger.verify_acked``, ``check_replay``).
 
 Steps supported: wait (for, until suspected/fenced/promoted/resync-started/resync-done/
 audit-done), kill, pause, resume, pull, plug (fabric x: the soft pair has no other), heal,
-corrupt, audit. A scenario with any other step (netem, gso, restart) is refused before
+corrupt, audit, restart (the killed node's process started again: it rejoins). A scenario
+with any other step (netem, gso) is refused before
 anything starts (``unsupported``).
 """
 
@@ -45,11 +46,11 @@ from hsp_rdma.tools.drills.scenario import Scenario
 from hsp_rdma.tools.lab_config import write_node_configs
 from hsp_rdma.via.providers import soft
 
-SUPPORTED = {"wait", "kill", "pause", "resume", "pull", "plug", "heal", "corrupt", "audit"}
+SUPPORTED = {"wait", "kill", "pause", "resume", "pull", "plug", "heal", "corrupt", "audit",
+             "restart"}
 WHY_NOT = {"netem": "netem needs tc on a real interface (the soft provider has none): run it "
                     "in the lab (--lab rxe|siw)",
-           "gso": "a Graceful Switch Over from a drill step is not built yet",
-           "restart": "booting a killed node again (rejoin) is not built yet"}
+           "gso": "a Graceful Switch Over from a drill step is not built yet"}
 SOFT_FABRICS = ("x",)  # the soft pair's one fabric: NIC soft:a / soft:b
 INFO = {"a": {"x": {"rdma_dev": "soft:a", "ipv4": "127.0.0.1"}},
         "b": {"x": {"rdma_dev": "soft:b", "ipv4": "127.0.0.2"}}}
@@ -83,6 +84,7 @@ def unsupported(scenario: Scenario, supported: set[str] = SUPPORTED,
 class _NodeProc:
     def __init__(self, name: str, argv: list[str], work: Path, env: dict):
         self.name = name
+        self._argv, self._work, self._env = argv, work, env
         self.events: list[dict] = []
         self.out = open(work / f"{name}.events", "w")  # noqa: SIM115 - closed in close()
         self.err = open(work / f"{name}.stderr", "w")  # noqa: SIM115
@@ -92,8 +94,20 @@ class _NodeProc:
         self._t = threading.Thread(target=self._read, daemon=True)
         self._t.start()
 
-    def _read(self) -> None:
-        for line in self.proc.stdout:
+    def respawn(self) -> None:
+        """The drill's restart: the (killed) node started again, same configuration and
+        state directory; its events go on in the same list."""
+        if self.proc.poll() is None:
+            raise RuntimeError(f"node {self.name} still runs: restart follows a kill")
+        self._t.join(5)
+        self.proc = subprocess.Popen(self._argv, stdout=subprocess.PIPE, stderr=self.err,
+                                     env=self._env, text=True)
+        (self._work / f"{self.name}.pid").write_text(str(self.proc.pid))
+        self._t = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
+        self._t.start()
+
+    def _read(self, proc=None) -> None:
+        for line in (proc or self.proc).stdout:
             self.out.write(line)
             self.out.flush()
             try:
@@ -195,6 +209,9 @@ class SoftRunner:
                 else:
                     down.unlink(missing_ok=True)
                 return
+            if step.do == "restart":
+                procs[node].respawn()
+                return
             sig = {"kill": signal.SIGKILL, "pause": signal.SIGSTOP,
                    "resume": signal.SIGCONT}[step.do]
             try:
@@ -284,10 +301,15 @@ def judge_drill(scenario: Scenario, procs: dict, log, ledger: bytes | None,
         t_new = b_active["t"]
         two = any(a.node == "a" and a.t_ns / 1e9 > t_new for a in acks)
         two = two or (procs["a"].find("failover", "active") is not None)
-    suspected = procs["b"].find("failover", "suspected")
+    # detection: the first suspicion after the fault, by whichever node survived it (the
+    # standby of a killed active, the active of a killed standby or a pulled cable)
     detect = None
-    if fault_t is not None and suspected is not None:
-        detect = round((suspected["t"] - fault_t) * 1000, 1)
+    if fault_t is not None:
+        times = [e["t"] for p in procs.values() for e in list(p.events)
+                 if e.get("event") == "failover" and e.get("what") == "suspected"
+                 and e["t"] >= fault_t]
+        if times:
+            detect = round((min(times) - fault_t) * 1000, 1)
     blackout = blackout_ms(acks, int(fault_t * 1e9)) if fault_t is not None else None
     if failover:
         # the old active's last ack to the new active's first, each as the driver got it:
