@@ -196,7 +196,7 @@ def show(r: dict[str, Any], out: Console) -> None:
                           "the target mid-resync and resumed from its bitmap), the last run "
                           f"{h['last_run_bytes']} bytes at {h['last_run_MBps']:.2f} MB/sec"
                           if h.get("interruptions") else "")
-                       + (f"; the target asked again {h['requests_during']} times during it"
+                       + (f"; the target asked again during it ({h['requests_during']} x)"
                           if h.get("requests_during") else "")))
     tcp = r["tcp"]
     out.print(Text(f"TCP on the same wire, a -> b: 4 KiB round trip t_typical "
