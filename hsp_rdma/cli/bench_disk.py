@@ -192,6 +192,9 @@ def show(r: dict[str, Any], out: Console) -> None:
                        f" plug .. resync_done seen by the host {h['plug_to_done_s']:.1f} s "
                        f"(channels reconnecting included); heart-beat interval "
                        f"{h['heartbeat_interval_ms']} ms (the resync steps at each)"
+                       + (f"; {format_size(h['tx_bytes'])} transactions, at most "
+                          f"{format_size(h['in_flight_max'])} unapplied"
+                          if "in_flight_max" in h else "")
                        + (f"; interrupted {h['interruptions']} times (the source suspected "
                           "the target mid-resync and resumed from its bitmap), the last run "
                           f"{h['last_run_bytes']} bytes at {h['last_run_MBps']:.2f} MB/sec"

@@ -23,8 +23,8 @@ standby and the standby by the active, which outdates it at the fence device and
 it then writes the workload's resync bytes of its disk (1 MiB writes from offset 0, DRBD's
 amount) and RESYNC_PMEM bytes of P.mem (64 KiB transactions), acknowledged alone and marked in
 the dirty bitmaps. The host plugs the fabric; the channels come back, and the SyncSource (a)
-sends the dirty blocks as ordinary applied transactions (64 KiB each, at most 4 MiB in flight,
-stepped at each heart-beat tick) and notes ``resync_done`` when the last was applied and each
+sends the dirty blocks as ordinary applied transactions (``ha.resync.TX_MAX`` each, at most
+``ha.resync.IN_FLIGHT`` unapplied, stepped at each heart-beat tick: both in the JSON) and notes ``resync_done`` when the last was applied and each
 disk flushed on the target. resync MB/sec = the bytes out of sync at ``resync_started`` (the
 peer heard again) / 2^20 / the time from it to ``resync_done``: the engine's own notes, one
 clock; a resync stopped by another suspicion of the peer and resumed counts whole, the stops
@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from hsp_rdma.errors import LabError
+from hsp_rdma.ha import resync as ha_resync
 from hsp_rdma.lab import Lab, fence_agent, fenced
 from hsp_rdma.tools.drbd_bench import MB, DiskWorkload, OurSide
 from hsp_rdma.tools.guest import GuestRun
@@ -296,6 +297,7 @@ def resync(lab: Lab, w: DiskWorkload) -> dict[str, Any]:
     out.update({"disk_bytes": written["disk_bytes"], "pmem_bytes": written["pmem_bytes"],
                 "written_alone_s": written["seconds"], "resync_rate": got["resync_rate"],
                 "heartbeat_interval_ms": got["heartbeat_interval_ms"],
+                "tx_bytes": ha_resync.TX_MAX, "in_flight_max": ha_resync.IN_FLIGHT,
                 "pulled_s": round(t_plug - t_pull, 3),
                 "pull_to_written_s": round(t_written - t_pull, 3),
                 "plug_to_done_s": round(t_done - t_plug, 3),
