@@ -118,6 +118,7 @@ class FailoverEngine:
         self.timer: float | None = None  # the machine's
         self.alone_ok = False  # serving alone after a confirmed fence (off or outdate)
         self.outdating = False  # an outdate of the lost peer is running: commits wait
+        self.peer_outdated = False  # this node outdated its peer and has not cleared it yet
         self.alone_refusal = ""  # why commits are refused while alone (no outdate)
         self._outdate_retry_at: float | None = None
         self.dirty = DirtyTracker(node, Path(cfg.state_dir) / "failover")
@@ -270,6 +271,14 @@ class FailoverEngine:
             raise CommitRefused(self.alone_refusal or (
                 f"the peer is not heard and was not fenced: a {mode.name.lower()} commit "
                 "cannot be acknowledged now (the standby may take over with what it has)"))
+        if (self.peer_outdated and (channel is Channel.PMEM or channel is Channel.DISK)
+                and m.state is fo.FoState.SYNC_SOURCE):
+            # heart beats are back but this channel is not yet: the peer is still Outdated
+            # (until the resync ends), so this is acknowledged here and marked, as alone
+            stream = self.node.session.streams[channel]
+            if stream.link is None or not stream.link.synced:
+                self.dirty.mark(message)
+                return "local"
         return "replicate"
 
     def local_txid(self, channel: Channel) -> int:
@@ -432,6 +441,7 @@ class FailoverEngine:
             pass  # the peer came back meanwhile: nothing to do with the answer
         elif ok:
             self.alone_ok = True
+            self.peer_outdated = True
             self.alone_refusal = ""
             self.dirty.on = True
             self.dirty.save_all()  # what the bitmaps hold from now on survives a crash
@@ -549,6 +559,8 @@ class FailoverEngine:
         now = self.clock()
         self._note("unoutdated", now, ok=ok, detail=detail,
                    took_ms=round((now - started) * 1000, 1))
+        if ok:
+            self.peer_outdated = False
         if not ok:
             self._raise_alarm(f"the peer is UpToDate again but its Outdated mark could not be "
                               f"cleared at the fence device ({detail}): it cannot fence this "

@@ -99,13 +99,15 @@ def test_pause_active_drill_runs_in_the_lab(healthy_lab: Lab) -> None:
     assert result.acknowledged > 100 and result.detect_ms > 800, result
 
 
-@pytest.mark.parametrize("drill", ["pull-fabric-10s", "corrupt-and-audit"])
+@pytest.mark.parametrize("drill", ["pull-fabric-10s", "corrupt-and-audit", "kill-standby-rejoin"])
 def test_link_and_audit_drills_run_in_the_lab(healthy_lab: Lab, drill: str) -> None:
     """pull-fabric-10s: the only fabric of the active pulled for 10 s under load: the active
     outdates the standby at the lab's fence device and serves alone (dirty bitmaps), the
     standby's own fence is refused, the channels come back, a resync sends what changed;
     nobody promotes. corrupt-and-audit: a standby page and block damaged on purpose, the
-    audit repairs exactly those two. Both: every acknowledged transfer on the survivor."""
+    audit repairs exactly those two. kill-standby-rejoin: the standby's guest killed, booted
+    again; its node rejoins with a full resync. All: every acknowledged transfer on the
+    survivor."""
     runner = LabRunner(healthy_lab.status()["rdma"], healthy_lab.lab_id)
     scenario = load_scenario(find_scenario(drill))
     result = runner.run(scenario)
@@ -115,5 +117,7 @@ def test_link_and_audit_drills_run_in_the_lab(healthy_lab: Lab, drill: str) -> N
     assert result.acknowledged > 100, result
     if drill == "pull-fabric-10s":
         assert result.resync and 0 < result.resync_bytes < 8 << 20, result
+    elif drill == "kill-standby-rejoin":  # the restarted standby: a full resync
+        assert result.resync and result.resync_bytes >= 24 << 20, result
     else:
         assert result.audit_repairs == 2, result

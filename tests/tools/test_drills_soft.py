@@ -63,10 +63,14 @@ def test_pull_the_fabric_and_corrupt_then_audit_over_soft() -> None:
     one page of the standby damaged through drill command files, the audit repairs exactly
     those two."""
     res = subprocess.run([*CLI, "--provider", "soft", "pull-fabric-10s", "corrupt-and-audit",
-                          "--json"], check=False, capture_output=True, text=True, timeout=300)
+                          "kill-standby-rejoin", "--json"],
+                         check=False, capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, (res.stdout, res.stderr)
     rows = {r["name"]: r for r in json.loads(res.stdout)["scenarios"]}
     pull, audit = rows["pull-fabric-10s"], rows["corrupt-and-audit"]
+    rejoin = rows["kill-standby-rejoin"]
+    # the restarted standby rejoined with a full resync (8 MiB P.mem + 16 MiB journal)
+    assert rejoin["passed"] and rejoin["lost"] == 0 and rejoin["resync_bytes"] >= 24 << 20
     for r in (pull, audit):
         assert r["passed"] and r["lost"] == 0 and not r["two_actives"], r
     assert pull["resync_bytes"] > 0 and pull["audit_repairs"] == 0, pull
@@ -82,7 +86,8 @@ def test_drills_with_steps_not_built_say_so_and_exit_69() -> None:
     assert res.returncode == 69, (res.stdout, res.stderr)
     assert "kill-active-during-resync not run" in res.stderr, res.stderr
     assert "kill-standby-during-gso not run" in res.stderr, res.stderr
-    assert "restart" in res.stderr and "gso" in res.stderr and "not built yet" in res.stderr
+    assert "restart of the active" in res.stderr and "gso" in res.stderr
+    assert "not built yet" in res.stderr
     assert "Traceback" not in res.stderr
 
 
@@ -102,10 +107,11 @@ commit = "applied"
 def test_which_shipped_drills_run_where() -> None:
     soft = {p.stem: unsupported(load_scenario(p)) for p in shipped()}
     lab = {p.stem: lab_runner.unsupported(load_scenario(p)) for p in shipped()}
-    for name in ("kill-active", "pause-active", "pull-fabric-10s", "corrupt-and-audit"):
+    for name in ("kill-active", "pause-active", "pull-fabric-10s", "corrupt-and-audit",
+                 "kill-standby-rejoin"):
         assert soft[name] is None and lab[name] is None, (name, soft[name], lab[name])
-    assert "restart" in soft["kill-active-during-resync"]
-    assert "restart" in lab["kill-active-during-resync"]
+    assert "restart of the active" in soft["kill-active-during-resync"]
+    assert "restart of the active" in lab["kill-active-during-resync"]
     for why in (soft["kill-standby-during-gso"], lab["kill-standby-during-gso"]):
         assert "step gso:" in why and "wait until gso-copy-started:" in why, why
 
