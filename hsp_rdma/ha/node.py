@@ -962,6 +962,8 @@ class Node:
                     with self._cv:
                         self._marks[act.channel] = (act.sent, act.received, act.applied)
                         self._cv.notify_all()
+                    if self.failover is not None and self.failover.sync is not None:
+                        self.failover.resync_progress()  # acks free room: send more now
                 elif kind is ifa.Alarm:
                     self._alarm(act.text)
                 elif kind is ifa.PeerRestarted:
