@@ -424,14 +424,22 @@ class FailoverEngine:
             return
         self.outdating = True
         self._note("outdating", now, peer=self.node.config.peer)
+        self._agent_in_thread("outdate", lambda ok, detail: self._outdate_done(ok, detail, now))
+
+    def _agent_in_thread(self, action: str, done: Callable[[bool, str], None],
+                         delay: float = 0.0) -> None:
+        """Run the fence agent's ACTION on the peer in its own thread (after DELAY s), as this
+        node (``nodename=``); DONE(ok, detail) is then called in the node's loop."""
         node, peer, agent, timeout = self.node, self.node.config.peer, self.agent, \
             self.fence_timeout
 
         def run() -> None:
-            res = agent.run("outdate", peer, timeout, nodename=node.config.name)
-            node.call_in_loop(lambda: self._outdate_done(res.ok, res.detail, now))
+            if delay > 0:
+                time.sleep(delay)
+            res = agent.run(action, peer, timeout, nodename=node.config.name)
+            node.call_in_loop(lambda: done(res.ok, res.detail))
 
-        threading.Thread(target=run, name=f"hsp-outdate-{peer}", daemon=True).start()
+        threading.Thread(target=run, name=f"hsp-{action}-{peer}", daemon=True).start()
 
     def _outdate_done(self, ok: bool, detail: str, started: float) -> None:
         now = self.clock()
@@ -563,14 +571,8 @@ class FailoverEngine:
         """The peer has everything again: clear its Outdated mark at the fence device."""
         if self.agent is None or not self.outdate_peer:
             return
-        node, peer, agent, timeout = self.node, self.node.config.peer, self.agent, \
-            self.fence_timeout
-
-        def run() -> None:
-            res = agent.run("unoutdate", peer, timeout, nodename=node.config.name)
-            node.call_in_loop(lambda: self._unoutdated(res.ok, res.detail, now))
-
-        threading.Thread(target=run, name=f"hsp-unoutdate-{peer}", daemon=True).start()
+        self._agent_in_thread("unoutdate",
+                              lambda ok, detail: self._unoutdated(ok, detail, now))
 
     def _unoutdated(self, ok: bool, detail: str, started: float) -> None:
         now = self.clock()
@@ -592,21 +594,13 @@ class FailoverEngine:
 
     def _fence(self, attempt: int, now: float) -> None:
         self._note("fencing", now, attempt=attempt)
-        node, peer = self.node, self.node.config.peer
         if self.agent is None:  # the machine fences only with a fence action configured
             self._events.append(fo.FenceResult(False, "no fence action", attempt))
             return
-        agent, timeout, delay = self.agent, self.fence_timeout, self.fence_delay
-
-        def run() -> None:
-            # the standby waits before it fences, so that an active that still serves (one
-            # fabric pulled) outdates it first and the fence device refuses this request
-            if delay > 0:
-                time.sleep(delay)
-            res = agent.run("off", peer, timeout, nodename=node.config.name)
-            node.call_in_loop(lambda: self.fence_done(res.ok, res.detail, attempt, now))
-
-        threading.Thread(target=run, name=f"hsp-fence-{peer}", daemon=True).start()
+        # the standby waits before it fences, so that an active that still serves (one fabric
+        # pulled) outdates it first and the fence device refuses this request
+        self._agent_in_thread("off", lambda ok, detail: self.fence_done(ok, detail, attempt, now),
+                              delay=self.fence_delay)
 
 
 class CommitRefused(Exception):
