@@ -16,10 +16,10 @@ or every ``audit_interval``), in its own thread:
 2. The standby (``answer``, called from the node's ``_apply``) digests the same chunks of
    its copy and replies on oam as a system message ``{"audit": "diff", "id", "target",
    "first", "count", "chunks": [differing chunk numbers]}``, one per AUDIT transaction.
-3. Verify. A chunk the application had written locally but not yet submitted when the slice
-   was digested differs without being damaged (the node writes its own copy, and a disk
-   write makes it stable, before it takes the lock to submit: that write is in the active's
-   digest and not yet in the stream). So the differing chunks are audited again, the same
+3. Verify. The node writes its own copy under its lock right before the submit
+   (``Node._commit``'s ``local``), so a slice digested under the lock is at an exact
+   transaction fence. As a second line (a write made outside those paths, e.g. straight into
+   ``node.pmem.buf``), the differing chunks are audited again, the same
    way, ``VERIFY_DELAY_S`` apart, up to ``VERIFY_ROUNDS`` rounds: a chunk the standby no
    longer reports is clean; one it still reports while the active's bytes of it did not
    change since the round before is damaged (no local write was pending on it, unless one
@@ -313,13 +313,21 @@ class Auditor:
             why = self._refusal()
             if why is not None:
                 raise AuditFailed(why)
-            crcs = self._digests(target, first, count)
-            msg = ifa.encode_audit(audit_id, target, self.chunk, first, crcs)
-            with self._cv:
-                self._current["outstanding"] += 1
-                self._current["answered_at"] = time.monotonic()  # (the wait counts from here)
-            _, actions = node.session.submit(ch, msg, Commit.ASYNC)
-            node._run(actions)
+            # a transaction fence: the node writes its copy under this lock right before it
+            # submits, so every write in the copy is in the stream, and only those
+            return self._submit_audit(audit_id, target, ch, first, count)
+
+    def _submit_audit(self, audit_id: int, target: int, ch: Channel, first: int,
+                      count: int) -> tuple[int, list[int]]:
+        """Under the lock, at a transaction fence: digest and submit."""
+        node = self.node
+        crcs = self._digests(target, first, count)
+        msg = ifa.encode_audit(audit_id, target, self.chunk, first, crcs)
+        with self._cv:
+            self._current["outstanding"] += 1
+            self._current["answered_at"] = time.monotonic()  # (the wait counts from here)
+        _, actions = node.session.submit(ch, msg, Commit.ASYNC)
+        node._run(actions)
         return len(msg), crcs
 
     def _pace(self, t0: float, digested: int) -> None:

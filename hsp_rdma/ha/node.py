@@ -161,10 +161,15 @@ class _PmemTx:
     def __exit__(self, exc_type, *_exc) -> None:
         if exc_type is not None:
             return  # an aborted transaction writes nothing anywhere
-        pmem = self._node._pmem
-        for off, data in self.writes:
-            pmem[off:off + len(data)] = data
-        self.txid = self._node._commit(Channel.PMEM, ifa.encode_pmem(self.writes), self._commit)
+        node = self._node
+        pmem, writes = node._pmem, self.writes
+
+        def local() -> None:  # under the node's lock, right before the submit
+            for off, data in writes:
+                pmem[off:off + len(data)] = data
+
+        self.txid = node._commit(Channel.PMEM, ifa.encode_pmem(writes), self._commit,
+                                 local=local)
 
 
 def stable(fd: int) -> None:
@@ -197,19 +202,24 @@ class _Disk:
     def write(self, offset: int, data: bytes, commit: str | None = None,
               flush: bool = False) -> int:
         """Write DATA at OFFSET here and replicate it. FLUSH: a synchronous write, the write
-        and its flush as one transaction (one commit, not two): stable here before it is
-        sent, and (``applied``) stable on the standby with every earlier write when this
-        returns, as ``write`` then ``flush`` would give."""
+        and its flush as one transaction (one commit, not two): stable here before this
+        returns and (``applied``) stable on the standby with every earlier write, as
+        ``write`` then ``flush`` would give. The local write is made under the node's lock
+        right before the submit (so the order of the copy and of the stream is one, whatever
+        threads write), the local flush after the submit, in parallel with the standby's (as
+        DRBD submits its local and remote writes)."""
         if offset < 0 or offset + len(data) > self.size:
             raise NodeError(f"disk {self.config.name}: write {offset}+{len(data)} is beyond "
                             f"its {self.size} bytes")
-        os.pwrite(self.fd, data, offset)
-        self.writes += 1
-        self.bytes += len(data)
-        if flush:
-            stable(self.fd)
+
+        def local() -> None:
+            os.pwrite(self.fd, data, offset)
+            self.writes += 1
+            self.bytes += len(data)
+
         return self._node._commit(
-            Channel.DISK, ifa.encode_disk([(self.index, offset, data)], flush=flush), commit)
+            Channel.DISK, ifa.encode_disk([(self.index, offset, data)], flush=flush), commit,
+            local=local, after=(lambda: stable(self.fd)) if flush else None)
 
     def flush(self, commit: str | None = None) -> int:
         """Stable here, then (``applied``) stable on the standby with every earlier write."""
@@ -585,10 +595,15 @@ class Node:
             pass  # the pipe is full: the loop wakes anyway
 
     def _commit(self, ch: Channel, message: bytes, commit: str | None,
-                timeout: float | None = None) -> int:
+                timeout: float | None = None, local: Callable[[], None] | None = None,
+                after: Callable[[], None] | None = None) -> int:
         """Submit MESSAGE and post its frames from this thread (under the loop's lock: no
         hand-over to the loop, which costs two thread switches per commit), then wait as the
-        commit mode says; the txid."""
+        commit mode says; the txid. LOCAL writes this node's own copy, under the lock right
+        before the submit (or the local acknowledgement when serving alone): the copy and
+        the stream take transactions in one order whatever threads commit, an audit digests
+        at an exact transaction fence, and a refused commit writes nothing. AFTER runs once
+        it is submitted, outside the lock, before the wait (a disk write's local flush)."""
         mode = _MODES.get(commit or self.default_commit) or Commit.parse(
             commit or self.default_commit)
         if self._dead:
@@ -605,8 +620,16 @@ class Node:
                     except Exception as exc:  # noqa: BLE001 - failover_engine.CommitRefused
                         raise NodeError(f"{ch.name.lower()}: no commit: {exc}") from None
                     if gate == "local":  # serving alone, the peer fenced or outdated
-                        return self.failover.local_txid(ch)
-                    queued = gate == "queue"  # alone: replicated when the peer is back
+                        if local is not None:
+                            local()
+                        txid = self.failover.local_txid(ch)
+                    else:
+                        txid = None
+                if gate == "local":
+                    if after is not None:
+                        after()
+                    return txid
+                queued = gate == "queue"  # alone: replicated when the peer is back
                 if gate != "wait":
                     break
                 # the peer was just lost and is being outdated: hold the commit until the
@@ -623,7 +646,11 @@ class Node:
             except ValueError as exc:
                 raise NodeError(f"{ch.name.lower()}: {exc}") from exc
             gen = self._session_gen
+            if local is not None:
+                local()
             self._run(actions)
+        if after is not None:
+            after()
         if queued:
             return txid
         index = mode - 1  # the watermark: ASYNC sent, RECEIVED received, APPLIED applied
