@@ -97,14 +97,18 @@ def figures(w4k: dict[str, Any], w1m: dict[str, Any]) -> dict[str, Any]:
             "depth_1m": w1m["depth"]}
 
 
+def _differences(keys: tuple[str, ...], active: dict[str, Any],
+                 standby: dict[str, Any]) -> str:
+    """The KEYS where the two sides differ, shown side by side ('' when none)."""
+    return "; ".join(f"{k}: active {active.get(k)!r}, standby {standby.get(k)!r}"
+                     for k in keys if active.get(k) != standby.get(k))
+
+
 def check_replica(mode: str, active: dict[str, Any], standby: dict[str, Any]) -> dict[str, Any]:
     """The standby's disk after the run is the active's (digest, writes, bytes, size), or a
     LabError that shows both."""
-    keys = ("digest", "writes", "bytes", "size")
-    differ = [k for k in keys if active.get(k) != standby.get(k)]
-    if differ:
-        shown = "; ".join(f"{k}: active {active.get(k)!r}, standby {standby.get(k)!r}"
-                          for k in differ)
+    shown = _differences(("digest", "writes", "bytes", "size"), active, standby)
+    if shown:
         raise LabError(f"our disk replication ({mode}) replicated wrongly: after a sync the "
                        f"standby's disk differs from the active's ({shown})")
     return {"digest": f"{active['digest']:08x}", "writes": active["writes"],
@@ -219,11 +223,8 @@ def check_resynced(active: dict[str, Any], standby: dict[str, Any]) -> dict[str,
     """After the resync the standby's disk and P.mem equal the active's (CRC32C, size), or a
     LabError showing both. Write counts differ by design: the active wrote alone in 1 MiB
     writes, the standby applied the resync's 64 KiB transactions."""
-    keys = ("digest", "size", "pmem_digest")
-    differ = [k for k in keys if active.get(k) != standby.get(k)]
-    if differ:
-        shown = "; ".join(f"{k}: active {active.get(k)!r}, standby {standby.get(k)!r}"
-                          for k in differ)
+    shown = _differences(("digest", "size", "pmem_digest"), active, standby)
+    if shown:
         raise LabError(f"our resync replicated wrongly: after it the standby differs from "
                        f"the active ({shown})")
     return {"digest": f"{active['digest']:08x}", "pmem_digest": f"{active['pmem_digest']:08x}",
