@@ -37,16 +37,38 @@ def _lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
+# A connection that broke while it came up (siw in a loaded TCG guest: the peer's side gave
+# up or was torn down in the same instant) says nothing of the scenario's semantics: such a
+# scenario runs once more, and the retry is kept in the results (``retried``) and shown.
+CAME_UP_BROKEN = "as the connection came up"
+
+
 @pytest.fixture(scope="module")
 def scenario_results(lab: Lab) -> dict:
     """Both sides' per-scenario reports. A side that hangs is ended after its deadline with
     every thread's stack printed (faulthandler), and what it reported until then still counts:
     each scenario passes or fails on its own."""
-    server = lab.spawn("a", _argv(lab, "a", "scenarios.py", "server", "--dump-after", "170"),
-                       timeout=300, cwd=str(ROOT))
+    out = _run_scenarios(lab, ())
+    again = sorted({key[1] for key, r in out.items() if isinstance(key, tuple)
+                    and not r.get("ok") and CAME_UP_BROKEN in json.dumps(r.get("detail"))})
+    if again:
+        second = _run_scenarios(lab, again)
+        out["retried"] = {name: [out.get((s, name), {}).get("detail") for s in
+                                 ("server", "client")] for name in again}
+        for name in again:
+            for side in ("server", "client"):
+                out[(side, name)] = second.get((side, name), out.get((side, name)))
+        print(f"scenarios run again after a connection broke as it came up: {again}")
+    return out
+
+
+def _run_scenarios(lab: Lab, only) -> dict:
+    extra = ("--only", ",".join(only)) if only else ()
+    server = lab.spawn("a", _argv(lab, "a", "scenarios.py", "server", "--dump-after", "170",
+                                  *extra), timeout=300, cwd=str(ROOT))
     time.sleep(0.5)
-    client = lab.spawn("b", _argv(lab, "b", "scenarios.py", "client", "--dump-after", "170"),
-                       timeout=300, cwd=str(ROOT))
+    client = lab.spawn("b", _argv(lab, "b", "scenarios.py", "client", "--dump-after", "170",
+                                  *extra), timeout=300, cwd=str(ROOT))
     out: dict = {"rdma": lab.info()["rdma"], "stderr": {}, "hung": {}}
     for node, job in (("b", client), ("a", server)):
         try:
