@@ -58,7 +58,7 @@ from hsp_rdma.core.frames import Channel
 from hsp_rdma.core.ifa import HEADER, Commit
 from hsp_rdma.ha.fence import FenceAgent
 from hsp_rdma.ha.persist import Epochs, EpochStore
-from hsp_rdma.ha.resync import REQUEST_WAIT_S, DirtyTracker, ResyncSource, system_message
+from hsp_rdma.ha.resync import REQUEST_WAIT_S, DirtyTracker, ResyncSource
 
 HEARTBEAT = struct.Struct("<dQQB")  # sender's clock, count, its epoch, 1 when it serves
 
@@ -522,8 +522,8 @@ class FailoverEngine:
             self._request_id = f"{self.node.config.name}-{self.node.session.incarnation:x}-" \
                                f"{self._requests_made}"
             # a node that restarted has nothing to go by (its P.mem is empty): everything
-            system_message(self.node, {"resync": "request", "full": self.restarted,
-                                       "id": self._request_id})
+            self.node._report({"resync": "request", "full": self.restarted,
+                               "id": self._request_id}, keep=True)
             return
         self.sync = ResyncSource(self.node, self.dirty, self.resync_rate, now)
         req, self._sync_request = self._sync_request, None
@@ -555,8 +555,8 @@ class FailoverEngine:
         if not src.step(now) or src.done_sent:
             return
         src.done_sent = True
-        system_message(self.node, {"resync": "done", "bytes": src.sent_bytes,
-                                   "blocks": src.sent_blocks, "for": src.answers})
+        self.node._report({"resync": "done", "bytes": src.sent_bytes,
+                           "blocks": src.sent_blocks, "for": src.answers}, keep=True)
         took = now - src.started
         self._note("resync_done", now, side="SyncSource", bytes=src.sent_bytes,
                    blocks=src.sent_blocks, seconds=round(took, 3))

@@ -1084,10 +1084,12 @@ class Node:
         self.alarms.append(text)
         del self.alarms[:-32]
 
-    def _report(self, event: dict) -> None:
-        """Tell the peer on oam (the node's own message, not the application's)."""
+    def _report(self, event: dict, keep: bool = False) -> None:
+        """Tell the peer on oam (the node's own message, not the application's). KEEP: a
+        message the peer must get (a resync's request or end): queued in the core while the
+        link is down and sent when it is back; otherwise (an alarm) dropped then."""
         stream = self.session.streams[Channel.OAM]
-        if stream.link is None:
+        if stream.link is None and not keep:
             return
         _, actions = self.session.submit(Channel.OAM, bytes([OAM_SYSTEM]) +
                                          json.dumps(event).encode(), Commit.ASYNC)

@@ -20,8 +20,8 @@ second, at most ``IN_FLIGHT`` bytes unacknowledged. A link lost mid-resync aband
 flight (it stays dirty) and the next resync goes on from the bitmap's cursor. At the end each
 resynced disk is flushed on the standby (an applied flush), and the source says ``done``.
 
-The two sides talk on ``oam`` with the node's own messages (queued in the core when the link
-is down, sent when it is back): the SyncTarget asks ``{"resync": "request", "full": bool}``
+The two sides talk on ``oam`` with the node's own messages (``Node._report(keep=True)``:
+queued in the core when the link is down, sent when it is back): the SyncTarget asks ``{"resync": "request", "full": bool}``
 (full: it has nothing to go by, e.g. it restarted with an empty P.mem); the SyncSource answers
 ``{"resync": "done", "bytes": N}`` only after every resync transaction was applied there, so
 the target is UpToDate again exactly when it has everything. A source that hears no request
@@ -30,7 +30,6 @@ in ``REQUEST_WAIT_S`` starts from its bitmap anyway (the peer may not have notic
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 from pathlib import Path
@@ -47,7 +46,6 @@ TX_MAX = 64 << 10  # bytes of one resync transaction
 IN_FLIGHT = 512 << 10  # resync bytes sent and not yet applied on the target: the
 # application's transactions queue behind at most this much on their channel
 REQUEST_WAIT_S = 2.0
-OAM_SYSTEM = 1  # ha/node.py's first byte of a node's own oam message
 
 
 class DirtyTracker:
@@ -160,13 +158,6 @@ class DirtyTracker:
                 "dirty_extents": {n: bm.dirty_blocks for n, bm in self.extents.items()},
                 "extent_bytes": EXTENT, "persisted_writes": self.persists,
                 **({"load_error": self.load_error} if self.load_error else {})}
-
-
-def system_message(node, event: dict) -> None:
-    """Queue EVENT as the node's own oam message (sent now, or when the link is back)."""
-    body = bytes([OAM_SYSTEM]) + json.dumps(event).encode()
-    _, actions = node.session.submit(Channel.OAM, body, Commit.ASYNC)
-    node._run(actions)
 
 
 class ResyncSource:
