@@ -168,6 +168,7 @@ class ResyncSource:
         self.started = started
         self.answers: str | None = None  # the id of the target's request it answers
         self.pending: list[tuple[Channel, int, str, int, int, int]] = []
+        self.in_flight = 0  # bytes of the pending ones (kept, not summed per send)
         # (channel, txid, bitmap name, first block, count, bytes)
         self.flushes: dict[int, int] = {}  # disk index -> txid of its final flush
         self.sent_bytes = 0
@@ -183,8 +184,6 @@ class ResyncSource:
             self.flushes.clear()  # (a final flush already asked for comes after more writes)
         self.began = True
 
-    def _in_flight(self) -> int:
-        return sum(p[5] for p in self.pending)
 
     def step(self, now: float) -> bool:
         """Send what the rate allows, take acknowledgements; True once everything is
@@ -195,9 +194,10 @@ class ResyncSource:
         # acknowledgements: applied on the target
         keep = []
         for p in self.pending:
-            ch, txid, name, first, count, _size = p
+            ch, txid, name, first, count, size = p
             if node._marks[ch][2] >= txid:
                 self.tracker.maps[name].ack(first, count)
+                self.in_flight -= size
             else:
                 keep.append(p)
         if len(keep) != len(self.pending):
@@ -206,7 +206,7 @@ class ResyncSource:
             return False
         for name, bm in self.tracker.maps.items():
             per_tx = max(1, TX_MAX // bm.granularity)
-            while self.budget > 0 and self._in_flight() < IN_FLIGHT:
+            while self.budget > 0 and self.in_flight < IN_FLIGHT:
                 runs = bm.take(per_tx)
                 if not runs:
                     break
@@ -239,6 +239,7 @@ class ResyncSource:
         txid, actions = node.session.submit(ch, message, Commit.APPLIED)
         node._run(actions)
         self.pending.append((ch, txid, name, first, count, length))
+        self.in_flight += length
         self.sent_bytes += length
         self.sent_blocks += count
 
@@ -248,10 +249,11 @@ class ResyncSource:
         for bm in self.tracker.maps.values():
             bm.abandon()
         self.pending.clear()
+        self.in_flight = 0
         self.flushes.clear()
 
     def status(self, now: float) -> dict:
         return {"side": "SyncSource", "began": self.began,
                 "out_of_sync": self.tracker.out_of_sync, "sent_bytes": self.sent_bytes,
-                "sent_blocks": self.sent_blocks, "in_flight_bytes": self._in_flight(),
+                "sent_blocks": self.sent_blocks, "in_flight_bytes": self.in_flight,
                 "resync_rate": self.rate, "seconds": round(now - self.started, 3)}
