@@ -24,8 +24,9 @@ it then writes the workload's resync bytes of its disk (1 MiB writes from offset
 amount) and RESYNC_PMEM bytes of P.mem (64 KiB transactions), acknowledged alone and marked in
 the dirty bitmaps. The host plugs the fabric; the channels come back, and the SyncSource (a)
 sends the dirty blocks as ordinary applied transactions (``ha.resync.TX_MAX`` each, at most
-``ha.resync.IN_FLIGHT`` unapplied, stepped at each heart-beat tick: both in the JSON) and notes ``resync_done`` when the last was applied and each
-disk flushed on the target. resync MB/sec = the bytes out of sync at ``resync_started`` (the
+``ha.resync.IN_FLIGHT`` unapplied, both in the JSON; stepped at each heart-beat tick and on
+each acknowledgement) and notes ``resync_done`` when the last was applied and each disk
+flushed on the target. resync MB/sec = the bytes out of sync at ``resync_started`` (the
 peer heard again) / 2^20 / the time from it to ``resync_done``: the engine's own notes, one
 clock; a resync stopped by another suspicion of the peer and resumed counts whole, the stops
 included (``interruptions``); sync phase only = from the target's request to done. The replica must then equal
