@@ -3,7 +3,11 @@ every acknowledged transfer must be on the survivor.
 
 `hsp-failover-test` runs every shipped drill; name scenario files (or shipped drills) to run
 those. `--lab rxe|siw` runs them in the built-in two-node lab, `--config A.toml B.toml` on two
-real hosts named by their node configurations. `--list` shows the shipped drills. Every
+real hosts named by their node configurations (A's node the active, B's the standby, no node
+service running: the drill runs the nodes itself), reached as `--drill-hosts HOSTS.toml` says
+(per node: `[node.NAME]` exec = ["ssh", "root@hostA"], python, workdir, netdev or pull/plug
+commands; top-level ack_addr or `--ack-addr`: this driver as the nodes reach it; see
+hsp_rdma/tools/drills/hosts_runner.py). `--list` shows the shipped drills. Every
 scenario is parsed and checked before anything runs; a mistake names its file and line.
 Each drill passes only with 0 lost transfers and never two actives, and the checks its file
 adds. The work is in hsp_rdma.tools.drills.
@@ -71,7 +75,18 @@ def build_parser() -> Parser:
     where.add_argument("--lab", choices=RDMA_KINDS, default="rxe",
                        help="soft device of the built-in lab")
     where.add_argument("--config", nargs=2, type=existing_file, metavar=("A.toml", "B.toml"),
-                       help="two real hosts: the node configuration of each (instead of --lab)")
+                       help="two real hosts: the node configuration of each, the active's "
+                       "first, the standby's second (instead of --lab); with --drill-hosts, "
+                       "unless both nodes run on this host")
+    p.add_argument("--drill-hosts", type=existing_file, metavar="HOSTS.toml",
+                   help="with --config: how the driver reaches each node's host, one "
+                   "[node.NAME] table each: exec (command prefix, e.g. [\"ssh\", "
+                   "\"root@hostA\"]; []: this host), python, workdir, netdev = { x = "
+                   "\"eth1\" } or pull/plug commands; ack_addr")
+    p.add_argument("--ack-addr", metavar="HOST:PORT",
+                   help="with --config: this driver's address as the nodes reach it; it "
+                   "listens there for their acknowledgements (default: the drill-hosts "
+                   "file's ack_addr; 127.0.0.1 when both nodes are local)")
     p.add_argument("--provider", choices=("verbs", "soft"), default="verbs",
                    help="soft: run the drills on this host, two node processes over the "
                    "software VIA provider (no lab, no RDMA); verbs: the lab or --config hosts")
@@ -84,6 +99,8 @@ def build_parser() -> Parser:
                    "and run nothing")
     p.checks.append(lambda ns: "--lab-id is for --lab, not --config"
                     if ns.config and "lab_id" in ns else None)
+    p.checks.append(lambda ns: "--drill-hosts and --ack-addr go with --config"
+                    if not ns.config and (ns.drill_hosts or ns.ack_addr) else None)
     return p
 
 
@@ -178,7 +195,7 @@ def target_of(args: argparse.Namespace) -> Target | SoftTarget:
     if args.provider == "soft":
         return SoftTarget()
     if args.config:
-        return HostsTarget(tuple(args.config))
+        return HostsTarget(tuple(args.config), args.drill_hosts, args.ack_addr)
     return LabTarget(args.lab, getattr(args, "lab_id", DEFAULT_LAB_ID))
 
 
@@ -195,7 +212,12 @@ def main(argv: list[str] | None = None) -> int:
             show_list(scenarios, args.json)
             return EXIT_OK
         target = target_of(args)
-        runner = make_runner(target)
+        try:
+            runner = make_runner(target)
+        except ConfigError as exc:  # a --config or --drill-hosts file's mistake, or a pair
+            # in the wrong roles: refused before anything runs
+            err_console.print(Text.assemble((f"{PROG}:", "bold red"), f" {exc}"))
+            return EXIT_USAGE
         try:
             return run_drills(scenarios, runner, args.json, target)
         finally:

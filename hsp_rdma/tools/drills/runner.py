@@ -43,9 +43,12 @@ class LabTarget:
 
 @dataclass(frozen=True, slots=True)
 class HostsTarget:
-    """Two real hosts, each named by its node TOML (hsp_rdma.ha.config)."""
+    """Two real hosts, each named by its node TOML (hsp_rdma.ha.config); DRILL_HOSTS: how the
+    driver reaches each (tools/drills/hosts_runner.py), ACK_ADDR: the driver as they see it."""
 
     configs: tuple[Path, Path]
+    drill_hosts: Path | None = None
+    ack_addr: str | None = None
 
 
 Target = LabTarget | HostsTarget
@@ -281,22 +284,16 @@ class SoftTarget:
 
 
 def make_runner(target: Target | SoftTarget) -> DrillRunner:
-    """The runner for ``target``: this host over soft and the built-in lab run the drills
-    the node engine can run today; two real hosts have no runner yet (a pass is never
-    pretended)."""
+    """The runner for ``target``: this host over soft, the built-in lab, or two real hosts
+    (``hosts_runner``; their configurations are checked here: ConfigError)."""
     if isinstance(target, SoftTarget):
         from hsp_rdma.tools.drills.soft_runner import SoftRunner
         return SoftRunner()
     if isinstance(target, LabTarget):
         from hsp_rdma.tools.drills.lab_runner import LabRunner
         return LabRunner(target.kind, target.lab_id)
-    where = "the two hosts of " + " and ".join(str(p) for p in target.configs)
-    raise DrillsUnavailable(
-        f"running drills on {where} is not built yet: the node engine and its failover "
-        "engine run (hsp_rdma.ha.failover_engine), but the runner that starts drill nodes "
-        "on real hosts and streams their acknowledgements to this driver is missing "
-        "(issue 12); none was run. Run them in the lab (--lab rxe|siw) or on this host over "
-        "the soft provider (--provider soft)")
+    from hsp_rdma.tools.drills.hosts_runner import HostsRunner, load_pair
+    return HostsRunner(load_pair(target.configs, target.drill_hosts, target.ack_addr))
 
 
 def why_unavailable(target: Target | SoftTarget, scenario: Scenario) -> str | None:
@@ -307,4 +304,7 @@ def why_unavailable(target: Target | SoftTarget, scenario: Scenario) -> str | No
     if isinstance(target, LabTarget):
         from hsp_rdma.tools.drills.lab_runner import unsupported as lab_unsupported
         return lab_unsupported(scenario)
-    return None
+    from hsp_rdma.tools.drills.hosts_runner import load_pair
+    from hsp_rdma.tools.drills.hosts_runner import unsupported as hosts_unsupported
+    return hosts_unsupported(load_pair(target.configs, target.drill_hosts, target.ack_addr),
+                             scenario)
