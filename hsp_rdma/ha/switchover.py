@@ -299,6 +299,12 @@ class Engine:
     hold_verify_s: float = 0.0  # B waits this long after the marker before verifying
     replay_stale_first: bool = False  # A replays its last Start-GSO and marker first
     on_marker: Callable[[int], None] = lambda value: None  # B saw this epoch's marker
+    on_copy_start: Callable[[int, int], None] = lambda epoch, length: None  # A: copy begins
+    # A drill's window into the copy: at most this many bytes of image per second (0: as
+    # fast as the fabric takes them). A drill that faults "during the copy" needs a copy
+    # that lasts; a small image is copied in milliseconds.
+    copy_rate_Bps: float = 0.0
+    discriminator: bytes = DISCRIMINATOR  # the GSO listener's (several pairs on one address)
     hello_wait_s: float = HELLO_WAIT_S  # a new connection without the peer's Hello: again
     on_connect_failed: Callable[[str], None] = lambda why: None  # an attempt failed (retried)
 
@@ -368,14 +374,14 @@ class Engine:
         waits again for the next connection when one breaks or brings no Hello. Each failed
         attempt is told to on_connect_failed. A peer of another protocol version, or a
         second active, ends it at once."""
-        local = via.NetAddress(local_ip, DISCRIMINATOR)
+        local = via.NetAddress(local_ip, self.discriminator)
         deadline = self.clock() + timeout_s
         if not self._recv_slots:
             for slot in range(CTL_SLOTS):  # receives first: the peer may send at once
                 self._post_recv(slot)  # (they stay posted across failed attempts)
         if peer_ip is None:
             return self._accept(local, deadline, timeout_s)
-        remote = via.NetAddress(peer_ip, DISCRIMINATOR)
+        remote = via.NetAddress(peer_ip, self.discriminator)
 
         def attempt(left_s: float) -> Hello:
             via.VipConnectRequest(self.vi, local, remote,
@@ -725,6 +731,13 @@ class Engine:
                                   peer_version=hello.version, digest_algo=self.digest_algo,
                                   mode=self.mode))
 
+    def peer_lost(self) -> None:
+        """The node's failure detector suspects the peer (every fabric silent, its verdict):
+        AllFabricsLost for the machine. Call from the thread that runs ``serve``. A GSO in
+        progress ends by the machine's rule for its state (before the marker: cancelled, the
+        application thawed; after it: in doubt); a resting node ignores it."""
+        self._feed(gso.AllFabricsLost())
+
     def _feed(self, event: gso.Event) -> None:
         """Feed EVENT and carry out every action, in order, to the end of the list: an I/O
         failure inside one action is remembered and fed as AllFabricsLost afterwards."""
@@ -959,6 +972,7 @@ class Engine:
             self._write_marker(gso.marker_value(epoch - 1) if epoch > 1 else 0xFABE)
         self._copy = _Copy(epoch, length, self.image.digest_start(epoch, self.digest_algo),
                            memoryview(self.image.buf))
+        self.on_copy_start(epoch, length)
         return None
 
     def _abandon_copy(self) -> None:
@@ -972,7 +986,12 @@ class Engine:
         """Keep queue_depth writes in flight, digesting each chunk while the writes fly; then
         the header; CopyComplete when it landed. Waits at most WAIT_MS for a completion."""
         c, hello = self._copy, self.peer.hello
-        while c.next < c.end and c.inflight < self.queue_depth:
+        limit = c.end
+        if self.copy_rate_Bps > 0:  # a paced copy (a drill's window): one chunk at once
+            sent_s = self.clock() - self._current.copy_start_t
+            limit = min(c.end, HEADER_SPACE + self.chunk_size
+                        + int(sent_s * self.copy_rate_Bps))
+        while c.next < limit and c.inflight < self.queue_depth:
             n = min(self.chunk_size, c.end - c.next)
             self._post_write(c.next, n, hello.region_addr + c.next, hello.region_handle, "write",
                              c.epoch)
@@ -1002,6 +1021,8 @@ class Engine:
                              c.epoch)
             c.header_posted = True
             c.inflight += 1
+        if c.inflight == 0 and c.next < c.end:  # paced, nothing in flight: time must pass
+            time.sleep(min(wait_ms / 1000, 0.02))
         return self._reap(wait_ms)
 
     def _post_write(self, off: int, n: int, raddr: int, rhandle: int, what: str,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import socket
+import threading
 import time
 from collections.abc import Callable
 
@@ -62,21 +63,76 @@ def _ledger(spec: Workload, pmem: TransactionSink) -> Ledger:
     return Ledger.format(pmem, spec.accounts, INITIAL_BALANCE, memo, slots, spec.commit)
 
 
+class Gate:
+    """Where a Graceful Switch Over freezes the workload: ``run`` passes it before each
+    transfer. ``freeze()`` closes it and returns once no transfer is in progress (one in
+    flight finishes first, committed and acknowledged), so the state behind it holds still
+    until ``thaw()``; a workload not running is frozen at once."""
+
+    POLL_S = 0.05  # a parked workload looks at its stop condition this often
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._frozen = False
+        self._busy = False  # a transfer is between its start and its ack
+        self.freezes = 0
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
+
+    def freeze(self) -> None:
+        with self._cv:
+            self._frozen = True
+            self.freezes += 1
+            while self._busy:
+                self._cv.wait()
+
+    def thaw(self) -> None:
+        with self._cv:
+            self._frozen = False
+            self._cv.notify_all()
+
+    def enter(self, stop: Callable[[], bool]) -> bool:
+        """Wait while frozen; then mark a transfer in progress. False when STOP() came
+        first (nothing marked)."""
+        with self._cv:
+            while self._frozen:
+                if stop():
+                    return False
+                self._cv.wait(self.POLL_S)
+            if stop():
+                return False
+            self._busy = True
+            return True
+
+    def leave(self) -> None:
+        with self._cv:
+            self._busy = False
+            self._cv.notify_all()
+
+
 def run(workload: LedgerWorkload, rate: int, ack: Callable[[int], None],
         stop: Callable[[], bool], rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep) -> int:
+        sleep: Callable[[float], None] = time.sleep, gate: Gate | None = None) -> int:
     """Transfers at up to ``rate`` per second until ``stop()``; ``ack(id)`` after each one
-    is applied. A transfer that took long (a blackout) is not made up for by a burst: the
-    rate is the offered load. Returns how many were acknowledged."""
+    is applied. A transfer that took long (a blackout, a freeze at GATE) is not made up for
+    by a burst: the rate is the offered load. Returns how many were acknowledged."""
     rng = rng or random.Random()
     period = 1.0 / rate
     due = clock()
     count = 0
     while not stop():
-        t = workload.random_transfer(rng)
-        workload.apply(t)
-        ack(t.id)
+        if gate is not None and not gate.enter(stop):
+            break
+        try:
+            t = workload.random_transfer(rng)
+            workload.apply(t)
+            ack(t.id)
+        finally:
+            if gate is not None:
+                gate.leave()
         count += 1
         due += period
         late = due - clock()

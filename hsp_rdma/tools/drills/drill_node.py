@@ -31,18 +31,28 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from hsp_rdma.errors import HspError
+from hsp_rdma.core import gso
+from hsp_rdma.core.profiles import load_profiles, pick_profile
+from hsp_rdma.errors import GsoRefused, HspError
 from hsp_rdma.ha.config import load_node_config
 from hsp_rdma.ha.failover_engine import FailoverEngine
+from hsp_rdma.ha.fence import FenceAgent
+from hsp_rdma.ha.gso_node import DIGESTS
 from hsp_rdma.ha.node import Node, NodeError
+from hsp_rdma.ha.switchover import Application, Engine, PeerLeft, SwitchoverError
 from hsp_rdma.tools.drills import app
 from hsp_rdma.tools.drills.scenario import load_scenario
 
 _out_lock = threading.Lock()
 PAGE = 4096  # a corrupted P.mem page, a corrupted disk block
 AUDIT_ANSWER_S = 20.0  # an audit command is answered when the audit ended, or after this
+GSO_BLOB = 4096  # the application blob in a GSO image (the ledger workload's position)
+GSO_CONNECT_S = 120.0  # the GSO's VI connects within this (the pair may start seconds apart)
+GSO_ANSWER_S = 20.0  # a gso command is answered once the GSO started (or was refused)
+GSO_MAX_COPY_S = 120.0  # the longest copy window a gso command may ask for
 
 
 def emit(event: str, **kw) -> None:
@@ -102,10 +112,230 @@ def corrupt(node: Node, what: str, index: int) -> str:
         return f"block {index} of disk {disk.config.name} of node {node.config.name} overwritten"
 
 
-def run_command(node: Node, command: dict) -> tuple[bool, str]:
+class GsoSide:
+    """This node's Interface B: a GSO engine (``ha/switchover.py``) on a VI of its own over
+    fabric x's NIC (its own discriminator, ``gso:<a>-<b>``), run by a thread of its own. The
+    active connects, the standby listens and waits for a switch-over; ``request`` (the drill
+    command ``gso``) makes the active start one.
+
+    The image is this node's P.mem, the state Interface A protects: at the freeze (the
+    engine's StopApplication) the ledger workload is stopped at its gate (a transfer in
+    flight finishes, committed and acknowledged, first) and P.mem is copied, under the
+    node's lock, into the engine's registered image buffer (header | P.mem | blob), with the
+    workload's position as the blob. The engine's buffer is its own registration (the node's
+    P.mem is a separate mmap, and the image needs its header in front of P.mem in one
+    region), so the copy into it is a local memcpy inside the freeze. When the GSO ends
+    without a switch, the engine's ResumeApplication thaws the gate and the workload goes on.
+
+    The node's failure detector feeds the GSO machine: a ``suspected`` note is
+    AllFabricsLost (every fabric to the peer silent), so a GSO in progress ends even when its
+    own VI has not failed yet (a killed guest sends nothing: RC writes to it only fail after
+    their retries).
+
+    Events (``gso``, with ``phase``): connected, requested, frozen, copy_started, thawed,
+    done (outcome, reason, role, blackout_ms, copy_ms, image_bytes), link_gone, error.
+    A GSO that completes (the standby resumed from the image) is not carried into the roles
+    of the drill nodes yet: phase ``completion_not_built`` says so, the old active stays
+    frozen and the drill fails with that problem rather than pretend.
+    """
+
+    def __init__(self, node: Node, engine: FailoverEngine, gate: app.Gate, stop: threading.Event,
+                 position: Callable[[], dict]):
+        self.node, self.fo, self.gate, self.stop = node, engine, gate, stop
+        self.position = position
+        cfg = node.config
+        fab = cfg.fabrics[0]
+        self.fabric = fab
+        profile = pick_profile(fab.rdma_device, load_profiles())
+        fence = None
+        if cfg.fence is not None:
+            fence = FenceAgent.parse(cfg.fence.action,
+                                     [f"{k}={v}" for k, v in cfg.fence.options])
+        self.timeouts = gso.Timeouts(ready=5.0, copy=60.0, done=10.0,
+                                     fence=max(5.0, (cfg.fence.timeout / 1000) if cfg.fence
+                                               else 5.0), gso=90.0)
+        self.eng = Engine.open(fab.rdma_device, profile, cfg.pmem_size, GSO_BLOB,
+                               serving=cfg.role == "active", timeouts=self.timeouts,
+                               app=Application(freeze=self._freeze, thaw=self._thaw,
+                                               resume=self._resume,
+                                               stop_standby=self._stop_standby,
+                                               resume_standby=self._resume_standby),
+                               fence=fence, peer_name=cfg.peer,
+                               state_dir=str(Path(cfg.state_dir) / "gso"))
+        a, b = sorted((cfg.name, cfg.peer))
+        self.eng.discriminator = f"gso:{a}-{b}".encode()[:48]
+        self.eng.digest_algo = DIGESTS[profile.digest]
+        self.eng.on_alarm = lambda why: emit("gso", phase="alarm", reason=why)
+        self.eng.on_copy_start = self._copy_started
+        self.connected = threading.Event()
+        self.ended = ""  # why the GSO side stopped (its link gone, an error)
+        self._cv = threading.Condition()
+        self._requests: list[tuple[float, list]] = []  # (copy_s, answer box)
+        self._suspected = False
+        self.completed = False
+        self._thread = threading.Thread(target=self._run, name="gso", daemon=True)
+        self._thread.start()
+
+    # ---- from other threads ---------------------------------------------------------------
+    def request(self, copy_s: float) -> str:
+        """Start a GSO to the peer (this node must serve); what was started. ValueError or
+        HspError saying why not."""
+        if not self.connected.wait(GSO_ANSWER_S):
+            why = self.ended or "still connecting"
+            raise SwitchoverError(f"the GSO's VI is not connected ({why}): no switch-over "
+                                  "can start")
+        if not self.fo.serving:
+            raise GsoRefused("GSO refused: this node does not serve; ask the active node")
+        box: list = []
+        with self._cv:
+            self._requests.append((copy_s, box))
+            while not box:
+                if not self._cv.wait(GSO_ANSWER_S):
+                    raise SwitchoverError(f"the GSO engine did not take the request in "
+                                          f"{GSO_ANSWER_S:g} s")
+        ok, detail = box[0]
+        if not ok:
+            raise GsoRefused(detail)
+        return detail
+
+    def suspected(self) -> None:
+        """The failure detector suspects the peer: AllFabricsLost for the GSO machine."""
+        with self._cv:
+            self._suspected = True
+
+    # ---- the engine's thread ----------------------------------------------------------------
+    def _run(self) -> None:
+        eng, fab = self.eng, self.fabric
+        try:
+            hello = eng.connect(fab.local, fab.peer if self.node.config.role == "active"
+                                else None, GSO_CONNECT_S)
+            emit("gso", phase="connected", serving=eng.machine.serving,
+                 peer_region=hello.region_size, epoch=eng.machine.epoch,
+                 chunk=eng.chunk_size, depth=eng.queue_depth)
+            self.connected.set()
+            while not self.stop.is_set():
+                self._take_requests()
+                with self._cv:
+                    suspected, self._suspected = self._suspected, False
+                if suspected:
+                    eng.peer_lost()
+                reported = len(eng.reports)
+                eng.serve(until=lambda n=reported: self.stop.is_set() or self._requests
+                          or self._suspected or len(eng.reports) > n)
+                for rep in eng.reports[reported:]:
+                    self._report(rep)
+        except PeerLeft as exc:
+            self.ended = str(exc)
+            emit("gso", phase="link_gone", reason=str(exc), serving=eng.machine.serving)
+        except HspError as exc:
+            self.ended = str(exc)
+            emit("gso", phase="error", reason=str(exc), state=eng.machine.state.value)
+        finally:
+            self._refuse_waiting()
+
+    def _take_requests(self) -> None:
+        with self._cv:
+            requests, self._requests = self._requests, []
+        for copy_s, box in requests:
+            eng = self.eng
+            length = eng.image.capacity
+            eng.copy_rate_Bps = length / copy_s if copy_s > 0 else 0.0
+            try:
+                eng.request_gso()
+                ok, detail = True, (f"GSO epoch {eng.machine.epoch} started ({length} B image"
+                                    + (f", copy paced to {copy_s:g} s" if copy_s else "") + ")")
+                emit("gso", phase="requested", epoch=eng.machine.epoch, image_bytes=length,
+                     copy_s=copy_s)
+            except (GsoRefused, SwitchoverError) as exc:
+                ok, detail = False, str(exc)
+            with self._cv:
+                box.append((ok, detail))
+                self._cv.notify_all()
+
+    def _refuse_waiting(self) -> None:
+        with self._cv:
+            for _copy_s, box in self._requests:
+                box.append((False, f"the GSO side ended: {self.ended or 'stopped'}"))
+            self._requests = []
+            self._cv.notify_all()
+
+    def _report(self, rep) -> None:
+        # the copy's time to its last write, or to the GSO's end when it never got there
+        copy_ms = ((rep.copy_end_t or self.eng.clock()) - rep.copy_start_t) * 1000 \
+            if rep.copy_start_t else None
+        reason = rep.reason or (f"LINK_LOST: {self.eng.link_error}" if self.eng.link_error
+                                else "")
+        emit("gso", phase="done", epoch=rep.epoch, outcome=rep.outcome, role=rep.role,
+             reason=reason, image_bytes=rep.image_bytes, writes=rep.writes,
+             blackout_ms=round(rep.blackout_s * 1000, 1),
+             copy_ms=None if copy_ms is None else round(copy_ms, 1),
+             phases_ms=rep.phases_ms(), serving=self.eng.machine.serving,
+             alarm=self.eng.alarm, link_error=self.eng.link_error)
+        if rep.outcome == "completed":
+            self.completed = True
+            emit("gso", phase="completion_not_built", epoch=rep.epoch, role=rep.role,
+                 reason="the GSO completed, but carrying it into the drill nodes' roles "
+                        "(the old active's workload stopped and its failover engine told "
+                        "SwitchedOver(standby), the new active's told SwitchedOver(active) "
+                        "and its workload started) is not built yet")
+
+    # ---- the application hooks (called by the engine, in its thread) -----------------------
+    def _freeze(self) -> bytes:
+        t0 = time.monotonic()
+        self.gate.freeze()  # a transfer in flight finishes (committed, acknowledged) first
+        pmem = self.node.pmem.buf
+        with self.node._lock:  # at a transaction fence: no local write in progress
+            self.eng.image.pmem[:] = pmem
+        pos = self.position()
+        emit("gso", phase="frozen", epoch=self.eng.machine.epoch,
+             took_ms=round((time.monotonic() - t0) * 1000, 1), **pos)
+        return json.dumps({"from": self.node.config.name, **pos}).encode()
+
+    def _copy_started(self, epoch: int, length: int) -> None:
+        emit("gso", phase="copy_started", epoch=epoch, image_bytes=length,
+             paced_Bps=round(self.eng.copy_rate_Bps))
+
+    def _thaw(self) -> None:
+        self.gate.thaw()
+        emit("gso", phase="thawed", epoch=self.eng.machine.epoch, **self.position())
+
+    def _resume(self, _pmem: memoryview, blob: bytes) -> None:
+        emit("gso", phase="resume_not_built", epoch=self.eng.machine.epoch,
+             blob=blob.rstrip(b"\0").decode(errors="replace"))
+
+    def _stop_standby(self) -> None:
+        emit("gso", phase="standby_stopped", epoch=self.eng.machine.epoch)
+
+    def _resume_standby(self, needs_resync: bool) -> None:
+        emit("gso", phase="standby_resumed", epoch=self.eng.machine.epoch,
+             needs_resync=needs_resync)
+
+    def close(self) -> None:
+        """After ``stop`` is set: the engine's thread leaves serve within a tick; its VI and
+        NIC are closed once it did (a thread still connecting keeps them: the process ends)."""
+        self._thread.join(5)
+        if self._thread.is_alive():
+            return
+        try:
+            self.eng.close(drain_s=0.5)
+        except (HspError, OSError):
+            pass
+
+
+def run_command(node: Node, command: dict, gso_side: GsoSide | None = None) -> tuple[bool, str]:
     """(ok, detail) of one drill command."""
     do = command.get("do") if isinstance(command, dict) else None
     try:
+        if do == "gso":
+            if gso_side is None:
+                return False, ("this drill node runs no GSO engine (it starts one only for a "
+                               "scenario with a gso step)")
+            copy_s = command.get("copy_s", 0)
+            if not isinstance(copy_s, (int, float)) or isinstance(copy_s, bool) \
+                    or not 0 <= copy_s <= GSO_MAX_COPY_S:
+                raise ValueError(f"gso copy_s={copy_s!r}: seconds the copy should last, 0 "
+                                 f"(as fast as it goes) to {GSO_MAX_COPY_S:g}")
+            return True, gso_side.request(float(copy_s))
         if do == "corrupt":
             return True, corrupt(node, command.get("what"), command.get("index"))
         if do == "audit":
@@ -121,15 +351,15 @@ def run_command(node: Node, command: dict) -> tuple[bool, str]:
                           f"repaired, {rec['took_ms']} ms")
     except (ValueError, HspError, OSError) as exc:
         return False, str(exc)
-    return False, f"unknown drill command {command!r}: do is 'corrupt' or 'audit'"
+    return False, f"unknown drill command {command!r}: do is 'corrupt', 'audit' or 'gso'"
 
 
 class Commands:
     """``DIR/cmd-<seq>.json``, each run once in seq order, in a thread of its own (an audit
     command waits for its audit; the main loop keeps watching for ``stop``)."""
 
-    def __init__(self, node: Node, work: Path):
-        self.node, self.work = node, work
+    def __init__(self, node: Node, work: Path, gso_side: GsoSide | None = None):
+        self.node, self.work, self.gso_side = node, work, gso_side
         self.next_seq = 1
         self.queue: list[tuple[int, dict | None, str]] = []
         self.cv = threading.Condition()
@@ -153,7 +383,8 @@ class Commands:
                 while not self.queue:
                     self.cv.wait()
                 seq, command, why = self.queue.pop(0)
-            ok, detail = (False, why) if command is None else run_command(self.node, command)
+            ok, detail = ((False, why) if command is None
+                          else run_command(self.node, command, self.gso_side))
             emit("command_done", seq=seq, ok=ok, detail=detail)
 
 
@@ -161,7 +392,8 @@ def main(argv: list[str]) -> int:
     cfg_path, scenario_path, ack_addr, work = argv
     work = Path(work)
     cfg = load_node_config(cfg_path)
-    spec = load_scenario(scenario_path).workload
+    scenario = load_scenario(scenario_path)
+    spec = scenario.workload
     node = Node(cfg)
     serving = threading.Event()
     stop = threading.Event()
@@ -178,10 +410,18 @@ def main(argv: list[str]) -> int:
                 if n["n"] > seen[0]:
                     seen[0] = n["n"]
                     emit("failover", **n)
+                    if n.get("what") == "suspected" and gso_side is not None:
+                        gso_side.suspected()
             time.sleep(0.01)
 
+    gate = app.Gate()  # where a GSO freezes the workload
+    position: dict = {}  # the workload's, for the GSO's blob and events
+    gso_side: GsoSide | None = None
     node.start()
-    emit("started", pid=os.getpid(), node=cfg.name, role=node.role, epoch=node.session.epoch)
+    if any(step.do == "gso" for step in scenario.steps):
+        gso_side = GsoSide(node, engine, gate, stop, lambda: dict(position, acked=acked[0]))
+    emit("started", pid=os.getpid(), node=cfg.name, role=node.role, epoch=node.session.epoch,
+         gso=gso_side is not None)
     threading.Thread(target=watch, daemon=True).start()
     if cfg.role == "active":
         serving.set()
@@ -214,9 +454,10 @@ def main(argv: list[str]) -> int:
             def ack(tid: int) -> None:
                 send(tid)
                 acked[0] += 1
+                position["last_id"] = tid
 
             app.run(wl, spec.rate, ack, lambda: stop.is_set() or not engine.serving,
-                    random.Random(os.getpid()))
+                    random.Random(os.getpid()), gate=gate)
         except (HspError, OSError) as exc:
             if not stop.is_set():
                 workload_error.append(str(exc))
@@ -227,7 +468,7 @@ def main(argv: list[str]) -> int:
 
     worker = threading.Thread(target=workload, daemon=True)
     worker.start()
-    commands = Commands(node, work)
+    commands = Commands(node, work, gso_side)
     while True:
         names = os.listdir(work)  # listed, not stat'ed: a 9p share may cache "absent"
         if "stop" in names:
@@ -242,7 +483,12 @@ def main(argv: list[str]) -> int:
     if "journal" in node.disk:
         d = node.disk["journal"]
         (work / f"journal-{cfg.name}.final").write_bytes(d.read(0, d.size))
-    emit("final", status=st, acked=acked[0], workload_error=workload_error)
+    emit("final", status=st, acked=acked[0], workload_error=workload_error,
+         gso=None if gso_side is None else {"state": gso_side.eng.machine.state.value,
+                                            "epoch": gso_side.eng.machine.epoch,
+                                            "frozen": gate.frozen, "freezes": gate.freezes})
+    if gso_side is not None:
+        gso_side.close()
     node.close()
     return 0
 

@@ -16,8 +16,8 @@ resumed), as the test fixture does.
 
 Steps supported: those of ``soft_runner.SUPPORTED`` and netem, on either fabric (restart:
 the killed guest booted again, its drill node started with the same configuration; each
-node's state directory is in its share, so it finds its persisted epochs); gso is refused
-before anything runs (``unsupported``).
+node's state directory is in its share, so it finds its persisted epochs), gso (as over soft:
+``soft_runner.GsoStepDriver``; the GSO's own VI runs over the guests' fabric x NIC).
 """
 
 from __future__ import annotations
@@ -37,12 +37,11 @@ from hsp_rdma.tools.drills.acklog import Ack, AckWriter, read_acklog
 from hsp_rdma.tools.drills.runner import (
     DrillResult,
     DrillsUnavailable,
-    StepDriver,
     command_file,
     judge,
 )
 from hsp_rdma.tools.drills.scenario import Scenario
-from hsp_rdma.tools.drills.soft_runner import PMEM_SIZE, SUPPORTED, judge_drill
+from hsp_rdma.tools.drills.soft_runner import PMEM_SIZE, SUPPORTED, GsoStepDriver, judge_drill
 from hsp_rdma.tools.drills.soft_runner import unsupported as _unsupported
 from hsp_rdma.tools.guest import GuestRun
 from hsp_rdma.tools.lab_config import write_node_configs
@@ -207,9 +206,9 @@ class LabRunner:
             end = time.monotonic() + seconds
             wait(lambda: time.monotonic() >= end, seconds + 1, "time")
 
-        driver = StepDriver(procs, fault, heal_links,
-                            lambda n, seq, cmd: command_file(shares[n], seq, cmd),
-                            wait, sleep, time.monotonic)
+        driver = GsoStepDriver(procs, fault, heal_links,
+                               lambda n, seq, cmd: command_file(shares[n], seq, cmd),
+                               wait, sleep, time.monotonic)
         def spawn(n: str) -> None:
             procs[n].run.job = lab.spawn(n, [sys.executable, "-m",
                                              "hsp_rdma.tools.drills.drill_node", str(paths[n]),

@@ -12,9 +12,11 @@ journal against it (``ledger.verify_acked``, ``check_replay``).
 
 Steps supported: wait (for, until suspected/fenced/promoted/resync-started/resync-done/
 audit-done), kill, pause, resume, pull, plug (fabric x: the soft pair has no other), heal,
-corrupt, audit, restart (the killed node's process started again: it rejoins). A scenario
-with any other step (netem, gso) is refused before
-anything starts (``unsupported``).
+corrupt, audit, restart (the killed node's process started again: it rejoins), gso (a
+drill command ``{"do": "gso"}`` to the node serving, which starts a Graceful Switch Over to
+its peer over its own Interface B VI: ``drill_node.GsoSide``; ``wait until
+gso-copy-started`` / ``gso-done`` wait for the nodes' ``gso`` events, see ``GsoStepDriver``).
+A scenario with any other step (netem) is refused before anything starts (``unsupported``).
 """
 
 from __future__ import annotations
@@ -47,10 +49,16 @@ from hsp_rdma.tools.lab_config import write_node_configs
 from hsp_rdma.via.providers import soft
 
 SUPPORTED = {"wait", "kill", "pause", "resume", "pull", "plug", "heal", "corrupt", "audit",
-             "restart"}
+             "restart", "gso"}
 WHY_NOT = {"netem": "netem needs tc on a real interface (the soft provider has none): run it "
-                    "in the lab (--lab rxe|siw)",
-           "gso": "a Graceful Switch Over from a drill step is not built yet"}
+                    "in the lab (--lab rxe|siw)"}
+# scenario events of a GSO -> the ``phase`` of a drill node's ``gso`` event (either node)
+GSO_UNTIL = {"gso-copy-started": "copy_started", "gso-done": "done"}
+# A drill that waits for gso-copy-started (to fault during the copy) gets a copy paced to
+# last this long: the image is the node's P.mem (8 MiB), copied in milliseconds unpaced,
+# too fast for a fault the driver starts when it sees the copy begin. A real state image of
+# gigabytes takes seconds; the pace stands for that, and is named in the gso command.
+DRILL_COPY_S = 10.0
 SOFT_FABRICS = ("x",)  # the soft pair's one fabric: NIC soft:a / soft:b
 INFO = {"a": {"x": {"rdma_dev": "soft:a", "ipv4": "127.0.0.1"}},
         "b": {"x": {"rdma_dev": "soft:b", "ipv4": "127.0.0.2"}}}
@@ -76,7 +84,7 @@ def unsupported(scenario: Scenario, supported: set[str] = SUPPORTED,
                    "kept across the kill and the promotion of a Consistent node over an "
                    "Inconsistent peer, not built yet")
     for until in sorted({s.until for s in scenario.steps if s.do == "wait" and s.until
-                         and s.until not in UNTIL_EVENT}):
+                         and s.until not in UNTIL_EVENT and s.until not in GSO_UNTIL}):
         bad.append(f"wait until {until}: no runner waits for that event yet")
     if fabrics is not None:
         for fab in sorted({s.fabric for s in scenario.steps if s.fabric} - set(fabrics)):
@@ -84,6 +92,75 @@ def unsupported(scenario: Scenario, supported: set[str] = SUPPORTED,
     if not bad:
         return None
     return f"{'; '.join(bad)} ({where}; issue 12)"
+
+
+def gso_event(procs: dict, phase: str, since: dict[str, int] | None = None,
+              node: str | None = None) -> dict | None:
+    """The first ``gso`` event of PHASE from either node (or NODE), after SINCE[node]."""
+    for n in [node] if node else list(procs):
+        for e in list(procs[n].events)[(since or {}).get(n, 0):]:
+            if e.get("event") == "gso" and e.get("phase") == phase:
+                return e
+    return None
+
+
+class GsoStepDriver(StepDriver):
+    """``runner.StepDriver`` with the gso step: ``{"do": "gso"}`` to the node serving now
+    (``copy_s`` = DRILL_COPY_S when a later step, before the next gso, waits for
+    gso-copy-started: a window for its fault), answered once the GSO started; ``wait until
+    gso-copy-started|gso-done`` waits for a ``gso`` event of that phase after the last action
+    step. Every other step is StepDriver's. (Small enough to move into StepDriver.)"""
+
+    def run(self, steps) -> None:
+        steps = list(steps)
+        for i, step in enumerate(steps):
+            if step.do == "gso":
+                self._mark()
+                later = []
+                for s in steps[i + 1:]:
+                    if s.do == "gso":
+                        break
+                    later.append(s)
+                window = any(s.do == "wait" and s.until == "gso-copy-started" for s in later)
+                self.command(self.serving(), {"do": "gso",
+                                              **({"copy_s": DRILL_COPY_S} if window else {})})
+            elif step.do == "wait" and step.until in GSO_UNTIL:
+                since = dict(self.since)
+                self.wait(lambda p=GSO_UNTIL[step.until], s=since: gso_event(self.procs, p, s),
+                          step.timeout_s or 60, f"event {step.until}")
+                if step.wait_s:
+                    self.sleep(step.wait_s)
+            else:
+                super().run([step])
+
+
+def gso_problems(scenario: Scenario, procs: dict, acks: list) -> list[str]:
+    """What a drill with a gso step must show, beyond the ledger checks: every GSO ended
+    (``done``), and one that was abandoned left the active thawed and acknowledging again
+    (an ack from node a after its ``thawed``); one that completed is a problem until the
+    completion path (roles changing in the drill nodes) is built."""
+    if not any(s.do == "gso" for s in scenario.steps):
+        return []
+    problems = []
+    for n, p in procs.items():
+        for e in list(p.events):
+            if e.get("event") == "gso" and e.get("phase") in ("error", "completion_not_built"):
+                problems.append(f"node {n}: GSO {e['phase']}: {e.get('reason')}")
+    requested = gso_event(procs, "requested", node="a")
+    if requested is None:
+        return [*problems, "no GSO was started on the active (node a)"]
+    done = gso_event(procs, "done", node="a")
+    if done is None:
+        return [*problems, "the active's GSO never ended (no gso done event from node a)"]
+    if done.get("outcome") == "completed":
+        return problems  # (completion_not_built says why it fails)
+    thawed = gso_event(procs, "thawed", node="a")
+    if thawed is None:
+        problems.append(f"the active's GSO ended {done.get('outcome')} ({done.get('reason')}) "
+                        "but its application was never thawed")
+    elif not any(a.node == "a" and a.t_ns / 1e9 > thawed["t"] for a in acks):
+        problems.append("the active thawed but acknowledged no transfer after it")
+    return problems
 
 
 class _NodeProc:
@@ -228,9 +305,9 @@ class SoftRunner:
             for f in links.glob("*.down"):
                 f.unlink(missing_ok=True)
 
-        driver = StepDriver(procs, fault, heal,
-                            lambda n, seq, cmd: command_file(dirs[n], seq, cmd),
-                            _wait, time.sleep, time.monotonic)
+        driver = GsoStepDriver(procs, fault, heal,
+                               lambda n, seq, cmd: command_file(dirs[n], seq, cmd),
+                               _wait, time.sleep, time.monotonic)
         try:
             deadline = time.monotonic() + 60
             while not all(p.find("started") for p in procs.values()):
@@ -326,6 +403,7 @@ def judge_drill(scenario: Scenario, procs: dict, log, ledger: bytes | None,
     err = procs[survivor].find("workload_stopped")
     if err:
         problems.append(f"node {survivor}'s workload stopped: {err['why']}")
+    problems.extend(gso_problems(scenario, procs, acks))
     resync, resync_bytes, audit_repairs = event_results(procs)
     return DrillResult(scenario.name, len(log.ids), len(lost), two,
                        None if blackout is None else round(blackout, 1), detect,

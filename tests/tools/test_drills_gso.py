@@ -1,0 +1,241 @@
+"""The drill kill-standby-during-gso over the soft provider, end to end: the active starts a
+Graceful Switch Over (drill command gso, its own Interface B VI), its ledger workload freezes,
+the copy of its P.mem begins (paced to last: a window for the fault), the standby's process is
+killed, the GSO is abandoned, the active thaws and acknowledges transfers again; nobody
+promotes, nothing acknowledged is lost.
+
+Then, without node processes: the workload's freeze gate, where the runners send the gso
+command (and when they ask for a paced copy), which events end a ``wait until gso-*``, what a
+drill with a gso step must show (``gso_problems``), and the gso command's bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from hsp_rdma.tools.drills import app, lab_runner
+from hsp_rdma.tools.drills.acklog import Ack
+from hsp_rdma.tools.drills.drill_node import run_command
+from hsp_rdma.tools.drills.runner import command_file, judge
+from hsp_rdma.tools.drills.scenario import find_scenario, load_scenario, parse_scenario
+from hsp_rdma.tools.drills.soft_runner import (
+    DRILL_COPY_S,
+    GsoStepDriver,
+    SoftRunner,
+    gso_problems,
+    unsupported,
+)
+
+CLI = [sys.executable, "-m", "hsp_rdma.cli.failover_test"]
+DRILL = "kill-standby-during-gso"
+
+
+def _gso(events: list[dict], phase: str) -> dict | None:
+    return next((e for e in events if e.get("event") == "gso" and e.get("phase") == phase), None)
+
+
+def test_kill_the_standby_during_a_gso_over_soft(tmp_path, monkeypatch) -> None:
+    scenario = load_scenario(find_scenario(DRILL))
+    assert unsupported(scenario) is None and lab_runner.unsupported(scenario) is None
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the runner's work directory
+    result = SoftRunner(keep=True).run(scenario)
+    assert judge(scenario, result) == [], result
+    assert result.lost == 0 and not result.two_actives and not result.failover, result
+    assert result.acknowledged > 500, result
+    (work,) = tmp_path.glob(f"hsp-drill-{DRILL}-*")
+    a = [json.loads(line) for line in (work / "a.events").read_text().splitlines()]
+    b = [json.loads(line) for line in (work / "b.events").read_text().splitlines()]
+    # both nodes brought up the GSO's own VI; the active started one, froze, began the copy
+    assert _gso(a, "connected")["serving"] and not _gso(b, "connected")["serving"]
+    req, frozen, copy = _gso(a, "requested"), _gso(a, "frozen"), _gso(a, "copy_started")
+    assert req["copy_s"] == DRILL_COPY_S and copy["image_bytes"] > 8 << 20  # P.mem + blob
+    assert req["t"] <= frozen["t"] <= copy["t"]
+    assert _gso(b, "standby_stopped") is not None  # the standby stopped for the copy
+    # the standby died mid-copy: abandoned, thawed, the workload acknowledged again after
+    done, thawed = _gso(a, "done"), _gso(a, "thawed")
+    assert done["outcome"] == "aborted" and done["role"] == "active" and done["serving"], done
+    assert done["copy_ms"] < DRILL_COPY_S * 1000, done  # it never finished its copy
+    assert thawed["t"] >= copy["t"] and thawed["acked"] == frozen["acked"], (frozen, thawed)
+    final = next(e for e in a if e["event"] == "final")
+    assert final["acked"] > thawed["acked"] + 100, (thawed, final)
+    assert final["gso"]["state"] == "NORMAL_ACTIVE" and not final["gso"]["frozen"], final
+    # nobody promoted, nobody switched
+    assert not any(e.get("what") == "active" for e in b if e["event"] == "failover")
+    assert _gso(a, "completion_not_built") is None and _gso(b, "resume_not_built") is None
+
+
+def test_the_cli_runs_it_and_lists_it() -> None:
+    res = subprocess.run([*CLI, "--list"], check=False, capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0 and DRILL in res.stdout, res
+
+
+# ---- the freeze gate ------------------------------------------------------------------------
+def test_the_gate_freezes_after_the_transfer_in_flight_and_thaws() -> None:
+    gate = app.Gate()
+    stop = threading.Event()
+    assert gate.enter(stop.is_set)  # a transfer in flight
+    froze = threading.Event()
+    t = threading.Thread(target=lambda: (gate.freeze(), froze.set()))
+    t.start()
+    assert not froze.wait(0.2)  # freeze waits for it
+    gate.leave()
+    assert froze.wait(2) and gate.frozen
+    entered = threading.Event()
+    t2 = threading.Thread(target=lambda: gate.enter(stop.is_set) and entered.set())
+    t2.start()
+    assert not entered.wait(0.2)  # frozen: the next transfer waits
+    gate.thaw()
+    assert entered.wait(2)
+    gate.leave()
+    gate.freeze()  # no transfer in flight: at once
+    stop.set()
+    assert gate.enter(stop.is_set) is False  # stopping while frozen ends the wait
+    t.join()
+    t2.join()
+
+
+def test_run_passes_the_gate_before_each_transfer() -> None:
+    seen: list[int] = []
+
+    class Wl:
+        n = 0
+
+        def random_transfer(self, _rng):
+            Wl.n += 1
+            return SimpleNamespace(id=Wl.n)
+
+        def apply(self, _t):
+            pass
+
+    gate = app.Gate()
+    gate.freeze()
+    stop = threading.Event()
+    t = threading.Thread(target=app.run, args=(Wl(), 1000, seen.append, stop.is_set),
+                         kwargs={"gate": gate})
+    t.start()
+    time.sleep(0.2)
+    assert seen == []  # frozen from the start
+    gate.thaw()
+    time.sleep(0.1)
+    gate.freeze()
+    n = len(seen)
+    time.sleep(0.1)
+    assert n > 0 and len(seen) == n  # nothing acknowledged while frozen
+    stop.set()
+    t.join(2)
+    assert not t.is_alive()
+
+
+# ---- the runners' gso step, no node processes -------------------------------------------------
+def _scenario(steps: str) -> object:
+    return parse_scenario(f"""description = "test"
+[workload]
+rate = 10
+transaction_size = 256
+targets = ["pmem"]
+commit = "applied"
+{steps}""", "test.toml")
+
+
+class _FakePair:
+    def __init__(self, tmp: Path):
+        self.dirs = {n: tmp / n for n in ("a", "b")}
+        for d in self.dirs.values():
+            d.mkdir()
+        self.procs = {n: SimpleNamespace(events=[]) for n in ("a", "b")}
+
+    def put(self, node: str, seq: int, cmd: dict) -> None:
+        command_file(self.dirs[node], seq, cmd)
+        ev = self.procs[node].events
+        ev.append({"event": "command_done", "seq": seq, "ok": True, "detail": "started"})
+        ev.append({"event": "gso", "phase": "copy_started", "t": 1.0})
+
+    def driver(self) -> GsoStepDriver:
+        def wait(pred, timeout, what):
+            if not pred():
+                raise RuntimeError(f"no {what} in {timeout:g} s")
+
+        return GsoStepDriver(self.procs, lambda n, st: None, lambda: None, self.put, wait,
+                             lambda _s: None, time.monotonic)
+
+
+def test_the_gso_command_goes_to_the_serving_node(tmp_path) -> None:
+    pair = _FakePair(tmp_path)
+    pair.driver().run(_scenario("""[[steps]]
+do = "gso"
+[[steps]]
+do = "wait"
+until = "gso-copy-started"
+[[steps]]
+do = "gso"
+""").steps)
+    # a copy window when a fault waits for the copy; none for a plain switch-over
+    assert json.loads((pair.dirs["a"] / "cmd-1.json").read_text()) == {
+        "do": "gso", "copy_s": DRILL_COPY_S}
+    assert json.loads((pair.dirs["a"] / "cmd-2.json").read_text()) == {"do": "gso"}
+    assert list(pair.dirs["b"].iterdir()) == []
+    pair.procs["b"].events.append({"event": "failover", "what": "active", "t": 2.0})
+    pair.driver().run(_scenario("""[[steps]]
+do = "gso"
+""").steps)
+    assert (pair.dirs["b"] / "cmd-1.json").exists()  # b serves now
+
+
+def test_a_gso_wait_takes_only_a_later_event(tmp_path) -> None:
+    pair = _FakePair(tmp_path)
+    pair.procs["a"].events.append({"event": "gso", "phase": "done", "t": 0.5})
+    with pytest.raises(RuntimeError, match="no event gso-done"):
+        pair.driver().run(_scenario("""[[steps]]
+do = "gso"
+[[steps]]
+do = "wait"
+until = "gso-done"
+""").steps)
+
+
+def _ev(phase: str, t: float, **kw) -> dict:
+    return {"event": "gso", "phase": phase, "t": t, **kw}
+
+
+def test_what_a_gso_drill_must_show() -> None:
+    s = _scenario('[[steps]]\ndo = "gso"')
+
+    def procs(*a: dict) -> dict:
+        return {"a": SimpleNamespace(events=list(a)), "b": SimpleNamespace(events=[])}
+
+    acks = [Ack(1, int(1e9), "a"), Ack(2, int(5e9), "a")]
+    ok = procs(_ev("requested", 1), _ev("done", 3, outcome="aborted"), _ev("thawed", 3))
+    assert gso_problems(s, ok, acks) == []
+    assert gso_problems(_scenario('[[steps]]\ndo = "wait"\nfor = "1s"'), procs(), []) == []
+    assert "no GSO was started" in gso_problems(s, procs(), acks)[0]
+    assert "never ended" in gso_problems(s, procs(_ev("requested", 1)), acks)[0]
+    frozen = procs(_ev("requested", 1), _ev("done", 3, outcome="aborted", reason="LINK_LOST"))
+    assert "never thawed" in gso_problems(s, frozen, acks)[0]
+    late = procs(_ev("requested", 1), _ev("done", 6, outcome="aborted"), _ev("thawed", 6))
+    assert "acknowledged no transfer after" in gso_problems(s, late, acks)[0]
+    done = procs(_ev("requested", 1), _ev("done", 3, outcome="completed"),
+                 _ev("completion_not_built", 3, reason="not built yet"))
+    assert gso_problems(s, done, acks) == ["node a: GSO completion_not_built: not built yet"]
+
+
+def test_the_gso_command_says_what_is_wrong() -> None:
+    node = SimpleNamespace()
+    ok, why = run_command(node, {"do": "gso"})
+    assert not ok and "runs no GSO engine" in why
+    side = SimpleNamespace(request=lambda copy_s: f"started {copy_s}")
+    for bad in (-1, "10", True, 1e9):
+        ok, why = run_command(node, {"do": "gso", "copy_s": bad}, side)
+        assert not ok and "copy_s" in why, (bad, why)
+    assert run_command(node, {"do": "gso", "copy_s": 2}, side) == (True, "started 2.0")
+    ok, why = run_command(node, {"do": "dance"}, side)
+    assert not ok and "'gso'" in why
