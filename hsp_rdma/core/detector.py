@@ -45,11 +45,13 @@ class Evidence(enum.Enum):
 # ----------------------------------------------------------------------------- events
 @dataclass(frozen=True, slots=True)
 class HeartbeatReceived:
-    """A heart beat from the peer on ``fabric``, carrying the peer's epoch and role."""
+    """A heart beat from the peer on ``fabric``, carrying the peer's epoch and role, and
+    whether its data cannot be promoted (Inconsistent or Outdated)."""
 
     fabric: str
     epoch: int
     active: bool
+    unfit: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,9 +171,9 @@ class FailureDetector:
         if self.suspected:
             self.suspected = False
             self.evidence = []
-            out.append(LinkRestored(hb.epoch, hb.active))
+            out.append(LinkRestored(hb.epoch, hb.active, hb.unfit))
         else:
-            out.append(PeerEpochSeen(hb.epoch, hb.active))
+            out.append(PeerEpochSeen(hb.epoch, hb.active, hb.unfit))
 
     def _check_fabric(self, fabric: str) -> None:
         if fabric not in self.last_heard:

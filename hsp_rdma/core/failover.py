@@ -50,8 +50,13 @@ ok of an attempt of this suspicion, or the operator's confirmation ``attempt=Non
 A fence that fails or does not answer in ``Timeouts.fence``: alarm (raised again each time),
 stay standby, fence again every ``fence_retry`` s until it works or the peer is heard again; a
 late confirmation of this suspicion still counts (the peer is down whichever attempt did it). A
-node restarted from persisted state (data Consistent) never promotes itself: it cannot tell
-whether the peer went on after it. ``manager = "pacemaker"``: the machine never promotes itself;
+node restarted from persisted state (data Consistent) does not promote itself on silence: it
+cannot tell whether the peer went on after it. It takes over only when it hears the peer not
+active, at no newer epoch, with data that cannot be promoted (Inconsistent: a resync from this
+node was cut by its crash; Outdated): then nobody else can serve, and this node holds the
+only complete copy (DRBD's Consistent node meeting an Inconsistent peer becomes SyncSource).
+Heart beats carry the sender's fitness for that (``unfit``). A node whose state did not survive
+(no persisted P.mem, a resync it received was cut) restarts Inconsistent. ``manager = "pacemaker"``: the machine never promotes itself;
 ``Promote`` (refused unless data is UpToDate or Consistent) and ``Demote`` drive it; Pacemaker's
 STONITH fences. In self mode ``Promote`` is the operator's ``drbdadm primary``: taken only when
 the peer is heard and not active. Both modes change roles through the same two effects
@@ -71,7 +76,8 @@ fences that succeed, fail, time out or lie):
      alone and those writes are lost when it rejoins (split brain, alarmed as soon as a heart
      beat crosses). Engine contract for HOLD: feed ``PeerEpochSeen`` only while the detector
      hears the peer; otherwise drop the frame (the heart beats bring the epoch).
-  3. Self mode: no node promotes itself without a confirmed fence of this suspicion;
+  3. Self mode: no node promotes itself without a confirmed fence of this suspicion, except
+     a restarted Consistent node taking over from a peer that cannot serve (above);
      pacemaker mode: no node becomes active without Promote (or SwitchedOver).
   4. A node's epoch never decreases (restarts included), and no frame carries an epoch
      before it is persisted.
@@ -164,18 +170,22 @@ class PeerSuspected(Event):
 
 @dataclass(frozen=True, slots=True)
 class LinkRestored(Event):
-    """Detector: the first heart beat after a suspicion (or ever): the peer's epoch and role."""
+    """Detector: the first heart beat after a suspicion (or ever): the peer's epoch and role,
+    and ``unfit``: the peer's data cannot be promoted (Inconsistent or Outdated)."""
 
     epoch: int
     active: bool
+    unfit: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class PeerEpochSeen(Event):
-    """A heart beat or frame of the connected peer whose epoch or role differs from the last."""
+    """A heart beat or frame of the connected peer whose epoch, role or data fitness differs
+    from the last (``unfit`` as in ``LinkRestored``)."""
 
     epoch: int
     active: bool
+    unfit: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +324,8 @@ class On(enum.Enum):
     SUSPECT_MANAGED = "PeerSuspected (pacemaker)"
     RESTORED_ACTIVE = "LinkRestored (peer active, not newer than an active)"
     RESTORED_STANDBY = "LinkRestored (peer not active, or stale)"
+    TAKE_OVER = ("LinkRestored/PeerEpochSeen (self, this node restarted Consistent, the peer "
+                 "not active, not newer, its data not promotable)")
     SEEN_ACTIVE = "PeerEpochSeen (peer active, not newer than an active)"
     SEEN_STANDBY = "PeerEpochSeen (peer not active, or stale)"
     NEWER = "LinkRestored/PeerEpochSeen (newer epoch, this node active)"
@@ -457,6 +469,9 @@ TRANSITIONS: dict[FoState, dict[On, Step]] = {
     }, _STANDBY_COMMON),
     S.WAIT_PEER: _steps(S.WAIT_PEER, {
         On.RESTORED_ACTIVE: (S.SYNC_TARGET, _TO_TARGET),
+        # Restarted Consistent, the peer Inconsistent or Outdated and not active: this node
+        # holds the only complete copy and nobody else can serve (DRBD: it becomes SyncSource).
+        On.TAKE_OVER: (S.PROMOTING, _PROMOTE),
         On.RESTORED_STANDBY: (S.STANDBY_PAIR, (Op.ADOPT, Op.ALARM_NO_ACTIVE)),
         # Pacemaker (or the operator) decides; in self mode the peer must be heard: refused.
         On.PROMOTE: (S.PROMOTING, _PROMOTE),
@@ -464,6 +479,7 @@ TRANSITIONS: dict[FoState, dict[On, Step]] = {
     }, _STANDBY_COMMON),
     S.STANDBY_PAIR: _steps(S.STANDBY_PAIR, {
         On.SEEN_ACTIVE: (S.SYNC_TARGET, _TO_TARGET),
+        On.TAKE_OVER: (S.PROMOTING, _PROMOTE),
         On.SEEN_STANDBY: (_SAME, (Op.ADOPT,)),
         (On.PROMOTE, On.SWITCHED_ACTIVE): (S.PROMOTING, _PROMOTE),
         On.PROMOTE_BAD: (_SAME, (Op.REFUSE,)),
@@ -552,6 +568,7 @@ class FailoverMachine:
     connected: bool = False  # the detector hears the peer
     peer_epoch: int = 0
     peer_active: bool = False
+    peer_unfit: bool = False  # the peer's last heart beat: its data cannot be promoted
     fence_attempt: int = 0  # the last FencePeer's attempt number
     round_start: int = 1  # the first attempt of the current suspicion
     deadline: float | None = None
@@ -585,11 +602,16 @@ class FailoverMachine:
     @classmethod
     def restarted(cls, epoch: int, active_since: int, rank: int,
                   manager: Manager = Manager.SELF, fence_configured: bool = True,
-                  timeouts: Timeouts | None = None) -> FailoverMachine:
-        """A node back from a crash or a fence, with what it persisted: a standby whose data
-        is Consistent (it cannot know whether the peer went on), waiting to hear the peer."""
+                  timeouts: Timeouts | None = None,
+                  data: DataState = DataState.CONSISTENT) -> FailoverMachine:
+        """A node back from a crash or a fence, with what it persisted: a standby waiting to
+        hear the peer, whose data is Consistent (it cannot know whether the peer went on) when
+        its state survived intact, otherwise ``data`` says what it is (Inconsistent: a resync
+        was cut, or its P.mem is not kept across a restart; Outdated)."""
+        if data is DataState.UP_TO_DATE:
+            data = DataState.CONSISTENT  # nobody is UpToDate alone after a restart
         return cls(S.WAIT_PEER, rank, epoch, manager, fence_configured,
-                   timeouts or Timeouts(), DataState.CONSISTENT, active_since, epoch)
+                   timeouts or Timeouts(), data, active_since, epoch)
 
     @classmethod
     def active(cls, epoch: int, rank: int, **kw) -> FailoverMachine:
@@ -690,6 +712,7 @@ class FailoverMachine:
             self.connected = True
             if event.epoch >= self.peer_epoch:  # heart beats overtake each other on 2 fabrics
                 self.peer_epoch, self.peer_active = event.epoch, event.active
+                self.peer_unfit = event.unfit
             self.seen = max(self.seen, event.epoch)
         elif isinstance(event, Persisted):
             self.pending = None
@@ -709,11 +732,13 @@ class FailoverMachine:
             # A peer claiming active at an epoch below this node's is a stale active: not one
             # to follow (it will see this node's epoch and demote).
             follow = event.active and event.epoch >= self.epoch
+            if not restored and self.connected and (event.epoch, event.active, event.unfit) \
+                    == (self.peer_epoch, self.peer_active, self.peer_unfit):
+                return None  # nothing new
+            if self._may_take_over(event):
+                return On.TAKE_OVER
             if restored:
                 return On.RESTORED_ACTIVE if follow else On.RESTORED_STANDBY
-            if (event.epoch, event.active) == (self.peer_epoch, self.peer_active) \
-                    and self.connected:
-                return None  # nothing new
             return On.SEEN_ACTIVE if follow else On.SEEN_STANDBY
         if isinstance(event, FenceResult):
             if event.attempt is not None and event.attempt < self.round_start:
@@ -744,6 +769,17 @@ class FailoverMachine:
         if type(event) not in simple:
             raise TypeError(f"not a failover event: {event!r}")
         return simple[type(event)]
+
+    def _may_take_over(self, event: LinkRestored | PeerEpochSeen) -> bool:
+        """A node restarted with Consistent data (its state was persisted) promotes itself
+        when it hears its peer not active, at no newer epoch, with data that cannot be
+        promoted: the peer cannot serve (Inconsistent or Outdated data is never promoted,
+        and only a resync from an active makes it UpToDate), so this node holds the only
+        complete copy. A heart beat that says so was sent after this node restarted (it came
+        on connections made since), so it is not a stale one from before."""
+        return (self.manager is Manager.SELF and self.state in (S.WAIT_PEER, S.STANDBY_PAIR)
+                and self.data is DataState.CONSISTENT and event.unfit and not event.active
+                and event.epoch <= self.epoch and self.next_epoch() <= MAX_EPOCH)
 
     def _peer_back(self) -> On:
         return On.FENCE_FAILED_PEER_ACTIVE if self.peer_active else On.FENCE_FAILED_PEER_STANDBY

@@ -230,6 +230,34 @@ def test_first_start_and_restart():
         FailoverMachine.start("primary", 0)
 
 
+def test_a_restarted_consistent_node_takes_over_only_from_a_peer_that_cannot_serve():
+    # kill-active-during-resync: the old active restarts Consistent; its peer is a SyncTarget
+    # (Inconsistent) or Outdated, not active, at no newer epoch: it promotes and resyncs it.
+    for first in (LinkRestored, PeerEpochSeen):
+        r = FailoverMachine.restarted(2, 2, 0)
+        if first is PeerEpochSeen:  # heard first as an ordinary standby pair: alarm
+            r.feed(LinkRestored(2, False), 1)
+            assert r.state is S.STANDBY_PAIR
+        actions = r.feed(first(2, False, unfit=True), 2)
+        assert r.state is S.PROMOTING and actions == [ClearAlarm(), PersistEpoch(4, 4)]
+        assert r.feed(Persisted(4), 3) == [BecomeActive(4), StartDirtyTracking(),
+                                           StartResync(SyncSide.SOURCE)]
+        assert r.state is S.SYNC_SOURCE
+    # not from a peer that is active, newer, or fit; not when this node is not Consistent;
+    # not under Pacemaker (it promotes)
+    for event, kw in ((LinkRestored(2, True, unfit=True), {}),
+                      (LinkRestored(3, False, unfit=True), {}),
+                      (LinkRestored(2, False, unfit=False), {}),
+                      (LinkRestored(2, False, unfit=True), {"data": DataState.INCONSISTENT}),
+                      (LinkRestored(2, False, unfit=True), {"manager": Manager.PACEMAKER})):
+        r = FailoverMachine.restarted(2, 2, 0, **kw)
+        r.feed(event, 1)
+        assert r.state is not S.PROMOTING, (event, kw)
+    # a restart never comes back UpToDate
+    assert FailoverMachine.restarted(2, 2, 0, data=DataState.UP_TO_DATE).data \
+        is DataState.CONSISTENT
+
+
 def test_switched_over_hook():
     a, b = pair()
     assert a.feed(SwitchedOver(active=False), 1) == [] and a.state is S.STANDBY_PAIR

@@ -44,6 +44,7 @@ from hsp_rdma.core.failover import (
     ArmTimer,
     BecomeActive,
     ClearAlarm,
+    DataState,
     Demote,
     FailoverMachine,
     FailoverRefused,
@@ -119,7 +120,8 @@ def _mkey(m: FailoverMachine | None) -> tuple | None:
         return None
     # id() of an enum member: members are singletons, and Enum.__hash__ is slow Python.
     return (id(m.state), m.epoch, m.seen, m.pending, m.connected, m.peer_epoch, m.peer_active,
-            m.fence_attempt, m.round_start, id(m.data), m.active_since, m.deadline is not None)
+            m.fence_attempt, m.round_start, id(m.data), m.active_since, m.deadline is not None,
+            m.peer_unfit)
 
 
 @dataclass(slots=True)
@@ -131,7 +133,7 @@ class World:
     clock: list
     store: list  # (epoch, active_since) persisted per node
     alarm: list
-    net: tuple = ()  # (dst, "hb" | "write", epoch, active)
+    net: tuple = ()  # (dst, "hb" | "write", epoch, active, unfit)
     persists: tuple = ()  # (node, epoch, active_since) written, not yet durable
     fences: tuple = ()  # (node, attempt) running
     resyncs: tuple = ()  # nodes with a resync running
@@ -142,21 +144,28 @@ class World:
     # Per node, across restarts: the newest epoch it served in or accepted writes of.
     top: tuple = (EPOCH, EPOCH)
     fence: bool = True  # a fence action is configured (constant over a run)
+    # Per node: its persisted data state says it cannot be promoted (Inconsistent or
+    # Outdated): the engine persists that before it acts on it; a restart comes back so.
+    unfit_store: tuple = (False, False)
 
     def key(self) -> tuple:
         return (tuple(_mkey(m) for m in self.nodes), tuple(self.suspected),
                 tuple(self.paused), tuple(self.store), tuple(self.alarm), self.net,
                 self.persists, self.fences, self.resyncs, self.budget, self.active_epochs,
-                self.fence_ok, self.promote_fed, self.top)
+                self.fence_ok, self.promote_fed, self.top, self.unfit_store)
 
     def clone(self) -> World:
         return World(list(self.nodes), self.manager, list(self.suspected), list(self.paused),
                      list(self.clock), list(self.store), list(self.alarm), self.net,
                      self.persists, self.fences, self.resyncs, self.budget,
-                     self.active_epochs, self.fence_ok, self.promote_fed, self.top, self.fence)
+                     self.active_epochs, self.fence_ok, self.promote_fed, self.top, self.fence,
+                     self.unfit_store)
 
 
 CHECK_FENCE = True  # the mutation test turns the bookkeeping check off to reach two actives
+CHECK_TAKE_OVER = True  # likewise for the take-over's precondition
+_TRUTHFUL = [True]  # the run's fences tell the truth (set by explore)
+_TAKEOVERS = [0]  # take-overs by a restarted Consistent node in this run (explore reads it)
 
 
 def _spend(w: World, what: str) -> None:
@@ -189,6 +198,9 @@ def feed(w: World, n: int, event, now: float | None = None) -> None:
     if m.epoch > w.store[n][0]:
         raise Violation(f"node {n} took epoch {m.epoch} before it was persisted "
                         f"(durable: {w.store[n][0]})")
+    if m.data is not DataState.CONSISTENT:  # Consistent comes only from a restart
+        w.unfit_store = _set(w.unfit_store, n, m.data in (DataState.INCONSISTENT,
+                                                          DataState.OUTDATED))
     if isinstance(event, PeerSuspected):
         w.resyncs = tuple(r for r in w.resyncs if r != n)
     # A confirmation counts from the last time this node followed an active.
@@ -243,9 +255,11 @@ def bury(w: World, n: int) -> None:
 def restart(w: World, n: int) -> None:
     """Node ``n`` comes back from what it persisted; its detector has heard nobody yet."""
     epoch, since = w.store[n]
+    data = DataState.INCONSISTENT if w.unfit_store[n] else DataState.CONSISTENT
     w.nodes[n] = FailoverMachine.restarted(epoch, since, RANKS[n], manager=w.manager,
                                            fence_configured=w.fence,
-                                           timeouts=failover.Timeouts(fence=5, fence_retry=3))
+                                           timeouts=failover.Timeouts(fence=5, fence_retry=3),
+                                           data=data)
     w.suspected[n] = True
     w.fence_ok = _set(w.fence_ok, n, False)
     w.promote_fed = _set(w.promote_fed, n, False)
@@ -264,22 +278,36 @@ def moves(w: World):
         fn(nxt)
         out.append((label, nxt, progress))
 
-    for i, (dst, kind, epoch, active) in enumerate(w.net):
+    for i, (dst, kind, epoch, active, unfit) in enumerate(w.net):
         if not _up(w, dst):
             continue
 
-        def deliver(nw, i=i, dst=dst, kind=kind, epoch=epoch, active=active, dup=False):
+        def deliver(nw, i=i, dst=dst, kind=kind, epoch=epoch, active=active, unfit=unfit,
+                    dup=False):
             if dup:
                 _spend(nw, "dups")
             else:
                 nw.net = _without(nw.net, i)
             m = nw.nodes[dst]
             if kind == "hb":
-                if nw.suspected[dst]:
-                    nw.suspected[dst] = False
-                    feed(nw, dst, LinkRestored(epoch, active))
-                else:
-                    feed(nw, dst, PeerEpochSeen(epoch, active))
+                ev = (LinkRestored if nw.suspected[dst] else PeerEpochSeen)(epoch, active, unfit)
+                nw.suspected[dst] = False
+                was_fed = nw.promote_fed[dst]
+                may_take_over = unfit and m.data is DataState.CONSISTENT \
+                    and m.state in (FoState.WAIT_PEER, FoState.STANDBY_PAIR) \
+                    and nw.manager is Manager.SELF
+                if may_take_over:
+                    # the machine may take over: only from a peer that does not serve
+                    peer = nw.nodes[1 - dst]
+                    if CHECK_TAKE_OVER and _TRUTHFUL[0] and peer is not None and peer.serving:
+                        raise Violation(f"node {dst} may take over while node {1 - dst} "
+                                        f"serves ({peer.state.value})")
+                    nw.promote_fed = _set(nw.promote_fed, dst, True)
+                feed(nw, dst, ev)
+                if may_take_over and nw.nodes[dst].state is not FoState.PROMOTING:
+                    nw.promote_fed = _set(nw.promote_fed, dst, was_fed)
+                elif may_take_over:
+                    _TAKEOVERS[0] += 1
                 return
             verdict = m.frame_verdict(epoch)
             if verdict is Verdict.ACCEPT:
@@ -374,13 +402,14 @@ def moves(w: World):
                 mm = nw.nodes[n]
                 if mm.epoch > nw.store[n][0]:
                     raise Violation(f"node {n} sends epoch {mm.epoch} before persisting it")
-                nw.net = _bag(nw.net + ((1 - n, "hb", mm.epoch, mm.serving),))
+                unfit = mm.data in (DataState.INCONSISTENT, DataState.OUTDATED)
+                nw.net = _bag(nw.net + ((1 - n, "hb", mm.epoch, mm.serving, unfit),))
 
             go(f"{n} sends a heart beat ({m.epoch}, active={m.serving})", beat, False)
         if m.serving and w.budget.writes and w.nodes[1 - n] is not None:
             def write(nw, n=n):
                 _spend(nw, "writes")
-                nw.net = _bag(nw.net + ((1 - n, "write", nw.nodes[n].epoch, True),))
+                nw.net = _bag(nw.net + ((1 - n, "write", nw.nodes[n].epoch, True, False),))
 
             go(f"{n} replicates a write of epoch {m.epoch}", write, False)
         if w.budget.pauses:
@@ -451,6 +480,7 @@ class Report:
     terminals: int = 0
     failovers: int = 0  # terminal states where Y serves in a new epoch
     two_serving: int = 0  # states where two nodes serve (lying fence, Pacemaker)
+    takeovers: int = 0  # moves where a restarted Consistent node took over an unfit peer
     spent: set = field(default_factory=set)
 
 
@@ -458,6 +488,8 @@ def explore(budget: Budget, manager: Manager = Manager.SELF, fence: bool = True,
             limit: int = 3_000_000) -> Report:
     """Breadth-first search of every reachable world; raises Violation with a trace."""
     truthful = budget.fence_lies == 0
+    _TRUTHFUL[0] = truthful
+    _TAKEOVERS[0] = 0
     report = Report()
 
     def expand(w):
@@ -478,6 +510,7 @@ def explore(budget: Budget, manager: Manager = Manager.SELF, fence: bool = True,
 
     report.states = search(initial_world(budget, manager, fence), expand, terminal, Violation,
                            limit)
+    report.takeovers = _TAKEOVERS[0]
     return report
 
 
@@ -552,6 +585,31 @@ def _patched_row(monkeypatch, state: FoState, on: failover.On, step: failover.St
     rows = dict(failover.TRANSITIONS[state])
     rows[on] = step
     monkeypatch.setitem(failover.TRANSITIONS, state, rows)
+
+
+def test_a_restarted_consistent_node_takes_over_from_an_inconsistent_peer():
+    # kill-active-during-resync: the standby became SyncTarget (Inconsistent), the active
+    # crashed and came back Consistent; hearing the unfit peer it takes over, and in no
+    # interleaving does that make two actives (the run's invariants hold).
+    report = explore(KILL_RESTART)
+    assert report.takeovers > 0
+
+
+def test_explorer_catches_a_take_over_from_a_peer_that_could_serve(monkeypatch):
+    # Mutation: a restarted Consistent node takes over from any peer that is not active,
+    # whatever its data (an UpToDate standby may be fencing it and promoting meanwhile).
+    real = FailoverMachine._may_take_over
+
+    def careless(self, event):
+        return real(self, replace(event, unfit=True))
+
+    monkeypatch.setattr(FailoverMachine, "_may_take_over", careless)
+    with pytest.raises(Violation, match="without a confirmed fence"):
+        explore(KILL_RESTART)
+    # not only bookkeeping: the standby fenced it, promoted, and both serve
+    monkeypatch.setattr(sys.modules[__name__], "CHECK_FENCE", False)
+    with pytest.raises(Violation, match="two nodes serve as active"):
+        explore(KILL_RESTART)
 
 
 def test_explorer_catches_a_promotion_without_fence(monkeypatch):
