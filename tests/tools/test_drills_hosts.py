@@ -189,3 +189,25 @@ def test_what_two_hosts_cannot_do_is_refused_before_a_step(tmp_path) -> None:
     assert res.returncode == 69 and "not run" in res.stderr, res.stderr
     help_text = tool("--help").stdout
     assert "--drill-hosts" in help_text and "active's" in help_text
+
+
+def test_a_node_already_running_in_the_wrong_role_is_refused(tmp_path) -> None:
+    # node a's service answers on its control socket, as the standby (the pair swapped roles
+    # since its configuration was written): asked before anything starts, refused, exit 1
+    from hsp_rdma.ha.config import load_node_config
+    from hsp_rdma.ha.control import ControlServer
+
+    a, b, hosts = make_pair(tmp_path)
+    sock = load_node_config(a).socket_path
+    server = ControlServer(sock, {"status": lambda _req: {"node": "a", "role": "standby",
+                                                          "epoch": 3}}).start()
+    try:
+        res = tool("--config", str(a), str(b), "--drill-hosts", str(hosts), "kill-active",
+                   timeout=60)
+    finally:
+        server.close()
+    no_traceback(res)
+    assert res.returncode == 1, res.stderr
+    assert "node a already runs" in res.stderr and "role standby, epoch 3" in res.stderr
+    assert "wrong roles" in res.stderr and "nothing was done" in res.stderr
+    assert not (tmp_path / "hosts" / "a.pid").exists()  # no drill node was started

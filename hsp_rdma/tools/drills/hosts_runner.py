@@ -637,7 +637,11 @@ class HostsRunner:
                           "drill.toml": drill_config_text(text, self.pair.configs[n],
                                                           host.dir)}, journal)
         writer = AckWriter(evidence / "acks.log")
-        acks = _AckServer(self.pair.ack_addr, writer)
+        try:
+            acks = _AckServer(self.pair.ack_addr, writer)
+        except HostsError:
+            writer.close()
+            raise
         procs = {n: _NodeRun(hosts[n], acks.addr, evidence) for n in ("a", "b")}
         pulled: set[tuple[str, str]] = set()
         paused: set[str] = set()
@@ -653,7 +657,13 @@ class HostsRunner:
             pid = procs[node].pid()
             if pid is None:
                 raise RuntimeError(f"node {node} gave no pid (no started event)")
-            hosts[node].signal(pid, {"kill": "KILL", "pause": "STOP", "resume": "CONT"}[step.do])
+            try:
+                hosts[node].signal(pid, {"kill": "KILL", "pause": "STOP",
+                                         "resume": "CONT"}[step.do])
+            except HostsError:
+                if step.do != "resume" or procs[node].alive():
+                    raise
+                # resumed after the fence powered it (or its host) off: nothing to resume
             (paused.add if step.do == "pause" else paused.discard)(node)
 
         def heal() -> None:
