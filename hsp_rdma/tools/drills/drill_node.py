@@ -173,6 +173,7 @@ class GsoSide:
         self._requests: list[tuple[float, list]] = []  # (copy_s, answer box)
         self._suspected = False
         self.completed = False
+        self._reported = 0  # eng.reports told as gso done events
         self._thread = threading.Thread(target=self._run, name="gso", daemon=True)
         self._thread.start()
 
@@ -219,12 +220,12 @@ class GsoSide:
                     suspected, self._suspected = self._suspected, False
                 if suspected:
                     eng.peer_lost()
-                reported = len(eng.reports)
-                eng.serve(until=lambda n=reported: self.stop.is_set() or self._requests
-                          or self._suspected or len(eng.reports) > n)
-                for rep in eng.reports[reported:]:
-                    self._report(rep)
+                self._flush_reports()  # (a GSO the suspicion ended)
+                eng.serve(until=lambda: self.stop.is_set() or self._requests
+                          or self._suspected or len(eng.reports) > self._reported)
+                self._flush_reports()
         except PeerLeft as exc:
+            self._flush_reports()
             self.ended = str(exc)
             emit("gso", phase="link_gone", reason=str(exc), serving=eng.machine.serving)
         except HspError as exc:
@@ -258,6 +259,12 @@ class GsoSide:
                 box.append((False, f"the GSO side ended: {self.ended or 'stopped'}"))
             self._requests = []
             self._cv.notify_all()
+
+    def _flush_reports(self) -> None:
+        """A ``gso`` done event for each GSO the engine reported since the last call."""
+        for rep in self.eng.reports[self._reported:]:
+            self._report(rep)
+        self._reported = len(self.eng.reports)
 
     def _report(self, rep) -> None:
         # the copy's time to its last write, or to the GSO's end when it never got there
