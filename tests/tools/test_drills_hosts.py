@@ -211,3 +211,14 @@ def test_a_node_already_running_in_the_wrong_role_is_refused(tmp_path) -> None:
     assert "node a already runs" in res.stderr and "role standby, epoch 3" in res.stderr
     assert "wrong roles" in res.stderr and "nothing was done" in res.stderr
     assert not (tmp_path / "hosts" / "a.pid").exists()  # no drill node was started
+
+
+def test_a_restart_of_the_active_needs_pmem_persisted(tmp_path) -> None:
+    from hsp_rdma.tools.drills.hosts_runner import unsupported
+
+    a, b, hosts = make_pair(tmp_path)
+    why = unsupported(load_pair((a, b), hosts),
+                      load_scenario(find_scenario("kill-active-during-resync")))
+    assert why and "restart of the active" in why and "[pmem] persist = true" in why
+    assert unsupported(load_pair((a, b), hosts),
+                       load_scenario(find_scenario("kill-active"))) is None

@@ -40,8 +40,13 @@ to the ack log (``acklog``); at the end the survivor's P.mem and journal are rea
 (``cat`` through ``exec``) and checked (``soft_runner.judge_drill``).
 
 Refused before anything runs (``unsupported``): netem and gso steps, the restart of the
-active (as over soft), a fabric the pair does not have, a disk workload without a disk named
-``journal`` in both nodes, a failover drill whose standby has no ``[fence]`` action.
+active when its node does not persist P.mem (``[pmem] persist``), a fabric the pair does not
+have, a disk workload without a disk named ``journal`` in both nodes, a failover drill whose
+standby has no ``[fence]`` action.
+
+Measured on this host (two soft nodes on 127.0.0.1, the tests' setup; one run each):
+kill-active, pause-active, pull-fabric-10s, corrupt-and-audit, kill-standby-rejoin pass with
+0 lost; kill-active-during-resync is refused without ``[pmem] persist``.
 """
 
 from __future__ import annotations
@@ -341,6 +346,12 @@ def unsupported(pair: Pair, scenario: Scenario) -> str | None:
     for until in sorted({s.until for s in scenario.steps if s.do == "wait" and s.until
                          and s.until not in UNTIL_EVENT}):
         bad.append(f"wait until {until}: the hosts runner does not wait for that event yet")
+    a = pair.configs["a"]
+    if (any(s.do == "restart" and s.node == "active" for s in scenario.steps)
+            and not getattr(a, "pmem_persist", False)):
+        bad.append(f"step restart of the active: the restarted old active must find its P.mem "
+                   f"again, and node {a.name} keeps it only in memory: set [pmem] persist = "
+                   f"true in {a.source}")
     if "disk" in scenario.workload.targets:
         for c in pair.configs.values():
             if not any(d.name == "journal" for d in c.disks):
