@@ -51,10 +51,11 @@ A fence that fails or does not answer in ``Timeouts.fence``: alarm (raised again
 stay standby, fence again every ``fence_retry`` s until it works or the peer is heard again; a
 late confirmation of this suspicion still counts (the peer is down whichever attempt did it). A
 node restarted from persisted state (data Consistent) does not promote itself on silence: it
-cannot tell whether the peer went on after it. It takes over only when it hears the peer not
-active, at no newer epoch, with data that cannot be promoted (Inconsistent: a resync from this
-node was cut by its crash; Outdated): then nobody else can serve, and this node holds the
-only complete copy (DRBD's Consistent node meeting an Inconsistent peer becomes SyncSource).
+cannot tell whether the peer went on after it. It serves again (in its own epoch, as the
+active it was) only when it was the active of its epoch and hears the peer not active, in that
+epoch, with data that cannot be promoted (Inconsistent: a resync from this node was cut by its
+crash; Outdated): then nobody else can serve, and this node holds the only complete copy
+(DRBD's Consistent node meeting an Inconsistent peer becomes SyncSource).
 Heart beats carry the sender's fitness for that (``unfit``). A node whose state did not survive
 (no persisted P.mem, a resync it received was cut) restarts Inconsistent. ``manager = "pacemaker"``: the machine never promotes itself;
 ``Promote`` (refused unless data is UpToDate or Consistent) and ``Demote`` drive it; Pacemaker's
@@ -324,8 +325,9 @@ class On(enum.Enum):
     SUSPECT_MANAGED = "PeerSuspected (pacemaker)"
     RESTORED_ACTIVE = "LinkRestored (peer active, not newer than an active)"
     RESTORED_STANDBY = "LinkRestored (peer not active, or stale)"
-    TAKE_OVER = ("LinkRestored/PeerEpochSeen (self, this node restarted Consistent, the peer "
-                 "not active, not newer, its data not promotable)")
+    TAKE_OVER = ("LinkRestored/PeerEpochSeen (self, this node restarted Consistent as the "
+                 "active of its epoch, the peer not active in that epoch, its data not "
+                 "promotable)")
     SEEN_ACTIVE = "PeerEpochSeen (peer active, not newer than an active)"
     SEEN_STANDBY = "PeerEpochSeen (peer not active, or stale)"
     NEWER = "LinkRestored/PeerEpochSeen (newer epoch, this node active)"
@@ -406,6 +408,8 @@ _IGNORE: tuple[Op, ...] = ()
 _DEMOTED = (Op.STOP_SERVING, Op.OUTDATE, Op.ALARM, Op.ADOPT)
 _TO_TARGET = (Op.CLEAR_ALARM, Op.ADOPT, Op.RESYNC_TARGET)
 _PROMOTE = (Op.CLEAR_ALARM, Op.PERSIST_NEXT)
+# A restarted active resumes in its own epoch (persisted, and nobody else took it): no new one
+_RESUME = (Op.CLEAR_ALARM, Op.BECOME_ACTIVE, Op.DIRTY_ON, Op.RESYNC_SOURCE)
 # Rows every standby state shares: a newer epoch is persisted and taken; late answers ignored.
 _STANDBY_COMMON = {
     _ADOPTED: (_SAME, (Op.TAKE_EPOCH,)),
@@ -471,7 +475,7 @@ TRANSITIONS: dict[FoState, dict[On, Step]] = {
         On.RESTORED_ACTIVE: (S.SYNC_TARGET, _TO_TARGET),
         # Restarted Consistent, the peer Inconsistent or Outdated and not active: this node
         # holds the only complete copy and nobody else can serve (DRBD: it becomes SyncSource).
-        On.TAKE_OVER: (S.PROMOTING, _PROMOTE),
+        On.TAKE_OVER: (S.SYNC_SOURCE, _RESUME),
         On.RESTORED_STANDBY: (S.STANDBY_PAIR, (Op.ADOPT, Op.ALARM_NO_ACTIVE)),
         # Pacemaker (or the operator) decides; in self mode the peer must be heard: refused.
         On.PROMOTE: (S.PROMOTING, _PROMOTE),
@@ -479,7 +483,7 @@ TRANSITIONS: dict[FoState, dict[On, Step]] = {
     }, _STANDBY_COMMON),
     S.STANDBY_PAIR: _steps(S.STANDBY_PAIR, {
         On.SEEN_ACTIVE: (S.SYNC_TARGET, _TO_TARGET),
-        On.TAKE_OVER: (S.PROMOTING, _PROMOTE),
+        On.TAKE_OVER: (S.SYNC_SOURCE, _RESUME),
         On.SEEN_STANDBY: (_SAME, (Op.ADOPT,)),
         (On.PROMOTE, On.SWITCHED_ACTIVE): (S.PROMOTING, _PROMOTE),
         On.PROMOTE_BAD: (_SAME, (Op.REFUSE,)),
@@ -771,15 +775,17 @@ class FailoverMachine:
         return simple[type(event)]
 
     def _may_take_over(self, event: LinkRestored | PeerEpochSeen) -> bool:
-        """A node restarted with Consistent data (its state was persisted) promotes itself
-        when it hears its peer not active, at no newer epoch, with data that cannot be
-        promoted: the peer cannot serve (Inconsistent or Outdated data is never promoted,
-        and only a resync from an active makes it UpToDate), so this node holds the only
-        complete copy. A heart beat that says so was sent after this node restarted (it came
-        on connections made since), so it is not a stale one from before."""
+        """A node restarted with Consistent data (its state was persisted), which was the
+        active of its epoch, serves again in that epoch when it hears its peer not active, in
+        the same epoch, with data that cannot be promoted: the peer cannot serve (Inconsistent
+        or Outdated data is never promoted, and only a resync from an active makes it
+        UpToDate), nobody took a newer epoch, so this node holds the only complete copy. A
+        heart beat that says so was sent after this node restarted (it came on connections
+        made since), so it is not a stale one from before. Resuming in the same epoch, not a
+        new one, keeps both sides' sessions on one epoch; only this node ever served in it."""
         return (self.manager is Manager.SELF and self.state in (S.WAIT_PEER, S.STANDBY_PAIR)
                 and self.data is DataState.CONSISTENT and event.unfit and not event.active
-                and event.epoch <= self.epoch and self.next_epoch() <= MAX_EPOCH)
+                and event.epoch == self.epoch == self.active_since)
 
     def _peer_back(self) -> On:
         return On.FENCE_FAILED_PEER_ACTIVE if self.peer_active else On.FENCE_FAILED_PEER_STANDBY

@@ -21,6 +21,7 @@ default may be left out)::
 
     [pmem]
     size = "16 MiB"                 # the protected memory region (also the GSO state image)
+    persist = false                 # keep P.mem in <state_dir>/pmem (image + write-ahead log)
 
     [[disk]]                        # zero or more replicated files or block devices
     name = "data"
@@ -139,6 +140,7 @@ class NodeConfig:
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     fence: FenceConfig | None = None
     source: Path | None = None             # the file it was loaded from
+    pmem_persist: bool = False             # P.mem kept under state_dir/pmem (ha/pmem_store.py)
 
     @property
     def socket_path(self) -> Path:
@@ -164,7 +166,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "node": ("name", "peer", "role", "state_dir", "control_socket", "manager"),
     "fabric": FABRICS,
     "fabric.*": ("rdma_device", "local", "peer", "port"),
-    "pmem": ("size",),
+    "pmem": ("size", "persist"),
     "disk": ("name", "path", "size"),
     "replication": ("commit", "message_size", "credits", "resync_rate", "audit_interval",
                     "audit_rate"),
@@ -419,6 +421,8 @@ def parse_node_config(text: str, source: str | Path | None = None) -> NodeConfig
 
     pmem = r.table(raw, ("pmem",), KEYS["pmem"])
     pmem_size = r.get(pmem, ("pmem",), "size", *_size_in(MIN_PMEM, MAX_PMEM))
+    pmem_persist = r.get(pmem, ("pmem",), "persist",
+                         lambda v: v if isinstance(v, bool) else None, "true or false", False)
 
     disks = []
     disks_raw = raw.get("disk", [])
@@ -494,7 +498,8 @@ def parse_node_config(text: str, source: str | Path | None = None) -> NodeConfig
                       fabrics=tuple(fabrics), pmem_size=pmem_size,
                       control_socket=control_socket, manager=manager, disks=tuple(disks),
                       replication=replication, timeouts=timeouts, fence=fence,
-                      source=Path(source) if source is not None else None)
+                      source=Path(source) if source is not None else None,
+                      pmem_persist=pmem_persist)
 
 
 def load_node_config(path: str | Path) -> NodeConfig:

@@ -60,7 +60,8 @@ from hsp_rdma.ha.fence import FenceAgent
 from hsp_rdma.ha.persist import Epochs, EpochStore
 from hsp_rdma.ha.resync import REQUEST_WAIT_S, DirtyTracker, ResyncSource
 
-HEARTBEAT = struct.Struct("<dQQB")  # sender's clock, count, its epoch, 1 when it serves
+HEARTBEAT = struct.Struct("<dQQB")  # sender's clock, count, its epoch, flags:
+SERVES, UNFIT = 1, 2  # it serves; its data cannot be promoted (Inconsistent or Outdated)
 
 
 class FailoverEngine:
@@ -94,11 +95,16 @@ class FailoverEngine:
               "timeouts": fo.Timeouts(fence=self.fence_timeout + 5.0,
                                       fence_retry=max(1.0, self.timeout))}
         # A node that ran here before (persisted epochs) restarts as a standby waiting for
-        # its peer, Consistent at best, and asks for a full resync (its P.mem is gone);
-        # a first start takes the pair as established (both empty, in sync).
+        # its peer: Consistent when its P.mem came back ([pmem] persist) and its data was not
+        # unfit when it stopped, Inconsistent otherwise; it asks for a full resync when it
+        # becomes a SyncTarget. A first start takes the pair as established (both empty).
         self.restarted = saved is not None
+        self._unfit_saved = self.store.load_unfit()
         if self.restarted:
-            self.machine = fo.FailoverMachine.restarted(epoch, saved.active_since, rank, **kw)
+            data = (fo.DataState.CONSISTENT if node.pmem_restored and not self._unfit_saved
+                    else fo.DataState.INCONSISTENT)
+            self.machine = fo.FailoverMachine.restarted(epoch, saved.active_since, rank,
+                                                        data=data, **kw)
             node.role = "standby"
         else:
             make = (fo.FailoverMachine.active if cfg.role == "active"
@@ -142,6 +148,7 @@ class FailoverEngine:
         self._state_before = self.machine.state
         self._local: dict[Channel, int] = {}
         self._busy = False
+        self._rejoin_asked = False  # a Rejoin came (not built: this session stays stale)
         node.failover = self
 
     # ---- status -----------------------------------------------------------------------------
@@ -213,11 +220,16 @@ class FailoverEngine:
             return
         if self.detector is None:
             self._start_detector(now, "the peer's first heart beat")
-        _clock, _count, epoch, active = HEARTBEAT.unpack_from(message)
-        self._feed_detector(det.HeartbeatReceived(self.fabric, epoch, bool(active)), now)
+        _clock, _count, epoch, flags = HEARTBEAT.unpack_from(message)
+        self._feed_detector(det.HeartbeatReceived(self.fabric, epoch, bool(flags & SERVES),
+                                                  bool(flags & UNFIT)), now)
 
     def heartbeat(self, now: float, count: int) -> bytes:
-        return HEARTBEAT.pack(now, count, self.machine.epoch, 1 if self.serving else 0)
+        flags = (SERVES if self.serving else 0) | (UNFIT if self._unfit() else 0)
+        return HEARTBEAT.pack(now, count, self.machine.epoch, flags)
+
+    def _unfit(self) -> bool:
+        return self.machine.data in (fo.DataState.INCONSISTENT, fo.DataState.OUTDATED)
 
     def admit(self, channel: Channel, frame: bytes) -> bool:
         """Whether the session may see FRAME (see the module's docstring)."""
@@ -321,6 +333,9 @@ class FailoverEngine:
                 ev = self._events.popleft()
                 try:
                     actions = self.machine.feed(ev, now)
+                    if self._unfit() != self._unfit_saved:  # before anything acts on it
+                        self._unfit_saved = self._unfit()
+                        self.store.save_unfit(self._unfit_saved)
                 except fo.FailoverRefused as exc:
                     self._raise_alarm(str(exc), now)
                     continue
@@ -366,6 +381,7 @@ class FailoverEngine:
             if self.on_role is not None:
                 self.on_role("standby")
         elif isinstance(act, fo.Rejoin):
+            self._rejoin_asked = True
             self._raise_alarm(f"rejoin as standby of epoch {act.epoch} needs a resync, which "
                               "is not built yet (issue 12): restart this node as standby "
                               "with an empty state", now)
@@ -379,9 +395,12 @@ class FailoverEngine:
             self._raise_alarm(act.reason, now)
         elif isinstance(act, fo.ClearAlarm):
             self.alarm = None
-        # A standby that adopted a newer epoch (TAKE_EPOCH on Persisted) takes its frames;
-        # a demoted old active does not (its session is stale: it needs a resync first).
-        if self.machine.state is fo.FoState.STANDBY and self.machine.epoch > node.session.epoch:
+        # A standby that adopted a newer epoch (TAKE_EPOCH on Persisted) takes its frames, a
+        # SyncTarget too (the new active resyncs it: after a GSO, or a restarted node that
+        # follows); a demoted old active does not (Rejoin: its session is stale, and the
+        # rejoin in the same process is not built).
+        if self.machine.state in (fo.FoState.STANDBY, fo.FoState.SYNC_TARGET) \
+                and not self._rejoin_asked and self.machine.epoch > node.session.epoch:
             node.session.set_epoch(self.machine.epoch)
 
     # ---- link loss without node loss: outdate, serve alone, resync ---------------------------

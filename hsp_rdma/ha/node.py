@@ -63,6 +63,7 @@ from hsp_rdma.core.ifa import Commit
 from hsp_rdma.errors import HspError
 from hsp_rdma.ha.config import NodeConfig
 from hsp_rdma.ha.image import crc32c_hardware
+from hsp_rdma.ha.pmem_store import PmemStore
 
 CHANNELS = (Channel.HEALTH, Channel.OAM, Channel.PMEM, Channel.DISK, Channel.CONFIG)
 OAM_APP, OAM_SYSTEM = 0, 1  # first byte of an oam message: the application's, or the node's
@@ -167,6 +168,8 @@ class _PmemTx:
         def local() -> None:  # under the node's lock, right before the submit
             for off, data in writes:
                 pmem[off:off + len(data)] = data
+            if node.pmem_store is not None:
+                node.pmem_store.record(writes, node.pmem_durable)
 
         self.txid = node._commit(Channel.PMEM, ifa.encode_pmem(writes), self._commit,
                                  local=local)
@@ -275,6 +278,13 @@ class Node:
         ifa.use_crc32c_hardware(crc32c_hardware())
         self._msg_size = rep.message_size
         self._pmem = mmap.mmap(-1, config.pmem_size)
+        # [pmem] persist: P.mem kept under state_dir/pmem (image + write-ahead log), loaded
+        # here; a node whose P.mem came back is Consistent after a restart (ha/pmem_store.py)
+        self.pmem_store: PmemStore | None = None
+        self.pmem_restored = False
+        if config.pmem_persist:
+            self.pmem_store = PmemStore(Path(config.state_dir) / "pmem", config.pmem_size)
+            self.pmem_restored = self.pmem_store.load(self._pmem)
         self.pmem = _Pmem(self)
         self.disk: dict[str, _Disk] = {}
         self._disks: list[_Disk] = []
@@ -555,6 +565,12 @@ class Node:
                 self.auditor = auditor
         return auditor
 
+    @property
+    def pmem_durable(self) -> bool:
+        """Whether a P.mem commit here must be stable in the store before it is acknowledged:
+        while this node serves and its peer is not UpToDate (the dirty bitmaps are on)."""
+        return self.failover is not None and self.failover.dirty.on
+
     def audit_now(self) -> int:
         """Start an audit of P.mem and every disk against the standby's (on the active; returns
         at once with the audit's id: ``status()["audit"]`` and, with a failover engine, its
@@ -578,6 +594,8 @@ class Node:
             self._port.close()
         for d in self._disks:
             os.close(d.fd)
+        if self.pmem_store is not None:
+            self.pmem_store.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
 
@@ -1054,6 +1072,8 @@ class Node:
             if kind is ifa.TxKind.PMEM:
                 for off, data in items:
                     self._pmem[off:off + len(data)] = data
+                if self.pmem_store is not None:
+                    self.pmem_store.record(items, False)
             elif kind is ifa.TxKind.DISK_WRITE or kind is ifa.TxKind.DISK_WRITE_FLUSH:
                 for disk, off, data in items:
                     os.pwrite(self._disks[disk].fd, data, off)
@@ -1134,7 +1154,10 @@ class Node:
                 "pmem": {"size": len(self._pmem),
                          "in_flight": pm.next_txid - 1 - pm.received_txid,
                          "last_committed": pm.next_txid - 1,
-                         "last_applied": max(pm.local_applied, pm.applied_txid)},
+                         "last_applied": max(pm.local_applied, pm.applied_txid),
+                         **({"persisted": {**self.pmem_store.status(),
+                                           "restored": self.pmem_restored}}
+                            if self.pmem_store is not None else {})},
                 "disks": {d.config.name: {"path": str(d.path), "size": d.size,
                                           "writes": d.writes, "bytes": d.bytes,
                                           "in_flight": dk.next_txid - 1 - dk.received_txid,

@@ -56,15 +56,43 @@ class EpochStore:
 
     def save(self, e: Epochs) -> None:
         """Durably: write a temporary file, fsync it, rename it over, fsync the directory."""
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            f.write(json.dumps(asdict(e)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _durable_write(self.path, json.dumps(asdict(e)))
         self.writes += 1
+
+    # The failover engine's data fitness (DRBD's disk state, reduced to what a restart needs):
+    # "unfit" while this node's data is Inconsistent or Outdated, written before the actions
+    # that act on it run, so a node whose resync was cut restarts Inconsistent.
+    def load_unfit(self) -> bool:
+        try:
+            text = (self.dir / UNFIT_FILE).read_text().strip()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise ConfigError(f"unreadable data state ({exc.strerror})",
+                              str(self.dir / UNFIT_FILE)) from None
+        if text not in ("fit", "unfit"):
+            raise ConfigError(f"data state is {text[:20]!r}, not fit or unfit: a node that "
+                              "cannot tell whether its data is whole must not serve; remove "
+                              "the file knowingly", str(self.dir / UNFIT_FILE))
+        return text == "unfit"
+
+    def save_unfit(self, unfit: bool) -> None:
+        _durable_write(self.dir / UNFIT_FILE, "unfit" if unfit else "fit")
+        self.writes += 1
+
+
+UNFIT_FILE = "data-state"
+
+
+def _durable_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

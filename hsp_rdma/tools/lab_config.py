@@ -44,7 +44,7 @@ def node_config_text(info: Mapping[str, Any], node: str, state_root: Path, *,
                      timeouts: Mapping[str, Any] | None = None,
                      disks: list[Mapping[str, Any]] | None = None,
                      fence: Mapping[str, Any] | None = None,
-                     control_socket: Path | None = None) -> str:
+                     control_socket: Path | None = None, pmem_persist: bool = False) -> str:
     """The TOML of NODE ("a" or "b") of the lab described by INFO (``Lab.info()``)."""
     if node not in NODES:
         raise ValueError(f"a lab's nodes are {', '.join(NODES)}, not {node!r}")
@@ -69,7 +69,7 @@ def node_config_text(info: Mapping[str, Any], node: str, state_root: Path, *,
         if port is not None:
             values["port"] = port
         lines += _table(f"[fabric.{fab}]", values)
-    lines += _table("[pmem]", {"size": pmem_size})
+    lines += _table("[pmem]", {"size": pmem_size, **({"persist": True} if pmem_persist else {})})
     for disk in disks or ():
         lines += _table("[[disk]]", disk)
     if replication:

@@ -232,27 +232,29 @@ def test_first_start_and_restart():
 
 def test_a_restarted_consistent_node_takes_over_only_from_a_peer_that_cannot_serve():
     # kill-active-during-resync: the old active restarts Consistent; its peer is a SyncTarget
-    # (Inconsistent) or Outdated, not active, at no newer epoch: it promotes and resyncs it.
+    # (Inconsistent) or Outdated, not active, in the same epoch: it serves again in that
+    # epoch (the one it was the active of) and resyncs the peer.
     for first in (LinkRestored, PeerEpochSeen):
         r = FailoverMachine.restarted(2, 2, 0)
         if first is PeerEpochSeen:  # heard first as an ordinary standby pair: alarm
             r.feed(LinkRestored(2, False), 1)
             assert r.state is S.STANDBY_PAIR
         actions = r.feed(first(2, False, unfit=True), 2)
-        assert r.state is S.PROMOTING and actions == [ClearAlarm(), PersistEpoch(4, 4)]
-        assert r.feed(Persisted(4), 3) == [BecomeActive(4), StartDirtyTracking(),
-                                           StartResync(SyncSide.SOURCE)]
-        assert r.state is S.SYNC_SOURCE
-    # not from a peer that is active, newer, or fit; not when this node is not Consistent;
-    # not under Pacemaker (it promotes)
+        assert actions == [ClearAlarm(), BecomeActive(2), StartDirtyTracking(),
+                           StartResync(SyncSide.SOURCE)]
+        assert r.state is S.SYNC_SOURCE and r.serving and r.epoch == 2
+    # not from a peer that is active, in another epoch, or fit; not when this node is not
+    # Consistent or was not the active of its epoch; not under Pacemaker (it promotes)
     for event, kw in ((LinkRestored(2, True, unfit=True), {}),
                       (LinkRestored(3, False, unfit=True), {}),
+                      (LinkRestored(1, False, unfit=True), {}),
                       (LinkRestored(2, False, unfit=False), {}),
                       (LinkRestored(2, False, unfit=True), {"data": DataState.INCONSISTENT}),
+                      (LinkRestored(2, False, unfit=True), {"active_since": 0}),
                       (LinkRestored(2, False, unfit=True), {"manager": Manager.PACEMAKER})):
-        r = FailoverMachine.restarted(2, 2, 0, **kw)
+        r = FailoverMachine.restarted(2, kw.pop("active_since", 2), 0, **kw)
         r.feed(event, 1)
-        assert r.state is not S.PROMOTING, (event, kw)
+        assert not r.serving and r.state is not S.PROMOTING, (event, kw)
     # a restart never comes back UpToDate
     assert FailoverMachine.restarted(2, 2, 0, data=DataState.UP_TO_DATE).data \
         is DataState.CONSISTENT

@@ -138,7 +138,8 @@ class World:
     fences: tuple = ()  # (node, attempt) running
     resyncs: tuple = ()  # nodes with a resync running
     budget: Budget = field(default_factory=Budget)
-    active_epochs: frozenset = frozenset({EPOCH})  # every epoch a node became active in
+    # every (epoch, node) a node became active in: X is the active of EPOCH at the start
+    active_epochs: frozenset = frozenset({(EPOCH, X)})
     fence_ok: tuple = (False, False)  # a confirmation of this suspicion was fed
     promote_fed: tuple = (False, False)  # told from outside: Promote, or SwitchedOver
     # Per node, across restarts: the newest epoch it served in or accepted writes of.
@@ -225,11 +226,11 @@ def feed(w: World, n: int, event, now: float | None = None) -> None:
                                 "confirmed fence")
             if w.manager is Manager.PACEMAKER and not w.promote_fed[n]:
                 raise Violation(f"node {n} became active without Promote")
-            if action.epoch in w.active_epochs:
+            if any(e == action.epoch and who != n for e, who in w.active_epochs):
                 raise Violation(f"two promotions took epoch {action.epoch}")
             if action.epoch > w.store[n][0]:
                 raise Violation(f"node {n} serves in epoch {action.epoch} before persisting it")
-            w.active_epochs |= {action.epoch}
+            w.active_epochs |= {(action.epoch, n)}
             w.top = _set(w.top, n, max(w.top[n], action.epoch))
             w.fence_ok = _set(w.fence_ok, n, False)
             w.promote_fed = _set(w.promote_fed, n, False)
@@ -304,7 +305,7 @@ def moves(w: World):
                                         f"serves ({peer.state.value})")
                     nw.promote_fed = _set(nw.promote_fed, dst, True)
                 feed(nw, dst, ev)
-                if may_take_over and nw.nodes[dst].state is not FoState.PROMOTING:
+                if may_take_over and not nw.nodes[dst].serving:
                     nw.promote_fed = _set(nw.promote_fed, dst, was_fed)
                 elif may_take_over:
                     _TAKEOVERS[0] += 1

@@ -100,7 +100,7 @@ def test_pause_active_drill_runs_in_the_lab(healthy_lab: Lab) -> None:
 
 
 @pytest.mark.parametrize("drill", ["pull-fabric-10s", "corrupt-and-audit", "kill-standby-rejoin",
-                                   "kill-standby-during-gso"])
+                                   "kill-standby-during-gso", "kill-active-during-resync"])
 def test_link_and_audit_drills_run_in_the_lab(healthy_lab: Lab, drill: str) -> None:
     """pull-fabric-10s: the only fabric of the active pulled for 10 s under load: the active
     outdates the standby at the lab's fence device and serves alone (dirty bitmaps), the
@@ -109,7 +109,11 @@ def test_link_and_audit_drills_run_in_the_lab(healthy_lab: Lab, drill: str) -> N
     audit repairs exactly those two. kill-standby-rejoin: the standby's guest killed, booted
     again; its node rejoins with a full resync. kill-standby-during-gso: the standby's guest
     killed during a GSO's copy: abandoned, the active thaws and acknowledges again (judged by
-    soft_runner.gso_problems). All: every acknowledged transfer on the survivor."""
+    soft_runner.gso_problems). kill-active-during-resync: the active's guest killed while it
+    resyncs the standby (Inconsistent, so it does not promote), booted again: its node finds
+    its P.mem and journal on its persistent storage, serves again in its own epoch and
+    resyncs the standby from its persisted bitmap. All: every acknowledged transfer on the
+    survivor."""
     runner = LabRunner(healthy_lab.status()["rdma"], healthy_lab.lab_id)
     scenario = load_scenario(find_scenario(drill))
     result = runner.run(scenario)
@@ -121,5 +125,7 @@ def test_link_and_audit_drills_run_in_the_lab(healthy_lab: Lab, drill: str) -> N
         assert result.resync and 0 < result.resync_bytes < 8 << 20, result
     elif drill == "kill-standby-rejoin":  # the restarted standby: a full resync
         assert result.resync and result.resync_bytes >= 24 << 20, result
+    elif drill == "kill-active-during-resync":  # from the persisted extents (1 MiB each)
+        assert result.resync and result.resync_bytes >= 1 << 20, result
     elif drill == "corrupt-and-audit":
         assert result.audit_repairs == 2, result

@@ -136,8 +136,12 @@ class LabRunner:
         paths = write_node_configs(
             lab.info(), Path(lab.dir) / tag,
             state_root=Path(GUEST_SHARE) / PERSIST_DIR / tag / "state",
-            control_socket=Path(f"/tmp/{tag}.sock"), pmem_size=PMEM_SIZE, timeouts=TIMEOUTS,
-            disks=[{"name": "journal", "path": f"/tmp/{tag}-journal.img", "size": "16 MiB"}],
+            control_socket=Path(f"/tmp/{tag}.sock"), pmem_size=PMEM_SIZE, pmem_persist=True,
+            timeouts=TIMEOUTS,
+            # the journal disk on the node's persistent storage too: a node killed and booted
+            # again finds its disk as it left it (it may be the one up-to-date copy)
+            disks=[{"name": "journal", "path": f"{GUEST_SHARE}/{PERSIST_DIR}/{tag}/journal.img",
+                    "size": "16 MiB"}],
             fence={"action": fence_agent.SH_COMMAND, "timeout": 60000})
         writer = AckWriter(ack_path)
         procs = {n: _Events(n, writer) for n in ("a", "b")}

@@ -78,11 +78,6 @@ def unsupported(scenario: Scenario, supported: set[str] = SUPPORTED,
     bad = []
     for do in sorted({s.do for s in scenario.steps} - supported):
         bad.append(f"step {do}: {WHY_NOT.get(do, 'not built yet')}")
-    if any(s.do == "restart" and s.node == "active" for s in scenario.steps):
-        bad.append("step restart of the active: the restarted old active rejoins as a standby "
-                   "with an empty P.mem; serving again as the one up-to-date copy needs P.mem "
-                   "kept across the kill and the promotion of a Consistent node over an "
-                   "Inconsistent peer, not built yet")
     for until in sorted({s.until for s in scenario.steps if s.do == "wait" and s.until
                          and s.until not in UNTIL_EVENT and s.until not in GSO_UNTIL}):
         bad.append(f"wait until {until}: no runner waits for that event yet")
@@ -238,7 +233,7 @@ class SoftRunner:
         problems: list[str] = []
         fence = f"{sys.executable} -m hsp_rdma.tools.drills.host_fence"
         paths = write_node_configs(
-            INFO, work, pmem_size=PMEM_SIZE, timeouts=TIMEOUTS,
+            INFO, work, pmem_size=PMEM_SIZE, pmem_persist=True, timeouts=TIMEOUTS,
             disks=[{"name": "journal", "path": str(work / "journal-NODE.img"),
                     "size": DISK_SIZE}],
             fence={"action": fence, "options": {"dir": str(work)}, "timeout": 10000})
