@@ -222,3 +222,21 @@ def test_a_restart_of_the_active_needs_pmem_persisted(tmp_path) -> None:
     assert why and "restart of the active" in why and "[pmem] persist = true" in why
     assert unsupported(load_pair((a, b), hosts),
                        load_scenario(find_scenario("kill-active"))) is None
+
+
+def test_the_drill_moves_state_dir_and_socket_into_its_directory(tmp_path) -> None:
+    from hsp_rdma.ha.config import load_node_config, parse_node_config
+    from hsp_rdma.tools.drills.hosts_runner import drill_config_text
+
+    a, _b, _hosts = make_pair(tmp_path)
+    cfg = load_node_config(a)
+    moved = parse_node_config(drill_config_text(a.read_text(), cfg, "/var/tmp/d/a"))
+    assert moved.state_dir == Path("/var/tmp/d/a/state")
+    assert moved.socket_path == Path("/var/tmp/d/a/control.sock")
+    assert moved.fabrics == cfg.fabrics and moved.disks == cfg.disks
+    text = a.read_text()
+    inline = ('node = { name = "a", peer = "b", role = "active", state_dir = "/s" }\n'
+              + text[text.index("[fabric"):])
+    cfg2 = parse_node_config(inline, a)
+    with pytest.raises(ConfigError, match="lines of their own"):
+        drill_config_text(inline, cfg2, "/var/tmp/d/a")

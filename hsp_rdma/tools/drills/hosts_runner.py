@@ -42,7 +42,9 @@ to the ack log (``acklog``); at the end the survivor's P.mem and journal are rea
 Refused before anything runs (``unsupported``): netem and gso steps, the restart of the
 active when its node does not persist P.mem (``[pmem] persist``), a fabric the pair does not
 have, a disk workload without a disk named ``journal`` in both nodes, a failover drill whose
-standby has no ``[fence]`` action.
+standby has no ``[fence]`` action. The nodes' own fence actions are used as configured: on
+real hosts a failover drill fences for real (fence_ipmilan powers the old active's host off),
+and nothing powers it on again.
 
 Measured on this host (two soft nodes on 127.0.0.1, the tests' setup; one run each):
 kill-active, pause-active, pull-fabric-10s, corrupt-and-audit, kill-standby-rejoin pass with
@@ -74,6 +76,7 @@ from hsp_rdma.ha.config import (
     _line_map,
     _Reader,
     load_node_config,
+    parse_node_config,
 )
 from hsp_rdma.tools.drills.acklog import AckWriter, pump, read_acklog
 from hsp_rdma.tools.drills.runner import UNTIL_EVENT, DrillResult, StepDriver, judge
@@ -285,6 +288,8 @@ def load_pair(configs: tuple[Path, Path], drill_hosts: Path | None,
             if fab not in {f.name for f in cfgs[n].fabrics}:
                 raise ConfigError(f"field node.{cfgs[n].name}.netdev.{fab}: node "
                                   f"{cfgs[n].name} has no fabric {fab}", str(drill_hosts))
+    for n, host in by_node.items():  # (the rewrite the drills will make, tried now)
+        drill_config_text(texts[n], cfgs[n], f"{host.workdir.rstrip('/')}/{cfgs[n].name}")
     ack = ack_addr or file_ack
     if ack is None and all(h.local for h in by_node.values()):
         ack = "127.0.0.1:0"
@@ -307,13 +312,28 @@ def drill_config_text(text: str, config: NodeConfig, drill_dir: str) -> str:
     sock = f"{drill_dir}/control.sock"
     if len(sock.encode()) > SUN_PATH_MAX:
         sock = f"/tmp/hsp-drill-{zlib.crc32(drill_dir.encode()):08x}-{config.name}.sock"
-    at = where[("node", "state_dir")] - 1
-    lines[at] = f"state_dir = {json.dumps(state)}"
-    if ("node", "control_socket") in where:
-        lines[where[("node", "control_socket")] - 1] = f"control_socket = {json.dumps(sock)}"
-    else:
-        lines.insert(at + 1, f"control_socket = {json.dumps(sock)}")
-    return "\n".join(lines) + "\n"
+    moved, why, out = None, "", text
+    if ("node", "state_dir") in where:  # (not when written in an inline table)
+        at = where[("node", "state_dir")] - 1
+        lines[at] = f"state_dir = {json.dumps(state)}"
+        if ("node", "control_socket") in where:
+            lines[where[("node", "control_socket")] - 1] = (f"control_socket = "
+                                                            f"{json.dumps(sock)}")
+        else:
+            lines.insert(at + 1, f"control_socket = {json.dumps(sock)}")
+        out = "\n".join(lines) + "\n"
+        try:
+            moved = parse_node_config(out)
+        except ConfigError as exc:
+            why = str(exc)
+    if moved is None or str(moved.state_dir) != state or str(moved.socket_path) != sock:
+        raise ConfigError("the drill moves the node's state directory into its drill directory "
+                          "by rewriting the state_dir line, and could not here"
+                          f"{': ' + why if why else ''}: write [node] state_dir "
+                          "(and control_socket) as keys on lines of their own",
+                          str(config.source), where.get(("node", "state_dir")),
+                          field="node.state_dir")
+    return out
 
 
 def _check_paths(text: str, config: NodeConfig) -> None:
