@@ -69,15 +69,16 @@ resync = true
 
 
 def make_pair(tmp: Path, active: str = "a", exec_b: str = '["sh", "-c"]',
-              extra_a: str = "") -> tuple[Path, Path, Path]:
-    """(A.toml, B.toml, drill-hosts) of a soft pair on this host; A is node a's config."""
+              extra_a: str = "", persist: bool = True) -> tuple[Path, Path, Path]:
+    """(A.toml, B.toml, drill-hosts) of a soft pair on this host, as soft_runner writes it
+    (P.mem persisted); A is node a's config."""
     workdir = tmp / "hosts"
     links = tmp / "links"
     workdir.mkdir()
     links.mkdir()
     fence = f"{sys.executable} -m hsp_rdma.tools.drills.host_fence"
     paths = write_node_configs(
-        INFO, tmp, pmem_size=PMEM_SIZE, timeouts=TIMEOUTS, active=active,
+        INFO, tmp, pmem_size=PMEM_SIZE, pmem_persist=persist, timeouts=TIMEOUTS, active=active,
         disks=[{"name": "journal", "path": str(tmp / "journal-NODE.img"), "size": DISK_SIZE}],
         fence={"action": fence, "options": {"dir": str(workdir)}, "timeout": 10000})
     for node, path in paths.items():
@@ -181,12 +182,34 @@ def test_an_unreachable_host_is_a_clear_error_exit_1_no_hang(tmp_path) -> None:
     assert getattr(exc.value, "exit_code", None) == 1
 
 
+NETEM = """\
+description = "netem on the active's fabric"
+
+[workload]
+rate = 100
+transaction_size = 256
+targets = ["pmem"]
+commit = "applied"
+
+[[steps]]
+do = "netem"
+node = "active"
+fabric = "x"
+spec = "delay 5ms"
+
+[checks]
+lost = 0
+"""
+
+
 def test_what_two_hosts_cannot_do_is_refused_before_a_step(tmp_path) -> None:
     a, b, hosts = make_pair(tmp_path)
-    res = tool("--config", str(a), str(b), "--drill-hosts", str(hosts),
-               "kill-standby-during-gso")
+    scen = tmp_path / "netem-x.toml"
+    scen.write_text(NETEM)
+    res = tool("--config", str(a), str(b), "--drill-hosts", str(hosts), str(scen))
     no_traceback(res)
-    assert res.returncode == 69 and "not run" in res.stderr, res.stderr
+    assert res.returncode == 69 and "netem-x not run: step netem" in res.stderr, res.stderr
+    assert not any((tmp_path / "hosts").iterdir())  # nothing was done on either "host"
     help_text = tool("--help").stdout
     assert "--drill-hosts" in help_text and "active's" in help_text
 
@@ -216,12 +239,17 @@ def test_a_node_already_running_in_the_wrong_role_is_refused(tmp_path) -> None:
 def test_a_restart_of_the_active_needs_pmem_persisted(tmp_path) -> None:
     from hsp_rdma.tools.drills.hosts_runner import unsupported
 
-    a, b, hosts = make_pair(tmp_path)
+    a, b, hosts = make_pair(tmp_path, persist=False)
     why = unsupported(load_pair((a, b), hosts),
                       load_scenario(find_scenario("kill-active-during-resync")))
     assert why and "restart of the active" in why and "[pmem] persist = true" in why
     assert unsupported(load_pair((a, b), hosts),
                        load_scenario(find_scenario("kill-active"))) is None
+    other = tmp_path / "persisted"
+    other.mkdir()
+    a, b, hosts = make_pair(other)
+    assert unsupported(load_pair((a, b), hosts),
+                       load_scenario(find_scenario("kill-active-during-resync"))) is None
 
 
 def test_the_drill_moves_state_dir_and_socket_into_its_directory(tmp_path) -> None:

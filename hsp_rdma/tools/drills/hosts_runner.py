@@ -31,7 +31,8 @@ scenario go to its drill directory (on stdin); ``python -m hsp_rdma.tools.drills
 starts on each host through ``exec``; its JSON events come on that command's stdout and are
 stamped with this driver's monotonic clock as they arrive (the hosts' clocks are not
 compared); a pair whose drill nodes start in other roles than A active, B standby is stopped
-before any step. Then ``runner.StepDriver`` runs the steps: kill = ``kill -9`` of the drill
+before any step. Then ``soft_runner.GsoStepDriver`` (``runner.StepDriver`` with gso) runs
+the steps: kill = ``kill -9`` of the drill
 node's pid on its host, pause/resume = SIGSTOP/SIGCONT, pull/plug = the ``pull``/``plug``
 command on that node's host, heal = every pulled fabric plugged, corrupt/audit = drill
 command files written into the node's drill directory, restart = the drill node started again
@@ -39,16 +40,16 @@ in the same directory. The workload's acks come to the driver over TCP (``ack_ad
 to the ack log (``acklog``); at the end the survivor's P.mem and journal are read back
 (``cat`` through ``exec``) and checked (``soft_runner.judge_drill``).
 
-Refused before anything runs (``unsupported``): netem and gso steps, the restart of the
+Refused before anything runs (``unsupported``): netem steps, the restart of the
 active when its node does not persist P.mem (``[pmem] persist``), a fabric the pair does not
 have, a disk workload without a disk named ``journal`` in both nodes, a failover drill whose
 standby has no ``[fence]`` action. The nodes' own fence actions are used as configured: on
 real hosts a failover drill fences for real (fence_ipmilan powers the old active's host off),
 and nothing powers it on again.
 
-Measured on this host (two soft nodes on 127.0.0.1, the tests' setup; one run each):
-kill-active, pause-active, pull-fabric-10s, corrupt-and-audit, kill-standby-rejoin pass with
-0 lost; kill-active-during-resync is refused without ``[pmem] persist``.
+Measured on this host (two soft nodes on 127.0.0.1, the tests' setup with P.mem persisted;
+one run of every shipped drill, 100 s): all 7 pass with 0 lost, never two actives
+(kill-standby-during-gso in a run of its own, with gso support).
 """
 
 from __future__ import annotations
@@ -79,9 +80,9 @@ from hsp_rdma.ha.config import (
     parse_node_config,
 )
 from hsp_rdma.tools.drills.acklog import AckWriter, pump, read_acklog
-from hsp_rdma.tools.drills.runner import UNTIL_EVENT, DrillResult, StepDriver, judge
+from hsp_rdma.tools.drills.runner import UNTIL_EVENT, DrillResult, judge
 from hsp_rdma.tools.drills.scenario import Scenario
-from hsp_rdma.tools.drills.soft_runner import judge_drill
+from hsp_rdma.tools.drills.soft_runner import GSO_UNTIL, GsoStepDriver, judge_drill
 from hsp_rdma.tools.drills.soft_runner import unsupported as _unsupported
 
 DEFAULT_PYTHON = "python3"
@@ -94,9 +95,9 @@ FILE_KEYS = ("ack_addr", "node")
 REMOTE_TIMEOUT_S = 30.0  # one command on a host (reach it, write a file, send a signal)
 START_TIMEOUT_S = 90.0  # both drill nodes started and the active serving
 FINAL_TIMEOUT_S = 60.0  # a stopped drill node's final state
-# the steps runner.StepDriver runs (a gso step needs the soft runner's GSO driver: not here)
+# the steps soft_runner.GsoStepDriver (runner.StepDriver and gso) runs
 HOSTS_SUPPORTED = {"wait", "kill", "pause", "resume", "pull", "plug", "heal", "corrupt",
-                   "audit", "restart"}
+                   "audit", "restart", "gso"}
 JOURNAL_ZEROED = 1 << 20  # the start of each node's journal disk, zeroed before a drill
 # the drill directory made anew, the node's configuration and the scenario written into it,
 # the start of the journal disks zeroed (a JSON object on stdin: "files" name -> text, "zero"
@@ -364,7 +365,7 @@ def unsupported(pair: Pair, scenario: Scenario) -> str | None:
     why = _unsupported(scenario, HOSTS_SUPPORTED, fabrics, "on two hosts")
     bad = [why] if why else []
     for until in sorted({s.until for s in scenario.steps if s.do == "wait" and s.until
-                         and s.until not in UNTIL_EVENT}):
+                         and s.until not in UNTIL_EVENT and s.until not in GSO_UNTIL}):
         bad.append(f"wait until {until}: the hosts runner does not wait for that event yet")
     a = pair.configs["a"]
     if (any(s.do == "restart" and s.node == "active" for s in scenario.steps)
@@ -702,7 +703,7 @@ class HostsRunner:
                 hosts[node].link(fab, True)
             pulled.clear()
 
-        driver = StepDriver(procs, fault, heal,
+        driver = GsoStepDriver(procs, fault, heal,
                             lambda n, seq, cmd: hosts[n].put_command(seq, cmd),
                             _wait, time.sleep, time.monotonic)
         started = False
