@@ -70,7 +70,62 @@ def test_kill_the_standby_during_a_gso_over_soft(tmp_path, monkeypatch) -> None:
     assert final["gso"]["state"] == "NORMAL_ACTIVE" and not final["gso"]["frozen"], final
     # nobody promoted, nobody switched
     assert not any(e.get("what") == "active" for e in b if e["event"] == "failover")
-    assert _gso(a, "completion_not_built") is None and _gso(b, "resume_not_built") is None
+    assert _gso(a, "switched") is None and _gso(b, "switched") is None
+
+
+COMPLETE = """description = "A GSO under load completes: the standby takes over from the image"
+[workload]
+rate = 200
+transaction_size = 256
+targets = ["pmem", "disk"]
+commit = "applied"
+[[steps]]
+do = "wait"
+for = "3s"
+[[steps]]
+do = "gso"
+[[steps]]
+do = "wait"
+until = "gso-done"
+timeout = "30s"
+[[steps]]
+do = "wait"
+for = "3s"
+[checks]
+lost = 0
+two_actives = false
+"""
+
+
+def test_a_completed_gso_changes_the_roles_over_soft(tmp_path, monkeypatch) -> None:
+    """No fault: the copy (unpaced) completes, the standby resumes from the image (its P.mem
+    equal to the replicated one), both failover engines are told SwitchedOver, the new active
+    serves the ledger, the old one stops; nothing acknowledged is lost. (Whether the old
+    active then is a working replica is the failover engine's: gso_problems says so when the
+    new active refuses its frames.)"""
+    path = tmp_path / "gso-complete.toml"
+    path.write_text(COMPLETE)
+    scenario = load_scenario(path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    result = SoftRunner(keep=True).run(scenario)
+    assert result.lost == 0 and not result.two_actives and result.failover, result
+    (work,) = tmp_path.glob("hsp-drill-gso-complete-*")
+    a = [json.loads(line) for line in (work / "a.events").read_text().splitlines()]
+    b = [json.loads(line) for line in (work / "b.events").read_text().splitlines()]
+    assert _gso(a, "requested")["copy_s"] == 0
+    done_a, done_b = _gso(a, "done"), _gso(b, "done")
+    assert done_a["outcome"] == done_b["outcome"] == "completed", (done_a, done_b)
+    assert 0 < done_a["blackout_ms"] < 5000, done_a  # freeze -> "done" (b resumed before)
+    took, gave = _gso(b, "switched"), _gso(a, "switched")
+    assert took["active"] and took["pages_differing"] == 0, took  # image == replica
+    assert not gave["active"], gave
+    assert any(e["event"] == "serving" and e["t"] >= took["t"] for e in b), b
+    final_b = next(e for e in b if e["event"] == "final")
+    assert final_b["acked"] > 100 and final_b["gso"]["state"] == "NORMAL_ACTIVE", final_b
+    final_a = next(e for e in a if e["event"] == "final")
+    assert final_a["acked"] == gave["acked"] == _gso(a, "frozen")["acked"], (gave, final_a)
+    assert final_a["gso"]["state"] == "NORMAL_STANDBY", final_a
+    assert not any(p.startswith("the GSO completed") for p in result.problems), result
 
 
 def test_the_cli_runs_it_and_lists_it() -> None:
@@ -223,9 +278,26 @@ def test_what_a_gso_drill_must_show() -> None:
     assert "never thawed" in gso_problems(s, frozen, acks)[0]
     late = procs(_ev("requested", 1), _ev("done", 6, outcome="aborted"), _ev("thawed", 6))
     assert "acknowledged no transfer after" in gso_problems(s, late, acks)[0]
+    # completed: b switched to active and acknowledged after, a switched to standby and did not
     done = procs(_ev("requested", 1), _ev("done", 3, outcome="completed"),
-                 _ev("completion_not_built", 3, reason="not built yet"))
-    assert gso_problems(s, done, acks) == ["node a: GSO completion_not_built: not built yet"]
+                 _ev("switched", 3, active=False))
+    done["b"].events.append(_ev("switched", 2.9, active=True))
+    moved = [Ack(1, int(1e9), "a"), Ack(2, int(5e9), "b")]
+    assert gso_problems(s, done, moved) == []
+    assert "acknowledged transfers after it switched" in gso_problems(
+        s, done, [*moved, Ack(3, int(6e9), "a")])[0]
+    done["b"].events.append({"event": "failover", "what": "refused", "t": 4.0,
+                             "channel": "health", "epoch": 1})
+    assert "(node b) refused its frames (health, epoch 1)" in gso_problems(s, done, moved)[0]
+    done["b"].events[-1] = {"event": "failover", "what": "suspected", "t": 4.0}
+    assert "(node b) suspected it" in gso_problems(s, done, moved)[0]
+    # a fault step in the drill: a suspicion after the switch may be the drill's own
+    faulted = _scenario('[[steps]]\ndo = "gso"\n[[steps]]\ndo = "kill"\nnode = "standby"')
+    assert gso_problems(faulted, done, moved) == []
+    stuck = procs(_ev("requested", 1), _ev("done", 3, outcome="completed"))
+    assert gso_problems(s, stuck, moved) == [
+        "the GSO completed but node b never switched to active",
+        "the GSO completed but node a never switched to standby"]
 
 
 def test_the_gso_command_says_what_is_wrong() -> None:

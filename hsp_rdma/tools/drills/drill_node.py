@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from hsp_rdma.core import failover as fo
 from hsp_rdma.core import gso
 from hsp_rdma.core.profiles import load_profiles, pick_profile
 from hsp_rdma.errors import GsoRefused, HspError
@@ -112,6 +113,17 @@ def corrupt(node: Node, what: str, index: int) -> str:
         return f"block {index} of disk {disk.config.name} of node {node.config.name} overwritten"
 
 
+def switched_over(engine: FailoverEngine, active: bool) -> None:
+    """Tell the failover engine a GSO made this node the active (or the standby): the one
+    place a drill node does so (``FailoverEngine.switched_over`` when the engine has it, else
+    the machine fed ``SwitchedOver`` under the node's lock as the engine's hooks are)."""
+    with engine.node._lock:
+        if hasattr(engine, "switched_over"):
+            engine.switched_over(active)
+        else:
+            engine._feed(fo.SwitchedOver(active), engine.clock())
+
+
 class GsoSide:
     """This node's Interface B: a GSO engine (``ha/switchover.py``) on a VI of its own over
     fabric x's NIC (its own discriminator, ``gso:<a>-<b>``), run by a thread of its own. The
@@ -140,9 +152,9 @@ class GsoSide:
     """
 
     def __init__(self, node: Node, engine: FailoverEngine, gate: app.Gate, stop: threading.Event,
-                 position: Callable[[], dict]):
+                 position: Callable[[], dict], serving: threading.Event):
         self.node, self.fo, self.gate, self.stop = node, engine, gate, stop
-        self.position = position
+        self.position, self.serving = position, serving
         cfg = node.config
         fab = cfg.fabrics[0]
         self.fabric = fab
@@ -278,13 +290,15 @@ class GsoSide:
              copy_ms=None if copy_ms is None else round(copy_ms, 1),
              phases_ms=rep.phases_ms(), serving=self.eng.machine.serving,
              alarm=self.eng.alarm, link_error=self.eng.link_error)
-        if rep.outcome == "completed":
+        if rep.outcome == "completed" and rep.role == "active":
+            # the peer resumed from our image and said "done": this node is the standby
+            # now. Its workload (frozen at the gate) ends: it sees the node not serving.
             self.completed = True
-            emit("gso", phase="completion_not_built", epoch=rep.epoch, role=rep.role,
-                 reason="the GSO completed, but carrying it into the drill nodes' roles "
-                        "(the old active's workload stopped and its failover engine told "
-                        "SwitchedOver(standby), the new active's told SwitchedOver(active) "
-                        "and its workload started) is not built yet")
+            self.serving.clear()
+            switched_over(self.fo, False)
+            self.gate.thaw()  # (the workload leaves the gate: it no longer serves)
+            emit("gso", phase="switched", epoch=rep.epoch, active=False,
+                 failover_state=self.fo.machine.state.value, **self.position())
 
     # ---- the application hooks (called by the engine, in its thread) -----------------------
     def _freeze(self) -> bytes:
@@ -306,8 +320,24 @@ class GsoSide:
         self.gate.thaw()
         emit("gso", phase="thawed", epoch=self.eng.machine.epoch, **self.position())
 
-    def _resume(self, _pmem: memoryview, blob: bytes) -> None:
-        emit("gso", phase="resume_not_built", epoch=self.eng.machine.epoch,
+    def _resume(self, pmem: memoryview, blob: bytes) -> None:
+        """B ("IRET"): the verified image's P.mem becomes this node's P.mem. It should equal
+        what Interface A replicated (commits were applied here before the freeze): pages that
+        differ are counted and written here, behind the replication's (and a P.mem store's)
+        back, and the drill fails on them. Then the failover engine
+        is told this node is the active (its workload starts when it serves); "done" leaves
+        after this returns."""
+        t0 = time.monotonic()
+        mine = self.node.pmem.buf
+        with self.node._lock:
+            differ = [off for off in range(0, len(pmem), PAGE)
+                      if mine[off:off + PAGE] != pmem[off:off + PAGE]]
+            for off in differ:  # (none when the replica was exact: the drill says so)
+                mine[off:off + PAGE] = pmem[off:off + PAGE]
+        switched_over(self.fo, True)
+        emit("gso", phase="switched", epoch=self.eng.machine.epoch, active=True,
+             pages_differing=len(differ), failover_state=self.fo.machine.state.value,
+             took_ms=round((time.monotonic() - t0) * 1000, 1),
              blob=blob.rstrip(b"\0").decode(errors="replace"))
 
     def _stop_standby(self) -> None:
@@ -426,7 +456,8 @@ def main(argv: list[str]) -> int:
     gso_side: GsoSide | None = None
     node.start()
     if any(step.do == "gso" for step in scenario.steps):
-        gso_side = GsoSide(node, engine, gate, stop, lambda: dict(position, acked=acked[0]))
+        gso_side = GsoSide(node, engine, gate, stop, lambda: dict(position, acked=acked[0]),
+                           serving)
     emit("started", pid=os.getpid(), node=cfg.name, role=node.role, epoch=node.session.epoch,
          gso=gso_side is not None)
     threading.Thread(target=watch, daemon=True).start()
@@ -438,9 +469,17 @@ def main(argv: list[str]) -> int:
     workload_error: list[str] = []
 
     def workload() -> None:
+        # each time this node serves (a GSO may move the service away and back)
+        while workload_once():
+            if not engine.serving:
+                serving.clear()  # (until on_role, or a GSO, makes it serve again)
+
+    def workload_once() -> bool:
+        """The workload while this node serves; True when it ended because the node no
+        longer serves (it may serve again), False at the stop or on an error."""
         serving.wait()
         if stop.is_set():
-            return
+            return False
         # "-": no driver to tell (a lab test reads the events); acks are only counted
         sock = socket.create_connection((host, int(port)), timeout=10) if port else None
         try:
@@ -465,10 +504,14 @@ def main(argv: list[str]) -> int:
 
             app.run(wl, spec.rate, ack, lambda: stop.is_set() or not engine.serving,
                     random.Random(os.getpid()), gate=gate)
+            if not stop.is_set():
+                emit("not_serving", acked=acked[0])
+            return not stop.is_set()
         except (HspError, OSError) as exc:
             if not stop.is_set():
                 workload_error.append(str(exc))
                 emit("workload_stopped", why=str(exc))
+            return False
         finally:
             if sock is not None:
                 sock.close()

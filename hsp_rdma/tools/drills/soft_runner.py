@@ -148,7 +148,35 @@ def gso_problems(scenario: Scenario, procs: dict, acks: list) -> list[str]:
     if done is None:
         return [*problems, "the active's GSO never ended (no gso done event from node a)"]
     if done.get("outcome") == "completed":
-        return problems  # (completion_not_built says why it fails)
+        # the roles changed: b took over from the image and serves; a stopped
+        took = gso_event(procs, "switched", node="b")
+        if took is None or not took.get("active"):
+            problems.append("the GSO completed but node b never switched to active")
+        elif took.get("pages_differing"):
+            problems.append(f"the GSO image and node b's replicated P.mem differed in "
+                            f"{took['pages_differing']} page(s): Interface A's copy was not "
+                            "exact at the freeze")
+        elif not any(a.node == "b" and a.t_ns / 1e9 > took["t"] for a in acks):
+            problems.append("the GSO completed but the new active (node b) acknowledged no "
+                            "transfer after it")
+        gave = gso_event(procs, "switched", node="a")
+        if gave is None or gave.get("active"):
+            problems.append("the GSO completed but node a never switched to standby")
+        elif any(a.node == "a" and a.t_ns / 1e9 > gave["t"] for a in acks):
+            problems.append("node a acknowledged transfers after it switched to standby")
+        if took is not None and not any(st.do in StepDriver.FAULTS for st in scenario.steps):
+            # no fault: the pair must stay whole, the old active the new active's replica
+            after = [e for e in list(procs["b"].events) if e.get("event") == "failover"
+                     and e.get("what") in ("refused", "suspected") and e["t"] >= took["t"]]
+            if after:
+                e = after[0]
+                what = (f"refused its frames ({e.get('channel')}, epoch {e.get('epoch')})"
+                        if e["what"] == "refused" else "suspected it")
+                problems.append(
+                    f"after the switch-over the new active (node b) {what}: the old active is "
+                    "no working replica of the new one (b serves alone; the failover engines' "
+                    "follow-up of SwitchedOver)")
+        return problems
     thawed = gso_event(procs, "thawed", node="a")
     if thawed is None:
         problems.append(f"the active's GSO ended {done.get('outcome')} ({done.get('reason')}) "
