@@ -268,3 +268,22 @@ def test_the_drill_moves_state_dir_and_socket_into_its_directory(tmp_path) -> No
     cfg2 = parse_node_config(inline, a)
     with pytest.raises(ConfigError, match="lines of their own"):
         drill_config_text(inline, cfg2, "/var/tmp/d/a")
+
+
+def test_a_drill_table_in_the_node_toml(tmp_path) -> None:
+    from hsp_rdma.ha.config import KEYS
+    from hsp_rdma.tools.drills.hosts_runner import parse_node_drill
+
+    a, b, _hosts = make_pair(tmp_path)
+    a.write_text(a.read_text() + '\n[drill]\nexec = []\nworkdir = "/var/tmp/x"\n'
+                 'ack_addr = "127.0.0.1:0"\n')
+    host, ack = parse_node_drill(a.read_text(), a)
+    assert host.workdir == "/var/tmp/x" and host.local and ack == "127.0.0.1:0"
+    with pytest.raises(ConfigError, match=r"a.toml:\d+: .*'drill.exe'.*did you mean 'exec'"):
+        parse_node_drill(a.read_text().replace("exec = []", "exe = []"), a)
+    if "drill" in KEYS[""]:  # the node loader takes it: the table is used
+        assert load_pair((a, b), None).hosts["a"].workdir == "/var/tmp/x"
+    else:  # it refuses it: said before the node loader's "unknown field"
+        line = a.read_text().splitlines().index("[drill]") + 1
+        with pytest.raises(ConfigError, match=rf"a.toml:{line}: table \[drill\].*--drill-hosts"):
+            load_pair((a, b), None)

@@ -3,7 +3,9 @@ A.toml and B.toml are the two nodes' own configurations (hsp_rdma.ha.config): A'
 be the active (``[node] role = "active"``), B's the standby, each naming the other as peer.
 
 How the driver reaches a host, per node, in the drill-hosts file H.toml (the node loader
-refuses tables it does not know, so these settings are not in the node's own TOML)::
+refuses tables it does not know, so these settings are not in the node's own TOML; once it
+takes a ``[drill]`` table, the same fields there are read too, and a ``[drill]`` it refuses is
+said so, pointing here)::
 
     ack_addr = "192.0.2.9:7600"    # this driver as the nodes reach it (or --ack-addr)
 
@@ -79,6 +81,7 @@ from hsp_rdma.ha.config import (
     load_node_config,
     parse_node_config,
 )
+from hsp_rdma.ha.config import KEYS as NODE_KEYS
 from hsp_rdma.tools.drills.acklog import AckWriter, pump, read_acklog
 from hsp_rdma.tools.drills.runner import UNTIL_EVENT, DrillResult, judge
 from hsp_rdma.tools.drills.scenario import Scenario
@@ -214,47 +217,87 @@ def parse_drill_hosts(text: str, source: str | Path | None = None) -> tuple[dict
             raise r.fail(at, f"table [node.{name}]: NAME is a node's [node] name")
         if not isinstance(table, dict):
             raise r.wrong(at, table, f"a table [node.{name}]")
-        r.known(table, at, HOST_KEYS)
-        argv_rule = 'a list of strings, e.g. ["ssh", "-o", "BatchMode=yes", "root@hostA"]'
-        tmpl_rule = ('a command as a list of strings, e.g. ["ip", "link", "set", "dev", '
-                     '"{netdev}", "down"]')
-        host = HostDrill(
-            exec=r.get(table, at, "exec", _argv_list, argv_rule + " ([]: this host)", ()),
-            python=r.get(table, at, "python", _text, "the python of the host's hsp_rdma, "
-                         'e.g. "/opt/hsp/venv/bin/python"', DEFAULT_PYTHON),
-            workdir=r.get(table, at, "workdir", lambda v: v if _text(v) and v.startswith("/")
-                          else None, "an absolute path on the host", DEFAULT_WORKDIR),
-            netdev=r.get(table, at, "netdev", _str_table,
-                         'a table fabric -> interface, e.g. { x = "eth1" }', ()),
-            pull=r.get(table, at, "pull", _nonempty_argv, tmpl_rule, DEFAULT_PULL),
-            plug=r.get(table, at, "plug", _nonempty_argv, tmpl_rule, DEFAULT_PLUG),
-            env=r.get(table, at, "env", _str_table, 'a table of strings, e.g. { K = "v" }', ()))
-        for key in ("pull", "plug"):
-            for word in getattr(host, key):
-                try:
-                    word.format(**{p: "" for p in PLACEHOLDERS})
-                except (KeyError, IndexError, ValueError) as exc:
-                    raise r.fail((*at, key), f"field node.{name}.{key}: {word!r} names "
-                                             f"{exc}; the placeholders are "
-                                             f"{', '.join('{' + p + '}' for p in PLACEHOLDERS)}"
-                                 ) from None
-        for key, _value in host.env:
-            if not key.replace("_", "a").isalnum() or key[0].isdigit():
-                raise r.fail((*at, "env", key), f"field node.{name}.env.{key}: not an "
-                                                "environment variable's name")
-        hosts[name] = host
+        hosts[name] = _host_table(r, table, at)
     return hosts, ack
+
+
+def parse_node_drill(text: str, source: str | Path | None = None) -> tuple[HostDrill | None,
+                                                                         str | None]:
+    """A node TOML's own ``[drill]`` table (the fields of a drill-hosts file's [node.NAME],
+    and ack_addr), or (None, None) without one; ConfigError naming file, line and field."""
+    src = str(source) if source is not None else None
+    raw = load_toml(text, src)
+    if "drill" not in raw:
+        return None, None
+    r = _Reader(text, src)
+    table = raw["drill"]
+    if not isinstance(table, dict):
+        raise r.wrong(("drill",), table, "a table [drill]")
+    ack = r.get(table, ("drill",), "ack_addr", _ack_addr, ACK_RULE, None)
+    return _host_table(r, {k: v for k, v in table.items() if k != "ack_addr"},
+                       ("drill",)), ack
+
+
+def _node_loader_takes_drill(path: Path) -> None:
+    """A [drill] table in a node's own TOML, while the node loader refuses tables it does not
+    know (hsp_rdma.ha.config.KEYS): say where its settings go instead."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        raw = load_toml(text, str(path))
+    except (OSError, UnicodeDecodeError, ConfigError):
+        return  # the node loader says what is wrong with the file
+    if "drill" in raw and "drill" not in NODE_KEYS[""]:
+        raise ConfigError("table [drill]: this node's loader refuses tables it does not know, "
+                          "so the node would not start with it; move its fields into a "
+                          "--drill-hosts file as [node.NAME] (ack_addr at its top)", str(path),
+                          _line_of(text, "[drill]"), field="drill")
+
+
+def _host_table(r: _Reader, table: dict, at: tuple) -> HostDrill:
+    """One host's settings (a [node.NAME] table of a drill-hosts file, or a node's [drill])."""
+    label = r.label(at)
+    r.known(table, at, HOST_KEYS)
+    argv_rule = 'a list of strings, e.g. ["ssh", "-o", "BatchMode=yes", "root@hostA"]'
+    tmpl_rule = ('a command as a list of strings, e.g. ["ip", "link", "set", "dev", '
+                 '"{netdev}", "down"]')
+    host = HostDrill(
+        exec=r.get(table, at, "exec", _argv_list, argv_rule + " ([]: this host)", ()),
+        python=r.get(table, at, "python", _text, "the python of the host's hsp_rdma, "
+                     'e.g. "/opt/hsp/venv/bin/python"', DEFAULT_PYTHON),
+        workdir=r.get(table, at, "workdir", lambda v: v if _text(v) and v.startswith("/")
+                      else None, "an absolute path on the host", DEFAULT_WORKDIR),
+        netdev=r.get(table, at, "netdev", _str_table,
+                     'a table fabric -> interface, e.g. { x = "eth1" }', ()),
+        pull=r.get(table, at, "pull", _nonempty_argv, tmpl_rule, DEFAULT_PULL),
+        plug=r.get(table, at, "plug", _nonempty_argv, tmpl_rule, DEFAULT_PLUG),
+        env=r.get(table, at, "env", _str_table, 'a table of strings, e.g. { K = "v" }', ()))
+    for key in ("pull", "plug"):
+        for word in getattr(host, key):
+            try:
+                word.format(**{p: "" for p in PLACEHOLDERS})
+            except (KeyError, IndexError, ValueError) as exc:
+                raise r.fail((*at, key), f"field {label}.{key}: {word!r} names "
+                                         f"{exc}; the placeholders are "
+                                         f"{', '.join('{' + p + '}' for p in PLACEHOLDERS)}"
+                             ) from None
+    for key, _value in host.env:
+        if not key.replace("_", "a").isalnum() or key[0].isdigit():
+            raise r.fail((*at, "env", key), f"field {label}.env.{key}: not an "
+                                            "environment variable's name")
+    return host
 
 
 def load_pair(configs: tuple[Path, Path], drill_hosts: Path | None,
               ack_addr: str | None = None) -> Pair:
     """The pair of A and B (CONFIGS) with their hosts (DRILL_HOSTS; None: both on this host,
     default settings); ConfigError for a file's mistake or a pair in the wrong roles."""
-    cfgs, texts = {}, {}
+    cfgs, texts, own = {}, {}, {}
     for n, path in zip(("a", "b"), configs, strict=True):
+        _node_loader_takes_drill(path)
         cfgs[n] = load_node_config(path)
         texts[n] = Path(path).read_text(encoding="utf-8")
         _check_paths(texts[n], cfgs[n])
+        own[n] = parse_node_drill(texts[n], path)
     a, b = cfgs["a"], cfgs["b"]
     for n, want in (("a", "active"), ("b", "standby")):
         c = cfgs[n]
@@ -283,6 +326,14 @@ def load_pair(configs: tuple[Path, Path], drill_hosts: Path | None,
                 raise ConfigError(f"table [node.{name}]: no node of the pair is named {name} "
                                   f"(they are {a.name} and {b.name})", str(drill_hosts),
                                   _line_of(text, f"[node.{name}]"), field=f"node.{name}")
+    for n, (host, _ack) in own.items():
+        if host is not None and cfgs[n].name in hosts:
+            raise ConfigError(f"node {cfgs[n].name}'s host is given twice, in the [drill] table "
+                              f"of {cfgs[n].source} and in [node.{cfgs[n].name}] of "
+                              f"{drill_hosts}: keep one", str(drill_hosts))
+        if host is not None:
+            hosts[cfgs[n].name] = host
+    file_ack = file_ack or own["a"][1] or own["b"][1]
     by_node = {n: hosts.get(cfgs[n].name, HostDrill()) for n in ("a", "b")}
     for n, host in by_node.items():
         for fab, _dev in host.netdev:
