@@ -121,11 +121,19 @@ def test_a_completed_gso_changes_the_roles_over_soft(tmp_path, monkeypatch) -> N
     assert not gave["active"], gave
     assert any(e["event"] == "serving" and e["t"] >= took["t"] for e in b), b
     final_b = next(e for e in b if e["event"] == "final")
-    assert final_b["acked"] > 100 and final_b["gso"]["state"] == "NORMAL_ACTIVE", final_b
+    assert final_b["gso"]["state"] == "NORMAL_ACTIVE", final_b
+    # whether b's commits are then acknowledged depends on the old active becoming its
+    # replica (the failover engines' follow-up of SwitchedOver): if not, the drill says so
+    if final_b["acked"] < 100 or any(e.get("what") in ("refused", "suspected")
+                                     for e in b if e["event"] == "failover"
+                                     and e["t"] >= took["t"]):
+        assert any("after the switch-over the new active" in p or "acknowledged no" in p
+                   for p in result.problems), result
     final_a = next(e for e in a if e["event"] == "final")
     assert final_a["acked"] == gave["acked"] == _gso(a, "frozen")["acked"], (gave, final_a)
     assert final_a["gso"]["state"] == "NORMAL_STANDBY", final_a
-    assert not any(p.startswith("the GSO completed") for p in result.problems), result
+    assert not any("never switched" in p or "after it switched" in p
+                   for p in result.problems), result
 
 
 def test_the_cli_runs_it_and_lists_it() -> None:
