@@ -48,7 +48,8 @@ Bad input. A received buffer is checked in this order and refused with one cause
 stream in ``refused``): ``truncated``, ``bad_magic``, ``too_big`` (header length beyond a receive
 buffer), ``bad_length``, ``bad_crc``, ``version``, ``wrong_channel``, ``bad_type``,
 ``reflected`` (a frame of this node's own direction: its type's top bit says which side sent
-it, when the sessions were given sides), ``wrong_epoch``, ``replayed`` / ``out_of_order`` (link_seq, then stream sequence),
+it, when the sessions were given sides), ``wrong_epoch`` (a DATA frame of another epoch on
+any channel but ``health``), ``replayed`` / ``out_of_order`` (link_seq, then stream sequence),
 ``bad_ack``, ``bad_fragment``, ``too_big`` (a message beyond ``max_message``). Nothing is
 applied from a refused frame. A refusal that leaves a stream unable to continue (a frame of
 the right link order that breaks fragment order) also emits ``Alarm``; the engine reports it
@@ -145,6 +146,7 @@ _FIRST, _LAST, _WANT_RECEIVED, _WANT_APPLIED = 1, 2, 4, 8
 _WANT = {1: 0, 2: _WANT_RECEIVED, 3: _WANT_APPLIED}  # Commit -> flag on the last fragment
 _HELLO, _CREDIT, _DATA = 1, 2, 3
 _DIR = 0x8000  # in a frame's type: sent by the session of side 1 (see Session's ``side``)
+FRAME_DIR = _DIR
 
 CAUSES = ("truncated", "bad_magic", "too_big", "bad_length", "bad_crc", "version",
           "wrong_channel", "bad_type", "reflected", "wrong_epoch", "replayed", "out_of_order", "bad_ack",
@@ -298,6 +300,7 @@ class Stream:
     def __init__(self, channel: Channel, session: Session):
         self.channel = Channel(channel)
         self._ch = int(self.channel)
+        self._epochless = self.channel == Channel.HEALTH  # heart beats: any epoch (see _accept)
         self.session = session
         self.link: Link | None = None
         self.peer_incarnation: int | None = None  # the peer's, from its first HELLO
@@ -486,7 +489,11 @@ class Stream:
         if ftype != _DATA and ftype != _CREDIT and ftype != _HELLO:
             raise Refused("reflected" if session.dir != session.peer_dir and (ftype ^ _DIR) in (
                 _DATA, _CREDIT, _HELLO) else "bad_type")
-        if epoch != session.epoch:
+        # The epoch guards what a frame writes: a replication DATA frame of another epoch is
+        # refused. HELLO and CREDIT frames (link set-up and flow control) and the heart beats
+        # of HEALTH (whose payload carries the sender's epoch for the failure detector) pass
+        # whatever their epoch: that is how two nodes of different epochs meet and learn it.
+        if epoch != session.epoch and ftype == _DATA and not self._epochless:
             raise Refused("wrong_epoch")
         if length < CTRL.size or (ftype == _DATA and length < CTRL.size + DATA_HDR.size):
             raise Refused("bad_length")

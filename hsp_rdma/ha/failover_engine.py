@@ -55,7 +55,7 @@ from pathlib import Path
 from hsp_rdma.core import detector as det
 from hsp_rdma.core import failover as fo
 from hsp_rdma.core.frames import Channel
-from hsp_rdma.core.ifa import HEADER, Commit
+from hsp_rdma.core.ifa import FRAME_DIR, HEADER, Commit, FrameType
 from hsp_rdma.ha.fence import FenceAgent
 from hsp_rdma.ha.persist import Epochs, EpochStore
 from hsp_rdma.ha.resync import REQUEST_WAIT_S, DirtyTracker, ResyncSource
@@ -149,6 +149,7 @@ class FailoverEngine:
         self._local: dict[Channel, int] = {}
         self._busy = False
         self._rejoin_asked = False  # a Rejoin came (not built: this session stays stale)
+        self._request_deferred = False  # a SyncTarget's request waits for the session epoch
         node.failover = self
 
     # ---- status -----------------------------------------------------------------------------
@@ -231,27 +232,36 @@ class FailoverEngine:
     def _unfit(self) -> bool:
         return self.machine.data in (fo.DataState.INCONSISTENT, fo.DataState.OUTDATED)
 
-    def admit(self, channel: Channel, frame: bytes) -> bool:
-        """Whether the session may see FRAME (see the module's docstring)."""
-        if len(frame) < HEADER.size:
-            return True  # the session refuses it with its own cause
-        epoch = HEADER.unpack_from(frame)[4]
-        if epoch == self.machine.epoch:
-            return True
+    def admit(self, channel: Channel, frame: bytes) -> fo.Verdict:
+        """What the node does with FRAME before the session sees it (see the module's
+        docstring): ACCEPT; REFUSE (dropped and counted: a write of an older epoch); HOLD (a
+        write of a newer epoch: kept by the node, fed once this node's session takes that
+        epoch, in order, so the new active's stream is not cut by the few ms its epoch takes
+        to persist). Only replication DATA frames are judged: HELLO, CREDIT and heart beats
+        carry no write (the session takes them from any epoch; a heart beat tells the
+        detector the sender's epoch)."""
+        if len(frame) < HEADER.size or channel is Channel.HEALTH:
+            return fo.Verdict.ACCEPT  # the session refuses a short frame with its own cause
+        _magic, _version, _ch, ftype, epoch = HEADER.unpack_from(frame)[:5]
+        if epoch == self.node.session.epoch or (ftype & ~FRAME_DIR) != FrameType.DATA:
+            return fo.Verdict.ACCEPT
         verdict = self.machine.frame_verdict(epoch)
         name = channel.name.lower()
+        if verdict is fo.Verdict.ACCEPT:
+            # the machine took the epoch but the session has not yet (it follows in _do)
+            return fo.Verdict.HOLD if epoch > self.node.session.epoch else fo.Verdict.REFUSE
         if verdict is fo.Verdict.REFUSE:
-            key = f"{name}:older_epoch"
+            key = f"{name}:older_epoch" if epoch < self.machine.epoch else f"{name}:not_taken"
             self.refused_frames[key] = self.refused_frames.get(key, 0) + 1
             if self.refused_frames[key] == 1:
                 self._note("refused", self.clock(), channel=name, epoch=epoch)
-            return False
+            return fo.Verdict.REFUSE
         # HOLD: a newer epoch. Only a promotion makes one: its sender is the active of it.
         key = f"{name}:newer_epoch"
         self.refused_frames[key] = self.refused_frames.get(key, 0) + 1
         if self.detector is not None and not self.detector.suspected:
             self._feed(fo.PeerEpochSeen(epoch, True), self.clock())
-        return False
+        return fo.Verdict.HOLD
 
     def link_lost(self, channel: Channel, why: str) -> None:
         if self.detector is None:
@@ -346,6 +356,7 @@ class FailoverEngine:
                 before = self._state_before
                 for act in actions:
                     self._do(act, now)
+                self._follow_epoch()
                 self._transition(before, self.machine.state, now)
                 self._state_before = self.machine.state
         finally:
@@ -395,13 +406,21 @@ class FailoverEngine:
             self._raise_alarm(act.reason, now)
         elif isinstance(act, fo.ClearAlarm):
             self.alarm = None
-        # A standby that adopted a newer epoch (TAKE_EPOCH on Persisted) takes its frames, a
-        # SyncTarget too (the new active resyncs it: after a GSO, or a restarted node that
-        # follows); a demoted old active does not (Rejoin: its session is stale, and the
-        # rejoin in the same process is not built).
-        if self.machine.state in (fo.FoState.STANDBY, fo.FoState.SYNC_TARGET) \
-                and not self._rejoin_asked and self.machine.epoch > node.session.epoch:
-            node.session.set_epoch(self.machine.epoch)
+
+    def _follow_epoch(self) -> None:
+        """After each event (its actions done, or none: TAKE_EPOCH has none). A standby that
+        adopted a newer epoch takes its frames, a SyncTarget too (the new active resyncs it:
+        after a GSO, or a restarted node that follows); a demoted old active does not
+        (Rejoin: its session is stale, and the rejoin in the same process is not built)."""
+        m, node = self.machine, self.node
+        if m.state not in (fo.FoState.STANDBY, fo.FoState.SYNC_TARGET) or self._rejoin_asked:
+            return
+        if m.epoch > node.session.epoch:
+            node.session.set_epoch(m.epoch)
+            node.call_in_loop(node.release_held)  # the new active's frames kept meanwhile
+        if self._request_deferred and m.pending is None and m.epoch == node.session.epoch:
+            self._request_deferred = False  # asked while the adopted epoch was persisted
+            self._send_request()
 
     # ---- link loss without node loss: outdate, serve alone, resync ---------------------------
     def _transition(self, before: fo.FoState, after: fo.FoState, now: float) -> None:
@@ -540,15 +559,24 @@ class FailoverEngine:
             self._requests_made += 1
             self._request_id = f"{self.node.config.name}-{self.node.session.incarnation:x}-" \
                                f"{self._requests_made}"
-            # a node that restarted has nothing to go by (its P.mem is empty): everything
-            self.node._report({"resync": "request", "full": self.restarted,
-                               "id": self._request_id}, keep=True)
+            if self.machine.pending is not None or self.machine.epoch != self.node.session.epoch:
+                # the epoch it adopts is still being persisted: a request now would carry
+                # the old one, which the active refuses; sent once the session has it
+                self._request_deferred = True
+                return
+            self._send_request()
             return
         self.sync = ResyncSource(self.node, self.dirty, self.resync_rate, now)
         req, self._sync_request = self._sync_request, None
         if req is not None:
             self.sync.answers = req.get("id")
             self.sync.begin(bool(req.get("full")))
+
+    def _send_request(self) -> None:
+        # a node that restarted asks for everything: what it holds may differ from the active
+        # in what it wrote last (not acknowledged, but in its own copy), or be empty
+        self.node._report({"resync": "request", "full": self.restarted,
+                           "id": self._request_id}, keep=True)
 
     def resync_progress(self) -> None:
         """In the loop: acknowledgements moved; the resync sends what they made room for at

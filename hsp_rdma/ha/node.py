@@ -58,6 +58,7 @@ from typing import Self
 
 from hsp_rdma import via
 from hsp_rdma.core import ifa
+from hsp_rdma.core.failover import Verdict
 from hsp_rdma.core.frames import Channel, crc32c
 from hsp_rdma.core.ifa import Commit
 from hsp_rdma.errors import HspError
@@ -309,6 +310,8 @@ class Node:
         self.heartbeats = {"sent": 0, "received": 0}
         self._started = time.monotonic()
         self._pending_lost: list[tuple[Channel, str]] = []
+        # frames of a newer epoch kept until the session takes it (_take_frame), per channel
+        self._held: dict[Channel, list[bytes]] = {}
         # runtime reconnect (after start): channels to connect again, and the thread doing it
         self._running = False
         self._reconnect: set[Channel] = set()
@@ -525,6 +528,7 @@ class Node:
         link = self._port.links[ch]
         with self._lock:
             link.up = False
+            self._held.pop(ch, None)  # frames of the old connection
         try:
             via.VipDisconnect(link.vi)
         except via.VipError:
@@ -865,9 +869,32 @@ class Node:
             if not link.up:  # a runtime reconnect's new connection, not fed Connected yet
                 link.early.append(data)
                 return
-            if self.failover is not None and not self.failover.admit(ch, data):
-                return  # another epoch's frame: refused by the failover engine
-            self._run(self.session.feed(ifa.FrameReceived(ch, data)))
+            self._take_frame(ch, data)
+
+    def _take_frame(self, ch: Channel, data: bytes) -> None:
+        """A received frame to the session, once the failover engine admits it: one of an
+        older epoch is dropped, one of a newer epoch kept (behind it every later frame of
+        its channel, in order) until this node's session takes that epoch."""
+        if self.failover is not None:
+            held = self._held.get(ch)
+            if held is not None:
+                held.append(data)
+                return
+            verdict = self.failover.admit(ch, data)
+            if verdict is Verdict.REFUSE:
+                return
+            if verdict is Verdict.HOLD:
+                self._held[ch] = [data]
+                return
+        self._run(self.session.feed(ifa.FrameReceived(ch, data)))
+
+    def release_held(self) -> None:
+        """In the loop: the session's epoch changed; frames kept for it go to the session
+        (in order; any still of a newer epoch are kept again)."""
+        held, self._held = self._held, {}
+        for ch, frames in held.items():
+            for data in frames:
+                self._take_frame(ch, data)
 
     def _lose(self, ch: Channel, why: str) -> None:
         link = self._port.links[ch]
@@ -977,8 +1004,7 @@ class Node:
                 return
             early, link.early = link.early, []
             for data in early:
-                if self.failover is None or self.failover.admit(ch, data):
-                    self._run(self.session.feed(ifa.FrameReceived(ch, data)))
+                self._take_frame(ch, data)
         end = time.monotonic() + HELLO_WAIT_S
         while not self._stop and time.monotonic() < end:
             with self._lock:

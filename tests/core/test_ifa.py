@@ -295,6 +295,28 @@ def test_wrong_epoch_frames_are_refused_and_counted():
     assert pair.s["b"].streams[CH].stats.refused == {"wrong_epoch": 1}
 
 
+def test_nodes_of_different_epochs_meet_but_exchange_no_writes():
+    # HELLO and CREDIT pass whatever their epoch (a restarted old active must meet the new
+    # one and learn its epoch); a replication DATA frame of another epoch does not, while
+    # heart beats (HEALTH) do: their payload carries the epoch for the detector.
+    pair = Pair(512, 4)
+    pair.s["b"].set_epoch(9)
+    pair.connect()
+    pair.quiesce()
+    assert pair.s["a"].streams[CH].stats.refused == {} == pair.s["b"].streams[CH].stats.refused
+    pair.submit("a", 100, Commit.APPLIED, random.Random(5))
+    pair.quiesce()
+    assert pair.got["b"] == [] and pair.s["b"].streams[CH].stats.refused == {"wrong_epoch": 1}
+    beats = Pair(512, 4, Channel.HEALTH)
+    beats.s["b"].set_epoch(9)
+    beats.connect()
+    beats.quiesce()
+    beats.submit("a", 30, Commit.ASYNC, random.Random(6))
+    beats.submit("b", 30, Commit.ASYNC, random.Random(7))
+    beats.quiesce()
+    assert len(beats.got["a"]) == len(beats.got["b"]) == 1
+
+
 def test_tx_bodies_round_trip_and_refuse_out_of_range_writes():
     body = ifa.encode_pmem([(0, b"abc"), (100, b"x" * 10)])
     kind, items = ifa.decode_tx(body, pmem_size=110)

@@ -100,7 +100,8 @@ def test_pause_active_drill_runs_in_the_lab(healthy_lab: Lab) -> None:
 
 
 @pytest.mark.parametrize("drill", ["pull-fabric-10s", "corrupt-and-audit", "kill-standby-rejoin",
-                                   "kill-standby-during-gso", "kill-active-during-resync"])
+                                   "kill-standby-during-gso", "kill-active-during-resync",
+                                   "kill-active-rejoin"])
 def test_link_and_audit_drills_run_in_the_lab(healthy_lab: Lab, drill: str) -> None:
     """pull-fabric-10s: the only fabric of the active pulled for 10 s under load: the active
     outdates the standby at the lab's fence device and serves alone (dirty bitmaps), the
@@ -112,18 +113,20 @@ def test_link_and_audit_drills_run_in_the_lab(healthy_lab: Lab, drill: str) -> N
     soft_runner.gso_problems). kill-active-during-resync: the active's guest killed while it
     resyncs the standby (Inconsistent, so it does not promote), booted again: its node finds
     its P.mem and journal on its persistent storage, serves again in its own epoch and
-    resyncs the standby from its persisted bitmap. All: every acknowledged transfer on the
-    survivor."""
+    resyncs the standby from its persisted bitmap. kill-active-rejoin: the standby fences the
+    killed active and promotes; the old active, booted again, follows the newer epoch and is
+    resynced in full. All: every acknowledged transfer on the survivor."""
     runner = LabRunner(healthy_lab.status()["rdma"], healthy_lab.lab_id)
     scenario = load_scenario(find_scenario(drill))
     result = runner.run(scenario)
     runner.close()
     assert judge(scenario, result) == [], result
-    assert result.lost == 0 and not result.two_actives and not result.failover, result
+    assert result.lost == 0 and not result.two_actives, result
+    assert result.failover == (drill == "kill-active-rejoin"), result
     assert result.acknowledged > 100, result
     if drill == "pull-fabric-10s":
         assert result.resync and 0 < result.resync_bytes < 8 << 20, result
-    elif drill == "kill-standby-rejoin":  # the restarted standby: a full resync
+    elif drill in ("kill-standby-rejoin", "kill-active-rejoin"):  # a restarted node: in full
         assert result.resync and result.resync_bytes >= 24 << 20, result
     elif drill == "kill-active-during-resync":  # from the persisted extents (1 MiB each)
         assert result.resync and result.resync_bytes >= 1 << 20, result
