@@ -197,6 +197,9 @@ class FenceResult(Event):
     ok: bool
     detail: str = ""
     attempt: int | None = None
+    # refused because the fence device holds THIS node Outdated (its peer served alone and
+    # marked it, DRBD's outdate-peer): its data is behind; it is never promoted until resynced
+    outdated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +337,7 @@ class On(enum.Enum):
     FENCE_OK = "FenceResult ok (this suspicion)"
     FENCE_OK_UNFIT = "FenceResult ok (data not UpToDate)"
     FENCE_FAILED = "FenceResult failed"
+    FENCE_REFUSED_OUTDATED = "FenceResult refused (this node Outdated by its peer)"
     FENCE_FAILED_PEER_ACTIVE = "FenceResult failed / fence timeout (peer back, active)"
     FENCE_FAILED_PEER_STANDBY = "FenceResult failed / fence timeout (peer back, not active)"
     PERSISTED = "Persisted (peer not heard)"
@@ -371,6 +375,7 @@ class Op(enum.Enum):
     ALARM = "RaiseAlarm"
     ALARM_NO_ACTIVE = "RaiseAlarm (self mode: no active)"
     CLEAR_ALARM = "ClearAlarm"
+    DISARM = "no timer (nothing to retry)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -499,6 +504,9 @@ TRANSITIONS: dict[FoState, dict[On, Step]] = {
     S.FENCING: _steps(S.FENCING, {
         On.FENCE_OK: (S.PROMOTING, _PROMOTE),
         (On.FENCE_FAILED, On.TICK_EXPIRED): (S.IN_DOUBT, (Op.ALARM, Op.ARM_RETRY)),
+        # Its data is behind the peer's (the peer outdated it): it can never take over, so it
+        # does not fence again (it would only take down the one up-to-date copy).
+        On.FENCE_REFUSED_OUTDATED: (S.IN_DOUBT, (Op.DISARM, Op.ALARM)),
         # The peer was heard again while the fence ran, and the fence did not take it down.
         On.FENCE_FAILED_PEER_ACTIVE: (S.SYNC_TARGET, _TO_TARGET),
         On.FENCE_FAILED_PEER_STANDBY: (S.STANDBY_PAIR, (Op.ADOPT, Op.ALARM_NO_ACTIVE)),
@@ -510,6 +518,7 @@ TRANSITIONS: dict[FoState, dict[On, Step]] = {
     }, _STANDBY_COMMON),
     S.IN_DOUBT: _steps(S.IN_DOUBT, {
         On.TICK_EXPIRED: (S.FENCING, (Op.FENCE_PEER, Op.ARM_FENCE)),
+        On.FENCE_REFUSED_OUTDATED: (_SAME, (Op.DISARM, Op.ALARM)),
         # A late confirmation of this suspicion, or the operator's: the peer is down.
         On.FENCE_OK: (S.PROMOTING, _PROMOTE),
         (On.RESTORED_ACTIVE, On.SEEN_ACTIVE): (S.SYNC_TARGET, _TO_TARGET),
@@ -720,6 +729,11 @@ class FailoverMachine:
             self.seen = max(self.seen, event.epoch)
         elif isinstance(event, Persisted):
             self.pending = None
+        elif isinstance(event, FenceResult) and event.outdated and not event.ok \
+                and self.state in (S.FENCING, S.IN_DOUBT):
+            # this suspicion's fence, refused because the peer outdated this node: its data
+            # is behind (a late answer after a resync made it UpToDate again says nothing)
+            self.data = DataState.OUTDATED
 
     def _kind(self, event: Event, now: float) -> On | None:
         active_side = self.role is Role.ACTIVE
@@ -750,6 +764,8 @@ class FailoverMachine:
             if not event.ok:
                 if self.state is S.FENCING and self.connected:
                     return self._peer_back()
+                if event.outdated and self.state in (S.FENCING, S.IN_DOUBT):
+                    return On.FENCE_REFUSED_OUTDATED
                 return On.FENCE_FAILED
             return On.FENCE_OK if self.data is DataState.UP_TO_DATE else On.FENCE_OK_UNFIT
         if isinstance(event, Tick):
@@ -879,6 +895,9 @@ class FailoverMachine:
                                    "the newest data by hand (`hsp promote`)")]
             case Op.CLEAR_ALARM:
                 return [ClearAlarm()]
+            case Op.DISARM:
+                self.deadline = None
+                return []
         raise AssertionError(f"unhandled effect {op}")
 
     def _alarm_text(self, event: Event) -> str:
@@ -894,6 +913,11 @@ class FailoverMachine:
             return ("the fence took the active down after it was heard again, while this "
                     f"node's data is {self.data.value}: no node can serve; bring the active "
                     "back (power it on)")
+        if isinstance(event, FenceResult) and event.outdated:
+            why = event.detail or "no detail"
+            return (f"the fence device refused: this node is Outdated ({why}): its peer "
+                    "served alone after it, so its data is behind and it will not take "
+                    "over; bring the active back, it resyncs this node")
         if isinstance(event, FenceResult):
             return (f"fencing the active failed ({event.detail or 'no detail'}); this node "
                     f"stays standby and fences again in {self.timeouts.fence_retry:g} s")

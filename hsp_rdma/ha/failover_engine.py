@@ -24,7 +24,9 @@ Link loss without node loss (one fabric, pulled): both sides suspect the other. 
 ``outdate``, DRBD's outdate-peer; ``[fence] outdate``) and serves alone once that is
 confirmed; commits in flight at the loss are acknowledged then too (the core sends them again
 when the peer is back). The standby waits ``[fence] delay`` before its ``off`` of the active,
-which the device refuses from an Outdated node: it stays standby (IN_DOUBT, alarm). When the
+which the device refuses from an Outdated node: it stays standby (IN_DOUBT, alarm), and from
+the refusal ("node NAME is Outdated") knows its data is behind: Outdated, it fences no more and
+its heart beats say so (a restarted old active may then serve again in its epoch). When the
 link is back the node's reconnect thread makes the channels again, heart beats restore both
 machines (SYNC_SOURCE / SYNC_TARGET), the resync sends what the bitmaps hold, the target is
 UpToDate at ``done`` and the active clears the mark (``unoutdate``). The arbitration is the
@@ -315,8 +317,12 @@ class FailoverEngine:
         now = self.clock()
         self.fence_runs.append({"attempt": attempt, "ok": ok, "detail": detail,
                                 "took_ms": round((now - started) * 1000, 1)})
-        self._note("fence_result", now, ok=ok, detail=detail)
-        self._feed(fo.FenceResult(ok, detail, attempt), now)
+        # our fence devices (lab fenced.py, host_fence.py) refuse a node that its peer marked
+        # Outdated with these words: then this node knows its data is behind the peer's
+        outdated = not ok and f"node {self.node.config.name} is Outdated" in detail
+        self._note("fence_result", now, ok=ok, detail=detail, **({"outdated": True}
+                                                                  if outdated else {}))
+        self._feed(fo.FenceResult(ok, detail, attempt, outdated), now)
 
     # ---- feeding ------------------------------------------------------------------------------
     def _feed_detector(self, event, now: float) -> None:

@@ -260,6 +260,32 @@ def test_a_restarted_consistent_node_takes_over_only_from_a_peer_that_cannot_ser
         is DataState.CONSISTENT
 
 
+def test_a_standby_the_fence_device_holds_outdated_stops_fencing_and_is_unfit():
+    # A pulled cable: the active outdated the standby and serves alone; the standby's own
+    # fence is refused for that. It learns its data is behind: Outdated, never promoted, no
+    # more fencing (it would only take down the one up-to-date copy); its heart beats say
+    # unfit, which is what lets a restarted old active serve again.
+    _, b = pair()
+    assert b.feed(PeerSuspected(), 10) == [FencePeer(1), ArmTimer(15)]
+    actions = b.feed(FenceResult(False, "node b is Outdated (by a): it may not fence", 1,
+                                 outdated=True), 11)
+    assert b.state is S.IN_DOUBT and b.data is DataState.OUTDATED and b.deadline is None
+    assert "Outdated" in alarms(actions)[0] and "will not take over" in alarms(actions)[0]
+    assert b.feed(Tick(), 100) == [] and b.state is S.IN_DOUBT
+    with pytest.raises(FailoverRefused, match="Outdated"):
+        b.feed(Promote(), 101)
+    # the active is back: the resync makes it UpToDate again
+    b.feed(LinkRestored(2, True), 102)
+    assert b.state is S.SYNC_TARGET and b.data is DataState.INCONSISTENT
+    b.feed(ResyncDone(), 103)
+    assert b.state is S.STANDBY and b.data is DataState.UP_TO_DATE
+    # a refusal of another kind still retries
+    _, c = pair()
+    c.feed(PeerSuspected(), 10)
+    c.feed(FenceResult(False, "ipmi timeout", 1), 11)
+    assert c.state is S.IN_DOUBT and c.data is DataState.UP_TO_DATE and c.deadline is not None
+
+
 def test_switched_over_hook():
     a, b = pair()
     assert a.feed(SwitchedOver(active=False), 1) == [] and a.state is S.STANDBY_PAIR

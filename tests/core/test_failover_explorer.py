@@ -85,6 +85,7 @@ class Budget:
     fence_failures: int = 1
     fence_timeouts: int = 1
     fence_lies: int = 0
+    fence_outdated: int = 0  # refused: the serving peer marked this node Outdated
     promotes: int = 0  # pacemaker mode
     demotes: int = 0
     switchovers: int = 0  # planned (GSO) switch-overs, through the SwitchedOver hook
@@ -338,19 +339,24 @@ def moves(w: World):
             continue
         other = 1 - n
 
-        def answer(nw, ok, i=i, n=n, attempt=attempt, kill=False, spend=None):
+        def answer(nw, ok, i=i, n=n, attempt=attempt, kill=False, spend=None,
+                   outdated=False):
             nw.fences = _without(nw.fences, i)
             if spend:
                 _spend(nw, spend)
             if kill and nw.nodes[1 - n] is not None:
                 bury(nw, 1 - n)
-            feed(nw, n, FenceResult(ok, "explorer", attempt))
+            feed(nw, n, FenceResult(ok, "explorer", attempt, outdated))
 
         go(f"{n}'s fence {attempt} powers {other} off",
            lambda nw, a=answer: a(nw, True, kill=True))
         if w.budget.fence_failures:
             go(f"{n}'s fence {attempt} fails",
                lambda nw, a=answer: a(nw, False, spend="fence_failures"))
+        # the device refuses: the peer served alone and marked this node Outdated
+        if w.budget.fence_outdated and w.nodes[other] is not None and w.nodes[other].serving:
+            go(f"{n}'s fence {attempt} refused: {n} is Outdated",
+               lambda nw, a=answer: a(nw, False, spend="fence_outdated", outdated=True))
         if w.budget.fence_lies and w.nodes[other] is not None:
             go(f"{n}'s fence {attempt} says off, {other} runs on",
                lambda nw, a=answer: a(nw, True, spend="fence_lies"))
@@ -519,7 +525,7 @@ S = FoState
 SELF_FAULTS = Budget(heartbeats=2, writes=1, dups=1, suspicions=2, pauses=1,
                      fence_failures=1, fence_timeouts=1)
 KILL_RESTART = Budget(heartbeats=2, writes=1, dups=0, suspicions=1, pauses=1, kills=1,
-                      restarts=1, fence_failures=1, fence_timeouts=0)
+                      restarts=1, fence_failures=1, fence_timeouts=0, fence_outdated=1)
 LYING_FENCE = Budget(heartbeats=2, writes=1, dups=0, suspicions=1, pauses=0, kills=1,
                      restarts=1, fence_failures=0, fence_timeouts=0, fence_lies=1)
 PACEMAKER = Budget(heartbeats=2, writes=1, dups=0, suspicions=1, pauses=0, fence_failures=0,
