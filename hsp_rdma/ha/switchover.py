@@ -300,6 +300,8 @@ class Engine:
     replay_stale_first: bool = False  # A replays its last Start-GSO and marker first
     on_marker: Callable[[int], None] = lambda value: None  # B saw this epoch's marker
     on_copy_start: Callable[[int, int], None] = lambda epoch, length: None  # A: copy begins
+    # A: the marker goes out, the point of no return (B may resume from now on)
+    on_marker_write: Callable[[int], None] = lambda value: None
     # A drill's window into the copy: at most this many bytes of image per second (0: as
     # fast as the fabric takes them). A drill that faults "during the copy" needs a copy
     # that lasts; a small image is copied in milliseconds.
@@ -801,6 +803,7 @@ class Engine:
             case gso.CancelPull():
                 self._pull = None  # reads in flight land and are reaped; none is posted
             case gso.WriteMarker(value=value):
+                self.on_marker_write(value)
                 self._write_marker(value)
             case gso.ResumeApplication():
                 self.app.thaw()

@@ -144,11 +144,16 @@ class GsoSide:
     own VI has not failed yet (a killed guest sends nothing: RC writes to it only fail after
     their retries).
 
-    Events (``gso``, with ``phase``): connected, requested, frozen, copy_started, thawed,
-    done (outcome, reason, role, blackout_ms, copy_ms, image_bytes), link_gone, error.
-    A GSO that completes (the standby resumed from the image) is not carried into the roles
-    of the drill nodes yet: phase ``completion_not_built`` says so, the old active stays
-    frozen and the drill fails with that problem rather than pretend.
+    Roles: the failover engines are told (``SwitchedOver``) when the roles change: the old
+    active when its marker goes out (the point of no return: the peer may resume from then
+    on, and its heart beats carry its new epoch), the new active when it resumes from the
+    image; the old active then follows the new one's epoch as its replica (SyncTarget, a
+    resync of what the new active wrote meanwhile). A GSO that resumes the old active after
+    its marker (a fence confirmed the peer down) tells its engine it serves again.
+
+    Events (``gso``, with ``phase``): connected, requested, frozen, copy_started,
+    handed_over, thawed, done (outcome, reason, role, blackout_ms, copy_ms, image_bytes),
+    switched, link_gone, error.
     """
 
     def __init__(self, node: Node, engine: FailoverEngine, gate: app.Gate, stop: threading.Event,
@@ -179,12 +184,14 @@ class GsoSide:
         self.eng.digest_algo = DIGESTS[profile.digest]
         self.eng.on_alarm = lambda why: emit("gso", phase="alarm", reason=why)
         self.eng.on_copy_start = self._copy_started
+        self.eng.on_marker_write = self._handing_over
         self.connected = threading.Event()
         self.ended = ""  # why the GSO side stopped (its link gone, an error)
         self._cv = threading.Condition()
         self._requests: list[tuple[float, list]] = []  # (copy_s, answer box)
         self._suspected = False
         self.completed = False
+        self._handed_over = False  # the marker went out and no end of that GSO came yet
         self._reported = 0  # eng.reports told as gso done events
         self._thread = threading.Thread(target=self._run, name="gso", daemon=True)
         self._thread.start()
@@ -294,6 +301,7 @@ class GsoSide:
             # the peer resumed from our image and said "done": this node is the standby
             # now. Its workload (frozen at the gate) ends: it sees the node not serving.
             self.completed = True
+            self._handed_over = False
             self.serving.clear()
             switched_over(self.fo, False)
             self.gate.thaw()  # (the workload leaves the gate: it no longer serves)
@@ -316,7 +324,21 @@ class GsoSide:
         emit("gso", phase="copy_started", epoch=epoch, image_bytes=length,
              paced_Bps=round(self.eng.copy_rate_Bps))
 
+    def _handing_over(self, value: int) -> None:
+        """A: the marker goes out; from now on the peer may resume as the active, and its
+        heart beats carry its new epoch: this node's failover engine is told it is the
+        standby first (else it took that epoch for a newer active's and demoted, with a
+        rejoin that is not built). A GSO that then resumes this node after all (a fence
+        confirmed the peer down) tells it again that it is the active (_thaw)."""
+        self._handed_over = True
+        switched_over(self.fo, False)
+        emit("gso", phase="handed_over", epoch=self.eng.machine.epoch, marker=value,
+             failover_state=self.fo.machine.state.value)
+
     def _thaw(self) -> None:
+        if self._handed_over:  # resumed after the marker: this node serves again
+            self._handed_over = False
+            switched_over(self.fo, True)
         self.gate.thaw()
         emit("gso", phase="thawed", epoch=self.eng.machine.epoch, **self.position())
 
