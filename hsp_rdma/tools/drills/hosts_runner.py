@@ -83,7 +83,7 @@ from hsp_rdma.ha.config import (
 )
 from hsp_rdma.ha.config import KEYS as NODE_KEYS
 from hsp_rdma.tools.drills.acklog import AckWriter, pump, read_acklog
-from hsp_rdma.tools.drills.runner import UNTIL_EVENT, DrillResult, judge
+from hsp_rdma.tools.drills.runner import UNTIL_EVENT, DrillResult, find_event, judge
 from hsp_rdma.tools.drills.scenario import Scenario
 from hsp_rdma.tools.drills.soft_runner import GSO_UNTIL, GsoStepDriver, judge_drill
 from hsp_rdma.tools.drills.soft_runner import unsupported as _unsupported
@@ -591,10 +591,7 @@ class _NodeRun:
                 self.events.append(ev)
 
     def find(self, event: str, what: str | None = None) -> dict | None:
-        for e in list(self.events):
-            if e["event"] == event and (what is None or e.get("what") == what):
-                return e
-        return None
+        return find_event(self, event, what)
 
     def last(self, event: str) -> dict | None:
         for e in reversed(list(self.events)):

@@ -38,6 +38,7 @@ from hsp_rdma.tools.drills.runner import (
     DrillResult,
     DrillsUnavailable,
     command_file,
+    find_event,
     judge,
 )
 from hsp_rdma.tools.drills.scenario import Scenario
@@ -74,10 +75,7 @@ class _Events:
         self.events.append(ev)
 
     def find(self, event: str, what: str | None = None) -> dict | None:
-        for e in list(self.events):
-            if e["event"] == event and (what is None or e.get("what") == what):
-                return e
-        return None
+        return find_event(self, event, what)
 
 
 def heal(lab: Lab) -> None:
