@@ -436,11 +436,7 @@ class FailoverEngine:
         if after is S.ACTIVE_ALONE and before in (S.ACTIVE, S.SYNC_SOURCE):
             # the standby is lost while this node serves: stop the resync (what was in
             # flight stays dirty), then outdate it at the fence device before serving alone
-            if self.sync is not None:
-                self.sync.abandon()
-                self._note("resync_stopped", now, side="SyncSource",
-                           out_of_sync=self.dirty.out_of_sync)
-                self.sync = None
+            self._stop_resync(now)
             self.alone_ok = False
             self._outdate(now)
         elif before is S.ACTIVE_ALONE and after is not S.ACTIVE_ALONE:
@@ -449,9 +445,8 @@ class FailoverEngine:
             self._outdate_retry_at = None
         if before is S.SYNC_TARGET and after is not S.SYNC_TARGET:
             self.sync_target_since = None
-        if after is not S.SYNC_SOURCE and self.sync is not None:
-            self.sync.abandon()
-            self.sync = None
+        if after is not S.SYNC_SOURCE:
+            self._stop_resync(now)
         with self.node._cv:  # commits waiting for the outdate ask again
             self.node._cv.notify_all()
 
@@ -555,8 +550,19 @@ class FailoverEngine:
         self._note("peer_restarted", now)
         self._sync_request = None
         if self.sync is not None:
-            self.sync.abandon()
+            self._stop_resync(now)
             self.sync = ResyncSource(self.node, self.dirty, self.resync_rate, now)
+
+    def _stop_resync(self, now: float) -> None:
+        """A running resync stops (what was in flight stays dirty; the next one goes on from
+        the bitmaps); the note says what it had sent, so that a resync cut and resumed is
+        counted whole (``bytes`` of every resync_stopped and resync_done)."""
+        if self.sync is None:
+            return
+        self.sync.abandon()
+        self._note("resync_stopped", now, side="SyncSource", bytes=self.sync.sent_bytes,
+                   out_of_sync=self.dirty.out_of_sync)
+        self.sync = None
 
     def _start_resync(self, side: fo.SyncSide, now: float) -> None:
         self._note("resync_started", now, side=side.value, out_of_sync=self.dirty.out_of_sync)

@@ -172,6 +172,11 @@ def test_results_from_events() -> None:
     procs["a"].events.append(_fo("audit_done", 6.0, repairs=7))  # the old active's, late
     assert event_results(procs) == (True, 4096 + 8192, 3)
     assert event_results({"a": _events(), "b": _events()}) == (False, 0, 0)
+    # a resync cut by a link loss and resumed: what the cut one sent counts too
+    cut = {"a": _events(_fo("resync_stopped", 1.0, side="SyncSource", bytes=1000),
+                        _fo("resync_done", 2.0, side="SyncSource", bytes=500)),
+           "b": _events()}
+    assert event_results(cut) == (True, 1500, 0)
 
 
 def test_judge_drill_fills_resync_and_audit_and_judge_checks_them() -> None:

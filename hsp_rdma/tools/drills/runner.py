@@ -132,13 +132,16 @@ def _audit_events(events: list[dict]) -> list[dict]:
 
 def event_results(procs: dict[str, Events]) -> tuple[bool, int, int]:
     """(resync, resync_bytes, audit_repairs) from the nodes' events: a resync ran when a
-    ``resync_done`` was noted; its bytes are those the SyncSource side noted; audit repairs
+    ``resync_done`` was noted; its bytes are those the SyncSource side noted sending (in its
+    ``resync_done`` and any ``resync_stopped``: a resync cut and resumed); audit repairs
     are the ``repairs`` of the audits of the node serving at the time (a's before b's
     promotion, b's from it on), so an audit both sides note is counted once."""
     resync_done = [e for p in procs.values() for e in p.events
                    if e.get("event") == "failover" and e.get("what") == "resync_done"]
-    resync_bytes = sum(int(e.get("bytes") or 0) for e in resync_done
-                       if e.get("side") == "SyncSource")
+    # what the SyncSource sent, a resync cut (the link lost again) and resumed included
+    resync_bytes = sum(int(e.get("bytes") or 0) for p in procs.values() for e in p.events
+                       if e.get("event") == "failover" and e.get("side") == "SyncSource"
+                       and e.get("what") in ("resync_done", "resync_stopped"))
     promoted = find_event(procs["b"], "failover", "active") if "b" in procs else None
     t_b = promoted["t"] if promoted is not None else None
     repairs = 0
