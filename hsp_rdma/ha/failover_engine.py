@@ -250,7 +250,7 @@ class FailoverEngine:
         verdict = self.machine.frame_verdict(epoch)
         name = channel.name.lower()
         if verdict is fo.Verdict.ACCEPT:
-            # the machine took the epoch but the session has not yet (it follows in _do)
+            # the machine took the epoch, the session not yet (_follow_epoch: after this event)
             return fo.Verdict.HOLD if epoch > self.node.session.epoch else fo.Verdict.REFUSE
         if verdict is fo.Verdict.REFUSE:
             key = f"{name}:older_epoch" if epoch < self.machine.epoch else f"{name}:not_taken"

@@ -167,10 +167,10 @@ class _PmemTx:
         pmem, writes = node._pmem, self.writes
 
         def local() -> None:  # under the node's lock, right before the submit
+            if node.pmem_store is not None:  # first: a store that fails changes nothing
+                node._persist_pmem(writes, node.pmem_durable)
             for off, data in writes:
                 pmem[off:off + len(data)] = data
-            if node.pmem_store is not None:
-                node.pmem_store.record(writes, node.pmem_durable)
 
         self.txid = node._commit(Channel.PMEM, ifa.encode_pmem(writes), self._commit,
                                  local=local)
@@ -568,6 +568,14 @@ class Node:
                 auditor = getattr(self, "auditor", None) or Auditor(self)
                 self.auditor = auditor
         return auditor
+
+    def _persist_pmem(self, writes, durable: bool) -> None:
+        try:
+            self.pmem_store.record(writes, durable)
+        except OSError as exc:
+            raise NodeError(f"P.mem store {self.pmem_store.dir}: cannot write the transaction "
+                            f"({exc.strerror}); nothing of it was applied here: free space "
+                            "or fix the state directory ([pmem] persist)") from None
 
     @property
     def pmem_durable(self) -> bool:
@@ -1096,10 +1104,10 @@ class Node:
                 return ifa.Applied(ch, act.txid)
             kind, items = ifa.decode_tx(act.message, len(self._pmem), self._disk_sizes)
             if kind is ifa.TxKind.PMEM:
+                if self.pmem_store is not None:  # first: a store that fails applies nothing
+                    self._persist_pmem(items, False)
                 for off, data in items:
                     self._pmem[off:off + len(data)] = data
-                if self.pmem_store is not None:
-                    self.pmem_store.record(items, False)
             elif kind is ifa.TxKind.DISK_WRITE or kind is ifa.TxKind.DISK_WRITE_FLUSH:
                 for disk, off, data in items:
                     os.pwrite(self._disks[disk].fd, data, off)
