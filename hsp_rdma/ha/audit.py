@@ -154,7 +154,7 @@ class Auditor:
         kind = event.get("audit")
         if kind == "done":
             self.last_done = event
-            self.node.oam.events.append(event)
+            self.node.oam.keep(event)
             return
         if kind != "diff":
             self.node._alarm(f"audit: an oam message of unknown kind {kind!r} was ignored")

@@ -504,10 +504,7 @@ class FailoverEngine:
 
     def _take_oam(self, now: float) -> None:
         """The peer's resync messages among the node's oam system events."""
-        events = self.node.oam.events
-        if self._oam_seen > len(events):  # (the list is never cut today; be safe)
-            self._oam_seen = 0
-        new, self._oam_seen = events[self._oam_seen:], len(events)
+        new, self._oam_seen = self.node.oam.since(self._oam_seen)
         for ev in new:
             what = ev.get("resync") if isinstance(ev, dict) else None
             if what == "request":

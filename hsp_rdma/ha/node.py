@@ -51,6 +51,7 @@ import select
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,7 @@ from hsp_rdma.ha.pmem_store import PmemStore
 
 CHANNELS = (Channel.HEALTH, Channel.OAM, Channel.PMEM, Channel.DISK, Channel.CONFIG)
 OAM_APP, OAM_SYSTEM = 0, 1  # first byte of an oam message: the application's, or the node's
+OAM_EVENTS_KEPT = 1000  # the peer's reports a node keeps (node.oam.events)
 _HB = struct.Struct("<dQ")  # sender's clock, count
 HELLO_WAIT_S = 20.0
 RECONNECT_CONNECT_MS = 3000  # one runtime connect attempt (a TCG guest's rdma_cm can take >1 s)
@@ -250,7 +252,21 @@ class _Oam:
     def __init__(self, node: Node):
         self._node = node
         self.inbox: queue.Queue[bytes] = queue.Queue()
-        self.events: list[dict] = []  # the nodes' own reports (alarms) received on oam
+        # the nodes' own reports (alarms, resync and audit messages) received on oam: the
+        # last OAM_EVENTS_KEPT (a long-running standby with periodic audits gets one per
+        # audit), and how many came in all (``keep``; readers hold a cursor on that count)
+        self.events: deque[dict] = deque(maxlen=OAM_EVENTS_KEPT)
+        self.received = 0
+
+    def keep(self, event: dict) -> None:
+        self.events.append(event)
+        self.received += 1
+
+    def since(self, seen: int) -> tuple[list[dict], int]:
+        """The events after the first SEEN received (those still kept), and the new count."""
+        kept = list(self.events)
+        first = self.received - len(kept)  # the count of the oldest kept
+        return kept[max(0, seen - first):], self.received
 
     def send(self, data: bytes, timeout: float | None = None) -> None:
         self._node._commit(Channel.OAM, bytes([OAM_APP]) + bytes(data), "async", timeout)
@@ -1093,7 +1109,7 @@ class Node:
                     if isinstance(event, dict) and "audit" in event:
                         self._audit().on_message(event)  # ha/audit.py: answers, results
                     else:
-                        self.oam.events.append(event)
+                        self.oam.keep(event)
                 else:
                     self.oam.inbox.put(bytes(body))
                 return ifa.Applied(ch, act.txid)

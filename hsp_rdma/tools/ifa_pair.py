@@ -244,7 +244,7 @@ def _active(node, args) -> int:
             emit("compare", k=k, active=mine, standby=theirs)
     node.oam.send(b"quit")
     time.sleep(0.5)
-    emit("end", status=node.status(), digest=node.digest(), oam_events=node.oam.events)
+    emit("end", status=node.status(), digest=node.digest(), oam_events=list(node.oam.events))
     return 0
 
 

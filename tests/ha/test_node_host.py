@@ -12,7 +12,7 @@ from hsp_rdma.core import ifa
 from hsp_rdma.core.frames import Channel, crc32c
 from hsp_rdma.ha.config import DiskConfig, FabricConfig, NodeConfig
 from hsp_rdma.ha.control import control_request
-from hsp_rdma.ha.node import OAM_APP, OAM_SYSTEM, Node
+from hsp_rdma.ha.node import OAM_APP, OAM_EVENTS_KEPT, OAM_SYSTEM, Node
 
 
 @pytest.fixture
@@ -72,7 +72,17 @@ def test_oam_routes_application_and_node_messages(node: Node) -> None:
     deliver(node, Channel.OAM, 1, bytes([OAM_APP]) + b"hello")
     deliver(node, Channel.OAM, 2, bytes([OAM_SYSTEM]) + b'{"alarm": "x"}')
     assert node.oam.recv(timeout=1) == b"hello"
-    assert node.oam.events == [{"alarm": "x"}]
+    assert list(node.oam.events) == [{"alarm": "x"}]
+    # kept: the last OAM_EVENTS_KEPT; a reader's cursor counts every one received
+    new, seen = node.oam.since(0)
+    assert new == [{"alarm": "x"}] and seen == 1
+    for i in range(OAM_EVENTS_KEPT + 5):
+        node.oam.keep({"n": i})
+    assert len(node.oam.events) == OAM_EVENTS_KEPT
+    new, seen2 = node.oam.since(seen)
+    assert seen2 == seen + OAM_EVENTS_KEPT + 5
+    assert new[0] == {"n": 5} and new[-1] == {"n": OAM_EVENTS_KEPT + 4}  # the oldest gone
+    assert node.oam.since(seen2) == ([], seen2)
 
 
 def test_status_has_the_contract_shape_and_is_served(node: Node, tmp_path: Path) -> None:
