@@ -483,7 +483,7 @@ def main(argv: list[str]) -> int:
     emit("started", pid=os.getpid(), node=cfg.name, role=node.role, epoch=node.session.epoch,
          gso=gso_side is not None)
     threading.Thread(target=watch, daemon=True).start()
-    if cfg.role == "active":
+    if engine.serving:  # a restarted node serves only once its engine says so (on_role)
         serving.set()
     to_stdout = ack_addr == "stdout"  # the lab: acks go out as events on the command channel
     host, _, port = ack_addr.rpartition(":") if ack_addr not in ("-", "stdout") else ("", "", "")
@@ -530,6 +530,11 @@ def main(argv: list[str]) -> int:
                 emit("not_serving", acked=acked[0])
             return not stop.is_set()
         except (HspError, OSError) as exc:
+            if not stop.is_set() and isinstance(exc, HspError) and not engine.serving:
+                # the node stopped serving under the workload (a commit refused for that):
+                # it may serve again (on_role, a GSO)
+                emit("not_serving", acked=acked[0], why=str(exc))
+                return True
             if not stop.is_set():
                 workload_error.append(str(exc))
                 emit("workload_stopped", why=str(exc))
