@@ -88,7 +88,9 @@ def _pack_field(msg: WireMessage, name: str):
     if name in _BYTES:
         return value
     if name in _TEXT:
-        return value.encode("utf-8")[:GOODBYE_TEXT]
+        # "replace": a reason may carry a lone surrogate (an OS message about a file name
+        # decoded with surrogateescape); a Goodbye must go out anyway
+        return value.encode("utf-8", "replace")[:GOODBYE_TEXT]
     return int(value)
 
 
