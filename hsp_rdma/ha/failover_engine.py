@@ -152,7 +152,6 @@ class FailoverEngine:
         self._busy = False
         self._rejoin_asked = False  # a Rejoin came (not built: this session stays stale)
         self._request_deferred = False  # a SyncTarget's request waits for the session epoch
-        self._full_for: int | None = None  # the peer incarnation a full request was taken for
         node.failover = self
 
     # ---- status -----------------------------------------------------------------------------
@@ -526,9 +525,8 @@ class FailoverEngine:
         takes the request on (everything dirty when full); a serving node with none running
         starts one (the peer restarted within the heart-beat timeout, or asked after this
         side's resync ended); otherwise kept for the next StartResync(SyncSource)."""
-        full = self._full(ev)
-        self._note("resync_request", now, full=full, id=ev.get("id"),
-                   **({"asked_full": True} if ev.get("full") and not full else {}))
+        full = bool(ev.get("full"))
+        self._note("resync_request", now, full=full, id=ev.get("id"))
         if self.sync is None and self.machine.serving and self.machine.connected:
             self.sync = ResyncSource(self.node, self.dirty, self.resync_rate, now)
         if self.sync is None:
@@ -540,20 +538,6 @@ class FailoverEngine:
             self.sync.begin(full)
         elif full:
             self.sync.begin(True)  # everything dirty again, what is in flight included
-
-    def _full(self, request: dict) -> bool:
-        """Whether a SyncTarget's request is taken as full. Once per incarnation of the peer:
-        after that, the bitmaps hold everything it has not acknowledged as applied (what was
-        in flight when a resync was cut stays dirty), so a request again after a cut (a
-        restarted target asks full each time) goes on from them instead of sending it all
-        again (siw lab: a 24 MiB rejoin cut by heart-beat starvation sent 234 MB)."""
-        if not request.get("full"):
-            return False
-        incarnation = self.node.session.streams[Channel.OAM].peer_incarnation
-        if incarnation is not None and incarnation == self._full_for:
-            return False
-        self._full_for = incarnation
-        return True
 
     def peer_restarted(self) -> None:
         """In the loop: the node started a new session (the peer is a new process). A resync
@@ -595,7 +579,7 @@ class FailoverEngine:
         req, self._sync_request = self._sync_request, None
         if req is not None:
             self.sync.answers = req.get("id")
-            self.sync.begin(self._full(req))
+            self.sync.begin(bool(req.get("full")))
 
     def _send_request(self) -> None:
         # a node that restarted asks for everything: what it holds may differ from the active
