@@ -83,7 +83,7 @@ from hsp_rdma.ha.config import (
 )
 from hsp_rdma.ha.config import KEYS as NODE_KEYS
 from hsp_rdma.tools.drills.acklog import AckWriter, pump, read_acklog
-from hsp_rdma.tools.drills.runner import UNTIL_EVENT, DrillResult, find_event, judge
+from hsp_rdma.tools.drills.runner import UNTIL_EVENT, UNTIL_OWN, DrillResult, find_event, judge
 from hsp_rdma.tools.drills.scenario import Scenario
 from hsp_rdma.tools.drills.soft_runner import GSO_UNTIL, GsoStepDriver, judge_drill
 from hsp_rdma.tools.drills.soft_runner import unsupported as _unsupported
@@ -416,7 +416,8 @@ def unsupported(pair: Pair, scenario: Scenario) -> str | None:
     why = _unsupported(scenario, HOSTS_SUPPORTED, fabrics, "on two hosts")
     bad = [why] if why else []
     for until in sorted({s.until for s in scenario.steps if s.do == "wait" and s.until
-                         and s.until not in UNTIL_EVENT and s.until not in GSO_UNTIL}):
+                         and s.until not in UNTIL_EVENT and s.until not in GSO_UNTIL
+                         and s.until not in UNTIL_OWN}):
         bad.append(f"wait until {until}: the hosts runner does not wait for that event yet")
     a = pair.configs["a"]
     if (any(s.do == "restart" and s.node == "active" for s in scenario.steps)
@@ -789,7 +790,7 @@ class HostsRunner:
         journal = (host.read(f"journal-{host.name}.final") if procs[survivor].find("final")
                    else None)
         return judge_drill(scenario, procs, read_acklog(evidence / "acks.log"), ledger, journal,
-                           driver.fault_t, problems)
+                           driver.fault_t, problems, driver.timeline)
 
     def _stop(self, procs: dict[str, _NodeRun], heal: Callable[[], None], paused: set[str],
               problems: list[str]) -> None:

@@ -14,6 +14,9 @@ upper bound). At the end the survivor writes its P.mem and journal into its shar
 driver reads them. Before each drill the lab is healed (a killed node booted, a paused one
 resumed), as the test fixture does.
 
+The pair is set up on the scenario's ``fabrics`` only (``fabrics_only``: a one-fabric drill
+leaves the lab's fabric y out of the node configurations).
+
 Steps supported: those of ``soft_runner.SUPPORTED`` and netem, on either fabric (restart:
 the killed guest booted again, its drill node started with the same configuration; each
 node's state directory is in its share, so it finds its persisted epochs), gso (as over soft:
@@ -56,6 +59,13 @@ LAB_SUPPORTED = SUPPORTED | {"netem"}
 def unsupported(scenario: Scenario) -> str | None:
     """Why SCENARIO cannot run in the lab, or None."""
     return _unsupported(scenario, LAB_SUPPORTED, None, "in the lab")
+
+
+def fabrics_only(info: dict, fabrics: tuple[str, ...]) -> dict:
+    """``Lab.info()`` with only FABRICS of each node: a drill of ``fabrics = ["x"]`` sets the
+    pair up on fabric x alone, though the lab boots x and y."""
+    return {node: ({f: v for f, v in fabs.items() if f in fabrics}
+                   if isinstance(fabs, dict) else fabs) for node, fabs in info.items()}
 
 
 class _Events:
@@ -132,7 +142,7 @@ class LabRunner:
         # PERSIST_DIR, kept when the guest boots again: a restarted node must find what it
         # persisted); its control socket in the guest's /tmp (a 9p share holds no socket)
         paths = write_node_configs(
-            lab.info(), Path(lab.dir) / tag,
+            fabrics_only(lab.info(), scenario.fabrics), Path(lab.dir) / tag,
             state_root=Path(GUEST_SHARE) / PERSIST_DIR / tag / "state",
             control_socket=Path(f"/tmp/{tag}.sock"), pmem_size=PMEM_SIZE, pmem_persist=True,
             timeouts=TIMEOUTS,
@@ -251,7 +261,8 @@ class LabRunner:
         pmem = shares[survivor] / f"pmem-{survivor}.bin"
         journal = shares[survivor] / f"journal-{survivor}.final"
         result = judge_drill(scenario, procs, read_acklog(ack_path),
-                             _read(pmem), _read(journal), driver.fault_t, problems)
+                             _read(pmem), _read(journal), driver.fault_t, problems,
+                             driver.timeline)
         if judge(scenario, result):
             return replace(result, problems=(*result.problems,
                                              f"the nodes' events and stderr: {evidence}"))

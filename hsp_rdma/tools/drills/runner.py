@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,7 +26,8 @@ from hsp_rdma.tools.drills.scenario import Scenario
 
 # the --json fields of one drill, in the issue's order
 REPORT_FIELDS = ("name", "passed", "acknowledged", "lost", "two_actives", "blackout_ms",
-                 "detect_ms", "resync_bytes", "audit_repairs")
+                 "detect_ms", "resync_bytes", "audit_repairs", "fabric_switches",
+                 "traffic_stop_ms", "ack_interval_ms", "traffic_stops")
 
 
 class DrillsUnavailable(HspError):
@@ -71,6 +74,18 @@ class DrillResult:
     failover: bool  # a standby promoted itself
     resync: bool  # a resync ran
     problems: tuple[str, ...] = ()  # what the runner saw go wrong (ledger damage, errors)
+    # how many times the carrier moved to the other fabric (on the node that moved most)
+    fabric_switches: int = 0
+    # one dict per pull (pulls with no step between them are one): see ``traffic_stops``
+    traffic_stops: tuple[dict, ...] = ()
+    ack_interval_ms: float | None = None  # the median time between two acks, for scale
+
+    @property
+    def traffic_stop_ms(self) -> float | None:
+        """The longest traffic stop around a pull (None: no pull, or traffic never came
+        back after any)."""
+        stops = [s["stop_ms"] for s in self.traffic_stops if s["stop_ms"] is not None]
+        return max(stops) if stops else None
 
 
 class DrillRunner(Protocol):
@@ -87,6 +102,8 @@ UNTIL_EVENT = {"suspected": "suspected", "fenced": "fence_result", "promoted": "
                "resync-started": "resync_started", "resync-done": "resync_done",
                "audit-done": "audit_done"}
 UNTIL_NODE = {"suspected": "b", "fenced": "b", "promoted": "b"}
+# scenario events told by a drill node's own event (either node) -> (event, phase)
+UNTIL_OWN = {"fabric-switched": ("fabric", "switched")}
 COMMAND_TIMEOUT_S = 30.0  # a drill command file is answered (command_done) within this
 AUDIT_TIMEOUT_S = 60.0  # an audit's audit_done follows its command_done within this
 
@@ -113,6 +130,13 @@ def find_event(node: Events, event: str, what: str | None = None, since: int = 0
 def until_event(procs: dict[str, Events], until: str,
                 since: dict[str, int] | None = None) -> dict | None:
     """The event that ends ``wait until UNTIL``, if it came (after SINCE[node])."""
+    if until in UNTIL_OWN:
+        event, phase = UNTIL_OWN[until]
+        for n, p in procs.items():
+            for e in list(p.events)[(since or {}).get(n, 0):]:
+                if e.get("event") == event and e.get("phase") == phase:
+                    return e
+        return None
     what = UNTIL_EVENT[until]
     nodes = [UNTIL_NODE[until]] if until in UNTIL_NODE else list(procs)
     for n in nodes:
@@ -182,6 +206,8 @@ class StepDriver:
         self.procs, self.fault, self.heal = procs, fault, heal
         self.put_command, self.wait, self.sleep, self.clock = put_command, wait, sleep, clock
         self.fault_t: float | None = None
+        # (driver's clock as it began, step) of every step, in order
+        self.timeline: list[tuple[float, Any]] = []
         self.since = {n: 0 for n in procs}
         self.seq = {n: 0 for n in procs}
 
@@ -217,6 +243,7 @@ class StepDriver:
     def run(self, steps) -> None:
         role_of = {"active": "a", "standby": "b"}
         for step in steps:
+            self.timeline.append((self.clock(), step))
             if step.do == "wait":
                 if step.until is not None:
                     since = dict(self.since)
@@ -241,6 +268,110 @@ class StepDriver:
                 if self.fault_t is None and step.do in self.FAULTS:
                     self.fault_t = self.clock()
                 self.fault(role_of[step.node], step)
+
+
+def fabric_switches(procs: dict[str, Events]) -> list[tuple[str, dict]]:
+    """Every carrier move the nodes told (drill_node's ``{"event": "fabric", "phase":
+    "switched", "from", "to", "why"}``), as (node, event), in time order."""
+    moves = [(n, e) for n, p in procs.items() for e in list(p.events)
+             if e.get("event") == "fabric" and e.get("phase") == "switched"]
+    return sorted(moves, key=lambda m: m[1].get("t", 0.0))
+
+
+def switch_count(procs: dict[str, Events]) -> int:
+    """How many times the carrier moved, on the node that moved it most: its ``fabric``
+    events, or the ``fabric_switches`` of its last status (a ``final`` event) when that says
+    more (a node whose drill_node does not tell the moves)."""
+    most = 0
+    for n, p in procs.items():
+        told = sum(1 for m, _ in fabric_switches({n: p}) if m == n)
+        status = [e.get("status") for e in list(p.events) if e.get("event") == "final"]
+        counted = max([int((st or {}).get("fabric_switches") or 0) for st in status] or [0])
+        most = max(most, told, counted)
+    return most
+
+
+def _pulls(timeline: list[tuple[float, Any]]) -> list[tuple[float, float | None, list]]:
+    """The pulls of a timeline as (time, end of its window, steps): pulls one right after
+    the other (no wait between) are one; its window ends at the next step that is not a
+    wait (None: none came)."""
+    groups: list[list] = []
+    prev = None
+    for t, step in timeline:
+        if step.do == "pull":
+            if prev is not None and prev.do == "pull":
+                groups[-1][2].append(step)
+            else:
+                groups.append([t, None, [step]])
+        elif step.do != "wait":
+            for g in groups:
+                if g[1] is None:
+                    g[1] = t
+        prev = step
+    return [(t, end, steps) for t, end, steps in groups]
+
+
+def traffic_stops(ack_times_ns: list[int], timeline: list[tuple[float, Any]],
+                  moves: list[tuple[str, dict]] = ()) -> tuple[dict, ...]:
+    """Around each pull (one or several pulls with no other step between them): how long
+    the traffic stopped. ``stop_ms``: the longest time between two consecutive acks (the
+    driver's clock as they arrived), from the last ack before the pull to the first after,
+    over the gaps that begin before the next step (the plug); so acks still on their way at
+    the pull do not hide the stop that follows, and a stop that began before the plug counts
+    whole. None (``resumed`` false) when no ack came after it. ``at_s``: the pull, seconds
+    after the first ack; ``switches``: the carrier moves the nodes told in that window."""
+    times = sorted(ack_times_ns)
+    out = []
+    first = times[0] if times else None
+    for t_s, end_s, steps in _pulls(timeline):
+        t_ns = int(t_s * 1e9)
+        end_ns = None if end_s is None else int(end_s * 1e9)
+        last_before = bisect_right(times, t_ns) - 1
+        stop = None
+        if last_before >= 0:
+            gaps = [b - a for a, b in pairwise(times[last_before:])
+                    if end_ns is None or a < end_ns]
+            stop = round(max(gaps) / 1e6, 1) if gaps else None
+        told = [f"{n}: {e.get('from')} -> {e.get('to')}" + (f" ({e['why']})" if e.get("why")
+                                                             else "")
+                for n, e in moves if e.get("t", 0.0) >= t_s
+                and (end_s is None or e.get("t", 0.0) < end_s)]
+        out.append({"pull": ", ".join(f"{s.fabric} on {s.node}" for s in steps),
+                    "at_s": None if first is None else round(t_s - first / 1e9, 3),
+                    "stop_ms": stop, "resumed": stop is not None, "switches": told})
+    return tuple(out)
+
+
+def ack_interval_ms(ack_times_ns: list[int]) -> float | None:
+    """The median time between two consecutive acks (ms): the traffic stops' scale."""
+    times = sorted(ack_times_ns)
+    gaps = sorted(b - a for a, b in pairwise(times))
+    return round(gaps[len(gaps) // 2] / 1e6, 2) if gaps else None
+
+
+def fabric_problems(scenario: Scenario, switches: int, stops: tuple[dict, ...]) -> list[str]:
+    """What the fabric checks (fabric_switch, max_fabric_switches, max_traffic_stop_ms) say
+    of a drill's carrier moves and traffic stops."""
+    c = scenario.checks
+    problems = []
+    if c.fabric_switch is True and switches == 0:
+        problems.append("the carrier never moved to the other fabric (no fabric switch; "
+                        "expected one)")
+    elif c.fabric_switch is False and switches:
+        problems.append(f"the carrier moved {switches} time(s), expected it to stay")
+    if c.max_fabric_switches is not None and switches > c.max_fabric_switches:
+        problems.append(f"the carrier moved {switches} times (allowed: at most "
+                        f"{c.max_fabric_switches})")
+    if c.max_traffic_stop_ms is not None:
+        for s in stops:
+            if s["stop_ms"] is None:
+                problems.append(f"traffic never came back after the pull of {s['pull']} "
+                                "(no ack after it)")
+            elif s["stop_ms"] > c.max_traffic_stop_ms:
+                problems.append(f"traffic stopped {s['stop_ms']:.0f} ms around the pull of "
+                                f"{s['pull']} (at {s['at_s']:g} s) > "
+                                f"{c.max_traffic_stop_ms:g} ms")
+    return problems
 
 
 def judge(scenario: Scenario, result: DrillResult) -> list[str]:
@@ -277,6 +408,7 @@ def report(result: DrillResult, failures: list[str]) -> dict[str, Any]:
     """One drill's --json object: REPORT_FIELDS, then ``failures`` (why it did not pass)."""
     row = {"name": result.name, "passed": not failures}
     row.update({f: getattr(result, f) for f in REPORT_FIELDS[2:]})
+    row["traffic_stops"] = [dict(s) for s in result.traffic_stops]
     row["failures"] = failures
     return row
 

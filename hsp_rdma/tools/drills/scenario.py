@@ -24,8 +24,19 @@ A scenario (the shipped ones are in hsp_rdma/scenarios)::
     max_blackout_ms = 5000
     failover = true
 
+Checks (all optional): lost, two_actives, max_blackout_ms, max_detect_ms, failover, resync,
+audit_repairs (needs an audit step), and for two fabrics: fabric_switch (true: the carrier
+must move to the other fabric at least once; false: it must never move), max_fabric_switches
+(the carrier moved at most this many times, counted on the node that moved most),
+max_traffic_stop_ms (needs a pull: around every pull, traffic, i.e. the driver's acks,
+stopped at most this long and came back; see ``runner.traffic_stops``).
+
 ``fabrics = ["x"]`` (top level, optional) sets the pair up with only those fabrics (default:
 both, x and y).
+Events a wait may wait ``until``: suspected, fenced, promoted (the standby's), resync-started,
+resync-done, gso-copy-started, gso-done, audit-done, fabric-switched (a node moved its carrier
+to the other fabric: drill_node's ``{"event": "fabric", "phase": "switched"}``), each counted
+only after the last action step.
 Steps (``do``) and their fields: wait (for | until [timeout]), kill / pause / resume / restart
 (node; restart boots a killed node, which rejoins),
 pull / plug (node, fabric), netem (node, fabric, spec: tc's words or "clear"), gso (starts a
@@ -54,7 +65,7 @@ SHIPPED_DIR = Path(__file__).resolve().parents[2] / "scenarios"
 NODES = ("active", "standby")  # by the role each had when the drill began
 TARGETS = ("pmem", "disk")
 EVENTS = ("suspected", "fenced", "promoted", "resync-started", "resync-done",
-          "gso-copy-started", "gso-done", "audit-done")
+          "gso-copy-started", "gso-done", "audit-done", "fabric-switched")
 CORRUPTIBLE = ("block", "page")
 MAX_WAIT_S = 3600.0
 MAX_RATE = 100_000
@@ -115,6 +126,9 @@ class Checks:
     failover: bool | None = None  # whether a standby must (true) or must not (false) promote
     resync: bool | None = None  # whether a resync must (true) or must not (false) happen
     audit_repairs: int | None = None  # exactly this many chunks repaired by the audits
+    fabric_switch: bool | None = None  # whether the carrier must (true) or must not move
+    max_fabric_switches: int | None = None  # the carrier moved at most this many times
+    max_traffic_stop_ms: float | None = None  # around each pull: traffic stopped at most this
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +260,10 @@ CHECK_FIELDS: dict[str, Checker] = {
     "failover": (_bool, "true (a standby must promote) or false (none may)"),
     "resync": (_bool, "true (a resync must happen) or false (none may)"),
     "audit_repairs": _int_in(0, 1 << 40),
+    "fabric_switch": (_bool, ("true (the carrier must move to the other fabric) or false "
+                              "(it must stay)")),
+    "max_fabric_switches": _int_in(0, 1 << 20),
+    "max_traffic_stop_ms": (_ms, "a number of milliseconds above 0"),
 }
 TOP_FIELDS = ("description", "fabrics", "workload", "steps", "checks")
 _STEP_TO_ATTR = {"for": "wait_s", "timeout": "timeout_s"}
@@ -456,6 +474,15 @@ def parse_scenario(text: str, path: str | None = None, name: str | None = None) 
         if checks.audit_repairs is not None and not any(s.do == "audit" for s in steps):
             raise src.error("checks: audit_repairs needs an audit step", "audit_repairs",
                             "checks")
+        if checks.max_traffic_stop_ms is not None and not any(s.do == "pull" for s in steps):
+            raise src.error("checks: max_traffic_stop_ms needs a pull step (it bounds the "
+                            "stop around each pull)", "max_traffic_stop_ms", "checks")
+        fabric_checks = [k for k in ("fabric_switch", "max_fabric_switches")
+                         if getattr(checks, k) is not None]
+        if fabric_checks and len(fabrics) < 2:
+            raise src.error(f"checks: {fabric_checks[0]} needs two fabrics (the drill has "
+                            f"fabrics = [\"{fabrics[0]}\"]: the carrier has nowhere to move)",
+                            fabric_checks[0], "checks")
     stem = Path(path).stem if path else "scenario"
     return Scenario(name or stem, description.strip(), workload, tuple(steps), checks,
                     fabrics, path)

@@ -1,9 +1,12 @@
-"""Drills on this host over the soft VIA provider (``soft:NAME``, TCP on 127.0.0.1/.2): two
-node processes (``tools/drills/drill_node.py``), each with its failover engine; the fence
+"""Drills on this host over the soft VIA provider (``soft:NAME``, TCP on loopback): two
+node processes (``tools/drills/drill_node.py``), each with its failover engine, on the
+scenario's fabrics (``fabrics``; both by default): fabric x on NICs soft:a / soft:b
+(127.0.0.1 / 127.0.0.2), fabric y on soft:a-y / soft:b-y (127.0.2.1 / 127.0.2.2); the fence
 action is ``tools/drills/host_fence.py`` (kills the fenced node's process). Faults are done to
 the processes: ``kill`` = SIGKILL, ``pause``/``resume`` = SIGSTOP/SIGCONT; ``pull``/``plug`` of
-fabric x = the soft provider's link emulation (each node runs with HSP_VIA_SOFT_LINKS_DIR =
-WORK/links and its NIC soft:a or soft:b goes down while WORK/links/a.down or b.down exists),
+a fabric = the soft provider's link emulation of that fabric's NIC (each node runs with
+HSP_VIA_SOFT_LINKS_DIR = WORK/links and its NIC soft:LABEL goes down while
+WORK/links/LABEL.down exists: a.down, b.down for x, a-y.down, b-y.down for y),
 ``heal`` removes every such file; ``corrupt`` and ``audit`` are drill command files
 (``runner.StepDriver``) in the node's own directory WORK/a or WORK/b. The driver keeps the
 ack log (``acklog``: one TCP connection per serving node, each line stamped with this host's
@@ -11,7 +14,7 @@ monotonic clock, which the nodes share), then checks the survivor's P.mem ledger
 journal against it (``ledger.verify_acked``, ``check_replay``).
 
 Steps supported: wait (for, until suspected/fenced/promoted/resync-started/resync-done/
-audit-done), kill, pause, resume, pull, plug (fabric x: the soft pair has no other), heal,
+audit-done/fabric-switched), kill, pause, resume, pull, plug (fabric x or y), heal,
 corrupt, audit, restart (the killed node's process started again: it rejoins), gso (a
 drill command ``{"do": "gso"}`` to the node serving, which starts a Graceful Switch Over to
 its peer over its own Interface B VI: ``drill_node.GsoSide``; ``wait until
@@ -38,11 +41,17 @@ from hsp_rdma.tools.drills.acklog import AckWriter, blackout_ms, pump, read_ackl
 from hsp_rdma.tools.drills.ledger import check_ledger, check_replay, verify_acked
 from hsp_rdma.tools.drills.runner import (
     UNTIL_EVENT,
+    UNTIL_OWN,
     DrillResult,
     StepDriver,
+    ack_interval_ms,
     command_file,
     event_results,
+    fabric_problems,
+    fabric_switches,
     judge,
+    switch_count,
+    traffic_stops,
 )
 from hsp_rdma.tools.drills.scenario import Scenario
 from hsp_rdma.tools.lab_config import write_node_configs
@@ -59,9 +68,27 @@ GSO_UNTIL = {"gso-copy-started": "copy_started", "gso-done": "done"}
 # too fast for a fault the driver starts when it sees the copy begin. A real state image of
 # gigabytes takes seconds; the pace stands for that, and is named in the gso command.
 DRILL_COPY_S = 10.0
-SOFT_FABRICS = ("x",)  # the soft pair's one fabric: NIC soft:a / soft:b
-INFO = {"a": {"x": {"rdma_dev": "soft:a", "ipv4": "127.0.0.1"}},
-        "b": {"x": {"rdma_dev": "soft:b", "ipv4": "127.0.0.2"}}}
+SOFT_FABRICS = ("x", "y")  # the soft pair's fabrics: one soft NIC per node on each
+# fabric -> (NIC label of node N: soft:LABEL, its link file LINKS/LABEL.down; the node's IPv4
+# on it: 127.0.<net>.<1 for a, 2 for b>), loopback only. x keeps the names every soft test
+# uses (soft:a, 127.0.0.1); y is a network of its own (the node config refuses one local
+# address on both fabrics)
+SOFT_NICS = {"x": ("{node}", 0), "y": ("{node}-y", 2)}
+
+
+def soft_label(node: str, fabric: str) -> str:
+    """The soft NIC label of NODE's FABRIC (its link file is LINKS/<label>.down)."""
+    return SOFT_NICS[fabric][0].format(node=node)
+
+
+def soft_info(fabrics: tuple[str, ...] = SOFT_FABRICS) -> dict:
+    """``Lab.info()``-shaped addresses of the soft pair on FABRICS (write_node_configs)."""
+    return {node: {fab: {"rdma_dev": f"soft:{soft_label(node, fab)}",
+                         "ipv4": f"127.0.{SOFT_NICS[fab][1]}.{i}"} for fab in fabrics}
+            for i, node in enumerate(("a", "b"), start=1)}
+
+
+INFO = soft_info(("x",))  # the one-fabric pair (tests of one fabric)
 TIMEOUTS = {"heartbeat_interval": 100, "heartbeat_timeout": 1000, "connect": 30000,
             "commit": 5000}
 DISK_SIZE = 16 << 20
@@ -79,7 +106,8 @@ def unsupported(scenario: Scenario, supported: set[str] = SUPPORTED,
     for do in sorted({s.do for s in scenario.steps} - supported):
         bad.append(f"step {do}: {WHY_NOT.get(do, 'not built yet')}")
     for until in sorted({s.until for s in scenario.steps if s.do == "wait" and s.until
-                         and s.until not in UNTIL_EVENT and s.until not in GSO_UNTIL}):
+                         and s.until not in UNTIL_EVENT and s.until not in GSO_UNTIL
+                         and s.until not in UNTIL_OWN}):
         bad.append(f"wait until {until}: no runner waits for that event yet")
     if fabrics is not None:
         for fab in sorted({s.fabric for s in scenario.steps if s.fabric} - set(fabrics)):
@@ -109,6 +137,8 @@ class GsoStepDriver(StepDriver):
     def run(self, steps) -> None:
         steps = list(steps)
         for i, step in enumerate(steps):
+            if step.do == "gso" or (step.do == "wait" and step.until in GSO_UNTIL):
+                self.timeline.append((self.clock(), step))
             if step.do == "gso":
                 self._mark()
                 later = []
@@ -261,7 +291,7 @@ class SoftRunner:
         problems: list[str] = []
         fence = f"{sys.executable} -m hsp_rdma.tools.drills.host_fence"
         paths = write_node_configs(
-            INFO, work, pmem_size=PMEM_SIZE, pmem_persist=True, timeouts=TIMEOUTS,
+            soft_info(scenario.fabrics), work, pmem_size=PMEM_SIZE, pmem_persist=True, timeouts=TIMEOUTS,
             disks=[{"name": "journal", "path": str(work / "journal-NODE.img"),
                     "size": DISK_SIZE}],
             fence={"action": fence, "options": {"dir": str(work)}, "timeout": 10000})
@@ -308,7 +338,7 @@ class SoftRunner:
 
         def fault(node: str, step) -> None:
             if step.do in ("pull", "plug"):
-                down = links / f"{node}.down"  # fabric x: the node's one NIC, soft:NODE
+                down = links / f"{soft_label(node, step.fabric)}.down"  # that fabric's NIC
                 if step.do == "pull":
                     down.touch()
                 else:
@@ -362,25 +392,29 @@ class SoftRunner:
             for t in pumps:
                 t.join(5)
             writer.close()
-        return self._judge(scenario, dirs, procs, ack_path, driver.fault_t, problems)
+        return self._judge(scenario, dirs, procs, ack_path, driver.fault_t, problems,
+                           driver.timeline)
 
     def _judge(self, scenario: Scenario, dirs: dict[str, Path], procs: dict, ack_path: Path,
-               fault_t: float | None, problems: list[str]) -> DrillResult:
+               fault_t: float | None, problems: list[str],
+               timeline: list | None = None) -> DrillResult:
         survivor = "b" if procs["b"].find("failover", "active") else "a"
         pmem_file = dirs[survivor] / f"pmem-{survivor}.bin"
         journal_file = dirs[survivor] / f"journal-{survivor}.final"
         return judge_drill(scenario, procs, read_acklog(ack_path),
                            pmem_file.read_bytes() if pmem_file.exists() else None,
                            journal_file.read_bytes() if journal_file.exists() else None,
-                           fault_t, problems)
+                           fault_t, problems, timeline)
 
 
 def judge_drill(scenario: Scenario, procs: dict, log, ledger: bytes | None,
                 journal: bytes | None, fault_t: float | None,
-                problems: list[str]) -> DrillResult:
+                problems: list[str], timeline: list | None = None) -> DrillResult:
     """The DrillResult of a drill of nodes a (first active) and b: PROCS[name].find(event,
     what) gives a node's events with ``t`` on the driver's clock (s), LOG the ack log, LEDGER
-    and JOURNAL the survivor's P.mem and disk as it left them, FAULT_T the first fault."""
+    and JOURNAL the survivor's P.mem and disk as it left them, FAULT_T the first fault,
+    TIMELINE the driver's steps as it ran them (``StepDriver.timeline``: the traffic stop
+    around each pull, ``runner.traffic_stops``)."""
     acks = list(log.acks)
     b_active = procs["b"].find("failover", "active")
     failover = b_active is not None
@@ -428,9 +462,14 @@ def judge_drill(scenario: Scenario, procs: dict, log, ledger: bytes | None,
         problems.append(f"node {survivor}'s workload stopped: {err['why']}")
     problems.extend(gso_problems(scenario, procs, acks))
     resync, resync_bytes, audit_repairs = event_results(procs)
+    ack_times = [a.t_ns for a in acks]
+    switches = switch_count(procs)
+    stops = traffic_stops(ack_times, timeline or [], fabric_switches(procs))
+    problems.extend(fabric_problems(scenario, switches, stops))
     return DrillResult(scenario.name, len(log.ids), len(lost), two,
                        None if blackout is None else round(blackout, 1), detect,
-                       resync_bytes, audit_repairs, failover, resync, tuple(problems))
+                       resync_bytes, audit_repairs, failover, resync, tuple(problems),
+                       switches, stops, ack_interval_ms(ack_times))
 
 
 def _wait(pred, timeout: float, what: str) -> None:
