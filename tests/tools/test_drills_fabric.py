@@ -323,3 +323,24 @@ def test_the_step_drivers_keep_a_timeline_and_wait_for_a_fabric_switch() -> None
         assert [st.do for _, st in d.timeline] == ["wait", "pull", "wait", "plug"]
         assert [t for t, _ in d.timeline] == sorted(t for t, _ in d.timeline)
 
+
+
+def test_the_hosts_runner_runs_a_one_fabric_drill_on_x_alone(tmp_path) -> None:
+    """Hosts with x and y and a drill of fabrics = ["x"]: [fabric.y] is cut out of the drill's
+    copy of each node's TOML; a y written inline cannot be cut, and the drill says so."""
+    from hsp_rdma.tools.drills.hosts_runner import fabrics_text
+
+    text = node_config_text(soft_info(), "a", tmp_path) + "\n# end\n"
+    cfg = parse_node_config(text, tmp_path / "a.toml")
+    assert fabrics_text(text, cfg, ("x", "y")) == text
+    one = parse_node_config(fabrics_text(text, cfg, ("x",)))
+    assert [f.name for f in one.fabrics] == ["x"] and one.pmem_size == cfg.pmem_size
+    assert one.fabrics[0] == cfg.fabrics[0]
+    i, j = text.index("[fabric.x]"), text.index("[pmem]")
+    inline = ('fabric = { x = { rdma_device = "soft:a", local = "127.0.0.1", '
+              'peer = "127.0.0.2" }, y = { rdma_device = "soft:a-y", local = '
+              '"127.0.2.1", peer = "127.0.2.2" } }\n') + text[:i] + text[j:]
+    cfg2 = parse_node_config(inline, tmp_path / "a.toml")
+    with pytest.raises(ConfigError, match=r"a.toml: the drill runs on fabric\(s\) x alone .*"
+                                          r"\[fabric.NAME\] table of its own"):
+        fabrics_text(inline, cfg2, ("x",))

@@ -42,6 +42,10 @@ in the same directory. The workload's acks come to the driver over TCP (``ack_ad
 to the ack log (``acklog``); at the end the survivor's P.mem and journal are read back
 (``cat`` through ``exec``) and checked (``soft_runner.judge_drill``).
 
+A drill of fewer fabrics than the nodes have (``fabrics = ["x"]``) runs on those alone: the
+others' [fabric.NAME] tables are cut out of the drill's copy of each node's TOML
+(``fabrics_text``).
+
 Refused before anything runs (``unsupported``): netem steps, the restart of the
 active when its node does not persist P.mem (``[pmem] persist``), a fabric the pair does not
 have, a disk workload without a disk named ``journal`` in both nodes, a failover drill whose
@@ -57,6 +61,7 @@ one run of every shipped drill, 100 s): all 7 pass with 0 lost, never two active
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 import socket
@@ -388,6 +393,37 @@ def drill_config_text(text: str, config: NodeConfig, drill_dir: str) -> str:
     return out
 
 
+def fabrics_text(text: str, config: NodeConfig, fabrics: tuple[str, ...]) -> str:
+    """The node's TOML TEXT with only FABRICS (a drill of ``fabrics = ["x"]`` on hosts with
+    x and y: the [fabric.y] table cut out, so the pair runs on x alone, as over soft and in
+    the lab); ConfigError when a fabric to leave out is not a [fabric.NAME] table of its own."""
+    drop = [f.name for f in config.fabrics if f.name not in fabrics]
+    if not drop:
+        return text
+    lines = text.splitlines()
+    header = re.compile(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]\s*(#.*)?$")
+    keep, cutting = [], False
+    for line in lines:
+        m = header.match(line)
+        if m:
+            cutting = m.group(1) in {f"fabric.{f}" for f in drop}
+        if not cutting:
+            keep.append(line)
+    out = "\n".join(keep) + "\n"
+    try:
+        left = [f.name for f in parse_node_config(out).fabrics]
+    except ConfigError as exc:
+        left, why = None, f": {exc}"
+    else:
+        why = ""
+    if left != [f for f in (x.name for x in config.fabrics) if f in fabrics]:
+        raise ConfigError(f"the drill runs on fabric(s) {', '.join(fabrics)} alone and leaves "
+                          f"out {', '.join(drop)} by cutting its [fabric.NAME] table, and could "
+                          f"not here{why}: write each fabric as a [fabric.NAME] table of its "
+                          "own", str(config.source), field=f"fabric.{drop[0]}")
+    return out
+
+
 def _check_paths(text: str, config: NodeConfig) -> None:
     """The node's disks must be named by absolute paths: the drill node reads its
     configuration from the drill directory on its host."""
@@ -431,6 +467,11 @@ def unsupported(pair: Pair, scenario: Scenario) -> str | None:
                 bad.append(f"the workload writes its journal on a disk named journal, and "
                            f"node {c.name} has none: add a [[disk]] name = \"journal\" to "
                            f"{c.source}")
+    for n, c in pair.configs.items():
+        try:
+            fabrics_text(pair.texts[n], c, scenario.fabrics)
+        except ConfigError as exc:
+            bad.append(str(exc))
     if scenario.checks.failover and pair.configs["b"].fence is None:
         bad.append(f"the standby {pair.configs['b'].name} has no [fence] action: it would "
                    "raise an alarm and not promote; configure its fence agent")
@@ -711,7 +752,7 @@ class HostsRunner:
         hosts = self.hosts
         scen_text = Path(scenario.path).read_text(encoding="utf-8") if scenario.path else ""
         for n, host in hosts.items():
-            text = self.pair.texts[n]
+            text = fabrics_text(self.pair.texts[n], self.pair.configs[n], scenario.fabrics)
             journal = tuple(str(d.path) for d in self.pair.configs[n].disks
                             if d.name == "journal" and "disk" in scenario.workload.targets)
             host.prepare({"config.toml": text, "scenario.toml": scen_text,
