@@ -235,8 +235,18 @@ def test_the_traffic_stop_is_the_longest_gap_from_the_last_ack_before_each_pull(
                                                                   "to": "x"})]
     (stop,) = traffic_stops(acks, timeline, moves)
     assert stop == {"pull": "x on active, x on standby", "at_s": 1.0, "stop_ms": 179.0,
-                    "resumed": True,
+                    "resumed": True, "clock": "driver",
                     "switches": ["a: x -> y (heart beats stopped)", "b: x -> y"]}
+    # the lab: acks come to the driver in batches; the node's own clock (here 1 s behind the
+    # driver's, its acks 1 ms apart where the driver got them 5 ms apart) measures the stop
+    own = [("a", t / 1e9 - 1.0) for t in acks]
+    own = [("a", n_t - (0.004 if t > _ms(1100) else 0.0)) for (_, n_t), t in zip(own, acks,
+                                                                                   strict=True)]
+    (mine,) = traffic_stops(acks, timeline, moves, own)
+    assert mine["clock"] == "node a" and mine["stop_ms"] == 175.0
+    # acks of two nodes in the stretch (a failover): the driver's clock
+    two = [("a" if t < _ms(1100) else "b", n_t) for (_, n_t), t in zip(own, acks, strict=True)]
+    assert traffic_stops(acks, timeline, moves, two)[0]["clock"] == "driver"
     # a gap that began after the plug is not the pull's
     late = acks[:-100] + [_ms(2600)]
     assert traffic_stops(late, timeline)[0]["stop_ms"] == 179.0

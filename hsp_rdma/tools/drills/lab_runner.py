@@ -10,7 +10,9 @@ A guest has no network path to the host: the workload's acks come out as ``ack``
 the lab's command channel (the job's stdout, streamed through the node's 9p share) and the
 driver stamps each with its own monotonic clock as it arrives, so every time here (acks,
 ``suspected``, ``active``) is the driver's, and detect_ms includes the channel's delay (an
-upper bound). At the end the survivor writes its P.mem and journal into its share, where the
+upper bound). The traffic stop around a pull is measured on the active guest's own clock
+(each ack event's ``t``), when every ack of that stretch came from one node (the channel
+delivers acks in batches; ``runner.traffic_stops``). At the end the survivor writes its P.mem and journal into its share, where the
 driver reads them. Before each drill the lab is healed (a killed node booted, a paused one
 resumed), as the test fixture does.
 
@@ -75,11 +77,14 @@ class _Events:
         self.run = GuestRun(name, on_event=self._on_event)
         self.events: list[dict] = []
         self.writer = writer
+        self.own_t: dict[int, float] = {}  # transfer id -> the guest's clock at its ack
 
     def _on_event(self, name: str, ev: dict) -> None:
         now = time.monotonic()
         if ev.get("event") == "ack":
             self.writer.append(Ack(int(ev["id"]), int(now * 1e9), name))
+            if isinstance(ev.get("t"), int | float):
+                self.own_t[int(ev["id"])] = float(ev["t"])
             return
         ev["guest_t"], ev["t"] = ev.get("t"), now
         self.events.append(ev)
@@ -262,7 +267,8 @@ class LabRunner:
         journal = shares[survivor] / f"journal-{survivor}.final"
         result = judge_drill(scenario, procs, read_acklog(ack_path),
                              _read(pmem), _read(journal), driver.fault_t, problems,
-                             driver.timeline)
+                             driver.timeline, {i: t for p in procs.values()
+                                               for i, t in p.own_t.items()})
         if judge(scenario, result):
             return replace(result, problems=(*result.problems,
                                              f"the nodes' events and stderr: {evidence}"))

@@ -312,33 +312,54 @@ def _pulls(timeline: list[tuple[float, Any]]) -> list[tuple[float, float | None,
 
 
 def traffic_stops(ack_times_ns: list[int], timeline: list[tuple[float, Any]],
-                  moves: list[tuple[str, dict]] = ()) -> tuple[dict, ...]:
+                  moves: list[tuple[str, dict]] = (),
+                  own: list[tuple[str, float | None]] | None = None) -> tuple[dict, ...]:
     """Around each pull (one or several pulls with no other step between them): how long
-    the traffic stopped. ``stop_ms``: the longest time between two consecutive acks (the
-    driver's clock as they arrived), from the last ack before the pull to the first after,
-    over the gaps that begin before the next step (the plug); so acks still on their way at
-    the pull do not hide the stop that follows, and a stop that began before the plug counts
-    whole. None (``resumed`` false) when no ack came after it. ``at_s``: the pull, seconds
-    after the first ack; ``switches``: the carrier moves the nodes told in that window."""
-    times = sorted(ack_times_ns)
+    the traffic stopped. ``stop_ms``: the longest time between two consecutive acks, from the
+    last ack the driver had before the pull to the first after, over the gaps that begin
+    before the next step (the plug); so acks still on their way at the pull do not hide the
+    stop that follows, and a stop that began before the plug counts whole. None (``resumed``
+    false) when no ack came after it.
+
+    ``clock`` says whose clock measured it: "driver" (each ack as the driver got it:
+    ACK_TIMES_NS), or "node a" when OWN (parallel to ACK_TIMES_NS: the acknowledging node and
+    its own clock's time of each ack, s; the lab's acks reach the driver in batches through
+    the guest's command channel) gives every ack of that stretch from one node: the active's
+    own times, free of the channel's delays. ``at_s``: the pull, seconds after the first ack
+    (driver's clock); ``switches``: the carrier moves the nodes told in that window."""
+    order = sorted(range(len(ack_times_ns)), key=lambda i: ack_times_ns[i])
+    times = [ack_times_ns[i] for i in order]
     out = []
     first = times[0] if times else None
     for t_s, end_s, steps in _pulls(timeline):
         t_ns = int(t_s * 1e9)
         end_ns = None if end_s is None else int(end_s * 1e9)
         last_before = bisect_right(times, t_ns) - 1
-        stop = None
+        stop, clock = None, "driver"
         if last_before >= 0:
-            gaps = [b - a for a, b in pairwise(times[last_before:])
+            # the acks of the stretch: the last before the pull up to the first that came
+            # after the window's end (it closes the last gap that began inside)
+            upto = len(times) if end_ns is None else min(len(times),
+                                                         bisect_right(times, end_ns) + 1)
+            span = order[last_before:upto]
+            gaps = [b - a for a, b in pairwise(times[last_before:upto])
                     if end_ns is None or a < end_ns]
-            stop = round(max(gaps) / 1e6, 1) if gaps else None
+            if gaps:
+                stop = round(max(gaps) / 1e6, 1)
+            mine = [own[i] for i in span] if own is not None else []
+            if (len(mine) > 1 and len({n for n, _ in mine}) == 1
+                    and all(t is not None for _, t in mine)):
+                node_t = sorted(t for _, t in mine)  # type: ignore[type-var]
+                stop = round(max(b - a for a, b in pairwise(node_t)) * 1000, 1)
+                clock = f"node {mine[0][0]}"
         told = [f"{n}: {e.get('from')} -> {e.get('to')}" + (f" ({e['why']})" if e.get("why")
                                                              else "")
                 for n, e in moves if e.get("t", 0.0) >= t_s
                 and (end_s is None or e.get("t", 0.0) < end_s)]
         out.append({"pull": ", ".join(f"{s.fabric} on {s.node}" for s in steps),
                     "at_s": None if first is None else round(t_s - first / 1e9, 3),
-                    "stop_ms": stop, "resumed": stop is not None, "switches": told})
+                    "stop_ms": stop, "resumed": stop is not None, "clock": clock,
+                    "switches": told})
     return tuple(out)
 
 

@@ -409,12 +409,14 @@ class SoftRunner:
 
 def judge_drill(scenario: Scenario, procs: dict, log, ledger: bytes | None,
                 journal: bytes | None, fault_t: float | None,
-                problems: list[str], timeline: list | None = None) -> DrillResult:
+                problems: list[str], timeline: list | None = None,
+                own_t: dict[int, float] | None = None) -> DrillResult:
     """The DrillResult of a drill of nodes a (first active) and b: PROCS[name].find(event,
     what) gives a node's events with ``t`` on the driver's clock (s), LOG the ack log, LEDGER
     and JOURNAL the survivor's P.mem and disk as it left them, FAULT_T the first fault,
     TIMELINE the driver's steps as it ran them (``StepDriver.timeline``: the traffic stop
-    around each pull, ``runner.traffic_stops``)."""
+    around each pull, ``runner.traffic_stops``), OWN_T each ack's time on the acknowledging
+    node's own clock (s, by transfer id) when the runner has it (the lab)."""
     acks = list(log.acks)
     b_active = procs["b"].find("failover", "active")
     failover = b_active is not None
@@ -464,7 +466,8 @@ def judge_drill(scenario: Scenario, procs: dict, log, ledger: bytes | None,
     resync, resync_bytes, audit_repairs = event_results(procs)
     ack_times = [a.t_ns for a in acks]
     switches = switch_count(procs)
-    stops = traffic_stops(ack_times, timeline or [], fabric_switches(procs))
+    own = None if own_t is None else [(a.node, own_t.get(a.id)) for a in acks]
+    stops = traffic_stops(ack_times, timeline or [], fabric_switches(procs), own)
     problems.extend(fabric_problems(scenario, switches, stops))
     return DrillResult(scenario.name, len(log.ids), len(lost), two,
                        None if blackout is None else round(blackout, 1), detect,
