@@ -23,6 +23,7 @@ from hsp_rdma.tools.drills.runner import (
     REPORT_FIELDS,
     DrillResult,
     StepDriver,
+    describe_stops,
     fabric_problems,
     judge,
     report,
@@ -296,15 +297,25 @@ def test_fabric_checks_judge_the_figures() -> None:
 
 def test_the_report_shows_switches_and_traffic_stops() -> None:
     stops = ({"pull": "x on active", "at_s": 5.0, "stop_ms": 150.0, "resumed": True,
-              "switches": ["a: x -> y"]},
+              "clock": "driver", "switches": ["a: x -> y"]},
              {"pull": "x on active", "at_s": 10.0, "stop_ms": 40.0, "resumed": True,
-              "switches": []})
+              "clock": "driver", "switches": []})
     r = DrillResult("d", 100, 0, False, 150.0, None, 0, 0, False, False, (), 1, stops, 5.0)
     assert r.traffic_stop_ms == 150.0
     row = report(r, [])
     assert list(row) == [*REPORT_FIELDS, "failures"]
     assert row["fabric_switches"] == 1 and row["traffic_stop_ms"] == 150.0
     assert row["ack_interval_ms"] == 5.0 and row["traffic_stops"][1]["stop_ms"] == 40.0
+    assert describe_stops(row) == [
+        ("d: pull of x on active at 5 s: traffic stopped 150 ms (last ack before to first "
+        "after, driver's clock; an ack every 5 ms otherwise); carrier moved: a: x -> y"),
+        ("d: pull of x on active at 10 s: traffic stopped 40 ms (last ack before to first "
+        "after, driver's clock; an ack every 5 ms otherwise)")]
+    gone = report(DrillResult("d", 1, 0, False, None, None, 0, 0, False, False, (), 0, (
+        {"pull": "y on standby", "at_s": 1.5, "stop_ms": None, "resumed": False,
+         "clock": "node a", "switches": []},)), [])
+    assert describe_stops(gone) == [("d: pull of y on standby at 1.5 s: traffic never came "
+                                    "back (no ack after it)")]
     # an older runner's result: no pulls, no figures
     assert DrillResult("d", 1, 0, False, None, None, 0, 0, False, False).traffic_stop_ms is None
     assert judge(_scenario(PULL_WAIT_PLUG), r) == []

@@ -370,6 +370,26 @@ def ack_interval_ms(ack_times_ns: list[int]) -> float | None:
     return round(gaps[len(gaps) // 2] / 1e6, 2) if gaps else None
 
 
+def describe_stops(row: dict[str, Any]) -> list[str]:
+    """One line per pull of a drill's report row (``report``), to quote: when, what was
+    pulled, how long traffic stopped (from the last ack before the pull to the first after,
+    on whose clock), against the usual time between two acks, and the carrier moves."""
+    lines = []
+    for s in row.get("traffic_stops") or ():
+        when = f" at {s['at_s']:g} s" if s.get("at_s") is not None else ""
+        if s["stop_ms"] is None:
+            what = "traffic never came back (no ack after it)"
+        else:
+            what = (f"traffic stopped {s['stop_ms']:.0f} ms (last ack before to first after, "
+                    f"{s.get('clock', 'driver')}'s clock")
+            if row.get("ack_interval_ms") is not None:
+                what += f"; an ack every {row['ack_interval_ms']:g} ms otherwise"
+            what += ")"
+        moved = ("; carrier moved: " + ", ".join(s["switches"])) if s.get("switches") else ""
+        lines.append(f"{row['name']}: pull of {s['pull']}{when}: {what}{moved}")
+    return lines
+
+
 def fabric_problems(scenario: Scenario, switches: int, stops: tuple[dict, ...]) -> list[str]:
     """What the fabric checks (fabric_switch, max_fabric_switches, max_traffic_stop_ms) say
     of a drill's carrier moves and traffic stops."""
