@@ -35,6 +35,8 @@ default may be left out)::
     resync_rate = "64 MiB"          # bytes per second a resync may send (DRBD's resync-rate)
     audit_interval = 0              # ms between two audits on the active (0: only on demand)
     audit_rate = "64 MiB"           # bytes of P.mem and disk an audit digests per second
+    fabric_failback = "stay"        # two fabrics: x healed after a move to y: "stay" on y
+                                    # (x is the spare) or go "back" to x
 
     [timeouts]                      # milliseconds
     heartbeat_interval = 100
@@ -77,6 +79,7 @@ from hsp_rdma.units import format_size, parse_size
 
 ROLES = ("active", "standby")
 COMMIT_MODES = ("async", "received", "applied")
+FAILBACK_CHOICES = ("stay", "back")
 MANAGERS = ("self", "pacemaker")
 FABRICS = ("x", "y")
 DEFAULT_PORT = 7471
@@ -106,6 +109,7 @@ class ReplicationConfig:
     resync_rate: int = 64 << 20  # bytes per second
     audit_interval: int = 0  # ms; 0: audits only on demand (hsp audit --now)
     audit_rate: int = 64 << 20  # bytes digested per second
+    fabric_failback: str = "stay"  # "stay" | "back" (two fabrics: see ha/node.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +173,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "pmem": ("size", "persist"),
     "disk": ("name", "path", "size"),
     "replication": ("commit", "message_size", "credits", "resync_rate", "audit_interval",
-                    "audit_rate"),
+                    "audit_rate", "fabric_failback"),
     "timeouts": ("heartbeat_interval", "heartbeat_timeout", "commit", "connect"),
     "fence": ("action", "options", "timeout", "delay", "outdate"),
 }
@@ -458,7 +462,9 @@ def parse_node_config(text: str, source: str | Path | None = None) -> NodeConfig
         audit_interval=r.get(rep, at, "audit_interval", *_int_in(0, 7 * 24 * 3600 * 1000),
                              default_rep.audit_interval),
         audit_rate=r.get(rep, at, "audit_rate", *_size_in(64 << 10, 1 << 40),
-                         default_rep.audit_rate))
+                         default_rep.audit_rate),
+        fabric_failback=r.get(rep, at, "fabric_failback", *_one_of(FAILBACK_CHOICES),
+                              default_rep.fabric_failback))
 
     at = ("timeouts",)
     tim = r.table(raw, at, KEYS["timeouts"], required=False) or {}

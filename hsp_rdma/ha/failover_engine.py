@@ -77,6 +77,7 @@ class FailoverEngine:
         self.on_role = on_role
         self.clock = clock
         self.fabric = cfg.fabrics[0].name
+        self.fabrics = tuple(f.name for f in cfg.fabrics)  # heart beats on every one
         self.interval = cfg.timeouts.heartbeat_interval / 1000
         self.timeout = cfg.timeouts.heartbeat_timeout / 1000
         self.store = EpochStore(Path(cfg.state_dir) / "failover")
@@ -192,7 +193,7 @@ class FailoverEngine:
     def _start_detector(self, now: float, why: str) -> None:
         # the pair is connected (start() returned): heard now, not suspected; a restarted node
         # (WAIT_PEER) has not heard its peer yet: its first heart beat is LinkRestored
-        self.detector = det.FailureDetector((self.fabric,), self.interval, self.timeout, now)
+        self.detector = det.FailureDetector(self.fabrics, self.interval, self.timeout, now)
         self.detector.suspected = not self.machine.connected
         self._note("detector", now, started=why)
 
@@ -218,14 +219,16 @@ class FailoverEngine:
                 and not self.outdating):
             self._outdate(now)
 
-    def heard(self, message: bytes, now: float) -> None:
+    def heard(self, message: bytes, now: float, fabric: str | None = None) -> None:
+        """A heart beat from the peer on FABRIC (by name; None: fabric x)."""
         if len(message) < HEARTBEAT.size:
             return
         if self.detector is None:
             self._start_detector(now, "the peer's first heart beat")
         _clock, _count, epoch, flags = HEARTBEAT.unpack_from(message)
-        self._feed_detector(det.HeartbeatReceived(self.fabric, epoch, bool(flags & SERVES),
-                                                  bool(flags & UNFIT)), now)
+        self._feed_detector(det.HeartbeatReceived(fabric or self.fabric, epoch,
+                                                  bool(flags & SERVES), bool(flags & UNFIT)),
+                            now)
 
     def heartbeat(self, now: float, count: int) -> bytes:
         flags = (SERVES if self.serving else 0) | (UNFIT if self._unfit() else 0)
@@ -265,10 +268,10 @@ class FailoverEngine:
             self._feed(fo.PeerEpochSeen(epoch, True), self.clock())
         return fo.Verdict.HOLD
 
-    def link_lost(self, channel: Channel, why: str) -> None:
+    def link_lost(self, channel: Channel, why: str, fabric: str | None = None) -> None:
         if self.detector is None:
             return
-        self._feed_detector(det.LinkEvidence(self.fabric, det.Evidence.DISCONNECTED,
+        self._feed_detector(det.LinkEvidence(fabric or self.fabric, det.Evidence.DISCONNECTED,
                                              f"{channel.name.lower()}: {why}"), self.clock())
 
     def commit_gate(self, channel: Channel, mode: Commit, message: bytes = b"") -> str:
@@ -328,7 +331,7 @@ class FailoverEngine:
     def _feed_detector(self, event, now: float) -> None:
         for act in self.detector.feed(event, now):
             if isinstance(act, det.SendHeartbeat):
-                self.node.send_heartbeat(now)
+                self.node.send_heartbeat(now, act.fabric)
             elif isinstance(act, fo.Event):
                 if isinstance(act, fo.PeerSuspected):
                     self.suspected_at = now

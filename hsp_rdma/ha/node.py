@@ -22,15 +22,35 @@ commit's CPU in the lab's one-vCPU guests), then waits on ``_cv`` for the waterm
 moves. The NIC's error callback hands its news over through a queue and the wake-up pipe; the
 control socket (``ha/control.py``) runs in its own thread and reads status under ``_lock``.
 
-What lives where (for fabric y and n+1): ``_FabricPort`` holds one fabric's NIC, protection
-tag, registered P.mem and per-channel VIs with their buffers; the ``Session`` (core) holds
-what a pair session keeps across links (sequence numbers, unacked frames, reassembly). Only
-fabric x is opened today; a second ``_FabricPort`` and the choice of the carrying one is
-issue 13's work: the core already re-sends on a new link whatever the peer lacks.
+Two fabrics (issue 13; DESIGN.md "Dual fabric X/Y"). ``_FabricPort`` holds one fabric's NIC,
+protection tag, registered P.mem and a VI per channel with its buffers; the ``Session`` (core)
+holds what the pair session keeps across links (sequence numbers, unacked frames, reassembly).
+With [fabric.x] and [fabric.y] both ports are open:
+- ``health`` runs on every fabric at all times, each with its own small session: heart beats
+  flow both ways on every fabric, so the failure detector hears each fabric apart and suspects
+  the peer only when every fabric is silent.
+- The other channels (``MAIN``: oam, pmem, disk, config) ride one fabric, the *carrier* (x at
+  start), and are connected in advance on the other ("warm": connected, idle, no session link).
+- The carrier moves (``_switch``) when one of its channels breaks (a VI error, a failed post, a
+  cm event) or when nothing at all has come in on it for ``QUIET_INTERVALS`` heart-beat
+  intervals while the other fabric was heard; only to a fabric that is warm. The session feeds
+  ``Disconnected`` then ``Connected`` for every MAIN channel: a new link on the new fabric,
+  whose HELLO says where each side stands, and the core sends again exactly what the peer had
+  not acknowledged (sequence numbers are per session, not per fabric, so each transaction is
+  applied once, in order). The application sees a short pause, no error.
+- The peer follows when the first frame of such a link (a HELLO) reaches it on a fabric that
+  is not its carrier. Any other frame on a non-carrier fabric is late traffic of an old link:
+  dropped (``stale_frames``); the re-send covers it.
+- The old carrier's MAIN channels are torn down (disconnected) and made again in the
+  background, so a later move back never meets a frame of an old link; once back they are the
+  warm spare. ``[replication] fabric_failback = "back"`` moves traffic back to x when x is
+  warm again (decided by the node whose name sorts first, so the two never move apart);
+  "stay" (the default) leaves it where it is.
+A one-fabric configuration is this with no spare: a broken channel is reconnected in place.
 
 Who connects: the node configured ``active`` connects, the ``standby`` listens, per channel in
-the order of ``CHANNELS``. A broken link is fed to the core as ``Disconnected`` and shown in
-status and alarms; reconnecting (and the failure detector) is issue 12's work.
+the order of ``CHANNELS``, on each fabric. A broken link is fed to the core as ``Disconnected``
+and shown in status and alarms, and connected again by that fabric's reconnect thread.
 
 GSO control messages stay on their own VI (ha/switchover.py): they must be ordered with the
 image's RDMA Writes, which RC gives only on the same queue pair; moving them here would need
@@ -60,14 +80,17 @@ from typing import Self
 from hsp_rdma import via
 from hsp_rdma.core import ifa
 from hsp_rdma.core.failover import Verdict
-from hsp_rdma.core.frames import Channel, crc32c
-from hsp_rdma.core.ifa import Commit
+from hsp_rdma.core.frames import HEADER, MAGIC, Channel, crc32c
+from hsp_rdma.core.ifa import FRAME_DIR, Commit
 from hsp_rdma.errors import HspError
 from hsp_rdma.ha.config import NodeConfig
 from hsp_rdma.ha.image import crc32c_hardware
 from hsp_rdma.ha.pmem_store import PmemStore
 
 CHANNELS = (Channel.HEALTH, Channel.OAM, Channel.PMEM, Channel.DISK, Channel.CONFIG)
+MAIN = CHANNELS[1:]  # the channels that ride the carrier fabric (health runs on every fabric)
+QUIET_INTERVALS = 1.5  # nothing in on the carrier for this many heart-beat intervals: move
+FAILBACK_STABLE_S = 1.0  # "back": x warm and heard for this long before traffic goes back
 OAM_APP, OAM_SYSTEM = 0, 1  # first byte of an oam message: the application's, or the node's
 OAM_EVENTS_KEPT = 1000  # the peer's reports a node keeps (node.oam.events)
 _HB = struct.Struct("<dQ")  # sender's clock, count
@@ -76,6 +99,14 @@ RECONNECT_CONNECT_MS = 3000  # one runtime connect attempt (a TCG guest's rdma_c
 _STATUS_ERROR = int(via.VIP_STATUS_ERROR_MASK)  # an int: the flag enum's & is a call per use
 _MODES = {m.name.lower(): m for m in Commit} | {m: m for m in Commit}
 SEND_SLOT_WAIT_MS = 5000  # no free send slot and no send completion in this time: link lost  # a new connection whose peer says nothing in this time is made again
+
+
+def _is_hello(data: bytes) -> bool:
+    """Whether DATA has the header of a HELLO frame (the first frame of a link), either side's."""
+    if len(data) < HEADER.size:
+        return False
+    magic, _version, _channel, ftype = HEADER.unpack_from(data)[:4]
+    return magic == MAGIC and (ftype & ~FRAME_DIR) == ifa.FrameType.HELLO
 
 
 class NodeError(HspError):
@@ -108,7 +139,8 @@ class _ChannelLink:
 class _FabricPort:
     """One fabric's NIC, P.mem registration and the channel VIs on it."""
 
-    def __init__(self, fabric, pmem: mmap.mmap, size: int, credits: int):
+    def __init__(self, index: int, fabric, pmem: mmap.mmap, size: int, credits: int):
+        self.index = index
         self.config = fabric
         self.nic = via.VipOpenNic(fabric.rdma_device)
         self.links: dict[Channel, _ChannelLink] = {}
@@ -130,6 +162,10 @@ class _FabricPort:
 
     def close(self) -> None:
         via.VipCloseNic(self.nic)
+
+    def warm(self) -> bool:
+        """Every channel connected on this fabric: traffic may move here."""
+        return all(link.up for link in self.links.values())
 
 
 class _Pmem:
@@ -289,6 +325,8 @@ class Node:
         self.default_commit = rep.commit
         self.role = config.role
         self.session = self._new_session(epoch)
+        # heart beats: one small session per fabric (health runs on every fabric)
+        self._health = [self._new_health(epoch) for _ in config.fabrics]
         self._session_gen = 0  # +1 each time the peer restarted (a new session)
         # every frame's CRC by the compiled CRC32C's faster path here (measured once per
         # process: a TCG guest emulates SSE4.2's crc32 several times slower than the table)
@@ -318,21 +356,30 @@ class Node:
         self._stop = False
         self._dead = ""  # why the loop thread ended, if it ended other than by close()
         self._thread: threading.Thread | None = None
-        self._port: _FabricPort | None = None
+        self._ports: list[_FabricPort] = []
+        self._carrier = 0  # the index of the fabric the MAIN channels ride
+        self.fabric_switches = 0
+        self.stale_frames = 0  # frames of an old link on a fabric that no longer carries
+        # the last time anything came in on each fabric (the carrier's quiet check)
+        self._heard_at = [time.monotonic()] * len(config.fabrics)
+        self._hb_heard: list[float | None] = [None] * len(config.fabrics)  # heart beats
+        self._warm_since: list[float | None] = [None] * len(config.fabrics)
+        # called in the loop thread after each move of the carrier: (old, new, why)
+        self.on_fabric_switch: Callable[[str, str, str], None] | None = None
         self._control = None
         self.alarms: list[str] = []
         self.config_applied = 0
         self.inconsistent = False
         self.heartbeats = {"sent": 0, "received": 0}
         self._started = time.monotonic()
-        self._pending_lost: list[tuple[Channel, str]] = []
+        self._pending_lost: list[tuple[int, Channel, str]] = []  # fabric, channel, why
         # frames of a newer epoch kept until the session takes it (_take_frame), per channel
         self._held: dict[Channel, list[bytes]] = {}
         # runtime reconnect (after start): channels to connect again, and the thread doing it
         self._running = False
-        self._reconnect: set[Channel] = set()
-        self._reconnect_wake = threading.Event()
-        self._reconnector: threading.Thread | None = None
+        self._reconnect: set[tuple[int, Channel]] = set()  # (fabric, channel)
+        self._reconnect_wake = [threading.Event() for _ in config.fabrics]
+        self._reconnectors: dict[int, threading.Thread] = {}
         self.reconnects = 0
         # fault injection for drills and tests (tools/ifa_pair --kill-mid-tx): called with
         # each Send action before it is posted, in the loop thread
@@ -343,9 +390,30 @@ class Node:
 
     def _new_session(self, epoch: int, incarnation: int | None = None) -> ifa.Session:
         rep = self.config.replication
-        return ifa.Session(epoch, rep.message_size, rep.credits, CHANNELS,
+        return ifa.Session(epoch, rep.message_size, rep.credits, MAIN,
                            side=0 if self.config.name < self.config.peer else 1,
                            incarnation=incarnation)
+
+    def _new_health(self, epoch: int) -> ifa.Session:
+        """One fabric's heart-beat session: the main session's incarnation (a peer that
+        restarted shows on any of them)."""
+        rep = self.config.replication
+        return ifa.Session(epoch, rep.message_size, rep.credits, (Channel.HEALTH,),
+                           side=0 if self.config.name < self.config.peer else 1,
+                           incarnation=self.session.incarnation)
+
+    @property
+    def _port(self) -> _FabricPort | None:
+        """The carrier's port (the MAIN channels' links)."""
+        return self._ports[self._carrier] if self._ports else None
+
+    def _sess(self, fab: int, ch: Channel) -> ifa.Session:
+        """The session CH's frames on fabric FAB belong to."""
+        return self._health[fab] if ch is Channel.HEALTH else self.session
+
+    def _on_session(self, fab: int, ch: Channel) -> bool:
+        """Whether CH's link on FAB is a session's link (health anywhere; MAIN on the carrier)."""
+        return ch is Channel.HEALTH or fab == self._carrier
 
     def _peer_restarted(self, ch: Channel) -> None:
         """In the loop: CH's peer is a new process (``ifa.PeerRestarted``). What this session
@@ -360,70 +428,128 @@ class Node:
         # this side took nothing of it (every stream stops at the new peer's HELLO), so both
         # number from where the new session and its fresh streams start.
         self.session = self._new_session(self.session.epoch, self.session.incarnation)
+        self._health = [self._new_health(self.session.epoch) for _ in self._ports]
         self._session_gen += 1
         self._pending_lost.clear()
         with self._cv:
             self._marks = {c: (0, 0, 0) for c in CHANNELS}
             self._cv.notify_all()
-        for c in CHANNELS:
-            self._reset_link(c)  # disconnected now: the peer sees it and connects again
-            self._port.links[c].lost = "the peer restarted"
-            self._want_reconnect(c)
+        self._carrier = 0  # the new peer starts on x (or moves, and this side follows)
+        for port in self._ports:
+            for c in CHANNELS:
+                self._reset_link(port.index, c)  # the peer sees it and connects again
+                port.links[c].lost = "the peer restarted"
+                self._want_reconnect(port.index, c)
         if self.failover is not None:
             self.failover.peer_restarted()
 
     # ---- life -------------------------------------------------------------------------------
     def start(self) -> Node:
-        """Open fabric x, connect every channel (the active connects, the standby listens),
-        start the loop and the control socket. Raises NodeError naming what failed."""
-        fab = self.config.fabrics[0]
+        """Open every fabric, connect every channel on x (the active connects, the standby
+        listens), start the loop, connect y in the background (its health at once, the rest
+        warm) and the control socket. With two fabrics, x that cannot be connected is not
+        fatal while y can: traffic starts on y. Raises NodeError naming what failed."""
+        rep = self.config.replication
+        for i, fab in enumerate(self.config.fabrics):
+            try:
+                port = _FabricPort(i, fab, self._pmem, rep.message_size, rep.credits)
+            except via.VipError as exc:
+                for p in self._ports:
+                    p.close()
+                self._ports = []
+                raise NodeError(f"fabric {fab.name}: cannot open {fab.rdma_device}: {exc}"
+                                ) from exc
+            self._ports.append(port)
+            via.VipErrorCallback(port.nic, i, self._on_via_error)
+        first_error: NodeError | None = None
         try:
-            self._port = _FabricPort(fab, self._pmem, self.config.replication.message_size,
-                                     self.config.replication.credits)
-        except via.VipError as exc:
-            raise NodeError(f"fabric {fab.name}: cannot open {fab.rdma_device}: {exc}") from exc
-        via.VipErrorCallback(self._port.nic, None, self._on_via_error)
-        self._connect_all()
+            self._connect_all()
+        except NodeError as exc:
+            if len(self._ports) == 1:
+                raise
+            first_error = exc
+            for ch in CHANNELS:  # made again in the background, as a lost link
+                self._reset_link(0, ch)
+                self._ports[0].links[ch].lost = f"not connected at start: {exc}"
         self._thread = threading.Thread(target=self._loop, name=f"hsp-node-{self.config.name}",
                                         daemon=True)
         self._running = True
         self._thread.start()
-        if self.config.role != "active":
-            # the listening side listens for as long as it runs: a cable pulled and plugged
-            # may leave the peer's side of a channel broken and ours not (nothing crossed to
-            # break it), and only the peer's new connection tells us
-            with self._lock:
-                self._want_reconnect(None)
+        with self._lock:
+            for port in self._ports[1:] if first_error is None else self._ports:
+                for ch in CHANNELS:
+                    self._want_reconnect(port.index, ch)
+            if self.config.role != "active" and first_error is None:
+                # the listening side listens for as long as it runs: a cable pulled and
+                # plugged may leave the peer's side of a channel broken and ours not (nothing
+                # crossed to break it), and only the peer's new connection tells us
+                self._want_reconnect(0, None)
+        if len(self._ports) > 1:
+            self._await_spare(first_error)
         self._start_control()
         return self
+
+    def _await_spare(self, first_error: NodeError | None) -> None:
+        """Two fabrics: wait (within the connect timeout) for the other fabric to be warm, so
+        that a node that started can move at once. X not connected at start (FIRST_ERROR):
+        traffic starts on y once it is warm; neither: NodeError naming both."""
+        end = time.monotonic() + self.config.timeouts.connect / 1000
+        spare = self._ports[1]
+        while time.monotonic() < end and not self._dead:
+            with self._lock:
+                if spare.warm():
+                    if first_error is not None and self._carrier == 0:
+                        self._switch(1, f"fabric {self._ports[0].config.name} could not be "
+                                        f"connected at start ({first_error})")
+                    break
+            time.sleep(0.02)
+        with self._lock:
+            warm = spare.warm()
+            if not warm:
+                self._alarm(f"fabric {spare.config.name}: not connected within the connect "
+                            "timeout at start; its channels keep being connected in the "
+                            "background (no spare until then)")
+        if first_error is not None and not warm:
+            self.close()
+            raise NodeError(f"no fabric could be connected: {first_error}; and fabric "
+                            f"{spare.config.name} ({spare.config.rdma_device}) was not "
+                            "connected either within the connect timeout") from first_error
+        if first_error is not None:  # traffic on y: its HELLOs, before a commit may go
+            end = time.monotonic() + HELLO_WAIT_S
+            while time.monotonic() < end and not all(
+                    (st.link is not None and st.link.synced)
+                    for st in self.session.streams.values()):
+                time.sleep(0.02)
 
     def _disc(self, ch: Channel) -> bytes:
         a, b = sorted((self.config.name, self.config.peer))
         return f"ifa:{a}-{b}:{ch.name.lower()}".encode()[:48]
 
     def _connect_all(self) -> None:
-        port = self._port
         size = self.config.replication.message_size
         deadline = time.monotonic() + self.config.timeouts.connect / 1000
-        for ch in CHANNELS:
-            for slot in range(self.config.replication.credits):
-                self._post_recv(port.links[ch], slot, size)
+        for port in self._ports:  # every fabric's receives, before any connection
+            for ch in CHANNELS:
+                for slot in range(self.config.replication.credits):
+                    self._post_recv(port.links[ch], slot, size)
         if self.config.role == "active":  # by config: a restarted node may start standby
             for ch in CHANNELS:
                 self._connect_channel(ch, deadline)
         else:
             self._accept_all(deadline)
 
-    def _what(self, ch: Channel) -> str:
-        fab = self._port.config
-        return f"channel {ch.name.lower()} on fabric {fab.name} ({fab.rdma_device})"
+    def _what(self, ch: Channel, fab: int | None = None) -> str:
+        cfg = self._ports[self._carrier if fab is None else fab].config
+        return f"channel {ch.name.lower()} on fabric {cfg.name} ({cfg.rdma_device})"
 
     def _up(self, ch: Channel, timeout_s: float) -> None:
-        """A new connection of CH: feed Connected (our HELLO goes), kick, await the peer's."""
+        """A new connection of CH (at start, on the carrier): feed Connected (our HELLO goes),
+        kick, await the peer's."""
+        fab = self._carrier
         link = self._port.links[ch]
         link.up, link.lost = True, ""
         with self._lock:
-            self._run(self.session.feed(ifa.Connected(ch)))
+            self._run(self._sess(fab, ch).feed(ifa.Connected(ch)), fab)
             self._kick(link)
         self._await_hello(ch, timeout_s)
 
@@ -445,7 +571,7 @@ class Node:
                 return
             except (via.VipError, NodeError) as exc:
                 attempts += 1
-                self._reset_link(ch)
+                self._reset_link(self._carrier, ch)
                 if time.monotonic() + 0.3 >= deadline:
                     raise NodeError(f"{self._what(ch)}: no connection within the connect "
                                     f"timeout after {attempts} attempt(s), the last: {exc}; is "
@@ -465,11 +591,15 @@ class Node:
         while pending:
             while True:  # channels that broke meanwhile (the NIC's error callback)
                 try:
-                    _lost, ch, why = self._requests.get_nowait()
+                    req = self._requests.get_nowait()
                 except queue.Empty:
                     break
-                if ch not in pending and not self._stale(ch):
-                    self._reset_link(ch)
+                if req[0] != "lost":
+                    self._requests.put(req)  # (a call for the loop: it runs them)
+                    break
+                _lost, ch, why, where = req
+                if where == self._carrier and ch not in pending and not self._stale(where, ch):
+                    self._reset_link(where, ch)
                     pending.append(ch)
                     last[ch] = why
             if time.monotonic() >= deadline:
@@ -490,7 +620,7 @@ class Node:
                     pending.remove(ch)
                 except (via.VipError, NodeError) as exc:
                     last[ch] = str(exc)
-                    self._reset_link(ch)
+                    self._reset_link(self._carrier, ch)
 
     def _kick(self, link: _ChannelLink) -> None:
         """A zero-length send right after our HELLO, in case siw (6.1) left the first send of
@@ -521,7 +651,7 @@ class Node:
 
     def _await_hello(self, ch: Channel, timeout_s: float) -> None:
         link = self._port.links[ch]
-        stream = self.session.streams[ch]
+        stream = self._sess(self._carrier, ch).streams[ch]
         end = time.monotonic() + timeout_s
         while stream.link is None or not stream.link.synced:
             left = end - time.monotonic()
@@ -533,18 +663,20 @@ class Node:
             except via.VipTimeout:
                 continue
             with self._lock:
-                self._on_recv(ch, link, d)
+                self._on_recv(self._carrier, ch, link, d)
                 self._feed_lost()
 
-    def _reset_link(self, ch: Channel) -> None:
+    def _reset_link(self, fab: int, ch: Channel) -> None:
         """Back to IDLE with every receive posted again and every send slot free. The
         disconnect outside the loop's lock (towards a dead peer it can wait for the cm's
         timeout: ~12 s of stopped commits in the lab), the rest under it (the loop may be
-        reaping this VI's queues: what it takes in error is posted again here)."""
-        link = self._port.links[ch]
+        reaping this VI's queues: what it takes in error is posted again here). The session
+        hears ``Disconnected`` only when this link was its link (health, or the carrier)."""
+        link = self._ports[fab].links[ch]
         with self._lock:
             link.up = False
-            self._held.pop(ch, None)  # frames of the old connection
+            if self._on_session(fab, ch):
+                self._held.pop(ch, None)  # frames of the old connection
         try:
             via.VipDisconnect(link.vi)
         except via.VipError:
@@ -558,9 +690,10 @@ class Node:
                 link.free.append(d.slot)
             for slot in slots:
                 self._post_recv(link, slot, size)
-            self._pending_lost = [p for p in self._pending_lost if p[0] != ch]
+            self._pending_lost = [p for p in self._pending_lost if p[:2] != (fab, ch)]
             link.early.clear()  # (the old connection is gone: only the next one's frames)
-            self._run(self.session.feed(ifa.Disconnected(ch)))
+            if self._on_session(fab, ch):
+                self._run(self._sess(fab, ch).feed(ifa.Disconnected(ch)), fab)
 
     def _start_control(self) -> None:
         try:
@@ -611,15 +744,16 @@ class Node:
     def close(self) -> None:
         self._stop = True
         self._wake()
-        self._reconnect_wake.set()
-        if self._thread is not None:
+        for ev in self._reconnect_wake:
+            ev.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(5)
-        if self._reconnector is not None:
-            self._reconnector.join(5)
+        for t in list(self._reconnectors.values()):
+            t.join(5)
         if self._control is not None:
             self._control.close()
-        if self._port is not None:
-            self._port.close()
+        for port in self._ports:
+            port.close()
         for d in self._disks:
             os.close(d.fd)
         if self.pmem_store is not None:
@@ -739,11 +873,13 @@ class Node:
             self._commit(Channel.DISK, ifa.encode_disk([]), "applied")
 
     # ---- the loop ---------------------------------------------------------------------------
-    def _on_via_error(self, _ctx, err) -> None:
+    def _on_via_error(self, fab: int, err) -> None:
         # from the NIC's event thread: hand it to the loop
-        for ch, link in (self._port.links.items() if self._port else ()):
+        if fab >= len(self._ports):
+            return
+        for ch, link in self._ports[fab].links.items():
             if err.vi is not None and link.vi is err.vi:
-                self._requests.put(("lost", ch, f"{err.code}: {err.message}"))
+                self._requests.put(("lost", ch, f"{err.code}: {err.message}", fab))
         self._wake()
 
     def _loop(self) -> None:
@@ -764,25 +900,34 @@ class Node:
         # taken only when the slots run out (``_send``): no wake-up and no CQ poll per frame
         # out. Slots (credits + 4) are fewer than the provider's send queue holds.
         cqs = {}
-        for ch, link in self._port.links.items():
-            cq = link.vi.recv_cq
-            cq.arm()
-            cqs[cq.fileno()] = (ch, cq)
-            ep.register(cq.fileno(), select.EPOLLIN)
+        for port in self._ports:
+            for ch, link in port.links.items():
+                cq = link.vi.recv_cq
+                cq.arm()
+                cqs[cq.fileno()] = (port.index, ch, cq)
+                ep.register(cq.fileno(), select.EPOLLIN)
         interval = self.config.timeouts.heartbeat_interval / 1000
+        quiet = QUIET_INTERVALS * interval
+        spare = len(self._ports) > 1
         requests = self._requests
         next_hb = time.monotonic()
         with self._lock:
-            for ch in CHANNELS:  # anything that completed before the loop ran
-                self._reap(ch, False)
-                self._reap(ch, True)
+            for port in self._ports:  # anything that completed before the loop ran
+                for ch in CHANNELS:
+                    self._reap(port.index, ch, False)
+                    self._reap(port.index, ch, True)
         while not self._stop:
             now = time.monotonic()
             if now >= next_hb:
                 next_hb = now + interval
                 with self._lock:
                     self._heartbeat(now)
-            ready = ep.poll(max(0.0, next_hb - time.monotonic()))
+            wake_at = next_hb
+            if spare:  # the carrier's quiet check runs at its own time too
+                with self._lock:
+                    self._check_carrier(now, quiet)
+                wake_at = min(wake_at, self._heard_at[self._carrier] + quiet + 0.001)
+            ready = ep.poll(max(0.0, wake_at - time.monotonic()))
             with self._lock:  # one hold per wake-up
                 for fd, _ in ready:
                     if fd == wake_r:
@@ -792,11 +937,11 @@ class Node:
                         except BlockingIOError:
                             pass
                     else:
-                        ch, cq = cqs[fd]
+                        fab, ch, cq = cqs[fd]
                         cq.take_event()
                         # (a received CREDIT that pumps DATA finds its send slots in _send,
                         # which takes the send completions when none is free)
-                        self._reap(ch, True)
+                        self._reap(fab, ch, True)
                 if requests.queue:  # (a peek; what comes later wakes the loop again)
                     self._serve_requests()
                 if self._pending_lost:
@@ -809,20 +954,21 @@ class Node:
                 req = self._requests.get_nowait()
             except queue.Empty:
                 return
-            kind, ch, why = req
+            kind, ch, why = req[:3]
             if kind == "call":
                 ch()  # a function handed to the loop (call_in_loop)
                 continue
-            if not self._stale(ch):
-                self._lose(ch, why)
+            fab = req[3] if len(req) > 3 else self._carrier
+            if not self._stale(fab, ch):
+                self._lose(fab, ch, why)
 
-    def _stale(self, ch: Channel) -> bool:
+    def _stale(self, fab: int, ch: Channel) -> bool:
         """Whether a queued error report of CH's VI is about a connection that is gone: the
         provider puts the VI in ERROR before it reports, and only a reset (``_reset_link``)
         takes it out. A report queued while the active gave a connection up and made it
         again (siw lab: a first connection whose HELLO never came) must not down the new
         one: that downed pmem at the loop's start, ~1 siw pair start in 7."""
-        return via.VipQueryVi(self._port.links[ch].vi)[0] is not via.ViState.ERROR
+        return via.VipQueryVi(self._ports[fab].links[ch].vi)[0] is not via.ViState.ERROR
 
     def call_in_loop(self, fn: Callable[[], None]) -> None:
         """Run FN in the loop thread, under the lock (from any thread)."""
@@ -832,18 +978,25 @@ class Node:
     def _heartbeat(self, now: float) -> None:
         if self.failover is not None:
             self.failover.tick(now)  # its detector says when to send (send_heartbeat)
-            return
-        self.send_heartbeat(now)
+        else:
+            self.send_heartbeat(now)
+        if len(self._ports) > 1:
+            self._maybe_failback(now)
 
-    def send_heartbeat(self, now: float) -> None:
-        if self.session.streams[Channel.HEALTH].link is None:
-            return
-        self.heartbeats["sent"] += 1
-        count = self.heartbeats["sent"]
-        payload = (_HB.pack(now, count) if self.failover is None
-                   else self.failover.heartbeat(now, count))
-        _, actions = self.session.submit(Channel.HEALTH, payload, Commit.ASYNC)
-        self._run(actions)
+    def send_heartbeat(self, now: float, fabric: str | None = None) -> None:
+        """One heart beat on FABRIC (by name), or on every fabric."""
+        for port in self._ports:
+            if fabric is not None and port.config.name != fabric:
+                continue
+            session = self._health[port.index]
+            if session.streams[Channel.HEALTH].link is None:
+                continue
+            self.heartbeats["sent"] += 1
+            count = self.heartbeats["sent"]
+            payload = (_HB.pack(now, count) if self.failover is None
+                       else self.failover.heartbeat(now, count))
+            _, actions = session.submit(Channel.HEALTH, payload, Commit.ASYNC)
+            self._run(actions, port.index)
 
     # ---- completions ------------------------------------------------------------------------
     def _post_recv(self, link: _ChannelLink, slot: int, size: int) -> None:
@@ -856,30 +1009,30 @@ class Node:
             d.slot = slot
         via.VipPostRecv(link.vi, d)
 
-    def _reap(self, ch: Channel, recv: bool) -> None:
-        link = self._port.links[ch]
+    def _reap(self, fab: int, ch: Channel, recv: bool) -> None:
+        link = self._ports[fab].links[ch]
         done = via.VipRecvDone if recv else via.VipSendDone
         vi = link.vi
         while True:
             try:
                 d = done(vi)
             except via.VipError as exc:
-                self._lose(ch, str(exc))
+                self._lose(fab, ch, str(exc))
                 return
             if d is None:
                 return
             if not recv:
                 link.free.append(d.slot)
                 if d.status & _STATUS_ERROR:
-                    self._lose(ch, f"send completed in error "
+                    self._lose(fab, ch, f"send completed in error "
                                f"({getattr(d, 'reason', '') or hex(d.status)})")
                 continue
-            self._on_recv(ch, link, d)
+            self._on_recv(fab, ch, link, d)
 
-    def _on_recv(self, ch: Channel, link: _ChannelLink, d) -> None:
+    def _on_recv(self, fab: int, ch: Channel, link: _ChannelLink, d) -> None:
         if d.status & _STATUS_ERROR:
             link.unposted.append(d.slot)  # posted again by the reset before a reconnect
-            self._lose(ch, f"receive completed in error "
+            self._lose(fab, ch, f"receive completed in error "
                        f"({getattr(d, 'reason', '') or hex(d.status)})")
             return
         size = self._msg_size
@@ -888,12 +1041,29 @@ class Node:
         try:
             self._post_recv(link, d.slot, size)
         except via.VipError as exc:
-            self._lose(ch, f"cannot re-post a receive: {exc}")
+            self._lose(fab, ch, f"cannot re-post a receive: {exc}")
         if data:  # a zero-length message is the peer's kick (see _kick), not a frame
             if not link.up:  # a runtime reconnect's new connection, not fed Connected yet
                 link.early.append(data)
                 return
-            self._take_frame(ch, data)
+            self._frame_in(fab, ch, data)
+
+    def _frame_in(self, fab: int, ch: Channel, data: bytes) -> None:
+        """A frame that came in on fabric FAB: heart beats to that fabric's health session;
+        MAIN frames to the main session when FAB carries. On another fabric, a HELLO is the
+        peer moving its traffic there (this side follows: ``_switch``); anything else is
+        late traffic of an old link, dropped (the re-send covers it)."""
+        self._heard_at[fab] = time.monotonic()
+        if ch is Channel.HEALTH:
+            self._run(self._health[fab].feed(ifa.FrameReceived(ch, data)), fab)
+            return
+        if fab != self._carrier:
+            if not _is_hello(data):
+                self.stale_frames += 1
+                return
+            self._switch(fab, f"the peer moved its traffic to fabric "
+                              f"{self._ports[fab].config.name}")
+        self._take_frame(ch, data)
 
     def _take_frame(self, ch: Channel, data: bytes) -> None:
         """A received frame to the session, once the failover engine admits it: one of an
@@ -920,139 +1090,256 @@ class Node:
             for data in frames:
                 self._take_frame(ch, data)
 
-    def _lose(self, ch: Channel, why: str) -> None:
-        link = self._port.links[ch]
+    def _lose(self, fab: int, ch: Channel, why: str) -> None:
+        link = self._ports[fab].links[ch]
         if link.up:
             link.up = False
             link.lost = why
-            self._pending_lost.append((ch, why))
+            self._pending_lost.append((fab, ch, why))
 
     def _feed_lost(self) -> None:
         while self._pending_lost:
-            ch, why = self._pending_lost.pop(0)
-            self._alarm(f"{ch.name.lower()}: link lost on fabric "
-                        f"{self._port.config.name}: {why}")
-            self._run(self.session.feed(ifa.Disconnected(ch)))
+            fab, ch, why = self._pending_lost.pop(0)
+            name = self._ports[fab].config.name
+            self._alarm(f"{ch.name.lower()}: link lost on fabric {name}: {why}")
+            self._warm_since[fab] = None
+            if ch is Channel.HEALTH:
+                self._run(self._health[fab].feed(ifa.Disconnected(ch)), fab)
+            elif fab == self._carrier:
+                other = self._spare()
+                if other is not None:
+                    self._switch(other, f"{ch.name.lower()} broke on fabric {name}: {why}")
+                else:
+                    self._run(self.session.feed(ifa.Disconnected(ch)))
             if self.failover is not None:
-                self.failover.link_lost(ch, why)
+                self.failover.link_lost(ch, why, name)
             if self._running:
-                self._want_reconnect(ch)
+                self._want_reconnect(fab, ch)
+
+    # ---- the carrier (two fabrics) ---------------------------------------------------------
+    def _spare(self) -> int | None:
+        """A fabric other than the carrier that traffic can move to now (every channel
+        connected on it), or None."""
+        for port in self._ports:
+            if port.index != self._carrier and port.warm():
+                return port.index
+        return None
+
+    def _switch(self, new: int, why: str) -> None:
+        """In the loop (or under the lock): every MAIN channel moves to fabric NEW. The
+        session gets a new link per channel there (its HELLO tells the peer, which follows,
+        and where to resume: the core sends again what the peer had not acknowledged). The
+        old carrier's MAIN channels are torn down and made again in the background."""
+        old = self._carrier
+        if new == old:
+            return
+        self._carrier = new
+        self.fabric_switches += 1
+        old_port, new_port = self._ports[old], self._ports[new]
+        for ch in MAIN:
+            link = old_port.links[ch]
+            if link.up:
+                link.up, link.lost = False, f"traffic moved to fabric {new_port.config.name}"
+            self._pending_lost = [p for p in self._pending_lost if p[:2] != (old, ch)]
+            self._held.pop(ch, None)  # frames of the old link: the peer sends them again
+            self._run(self.session.feed(ifa.Disconnected(ch)))
+            if self._running:
+                self._want_reconnect(old, ch)
+        for ch in MAIN:
+            link = new_port.links[ch]
+            if not link.up:
+                continue  # its reconnect feeds Connected when it is up (it carries now)
+            self._run(self.session.feed(ifa.Connected(ch)))
+            try:
+                self._kick(link)
+            except via.VipError as exc:
+                self._lose(new, ch, f"broke as traffic moved to it: {exc}")
+        text = (f"fabric switch: {old_port.config.name} -> {new_port.config.name}: {why}")
+        self._alarm(text)
+        if self.on_fabric_switch is not None:
+            try:
+                self.on_fabric_switch(old_port.config.name, new_port.config.name, why)
+            except Exception as exc:  # noqa: BLE001 - the application's hook
+                self._alarm(f"on_fabric_switch raised {type(exc).__name__}: {exc}")
+        if self._pending_lost:
+            self._feed_lost()
+
+    def _check_carrier(self, now: float, quiet: float) -> None:
+        """Nothing in on the carrier for QUIET s while another fabric was heard and is warm:
+        move there. Frames already completed are taken first (the loop may have been busy)."""
+        carrier = self._carrier
+        if now - self._heard_at[carrier] <= quiet:
+            return
+        for ch in CHANNELS:
+            self._reap(carrier, ch, True)
+        if self._pending_lost:
+            self._feed_lost()
+        if self._carrier != carrier or time.monotonic() - self._heard_at[carrier] <= quiet:
+            return
+        other = self._spare()
+        if other is None or now - self._heard_at[other] > quiet:
+            return  # nowhere better to go (both quiet: the failure detector's matter)
+        self._switch(other, f"nothing came in on fabric {self._ports[carrier].config.name} "
+                            f"for {(now - self._heard_at[carrier]) * 1000:.0f} ms")
+
+    def _maybe_failback(self, now: float) -> None:
+        """``fabric_failback = "back"``: traffic goes back to x once x has been warm and heard
+        for FAILBACK_STABLE_S; decided by the side whose name sorts first (the peer follows
+        its HELLO), so the two never pull apart."""
+        for port in self._ports:
+            if port.warm():
+                if self._warm_since[port.index] is None:
+                    self._warm_since[port.index] = now
+                    if port.index != self._carrier and self.fabric_switches:
+                        self._alarm(f"fabric {port.config.name}: warm again (a spare)")
+            else:
+                self._warm_since[port.index] = None
+        if (self.config.replication.fabric_failback != "back" or self._carrier == 0
+                or self.config.name > self.config.peer):
+            return
+        since = self._warm_since[0]
+        quiet = QUIET_INTERVALS * self.config.timeouts.heartbeat_interval / 1000
+        if since is not None and now - since >= FAILBACK_STABLE_S and \
+                now - self._heard_at[0] <= quiet:
+            self._switch(0, f"fabric {self._ports[0].config.name} is back (fabric_failback = "
+                            '"back")')
 
     # ---- runtime reconnect ------------------------------------------------------------------
-    # A channel lost after start is connected again by its own thread, as at start (the node
-    # whose config says active connects, the other listens), until it is back or the node
-    # closes; the loop goes on meanwhile (heart beats, the detector, local commits). The core
-    # re-sends on the new link what the peer lacks. The failover engine decides what the loss
-    # means (heart-beat silence on every fabric), not this thread.
+    # A channel lost after start (or torn down when traffic left its fabric, or never
+    # connected on the spare fabric) is connected again by its fabric's own thread, as at
+    # start (the node whose config says active connects, the other listens), until it is back
+    # or the node closes; the loop goes on meanwhile (heart beats, the detector, local
+    # commits). The core re-sends on the new link what the peer lacks. The failover engine
+    # decides what a loss means (heart-beat silence on every fabric), not this thread.
     RECONNECT_PAUSE_S = 0.5
 
-    def _want_reconnect(self, ch: Channel | None) -> None:
+    def _want_reconnect(self, fab: int, ch: Channel | None) -> None:
         if ch is not None:
-            self._reconnect.add(ch)
-        self._reconnect_wake.set()
-        if self._reconnector is None or not self._reconnector.is_alive():
-            self._reconnector = threading.Thread(
-                target=self._reconnect_loop, name=f"hsp-reconnect-{self.config.name}",
+            self._reconnect.add((fab, ch))
+        self._reconnect_wake[fab].set()
+        t = self._reconnectors.get(fab)
+        if t is None or not t.is_alive():
+            t = self._reconnectors[fab] = threading.Thread(
+                target=self._reconnect_loop, args=(fab,),
+                name=f"hsp-reconnect-{self.config.name}-{self.config.fabrics[fab].name}",
                 daemon=True)
-            self._reconnector.start()
+            t.start()
 
-    def _reconnect_loop(self) -> None:
-        """The reconnect thread: never ends before the node closes (an error it did not
+    def _reconnect_loop(self, fab: int) -> None:
+        """FAB's reconnect thread: never ends before the node closes (an error it did not
         expect is an alarm, and it goes on after a pause)."""
         while not self._stop:
             try:
-                self._reconnect_rounds()
+                self._reconnect_rounds(fab)
             except Exception as exc:  # noqa: BLE001 - the thread must outlive any one failure
                 with self._lock:
-                    self._alarm(f"reconnect: {type(exc).__name__}: {exc}; trying again")
+                    self._alarm(f"reconnect on fabric {self.config.fabrics[fab].name}: "
+                                f"{type(exc).__name__}: {exc}; trying again")
                 time.sleep(self.RECONNECT_PAUSE_S)
 
-    def _reconnect_rounds(self) -> None:
+    def _reconnect_rounds(self, fab: int) -> None:
         connects = self.config.role == "active"
-        fab = self._port.config
+        port = self._ports[fab]
+        cfg = port.config
+        wake = self._reconnect_wake[fab]
         while not self._stop:
             with self._lock:
-                todo = [ch for ch in CHANNELS if ch in self._reconnect]
+                todo = [ch for ch in CHANNELS if (fab, ch) in self._reconnect]
             if connects and not todo:
-                self._reconnect_wake.wait(1.0)
-                self._reconnect_wake.clear()
+                wake.wait(1.0)
+                wake.clear()
                 continue
             # the listener waits on every channel: a request for one we hold up means the
             # peer lost its side and made it again; ours goes too
             for ch in todo if connects else CHANNELS:
                 if self._stop:
                     return
-                link = self._port.links[ch]
-                local = via.NetAddress(fab.local, self._disc(ch))
+                link = port.links[ch]
+                local = via.NetAddress(cfg.local, self._disc(ch))
                 try:
                     if connects:
                         if link.up or via.VipQueryVi(link.vi)[0] is not via.ViState.IDLE:
-                            self._reset_link(ch)
+                            self._reset_link(fab, ch)
                         via.VipConnectRequest(link.vi, local,
-                                              via.NetAddress(fab.peer, self._disc(ch)),
+                                              via.NetAddress(cfg.peer, self._disc(ch)),
                                               RECONNECT_CONNECT_MS)
                     else:
-                        req = via.VipConnectWait(self._port.nic, local,
-                                                 50 if self._reconnect else 200)
+                        if ((fab, ch) in self._reconnect and not link.up and
+                                via.VipQueryVi(link.vi)[0] is via.ViState.CONNECTED):
+                            # left by traffic that moved away: torn down, so the peer sees
+                            # it and connects it again (no frame of the old link can come)
+                            self._reset_link(fab, ch)
+                        req = via.VipConnectWait(port.nic, local, 50 if todo else 200)
                         if link.up:
                             with self._lock:
-                                self._lose(ch, "the peer connected this channel again (its "
-                                               "side broke)")
+                                self._lose(fab, ch, "the peer connected this channel again "
+                                                    "(its side broke)")
                                 self._feed_lost()
-                        self._reset_link(ch)
+                        self._reset_link(fab, ch)
                         via.VipConnectAccept(req, link.vi)
                 except via.VipTimeout:
                     continue
                 except via.VipError as exc:
                     with self._lock:
-                        self._port.links[ch].lost = f"reconnecting: {exc}"
+                        link.lost = f"reconnecting: {exc}"
                     continue
-                self._rejoined(ch)
-            if connects and self._reconnect:
-                self._reconnect_wake.wait(self.RECONNECT_PAUSE_S)
-                self._reconnect_wake.clear()
+                self._rejoined(fab, ch)
+            if connects and todo:
+                wake.wait(self.RECONNECT_PAUSE_S)
+                wake.clear()
 
-    def _rejoined(self, ch: Channel) -> None:
-        """CH's new connection: feed Connected (our HELLO goes) and what came before it;
-        wait for the peer's HELLO (the loop takes it); no HELLO in HELLO_WAIT_S: made again."""
-        link = self._port.links[ch]
-        stream = self.session.streams[ch]
+    def _rejoined(self, fab: int, ch: Channel) -> None:
+        """CH's new connection on FAB. On a session's link (health, or the carrier): feed
+        Connected (our HELLO goes) and what came before it, and wait for the peer's HELLO
+        (the loop takes it); none in HELLO_WAIT_S: made again. On the spare fabric: warm,
+        nothing to wait for (a HELLO that came with it is the peer moving there: followed)."""
+        port = self._ports[fab]
+        link = port.links[ch]
+        name = port.config.name
         with self._lock:
             link.up, link.lost = True, ""
-            self._run(self.session.feed(ifa.Connected(ch)))
-            try:
-                self._kick(link)
-            except via.VipError as exc:  # broken as it came up: lost, made again
-                self._lose(ch, f"broke as it came up: {exc}")
-                self._feed_lost()
-                return
+            if self._on_session(fab, ch):
+                self._run(self._sess(fab, ch).feed(ifa.Connected(ch)), fab)
+                try:
+                    self._kick(link)
+                except via.VipError as exc:  # broken as it came up: lost, made again
+                    self._lose(fab, ch, f"broke as it came up: {exc}")
+                    self._feed_lost()
+                    return
             early, link.early = link.early, []
             for data in early:
-                self._take_frame(ch, data)
+                self._frame_in(fab, ch, data)
+            if not self._on_session(fab, ch):
+                self._reconnect.discard((fab, ch))
+                return
         end = time.monotonic() + HELLO_WAIT_S
         while not self._stop and time.monotonic() < end:
             with self._lock:
                 if not link.up:
                     return  # lost again: the loss put it back on the list
+                if not self._on_session(fab, ch):  # traffic left this fabric meanwhile
+                    return
+                stream = self._sess(fab, ch).streams[ch]
                 if stream.link is not None and stream.link.synced:
-                    self._reconnect.discard(ch)
+                    self._reconnect.discard((fab, ch))
                     self.reconnects += 1
-                    self._alarm(f"{ch.name.lower()}: reconnected on fabric "
-                                f"{self._port.config.name}")
+                    self._alarm(f"{ch.name.lower()}: reconnected on fabric {name}")
                     return
             time.sleep(0.01)
-        self._reset_link(ch)
+        self._reset_link(fab, ch)
 
     # ---- actions ----------------------------------------------------------------------------
-    def _run(self, actions: list) -> None:
-        """Carry out every action; an I/O failure becomes an event fed after the list."""
+    def _run(self, actions: list, fab: int | None = None) -> None:
+        """Carry out every action (of the session whose link is on fabric FAB; None: the
+        main session, on the carrier); an I/O failure becomes an event fed after the list."""
         for act in actions:
             kind = type(act)
             try:
                 if kind is ifa.Send:
-                    self._send(act)
+                    self._send(act, fab)
                 elif kind is ifa.Deliver:
-                    self._run(self.session.feed(self._apply(act)))
+                    f = self._carrier if fab is None else fab
+                    self._run(self._sess(f, act.channel).feed(self._apply(act, f)), fab)
                 elif kind is ifa.Progress:
                     with self._cv:
                         self._marks[act.channel] = (act.sent, act.received, act.applied)
@@ -1065,18 +1352,19 @@ class Node:
                     self._peer_restarted(act.channel)
                     return  # the rest of this list belongs to the old session
             except via.VipError as exc:
-                self._lose(act.channel, str(exc))
+                self._lose(self._carrier if fab is None else fab, act.channel, str(exc))
         if self._pending_lost:
             self._feed_lost()
 
-    def _send(self, act: ifa.Send) -> None:
-        link = self._port.links[act.channel]
+    def _send(self, act: ifa.Send, fab: int | None = None) -> None:
+        fab = self._carrier if fab is None else fab
+        link = self._ports[fab].links[act.channel]
         if self.before_send is not None:
             self.before_send(act)
         if not link.up:
             return  # the frame stays unacknowledged in the core and goes again on reconnect
         if not link.free:
-            self._reap(act.channel, False)
+            self._reap(fab, act.channel, False)
         if not link.free:
             # Credits bound what is in flight (window <= slots), so a send completion is on
             # its way: sleep on the send queue until it comes (GIL released, woken by the
@@ -1085,21 +1373,21 @@ class Node:
             try:
                 d = via.VipSendWait(link.vi, SEND_SLOT_WAIT_MS)
             except via.VipTimeout:
-                self._lose(act.channel, f"no send completion in {SEND_SLOT_WAIT_MS} ms")
+                self._lose(fab, act.channel, f"no send completion in {SEND_SLOT_WAIT_MS} ms")
                 return
             link.free.append(d.slot)
             if d.status & _STATUS_ERROR:
-                self._lose(act.channel, f"send completed in error "
+                self._lose(fab, act.channel, f"send completed in error "
                            f"({getattr(d, 'reason', '') or hex(d.status)})")
                 return
-            self._reap(act.channel, False)
+            self._reap(fab, act.channel, False)
         size = self._msg_size
         slot = link.free.pop()
         off = slot * size
         link.send_buf[off:off + len(act.data)] = act.data
         self._post_send(link, slot, len(act.data))
 
-    def _apply(self, act: ifa.Deliver):
+    def _apply(self, act: ifa.Deliver, fab: int = 0):
         ch = act.channel
         try:
             if ch == Channel.OAM:
@@ -1115,8 +1403,10 @@ class Node:
                 return ifa.Applied(ch, act.txid)
             if ch == Channel.HEALTH:
                 self.heartbeats["received"] += 1
+                now = time.monotonic()
+                self._hb_heard[fab] = now
                 if self.failover is not None:
-                    self.failover.heard(act.message, time.monotonic())
+                    self.failover.heard(act.message, now, self._ports[fab].config.name)
                 return ifa.Applied(ch, act.txid)
             kind, items = ifa.decode_tx(act.message, len(self._pmem), self._disk_sizes)
             if kind is ifa.TxKind.PMEM:
@@ -1175,7 +1465,7 @@ class Node:
                     "disk_last_applied": self.session.streams[Channel.DISK].local_applied}
 
     def _channel_status(self, ch: Channel) -> dict:
-        st = self.session.streams[ch].status()
+        st = self._sess(self._carrier, ch).streams[ch].status()
         link = self._port.links[ch] if self._port else None
         if link is None or not link.up:
             st["state"] = "error" if link is not None and link.lost else "connecting"
@@ -1183,10 +1473,20 @@ class Node:
                 st["error"] = link.lost
         return st
 
+    def _fabric_status(self, i: int, f, now: float) -> dict:
+        port = self._ports[i] if i < len(self._ports) else None
+        ups = [ln.up for ln in port.links.values()] if port else []
+        heard = self._hb_heard[i]
+        return {"name": f.name, "rdma_device": f.rdma_device,
+                "state": "up" if ups and all(ups) else ("connecting" if any(ups) else "down"),
+                "carrier": bool(port) and i == self._carrier,
+                "active": bool(port) and i == self._carrier,
+                "heard_ms_ago": None if heard is None else round((now - heard) * 1000, 1)}
+
     def status(self) -> dict:
         with self._lock:
             s = self.session.streams
-            port = self._port
+            now = time.monotonic()
             pm = s[Channel.PMEM]
             dk = s[Channel.DISK]
             return {
@@ -1195,11 +1495,10 @@ class Node:
                 # the contract's "config" is the replicated configuration's state (below)
                 "config_file": str(self.config.source) if self.config.source else None,
                 "uptime_s": round(time.monotonic() - self._started, 3),
-                "fabrics": [{"name": f.name, "rdma_device": f.rdma_device,
-                             "state": ("up" if port and port.config is f and
-                                       any(ln.up for ln in port.links.values()) else "down"),
-                             "active": bool(port and port.config is f)}
-                            for f in self.config.fabrics],
+                "fabrics": [self._fabric_status(i, f, now)
+                            for i, f in enumerate(self.config.fabrics)],
+                "fabric_switches": self.fabric_switches,
+                "stale_frames": self.stale_frames,
                 "channels": {ch.name.lower(): self._channel_status(ch) for ch in CHANNELS},
                 "pmem": {"size": len(self._pmem),
                          "in_flight": pm.next_txid - 1 - pm.received_txid,

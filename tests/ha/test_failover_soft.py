@@ -131,7 +131,7 @@ def test_a_returning_old_active_is_refused_and_stops_serving(tmp_path, monkeypat
     closing.extend((b, a))
     wait_until(lambda: b.status()["heartbeats"]["received"] >= 3)
     real = a.send_heartbeat
-    a.send_heartbeat = lambda now: None  # silent, alive
+    a.send_heartbeat = lambda now, fabric=None: None  # silent, alive
     wait_until(lambda: b.failover.serving, timeout=10)
     assert b.status()["failover"]["epoch"] == 3
     a.send_heartbeat = real  # a "resumes"
@@ -217,10 +217,10 @@ def test_a_peer_slow_to_send_its_first_heart_beat_is_not_suspected(tmp_path, mon
     refused its first commits)."""
     real, t0 = Node.send_heartbeat, time.monotonic()
 
-    def late(self: Node, now: float) -> None:
+    def late(self: Node, now: float, fabric: str | None = None) -> None:
         if self.config.name == "b" and time.monotonic() - t0 < 1.2:
             return
-        real(self, now)
+        real(self, now, fabric)
 
     monkeypatch.setattr(Node, "send_heartbeat", late)
     nodes = start_pair(tmp_path, monkeypatch, fence=True)

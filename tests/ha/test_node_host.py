@@ -104,5 +104,6 @@ def test_status_has_the_contract_shape_and_is_served(node: Node, tmp_path: Path)
     assert set(st["disks"]["data"]) >= {"path", "size", "writes", "bytes", "in_flight",
                                         "last_applied"}
     assert st["fabrics"] == [{"name": "x", "rdma_device": "rxe0", "state": "down",
-                              "active": False}]
+                              "carrier": False, "active": False, "heard_ms_ago": None}]
+    assert st["fabric_switches"] == 0
     assert control_request(tmp_path / "control.sock", "digest")["pmem"] == crc32c(bytes(1 << 16))
