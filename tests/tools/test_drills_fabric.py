@@ -248,9 +248,16 @@ def test_the_traffic_stop_is_the_longest_gap_from_the_last_ack_before_each_pull(
     # acks of two nodes in the stretch (a failover): the driver's clock
     two = [("a" if t < _ms(1100) else "b", n_t) for (_, n_t), t in zip(own, acks, strict=True)]
     assert traffic_stops(acks, timeline, moves, two)[0]["clock"] == "driver"
-    # a gap that began after the plug is not the pull's
+    # a gap that began after the plug is not the pull's, nor a hiccup 1.5 s after the pull
+    # (runner.STOP_BEGINS_S);
+    # a stop that began at the pull counts whole, however long
     late = acks[:-100] + [_ms(2600)]
     assert traffic_stops(late, timeline)[0]["stop_ms"] == 179.0
+    later = [*timeline[:4], (4.0, _step("plug"))]
+    hiccup = [a for a in acks if not _ms(2500) < a < _ms(2900)]
+    assert traffic_stops(hiccup, later)[0]["stop_ms"] == 179.0
+    long = [a for a in acks if not _ms(1000) < a < _ms(2500)]
+    assert traffic_stops(long, timeline)[0]["stop_ms"] == 1505.0
     # no ack after the pull: it never came back
     (gone,) = traffic_stops([_ms(t) for t in range(0, 1000, 5)], timeline)
     assert gone["stop_ms"] is None and gone["resumed"] is False

@@ -311,55 +311,66 @@ def _pulls(timeline: list[tuple[float, Any]]) -> list[tuple[float, float | None,
     return [(t, end, steps) for t, end, steps in groups]
 
 
+# A pull stops the traffic at once (a commit waits for the peer): the stop it causes begins
+# within this of the pull (the fault's own call, acks on their way); a longer time between
+# acks that begins later is not the pull's (a hiccup of a busy host) and is not counted.
+STOP_BEGINS_S = 1.0
+
+
+def _longest_stop(times: list[float], t: float, end: float | None) -> float | None:
+    """The longest time between consecutive TIMES (sorted, s) from the last at or before T
+    on, among the gaps that begin before END; None: nothing before T or after it."""
+    k = bisect_right(times, t) - 1
+    if k < 0:
+        return None
+    gaps = [b - a for a, b in pairwise(times[k:]) if end is None or a < end]
+    return max(gaps) if gaps else None
+
+
 def traffic_stops(ack_times_ns: list[int], timeline: list[tuple[float, Any]],
                   moves: list[tuple[str, dict]] = (),
                   own: list[tuple[str, float | None]] | None = None) -> tuple[dict, ...]:
     """Around each pull (one or several pulls with no other step between them): how long
-    the traffic stopped. ``stop_ms``: the longest time between two consecutive acks, from the
-    last ack the driver had before the pull to the first after, over the gaps that begin
-    before the next step (the plug); so acks still on their way at the pull do not hide the
-    stop that follows, and a stop that began before the plug counts whole. None (``resumed``
-    false) when no ack came after it.
+    the traffic stopped. ``stop_ms``: from the last ack before the pull to the first after
+    it, i.e. the longest time between two consecutive acks from the last before the pull on,
+    among those that begin within STOP_BEGINS_S of the pull and before the next step (the
+    plug): acks still on their way at the pull do not hide the stop that follows, a stop
+    counts whole however long, and a hiccup seconds later is not the pull's. None
+    (``resumed`` false) when no ack came after it.
 
     ``clock`` says whose clock measured it: "driver" (each ack as the driver got it:
     ACK_TIMES_NS), or "node a" when OWN (parallel to ACK_TIMES_NS: the acknowledging node and
-    its own clock's time of each ack, s; the lab's acks reach the driver in batches through
-    the guest's command channel) gives every ack of that stretch from one node: the active's
-    own times, free of the channel's delays. ``at_s``: the pull, seconds after the first ack
-    (driver's clock); ``switches``: the carrier moves the nodes told in that window."""
-    order = sorted(range(len(ack_times_ns)), key=lambda i: ack_times_ns[i])
-    times = [ack_times_ns[i] for i in order]
+    its own clock's time of each ack, s) has the times of every ack that reached the driver
+    from the pull to the next step, all from that one node: the lab's acks reach the driver
+    in batches through the guest's command channel, the node's own times are free of that.
+    The pull is put on the node's clock by the smallest difference seen between the two
+    (an ack's arrival less its own time: the clocks' offset plus the channel's least delay).
+    ``at_s``: the pull, seconds after the first ack (driver's clock); ``switches``: the
+    carrier moves the nodes told from the pull to the next step."""
+    times = sorted(t / 1e9 for t in ack_times_ns)
     out = []
-    first = times[0] if times else None
     for t_s, end_s, steps in _pulls(timeline):
-        t_ns = int(t_s * 1e9)
-        end_ns = None if end_s is None else int(end_s * 1e9)
-        last_before = bisect_right(times, t_ns) - 1
-        stop, clock = None, "driver"
-        if last_before >= 0:
-            # the acks of the stretch: the last before the pull up to the first that came
-            # after the window's end (it closes the last gap that began inside)
-            upto = len(times) if end_ns is None else min(len(times),
-                                                         bisect_right(times, end_ns) + 1)
-            span = order[last_before:upto]
-            gaps = [b - a for a, b in pairwise(times[last_before:upto])
-                    if end_ns is None or a < end_ns]
-            if gaps:
-                stop = round(max(gaps) / 1e6, 1)
-            mine = [own[i] for i in span] if own is not None else []
-            if (len(mine) > 1 and len({n for n, _ in mine}) == 1
-                    and all(t is not None for _, t in mine)):
-                node_t = sorted(t for _, t in mine)  # type: ignore[type-var]
-                stop = round(max(b - a for a, b in pairwise(node_t)) * 1000, 1)
-                clock = f"node {mine[0][0]}"
+        until = t_s + STOP_BEGINS_S if end_s is None else min(end_s, t_s + STOP_BEGINS_S)
+        stop, clock = _longest_stop(times, t_s, until), "driver"
+        if own is not None:
+            after = [own[i] for i, t in enumerate(ack_times_ns)
+                     if t / 1e9 > t_s and (end_s is None or t / 1e9 < end_s)]
+            nodes = {n for n, _ in after}
+            if after and len(nodes) == 1 and all(o is not None for _, o in after):
+                node = nodes.pop()
+                mine = [(t / 1e9, o) for t, (n, o) in zip(ack_times_ns, own, strict=True)
+                        if n == node and o is not None]
+                offset = min(arrived - o for arrived, o in mine)
+                stop = _longest_stop(sorted(o for _, o in mine), t_s - offset, until - offset)
+                clock = f"node {node}"
         told = [f"{n}: {e.get('from')} -> {e.get('to')}" + (f" ({e['why']})" if e.get("why")
                                                              else "")
                 for n, e in moves if e.get("t", 0.0) >= t_s
                 and (end_s is None or e.get("t", 0.0) < end_s)]
         out.append({"pull": ", ".join(f"{s.fabric} on {s.node}" for s in steps),
-                    "at_s": None if first is None else round(t_s - first / 1e9, 3),
-                    "stop_ms": stop, "resumed": stop is not None, "clock": clock,
-                    "switches": told})
+                    "at_s": round(t_s - times[0], 3) if times else None,
+                    "stop_ms": None if stop is None else round(stop * 1000, 1),
+                    "resumed": stop is not None, "clock": clock, "switches": told})
     return tuple(out)
 
 
