@@ -70,6 +70,13 @@ if MAX_QUEUE_DEPTH + CTL_SLOTS + 1 > via.QUEUE_DEPTH:
     raise ImportError("profiles.MAX_QUEUE_DEPTH exceeds what a VI's send queue can hold")
 Clock = Callable[[], float]
 DOORBELL = object()  # what _receive returns for the marker's doorbell, when asked
+# Two fabrics (x, y): how long one fabric is tried before the next, the listener's look at
+# each fabric's listener in turn, and the resting link's keep-alive (a zero-length send; a
+# link silent for KEEPALIVE_DEAD sends is lost, and connected again on a fabric that answers).
+FABRIC_ATTEMPT_S = 5.0
+LISTEN_SLICE_S = 0.25
+KEEPALIVE_S = 0.5
+KEEPALIVE_DEAD = 6
 
 
 class SwitchoverError(HspError):
@@ -80,6 +87,22 @@ class PeerLeft(SwitchoverError):
     """The peer ended the pair with a Goodbye (it can never switch over with this node as
     the two are configured), or the link is gone while no GSO is in progress: nothing can
     reach this node any more. The message says why."""
+
+
+@dataclass(frozen=True)
+class FabricLink:
+    """One fabric the GSO's VI may run on: its name (x, y), this node's rdma device on it, this
+    node's IPv4 there and the peer's (None on the listening side)."""
+
+    name: str
+    device: str
+    local: str
+    peer: str | None = None
+
+
+# What one fabric's NIC holds for the engine (the same buffers, registered on each NIC).
+_PORT_FIELDS = ("nic", "ptag", "vi", "image_handle", "marker_handle", "src_marker_handle",
+                "ctl_handle")
 
 
 # A node in one of these states has no GSO in progress (no timer, nothing frozen).
@@ -309,6 +332,11 @@ class Engine:
     discriminator: bytes = DISCRIMINATOR  # the GSO listener's (several pairs on one address)
     hello_wait_s: float = HELLO_WAIT_S  # a new connection without the peer's Hello: again
     on_connect_failed: Callable[[str], None] = lambda why: None  # an attempt failed (retried)
+    fabric: str = "x"  # the fabric the VI (nic, vi, handles) is on
+    _ports: dict = field(default_factory=dict)  # name -> {field: value} of every fabric's NIC
+    keepalive_s: float = 0.0  # resting and connected: a zero-length send this often (0: none)
+    _last_heard: float = 0.0  # the last receive completion (any message, a kick included)
+    _last_sent: float = 0.0
 
     # ---- set-up --------------------------------------------------------------------
     @classmethod
@@ -467,6 +495,7 @@ class Engine:
             else:
                 self._inbox.append(msg)
         self._peer_role(self.peer.hello)
+        self._last_heard = self._last_sent = self.clock()
         return self.peer.hello
 
     def _peer_role(self, hello: Hello) -> None:
@@ -542,6 +571,155 @@ class Engine:
         # the flushed ones, and any a receive could not post again as the VI failed
         for slot in sorted(set(range(CTL_SLOTS)) - set(self._recv_slots)):
             self._post_recv(slot)
+
+    # ---- two fabrics: the VI on one of them ----------------------------------------------
+    def add_fabric(self, name: str, device: str) -> None:
+        """Open DEVICE as fabric NAME: its NIC, the same buffers registered there and a VI of
+        its own, so the GSO's link can move to it (``use_fabric``) while the image, the
+        machine and its epochs stay. The fabric opened by ``open`` is ``self.fabric``."""
+        if not self._ports:
+            self._ports[self.fabric] = {f: getattr(self, f) for f in _PORT_FIELDS}
+        if name in self._ports:
+            raise ConfigError(f"fabric {name} is already open for the GSO: each fabric once")
+        nic = via.VipOpenNic(device)
+        try:
+            ptag = via.VipCreatePtag(nic)
+            rw = via.MemAttributes(ptag=ptag, enable_rdma_write=True)
+            local = via.MemAttributes(ptag=ptag)
+            port = {"nic": nic, "ptag": ptag,
+                    "image_handle": via.VipRegisterMem(nic, self.image.buf, rw),
+                    "marker_handle": via.VipRegisterMem(nic, self.marker_buf, rw),
+                    "src_marker_handle": via.VipRegisterMem(nic, self.src_marker, local),
+                    "ctl_handle": via.VipRegisterMem(nic, self.ctl_buf, local),
+                    "vi": via.VipCreateVi(nic, via.ViAttributes(
+                        ptag=ptag, enable_rdma_write=True,
+                        enable_rdma_read=self.profile.rdma_read))}
+        except BaseException:
+            via.VipCloseNic(nic)
+            raise
+        self._ports[name] = port
+
+    @property
+    def fabrics(self) -> list[str]:
+        """The fabrics open for the GSO's link, the current one among them."""
+        return list(self._ports) or [self.fabric]
+
+    def use_fabric(self, name: str) -> None:
+        """Move the GSO's link to fabric NAME: the current connection, if any, is dropped
+        (disconnected, its completions taken); the next ``connect`` runs on NAME. Only while
+        no GSO is in progress (a GSO's writes and marker must travel on one VI)."""
+        if name == self.fabric:
+            return
+        if name not in self._ports:
+            raise ConfigError(f"fabric {name} is not open for the GSO (open: "
+                              f"{', '.join(self.fabrics)}): add_fabric it first")
+        if self.machine.state not in RESTING:
+            raise SwitchoverError(f"a GSO is in progress ({self.machine.state.value}) on "
+                                  f"fabric {self.fabric}: its link cannot move to {name}")
+        self._drop_connection()
+        self._ports[self.fabric] = {f: getattr(self, f) for f in _PORT_FIELDS}
+        for f, v in self._ports[name].items():
+            setattr(self, f, v)
+        self.fabric = name
+
+    def _drop_connection(self) -> None:
+        """The current VI disconnected and IDLE, its flushed completions taken, nothing of
+        that connection left; no receive is posted again (connect posts them)."""
+        try:
+            via.VipDisconnect(self.vi)
+        except via.VipError:
+            pass
+        try:
+            while via.VipRecvDone(self.vi) is not None:
+                pass
+            while via.VipSendDone(self.vi) is not None:
+                pass
+        except via.VipError:
+            pass
+        self._recv_slots.clear()
+        self._posted.clear()
+        self._inbox.clear()
+        self.peer.hello = None
+        self.link_error, self._lost_fed = "", False
+
+    def connect_fabrics(self, links: list[FabricLink], timeout_s: float = CONNECT_TIMEOUT_S,
+                        attempt_s: float = FABRIC_ATTEMPT_S) -> Hello:
+        """Connect on the first of LINKS that comes up, in their order (x first): the
+        connector (links with a peer) tries each for ATTEMPT_S in turn; the listener listens
+        on every one and takes the first connection, on whichever fabric. Until TIMEOUT_S;
+        ``self.fabric`` then names the fabric the link is on. One link: ``connect``."""
+        if not links:
+            raise ConfigError("no fabric to connect the GSO's link on")
+        if self.peer.hello is not None or self.link_error:
+            self._drop_connection()  # a link that was up before: connected anew
+        if len(links) == 1:
+            self.use_fabric(links[0].name)
+            return self.connect(links[0].local, links[0].peer, timeout_s)
+        deadline = self.clock() + timeout_s
+        failed: list[str] = []
+        while (left := deadline - self.clock()) > 0:
+            if links[0].peer is None:
+                hello = self._accept_fabrics(links, deadline)
+                if hello is not None:
+                    return hello
+                continue
+            for link in links:
+                left = deadline - self.clock()
+                if left <= 0:
+                    break
+                self.use_fabric(link.name)
+                try:
+                    return self.connect(link.local, link.peer, min(attempt_s, left))
+                except PeerLeft:
+                    raise
+                except SwitchoverError as exc:
+                    failed.append(f"fabric {link.name}: {exc}")
+                    self.on_connect_failed(f"fabric {link.name}: {exc}")
+        who = ("no peer connected on any fabric" if links[0].peer is None
+               else "cannot connect to the peer on any fabric")
+        raise SwitchoverError(f"{who} ({', '.join(ln.name for ln in links)}) within "
+                              f"{timeout_s:.0f} s" + (f"; last: {failed[-1]}" if failed else ""))
+
+    def _accept_fabrics(self, links: list[FabricLink], deadline: float) -> Hello | None:
+        """The listener on every fabric of LINKS, each looked at for LISTEN_SLICE_S in turn
+        (a request waits in its listener meanwhile); the first connection that brings the
+        peer's Hello wins and the link is on its fabric. None at the deadline."""
+        for link in links:
+            if (left := deadline - self.clock()) <= 0:
+                return None
+            nic = self.nic if link.name == self.fabric else self._ports[link.name]["nic"]
+            local = via.NetAddress(link.local, self.discriminator)
+            try:
+                req = via.VipConnectWait(nic, local, max(1, int(min(left, LISTEN_SLICE_S)
+                                                                * 1000)))
+            except via.VipTimeout:
+                continue
+            except via.VipError as exc:
+                cause = exc.__cause__
+                if errno.EADDRINUSE in (exc.errno, getattr(cause, "errno", None)):
+                    raise SwitchoverError(
+                        f"cannot listen at {local.host} (fabric {link.name}): {exc}; another "
+                        "GSO listener holds the port on this node: stop it") from exc
+                self.on_connect_failed(f"fabric {link.name}: listening: {exc}")
+                time.sleep(min(LISTEN_SLICE_S, max(0.0, deadline - self.clock())))
+                continue
+            self.use_fabric(link.name)
+            if not self._recv_slots:
+                for slot in range(CTL_SLOTS):
+                    self._post_recv(slot)
+            try:
+                via.VipConnectAccept(req, self.vi)
+                return self._up("the peer", self.hello_wait_s)
+            except PERMANENT:
+                raise
+            except (via.VipError, _ConnectFailed) as exc:
+                self.on_connect_failed(f"fabric {link.name}: {exc}")
+                self._reset_link()
+        return None
+
+    def silent_s(self) -> float:
+        """Seconds since the peer was last heard on the link (any message, a kick too)."""
+        return self.clock() - self._last_heard
 
     # ---- the send queue: posted in order, reaped as completions come --------------------
     def _post_send(self, desc, what: str, epoch: int = 0) -> None:
@@ -669,6 +847,8 @@ class Engine:
                 self._lose_link(f"control receive: {exc}")
                 return None
             slot = self._recv_slots.popleft()
+            if not d.status & via.VIP_STATUS_ERROR_MASK:
+                self._last_heard = self.clock()
             if d.status & via.VIP_STATUS_ERROR_MASK:
                 self._lose_link(f"control receive failed with status 0x{d.status:x}: the peer "
                                 "is gone or the link is down")
@@ -1098,6 +1278,8 @@ class Engine:
             if resting and not self.link_up:
                 raise PeerLeft(f"the link to the peer is gone ({self.link_error}) and no GSO "
                                "is in progress: nothing can reach this node any more")
+            if self.keepalive_s:
+                self._keep_alive(resting)
             while self._inbox:
                 self._feed(self._inbox.popleft())
             digested = self._digested()
@@ -1129,6 +1311,29 @@ class Engine:
                     msg = None
             self._feed(msg if msg is not None else gso.Tick())
 
+    def _keep_alive(self, resting: bool) -> None:
+        """Resting and connected: a zero-length send every keepalive_s (the peer takes it as
+        a no-op), and a link on which the peer was silent for KEEPALIVE_DEAD of them is lost
+        (a pulled cable shows on an idle RC link only when something is sent, late on
+        iWARP). During a GSO the machine's timers judge the silence instead."""
+        now = self.clock()
+        if not resting:
+            self._last_heard = now  # (a GSO's silences are its timers' business)
+            return
+        if not self.link_up:
+            return
+        if now - self._last_heard >= self.keepalive_s * KEEPALIVE_DEAD:
+            self._lose_link(f"nothing heard from the peer on fabric {self.fabric} in "
+                            f"{now - self._last_heard:.1f} s (keep-alive every "
+                            f"{self.keepalive_s:g} s)")
+            return
+        if now - self._last_sent >= self.keepalive_s:
+            self._last_sent = now
+            try:
+                self._kick()
+            except (SwitchoverError, via.VipError) as exc:
+                self._lose_link(f"keep-alive on fabric {self.fabric}: {exc}")
+
     def close(self, drain_s: float = 2.0) -> None:
         """Let what is posted go out (a last "done" or "abort" must reach the peer), then
         disconnect and free everything."""
@@ -1145,6 +1350,12 @@ class Engine:
                 except via.VipError:
                     pass
         finally:
+            for name, port in self._ports.items():
+                if name != self.fabric:
+                    try:
+                        via.VipCloseNic(port["nic"])
+                    except via.VipError:
+                        pass
             via.VipCloseNic(self.nic)
             self.image.close()
             for b in (self.marker_buf, self.src_marker, self.ctl_buf):

@@ -5,7 +5,8 @@ scenario's ledger workload on it (``tools/drills/app.py``) and sends each acknow
 transfer's id to the driver (``ACK_ADDR`` = host:port, one TCP connection, ``ack N`` lines).
 
 Prints JSON events on stdout, one per line, each with ``t`` (this host's monotonic clock):
-``started`` (pid, role, epoch), ``serving`` (the workload runs; epoch), ``failover`` events
+``started`` (pid, role, epoch), ``fabric`` (phase switched, from, to, why: Interface A's
+carrier moved), ``serving`` (the workload runs; epoch), ``failover`` events
 (suspected, fencing, fence_result, persisted, active, stopped, alarm, refused) as the engine
 notes them, ``final`` when the driver asked it to stop (``DIR/stop`` exists): its status, and
 P.mem dumped to ``DIR/pmem-<node>.bin`` and the journal disk to ``DIR/journal-<node>.final``
@@ -43,7 +44,14 @@ from hsp_rdma.ha.failover_engine import FailoverEngine
 from hsp_rdma.ha.fence import FenceAgent
 from hsp_rdma.ha.gso_node import DIGESTS
 from hsp_rdma.ha.node import Node, NodeError
-from hsp_rdma.ha.switchover import Application, Engine, PeerLeft, SwitchoverError
+from hsp_rdma.ha.switchover import (
+    KEEPALIVE_S,
+    Application,
+    Engine,
+    FabricLink,
+    PeerLeft,
+    SwitchoverError,
+)
 from hsp_rdma.tools.drills import app
 from hsp_rdma.tools.drills.scenario import load_scenario
 
@@ -125,10 +133,18 @@ def switched_over(engine: FailoverEngine, active: bool) -> None:
 
 
 class GsoSide:
-    """This node's Interface B: a GSO engine (``ha/switchover.py``) on a VI of its own over
-    fabric x's NIC (its own discriminator, ``gso:<a>-<b>``), run by a thread of its own. The
-    active connects, the standby listens and waits for a switch-over; ``request`` (the drill
-    command ``gso``) makes the active start one.
+    """This node's Interface B: a GSO engine (``ha/switchover.py``) on a VI of its own (its own
+    discriminator, ``gso:<a>-<b>``), run by a thread of its own. The node configured active
+    connects, the other listens and waits for a switch-over; ``request`` (the drill command
+    ``gso``) makes the serving node start one.
+
+    Fabrics: the engine opens every configured fabric's NIC (x, y). The link comes up on x,
+    or on y when x does not answer (the listener listens on both). When it breaks while no
+    GSO runs (a VI error, or the peer silent for a few keep-alives: a pulled cable shows on
+    an idle link only so), it connects again on whichever fabric answers, x tried first. A
+    GSO runs on the fabric the link is on; a fabric lost under the copy aborts that GSO (the
+    active thaws and serves), and the link then comes up again on the other fabric for the
+    next one. A ``gso`` request waits for a link that was heard from lately.
 
     The image is this node's P.mem, the state Interface A protects: at the freeze (the
     engine's StopApplication) the ledger workload is stopped at its gate (a transfer in
@@ -162,7 +178,9 @@ class GsoSide:
         self.position, self.serving = position, serving
         cfg = node.config
         fab = cfg.fabrics[0]
-        self.fabric = fab
+        connector = cfg.role == "active"
+        self.links = [FabricLink(f.name, f.rdma_device, f.local, f.peer if connector else None)
+                      for f in cfg.fabrics]
         profile = pick_profile(fab.rdma_device, load_profiles())
         fence = None
         if cfg.fence is not None:
@@ -179,6 +197,11 @@ class GsoSide:
                                                resume_standby=self._resume_standby),
                                fence=fence, peer_name=cfg.peer,
                                state_dir=str(Path(cfg.state_dir) / "gso"))
+        self.eng.fabric = fab.name
+        for other in cfg.fabrics[1:]:
+            self.eng.add_fabric(other.name, other.rdma_device)
+        if len(cfg.fabrics) > 1:
+            self.eng.keepalive_s = KEEPALIVE_S
         a, b = sorted((cfg.name, cfg.peer))
         self.eng.discriminator = f"gso:{a}-{b}".encode()[:48]
         self.eng.digest_algo = DIGESTS[profile.digest]
@@ -200,10 +223,15 @@ class GsoSide:
     def request(self, copy_s: float) -> str:
         """Start a GSO to the peer (this node must serve); what was started. ValueError or
         HspError saying why not."""
-        if not self.connected.wait(GSO_ANSWER_S):
-            why = self.ended or "still connecting"
-            raise SwitchoverError(f"the GSO's VI is not connected ({why}): no switch-over "
-                                  "can start")
+        deadline = time.monotonic() + GSO_ANSWER_S
+        while not (self.connected.is_set() and self._fresh()):
+            if self.ended or time.monotonic() >= deadline:
+                why = self.ended or ("still connecting" if not self.connected.is_set() else
+                                     f"nothing heard on fabric {self.eng.fabric} for "
+                                     f"{self.eng.silent_s():.1f} s")
+                raise SwitchoverError(f"the GSO's VI is not connected ({why}): no "
+                                      "switch-over can start")
+            time.sleep(0.05)
         if not self.fo.serving:
             raise GsoRefused("GSO refused: this node does not serve; ask the active node")
         box: list = []
@@ -218,6 +246,10 @@ class GsoSide:
             raise GsoRefused(detail)
         return detail
 
+    def _fresh(self) -> bool:
+        """The link was heard from lately (keep-alives; always, with one fabric)."""
+        return not self.eng.keepalive_s or self.eng.silent_s() <= 2 * self.eng.keepalive_s
+
     def suspected(self) -> None:
         """The failure detector suspects the peer: AllFabricsLost for the GSO machine."""
         with self._cv:
@@ -225,33 +257,46 @@ class GsoSide:
 
     # ---- the engine's thread ----------------------------------------------------------------
     def _run(self) -> None:
-        eng, fab = self.eng, self.fabric
+        eng = self.eng
         try:
-            hello = eng.connect(fab.local, fab.peer if self.node.config.role == "active"
-                                else None, GSO_CONNECT_S)
-            emit("gso", phase="connected", serving=eng.machine.serving,
-                 peer_region=hello.region_size, epoch=eng.machine.epoch,
-                 chunk=eng.chunk_size, depth=eng.queue_depth)
-            self.connected.set()
             while not self.stop.is_set():
-                self._take_requests()
-                with self._cv:
-                    suspected, self._suspected = self._suspected, False
-                if suspected:
-                    eng.peer_lost()
-                self._flush_reports()  # (a GSO the suspicion ended)
-                eng.serve(until=lambda: self.stop.is_set() or self._requests
-                          or self._suspected or len(eng.reports) > self._reported)
-                self._flush_reports()
+                hello = eng.connect_fabrics(self.links, GSO_CONNECT_S)
+                emit("gso", phase="connected", serving=eng.machine.serving,
+                     peer_region=hello.region_size, epoch=eng.machine.epoch,
+                     chunk=eng.chunk_size, depth=eng.queue_depth, fabric=eng.fabric)
+                self.connected.set()
+                try:
+                    self._serve()
+                except PeerLeft as exc:
+                    self.connected.clear()
+                    self._flush_reports()
+                    emit("gso", phase="link_gone", reason=str(exc), fabric=eng.fabric,
+                         serving=eng.machine.serving)
+                    if eng.peer_goodbye is not None:
+                        raise  # the peer ended the pair: never again
         except PeerLeft as exc:
-            self._flush_reports()
             self.ended = str(exc)
-            emit("gso", phase="link_gone", reason=str(exc), serving=eng.machine.serving)
         except HspError as exc:
             self.ended = str(exc)
             emit("gso", phase="error", reason=str(exc), state=eng.machine.state.value)
         finally:
+            self.connected.clear()
             self._refuse_waiting()
+
+    def _serve(self) -> None:
+        """The connected link until the stop (PeerLeft when it is gone)."""
+        eng = self.eng
+        while not self.stop.is_set():
+            if self._fresh():
+                self._take_requests()
+            with self._cv:
+                suspected, self._suspected = self._suspected, False
+            if suspected:
+                eng.peer_lost()
+            self._flush_reports()  # (a GSO the suspicion ended)
+            eng.serve(until=lambda: self.stop.is_set() or (self._requests and self._fresh())
+                      or self._suspected or len(eng.reports) > self._reported)
+            self._flush_reports()
 
     def _take_requests(self) -> None:
         with self._cv:
@@ -265,7 +310,7 @@ class GsoSide:
                 ok, detail = True, (f"GSO epoch {eng.machine.epoch} started ({length} B image"
                                     + (f", copy paced to {copy_s:g} s" if copy_s else "") + ")")
                 emit("gso", phase="requested", epoch=eng.machine.epoch, image_bytes=length,
-                     copy_s=copy_s)
+                     copy_s=copy_s, fabric=eng.fabric)
             except (GsoRefused, SwitchoverError) as exc:
                 ok, detail = False, str(exc)
             with self._cv:
@@ -292,6 +337,7 @@ class GsoSide:
         reason = rep.reason or (f"LINK_LOST: {self.eng.link_error}" if self.eng.link_error
                                 else "")
         emit("gso", phase="done", epoch=rep.epoch, outcome=rep.outcome, role=rep.role,
+             fabric=self.eng.fabric,
              reason=reason, image_bytes=rep.image_bytes, writes=rep.writes,
              blackout_ms=round(rep.blackout_s * 1000, 1),
              copy_ms=None if copy_ms is None else round(copy_ms, 1),
@@ -321,7 +367,7 @@ class GsoSide:
         return json.dumps({"from": self.node.config.name, **pos}).encode()
 
     def _copy_started(self, epoch: int, length: int) -> None:
-        emit("gso", phase="copy_started", epoch=epoch, image_bytes=length,
+        emit("gso", phase="copy_started", epoch=epoch, image_bytes=length, fabric=self.eng.fabric,
              paced_Bps=round(self.eng.copy_rate_Bps))
 
     def _handing_over(self, value: int) -> None:
@@ -473,6 +519,10 @@ def main(argv: list[str]) -> int:
                         gso_side.suspected()
             time.sleep(0.01)
 
+    if hasattr(node, "on_fabric_switch"):  # Interface A's carrier moved (two fabrics)
+        node.on_fabric_switch = lambda old, new, why: emit("fabric", phase="switched",
+                                                           **{"from": old, "to": new,
+                                                              "why": why})
     gate = app.Gate()  # where a GSO freezes the workload
     position: dict = {}  # the workload's, for the GSO's blob and events
     gso_side: GsoSide | None = None
@@ -563,6 +613,8 @@ def main(argv: list[str]) -> int:
     emit("final", status=st, acked=acked[0], workload_error=workload_error,
          gso=None if gso_side is None else {"state": gso_side.eng.machine.state.value,
                                             "epoch": gso_side.eng.machine.epoch,
+                                            "fabric": gso_side.eng.fabric,
+                                            "connected": gso_side.connected.is_set(),
                                             "frozen": gate.frozen, "freezes": gate.freezes})
     if gso_side is not None:
         gso_side.close()

@@ -1,0 +1,105 @@
+"""The GSO's link on two fabrics (x, y) over the soft provider, on this host: it connects on
+x, or on y when x is down; a link that breaks while no GSO runs connects again on a fabric
+that answers; a GSO runs on whichever fabric the link is on. Fabric x of node N is NIC soft:N,
+fabric y soft:Ny; a pulled cable is the soft provider's link emulation (a file N.down).
+
+Two pairs per process at most: a third pair of engines in the same process saw its marker
+write land nowhere (the soft provider's same-host shared-memory grants, keyed by address,
+meet a closed earlier buffer at the same address), which is the soft provider's, not this."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from pair_helpers import in_thread
+
+from hsp_rdma.core import gso
+from hsp_rdma.core.profiles import load_profiles, pick_profile
+from hsp_rdma.ha.switchover import Engine, FabricLink, PeerLeft
+from hsp_rdma.via.providers import soft
+
+IPS = {("a", "x"): "127.0.0.1", ("b", "x"): "127.0.0.2",
+       ("a", "y"): "127.0.0.3", ("b", "y"): "127.0.0.4"}
+
+
+@pytest.fixture(autouse=True)
+def _own_ports_and_links(monkeypatch, tmp_path):
+    monkeypatch.setattr(soft, "PORT_BASE", soft.random_port_base())
+    monkeypatch.setenv(soft.LINKS_DIR_ENV, str(tmp_path))
+
+
+def device(node: str, fab: str) -> str:
+    return f"soft:{node}" if fab == "x" else f"soft:{node}y"
+
+
+def engine(node: str, serving: bool) -> Engine:
+    eng = Engine.open(device(node, "x"), pick_profile("soft:a", load_profiles()), 1 << 16, 256,
+                      serving=serving, timeouts=gso.Timeouts(ready=5, copy=10, done=5, gso=20))
+    eng.add_fabric("y", device(node, "y"))
+    eng.keepalive_s = 0.1
+    return eng
+
+
+def links(node: str, connector: bool) -> list[FabricLink]:
+    peer = "a" if node == "b" else "b"
+    return [FabricLink(f, device(node, f), IPS[(node, f)], IPS[(peer, f)] if connector else None)
+            for f in ("x", "y")]
+
+
+def pair(attempt_s: float = 2.0):
+    """a listens (standby), b connects (active); both connected: (a, b)."""
+    a, b = engine("a", False), engine("b", True)
+    t, box = in_thread(a.connect_fabrics, links("a", False), 30)
+    b.connect_fabrics(links("b", True), 30, attempt_s)
+    t.join(30)
+    assert "error" not in box, box
+    return a, b
+
+
+def gso_once(a: Engine, b: Engine) -> None:
+    b.request_gso()
+    t, box = in_thread(a.serve, lambda: len(a.reports) > 0)
+    b.serve(until=lambda: len(b.reports) > 0)
+    t.join(30)
+    assert "error" not in box, box
+
+
+def pull(tmp_path, node: str, fab: str) -> None:
+    (tmp_path / f"{device(node, fab).split(':')[1]}.down").touch()
+
+
+def test_x_down_connects_on_y_and_a_gso_completes_there(tmp_path):
+    pull(tmp_path, "a", "x")
+    a, b = pair()
+    try:
+        assert a.fabric == b.fabric == "y"
+        gso_once(a, b)
+        assert [r.outcome for r in a.reports + b.reports] == ["completed", "completed"], \
+            [(r.reason, r.role) for r in a.reports + b.reports] + [a.link_error, b.link_error]
+        assert a.machine.serving and not b.machine.serving
+    finally:
+        a.close()
+        b.close()
+
+
+def test_x_pulled_while_resting_connects_again_on_y(tmp_path):
+    a, b = pair()
+    try:
+        assert b.fabric == "x"
+        pull(tmp_path, "b", "x")
+        for eng in (a, b):
+            with pytest.raises(PeerLeft, match="link"):
+                eng.serve(until=lambda: False)
+        t0 = time.monotonic()
+        t, box = in_thread(a.connect_fabrics, links("a", False), 30)
+        b.connect_fabrics(links("b", True), 30, 2.0)
+        t.join(30)
+        assert "error" not in box, box
+        assert a.fabric == b.fabric == "y" and time.monotonic() - t0 < 15
+        gso_once(a, b)
+        assert [r.outcome for r in a.reports + b.reports] == ["completed", "completed"], \
+            [(r.reason, r.role) for r in a.reports + b.reports] + [a.link_error, b.link_error]
+    finally:
+        a.close()
+        b.close()
