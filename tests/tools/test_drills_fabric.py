@@ -42,7 +42,7 @@ from hsp_rdma.tools.drills.soft_runner import (
 from hsp_rdma.tools.lab_config import node_config_text
 from hsp_rdma.via.providers import soft
 
-FABRIC_DRILLS = ("pull-y-during-gso", "pull-both")
+FABRIC_DRILLS = ("pull-x-both", "flap-x", "pull-y-during-gso", "pull-both")
 DISC = b"fabric-test"
 
 
@@ -177,12 +177,27 @@ def test_the_fabric_drills_are_shipped_parse_and_run_everywhere() -> None:
         s = load_scenario(find_scenario(name))
         assert s.fabrics == ("x", "y") and s.checks.lost == 0, name
         assert unsupported(s) is None and lab_runner.unsupported(s) is None, name
+    both = load_scenario(find_scenario("pull-x-both"))
+    assert [(st.do, st.node, st.fabric) for st in both.steps if st.do != "wait"] == [
+        ("pull", "active", "x"), ("pull", "standby", "x"),
+        ("plug", "active", "x"), ("plug", "standby", "x")]
+    assert [st.wait_s for st in both.steps if st.do == "wait"] == [3, 10, 3]
+    assert both.checks.failover is False and both.checks.resync is False
+    assert both.checks.fabric_switch is True and both.checks.max_traffic_stop_ms == 1000
+    flap = load_scenario(find_scenario("flap-x"))
+    assert sum(st.do == "pull" for st in flap.steps) == 10
+    assert sum(st.do == "plug" for st in flap.steps) == 10
+    assert flap.steps[2].until == "fabric-switched"  # the first pull moves the carrier
+    assert flap.checks.fabric_switch is True and flap.checks.failover is False
     gso = load_scenario(find_scenario("pull-y-during-gso"))
     assert [st.do for st in gso.steps if st.do != "wait"] == ["gso", "pull", "plug"]
     assert gso.checks.fabric_switch is False
     pull = load_scenario(find_scenario("pull-both"))
     assert {(st.node, st.fabric) for st in pull.steps if st.do == "pull"} == {
         ("active", "x"), ("active", "y")}
+    # the active wins the fence race: no failover, a resync once plugged
+    assert pull.checks.failover is False and pull.checks.resync is True
+    assert any(st.until == "resync-done" for st in pull.steps)
 
 
 def test_fabric_checks_parse_and_bad_ones_name_the_line() -> None:
