@@ -643,13 +643,15 @@ class Engine:
         self.link_error, self._lost_fed = "", False
 
     def connect_fabrics(self, links: list[FabricLink], timeout_s: float = CONNECT_TIMEOUT_S,
-                        attempt_s: float = FABRIC_ATTEMPT_S) -> Hello:
-        """Connect on the first of LINKS that comes up, in their order (x first): the
-        connector (links with a peer) tries each for ATTEMPT_S in turn; the listener listens
-        on every one and takes the first connection, on whichever fabric. Until TIMEOUT_S;
-        ``self.fabric`` then names the fabric the link is on. One link: ``connect``."""
+                        attempt_s: float = FABRIC_ATTEMPT_S, last: str | None = None) -> Hello:
+        """Connect on the first of LINKS that comes up, in their order (x first), fabric LAST
+        (the one the link was just lost on) tried after the others: the connector (links
+        with a peer) tries each for ATTEMPT_S in turn; the listener listens on every one and
+        takes the first connection, on whichever fabric. Until TIMEOUT_S; ``self.fabric``
+        then names the fabric the link is on. One link: ``connect``."""
         if not links:
             raise ConfigError("no fabric to connect the GSO's link on")
+        links = sorted(links, key=lambda ln: ln.name == last)  # (stable: x before y)
         if self.peer.hello is not None or self.link_error:
             self._drop_connection()  # a link that was up before: connected anew
         if len(links) == 1:

@@ -258,9 +258,10 @@ class GsoSide:
     # ---- the engine's thread ----------------------------------------------------------------
     def _run(self) -> None:
         eng = self.eng
+        lost = None  # the fabric the link was lost on: tried after the others
         try:
             while not self.stop.is_set():
-                hello = eng.connect_fabrics(self.links, GSO_CONNECT_S)
+                hello = eng.connect_fabrics(self.links, GSO_CONNECT_S, last=lost)
                 emit("gso", phase="connected", serving=eng.machine.serving,
                      peer_region=hello.region_size, epoch=eng.machine.epoch,
                      chunk=eng.chunk_size, depth=eng.queue_depth, fabric=eng.fabric)
@@ -274,6 +275,7 @@ class GsoSide:
                          serving=eng.machine.serving)
                     if eng.peer_goodbye is not None:
                         raise  # the peer ended the pair: never again
+                    lost = eng.fabric
         except PeerLeft as exc:
             self.ended = str(exc)
         except HspError as exc:
