@@ -89,7 +89,7 @@ from hsp_rdma.ha.pmem_store import PmemStore
 
 CHANNELS = (Channel.HEALTH, Channel.OAM, Channel.PMEM, Channel.DISK, Channel.CONFIG)
 MAIN = CHANNELS[1:]  # the channels that ride the carrier fabric (health runs on every fabric)
-QUIET_INTERVALS = 1.5  # nothing in on the carrier for this many heart-beat intervals: move
+QUIET_INTERVALS = 2.0  # nothing in on the carrier for this many heart-beat intervals: move
 FAILBACK_STABLE_S = 1.0  # "back": x warm and heard for this long before traffic goes back
 OAM_APP, OAM_SYSTEM = 0, 1  # first byte of an oam message: the application's, or the node's
 OAM_EVENTS_KEPT = 1000  # the peer's reports a node keeps (node.oam.events)
@@ -912,6 +912,8 @@ class Node:
         requests = self._requests
         next_hb = time.monotonic()
         with self._lock:
+            # the quiet check counts from here (connecting took seconds with no frame)
+            self._heard_at = [next_hb] * len(self._ports)
             for port in self._ports:  # anything that completed before the loop ran
                 for ch in CHANNELS:
                     self._reap(port.index, ch, False)
@@ -1135,6 +1137,7 @@ class Node:
             return
         self._carrier = new
         self.fabric_switches += 1
+        self._heard_at[new] = time.monotonic()  # its quiet window starts now
         old_port, new_port = self._ports[old], self._ports[new]
         for ch in MAIN:
             link = old_port.links[ch]
@@ -1165,19 +1168,24 @@ class Node:
             self._feed_lost()
 
     def _check_carrier(self, now: float, quiet: float) -> None:
-        """Nothing in on the carrier for QUIET s while another fabric was heard and is warm:
-        move there. Frames already completed are taken first (the loop may have been busy)."""
+        """Nothing in on the carrier for QUIET s while another fabric, warm, was heard at
+        least one heart-beat interval after the carrier last was: move there. Frames already
+        completed on every fabric are taken first (this loop may itself have been held up:
+        then every fabric looks quiet, and nothing moves)."""
         carrier = self._carrier
         if now - self._heard_at[carrier] <= quiet:
             return
-        for ch in CHANNELS:
-            self._reap(carrier, ch, True)
+        for port in self._ports:
+            for ch in CHANNELS:
+                self._reap(port.index, ch, True)
         if self._pending_lost:
             self._feed_lost()
-        if self._carrier != carrier or time.monotonic() - self._heard_at[carrier] <= quiet:
+        now = time.monotonic()
+        if self._carrier != carrier or now - self._heard_at[carrier] <= quiet:
             return
         other = self._spare()
-        if other is None or now - self._heard_at[other] > quiet:
+        interval = self.config.timeouts.heartbeat_interval / 1000
+        if other is None or self._heard_at[other] - self._heard_at[carrier] < interval:
             return  # nowhere better to go (both quiet: the failure detector's matter)
         self._switch(other, f"nothing came in on fabric {self._ports[carrier].config.name} "
                             f"for {(now - self._heard_at[carrier]) * 1000:.0f} ms")
