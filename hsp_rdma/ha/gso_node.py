@@ -22,7 +22,14 @@ from hsp_rdma.core import gso
 from hsp_rdma.core.profiles import load_profiles, pick_profile, profile_dirs
 from hsp_rdma.errors import GsoRefused, HspError
 from hsp_rdma.ha.fence import FenceAgent
-from hsp_rdma.ha.switchover import CONNECT_TIMEOUT_S, Application, Engine
+from hsp_rdma.ha.switchover import (
+    CONNECT_TIMEOUT_S,
+    KEEPALIVE_S,
+    Application,
+    Engine,
+    FabricLink,
+    PeerLeft,
+)
 from hsp_rdma.units import size_arg
 
 COUNTER = struct.Struct("<Q")
@@ -90,6 +97,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", required=True)
     p.add_argument("--local-ip", required=True)
     p.add_argument("--peer-ip", help="connect to this peer (else listen)")
+    p.add_argument("--y-device", help="fabric y: this node's rdma device there (the link "
+                   "comes up on x or y, and again on either when it breaks while no GSO runs)")
+    p.add_argument("--y-local-ip", help="fabric y: this node's IPv4 there")
+    p.add_argument("--y-peer-ip", help="fabric y: the peer's IPv4 there (with --peer-ip)")
     p.add_argument("--serving", action="store_true", help="start as the active")
     p.add_argument("--pmem", type=size_arg(64, 1 << 34, "--pmem"), default=16 << 20)
     p.add_argument("--blob", type=size_arg(0, 1 << 24, "--blob"), default=4096)
@@ -122,6 +133,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--done-timeout", type=float, default=10.0)
     p.add_argument("--fence-timeout", type=float, default=10.0)
     args = p.parse_args(argv)
+    if bool(args.y_device) != bool(args.y_local_ip) or \
+            bool(args.y_peer_ip) != bool(args.peer_ip and args.y_device):
+        p.error("fabric y needs --y-device and --y-local-ip, and --y-peer-ip exactly when "
+                "--peer-ip is given")
     if not args.connect_timeout > 0:
         p.error(f"--connect-timeout should be more than 0 seconds, not {args.connect_timeout}")
     return args
@@ -146,6 +161,34 @@ def main(argv: list[str] | None = None) -> int:
     eng.digest_algo = DIGESTS[args.digest or profile.digest]
     eng.mode = gso.GsoMode[args.mode.upper()]
     app.attach(eng.image.pmem)
+    links = [FabricLink("x", args.device, args.local_ip, args.peer_ip)]
+    if args.y_device:
+        eng.add_fabric("y", args.y_device)
+        eng.keepalive_s = KEEPALIVE_S
+        links.append(FabricLink("y", args.y_device, args.y_local_ip, args.y_peer_ip))
+
+    def connected(hello) -> None:
+        emit("connected", profile=profile.name, chunk=eng.chunk_size, depth=eng.queue_depth,
+             peer_region=hello.region_size, serving=eng.machine.serving,
+             epoch=eng.machine.epoch, seen=eng.machine.seen,
+             marker_wait=profile.marker_poll.mode.value, fabric=eng.fabric)
+
+    def serve(until) -> None:
+        """serve UNTIL; with two fabrics, a link lost while no GSO runs is connected again
+        (on the other fabric first) and served on."""
+        while True:
+            try:
+                eng.serve(until=until)
+                return
+            except PeerLeft as exc:
+                if len(links) < 2 or eng.peer_goodbye is not None:
+                    raise
+                emit("link_gone", reason=str(exc), fabric=eng.fabric)
+                connected(eng.connect_fabrics(links, args.connect_timeout, last=eng.fabric))
+
+    def fresh() -> bool:  # heard from lately (or gone: serve connects it again)
+        return eng.silent_s() <= 2 * eng.keepalive_s or not eng.link_up
+
     try:
         if args.serving:
             # Fill the state once, so the copy moves real, checkable bytes.
@@ -154,11 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             app.running = True
         if args.inject == "bad-version":
             eng.hello_version = 99
-        hello = eng.connect(args.local_ip, args.peer_ip, args.connect_timeout)
-        emit("connected", profile=profile.name, chunk=eng.chunk_size, depth=eng.queue_depth,
-             peer_region=hello.region_size, serving=eng.machine.serving,
-             epoch=eng.machine.epoch, seen=eng.machine.seen,
-             marker_wait=profile.marker_poll.mode.value)
+        connected(eng.connect_fabrics(links, args.connect_timeout))
         if args.inject == "no-ready":
             eng.drop_ready = True
         if args.inject == "stale-marker":
@@ -174,17 +213,21 @@ def main(argv: list[str] | None = None) -> int:
         while done < args.runs:
             if eng.machine.serving:
                 app.transact(args.transactions)
-                emit("request", epoch=eng.machine.seen + 1, counter=app.counter)
+                if len(links) > 1:  # a link heard from lately (one lost: connected again)
+                    serve(lambda: fresh() and eng.link_up)
+                emit("request", epoch=eng.machine.seen + 1, counter=app.counter,
+                     fabric=eng.fabric)
                 try:
                     eng.request_gso()
                 except GsoRefused as exc:
                     emit("refused", reason=str(exc))
                     return 1
             before = len(eng.reports)
-            eng.serve(until=lambda n=before: len(eng.reports) > n)
+            serve(lambda n=before: len(eng.reports) > n)
             rep = eng.reports[-1]
             done += 1
             emit("gso", epoch=rep.epoch, outcome=rep.outcome, role=rep.role, mode=rep.mode,
+                 fabric=eng.fabric,
                  reason=rep.reason, image_bytes=rep.image_bytes, writes=rep.writes,
                  copy_s=rep.copy_end_t - rep.copy_start_t, copy_MBps=rep.copy_MBps,
                  blackout_s=rep.blackout_s, verify_s=rep.verify_s, resume_s=rep.resume_s,
@@ -201,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
                 if eng.machine.serving:
                     app.transact(args.transactions)  # thawed: the application serves
                     emit("serving", counter=app.counter)
-                break
+                if len(links) < 2:
+                    break
+                # two fabrics: the link comes up again (on the other fabric) for the next run
         emit("end", serving=eng.machine.serving, counter=app.counter, gsos=done)
         return 0
     except HspError as exc:

@@ -337,6 +337,7 @@ class Engine:
     keepalive_s: float = 0.0  # resting and connected: a zero-length send this often (0: none)
     _last_heard: float = 0.0  # the last receive completion (any message, a kick included)
     _last_sent: float = 0.0
+    _rest_since: float = 0.0  # when the machine last came to rest (0: not resting)
 
     # ---- set-up --------------------------------------------------------------------
     @classmethod
@@ -719,6 +720,14 @@ class Engine:
                 self._reset_link()
         return None
 
+    def drop_link(self, why: str) -> None:
+        """Give the link up (WHY) while no GSO runs: the next ``serve`` raises PeerLeft and
+        the caller connects again (``connect_fabrics``), on another fabric first."""
+        if self.machine.state not in RESTING:
+            raise SwitchoverError(f"a GSO is in progress ({self.machine.state.value}): its "
+                                  "link is not given up")
+        self._lose_link(why)
+
     def silent_s(self) -> float:
         """Seconds since the peer was last heard on the link (any message, a kick too)."""
         return self.clock() - self._last_heard
@@ -942,6 +951,8 @@ class Engine:
     def _machine_feed(self, event: gso.Event) -> list[gso.Action]:
         """The machine's actions for EVENT, with its epochs persisted before any runs."""
         actions = self.machine.feed(event, self.clock())
+        if self.machine.state not in RESTING:
+            self._rest_since = 0.0  # (a whole GSO may run inside one serve tick's feed)
         if self.store is not None:
             m = self.machine
             now = Epochs(m.epoch, m.seen, m.active_since)
@@ -1320,11 +1331,14 @@ class Engine:
         iWARP). During a GSO the machine's timers judge the silence instead."""
         now = self.clock()
         if not resting:
-            self._last_heard = now  # (a GSO's silences are its timers' business)
+            self._rest_since = 0.0  # (a GSO's silences are its timers' business)
             return
+        if not self._rest_since:
+            self._rest_since = now
         if not self.link_up:
             return
-        if now - self._last_heard >= self.keepalive_s * KEEPALIVE_DEAD:
+        quiet = now - max(self._last_heard, self._rest_since)
+        if quiet >= self.keepalive_s * KEEPALIVE_DEAD:
             self._lose_link(f"nothing heard from the peer on fabric {self.fabric} in "
                             f"{now - self._last_heard:.1f} s (keep-alive every "
                             f"{self.keepalive_s:g} s)")

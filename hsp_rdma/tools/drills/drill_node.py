@@ -46,6 +46,7 @@ from hsp_rdma.ha.gso_node import DIGESTS
 from hsp_rdma.ha.node import Node, NodeError
 from hsp_rdma.ha.switchover import (
     KEEPALIVE_S,
+    RESTING,
     Application,
     Engine,
     FabricLink,
@@ -213,6 +214,7 @@ class GsoSide:
         self._cv = threading.Condition()
         self._requests: list[tuple[float, list]] = []  # (copy_s, answer box)
         self._suspected = False
+        self._moved: str | None = None  # Interface A's carrier moved to this fabric
         self.completed = False
         self._handed_over = False  # the marker went out and no end of that GSO came yet
         self._reported = 0  # eng.reports told as gso done events
@@ -224,7 +226,7 @@ class GsoSide:
         """Start a GSO to the peer (this node must serve); what was started. ValueError or
         HspError saying why not."""
         deadline = time.monotonic() + GSO_ANSWER_S
-        while not (self.connected.is_set() and self._fresh()):
+        while not (self.connected.is_set() and self._fresh() and self._moved is None):
             if self.ended or time.monotonic() >= deadline:
                 why = self.ended or ("still connecting" if not self.connected.is_set() else
                                      f"nothing heard on fabric {self.eng.fabric} for "
@@ -249,6 +251,15 @@ class GsoSide:
     def _fresh(self) -> bool:
         """The link was heard from lately (keep-alives; always, with one fabric)."""
         return not self.eng.keepalive_s or self.eng.silent_s() <= 2 * self.eng.keepalive_s
+
+    def carrier_moved(self, old: str, new: str) -> None:
+        """Interface A moved its traffic from fabric OLD to NEW (its heart beats judge each
+        fabric within a few intervals): a GSO link on OLD follows it, at the next moment no
+        GSO runs (dropped, connected again with NEW tried first), rather than wait for its
+        own keep-alive to find OLD silent, or for a GSO's first frame to be lost there."""
+        if len(self.links) > 1:
+            with self._cv:
+                self._moved = new
 
     def suspected(self) -> None:
         """The failure detector suspects the peer: AllFabricsLost for the GSO machine."""
@@ -289,15 +300,24 @@ class GsoSide:
         """The connected link until the stop (PeerLeft when it is gone)."""
         eng = self.eng
         while not self.stop.is_set():
-            if self._fresh():
+            if self._fresh() and self._moved is None:
                 self._take_requests()
             with self._cv:
                 suspected, self._suspected = self._suspected, False
             if suspected:
                 eng.peer_lost()
             self._flush_reports()  # (a GSO the suspicion ended)
-            eng.serve(until=lambda: self.stop.is_set() or (self._requests and self._fresh())
-                      or self._suspected or len(eng.reports) > self._reported)
+            with self._cv:
+                moved = self._moved
+            if moved is not None and eng.machine.state in RESTING:
+                with self._cv:
+                    self._moved = None
+                if moved != eng.fabric and eng.link_up:
+                    eng.drop_link(f"Interface A moved its traffic to fabric {moved}")
+            eng.serve(until=lambda: self.stop.is_set()
+                      or (self._requests and self._fresh() and self._moved is None)
+                      or self._suspected or len(eng.reports) > self._reported
+                      or (self._moved is not None and eng.machine.state in RESTING))
             self._flush_reports()
 
     def _take_requests(self) -> None:
@@ -522,9 +542,12 @@ def main(argv: list[str]) -> int:
             time.sleep(0.01)
 
     if hasattr(node, "on_fabric_switch"):  # Interface A's carrier moved (two fabrics)
-        node.on_fabric_switch = lambda old, new, why: emit("fabric", phase="switched",
-                                                           **{"from": old, "to": new,
-                                                              "why": why})
+        def fabric_switched(old: str, new: str, why: str) -> None:
+            emit("fabric", phase="switched", **{"from": old, "to": new, "why": why})
+            if gso_side is not None:
+                gso_side.carrier_moved(old, new)
+
+        node.on_fabric_switch = fabric_switched
     gate = app.Gate()  # where a GSO freezes the workload
     position: dict = {}  # the workload's, for the GSO's blob and events
     gso_side: GsoSide | None = None
