@@ -155,11 +155,15 @@ def config_file(st: dict) -> Any:
 
 
 def fabrics_table(fabrics: Any) -> Table:
+    """One row per fabric: whether it carries the traffic (``carrier``; an older node says
+    ``active``) and when the peer's last heart beat came on it."""
     rows = [f for f in fabrics if isinstance(f, dict)] if isinstance(fabrics, list) else []
-    known = ("name", "rdma_device", "state", "active")
-    extra = _extra_keys(rows, known)
-    t = table("fabrics", "fabric", "rdma device", "state", "active", *extra, justify="left")
+    known = ("name", "rdma_device", "state", "carrier", "heard_ms_ago")
+    extra = _extra_keys(rows, (*known, "active"))
+    t = table("fabrics", "fabric", "rdma device", "state", "carries traffic",
+              "heard [ms ago]", *extra, justify="left")
     for f in rows:
+        f = {**f, "carrier": f.get("carrier", f.get("active"))}
         t.add_row(*(cell(f.get(k)) for k in (*known, *extra)))
     return t
 
