@@ -75,6 +75,10 @@ class FailoverEngine:
         cfg = node.config
         self.node = node
         self.on_role = on_role
+        # n+1: a standby host protecting several actives asks before it takes over for one
+        # (None: go ahead; a text: refused, why). Consulted when this node, not serving,
+        # suspects its peer; a refusal is an alarm and the node stays a standby.
+        self.takeover_guard: Callable[[], str | None] | None = None
         self.clock = clock
         self.fabric = cfg.fabrics[0].name
         self.fabrics = tuple(f.name for f in cfg.fabrics)  # heart beats on every one
@@ -336,6 +340,13 @@ class FailoverEngine:
                 if isinstance(act, fo.PeerSuspected):
                     self.suspected_at = now
                     self._note("suspected", now, evidence=list(act.evidence))
+                    if self.takeover_guard is not None and not self.machine.serving:
+                        refused = self.takeover_guard()
+                        if refused:
+                            self._note("takeover_refused", now, why=refused)
+                            self._raise_alarm(f"the peer is lost but this node does not take "
+                                              f"over: {refused}", now)
+                            continue
                 self._feed(act, now)
             elif isinstance(act, (det.FabricSilent, det.FabricFailed, det.FabricHeard)):
                 self._note(type(act).__name__, now, fabric=act.fabric)
