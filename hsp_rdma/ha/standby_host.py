@@ -1,0 +1,412 @@
+"""n+1 (issue 13; DESIGN.md "Dual fabric X/Y and n+1"): one standby host protects n actives.
+
+``StandbyHost(configs)`` runs one ``Node`` + ``FailoverEngine`` per protected active, in one
+process. Each config is the standby's side of one pair (``[node] role = "standby"``, ``peer`` =
+the active it protects) with its own P.mem, disks, state_dir (epochs, dirty bitmaps), control
+socket; the sessions may share the host's NICs (a channel's discriminator names both nodes of
+its pair, so each session's channels are told apart). A session is named by the active it
+protects (its ``peer``).
+
+Memory. What one protected active costs the standby host is computed from its config
+(``session_memory``) and checked at construction against the process's RLIMIT_MEMLOCK:
+
+- pinned (registered memory, charged to RLIMIT_MEMLOCK per registration): P.mem, registered
+  once per fabric port (the same pages, charged again on each fabric), and, per fabric, five
+  channels (health, oam, pmem, disk, config) each with a receive buffer of
+  ``message_size * credits`` and a send buffer of ``message_size * (credits + 4)`` (each
+  rounded up to whole pages, as the kernel pins pages);
+- resident, not charged again: the P.mem mmap is one anonymous mapping; its pages are pinned by
+  the registrations above, so it is resident once (``resident`` counts it once);
+- not pinned: the disks (the page cache or the device), the P.mem store of ``[pmem] persist``
+  (a file), the core's sessions (Python heap: frames kept until acknowledged), the verbs
+  provider's queues (rxe and siw allocate QP/CQ rings in the kernel and map them; they are not
+  charged to RLIMIT_MEMLOCK), the soft provider (registers nothing: over soft the figures are
+  what verbs would pin). A GSO engine (``ha/switchover.py``) for a session would add its own
+  registrations per fabric (the state image, two marker pages, 8 KiB of control buffers); GSO
+  to an n+1 standby is not built yet, so nothing of it is counted.
+
+A set of sessions whose pinned bytes, with what the process has pinned already (``VmPin``),
+would exceed the limit is refused, naming the session that goes over and the numbers. A
+process with CAP_IPC_LOCK (root, usually) is not limited by RLIMIT_MEMLOCK; nor is
+"unlimited".
+
+Takeover exclusivity. Every session's engine gets a ``takeover_guard``: while one session
+serves, or is taking over (its peer suspected: fencing, in doubt, promoting), another session
+whose peer is lost does not take over; its engine raises the alarm
+"n+1 standby already active for <peer>; cannot take over for <other>" and stays a standby. The
+guard runs in the suspecting session's loop thread; a host lock and a claim (held from the
+guard's go-ahead until that session's failover machine has left the standby states) keep two
+sessions that suspect at the same moment from both going ahead. Only the failover path is
+guarded: a GSO to the n+1 standby is not built (nothing here asks before one).
+"""
+
+from __future__ import annotations
+
+import mmap
+import resource
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Self
+
+from hsp_rdma.core import failover as fo
+from hsp_rdma.errors import HspError
+from hsp_rdma.ha.config import NodeConfig, load_node_config
+from hsp_rdma.ha.failover_engine import FailoverEngine
+from hsp_rdma.ha.node import CHANNELS, Node
+from hsp_rdma.units import format_size
+
+SEND_EXTRA = 4  # send slots per channel beyond the credits (ha/node.py's _FabricPort)
+CAP_IPC_LOCK = 14  # linux/capability.h
+# the session's failover machine is taking over (its peer suspected) in these states
+TAKING_OVER = frozenset({fo.FoState.PEER_LOST, fo.FoState.FENCING, fo.FoState.IN_DOUBT,
+                         fo.FoState.PROMOTING})
+CLAIM_S = 2.0  # a go-ahead whose session's machine has not moved yet holds this long at most
+
+
+class StandbyHostError(HspError):
+    """A set of sessions this host cannot run (the message says which and what to do)."""
+
+
+def _pages(n: int) -> int:
+    return -(-n // mmap.PAGESIZE) * mmap.PAGESIZE
+
+
+def session_memory(cfg: NodeConfig) -> dict:
+    """What protecting the active of CFG costs this host, in bytes (see the module's
+    docstring): ``pinned`` (charged to RLIMIT_MEMLOCK), ``resident`` (pinned pages counted
+    once), ``not_pinned`` (what else the session holds), per fabric and in total."""
+    rep = cfg.replication
+    fabrics = len(cfg.fabrics)
+    pmem = _pages(cfg.pmem_size)
+    recv = _pages(rep.message_size * rep.credits)
+    send = _pages(rep.message_size * (rep.credits + SEND_EXTRA))
+    channels = len(CHANNELS) * (recv + send)
+    per_fabric = pmem + channels
+    return {
+        "session": cfg.peer, "node": cfg.name, "fabrics": fabrics,
+        "pmem_size": cfg.pmem_size, "message_size": rep.message_size, "credits": rep.credits,
+        "per_fabric": {"pmem": pmem, "channel_recv": recv, "channel_send": send,
+                       "channels": len(CHANNELS), "channel_buffers": channels,
+                       "pinned": per_fabric},
+        "pinned": {"pmem": pmem * fabrics, "channel_buffers": channels * fabrics,
+                   "total": per_fabric * fabrics},
+        "resident": pmem + channels * fabrics,
+        "not_pinned": {"disks": sum(d.size or 0 for d in cfg.disks),
+                       "disks_of_unknown_size": sum(d.size is None for d in cfg.disks),
+                       "pmem_store": cfg.pmem_size if cfg.pmem_persist else 0},
+    }
+
+
+def _has_ipc_lock() -> bool:
+    """Whether this process holds CAP_IPC_LOCK (then RLIMIT_MEMLOCK does not bind it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_IPC_LOCK & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def pinned_now() -> int:
+    """Bytes this process has pinned now (``VmPin``: registered memory); 0 if unknown."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmPin:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def memlock_limit() -> tuple[int | None, str]:
+    """The bytes this process may pin (None: no limit) and where that comes from."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if soft == resource.RLIM_INFINITY:
+        return None, "RLIMIT_MEMLOCK unlimited"
+    if _has_ipc_lock():
+        return None, f"CAP_IPC_LOCK (RLIMIT_MEMLOCK {soft} bytes does not apply)"
+    return soft, f"RLIMIT_MEMLOCK {soft} bytes"
+
+
+def _mib(n: int) -> str:
+    return f"{n} bytes ({n / (1 << 20):.2f} MiB)"
+
+
+def _port_of(device: str):
+    """The provider's discriminator -> port map for DEVICE (None: not known here)."""
+    if device.startswith("soft:"):
+        from hsp_rdma.via.providers import soft
+        return soft.port_of
+    try:
+        from hsp_rdma.via.providers import verbs
+    except ImportError:  # the compiled extension is missing: the node's start says so
+        return None
+    return verbs.port_of
+
+
+class StandbyHost:
+    """One standby host's sessions, one per protected active. ``start()`` starts every
+    session (each waits for its active), ``status()`` shows them all, ``close()`` ends them."""
+
+    def __init__(self, configs: Iterable[NodeConfig | str | Path],
+                 control_socket: str | Path | None = None):
+        cfgs = [c if isinstance(c, NodeConfig) else load_node_config(c) for c in configs]
+        if not cfgs:
+            raise StandbyHostError("no session: give the standby's configuration of each "
+                                   "pair it protects (one TOML per protected active)")
+        self._check(cfgs)
+        self.configs = {c.peer: c for c in cfgs}
+        self.costs = {c.peer: session_memory(c) for c in cfgs}
+        self.limit, self.limit_source = memlock_limit()
+        self.pinned_before = pinned_now()
+        self._check_memory()
+        self._lock = threading.Lock()
+        self._claim: tuple[str, float] | None = None  # a go-ahead not yet seen in its machine
+        self.refusals: list[dict] = []
+        self.failed: dict[str, str] = {}  # session -> why its start failed
+        self.started: set[str] = set()
+        self.nodes: dict[str, Node] = {}
+        self.engines: dict[str, FailoverEngine] = {}
+        self.control_socket = Path(control_socket) if control_socket else None
+        self._control = None
+        try:
+            for peer, cfg in self.configs.items():
+                node = Node(cfg)
+                self.nodes[peer] = node
+                engine = FailoverEngine(node)
+                engine.takeover_guard = (lambda p=peer: self._guard(p))
+                self.engines[peer] = engine
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- checks at construction -------------------------------------------------------------
+    @staticmethod
+    def _check(cfgs: list[NodeConfig]) -> None:
+        def where(c: NodeConfig) -> str:
+            return f"{c.source}" if c.source else f"the session for {c.peer}"
+
+        seen: dict[str, dict] = {"peer": {}, "state_dir": {}, "control socket": {}, "disk": {}}
+        for c in cfgs:
+            if c.role != "standby":
+                raise StandbyHostError(
+                    f"{where(c)}: [node] role = \"{c.role}\": an n+1 standby host runs the "
+                    "standby's side of each pair; set role = \"standby\" (the active is the "
+                    f"other node, {c.peer})")
+            for what, key in (("peer", c.peer), ("state_dir", str(c.state_dir)),
+                              ("control socket", str(c.socket_path)),
+                              *(("disk", str(d.path)) for d in c.disks)):
+                other = seen[what].get(key)
+                if other is not None:
+                    raise StandbyHostError(
+                        f"the sessions for {other.peer} and {c.peer} have the same {what} "
+                        f"({key}): each protected active needs its own"
+                        + (" (one config per active)" if what == "peer" else ""))
+                seen[what][key] = c
+        # the sessions' listeners on one address: a discriminator maps to a port, and two
+        # channels of the host that map to the same port could not both listen there
+        ports: dict[tuple[str, str, int], tuple[str, str]] = {}
+        for c in cfgs:
+            for fab in c.fabrics:
+                port_of = _port_of(fab.rdma_device)
+                if port_of is None:
+                    continue
+                for ch in CHANNELS:
+                    disc = Node._disc(SimpleNamespace(config=c), ch)
+                    key = (fab.rdma_device, fab.local, port_of(disc))
+                    if key in ports and ports[key][0] != c.peer:
+                        p, chan = ports[key]
+                        raise StandbyHostError(
+                            f"the sessions for {p} and {c.peer}: channel {chan} of one and "
+                            f"{ch.name.lower()} of the other map to the same port {key[2]} on "
+                            f"{fab.local} ({fab.rdma_device}, fabric {fab.name}); rename one "
+                            "of the nodes, or give that session another local address")
+                    ports[key] = (c.peer, ch.name.lower())
+
+    def _check_memory(self) -> None:
+        if self.limit is None:
+            return
+        total = self.pinned_before
+        for peer, cost in self.costs.items():
+            total += cost["pinned"]["total"]
+            if total > self.limit:
+                parts = ", ".join(f"{p}: {c['pinned']['total']}" for p, c in self.costs.items())
+                raise StandbyHostError(
+                    f"the session for {peer} would bring this process's pinned memory to "
+                    f"{_mib(total)}, over its {self.limit_source} ({_mib(self.limit)}); one "
+                    f"protected active pins P.mem once per fabric and 5 channels' buffers "
+                    f"per fabric (bytes per session: {parts}; already pinned: "
+                    f"{self.pinned_before}). Raise the limit (ulimit -l, LimitMEMLOCK= in "
+                    "the systemd unit, memlock in /etc/security/limits.conf) to at least "
+                    f"{self.pinned_before + sum(c['pinned']['total'] for c in self.costs.values())}"
+                    " bytes, or protect fewer actives, or use a smaller [pmem] size, "
+                    "[replication] message_size or credits")
+
+    # ---- takeover exclusivity -----------------------------------------------------------------
+    def _busy(self, peer: str, now: float) -> str | None:
+        """Whether session PEER serves or is taking over: how to say it, else None."""
+        engine = self.engines[peer]
+        state = engine.machine.state
+        if engine.serving:
+            return f"n+1 standby already active for {peer}"
+        if state in TAKING_OVER:
+            return f"n+1 standby already taking over for {peer} (failover state {state.value})"
+        if self._claim is not None and self._claim[0] == peer:
+            if now - self._claim[1] < CLAIM_S:
+                return f"n+1 standby already taking over for {peer}"
+            self._claim = None
+        return None
+
+    def _guard(self, peer: str) -> str | None:
+        """The engine of session PEER suspects its active: go ahead (None) or why not."""
+        now = time.monotonic()
+        with self._lock:
+            for other in self.engines:
+                if other == peer:
+                    continue
+                busy = self._busy(other, now)
+                if busy:
+                    why = f"{busy}; cannot take over for {peer}"
+                    self.refusals.append({"session": peer, "active_for": other, "why": why,
+                                          "t": round(now, 3)})
+                    del self.refusals[:-32]
+                    return why
+            self._claim = (peer, now)
+            return None
+
+    def _settle_claim(self) -> None:
+        """Drop a claim whose session's machine has moved on (the state protects it now)."""
+        with self._lock:
+            if self._claim is None:
+                return
+            peer, at = self._claim
+            state = self.engines[peer].machine.state
+            if (self.engines[peer].serving or state in TAKING_OVER
+                    or time.monotonic() - at >= CLAIM_S):
+                self._claim = None
+
+    @property
+    def active_session(self) -> str | None:
+        """The session (protected active's name) this host serves for, if any."""
+        for peer, engine in self.engines.items():
+            if engine.serving:
+                return peer
+        return None
+
+    # ---- life ---------------------------------------------------------------------------------
+    def start(self, timeout_s: float | None = None) -> StandbyHost:
+        """Start every session, each in its own thread (each waits for its active to connect,
+        up to its [timeouts] connect). A session that cannot start is closed and kept in
+        ``failed`` with the reason (status shows it); the others run. Raises StandbyHostError
+        when none started."""
+        errors: dict[str, str] = {}
+
+        def run(peer: str) -> None:
+            try:
+                self.nodes[peer].start()
+            except Exception as exc:  # noqa: BLE001 - reported per session
+                errors[peer] = f"{type(exc).__name__}: {exc}"
+
+        threads = {p: threading.Thread(target=run, args=(p,), name=f"hsp-n1-start-{p}",
+                                       daemon=True) for p in self.nodes}
+        for t in threads.values():
+            t.start()
+        wait = timeout_s if timeout_s is not None else max(
+            c.timeouts.connect for c in self.configs.values()) / 1000 + 10
+        end = time.monotonic() + wait
+        for p, t in threads.items():
+            t.join(max(0.0, end - time.monotonic()))
+            if t.is_alive():
+                errors.setdefault(p, f"not started in {wait:g} s")
+        for p in self.nodes:
+            if p in errors:
+                self.failed[p] = errors[p]
+            else:
+                self.started.add(p)
+        if not self.started:
+            raise StandbyHostError("no session started: " + "; ".join(
+                f"{p}: {why}" for p, why in errors.items()))
+        if self.control_socket is not None:
+            from hsp_rdma.ha.control import ControlServer
+            self.control_socket.parent.mkdir(parents=True, exist_ok=True)
+            self._control = ControlServer(self.control_socket, {
+                "status": lambda _req: self.status(),
+                "memory": lambda _req: self.memory()}).start()
+        return self
+
+    def close(self) -> None:
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        for node in self.nodes.values():
+            try:
+                node.close()
+            except Exception:  # noqa: BLE001, S110 - closing the rest matters more
+                pass
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+    # ---- status ---------------------------------------------------------------------------------
+    def memory(self) -> dict:
+        """Per session and in total: what is pinned (charged to RLIMIT_MEMLOCK), resident and
+        not pinned; the limit, where it comes from, what the process has pinned now."""
+        total_pinned = sum(c["pinned"]["total"] for c in self.costs.values())
+        return {
+            "sessions": self.costs,
+            "total": {"pinned": total_pinned,
+                      "resident": sum(c["resident"] for c in self.costs.values()),
+                      "pmem": sum(c["pmem_size"] for c in self.costs.values())},
+            "memlock_limit": self.limit, "limit_source": self.limit_source,
+            "pinned_before": self.pinned_before, "pinned_now": pinned_now(),
+            "headroom": (None if self.limit is None
+                         else self.limit - self.pinned_before - total_pinned),
+            "notes": [("pinned: P.mem once per fabric (each registration is charged) + 5 "
+                      "channels x (message_size x credits + message_size x (credits + 4)) "
+                      "per fabric, whole pages"),
+                      "resident: the P.mem mmap once + the channel buffers",
+                      ("not pinned: disks (page cache/device), the [pmem] persist store, the "
+                      "sessions' heaps, provider queues (kernel memory, not charged); the "
+                      "soft provider pins nothing"),
+                      "not counted: a GSO engine per session (not built for n+1)"],
+        }
+
+    def status(self) -> dict:
+        """Every session's node status (``hsp status``'s) and the host's: memory, the active
+        session, the refused takeovers."""
+        self._settle_claim()
+        sessions: dict[str, dict] = {}
+        for peer, node in self.nodes.items():
+            if peer in self.failed:
+                sessions[peer] = {"node": node.config.name, "peer": peer,
+                                  "state": "failed", "error": self.failed[peer]}
+            else:
+                sessions[peer] = node.status()
+        active = self.active_session
+        taking = next((p for p, e in self.engines.items()
+                       if e.machine.state in TAKING_OVER), None)
+        return {"host": {"nodes": sorted({c.name for c in self.configs.values()}),
+                         "sessions": list(self.configs), "active_session": active,
+                         "taking_over": taking, "refused_takeovers": list(self.refusals),
+                         "failed": dict(self.failed),
+                         "memory": {**self.memory(), "sessions": {
+                             p: {"pinned": c["pinned"]["total"], "resident": c["resident"]}
+                             for p, c in self.costs.items()}}},
+                "sessions": sessions}
+
+
+def describe_memory(cfg: NodeConfig) -> str:
+    """One line of what protecting CFG's active costs (for a report or a CLI)."""
+    m = session_memory(cfg)
+    pf = m["per_fabric"]
+    return (f"session {m['session']}: pinned {_mib(m['pinned']['total'])} = {m['fabrics']} "
+            f"fabric(s) x (P.mem {format_size(pf['pmem'])} + 5 channels x "
+            f"({format_size(pf['channel_recv'])} recv + {format_size(pf['channel_send'])} "
+            f"send)); resident {_mib(m['resident'])}")
