@@ -148,6 +148,78 @@ def _port_of(device: str):
     return verbs.port_of
 
 
+def check_sessions(cfgs: list[NodeConfig]) -> None:
+    """Refuse (StandbyHostError) a set of sessions one host cannot run side by side: a config
+    that is not the standby's side, two sessions for one active, a shared state_dir, control
+    socket or disk, two channels of different sessions on the same listening port."""
+    if not cfgs:
+        raise StandbyHostError("no session: give the standby's configuration of each pair it "
+                               "protects (one TOML per protected active)")
+
+    def where(c: NodeConfig) -> str:
+        return f"{c.source}" if c.source else f"the session for {c.peer}"
+
+    seen: dict[str, dict] = {"peer": {}, "state_dir": {}, "control socket": {}, "disk": {}}
+    for c in cfgs:
+        if c.role != "standby":
+            raise StandbyHostError(
+                f"{where(c)}: [node] role = \"{c.role}\": an n+1 standby host runs the "
+                "standby's side of each pair; set role = \"standby\" (the active is the "
+                f"other node, {c.peer})")
+        for what, key in (("peer", c.peer), ("state_dir", str(c.state_dir)),
+                          ("control socket", str(c.socket_path)),
+                          *(("disk", str(d.path)) for d in c.disks)):
+            other = seen[what].get(key)
+            if other is not None:
+                raise StandbyHostError(
+                    f"the sessions for {other.peer} and {c.peer} have the same {what} "
+                    f"({key}): each protected active needs its own"
+                    + (" (one config per active)" if what == "peer" else ""))
+            seen[what][key] = c
+    # the sessions' listeners on one address: a discriminator maps to a port, and two
+    # channels of different sessions that map to the same port could not both listen there
+    ports: dict[tuple[str, str, int], tuple[str, str]] = {}
+    for c in cfgs:
+        for fab in c.fabrics:
+            port_of = _port_of(fab.rdma_device)
+            if port_of is None:
+                continue
+            for ch in CHANNELS:
+                disc = Node._disc(SimpleNamespace(config=c), ch)
+                key = (fab.rdma_device, fab.local, port_of(disc))
+                if key in ports and ports[key][0] != c.peer:
+                    p, chan = ports[key]
+                    raise StandbyHostError(
+                        f"the sessions for {p} and {c.peer}: channel {chan} of one and "
+                        f"{ch.name.lower()} of the other map to the same port {key[2]} on "
+                        f"{fab.local} ({fab.rdma_device}, fabric {fab.name}); rename one of "
+                        "the nodes, or give that session another local address")
+                ports[key] = (c.peer, ch.name.lower())
+
+
+def check_memory(costs: dict[str, dict], limit: int | None, source: str,
+                 pinned_before: int = 0) -> None:
+    """Refuse (StandbyHostError) sessions (COSTS: session -> ``session_memory``) whose pinned
+    bytes, added in order to PINNED_BEFORE, go over LIMIT: the session that goes over is
+    named, with the numbers and what to do."""
+    if limit is None:
+        return
+    total = pinned_before
+    need = pinned_before + sum(c["pinned"]["total"] for c in costs.values())
+    for peer, cost in costs.items():
+        total += cost["pinned"]["total"]
+        if total > limit:
+            parts = ", ".join(f"{p}: {c['pinned']['total']}" for p, c in costs.items())
+            raise StandbyHostError(
+                f"the session for {peer} would bring this process's pinned memory to "
+                f"{_mib(total)}, over its {source} ({_mib(limit)}); one protected active pins "
+                "P.mem once per fabric and 5 channels' buffers per fabric (bytes per session: "
+                f"{parts}; already pinned: {pinned_before}). Raise the limit (ulimit -l, "
+                "LimitMEMLOCK= in the systemd unit, memlock in /etc/security/limits.conf) to "
+                f"at least {need} bytes, or protect fewer actives, or use a smaller [pmem] "
+                "size, [replication] message_size or credits")
+
+
 class StandbyHost:
     """One standby host's sessions, one per protected active. ``start()`` starts every
     session (each waits for its active), ``status()`` shows them all, ``close()`` ends them."""
@@ -155,15 +227,12 @@ class StandbyHost:
     def __init__(self, configs: Iterable[NodeConfig | str | Path],
                  control_socket: str | Path | None = None):
         cfgs = [c if isinstance(c, NodeConfig) else load_node_config(c) for c in configs]
-        if not cfgs:
-            raise StandbyHostError("no session: give the standby's configuration of each "
-                                   "pair it protects (one TOML per protected active)")
-        self._check(cfgs)
+        check_sessions(cfgs)
         self.configs = {c.peer: c for c in cfgs}
         self.costs = {c.peer: session_memory(c) for c in cfgs}
         self.limit, self.limit_source = memlock_limit()
         self.pinned_before = pinned_now()
-        self._check_memory()
+        check_memory(self.costs, self.limit, self.limit_source, self.pinned_before)
         self._lock = threading.Lock()
         self._claim: tuple[str, float] | None = None  # a go-ahead not yet seen in its machine
         self.refusals: list[dict] = []
@@ -183,68 +252,6 @@ class StandbyHost:
         except BaseException:
             self.close()
             raise
-
-    # ---- checks at construction -------------------------------------------------------------
-    @staticmethod
-    def _check(cfgs: list[NodeConfig]) -> None:
-        def where(c: NodeConfig) -> str:
-            return f"{c.source}" if c.source else f"the session for {c.peer}"
-
-        seen: dict[str, dict] = {"peer": {}, "state_dir": {}, "control socket": {}, "disk": {}}
-        for c in cfgs:
-            if c.role != "standby":
-                raise StandbyHostError(
-                    f"{where(c)}: [node] role = \"{c.role}\": an n+1 standby host runs the "
-                    "standby's side of each pair; set role = \"standby\" (the active is the "
-                    f"other node, {c.peer})")
-            for what, key in (("peer", c.peer), ("state_dir", str(c.state_dir)),
-                              ("control socket", str(c.socket_path)),
-                              *(("disk", str(d.path)) for d in c.disks)):
-                other = seen[what].get(key)
-                if other is not None:
-                    raise StandbyHostError(
-                        f"the sessions for {other.peer} and {c.peer} have the same {what} "
-                        f"({key}): each protected active needs its own"
-                        + (" (one config per active)" if what == "peer" else ""))
-                seen[what][key] = c
-        # the sessions' listeners on one address: a discriminator maps to a port, and two
-        # channels of the host that map to the same port could not both listen there
-        ports: dict[tuple[str, str, int], tuple[str, str]] = {}
-        for c in cfgs:
-            for fab in c.fabrics:
-                port_of = _port_of(fab.rdma_device)
-                if port_of is None:
-                    continue
-                for ch in CHANNELS:
-                    disc = Node._disc(SimpleNamespace(config=c), ch)
-                    key = (fab.rdma_device, fab.local, port_of(disc))
-                    if key in ports and ports[key][0] != c.peer:
-                        p, chan = ports[key]
-                        raise StandbyHostError(
-                            f"the sessions for {p} and {c.peer}: channel {chan} of one and "
-                            f"{ch.name.lower()} of the other map to the same port {key[2]} on "
-                            f"{fab.local} ({fab.rdma_device}, fabric {fab.name}); rename one "
-                            "of the nodes, or give that session another local address")
-                    ports[key] = (c.peer, ch.name.lower())
-
-    def _check_memory(self) -> None:
-        if self.limit is None:
-            return
-        total = self.pinned_before
-        for peer, cost in self.costs.items():
-            total += cost["pinned"]["total"]
-            if total > self.limit:
-                parts = ", ".join(f"{p}: {c['pinned']['total']}" for p, c in self.costs.items())
-                raise StandbyHostError(
-                    f"the session for {peer} would bring this process's pinned memory to "
-                    f"{_mib(total)}, over its {self.limit_source} ({_mib(self.limit)}); one "
-                    f"protected active pins P.mem once per fabric and 5 channels' buffers "
-                    f"per fabric (bytes per session: {parts}; already pinned: "
-                    f"{self.pinned_before}). Raise the limit (ulimit -l, LimitMEMLOCK= in "
-                    "the systemd unit, memlock in /etc/security/limits.conf) to at least "
-                    f"{self.pinned_before + sum(c['pinned']['total'] for c in self.costs.values())}"
-                    " bytes, or protect fewer actives, or use a smaller [pmem] size, "
-                    "[replication] message_size or credits")
 
     # ---- takeover exclusivity -----------------------------------------------------------------
     def _busy(self, peer: str, now: float) -> str | None:
