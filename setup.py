@@ -55,6 +55,7 @@ setup(
             "hsp-bench=hsp_rdma.cli.bench:main",
             "hsp-failover-test=hsp_rdma.cli.failover_test:main",
             "hsp=hsp_rdma.cli.status:main",
+            "hsp-nplus1=hsp_rdma.cli.nplus1:main",
         ]
     },
 )

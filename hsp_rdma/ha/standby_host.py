@@ -129,7 +129,7 @@ def memlock_limit() -> tuple[int | None, str]:
         return None, "RLIMIT_MEMLOCK unlimited"
     if _has_ipc_lock():
         return None, f"CAP_IPC_LOCK (RLIMIT_MEMLOCK {soft} bytes does not apply)"
-    return soft, f"RLIMIT_MEMLOCK {soft} bytes"
+    return soft, "RLIMIT_MEMLOCK"
 
 
 def _mib(n: int) -> str:
@@ -212,7 +212,7 @@ def check_memory(costs: dict[str, dict], limit: int | None, source: str,
             parts = ", ".join(f"{p}: {c['pinned']['total']}" for p, c in costs.items())
             raise StandbyHostError(
                 f"the session for {peer} would bring this process's pinned memory to "
-                f"{_mib(total)}, over its {source} ({_mib(limit)}); one protected active pins "
+                f"{_mib(total)}, over its {source} of {_mib(limit)}; one protected active pins "
                 "P.mem once per fabric and 5 channels' buffers per fabric (bytes per session: "
                 f"{parts}; already pinned: {pinned_before}). Raise the limit (ulimit -l, "
                 "LimitMEMLOCK= in the systemd unit, memlock in /etc/security/limits.conf) to "

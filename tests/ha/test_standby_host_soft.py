@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from pair_helpers import start_nodes
 
+from hsp_rdma.cli import nplus1 as nplus1_cli
 from hsp_rdma.ha import standby_host as sh
 from hsp_rdma.ha.config import load_node_config, parse_node_config
 from hsp_rdma.ha.failover_engine import FailoverEngine
@@ -88,7 +89,8 @@ def nplus1(tmp_path: Path, monkeypatch):
     """Three actives and the standby host, started; closed at the end."""
     monkeypatch.setattr(soft, "PORT_BASE", soft.random_port_base())
     fence = fence_script(tmp_path)
-    host = StandbyHost([write(tmp_path, "s", a, "standby", fence) for a in ACTIVES])
+    host = StandbyHost([write(tmp_path, "s", a, "standby", fence) for a in ACTIVES],
+                       control_socket=tmp_path / "host.sock")
     actives = {a: Node(load_node_config(write(tmp_path, a, "s", "active", None)))
                for a in ACTIVES}
     for n in actives.values():
@@ -108,7 +110,8 @@ def nplus1(tmp_path: Path, monkeypatch):
         assert not errors, errors
 
 
-def test_three_actives_one_standby_host_failover_of_one_refuses_a_second(nplus1, tmp_path):
+def test_three_actives_one_standby_host_failover_of_one_refuses_a_second(nplus1, tmp_path,
+                                                                         capsys):
     host, actives = nplus1
     assert not host.failed and host.started == set(ACTIVES)
     s = host.nodes
@@ -161,6 +164,18 @@ def test_three_actives_one_standby_host_failover_of_one_refuses_a_second(nplus1,
     commit_some(actives["a3"], 200)  # and a3 still replicates
     wait_until(lambda: same_digest(actives["a3"], s["a3"]), what="a3 still replicated")
     assert 0.3 < took < 5, took
+    # the host's control socket: hsp-nplus1 status, JSON and tables
+    capsys.readouterr()
+    assert nplus1_cli.main(["status", "--socket", str(tmp_path / "host.sock"), "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["host"]["active_session"] == "a1" and set(st["sessions"]) == set(ACTIVES)
+    assert st["sessions"]["a1"]["role"] == "active"
+    assert nplus1_cli.main(["status", "--socket", str(tmp_path / "host.sock")]) == 0
+    out = capsys.readouterr().out
+    assert "active for: a1" in out and "REFUSED" in out and want in out.replace("\n", ""), out
+    # a node's socket is not a host's: said so
+    assert nplus1_cli.main(["status", "--socket", str(tmp_path / "s-a3.sock")]) == 1
+    assert "not an n+1 standby host's socket" in capsys.readouterr().err
 
 
 def configs(tmp_path: Path, pmem: str = "16 MiB") -> list:
@@ -241,3 +256,25 @@ def test_the_guard_lets_one_session_take_over_at_a_time(tmp_path, monkeypatch):
         assert host._guard("a2") is None  # a1's go-ahead led nowhere: a2 may
     finally:
         host.close()
+
+
+def test_the_memory_command_shows_each_session_and_refuses_over_the_limit(
+        tmp_path, monkeypatch, capsys):
+    paths = [write(tmp_path, "s", a, "standby", None, pmem="16 MiB") for a in ACTIVES]
+    one = 16 * 2**20 + 5 * (16384 * 8 + 16384 * 12)
+    monkeypatch.setattr(sh, "memlock_limit", lambda: (None, "RLIMIT_MEMLOCK unlimited"))
+    monkeypatch.setattr(nplus1_cli, "memlock_limit", sh.memlock_limit)
+    assert nplus1_cli.main(["memory", "--json", *map(str, paths)]) == 0
+    mem = json.loads(capsys.readouterr().out)
+    assert mem["total"]["pinned"] == 3 * one and mem["memlock_limit"] is None
+    assert mem["sessions"]["a2"]["pinned"]["total"] == one
+    assert nplus1_cli.main(["memory", *map(str, paths)]) == 0
+    assert "memory per protected active" in capsys.readouterr().out
+    limit = 2 * one
+    said = f"RLIMIT_MEMLOCK {limit} bytes"
+    monkeypatch.setattr(nplus1_cli, "memlock_limit", lambda: (limit, said))
+    monkeypatch.setattr(nplus1_cli, "pinned_now", lambda: 0)
+    assert nplus1_cli.main(["memory", *map(str, paths)]) == 1
+    err = capsys.readouterr().err.replace("\n", "")
+    assert "session for a3" in err and str(3 * one) in err, err
+    assert not (tmp_path / "state").exists()  # nothing started, nothing written
