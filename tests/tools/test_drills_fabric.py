@@ -26,6 +26,7 @@ from hsp_rdma.tools.drills.runner import (
     describe_stops,
     fabric_problems,
     judge,
+    pair_ready,
     report,
     switch_count,
     traffic_stops,
@@ -387,3 +388,21 @@ def test_the_hosts_runner_runs_a_one_fabric_drill_on_x_alone(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"a.toml: the drill runs on fabric\(s\) x alone .*"
                                           r"\[fabric.NAME\] table of its own"):
         fabrics_text(inline, cfg2, ("x",))
+
+
+def test_a_pair_that_did_not_come_up_whole_stops_the_drill_at_once() -> None:
+    """The lab (rxe and siw, dual-fabric node): a start stalled past the heart-beat timeout,
+    the standby suspected the active and fenced it before any step; the runner says so at
+    once instead of waiting 180 s for a pair serving."""
+    procs = {"a": SimpleNamespace(events=[{"event": "started"}]),
+             "b": SimpleNamespace(events=[{"event": "started"}])}
+    assert not pair_ready(procs)
+    procs["a"].events.append({"event": "serving"})
+    assert pair_ready(procs)
+    procs["b"].events += [{"event": "failover", "what": "suspected",
+                           "evidence": ["disconnected on x: oam: CONN_LOST"]},
+                          {"event": "failover", "what": "fencing", "attempt": 1}]
+    with pytest.raises(RuntimeError, match=r"before the drill's first step the standby \(node "
+                                           r"b\) suspected the active \(disconnected on x: oam: "
+                                           r"CONN_LOST\) and began fencing it"):
+        pair_ready(procs)

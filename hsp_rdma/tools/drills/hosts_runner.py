@@ -88,7 +88,14 @@ from hsp_rdma.ha.config import (
 )
 from hsp_rdma.ha.config import KEYS as NODE_KEYS
 from hsp_rdma.tools.drills.acklog import AckWriter, pump, read_acklog
-from hsp_rdma.tools.drills.runner import UNTIL_EVENT, UNTIL_OWN, DrillResult, find_event, judge
+from hsp_rdma.tools.drills.runner import (
+    UNTIL_EVENT,
+    UNTIL_OWN,
+    DrillResult,
+    find_event,
+    judge,
+    pair_ready,
+)
 from hsp_rdma.tools.drills.scenario import Scenario
 from hsp_rdma.tools.drills.soft_runner import GSO_UNTIL, GsoStepDriver, judge_drill
 from hsp_rdma.tools.drills.soft_runner import unsupported as _unsupported
@@ -813,7 +820,7 @@ class HostsRunner:
                     raise RuntimeError(f"node {hosts[n].name} started as {role}, the drill needs "
                                        f"it {want}: the pair is in the wrong roles; the drill "
                                        "was refused before any step")
-            _wait(lambda: procs["a"].find("serving"), START_TIMEOUT_S,
+            _wait(lambda: pair_ready(procs), START_TIMEOUT_S,
                   "the active's workload to start")
             started = True
             driver.run(scenario.steps)

@@ -45,6 +45,7 @@ from hsp_rdma.tools.drills.runner import (
     command_file,
     find_event,
     judge,
+    pair_ready,
 )
 from hsp_rdma.tools.drills.scenario import Scenario
 from hsp_rdma.tools.drills.soft_runner import PMEM_SIZE, SUPPORTED, GsoStepDriver, judge_drill
@@ -236,8 +237,7 @@ class LabRunner:
         try:
             for n in procs:
                 spawn(n)
-            wait(lambda: procs["a"].find("serving") and procs["b"].find("started"), 180,
-                 "pair serving")
+            wait(lambda: pair_ready(procs), 180, "pair serving")
             driver.run(scenario.steps)
         except (RuntimeError, LabError) as exc:
             problems.append(str(exc))

@@ -179,6 +179,31 @@ def event_results(procs: dict[str, Events]) -> tuple[bool, int, int]:
     return bool(resync_done), resync_bytes, repairs
 
 
+def pair_ready(procs: dict[str, Events]) -> bool:
+    """The pair is up for a drill's first step: the active (a) serves, the standby (b)
+    started; RuntimeError when the standby took over before the drill began
+    (``startup_failure``)."""
+    why = startup_failure(procs)
+    if why:
+        raise RuntimeError(why)
+    return bool(find_event(procs["a"], "serving") and find_event(procs["b"], "started"))
+
+
+def startup_failure(procs: dict[str, Events]) -> str | None:
+    """Why the pair did not come up whole before the drill's first step: the standby (b)
+    suspected the active and fenced it, or promoted (None: it did not)."""
+    b = procs["b"]
+    suspected = find_event(b, "failover", "suspected")
+    acted = find_event(b, "failover", "fencing") or find_event(b, "failover", "active")
+    if acted is None:
+        return None
+    evidence = "; ".join((suspected or {}).get("evidence") or []) or "heart beats stopped"
+    did = "promoted" if find_event(b, "failover", "active") else "began fencing it"
+    return (f"before the drill's first step the standby (node b) suspected the active "
+            f"({evidence[:300]}) and {did}: the pair did not come up whole, so no step ran "
+            "(a node's start stalled past the heart-beat timeout? see the nodes' events)")
+
+
 def command_file(folder: Path, seq: int, command: dict[str, Any]) -> Path:
     """Write drill command SEQ into FOLDER as ``cmd-SEQ.json`` (a temp name renamed: the
     node never reads half a file)."""

@@ -50,6 +50,7 @@ from hsp_rdma.tools.drills.runner import (
     fabric_problems,
     fabric_switches,
     judge,
+    pair_ready,
     switch_count,
     traffic_stops,
 )
@@ -372,7 +373,7 @@ class SoftRunner:
                     raise RuntimeError("the pair did not start in 60 s")
                 time.sleep(0.05)
             if not procs["a"].find("serving"):
-                _wait(lambda: procs["a"].find("serving"), 20, "the active's workload to start")
+                _wait(lambda: pair_ready(procs), 20, "the active's workload to start")
             driver.run(scenario.steps)
         except RuntimeError as exc:
             problems.append(str(exc))
