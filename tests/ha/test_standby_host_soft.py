@@ -39,14 +39,18 @@ def fence_script(tmp_path: Path) -> Path:
 
 
 def pair_text(tmp_path: Path, me: str, peer: str, role: str, fence: Path | None,
-              pmem: str = "256 KiB") -> str:
+              pmem: str = "256 KiB", fabrics: int = 1) -> str:
     ips = {**ACTIVES, "s": STANDBY_IP}
+    y_ips = {n: ip.replace("127.0.3.", "127.0.4.") for n, ip in ips.items()}
     pair = peer if me == "s" else me
     state = tmp_path / "state" / f"{me}-{pair}"
     text = (f'[node]\nname = "{me}"\npeer = "{peer}"\nrole = "{role}"\n'
             f'state_dir = "{state}"\ncontrol_socket = "{tmp_path}/{me}-{pair}.sock"\n\n'
             f'[fabric.x]\nrdma_device = "soft:{me}"\nlocal = "{ips[me]}"\n'
-            f'peer = "{ips[peer]}"\n\n[pmem]\nsize = "{pmem}"\n\n'
+            f'peer = "{ips[peer]}"\n\n'
+            + (f'[fabric.y]\nrdma_device = "soft:{me}-y"\nlocal = "{y_ips[me]}"\n'
+               f'peer = "{y_ips[peer]}"\n\n' if fabrics == 2 else "")
+            + f'[pmem]\nsize = "{pmem}"\n\n'
             '[replication]\nmessage_size = "16 KiB"\ncredits = 8\n\n'
             '[timeouts]\nconnect = 20000\nheartbeat_interval = 50\nheartbeat_timeout = 400\n'
             'commit = 3000\n')
@@ -85,13 +89,16 @@ def same_digest(active: Node, standby: Node) -> bool:
 
 
 @pytest.fixture
-def nplus1(tmp_path: Path, monkeypatch):
-    """Three actives and the standby host, started; closed at the end."""
+def nplus1(tmp_path: Path, monkeypatch, request):
+    """Three actives and the standby host (on fabric x, or x and y: the param), started;
+    closed at the end."""
     monkeypatch.setattr(soft, "PORT_BASE", soft.random_port_base())
+    fabrics = getattr(request, "param", 1)
     fence = fence_script(tmp_path)
-    host = StandbyHost([write(tmp_path, "s", a, "standby", fence) for a in ACTIVES],
-                       control_socket=tmp_path / "host.sock")
-    actives = {a: Node(load_node_config(write(tmp_path, a, "s", "active", None)))
+    host = StandbyHost([write(tmp_path, "s", a, "standby", fence, fabrics=fabrics)
+                        for a in ACTIVES], control_socket=tmp_path / "host.sock")
+    actives = {a: Node(load_node_config(write(tmp_path, a, "s", "active", None,
+                                              fabrics=fabrics)))
                for a in ACTIVES}
     for n in actives.values():
         FailoverEngine(n)
@@ -110,9 +117,11 @@ def nplus1(tmp_path: Path, monkeypatch):
         assert not errors, errors
 
 
+@pytest.mark.parametrize("nplus1", [1, 2], indirect=True, ids=["x", "x+y"])
 def test_three_actives_one_standby_host_failover_of_one_refuses_a_second(nplus1, tmp_path,
                                                                          capsys):
     host, actives = nplus1
+    fabrics = len(host.configs["a1"].fabrics)
     assert not host.failed and host.started == set(ACTIVES)
     s = host.nodes
     for a, node in actives.items():  # each active's commits go to its own session
@@ -128,6 +137,10 @@ def test_three_actives_one_standby_host_failover_of_one_refuses_a_second(nplus1,
         assert ss["failover"]["state"] == "STANDBY"
     json.dumps(st)  # hsp status-like: JSON as it is
 
+    # every session hears its active on every fabric (several nodes share each NIC)
+    wait_until(lambda: all(len(s[a].status()["fabrics"]) == fabrics and all(
+        f["state"] == "up" and f["heard_ms_ago"] is not None for f in s[a].status()["fabrics"])
+        for a in ACTIVES), what="every session's fabrics up and heard")
     # active 1 dies: its session on the standby host takes over; the others stay standby
     wait_until(lambda: all(s[a].status()["heartbeats"]["received"] >= 3 for a in ACTIVES))
     actives["a1"].close()
