@@ -1,0 +1,75 @@
+"""The GSO's link on two fabrics in the lab, on rxe and siw (issue 13): gso_node pairs given
+fabric y too (--y-device ...). With x pulled the link comes up on y and a GSO completes
+there; x pulled under the copy aborts that GSO cleanly (the active thaws and serves, the
+standby never resumes), and the link comes up again on y, where the next GSO completes."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from test_gso_lab import _no_pair_left_running, only, pmem_crc, wait_event  # noqa: F401
+
+from hsp_rdma.lab import Lab
+from hsp_rdma.tools.gso_pair import finish_pair, start_pair
+
+pytestmark = pytest.mark.lab
+MiB = 1 << 20
+
+
+def y_args(lab: Lab) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(node a's, node b's) fabric y arguments: a listens, b connects."""
+    info = lab.info()
+    ya, yb = info["a"]["y"], info["b"]["y"]
+    return (("--y-device", ya["rdma_dev"], "--y-local-ip", ya["ipv4"]),
+            ("--y-device", yb["rdma_dev"], "--y-local-ip", yb["ipv4"],
+             "--y-peer-ip", ya["ipv4"]))
+
+
+def test_x_down_the_link_comes_up_on_y_and_a_gso_completes_there(healthy_lab: Lab) -> None:
+    lab = healthy_lab
+    ya, yb = y_args(lab)
+    lab.fault("a", "link", "x", "down")
+    try:
+        a, b = start_pair(lab, 4 * MiB, runs=1, extra_a=ya, extra_b=yb, timeout=180)
+        res = finish_pair(a, b, timeout=150)
+    finally:
+        lab.fault("a", "link", "x", "up")
+    assert res.rc == {"a": 0, "b": 0}, res.stderr
+    assert only(a, "connected")["fabric"] == only(b, "connected")["fabric"] == "y"
+    assert only(b, "request")["fabric"] == "y"
+    ga, gb = only(a, "gso"), only(b, "gso")
+    assert ga["outcome"] == gb["outcome"] == "completed" and ga["fabric"] == gb["fabric"] == "y"
+    assert pmem_crc(a, "standby", 1) == pmem_crc(b, "active", 1)
+    assert only(a, "end")["serving"] and not only(b, "end")["serving"]
+
+
+def test_x_lost_under_the_copy_thaws_the_active_then_a_gso_completes_on_y(
+        healthy_lab: Lab) -> None:
+    lab = healthy_lab
+    ya, yb = y_args(lab)
+    a, b = start_pair(lab, 48 * MiB, runs=2,
+                      extra_a=(*ya, "--copy-timeout", "10", "--gso-timeout", "20"),
+                      extra_b=(*yb, "--copy-timeout", "15"), timeout=240)
+    try:
+        wait_event([b], "frozen")
+        time.sleep(0.3)
+        lab.fault("a", "link", "x", "down")
+        res = finish_pair(a, b, timeout=200)
+    finally:
+        lab.fault("a", "link", "x", "up")
+    assert res.rc == {"a": 0, "b": 0}, (res.stderr, a.events, b.events)
+    first, second = b.of("gso")
+    # GSO 1, on x: aborted; the active thawed at the counter it froze at and served on
+    assert first["fabric"] == "x" and first["outcome"] == "aborted" and first["serving"]
+    frozen = b.of("frozen")[0]
+    assert only(b, "thawed")["counter"] == frozen["counter"]
+    assert only(b, "serving")["counter"] == frozen["counter"] + 1000
+    assert a.of("gso")[0]["outcome"] == "aborted", "the standby never resumed from GSO 1"
+    # the link came up again on y, and GSO 2 ran there and completed
+    assert [e["fabric"] for e in b.of("connected")] == ["x", "y"]
+    assert b.of("request")[1]["fabric"] == "y"
+    assert second["fabric"] == "y" and second["outcome"] == "completed"
+    assert [g["outcome"] for g in a.of("gso")][-1] == "completed"
+    assert only(a, "resumed")["counter"] == frozen["counter"] + 2000
+    assert only(a, "end")["serving"] and not only(b, "end")["serving"]
