@@ -9,8 +9,12 @@ sessions over RLIMIT_MEMLOCK refused at construction, naming the session and the
 from __future__ import annotations
 
 import json
+import os
 import resource
+import signal
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +24,7 @@ from pair_helpers import start_nodes
 from hsp_rdma.cli import nplus1 as nplus1_cli
 from hsp_rdma.ha import standby_host as sh
 from hsp_rdma.ha.config import load_node_config, parse_node_config
+from hsp_rdma.ha.control import control_request
 from hsp_rdma.ha.failover_engine import FailoverEngine
 from hsp_rdma.ha.node import Node
 from hsp_rdma.ha.standby_host import StandbyHost, StandbyHostError, session_memory
@@ -39,7 +44,7 @@ def fence_script(tmp_path: Path) -> Path:
 
 
 def pair_text(tmp_path: Path, me: str, peer: str, role: str, fence: Path | None,
-              pmem: str = "256 KiB", fabrics: int = 1) -> str:
+              pmem: str = "256 KiB", fabrics: int = 1, connect: int = 20000) -> str:
     ips = {**ACTIVES, "s": STANDBY_IP}
     y_ips = {n: ip.replace("127.0.3.", "127.0.4.") for n, ip in ips.items()}
     pair = peer if me == "s" else me
@@ -52,7 +57,8 @@ def pair_text(tmp_path: Path, me: str, peer: str, role: str, fence: Path | None,
                f'peer = "{y_ips[peer]}"\n\n' if fabrics == 2 else "")
             + f'[pmem]\nsize = "{pmem}"\n\n'
             '[replication]\nmessage_size = "16 KiB"\ncredits = 8\n\n'
-            '[timeouts]\nconnect = 20000\nheartbeat_interval = 50\nheartbeat_timeout = 400\n'
+            f'[timeouts]\nconnect = {connect}\nheartbeat_interval = 50\n'
+            'heartbeat_timeout = 400\n'
             'commit = 3000\n')
     if fence is not None:
         text += f'\n[fence]\naction = "{fence}"\ntimeout = 5000\ndelay = 0\n'
@@ -291,3 +297,44 @@ def test_the_memory_command_shows_each_session_and_refuses_over_the_limit(
     err = capsys.readouterr().err.replace("\n", "")
     assert "session for a3" in err and str(3 * one) in err, err
     assert not (tmp_path / "state").exists()  # nothing started, nothing written
+
+
+def test_hsp_nplus1_run_serves_each_session_and_names_one_whose_active_is_absent(
+        tmp_path, monkeypatch):
+    """The CLI as a process: sessions for a1 and a2 (their actives here) and a3 (no active:
+    its start times out after its 1.5 s connect); the host's socket shows all three, each
+    session's own socket answers as a node's; SIGTERM ends it cleanly."""
+    base = soft.random_port_base()
+    monkeypatch.setattr(soft, "PORT_BASE", base)
+    paths = [write(tmp_path, "s", a, "standby", None, connect=1500 if a == "a3" else 20000)
+             for a in ACTIVES]
+    sock = tmp_path / "host.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "hsp_rdma.cli.nplus1", "run", *map(str, paths),
+                             "--socket", str(sock)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HSP_VIA_SOFT_PORT_BASE": str(base)})
+    actives = [Node(load_node_config(write(tmp_path, a, "s", "active", None)))
+               for a in ("a1", "a2")]
+    try:
+        assert not start_nodes(actives)
+        wait_until(lambda: sock.exists(), timeout=30, what="the host's socket")
+        st = control_request(sock, "status")
+        assert st["ok"] and st["host"]["failed"].keys() == {"a3"}
+        assert "no connection within the connect timeout" in st["host"]["failed"]["a3"]
+        assert st["sessions"]["a3"]["state"] == "failed"
+        for n in actives:
+            with n.pmem.transaction(commit="applied") as tx:
+                tx.write(0, f"from {n.config.name}".encode())
+            peer = n.config.name
+            d = control_request(tmp_path / f"s-{peer}.sock", "digest")
+            assert d["pmem"] == n.digest()["pmem"], peer
+            assert st["sessions"][peer]["failover"]["state"] == "STANDBY"
+        mem = control_request(sock, "memory")
+        assert set(mem["sessions"]) == set(ACTIVES) and mem["total"]["pinned"] > 0
+    finally:
+        for n in actives:
+            n.close()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "session a1: standby of a1" in out and "session a3: not started" in out, out
