@@ -104,7 +104,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
     cfgs = [load_node_config(p) for p in args.configs]
     check_sessions(cfgs)
     costs = {c.peer: session_memory(c) for c in cfgs}
-    limit, source = memlock_limit()
+    limit, source = memlock_limit(f.rdma_device for c in cfgs for f in c.fabrics)
     before = pinned_now()
     total = sum(c["pinned"]["total"] for c in costs.values())
     mem = {"sessions": costs,

@@ -122,13 +122,39 @@ def pinned_now() -> int:
     return 0
 
 
-def memlock_limit() -> tuple[int | None, str]:
-    """The bytes this process may pin (None: no limit) and where that comes from."""
+SYS_IB = Path("/sys/class/infiniband")
+
+
+def charges_despite_cap(device: str) -> bool:
+    """Whether registering memory on DEVICE is held to RLIMIT_MEMLOCK even with
+    CAP_IPC_LOCK: siw (its siw_umem_get compares pinned_vm with the limit and never asks for
+    the capability; rxe and hardware go through ib_umem_get, which exempts CAP_IPC_LOCK). A
+    siw device is the software iWARP one: node type RNIC, not backed by a bus device."""
+    if device.startswith("soft:"):
+        return False
+    if device.startswith("siw"):
+        return True
+    try:
+        rnic = "RNIC" in (SYS_IB / device / "node_type").read_text()
+        virtual = "/devices/virtual/" in str((SYS_IB / device).resolve())
+    except OSError:
+        return False
+    return rnic and virtual
+
+
+def memlock_limit(devices: Iterable[str] = ()) -> tuple[int | None, str]:
+    """The bytes this process may pin on DEVICES (None: no limit) and where that comes from:
+    RLIMIT_MEMLOCK's soft limit, unless unlimited, or the process has CAP_IPC_LOCK and no
+    device is siw (see ``charges_despite_cap``)."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     if soft == resource.RLIM_INFINITY:
         return None, "RLIMIT_MEMLOCK unlimited"
+    siw = sorted({d for d in devices if charges_despite_cap(d)})
     if _has_ipc_lock():
-        return None, f"CAP_IPC_LOCK (RLIMIT_MEMLOCK {soft} bytes does not apply)"
+        if not siw:
+            return None, f"CAP_IPC_LOCK (RLIMIT_MEMLOCK {soft} bytes does not apply)"
+        return soft, (f"RLIMIT_MEMLOCK (held even with CAP_IPC_LOCK: siw device "
+                      f"{', '.join(siw)})")
     return soft, "RLIMIT_MEMLOCK"
 
 
@@ -230,7 +256,8 @@ class StandbyHost:
         check_sessions(cfgs)
         self.configs = {c.peer: c for c in cfgs}
         self.costs = {c.peer: session_memory(c) for c in cfgs}
-        self.limit, self.limit_source = memlock_limit()
+        self.limit, self.limit_source = memlock_limit(
+            f.rdma_device for c in cfgs for f in c.fabrics)
         self.pinned_before = pinned_now()
         check_memory(self.costs, self.limit, self.limit_source, self.pinned_before)
         self._lock = threading.Lock()

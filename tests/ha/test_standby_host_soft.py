@@ -232,7 +232,10 @@ def test_sessions_over_the_memlock_limit_are_refused_naming_the_session_and_byte
     assert sh.memlock_limit()[0] is None
     monkeypatch.setattr(sh.resource, "getrlimit", lambda what: (limit, limit))
     monkeypatch.setattr(sh, "_has_ipc_lock", lambda: True)
-    assert sh.memlock_limit()[0] is None
+    assert sh.memlock_limit(["soft:s", "rxe0"])[0] is None
+    # siw holds everyone to the limit (siw_umem_get asks no capability): still refused
+    held = "RLIMIT_MEMLOCK (held even with CAP_IPC_LOCK: siw device siw0)"
+    assert sh.memlock_limit(["siw0"]) == (limit, held)
 
 
 def test_two_fabrics_pin_pmem_twice_and_resident_once(tmp_path):
@@ -281,7 +284,7 @@ def test_the_memory_command_shows_each_session_and_refuses_over_the_limit(
         tmp_path, monkeypatch, capsys):
     paths = [write(tmp_path, "s", a, "standby", None, pmem="16 MiB") for a in ACTIVES]
     one = 16 * 2**20 + 5 * (16384 * 8 + 16384 * 12)
-    monkeypatch.setattr(sh, "memlock_limit", lambda: (None, "RLIMIT_MEMLOCK unlimited"))
+    monkeypatch.setattr(sh, "memlock_limit", lambda _devs=(): (None, "RLIMIT_MEMLOCK unlimited"))
     monkeypatch.setattr(nplus1_cli, "memlock_limit", sh.memlock_limit)
     assert nplus1_cli.main(["memory", "--json", *map(str, paths)]) == 0
     mem = json.loads(capsys.readouterr().out)
@@ -291,7 +294,7 @@ def test_the_memory_command_shows_each_session_and_refuses_over_the_limit(
     assert "memory per protected active" in capsys.readouterr().out
     limit = 2 * one
     said = f"RLIMIT_MEMLOCK {limit} bytes"
-    monkeypatch.setattr(nplus1_cli, "memlock_limit", lambda: (limit, said))
+    monkeypatch.setattr(nplus1_cli, "memlock_limit", lambda _devs=(): (limit, said))
     monkeypatch.setattr(nplus1_cli, "pinned_now", lambda: 0)
     assert nplus1_cli.main(["memory", *map(str, paths)]) == 1
     err = capsys.readouterr().err.replace("\n", "")
