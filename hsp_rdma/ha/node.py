@@ -498,6 +498,7 @@ class Node:
         while time.monotonic() < end and not self._dead:
             with self._lock:
                 if spare.warm():
+                    self._note_warm(time.monotonic())
                     if first_error is not None and self._carrier == 0:
                         self._switch(1, f"fabric {self._ports[0].config.name} could not be "
                                         f"connected at start ({first_error})")
@@ -1119,11 +1120,15 @@ class Node:
                 self._want_reconnect(fab, ch)
 
     # ---- the carrier (two fabrics) ---------------------------------------------------------
-    def _spare(self) -> int | None:
+    def _spare(self, stable_s: float = 0.0) -> int | None:
         """A fabric other than the carrier that traffic can move to now (every channel
-        connected on it), or None."""
+        connected on it; warm for STABLE_S at least), or None."""
+        now = time.monotonic()
         for port in self._ports:
             if port.index != self._carrier and port.warm():
+                since = self._warm_since[port.index]
+                if stable_s and (since is None or now - since < stable_s):
+                    continue
                 return port.index
         return None
 
@@ -1183,17 +1188,17 @@ class Node:
         now = time.monotonic()
         if self._carrier != carrier or now - self._heard_at[carrier] <= quiet:
             return
-        other = self._spare()
+        # a fabric that just came back is no target for a move on silence alone (a cable
+        # that flaps would take the traffic each time it is plugged); a break still moves
+        other = self._spare(stable_s=FAILBACK_STABLE_S)
         interval = self.config.timeouts.heartbeat_interval / 1000
         if other is None or self._heard_at[other] - self._heard_at[carrier] < interval:
             return  # nowhere better to go (both quiet: the failure detector's matter)
         self._switch(other, f"nothing came in on fabric {self._ports[carrier].config.name} "
                             f"for {(now - self._heard_at[carrier]) * 1000:.0f} ms")
 
-    def _maybe_failback(self, now: float) -> None:
-        """``fabric_failback = "back"``: traffic goes back to x once x has been warm and heard
-        for FAILBACK_STABLE_S; decided by the side whose name sorts first (the peer follows
-        its HELLO), so the two never pull apart."""
+    def _note_warm(self, now: float) -> None:
+        """Since when each fabric has been warm (every channel connected)."""
         for port in self._ports:
             if port.warm():
                 if self._warm_since[port.index] is None:
@@ -1202,6 +1207,12 @@ class Node:
                         self._alarm(f"fabric {port.config.name}: warm again (a spare)")
             else:
                 self._warm_since[port.index] = None
+
+    def _maybe_failback(self, now: float) -> None:
+        """``fabric_failback = "back"``: traffic goes back to x once x has been warm and heard
+        for FAILBACK_STABLE_S; decided by the side whose name sorts first (the peer follows
+        its HELLO), so the two never pull apart."""
+        self._note_warm(now)
         if (self.config.replication.fabric_failback != "back" or self._carrier == 0
                 or self.config.name > self.config.peer):
             return
