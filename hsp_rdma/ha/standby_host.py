@@ -266,6 +266,7 @@ class StandbyHost:
         self.failed: dict[str, str] = {}  # session -> why its start failed
         self.started: set[str] = set()
         self.nodes: dict[str, Node] = {}
+        self._closed = False
         self.engines: dict[str, FailoverEngine] = {}
         self.control_socket = Path(control_socket) if control_socket else None
         self._control = None
@@ -373,9 +374,14 @@ class StandbyHost:
         return self
 
     def close(self) -> None:
+        """Close every session once (Node.close is not idempotent: a second close would close
+        descriptor numbers that another object may have been given since)."""
         if self._control is not None:
             self._control.close()
             self._control = None
+        if self._closed:
+            return
+        self._closed = True
         for node in self.nodes.values():
             try:
                 node.close()
