@@ -284,6 +284,21 @@ def test_the_guard_lets_one_session_take_over_at_a_time(tmp_path, monkeypatch):
         monkeypatch.setattr(sh, "CLAIM_S", 0.0)
         host._settle_claim()
         assert host._guard("a2") is None  # a1's go-ahead led nowhere: a2 may
+        host._claim = None
+        # a session fencing, in doubt or promoting is taking over; one serving is active
+        from hsp_rdma.core.failover import FoState
+        m1 = host.engines["a1"].machine
+        for state in (FoState.FENCING, FoState.IN_DOUBT, FoState.PROMOTING):
+            m1.state = state
+            assert host._guard("a3") == (f"n+1 standby already taking over for a1 (failover "
+                                         f"state {state.value}); cannot take over for a3")
+        m1.state = FoState.ACTIVE_ALONE
+        assert host._guard("a3") == "n+1 standby already active for a1; cannot take over for a3"
+        assert host.status()["host"]["active_session"] == "a1"
+        m1.state = FoState.STANDBY
+        assert host._guard("a3") is None
+        assert [r["session"] for r in host.status()["host"]["refused_takeovers"]] == \
+            ["a2"] + ["a3"] * 4
     finally:
         host.close()
 
