@@ -364,3 +364,24 @@ def test_hsp_nplus1_run_serves_each_session_and_names_one_whose_active_is_absent
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "session a1: standby of a1" in out and "session a3: not started" in out, out
+
+
+def test_hsp_nplus1_help_says_what_each_option_does_with_its_default_once() -> None:
+    import argparse
+    todo, seen = [nplus1_cli.build_parser()], set()
+    while todo:
+        p = todo.pop(0)
+        seen.add(p.prog)
+        assert "%%" not in p.format_help()
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                todo.extend(a.choices.values())
+            elif not isinstance(a, argparse._HelpAction):
+                assert a.help and a.help.strip(), f"{p.prog}: {a.dest} has no help"
+                if a.default not in (None, False):
+                    shown = p._get_formatter()._expand_help(a)
+                    assert shown.count("(default") == 1, f"{p.prog} {a.dest}: {shown!r}"
+    assert seen == {"hsp-nplus1", "hsp-nplus1 memory", "hsp-nplus1 run", "hsp-nplus1 status"}
+    with pytest.raises(SystemExit) as exc:
+        nplus1_cli.main(["status"])  # --socket is required: a usage error, 64
+    assert exc.value.code == 64
