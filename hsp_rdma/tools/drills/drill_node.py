@@ -249,8 +249,10 @@ class GsoSide:
         return detail
 
     def _fresh(self) -> bool:
-        """The link was heard from lately (keep-alives; always, with one fabric)."""
-        return not self.eng.keepalive_s or self.eng.silent_s() <= 2 * self.eng.keepalive_s
+        """The link is up and was heard from lately (keep-alives; with one fabric: up). A
+        request is taken only then: one taken on a link just given up would be refused."""
+        eng = self.eng
+        return eng.link_up and (not eng.keepalive_s or eng.silent_s() <= 2 * eng.keepalive_s)
 
     def carrier_moved(self, old: str, new: str) -> None:
         """Interface A moved its traffic from fabric OLD to NEW (its heart beats judge each
