@@ -219,6 +219,11 @@ class GsoSide:
         self._handed_over = False  # the marker went out and no end of that GSO came yet
         self._reported = 0  # eng.reports told as gso done events
         self._thread = threading.Thread(target=self._run, name="gso", daemon=True)
+
+    def start(self) -> None:
+        """The engine's thread: connect, then serve. (Opening and registering every fabric's
+        NIC is done before, in __init__, ahead of the node's start: in a 1-vCPU guest that
+        work delayed the first heart beats past the timeout.)"""
         self._thread.start()
 
     # ---- from other threads ---------------------------------------------------------------
@@ -553,10 +558,12 @@ def main(argv: list[str]) -> int:
     gate = app.Gate()  # where a GSO freezes the workload
     position: dict = {}  # the workload's, for the GSO's blob and events
     gso_side: GsoSide | None = None
-    node.start()
     if any(step.do == "gso" for step in scenario.steps):
         gso_side = GsoSide(node, engine, gate, stop, lambda: dict(position, acked=acked[0]),
                            serving)
+    node.start()
+    if gso_side is not None:
+        gso_side.start()
     emit("started", pid=os.getpid(), node=cfg.name, role=node.role, epoch=node.session.epoch,
          gso=gso_side is not None)
     threading.Thread(target=watch, daemon=True).start()
