@@ -1328,6 +1328,18 @@ class Node:
             early, link.early = link.early, []
             for data in early:
                 self._frame_in(fab, ch, data)
+            # The accept may have slept on this VI's receive queue itself (iWARP: the
+            # provider waits there for the initiator's first message) and taken the
+            # completion event the loop's epoll was armed for: the queue would stay
+            # unarmed and the loop deaf to it (siw lab: heart beats on y "silent" for
+            # seconds while they came). Arm it again, then take what already completed.
+            try:
+                link.vi.recv_cq.arm()
+            except via.VipError as exc:
+                self._lose(fab, ch, f"cannot arm its receive queue: {exc}")
+                self._feed_lost()
+                return
+            self._reap(fab, ch, True)
             if not self._on_session(fab, ch):
                 self._reconnect.discard((fab, ch))
                 return
