@@ -1,7 +1,8 @@
 """The GSO's link on two fabrics in the lab, on rxe and siw (issue 13): gso_node pairs given
 fabric y too (--y-device ...). With x pulled the link comes up on y and a GSO completes
 there; x pulled under the copy aborts that GSO cleanly (the active thaws and serves, the
-standby never resumes), and the link comes up again on y, where the next GSO completes."""
+standby never resumes), and the link comes up again on y, where the next GSO completes. And
+the shipped drill gso-x-down (drill nodes under load: Interface A moves to y, then the GSO)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import pytest
 from test_gso_lab import _no_pair_left_running, only, pmem_crc, wait_event  # noqa: F401
 
 from hsp_rdma.lab import Lab
+from hsp_rdma.tools.drills.lab_runner import LabRunner
+from hsp_rdma.tools.drills.runner import judge
+from hsp_rdma.tools.drills.scenario import find_scenario, load_scenario
 from hsp_rdma.tools.gso_pair import finish_pair, start_pair
 
 pytestmark = pytest.mark.lab
@@ -73,3 +77,18 @@ def test_x_lost_under_the_copy_thaws_the_active_then_a_gso_completes_on_y(
     assert [g["outcome"] for g in a.of("gso")][-1] == "completed"
     assert only(a, "resumed")["counter"] == frozen["counter"] + 2000
     assert only(a, "end")["serving"] and not only(b, "end")["serving"]
+
+
+def test_gso_x_down_drill(healthy_lab: Lab) -> None:
+    """x pulled on the active under the ledger workload; once Interface A's carrier moved to
+    y, a GSO: it completes over y, the standby serves from the image, nothing acknowledged
+    lost, never two actives. (Kept here rather than in test_failover_lab's list, whose
+    shared assertions expect no role change and more than 100 acks from every drill there
+    but gso-under-load.)"""
+    runner = LabRunner(healthy_lab.status()["rdma"], healthy_lab.lab_id)
+    scenario = load_scenario(find_scenario("gso-x-down"))
+    result = runner.run(scenario)
+    runner.close()
+    assert judge(scenario, result) == [], result
+    assert result.lost == 0 and not result.two_actives and result.acknowledged > 0, result
+    assert result.fabric_switches >= 1, result
