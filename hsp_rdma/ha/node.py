@@ -354,6 +354,7 @@ class Node:
         self._requests: queue.Queue = queue.Queue()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stop = False
+        self._closed = False
         self._dead = ""  # why the loop thread ended, if it ended other than by close()
         self._thread: threading.Thread | None = None
         self._ports: list[_FabricPort] = []
@@ -743,6 +744,11 @@ class Node:
         return self._audit().start_run()
 
     def close(self) -> None:
+        """Stop the loop and the threads, close every fabric's NIC, the disks and the store.
+        A second call does nothing (its fd numbers may belong to someone else by then)."""
+        if self._closed:
+            return
+        self._closed = True
         self._stop = True
         self._wake()
         for ev in self._reconnect_wake:
