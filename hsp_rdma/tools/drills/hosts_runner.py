@@ -838,7 +838,7 @@ class HostsRunner:
         journal = (host.read(f"journal-{host.name}.final") if procs[survivor].find("final")
                    else None)
         return judge_drill(scenario, procs, read_acklog(evidence / "acks.log"), ledger, journal,
-                           driver.fault_t, problems, driver.timeline)
+                           driver.fault_t, problems, driver.timeline, done_t=driver.done_t)
 
     def _stop(self, procs: dict[str, _NodeRun], heal: Callable[[], None], paused: set[str],
               problems: list[str]) -> None:

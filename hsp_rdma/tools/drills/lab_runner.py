@@ -176,6 +176,8 @@ class LabRunner:
 
         def fault(node: str, step) -> None:
             if step.do in ("pull", "plug"):
+                if not lab.node_alive(node):  # fenced (powered off) meanwhile: no cable to
+                    return  # pull or plug; heal() boots it before the next drill
                 lab.fault(node, "link", step.fabric, "down" if step.do == "pull" else "up")
                 (pulled.add if step.do == "pull" else pulled.discard)((node, step.fabric))
                 return
@@ -268,7 +270,8 @@ class LabRunner:
         result = judge_drill(scenario, procs, read_acklog(ack_path),
                              _read(pmem), _read(journal), driver.fault_t, problems,
                              driver.timeline, {i: t for p in procs.values()
-                                               for i, t in p.own_t.items()})
+                                               for i, t in p.own_t.items()},
+                             driver.done_t)
         if judge(scenario, result):
             return replace(result, problems=(*result.problems,
                                              f"the nodes' events and stderr: {evidence}"))

@@ -233,6 +233,7 @@ class StepDriver:
         self.fault_t: float | None = None
         # (driver's clock as it began, step) of every step, in order
         self.timeline: list[tuple[float, Any]] = []
+        self.done_t: float | None = None  # the driver's clock when the last step was done
         self.since = {n: 0 for n in procs}
         self.seq = {n: 0 for n in procs}
 
@@ -293,27 +294,28 @@ class StepDriver:
                 if self.fault_t is None and step.do in self.FAULTS:
                     self.fault_t = self.clock()
                 self.fault(role_of[step.node], step)
+        self.done_t = self.clock()
 
 
-def fabric_switches(procs: dict[str, Events]) -> list[tuple[str, dict]]:
+def fabric_switches(procs: dict[str, Events],
+                    until: float | None = None) -> list[tuple[str, dict]]:
     """Every carrier move the nodes told (drill_node's ``{"event": "fabric", "phase":
-    "switched", "from", "to", "why"}``), as (node, event), in time order."""
+    "switched", "from", "to", "why"}``) up to UNTIL (the drill's last step done: a node that
+    stops after it breaks its peer's carrier, which is no move of the drill), as (node,
+    event), in time order."""
     moves = [(n, e) for n, p in procs.items() for e in list(p.events)
-             if e.get("event") == "fabric" and e.get("phase") == "switched"]
+             if e.get("event") == "fabric" and e.get("phase") == "switched"
+             and (until is None or e.get("t", 0.0) <= until)]
     return sorted(moves, key=lambda m: m[1].get("t", 0.0))
 
 
-def switch_count(procs: dict[str, Events]) -> int:
-    """How many times the carrier moved, on the node that moved it most: its ``fabric``
-    events, or the ``fabric_switches`` of its last status (a ``final`` event) when that says
-    more (a node whose drill_node does not tell the moves)."""
-    most = 0
-    for n, p in procs.items():
-        told = sum(1 for m, _ in fabric_switches({n: p}) if m == n)
-        status = [e.get("status") for e in list(p.events) if e.get("event") == "final"]
-        counted = max([int((st or {}).get("fabric_switches") or 0) for st in status] or [0])
-        most = max(most, told, counted)
-    return most
+def switch_count(procs: dict[str, Events], until: float | None = None) -> int:
+    """How many times the carrier moved up to UNTIL, on the node that moved it most (the
+    ``fabric`` events its drill node told; a node's own ``fabric_switches`` counter is not
+    used: its final status comes after the drill, when a peer that stops breaks the
+    carrier)."""
+    return max([sum(1 for m, _ in fabric_switches({n: p}, until) if m == n)
+                for n, p in procs.items()] or [0])
 
 
 def _pulls(timeline: list[tuple[float, Any]]) -> list[tuple[float, float | None, list]]:

@@ -158,6 +158,7 @@ class GsoStepDriver(StepDriver):
                     self.sleep(step.wait_s)
             else:
                 super().run([step])
+        self.done_t = self.clock()
 
 
 def gso_problems(scenario: Scenario, procs: dict, acks: list) -> list[str]:
@@ -394,30 +395,33 @@ class SoftRunner:
                 t.join(5)
             writer.close()
         return self._judge(scenario, dirs, procs, ack_path, driver.fault_t, problems,
-                           driver.timeline)
+                           driver.timeline, driver.done_t)
 
     def _judge(self, scenario: Scenario, dirs: dict[str, Path], procs: dict, ack_path: Path,
                fault_t: float | None, problems: list[str],
-               timeline: list | None = None) -> DrillResult:
+               timeline: list | None = None, done_t: float | None = None) -> DrillResult:
         survivor = "b" if procs["b"].find("failover", "active") else "a"
         pmem_file = dirs[survivor] / f"pmem-{survivor}.bin"
         journal_file = dirs[survivor] / f"journal-{survivor}.final"
         return judge_drill(scenario, procs, read_acklog(ack_path),
                            pmem_file.read_bytes() if pmem_file.exists() else None,
                            journal_file.read_bytes() if journal_file.exists() else None,
-                           fault_t, problems, timeline)
+                           fault_t, problems, timeline, done_t=done_t)
 
 
 def judge_drill(scenario: Scenario, procs: dict, log, ledger: bytes | None,
                 journal: bytes | None, fault_t: float | None,
                 problems: list[str], timeline: list | None = None,
-                own_t: dict[int, float] | None = None) -> DrillResult:
+                own_t: dict[int, float] | None = None,
+                done_t: float | None = None) -> DrillResult:
     """The DrillResult of a drill of nodes a (first active) and b: PROCS[name].find(event,
     what) gives a node's events with ``t`` on the driver's clock (s), LOG the ack log, LEDGER
     and JOURNAL the survivor's P.mem and disk as it left them, FAULT_T the first fault,
     TIMELINE the driver's steps as it ran them (``StepDriver.timeline``: the traffic stop
     around each pull, ``runner.traffic_stops``), OWN_T each ack's time on the acknowledging
-    node's own clock (s, by transfer id) when the runner has it (the lab)."""
+    node's own clock (s, by transfer id) when the runner has it (the lab), DONE_T the
+    driver's clock when the last step was done (carrier moves after it, as the nodes stop,
+    are not the drill's)."""
     acks = list(log.acks)
     b_active = procs["b"].find("failover", "active")
     failover = b_active is not None
@@ -466,9 +470,9 @@ def judge_drill(scenario: Scenario, procs: dict, log, ledger: bytes | None,
     problems.extend(gso_problems(scenario, procs, acks))
     resync, resync_bytes, audit_repairs = event_results(procs)
     ack_times = [a.t_ns for a in acks]
-    switches = switch_count(procs)
+    switches = switch_count(procs, done_t)
     own = None if own_t is None else [(a.node, own_t.get(a.id)) for a in acks]
-    stops = traffic_stops(ack_times, timeline or [], fabric_switches(procs), own)
+    stops = traffic_stops(ack_times, timeline or [], fabric_switches(procs, done_t), own)
     problems.extend(fabric_problems(scenario, switches, stops))
     return DrillResult(scenario.name, len(log.ids), len(lost), two,
                        None if blackout is None else round(blackout, 1), detect,
