@@ -13,11 +13,16 @@ of the active pulled: the fencing path; one node wins at the lab's fence device 
 outdating the standby, or the standby fencing the active and promoting), one serves.
 All: 0 lost. Each prints its traffic-stop figures (the report's ``traffic_stops``).
 
-Measured (CI=true HSP_TEST_LAB_ID=d13, both kinds, 2026-11-26, on a host shared with another
-lab): 9 min 15 s with 7 of 8 failing on the node's behaviour (a disk commit never
-acknowledged after a carrier move, spurious moves on heart-beat silence of 150-400 ms,
-stops above 1 s, a GSO that never ended); pull-both passed on both kinds with the fix of
-this assertion, pull-y-during-gso on siw. Passing, the drills take ~25-100 s each."""
+Measured (CI=true HSP_TEST_LAB_ID=d13, both kinds, 2026-11-26, on a host shared with one or
+two other labs; node at 7d1c7ac): 6 min 24 s, 4 passed (rxe pull-x-both, stop 396 ms on node
+a's clock; rxe flap-x, stops 67-409 ms; siw pull-x-both, 898 ms; siw pull-both) and 4 failed:
+two on this file's own faults, fixed since (a stop across a failover was taken on the new
+active's clock, which had no ack before the pull: rxe pull-both; > 100 acks was too many for
+a GSO drill frozen 10 s at ~15 acks/s: rxe pull-y-during-gso) and two on the node's
+behaviour (siw flap-x: stops of 1251 and 3287 ms, a resync; siw pull-y-during-gso: the
+carrier moved though only the spare was pulled). An earlier run took 9 min 15 s with 7 of 8
+failing on the node (before 7d1c7ac: a disk commit never acknowledged after a move, a
+failover under flap-x, a GSO that never ended). Passing, a drill takes ~25-85 s."""
 
 from __future__ import annotations
 
@@ -42,7 +47,9 @@ def test_fabric_drills_run_in_the_lab(healthy_lab: Lab, drill: str) -> None:
           f"fabric switches {result.fabric_switches}, ack interval {result.ack_interval_ms} ms, "
           f"traffic stops {[(s['pull'], s['stop_ms']) for s in result.traffic_stops]}")
     assert judge(scenario, result) == [], result
-    assert result.lost == 0 and not result.two_actives and result.acknowledged > 100, result
+    # the workload ran (a lab pair acknowledges ~5-100 transfers a second under the drills;
+    # pull-y-during-gso's copy freezes it for 10 of its ~18 s)
+    assert result.lost == 0 and not result.two_actives and result.acknowledged > 20, result
     stops = result.traffic_stops
     assert stops and all(s["resumed"] for s in stops), result  # traffic came back every time
     if drill in ("pull-x-both", "flap-x"):

@@ -266,6 +266,11 @@ def test_the_traffic_stop_is_the_longest_gap_from_the_last_ack_before_each_pull(
     # acks of two nodes in the stretch (a failover): the driver's clock
     two = [("a" if t < _ms(1100) else "b", n_t) for (_, n_t), t in zip(own, acks, strict=True)]
     assert traffic_stops(acks, timeline, moves, two)[0]["clock"] == "driver"
+    # only the new active's acks after the pull (node b took over; a's last came before it):
+    # still the driver's clock, and the stop is measured (rxe lab, pull-both: it was None)
+    took = [("a" if t <= _ms(1001) else "b", n_t) for (_, n_t), t in zip(own, acks,
+                                                                          strict=True)]
+    assert traffic_stops(acks, timeline, moves, took)[0] == {**stop, "clock": "driver"}
     # a gap that began after the plug is not the pull's, nor a hiccup 1.5 s after the pull
     # (runner.STOP_BEGINS_S);
     # a stop that began at the pull counts whole, however long

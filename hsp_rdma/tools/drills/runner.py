@@ -367,8 +367,9 @@ def traffic_stops(ack_times_ns: list[int], timeline: list[tuple[float, Any]],
 
     ``clock`` says whose clock measured it: "driver" (each ack as the driver got it:
     ACK_TIMES_NS), or "node a" when OWN (parallel to ACK_TIMES_NS: the acknowledging node and
-    its own clock's time of each ack, s) has the times of every ack that reached the driver
-    from the pull to the next step, all from that one node: the lab's acks reach the driver
+    its own clock's time of each ack, s) has the times of the last ack before the pull and of
+    every ack that reached the driver from the pull to the next step, all from that one node
+    (not across a failover): the lab's acks reach the driver
     in batches through the guest's command channel, the node's own times are free of that.
     The pull is put on the node's clock by the smallest difference seen between the two
     (an ack's arrival less its own time: the clocks' offset plus the channel's least delay).
@@ -380,8 +381,12 @@ def traffic_stops(ack_times_ns: list[int], timeline: list[tuple[float, Any]],
         until = t_s + STOP_BEGINS_S if end_s is None else min(end_s, t_s + STOP_BEGINS_S)
         stop, clock = _longest_stop(times, t_s, until), "driver"
         if own is not None:
+            # the last ack before the pull and every ack from it to the next step
+            last = max((i for i, t in enumerate(ack_times_ns) if t / 1e9 <= t_s),
+                       key=lambda i: ack_times_ns[i], default=None)
             after = [own[i] for i, t in enumerate(ack_times_ns)
                      if t / 1e9 > t_s and (end_s is None or t / 1e9 < end_s)]
+            after += [own[last]] if last is not None else []
             nodes = {n for n, _ in after}
             if after and len(nodes) == 1 and all(o is not None for _, o in after):
                 node = nodes.pop()
