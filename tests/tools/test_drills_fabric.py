@@ -271,6 +271,12 @@ def test_the_traffic_stop_is_the_longest_gap_from_the_last_ack_before_each_pull(
     took = [("a" if t <= _ms(1001) else "b", n_t) for (_, n_t), t in zip(own, acks,
                                                                           strict=True)]
     assert traffic_stops(acks, timeline, moves, took)[0] == {**stop, "clock": "driver"}
+    # no ack at all between the pull and the plug (a GSO froze a, b served after the plug):
+    # the driver's clock, the stop measured whole (pull-y-during-gso in the lab: it was None)
+    frozen = [a for a in acks if not _ms(1000) < a < _ms(2100)]
+    (gso,) = traffic_stops(frozen, timeline, (), [("a" if a < _ms(1000) else "b", a / 1e9)
+                                                   for a in frozen])
+    assert gso["clock"] == "driver" and gso["stop_ms"] == 1105.0
     # a gap that began after the plug is not the pull's, nor a hiccup 1.5 s after the pull
     # (runner.STOP_BEGINS_S);
     # a stop that began at the pull counts whole, however long

@@ -386,9 +386,11 @@ def traffic_stops(ack_times_ns: list[int], timeline: list[tuple[float, Any]],
                        key=lambda i: ack_times_ns[i], default=None)
             after = [own[i] for i, t in enumerate(ack_times_ns)
                      if t / 1e9 > t_s and (end_s is None or t / 1e9 < end_s)]
+            came = bool(after)  # (none in the window: a stop that outlasted it; the
+            # driver's clock measures it whole)
             after += [own[last]] if last is not None else []
             nodes = {n for n, _ in after}
-            if after and len(nodes) == 1 and all(o is not None for _, o in after):
+            if came and len(nodes) == 1 and all(o is not None for _, o in after):
                 node = nodes.pop()
                 mine = [(t / 1e9, o) for t, (n, o) in zip(ack_times_ns, own, strict=True)
                         if n == node and o is not None]
