@@ -22,7 +22,10 @@ a GSO drill frozen 10 s at ~15 acks/s: rxe pull-y-during-gso) and two on the nod
 behaviour (siw flap-x: stops of 1251 and 3287 ms, a resync; siw pull-y-during-gso: the
 carrier moved though only the spare was pulled). An earlier run took 9 min 15 s with 7 of 8
 failing on the node (before 7d1c7ac: a disk commit never acknowledged after a move, a
-failover under flap-x, a GSO that never ended). Passing, a drill takes ~25-85 s."""
+failover under flap-x, a GSO that never ended); the last one 7 min 48 s, 3 passed, 2 failed on
+a stop the runner took on the wrong clock (fixed since) and 3 on the node (rxe pull-x-both:
+a pmem commit not acknowledged in 10 s after the move; flap-x: stops of 8092 ms (rxe) and
+2342 ms (siw)). Passing, a drill takes ~25-85 s."""
 
 from __future__ import annotations
 
