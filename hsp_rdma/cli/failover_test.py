@@ -46,6 +46,7 @@ from hsp_rdma.tools.drills.runner import (
     LabTarget,
     SoftTarget,
     Target,
+    describe_stops,
     judge,
     make_runner,
     report,
@@ -148,14 +149,19 @@ def show_drills(rows: list[dict], out: Console | None = None,
     """Drill reports (``runner.report``) as a table, then why each failed one failed."""
     out = console if out is None else out
     t = table(title, "drill", "passed", "acknowledged", "lost", "two actives",
-              "blackout [msec]", "detect [msec]", "resync [bytes]", "audit repairs")
+              "blackout [msec]", "detect [msec]", "resync [bytes]", "audit repairs",
+              "fabric switches", "traffic stop [msec]")
     for r in rows:
         t.add_row(Text(r["name"]), goal_cell("yes" if r["passed"] else "NO", r["passed"]),
                   str(r["acknowledged"]), goal_cell(str(r["lost"]), r["lost"] == 0),
                   goal_cell("yes" if r["two_actives"] else "no", not r["two_actives"]),
                   _ms(r["blackout_ms"]), _ms(r["detect_ms"]), str(r["resync_bytes"]),
-                  str(r["audit_repairs"]))
+                  str(r["audit_repairs"]), str(r.get("fabric_switches", 0)),
+                  _ms(r.get("traffic_stop_ms")))
     out.print(t)
+    for r in rows:  # the traffic stop around each pull, to quote
+        for line in describe_stops(r):
+            out.print(Text(line))
     for r in rows:
         for why in r["failures"]:
             out.print(Text.assemble((f"{r['name']}: ", "bold red"), why))
