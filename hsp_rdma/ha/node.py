@@ -91,6 +91,7 @@ CHANNELS = (Channel.HEALTH, Channel.OAM, Channel.PMEM, Channel.DISK, Channel.CON
 MAIN = CHANNELS[1:]  # the channels that ride the carrier fabric (health runs on every fabric)
 QUIET_INTERVALS = 2.0  # nothing in on the carrier for this many heart-beat intervals: move
 FAILBACK_STABLE_S = 1.0  # "back": x warm and heard for this long before traffic goes back
+HELLO_DUE_S = 3.0  # after a move, a channel whose peer sent no HELLO in this time is made again
 OAM_APP, OAM_SYSTEM = 0, 1  # first byte of an oam message: the application's, or the node's
 OAM_EVENTS_KEPT = 1000  # the peer's reports a node keeps (node.oam.events)
 _HB = struct.Struct("<dQ")  # sender's clock, count
@@ -365,6 +366,7 @@ class Node:
         self._heard_at = [time.monotonic()] * len(config.fabrics)
         self._hb_heard: list[float | None] = [None] * len(config.fabrics)  # heart beats
         self._warm_since: list[float | None] = [None] * len(config.fabrics)
+        self._hello_due: float | None = None  # after a move: when every HELLO must be in
         # called in the loop thread after each move of the carrier: (old, new, why)
         self.on_fabric_switch: Callable[[str, str, str], None] | None = None
         self._control = None
@@ -990,6 +992,7 @@ class Node:
         else:
             self.send_heartbeat(now)
         if len(self._ports) > 1:
+            self._check_hellos(now)
             self._maybe_failback(now)
 
     def send_heartbeat(self, now: float, fabric: str | None = None) -> None:
@@ -1149,6 +1152,7 @@ class Node:
         self._carrier = new
         self.fabric_switches += 1
         self._heard_at[new] = time.monotonic()  # its quiet window starts now
+        self._hello_due = time.monotonic() + HELLO_DUE_S
         old_port, new_port = self._ports[old], self._ports[new]
         for ch in MAIN:
             link = old_port.links[ch]
@@ -1202,6 +1206,23 @@ class Node:
             return  # nowhere better to go (both quiet: the failure detector's matter)
         self._switch(other, f"nothing came in on fabric {self._ports[carrier].config.name} "
                             f"for {(now - self._heard_at[carrier]) * 1000:.0f} ms")
+
+    def _check_hellos(self, now: float) -> None:
+        """After a move, a channel whose new link got no HELLO from the peer in HELLO_DUE_S
+        (its side of that connection was gone or not yet up: our HELLO went nowhere, and
+        nothing else would ever say so) is taken as lost: torn down and made again, and the
+        peer's side with it (the re-send covers what it carried)."""
+        if self._hello_due is None or now < self._hello_due:
+            return
+        self._hello_due = None
+        port = self._ports[self._carrier]
+        for ch in MAIN:
+            stream = self.session.streams[ch]
+            if port.links[ch].up and stream.link is not None and not stream.link.synced:
+                self._lose(port.index, ch, f"no HELLO from the peer in {HELLO_DUE_S:g} s after "
+                                           f"traffic moved to fabric {port.config.name}")
+        if self._pending_lost:
+            self._feed_lost()
 
     def _note_warm(self, now: float) -> None:
         """Since when each fabric has been warm (every channel connected)."""

@@ -178,3 +178,33 @@ def test_a_pair_whose_fabric_x_is_down_at_start_runs_on_y(tmp_path: Path,
     finally:
         for n in (b, a):
             n.close()
+
+
+def test_a_moved_channel_whose_peer_never_answers_is_made_again(tmp_path: Path,
+                                                                 links: Path) -> None:
+    """After a move, one channel's connection on y is gone on the peer's side but not on
+    ours (here: b forgets its y pmem link): our HELLO there goes nowhere and nothing else
+    would ever say so. Within HELLO_DUE_S the node takes the channel as lost, tears it down
+    and makes it again; the commit that waited goes through, nothing is lost."""
+    from hsp_rdma.core.frames import Channel
+    from hsp_rdma.ha import node as node_mod
+    a, b = make_pair(tmp_path, connect_ms=20000)
+    try:
+        assert not start_nodes((a, b))
+        wait_until(lambda: fabric(a, "y")["state"] == "up" and fabric(b, "y")["state"] == "up")
+        with a.pmem.transaction(commit="applied") as tx:
+            tx.write(0, b"before")
+        with b._lock:  # b's side of the y pmem connection, forgotten (not torn down)
+            b._ports[1].links[Channel.PMEM].up = False
+        (links / "a.down").touch()
+        wait_until(lambda: carrier(a) == "y" and carrier(b) == "y", what="both on y")
+        t0 = time.monotonic()
+        with a.pmem.transaction(commit="applied") as tx:  # waits for the re-made channel
+            tx.write(0, b"after!")
+        assert time.monotonic() - t0 < node_mod.HELLO_DUE_S + 4
+        assert b.pmem.read(0, 6) == b"after!"
+        assert any("no HELLO from the peer" in x for x in a.status()["alarms"]), \
+            a.status()["alarms"]
+    finally:
+        for n in (b, a):
+            n.close()
