@@ -937,7 +937,9 @@ class Node:
             if spare:  # the carrier's quiet check runs at its own time too
                 with self._lock:
                     self._check_carrier(now, quiet)
-                wake_at = min(wake_at, self._heard_at[self._carrier] + quiet + 0.001)
+                due = self._heard_at[self._carrier] + quiet + 0.001
+                if due > time.monotonic():  # (past it and still here: no move was possible;
+                    wake_at = min(wake_at, due)  # look again at the next heart beat, no spin)
             ready = ep.poll(max(0.0, wake_at - time.monotonic()))
             with self._lock:  # one hold per wake-up
                 for fd, _ in ready:

@@ -208,3 +208,25 @@ def test_a_moved_channel_whose_peer_never_answers_is_made_again(tmp_path: Path,
     finally:
         for n in (b, a):
             n.close()
+
+
+def test_a_carrier_with_nowhere_to_go_does_not_spin_the_loop(tmp_path: Path,
+                                                             links: Path) -> None:
+    """The peer gone (both fabrics silent): the quiet check finds no fabric to move to and
+    must look again at the next heart beat, not at once for ever (it spun a core: in a
+    one-vCPU lab guest that starved the connects and the heart beats of the node's start)."""
+    import resource
+    a, b = make_pair(tmp_path)
+    try:
+        assert not start_nodes((a, b))
+        b.close()
+        time.sleep(0.5)  # past the quiet window: every fabric silent
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        time.sleep(2.0)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        assert cpu < 0.6, f"{cpu:.2f} s of CPU in 2 s with the peer gone"
+        assert carrier(a) == "x"
+    finally:
+        for n in (b, a):
+            n.close()
