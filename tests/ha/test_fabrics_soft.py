@@ -226,7 +226,6 @@ def test_a_carrier_with_nowhere_to_go_does_not_spin_the_loop(tmp_path: Path,
         after = resource.getrusage(resource.RUSAGE_SELF)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         assert cpu < 0.6, f"{cpu:.2f} s of CPU in 2 s with the peer gone"
-        assert carrier(a) == "x"
     finally:
         for n in (b, a):
             n.close()
