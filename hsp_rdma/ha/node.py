@@ -325,6 +325,9 @@ class Node:
         rep = config.replication
         self.default_commit = rep.commit
         self.role = config.role
+        self._side = 0 if config.name < config.peer else 1  # marks the frames this side sends
+        self._interval_s = config.timeouts.heartbeat_interval / 1000
+        self._quiet_s = QUIET_INTERVALS * self._interval_s  # the carrier's quiet check
         self.session = self._new_session(epoch)
         # heart beats: one small session per fabric (health runs on every fabric)
         self._health = [self._new_health(epoch) for _ in config.fabrics]
@@ -394,7 +397,7 @@ class Node:
     def _new_session(self, epoch: int, incarnation: int | None = None) -> ifa.Session:
         rep = self.config.replication
         return ifa.Session(epoch, rep.message_size, rep.credits, MAIN,
-                           side=0 if self.config.name < self.config.peer else 1,
+                           side=self._side,
                            incarnation=incarnation)
 
     def _new_health(self, epoch: int) -> ifa.Session:
@@ -402,7 +405,7 @@ class Node:
         restarted shows on any of them)."""
         rep = self.config.replication
         return ifa.Session(epoch, rep.message_size, rep.credits, (Channel.HEALTH,),
-                           side=0 if self.config.name < self.config.peer else 1,
+                           side=self._side,
                            incarnation=self.session.incarnation)
 
     @property
@@ -915,8 +918,7 @@ class Node:
                 cq.arm()
                 cqs[cq.fileno()] = (port.index, ch, cq)
                 ep.register(cq.fileno(), select.EPOLLIN)
-        interval = self.config.timeouts.heartbeat_interval / 1000
-        quiet = QUIET_INTERVALS * interval
+        interval, quiet = self._interval_s, self._quiet_s
         spare = len(self._ports) > 1
         requests = self._requests
         next_hb = time.monotonic()
@@ -1203,8 +1205,7 @@ class Node:
         # a fabric that just came back is no target for a move on silence alone (a cable
         # that flaps would take the traffic each time it is plugged); a break still moves
         other = self._spare(stable_s=FAILBACK_STABLE_S)
-        interval = self.config.timeouts.heartbeat_interval / 1000
-        if other is None or self._heard_at[other] - self._heard_at[carrier] < interval:
+        if other is None or self._heard_at[other] - self._heard_at[carrier] < self._interval_s:
             return  # nowhere better to go (both quiet: the failure detector's matter)
         self._switch(other, f"nothing came in on fabric {self._ports[carrier].config.name} "
                             f"for {(now - self._heard_at[carrier]) * 1000:.0f} ms")
@@ -1246,7 +1247,7 @@ class Node:
                 or self.config.name > self.config.peer):
             return
         since = self._warm_since[0]
-        quiet = QUIET_INTERVALS * self.config.timeouts.heartbeat_interval / 1000
+        quiet = self._quiet_s
         if since is not None and now - since >= FAILBACK_STABLE_S and \
                 now - self._heard_at[0] <= quiet:
             self._switch(0, f"fabric {self._ports[0].config.name} is back (fabric_failback = "
