@@ -413,6 +413,19 @@ class Node:
         """The carrier's port (the MAIN channels' links)."""
         return self._ports[self._carrier] if self._ports else None
 
+    def carrier_heard(self) -> tuple[str, float]:
+        """(the fabric that carries the traffic, seconds since anything came in on it). With
+        a heart beat every interval on every fabric, a carrier heard more than one interval
+        ago may be a cable just pulled that the quiet check has not judged yet."""
+        carrier = self._carrier
+        name = self._ports[carrier].config.name if self._ports else \
+            self.config.fabrics[0].name
+        return name, time.monotonic() - self._heard_at[carrier]
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        return self._interval_s
+
     def _sess(self, fab: int, ch: Channel) -> ifa.Session:
         """The session CH's frames on fabric FAB belong to."""
         return self._health[fab] if ch is Channel.HEALTH else self.session

@@ -967,6 +967,10 @@ class Engine:
             case gso.SendMessage(message=msg):
                 if isinstance(msg, gso.StartGso):
                     self._current = GsoReport(msg.epoch, "", "active", msg.mode.name.lower())
+                elif isinstance(msg, gso.Cancel) and self._current is not None \
+                        and not self._current.reason:
+                    # the report of an abort on our own timer or link says which (READY_TIMEOUT)
+                    self._current.reason = msg.reason.name
                 if not (self.drop_ready and isinstance(msg, gso.Ready)):
                     self._send(msg)
             case gso.StopApplication():

@@ -278,14 +278,22 @@ def test_what_a_gso_drill_must_show() -> None:
         return {"a": SimpleNamespace(events=list(a)), "b": SimpleNamespace(events=[])}
 
     acks = [Ack(1, int(1e9), "a"), Ack(2, int(5e9), "a")]
-    ok = procs(_ev("requested", 1), _ev("done", 3, outcome="aborted"), _ev("thawed", 3))
+    ok = procs(_ev("requested", 1), _ev("frozen", 2), _ev("done", 3, outcome="aborted"),
+               _ev("thawed", 3))
     assert gso_problems(s, ok, acks) == []
     assert gso_problems(_scenario('[[steps]]\ndo = "wait"\nfor = "1s"'), procs(), []) == []
     assert "no GSO was started" in gso_problems(s, procs(), acks)[0]
     assert "never ended" in gso_problems(s, procs(_ev("requested", 1)), acks)[0]
-    frozen = procs(_ev("requested", 1), _ev("done", 3, outcome="aborted", reason="LINK_LOST"))
+    frozen = procs(_ev("requested", 1), _ev("frozen", 2),
+                   _ev("done", 3, outcome="aborted", reason="LINK_LOST"))
     assert "never thawed" in gso_problems(s, frozen, acks)[0]
-    late = procs(_ev("requested", 1), _ev("done", 6, outcome="aborted"), _ev("thawed", 6))
+    # ended on the ready timer before the freeze: no switch-over, said so (CI, stop 19)
+    early = procs(_ev("requested", 1), _ev("done", 6, outcome="aborted", reason="READY_TIMEOUT"))
+    assert gso_problems(s, early, acks) == [(
+        "the active's GSO ended aborted (READY_TIMEOUT) before its application was frozen: "
+        "no switch-over took place")]
+    late = procs(_ev("requested", 1), _ev("frozen", 2), _ev("done", 6, outcome="aborted"),
+                 _ev("thawed", 6))
     assert "acknowledged no transfer after" in gso_problems(s, late, acks)[0]
     # completed: b switched to active and acknowledged after, a switched to standby and did not
     done = procs(_ev("requested", 1), _ev("done", 3, outcome="completed"),

@@ -231,9 +231,10 @@ class GsoSide:
         """Start a GSO to the peer (this node must serve); what was started. ValueError or
         HspError saying why not."""
         deadline = time.monotonic() + GSO_ANSWER_S
-        while not (self.connected.is_set() and self._fresh() and self._moved is None):
+        while not (self.connected.is_set() and self._can_start()):
             if self.ended or time.monotonic() >= deadline:
                 why = self.ended or ("still connecting" if not self.connected.is_set() else
+                                     self._on_live_carrier() or
                                      f"nothing heard on fabric {self.eng.fabric} for "
                                      f"{self.eng.silent_s():.1f} s")
                 raise SwitchoverError(f"the GSO's VI is not connected ({why}): no "
@@ -258,6 +259,27 @@ class GsoSide:
         request is taken only then: one taken on a link just given up would be refused."""
         eng = self.eng
         return eng.link_up and (not eng.keepalive_s or eng.silent_s() <= 2 * eng.keepalive_s)
+
+    def _can_start(self) -> bool:
+        """A GSO may start now: the link is fresh, on Interface A's live carrier, and not
+        about to move."""
+        return self._fresh() and self._moved is None and self._on_live_carrier() is None
+
+    def _on_live_carrier(self) -> str | None:
+        """None when the GSO's link is on the fabric Interface A carries its traffic on and
+        Interface A heard that fabric within one heart-beat interval; else why not. (Its
+        heart beats judge a fabric far sooner than the GSO link's keep-alive: a Start-GSO
+        sent on a cable pulled a moment ago would be lost, and the GSO would end on its
+        ready timer instead of running once the link is on the other fabric.)"""
+        if len(self.links) < 2:
+            return None
+        carrier, quiet_s = self.node.carrier_heard()
+        if carrier != self.eng.fabric:
+            return (f"the GSO's link is on fabric {self.eng.fabric} while Interface A's "
+                    f"traffic is on {carrier}")
+        if quiet_s > self.node.heartbeat_interval_s:
+            return f"nothing came in on fabric {carrier} for {quiet_s * 1000:.0f} ms"
+        return None
 
     def carrier_moved(self, old: str, new: str) -> None:
         """Interface A moved its traffic from fabric OLD to NEW (its heart beats judge each
@@ -307,7 +329,7 @@ class GsoSide:
         """The connected link until the stop (PeerLeft when it is gone)."""
         eng = self.eng
         while not self.stop.is_set():
-            if self._fresh() and self._moved is None:
+            if self._can_start():
                 self._take_requests()
             with self._cv:
                 suspected, self._suspected = self._suspected, False
@@ -322,7 +344,7 @@ class GsoSide:
                 if moved != eng.fabric and eng.link_up:
                     eng.drop_link(f"Interface A moved its traffic to fabric {moved}")
             eng.serve(until=lambda: self.stop.is_set()
-                      or (self._requests and self._fresh() and self._moved is None)
+                      or (self._requests and self._can_start())
                       or self._suspected or len(eng.reports) > self._reported
                       or (self._moved is not None and eng.machine.state in RESTING))
             self._flush_reports()

@@ -210,7 +210,12 @@ def gso_problems(scenario: Scenario, procs: dict, acks: list) -> list[str]:
                     "follow-up of SwitchedOver)")
         return problems
     thawed = gso_event(procs, "thawed", node="a")
-    if thawed is None:
+    if gso_event(procs, "frozen", node="a") is None:
+        # ended before the freeze: the application never stopped, and no switch-over happened
+        problems.append(f"the active's GSO ended {done.get('outcome')} "
+                        f"({done.get('reason') or 'no reason given'}) before its application "
+                        "was frozen: no switch-over took place")
+    elif thawed is None:
         problems.append(f"the active's GSO ended {done.get('outcome')} ({done.get('reason')}) "
                         "but its application was never thawed")
     elif not any(a.node == "a" and a.t_ns / 1e9 > thawed["t"] for a in acks):
