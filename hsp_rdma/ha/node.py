@@ -1320,8 +1320,11 @@ class Node:
                 local = via.NetAddress(cfg.local, self._disc(ch))
                 try:
                     if connects:
-                        if link.up or via.VipQueryVi(link.vi)[0] is not via.ViState.IDLE:
-                            self._reset_link(fab, ch)
+                        # Always from a reset: a failed attempt flushed the receives posted
+                        # for it, and a connection made without posting them again came up
+                        # with none (siw lab: warm y links with 0 of 32 receives, broken by
+                        # the peer's first HELLO when traffic moved there).
+                        self._reset_link(fab, ch)
                         via.VipConnectRequest(link.vi, local,
                                               via.NetAddress(cfg.peer, self._disc(ch)),
                                               RECONNECT_CONNECT_MS)
