@@ -39,12 +39,12 @@ from hsp_rdma.tools.drills.scenario import find_scenario, load_scenario
 pytestmark = pytest.mark.lab
 
 
-# pull-x-both, flap-x and pull-y-during-gso are shipped and pass over soft, but fail in the lab
-# too often to gate CI: at the moment one node moves its traffic to y, the other's warm y
-# connections are often disconnected (RDMA_CM_EVENT_DISCONNECTED, rxe and siw; cause not found
-# yet), and the re-made channels can outlast the drill's bounds. They are out of this matrix
-# until that is fixed, as the stop's note says; run them with hsp-failover-test --lab rxe|siw.
-@pytest.mark.parametrize("drill", ["pull-both"])
+# All four, on both kinds. pull-x-both, flap-x and pull-y-during-gso were out of this matrix
+# for a while: at a move, the peer's warm y connections broke. The cause was the active's warm
+# y links coming up with no receive posted (a failed first connect had flushed them), and it
+# is fixed in the node. After the fix, each passed on siw and rxe
+# (hsp-failover-test --lab siw|rxe, 2026-11-26).
+@pytest.mark.parametrize("drill", ["pull-x-both", "flap-x", "pull-y-during-gso", "pull-both"])
 def test_fabric_drills_run_in_the_lab(healthy_lab: Lab, drill: str) -> None:
     kind = healthy_lab.status()["rdma"]
     runner = LabRunner(kind, healthy_lab.lab_id)
