@@ -5,7 +5,9 @@
 soft` on this host over the software VIA provider (hsp_rdma.cli.bench_soft).
 `hsp-bench cext` compares the Cython bindings with ib_write_bw / ib_send_lat and with an
 event-driven pyverbs writer. `hsp-bench disk --vs drbd` puts disk replication beside DRBD 8.4
-(hsp_rdma.cli.bench_disk). Each prints its method; the work is in hsp_rdma.tools.
+(hsp_rdma.cli.bench_disk). `hsp-bench fabric` pulls the carrier fabric and times each traffic
+stop beside the same run's ack gaps (hsp_rdma.cli.bench_fabric). Each prints its method; the
+work is in hsp_rdma.tools.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from hsp_rdma.cli import bench_disk, bench_ifa, bench_soft
+from hsp_rdma.cli import bench_disk, bench_fabric, bench_ifa, bench_soft
 from hsp_rdma.cli.common import (
     EXIT_CODES_HELP,
     EXIT_FAILED,
@@ -106,6 +108,7 @@ def build_parser() -> Parser:
     add_cext_arguments(cx)
     bench_disk.add_parser(sub)
     bench_ifa.add_parser(sub)
+    bench_fabric.add_parser(sub)
     sv = sub.add_parser("serve", help="the standby side of 'gso --peer' on two real hosts")
     sv.add_argument("--device", required=True, help="this host's RDMA device")
     sv.add_argument("--local-ip", required=True, type=ipv4,
@@ -115,6 +118,7 @@ def build_parser() -> Parser:
     p.checks.append(bench_soft.joint_problem)
     p.checks.append(_joint_problem)
     p.checks.append(bench_disk.joint_problem)
+    p.checks.append(bench_fabric.joint_problem)
     return p
 
 
@@ -347,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
             return bench_disk.run(args, console)
         if args.cmd == "interface-a":
             return bench_ifa.run(args, console)
+        if args.cmd == "fabric":
+            return bench_fabric.run(args, console)
         if args.provider == "soft":
             return bench_soft.run(args, console)
         return run_gso(args)
