@@ -64,7 +64,9 @@ def _ms(v: float | None) -> str:
 def show(r: dict[str, Any], console: Console) -> None:
     where = f"{r['rdma']}" + (f", lab {r['lab_id']}" if r["lab_id"] else "")
     t = table(f"traffic stop per pull of the carrier ({where}; {r['pulled']}; "
-              f"{r['rate_tx_per_s']} tx/s, commit {r['commit']})", "#", "pulled", "at [sec]",
+              f"{r['rate_tx_per_s']} tx/s asked, "
+              f"{'-' if r['achieved_tx_per_s'] is None else round(r['achieved_tx_per_s'])} "
+              f"acknowledged; commit {r['commit']})", "#", "pulled", "at [sec]",
               "stop [msec]", "clock", "carrier moves")
     for s in r["stops"]:
         t.add_row(str(s["pull"]), s["what"], "-" if s["at_s"] is None else f"{s['at_s']:.1f}",
