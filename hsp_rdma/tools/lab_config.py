@@ -44,11 +44,17 @@ def node_config_text(info: Mapping[str, Any], node: str, state_root: Path, *,
                      timeouts: Mapping[str, Any] | None = None,
                      disks: list[Mapping[str, Any]] | None = None,
                      fence: Mapping[str, Any] | None = None,
-                     control_socket: Path | None = None, pmem_persist: bool = False) -> str:
-    """The TOML of NODE ("a" or "b") of the lab described by INFO (``Lab.info()``)."""
-    if node not in NODES:
-        raise ValueError(f"a lab's nodes are {', '.join(NODES)}, not {node!r}")
-    peer = NODES[1 - NODES.index(node)]
+                     control_socket: Path | None = None, pmem_persist: bool = False,
+                     peer: str | None = None) -> str:
+    """The TOML of NODE ("a" or "b") of the lab described by INFO (``Lab.info()``); with
+    PEER, NODE's side of its pair with PEER, any two nodes of INFO (a lab of 3+ nodes, an
+    n+1 drill: ``tools/drills/nplus1.py``)."""
+    if peer is None:
+        if node not in NODES:
+            raise ValueError(f"a lab's nodes are {', '.join(NODES)}, not {node!r}")
+        peer = NODES[1 - NODES.index(node)]
+    elif peer == node:
+        raise ValueError(f"node {node!r} cannot be its own peer")
     for who in (node, peer):
         if who not in info or "x" not in info[who]:
             raise ValueError(f"node {who} has no fabric x in the lab's info (not booted or "

@@ -79,6 +79,8 @@ class DrillResult:
     # one dict per pull (pulls with no step between them are one): see ``traffic_stops``
     traffic_stops: tuple[dict, ...] = ()
     ack_interval_ms: float | None = None  # the median time between two acks, for scale
+    # an n+1 drill's per-pair figures, the standby host's refusals (``nplus1.judge_nplus1``)
+    nplus1: dict | None = None
 
     @property
     def traffic_stop_ms(self) -> float | None:
@@ -484,6 +486,12 @@ def judge(scenario: Scenario, result: DrillResult) -> list[str]:
         if wanted is not None and happened != wanted:
             failed.append(f"{what} {'happened' if happened else 'did not happen'}, expected "
                           f"{'one' if wanted else 'none'}")
+    if c.takeover_refused is not None and result.nplus1 is not None:  # (an n+1 runner's)
+        refused = bool(result.nplus1.get("refusals"))
+        if refused != c.takeover_refused:
+            failed.append("the n+1 standby host refused " + (
+                "no takeover, expected one" if c.takeover_refused else
+                "a takeover, expected none"))
     if c.audit_repairs is not None and result.audit_repairs != c.audit_repairs:
         failed.append(f"audit repaired {result.audit_repairs} chunk(s), expected "
                       f"{c.audit_repairs}")
@@ -495,6 +503,8 @@ def report(result: DrillResult, failures: list[str]) -> dict[str, Any]:
     row = {"name": result.name, "passed": not failures}
     row.update({f: getattr(result, f) for f in REPORT_FIELDS[2:]})
     row["traffic_stops"] = [dict(s) for s in result.traffic_stops]
+    if result.nplus1 is not None:  # an n+1 drill: per pair, who serves, the refusals
+        row["nplus1"] = result.nplus1
     row["failures"] = failures
     return row
 
@@ -525,6 +535,10 @@ def why_unavailable(target: Target | SoftTarget, scenario: Scenario) -> str | No
     if isinstance(target, LabTarget):
         from hsp_rdma.tools.drills.lab_runner import unsupported as lab_unsupported
         return lab_unsupported(scenario)
+    if scenario.nplus1 is not None:
+        return ("an n+1 drill on real hosts is not built (it needs a standby host's "
+                "configuration per active): run it over soft (--provider soft) or in the lab "
+                "(--lab rxe|siw)")
     from hsp_rdma.tools.drills.hosts_runner import load_pair
     from hsp_rdma.tools.drills.hosts_runner import unsupported as hosts_unsupported
     return hosts_unsupported(load_pair(target.configs, target.drill_hosts, target.ack_addr),

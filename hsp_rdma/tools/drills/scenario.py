@@ -33,6 +33,15 @@ stopped at most this long and came back; see ``runner.traffic_stops``).
 
 ``fabrics = ["x"]`` (top level, optional) sets the pair up with only those fabrics (default:
 both, x and y).
+
+n+1 (issue 13): a table ``[nplus1]`` with ``actives = N`` (2 to MAX_ACTIVES) makes the drill
+one of N actives (nodes a, b, c, ...) and one n+1 standby host (the next letter: d for 3),
+each active the active of its own pair with the standby host (``tools/drills/nplus1.py``),
+each under the ledger workload. A step's ``node`` is then an active by name ("a", "b", ...)
+or "standby" (the host); ``wait until promoted`` waits for one of the host's sessions to
+promote, ``until refused`` for the host to refuse a takeover (its alarm "n+1 standby already
+active for <peer>; cannot take over for <other>"); the check ``takeover_refused`` (true: at
+least one takeover must be refused; false: none may) is for n+1 drills only.
 Events a wait may wait ``until``: suspected, fenced, promoted (the standby's), resync-started,
 resync-done, gso-copy-started, gso-done, audit-done, fabric-switched (a node moved its carrier
 to the other fabric: drill_node's ``{"event": "fabric", "phase": "switched"}``), each counted
@@ -63,9 +72,14 @@ from hsp_rdma.units import parse_size
 
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "scenarios"
 NODES = ("active", "standby")  # by the role each had when the drill began
+# n+1: the actives' names (the standby host is the next letter: ``nplus1.names``); at most
+# 7 actives, as a lab has at most 8 nodes (hsp_rdma.lab.MAX_NODES)
+MAX_ACTIVES = 7
+ACTIVE_NAMES = tuple("abcdefg"[:MAX_ACTIVES])
 TARGETS = ("pmem", "disk")
 EVENTS = ("suspected", "fenced", "promoted", "resync-started", "resync-done",
-          "gso-copy-started", "gso-done", "audit-done", "fabric-switched")
+          "gso-copy-started", "gso-done", "audit-done", "fabric-switched", "refused")
+NPLUS1_EVENTS = ("refused",)  # events of n+1 drills only
 CORRUPTIBLE = ("block", "page")
 MAX_WAIT_S = 3600.0
 MAX_RATE = 100_000
@@ -129,6 +143,7 @@ class Checks:
     fabric_switch: bool | None = None  # whether the carrier must (true) or must not move
     max_fabric_switches: int | None = None  # the carrier moved at most this many times
     max_traffic_stop_ms: float | None = None  # around each pull: traffic stopped at most this
+    takeover_refused: bool | None = None  # n+1: a takeover must (true) / must not be refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +155,7 @@ class Scenario:
     checks: Checks
     fabrics: tuple[str, ...] = FABRICS  # the fabrics the pair is set up with for the drill
     path: str | None = None
+    nplus1: int | None = None  # n+1: how many actives the standby host protects (None: a pair)
 
 
 # -- field checkers: each returns the parsed value, or None when the value is not allowed ----
@@ -264,8 +280,11 @@ CHECK_FIELDS: dict[str, Checker] = {
                               "(it must stay)")),
     "max_fabric_switches": _int_in(0, 1 << 20),
     "max_traffic_stop_ms": (_ms, "a number of milliseconds above 0"),
+    "takeover_refused": (_bool, ("true (the n+1 standby host must refuse a takeover) or "
+                                 "false (it may refuse none)")),
 }
-TOP_FIELDS = ("description", "fabrics", "workload", "steps", "checks")
+NPLUS1_FIELDS: dict[str, Checker] = {"actives": _int_in(2, MAX_ACTIVES)}
+TOP_FIELDS = ("description", "fabrics", "nplus1", "workload", "steps", "checks")
 _STEP_TO_ATTR = {"for": "wait_s", "timeout": "timeout_s"}
 
 
@@ -351,7 +370,8 @@ def _table(src: _Source, raw: dict[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
-def _parse_step(src: _Source, raw: Any, index: int) -> Step:
+def _parse_step(src: _Source, raw: Any, index: int,
+                step_fields: dict[str, Checker] = STEP_FIELDS) -> Step:
     what = f"step {index + 1}"
     line = src.line(None, "steps", index)
     if not isinstance(raw, dict):
@@ -367,7 +387,7 @@ def _parse_step(src: _Source, raw: Any, index: int) -> Step:
                         f"{', '.join(ACTIONS)})", "do", "steps", index)
     needed, optional = ACTIONS[action]
     what = f"step {index + 1} ({action})"
-    values = _fields(src, {k: v for k, v in raw.items() if k != "do"}, STEP_FIELDS, "steps",
+    values = _fields(src, {k: v for k, v in raw.items() if k != "do"}, step_fields, "steps",
                      index, what, needed + optional, action)
     missing = [k for k in needed if k not in values]
     if missing:
@@ -379,6 +399,10 @@ def _parse_step(src: _Source, raw: Any, index: int) -> Step:
         if "timeout" in values and "until" not in values:
             raise src.error(f"{what}: timeout goes with until, not with for", "timeout",
                             "steps", index)
+    if values.get("until") in NPLUS1_EVENTS and step_fields is STEP_FIELDS:
+        raise src.error(f"{what}: until = \"{values['until']}\" is an n+1 drill's event (the "
+                        "standby host refused a takeover): add [nplus1] actives = N",
+                        "until", "steps", index)
     if action == "corrupt" and values.get("node", "standby") != "standby":
         raise src.error(f"{what}: only the standby is corrupted (the audit repairs it from "
                         "the active, which is authoritative)", "node", "steps", index)
@@ -460,7 +484,20 @@ def parse_scenario(text: str, path: str | None = None, name: str | None = None) 
         if fabrics is None:
             raise src.error(f"fabrics = {_toml(raw['fabrics'])} should be a list of "
                             + " or ".join(f'"{f}"' for f in FABRICS) + ", each once", "fabrics")
-    steps = [_parse_step(src, s, i) for i, s in enumerate(raw_steps)]
+    nplus1 = None
+    step_fields = STEP_FIELDS
+    if "nplus1" in raw:
+        n = _fields(src, _table(src, raw, "nplus1"), NPLUS1_FIELDS, "nplus1", 0, "nplus1")
+        if "actives" not in n:
+            raise ConfigError("nplus1: missing field actives (how many actives the n+1 "
+                              f"standby host protects, 2 to {MAX_ACTIVES})", path,
+                              src.line(None, "nplus1"))
+        nplus1 = n["actives"]
+        names = (*ACTIVE_NAMES[:nplus1], "standby")
+        step_fields = {**STEP_FIELDS, "node": (
+            _one_of(names)[0], "one of " + ", ".join(f'"{v}"' for v in names)
+            + " (an n+1 drill's actives by name, or its standby host)")}
+    steps = [_parse_step(src, s, i, step_fields) for i, s in enumerate(raw_steps)]
     for i, step in enumerate(steps):
         if step.fabric is not None and step.fabric not in fabrics:
             raise src.error(f"step {i + 1} ({step.do}): fabric {step.fabric} is not one of the "
@@ -477,6 +514,10 @@ def parse_scenario(text: str, path: str | None = None, name: str | None = None) 
         if checks.max_traffic_stop_ms is not None and not any(s.do == "pull" for s in steps):
             raise src.error("checks: max_traffic_stop_ms needs a pull step (it bounds the "
                             "stop around each pull)", "max_traffic_stop_ms", "checks")
+        if checks.takeover_refused is not None and nplus1 is None:
+            raise src.error("checks: takeover_refused is an n+1 drill's check (the standby "
+                            "host refuses a second takeover): add [nplus1] actives = N",
+                            "takeover_refused", "checks")
         fabric_checks = [k for k in ("fabric_switch", "max_fabric_switches")
                          if getattr(checks, k) is not None]
         if fabric_checks and len(fabrics) < 2:
@@ -485,7 +526,7 @@ def parse_scenario(text: str, path: str | None = None, name: str | None = None) 
                             fabric_checks[0], "checks")
     stem = Path(path).stem if path else "scenario"
     return Scenario(name or stem, description.strip(), workload, tuple(steps), checks,
-                    fabrics, path)
+                    fabrics, path, nplus1)
 
 
 def load_scenario(path: str | Path) -> Scenario:

@@ -103,6 +103,9 @@ def unsupported(scenario: Scenario, supported: set[str] = SUPPORTED,
                 where: str = "over the soft provider") -> str | None:
     """Why SCENARIO cannot run here (SUPPORTED steps, FABRICS that can be pulled; None:
     any), or None."""
+    if scenario.nplus1 is not None:  # an n+1 drill: its own runner (tools/drills/nplus1.py)
+        from hsp_rdma.tools.drills.nplus1 import unsupported as nplus1_unsupported
+        return nplus1_unsupported(scenario, where)
     bad = []
     for do in sorted({s.do for s in scenario.steps} - supported):
         bad.append(f"step {do}: {WHY_NOT.get(do, 'not built yet')}")
@@ -280,6 +283,9 @@ class SoftRunner:
         self.keep = keep
 
     def run(self, scenario: Scenario) -> DrillResult:
+        if scenario.nplus1 is not None:  # N actives and a standby host: its own processes
+            from hsp_rdma.tools.drills.nplus1 import SoftNPlus1Runner
+            return SoftNPlus1Runner(self.keep).run(scenario)
         work = Path(tempfile.mkdtemp(prefix=f"hsp-drill-{scenario.name}-"))
         keep = self.keep
         try:
