@@ -34,6 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> Parser:
                    help="pulls in all, alternating x and y (each pulls the carrier)")
     p.add_argument("--both", action="store_true",
                    help="pull (and plug) the fabric on both nodes (default: the active's only)")
+    p.add_argument("--warm", type=bounded(float, fabric_bench.WARM_S, 120, "--warm"),
+                   default=fabric_bench.WARM_S, metavar="SECONDS",
+                   help="after a plug, wait this long (the fabric warm again) before the "
+                        "next pull")
     p.add_argument("--rate", type=bounded(int, 1, MAX_RATE, "--rate"), default=200,
                    help="the ledger workload's transactions per second")
     p.add_argument("--commit", choices=COMMIT_MODES, default="applied",
@@ -98,7 +102,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     """`hsp-bench fabric`: the bench, its tables or JSON; --check's verdict."""
     with console.status(Text("")) as status:
         r = fabric_bench.bench(args.provider, args.lab, args.lab_id, args.pulls, args.both,
-                               args.rate, args.commit, step=lambda m: status.update(Text(m)))
+                               args.rate, args.commit, step=lambda m: status.update(Text(m)),
+                               warm_s=args.warm)
     if args.json:
         print(json.dumps(r, indent=1))
     else:

@@ -5,8 +5,11 @@ A two-node, two-fabric pair of drill nodes (``tools/drills/drill_node.py``) runs
 workload while a scenario built here pulls THE CARRIER each time: x on the active (on both
 nodes with ``both``), DOWN_S later plugs it, WARM_S later (x warm again: well above the
 node's FAILBACK_STABLE_S) pulls y, which carries the traffic by then (``fabric_failback =
-"stay"``), and so on, alternating, so every pull stops traffic and moves it. The drill
-machinery does the rest: ``LabRunner`` (``--lab rxe|siw``) or ``SoftRunner`` (the soft
+"stay"``), and so on, so every pull stops traffic. The scenario is written x, y, x, ...; the
+steps are run by ``CarrierStepDriver``, which pulls (and then plugs) the fabric the nodes
+last said carries the traffic (the ``to`` of the last ``fabric switched`` event, x before
+any): when a pull did not move the carrier, the next pull is of the same fabric, never of
+the spare. The drill machinery does the rest: ``LabRunner`` (``--lab rxe|siw``) or ``SoftRunner`` (the soft
 provider's link emulation on this host). Each pull's stop is the drill report's
 ``traffic_stops`` (``runner.traffic_stops``: from the last ack before the pull to the first
 after it; in the lab on the active guest's own clock). The baseline is the same run's ack
@@ -15,7 +18,8 @@ pull to its plug), between the first step and the last, on the same clock as the
 
 The runners keep their ack log to themselves (``judge_drill`` gets it and the DrillResult
 carries only the figures); ``_capture`` wraps ``judge_drill`` for the length of one run to
-see the log, the step timeline and, in the lab, each ack's time on its node's clock.
+see the log, the step timeline and, in the lab, each ack's time on its node's clock, and puts
+``CarrierStepDriver`` in place of the runners' step driver.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -56,12 +61,12 @@ def fabrics_pulled(pulls: int) -> list[str]:
 
 
 def scenario_text(pulls: int, both: bool, rate: int, commit: str,
-                  transaction_size: int = 256) -> str:
+                  transaction_size: int = 256, warm_s: float = WARM_S) -> str:
     """The bench's scenario as drill TOML (tools/drills/scenario.py)."""
     nodes = ("active", "standby") if both else ("active",)
     who = "both nodes" if both else "the active"
     lines = [(f'description = "Pull the carrier fabric on {who} {pulls} time(s), alternating '
-             f'x and y, {DOWN_S:g} s down, {WARM_S:g} s up between pulls: the traffic stop '
+             f'x and y, {DOWN_S:g} s down, {warm_s:g} s up between pulls: the traffic stop '
              'of each pull (hsp-bench fabric)"'), "",
              "[workload]", f"rate = {rate}", f"transaction_size = {transaction_size}",
              'targets = ["pmem", "disk"]', f'commit = "{commit}"', ""]
@@ -79,19 +84,47 @@ def scenario_text(pulls: int, both: bool, rate: int, commit: str,
         step("wait", **{"for": f"{DOWN_S:g}s"})
         for node in nodes:
             step("plug", node=node, fabric=fab)
-        step("wait", **{"for": f"{WARM_S:g}s"})
+        step("wait", **{"for": f"{warm_s:g}s"})
     lines += ["[checks]", "lost = 0", "failover = false", ""]
     return "\n".join(lines)
 
 
-def write_scenario(folder: Path, pulls: int, both: bool, rate: int, commit: str) -> Scenario:
+def write_scenario(folder: Path, pulls: int, both: bool, rate: int, commit: str,
+                   warm_s: float = WARM_S) -> Scenario:
     """The scenario, written into FOLDER (a drill node loads it from its path: in the lab,
     a folder the guests see) and parsed by the drills' own parser."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{NAME}-{time.time_ns()}.toml"
-    text = scenario_text(pulls, both, rate, commit)
+    text = scenario_text(pulls, both, rate, commit, warm_s=warm_s)
     path.write_text(text, encoding="utf-8")
     return parse_scenario(text, str(path), name=NAME)
+
+
+def carrier_now(procs: dict[str, Any]) -> str:
+    """The fabric carrying the traffic as the nodes last told it: the ``to`` of the latest
+    ``fabric switched`` event of either node (x, where the pair starts, before any)."""
+    moves = [e for p in procs.values() for e in list(p.events)
+             if e.get("event") == "fabric" and e.get("phase") == "switched"]
+    return max(moves, key=lambda e: e.get("t", 0.0))["to"] if moves else "x"
+
+
+class CarrierStepDriver(soft_runner.GsoStepDriver):
+    """The runners' step driver, with each pull of the bench's scenario aimed at the carrier
+    (``carrier_now`` as the pull group begins) and its plug at the same fabric; the timeline
+    holds the steps as run. Every other step is GsoStepDriver's."""
+
+    def run(self, steps) -> None:
+        fabric: str | None = None  # the fabric of the pull group under way
+        prev = None
+        for step in list(steps):
+            if step.do == "pull":
+                if prev is None or prev.do != "pull":
+                    fabric = carrier_now(self.procs)
+                step = replace(step, fabric=fabric)
+            elif step.do == "plug" and fabric is not None:
+                step = replace(step, fabric=fabric)
+            super().run([step])
+            prev = step
 
 
 @contextmanager
@@ -102,6 +135,7 @@ def _capture(into: dict[str, Any]) -> Iterator[None]:
     from hsp_rdma.tools.drills import lab_runner
 
     original = soft_runner.judge_drill
+    driver = soft_runner.GsoStepDriver
     sig = inspect.signature(original)
 
     def judge_drill(*args: Any, **kwargs: Any) -> DrillResult:
@@ -110,13 +144,15 @@ def _capture(into: dict[str, Any]) -> Iterator[None]:
         into.update({k: bound.arguments[k] for k in ("log", "timeline", "own_t", "done_t")})
         return original(*args, **kwargs)
 
-    soft_runner.judge_drill = judge_drill  # type: ignore[assignment]
-    lab_runner.judge_drill = judge_drill  # type: ignore[assignment]
+    for module in (soft_runner, lab_runner):
+        module.judge_drill = judge_drill  # type: ignore[assignment]
+        module.GsoStepDriver = CarrierStepDriver  # type: ignore[misc]
     try:
         yield
     finally:
-        soft_runner.judge_drill = original  # type: ignore[assignment]
-        lab_runner.judge_drill = original  # type: ignore[assignment]
+        for module in (soft_runner, lab_runner):
+            module.judge_drill = original  # type: ignore[assignment]
+            module.GsoStepDriver = driver  # type: ignore[misc]
 
 
 def pull_windows(timeline: list[tuple[float, Any]],
@@ -191,7 +227,8 @@ def make_runner(provider: str, kind: str, lab_id: str):
 
 
 def bench(provider: str, kind: str, lab_id: str, pulls: int, both: bool, rate: int,
-          commit: str, step: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+          commit: str, step: Callable[[str], None] = lambda _m: None,
+          warm_s: float = WARM_S) -> dict[str, Any]:
     """Run the bench once; its result as the --json object (see the module's docstring)."""
     if not MIN_PULLS <= pulls <= MAX_PULLS:
         raise ValueError(f"pulls should be between {MIN_PULLS} and {MAX_PULLS}")
@@ -204,8 +241,8 @@ def bench(provider: str, kind: str, lab_id: str, pulls: int, both: bool, rate: i
             # the drill nodes load the scenario from its path: a folder the guests see
             # (beside the runner's own evidence); the run boots the lab when it is down
             folder = Path(runner.lab.root) / "drills" / lab_id
-        scenario = write_scenario(folder, pulls, both, rate, commit)
-        length = LEAD_S + pulls * (DOWN_S + WARM_S)
+        scenario = write_scenario(folder, pulls, both, rate, commit, warm_s)
+        length = LEAD_S + pulls * (DOWN_S + warm_s)
         step(f"{pulls} pull(s) of the carrier under {rate} tx/s ({length:.0f} s of steps"
              + (")" if provider == "soft" else f", after the {kind} lab {lab_id} is up)"))
         try:
@@ -223,23 +260,23 @@ def bench(provider: str, kind: str, lab_id: str, pulls: int, both: bool, rate: i
             close()  # a lab the runner booted goes down
     return summarize(result, judge(scenario, result), seen, provider=provider, kind=kind,
                      lab_id=lab_id, pulls=pulls, both=both, rate=rate, commit=commit,
-                     heartbeat_ms=int(timeouts["heartbeat_interval"]))
+                     heartbeat_ms=int(timeouts["heartbeat_interval"]), warm_s=warm_s)
 
 
 def summarize(result: DrillResult, failures: list[str], seen: dict[str, Any], *,
               provider: str, kind: str, lab_id: str, pulls: int, both: bool, rate: int,
-              commit: str, heartbeat_ms: int) -> dict[str, Any]:
+              commit: str, heartbeat_ms: int, warm_s: float = WARM_S) -> dict[str, Any]:
     """The --json object of one run from the drill's result and what ``_capture`` saw."""
     if result.acknowledged == 0:
         why = "; ".join(result.problems) or "no transfer was acknowledged"
         raise FabricBenchError(f"the fabric bench measured nothing (the workload never "
                                f"acknowledged a transfer): {why}")
     notes: list[str] = []
-    fabrics = fabrics_pulled(pulls)
+    fabrics = [s["pull"].split()[0] for s in result.traffic_stops]  # as run: the carrier
     where = "both nodes" if both else "the active"
     stops = []
     for i, s in enumerate(result.traffic_stops):
-        stops.append({"pull": i + 1, "fabric": fabrics[i] if i < len(fabrics) else "?",
+        stops.append({"pull": i + 1, "fabric": fabrics[i],
                       "what": s["pull"], "at_s": s["at_s"], "stop_ms": s["stop_ms"],
                       "resumed": s["resumed"], "clock": s["clock"],
                       "switches": list(s["switches"])})
@@ -247,8 +284,9 @@ def summarize(result: DrillResult, failures: list[str], seen: dict[str, Any], *,
             notes.append(f"pull {i + 1} ({s['pull']}): no stop measured: no ack came after it "
                          "before the plug (traffic did not resume on the other fabric)")
         elif not s["switches"]:
-            notes.append(f"pull {i + 1} ({s['pull']}): no node told a carrier move (was "
-                         f"{fabrics[i]} the carrier?)")
+            notes.append(f"pull {i + 1} ({s['pull']}): the carrier did not move (no node told "
+                         f"a move): the spare was not there to take it, so the next pull is of "
+                         f"{fabrics[i]} again")
     if len(stops) < pulls:
         notes.append(f"only {len(stops)} of {pulls} pull(s) ran: no stop measured for the "
                      "others (the drill stopped early; see the problems)")
@@ -281,8 +319,9 @@ def summarize(result: DrillResult, failures: list[str], seen: dict[str, Any], *,
                    "emulation's NIC down)")
     how = ("the lab's link down/up on that fabric's NIC (hsp-lab fault link)"
            if provider != "soft" else "the soft provider's link file of that fabric's NIC")
-    method = (f"{pulls} pull(s) of the carrier fabric ({', '.join(fabrics)}) on {where}, "
-              f"by {how}: {DOWN_S:g} s down, plugged, {WARM_S:g} s for it to be warm again, "
+    method = (f"{pulls} pull(s) of the carrier fabric (as the nodes last told it; pulled: "
+              f"{', '.join(fabrics) or 'none'}) on {where}, "
+              f"by {how}: {DOWN_S:g} s down, plugged, {warm_s:g} s for it to be warm again, "
               f"first pull after {LEAD_S:g} s; ledger workload {rate} tx/s asked ("
               + ("-" if achieved is None else f"{achieved:.0f}") + " acknowledged per "
               f"second over the steps), 256 B to pmem and "
@@ -298,7 +337,7 @@ def summarize(result: DrillResult, failures: list[str], seen: dict[str, Any], *,
             "rdma": "soft" if provider == "soft" else kind,
             "lab_id": None if provider == "soft" else lab_id,
             "pulled": f"the carrier on {where}", "both": both, "pulls": pulls,
-            "down_s": DOWN_S, "warm_s": WARM_S, "rate_tx_per_s": rate,
+            "down_s": DOWN_S, "warm_s": warm_s, "rate_tx_per_s": rate,
             "achieved_tx_per_s": None if achieved is None else round(achieved, 1),
             "commit": commit,
             "heartbeat_interval_ms": heartbeat_ms, "goal_ms": goal_ms,

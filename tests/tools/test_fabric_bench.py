@@ -91,3 +91,35 @@ def test_a_lab_that_cannot_boot_is_one_clear_line(monkeypatch, capsys) -> None:
     err = capsys.readouterr().err
     assert code == 69, err
     assert "the siw lab cannot run" in err and "Traceback" not in err, err
+
+
+def test_each_pull_is_of_the_carrier_the_nodes_last_told() -> None:
+    class Node:
+        def __init__(self) -> None:
+            self.events: list[dict] = []
+
+    procs = {"a": Node(), "b": Node()}
+    done: list[tuple[str, str, str]] = []
+    moves = iter([("x", "y"), None, ("y", "x")])  # the 2nd pull moved nothing (no spare)
+
+    def fault(node: str, step) -> None:
+        done.append((node, step.do, step.fabric))
+        if step.do == "pull" and node == "a":
+            move = next(moves)
+            if move:
+                procs["a"].events.append({"event": "fabric", "phase": "switched",
+                                          "from": move[0], "to": move[1], "t": len(done)})
+
+    clock = iter(range(1000))
+    driver = fabric_bench.CarrierStepDriver(procs, fault, lambda: None, lambda *a: None,
+                                            lambda *a: None, lambda s: None,
+                                            lambda: float(next(clock)))
+    s = parse_scenario(fabric_bench.scenario_text(3, True, 200, "applied"), "f.toml")
+    driver.run(s.steps)
+    # x (the carrier at the start), then y (where it moved), y again (it did not move), and
+    # each plug of the fabric its pull took down
+    assert done == [("a", "pull", "x"), ("b", "pull", "x"), ("a", "plug", "x"),
+                    ("b", "plug", "x"), ("a", "pull", "y"), ("b", "pull", "y"),
+                    ("a", "plug", "y"), ("b", "plug", "y"), ("a", "pull", "y"),
+                    ("b", "pull", "y"), ("a", "plug", "y"), ("b", "plug", "y")]
+    assert [st.fabric for _, st in driver.timeline if st.do == "pull"] == ["x"] * 2 + ["y"] * 4
