@@ -39,6 +39,7 @@ from hsp_rdma.cli.common import (
 )
 from hsp_rdma.errors import ConfigError
 from hsp_rdma.lab import RDMA_KINDS
+from hsp_rdma.tools.drills.nplus1 import describe as describe_nplus1
 from hsp_rdma.tools.drills.runner import (
     DrillRunner,
     DrillsUnavailable,
@@ -161,6 +162,9 @@ def show_drills(rows: list[dict], out: Console | None = None,
     out.print(t)
     for r in rows:  # the traffic stop around each pull, to quote
         for line in describe_stops(r):
+            out.print(Text(line))
+    for r in rows:  # an n+1 drill: each pair, who serves it, the standby host's refusals
+        for line in describe_nplus1(r):
             out.print(Text(line))
     for r in rows:
         for why in r["failures"]:

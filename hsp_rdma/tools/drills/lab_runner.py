@@ -130,6 +130,9 @@ class LabRunner:
         return self.lab
 
     def run(self, scenario: Scenario) -> DrillResult:
+        if scenario.nplus1 is not None:  # N actives and a standby host: a lab of N + 1 nodes
+            from hsp_rdma.tools.drills.nplus1_lab import lab_nplus1
+            return lab_nplus1(self, scenario)
         lab = self._ready()
         problems: list[str] = []
         tag = f"drill-{scenario.name}-{time.time_ns()}"

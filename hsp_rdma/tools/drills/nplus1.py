@@ -45,7 +45,6 @@ from hsp_rdma.tools.drills.acklog import AckLog, AckWriter, pump, read_acklog
 from hsp_rdma.tools.drills.ledger import check_ledger, check_replay, verify_acked
 from hsp_rdma.tools.drills.runner import DrillResult, DrillsUnavailable, judge
 from hsp_rdma.tools.drills.scenario import ACTIVE_NAMES, MAX_ACTIVES, Scenario
-from hsp_rdma.tools.drills.standby_node import dump_names
 from hsp_rdma.tools.lab_config import node_config_text
 
 SUPPORTED = {"wait", "kill", "pause", "resume"}
@@ -326,6 +325,13 @@ def describe(row: Mapping[str, Any]) -> list[str]:
                      f"{n1['standby']}), lost {p['lost']}, served by {serves}{extra}")
     for r in n1.get("refusals") or ():
         lines.append(f"{row['name']}: standby host {n1['standby']} refused: {r['why']}")
+    lab = n1.get("lab")
+    if lab:
+        boot = (f"booted in {lab['boot_s']:g} s" if lab.get("boot_s") is not None
+                else "up already")
+        lines.append(f"{row['name']}: {lab['kind']} lab {lab['lab_id']} of {lab['nodes']} "
+                     f"nodes {boot}; pairs up {lab.get('pairs_up_s')} s after the start; the "
+                     f"drill took {lab.get('drill_s')} s in all")
     return lines
 
 
@@ -466,6 +472,7 @@ class SoftNPlus1Runner:
                 shutil.rmtree(work, ignore_errors=True)
 
     def _run(self, scenario: Scenario, work: Path) -> DrillResult:
+        from hsp_rdma.tools.drills.standby_node import dump_names
         from hsp_rdma.via.providers import soft
 
         actives, standby = names(scenario.nplus1 or 0)
