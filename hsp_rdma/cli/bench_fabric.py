@@ -93,6 +93,10 @@ def show(r: dict[str, Any], console: Console) -> None:
     console.print(Text(f"acknowledged {r['acknowledged']}, lost {r['lost']}, failover "
                        f"{'yes' if r['failover'] else 'no'}, carrier moves (node that moved "
                        f"most) {r['fabric_switches']}"))
+    if r.get("fabrics_at_end"):
+        console.print(Text("fabrics when the nodes stopped: " + "; ".join(
+            f"{n}: " + ", ".join(f"{f} {st}" for f, st in fabs.items())
+            for n, fabs in r["fabrics_at_end"].items())))
     for note in r["notes"]:
         console.print(Text.assemble(("note:", "yellow"), f" {note}"))
     console.print(Text(f"method: {r['method']}", style="dim"))

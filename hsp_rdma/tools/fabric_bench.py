@@ -141,7 +141,8 @@ def _capture(into: dict[str, Any]) -> Iterator[None]:
     def judge_drill(*args: Any, **kwargs: Any) -> DrillResult:
         bound = sig.bind(*args, **kwargs)
         bound.apply_defaults()
-        into.update({k: bound.arguments[k] for k in ("log", "timeline", "own_t", "done_t")})
+        into.update({k: bound.arguments[k]
+                     for k in ("procs", "log", "timeline", "own_t", "done_t")})
         return original(*args, **kwargs)
 
     for module in (soft_runner, lab_runner):
@@ -209,6 +210,19 @@ def achieved_rate(ack_times_ns: list[int], timeline: list[tuple[float, Any]],
         return None
     start = timeline[0][0]
     return sum(1 for t in ack_times_ns if start <= t / 1e9 <= done_t) / (done_t - start)
+
+
+def fabrics_at_end(procs: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Each node's fabrics as its ``final`` status gave them (its links up, connecting or
+    down; "carrier" marked), the nodes that gave one."""
+    out = {}
+    for name, p in procs.items():
+        final = next((e for e in list(p.events) if e.get("event") == "final"), None)
+        fabs = ((final or {}).get("status") or {}).get("fabrics") or []
+        if fabs:
+            out[name] = {f["name"]: f["state"] + (" (carrier)" if f.get("carrier") else "")
+                         for f in fabs}
+    return out
 
 
 def _summary(values: list[float]) -> dict[str, float] | None:
@@ -311,6 +325,12 @@ def summarize(result: DrillResult, failures: list[str], seen: dict[str, Any], *,
         notes.append(f"the workload acknowledged {achieved:.0f} tx/s of the {rate} asked (each "
                      "commit waits for the peer): a stop is seen to within one ack gap "
                      "(baseline)")
+    at_end = fabrics_at_end(seen.get("procs") or {})
+    for node, fabs in at_end.items():
+        for fab, state in fabs.items():
+            if not state.startswith("up"):
+                notes.append(f"node {node}'s fabric {fab} was {state} when the node stopped "
+                             f"({warm_s:g} s or more after its last plug)")
     goal_ms = GOAL_INTERVALS * heartbeat_ms
     summary = _summary(measured)
     met = None if summary is None else summary["p50"] <= goal_ms
@@ -345,4 +365,5 @@ def summarize(result: DrillResult, failures: list[str], seen: dict[str, Any], *,
             "baseline": baseline, "ack_interval_ms": result.ack_interval_ms,
             "acknowledged": result.acknowledged, "lost": result.lost,
             "failover": result.failover, "fabric_switches": result.fabric_switches,
+            "fabrics_at_end": at_end,
             "notes": notes}
