@@ -398,16 +398,26 @@ class Region:
         self.slot = -1  # its grant-table slot, once granted
 
     def grant(self) -> tuple[int, int, int] | None:
-        """(memfd, offset in it, slot) for a peer to map this region, or None."""
+        """(memfd, offset in it, slot) for a peer to map this region, or None: then nothing
+        is granted and the peer's writes stay frames (never an error of the connection)."""
         if self.shm is None or self.closed:
             return None
         alloc, off = self.shm
-        if not alloc.live():
+        # The allocation can be closed under a live buffer: shm's finalizer of an older,
+        # closed shared_buffer that lay at the same address closes the newer one's memfd and
+        # grant table when the cyclic GC collects the old buffer (any time, in any thread).
+        # Its fd number may then name another file: never grant it.
+        if not alloc.live() or alloc.table.closed:
             return None
         if self.slot < 0:
-            self.slot = alloc.claim(self.key, EN_WRITE)
+            try:
+                self.slot = alloc.claim(self.key, EN_WRITE)
+            except (ValueError, TypeError):  # (the table closed meanwhile, as above)
+                return None
             if self.slot < 0:
                 return None
+        if alloc.table.closed:
+            return None
         return alloc.fd, shm.PAGE + off, self.slot
 
     @property
