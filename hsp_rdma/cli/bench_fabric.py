@@ -90,6 +90,11 @@ def show(r: dict[str, Any], console: Console) -> None:
     t2.add_row(f"baseline ack gap ({b.get('clock', '-')})", str(b.get("gaps", 0)), "-",
                _ms(b.get("p50_ms")), _ms(b.get("p99_ms")), _ms(b.get("max_ms")), "")
     console.print(t2)
+    if b.get("max_at_s") is not None:
+        after = b.get("max_after_plug_s")
+        console.print(Text(f"the longest baseline gap began {b['max_at_s']:.1f} s after the "
+                           "first step, " + ("before the first pull" if after is None
+                                            else f"{after:.1f} s after the plug before it")))
     console.print(Text(f"acknowledged {r['acknowledged']}, lost {r['lost']}, failover "
                        f"{'yes' if r['failover'] else 'no'}, carrier moves (node that moved "
                        f"most) {r['fabric_switches']}"))

@@ -176,13 +176,16 @@ def pull_windows(timeline: list[tuple[float, Any]],
 
 def baseline_gaps(ack_times_ns: list[int], timeline: list[tuple[float, Any]],
                   done_t: float | None, own: list[tuple[str, float | None]] | None = None,
+                  where: list[tuple[float, float | None]] | None = None,
                   ) -> tuple[list[float], str]:
     """The gaps (ms) between consecutive acks outside every pull window, from the first step
     to the last (DONE_T), and the clock they were measured on. OWN (parallel to
     ACK_TIMES_NS: the acknowledging node and its own clock's time of each ack, s): the
     gaps of the node with most acks on its own clock (the lab's acks reach the driver in
     batches), windows moved onto it by the least (arrival - own time) seen, as
-    ``runner.traffic_stops`` does; else the driver's clock."""
+    ``runner.traffic_stops`` does; else the driver's clock. WHERE, when given, gets for each
+    gap its start (s after the first step) and the time since the last plug before it (s;
+    None: before the first pull)."""
     if not timeline:
         return [], "driver"
     windows = pull_windows(timeline, done_t)
@@ -198,9 +201,13 @@ def baseline_gaps(ack_times_ns: list[int], timeline: list[tuple[float, Any]],
         windows = [(s - offset, e - offset) for s, e in windows]
         start, end = start - offset, end - offset
         clock = f"node {node}"
-    gaps = [(b - a) * 1000 for a, b in pairwise(times) if a >= start and b <= end
+    kept = [(a, b) for a, b in pairwise(times) if a >= start and b <= end
             and not any(a < we and b > ws for ws, we in windows)]
-    return gaps, clock
+    if where is not None:
+        for a, _ in kept:
+            plugs = [we for _, we in windows if we <= a]
+            where.append((a - start, a - max(plugs) if plugs else None))
+    return [(b - a) * 1000 for a, b in kept], clock
 
 
 def achieved_rate(ack_times_ns: list[int], timeline: list[tuple[float, Any]],
@@ -309,8 +316,10 @@ def summarize(result: DrillResult, failures: list[str], seen: dict[str, Any], *,
     own = None
     if log is not None and seen.get("own_t") is not None:
         own = [(a.node, seen["own_t"].get(a.id)) for a in log.acks]
+    gap_where: list[tuple[float, float | None]] = []
     gaps, gap_clock = ([], "driver") if log is None else baseline_gaps(
-        [a.t_ns for a in log.acks], seen.get("timeline") or [], seen.get("done_t"), own)
+        [a.t_ns for a in log.acks], seen.get("timeline") or [], seen.get("done_t"), own,
+        gap_where)
     if log is None:
         notes.append("the runner's ack log was not seen: no baseline")
     elif not gaps:
@@ -319,6 +328,10 @@ def summarize(result: DrillResult, failures: list[str], seen: dict[str, Any], *,
         "gaps": len(gaps), "p50_ms": round(statistics.median(gaps), 2),
         "p99_ms": round(percentile(gaps, 99), 2), "max_ms": round(max(gaps), 2),
         "clock": gap_clock}
+    if gaps:  # where the longest was: right after a plug (the spare made again) or not
+        at, since_plug = gap_where[gaps.index(max(gaps))]
+        baseline["max_at_s"] = round(at, 2)
+        baseline["max_after_plug_s"] = None if since_plug is None else round(since_plug, 2)
     achieved = achieved_rate([a.t_ns for a in log.acks] if log is not None else [],
                              seen.get("timeline") or [], seen.get("done_t"))
     if achieved is not None and achieved < 0.9 * rate:

@@ -123,3 +123,20 @@ def test_each_pull_is_of_the_carrier_the_nodes_last_told() -> None:
                     ("a", "plug", "y"), ("b", "plug", "y"), ("a", "pull", "y"),
                     ("b", "pull", "y"), ("a", "plug", "y"), ("b", "plug", "y")]
     assert [st.fabric for _, st in driver.timeline if st.do == "pull"] == ["x"] * 2 + ["y"] * 4
+
+
+def test_baseline_says_where_its_gaps_were() -> None:
+    class Step:
+        def __init__(self, do: str) -> None:
+            self.do = do
+
+    # acks every 10 ms; a 50 ms hiccup 0.5 s after the plug at 1.8 s
+    times = [i * 10 for i in range(301) if not 231 <= i <= 234]
+    timeline = [(0.0, Step("wait")), (1.0, Step("pull")), (1.0, Step("wait")),
+                (1.8, Step("plug")), (1.8, Step("wait"))]
+    where: list = []
+    gaps, _ = fabric_bench.baseline_gaps([t * 1_000_000 for t in times], timeline, 3.0,
+                                         where=where)
+    at, after = where[gaps.index(max(gaps))]
+    assert max(gaps) == pytest.approx(50) and at == pytest.approx(2.3)
+    assert after == pytest.approx(0.5) and where[0][1] is None
