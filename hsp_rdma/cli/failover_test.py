@@ -10,7 +10,10 @@ commands; top-level ack_addr or `--ack-addr`: this driver as the nodes reach it;
 hsp_rdma/tools/drills/hosts_runner.py). `--list` shows the shipped drills. Every
 scenario is parsed and checked before anything runs; a mistake names its file and line.
 Each drill passes only with 0 lost transfers and never two actives, and the checks its file
-adds. The work is in hsp_rdma.tools.drills.
+adds. The n+1 drill (`nplus1`: 3 actives and one standby host) runs 4 node processes over
+soft, and in the lab a lab of 4 nodes: booted for it and taken down after it, or the one
+`--lab-id` names when it is up with 4 nodes or more (`hsp-lab --lab-id ID up --nodes 4`).
+The work is in hsp_rdma.tools.drills.
 """
 
 from __future__ import annotations
