@@ -25,6 +25,7 @@ see the log, the step timeline and, in the lab, each ack's time on its node's cl
 from __future__ import annotations
 
 import inspect
+import json
 import statistics
 import tempfile
 import time
@@ -219,6 +220,17 @@ def achieved_rate(ack_times_ns: list[int], timeline: list[tuple[float, Any]],
     return sum(1 for t in ack_times_ns if start <= t / 1e9 <= done_t) / (done_t - start)
 
 
+def keep_events(procs: dict[str, Any]) -> Path:
+    """Each node's events into a new folder (NODE-events.json), which is returned: the runners
+    keep them only for a drill that failed its checks, and a pull that moved nothing is no
+    failure of the drill."""
+    folder = Path(tempfile.mkdtemp(prefix=f"hsp-{NAME}-events-"))
+    for name, p in procs.items():
+        (folder / f"{name}-events.json").write_text(json.dumps(list(p.events), indent=0,
+                                                               default=str))
+    return folder
+
+
 def fabrics_at_end(procs: dict[str, Any]) -> dict[str, dict[str, str]]:
     """Each node's fabrics as its ``final`` status gave them (its links up, connecting or
     down; "carrier" marked), the nodes that gave one."""
@@ -308,6 +320,9 @@ def summarize(result: DrillResult, failures: list[str], seen: dict[str, Any], *,
             notes.append(f"pull {i + 1} ({s['pull']}): the carrier did not move (no node told "
                          f"a move): the spare was not there to take it, so the next pull is of "
                          f"{fabrics[i]} again")
+    if any(not s["switches"] for s in stops) and seen.get("procs"):
+        notes.append(f"the nodes' events (driver's clock, t) are kept for a look: "
+                     f"{keep_events(seen['procs'])}")
     if len(stops) < pulls:
         notes.append(f"only {len(stops)} of {pulls} pull(s) ran: no stop measured for the "
                      "others (the drill stopped early; see the problems)")
