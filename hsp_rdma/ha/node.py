@@ -1325,9 +1325,13 @@ class Node:
         port = self._ports[fab]
         cfg = port.config
         wake = self._reconnect_wake[fab]
+        failed: Channel | None = None  # the channel whose attempt ended the last round
         while not self._stop:
             with self._lock:
                 todo = [ch for ch in CHANNELS if (fab, ch) in self._reconnect]
+            if failed in todo and len(todo) > 1:  # tried last this time: one channel that
+                todo.remove(failed)  # keeps failing never holds the others back
+                todo.append(failed)
             if connects and not todo:
                 wake.wait(1.0)
                 wake.clear()
@@ -1363,11 +1367,18 @@ class Node:
                                 self._feed_lost()
                         self._reset_link(fab, ch)
                         via.VipConnectAccept(req, link.vi)
-                except via.VipTimeout:
-                    continue
-                except via.VipError as exc:
-                    with self._lock:
-                        link.lost = f"reconnecting: {exc}"
+                except via.VipError as exc:  # (VipTimeout too)
+                    if connects or not isinstance(exc, via.VipTimeout):
+                        with self._lock:
+                            link.lost = f"reconnecting: {exc}"
+                    if connects:
+                        failed = ch
+                        # the fabric is likely down (a pulled cable): the other channels'
+                        # attempts would each wait out their timeout too, and one plugged
+                        # meanwhile would be tried only after them all (siw lab: x still
+                        # connecting ~10 s after its plug). End the round; the next one,
+                        # after the pause, starts again with the first channel left.
+                        break
                     continue
                 self._rejoined(fab, ch)
             if connects and todo:
