@@ -47,6 +47,7 @@ class Allocation:
         self.used: set[int] = set()
         self.lock = threading.Lock()
         self.buf = buf  # (dropped by shared_buffer once the caller holds it)
+        self.closed = False
 
     def live(self) -> bool:
         b = self.ref()
@@ -69,6 +70,11 @@ class Allocation:
                 self.used.discard(slot)
 
     def close(self) -> None:
+        """Once (an fd number is never closed twice: by then it may be another file's)."""
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
         try:
             self.table.close()
         except BufferError:
@@ -83,11 +89,14 @@ _lock = threading.Lock()
 _allocs: dict[int, Allocation] = {}  # by base address
 
 
-def _forget(base: int) -> None:
+def _forget(base: int, alloc: Allocation) -> None:
+    """ALLOC's buffer was freed. Its record goes only if it is still the one at BASE: a
+    buffer closed by its owner but freed later (the cycle collector) may find a newer, live
+    buffer mapped at the same address, whose record must stay."""
     with _lock:
-        a = _allocs.pop(base, None)
-    if a is not None:
-        a.close()
+        if _allocs.get(base) is alloc:
+            del _allocs[base]
+    alloc.close()
 
 
 def shared_buffer(size: int) -> mmap.mmap:
@@ -102,7 +111,7 @@ def shared_buffer(size: int) -> mmap.mmap:
         _allocs[a.base] = a
     if old is not None:
         old.close()
-    weakref.finalize(buf, _forget, a.base)
+    weakref.finalize(buf, _forget, a.base, a)
     return buf
 
 

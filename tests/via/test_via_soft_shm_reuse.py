@@ -10,7 +10,8 @@ must not answer a write's grant request from the closed allocation: it raised th
 provider took that for a failed frame and the VI went to ERROR. That is how the GSO soft test
 'x pulled while resting' aborted in CI (its standby's NIC broke on the image write's grant
 request, the active's writes were flushed): only in a long pytest process, where a GC comes
-while a later test's engines run.
+while a later test's engines run. shm's finalizer now forgets only its own allocation (the
+second test); the provider's guard against a closed allocation stays (the first).
 """
 
 from __future__ import annotations
@@ -71,6 +72,32 @@ def test_a_write_into_a_buffer_whose_allocation_was_closed_lands_as_a_frame(
             expect(p, {PAGE: bytes(p.src[:192])})
         finally:
             p.close()
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def test_a_live_buffer_keeps_its_allocation_when_an_old_one_at_its_address_is_collected(
+        ) -> None:
+    """The root fix (via/shm.py): the finalizer of a buffer collected late forgets and closes
+    only its own allocation, never the live one mapped at the same address since."""
+    from hsp_rdma.via import shm
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        buf = _at_a_reused_address(4 * PAGE)
+        addr = via.address_of(buf)
+        found = shm.lookup(addr, 4 * PAGE)
+        assert found is not None
+        alloc = found[0]
+        gc.collect()  # the old buffers' finalizers run now
+        assert not alloc.closed and not alloc.table.closed
+        assert shm.lookup(addr, 4 * PAGE) == (alloc, 0)
+        buf.close()
+        del buf
+        gc.collect()
+        assert alloc.closed and shm.lookup(addr, 1) is None
     finally:
         if enabled:
             gc.enable()
