@@ -117,8 +117,10 @@ def lab_nplus1(runner, scenario: Scenario) -> DrillResult:
     problems: list[str] = []
     tag = f"drill-{scenario.name}-{time.time_ns()}"
     shares = {n: lab.node_dir(n) / "share" / tag for n in nodes}
-    for d in shares.values():
+    for n, d in shares.items():
         d.mkdir(parents=True)
+        # the journal disks and state directories: on the node's persistent storage
+        (lab.node_dir(n) / "share" / PERSIST_DIR / tag).mkdir(parents=True, exist_ok=True)
     evidence = Path(lab.root) / "drills" / lab.lab_id / tag
     evidence.mkdir(parents=True, exist_ok=True)
     info = {n: v for n, v in fabrics_only(lab.info(), scenario.fabrics).items() if n in nodes}
@@ -206,11 +208,11 @@ def lab_nplus1(runner, scenario: Scenario) -> DrillResult:
                      and procs[n].run.job.poll() is None and lab.node_alive(n)]
             for n in alive:
                 (shares[n] / "stop").touch()
-            for n in alive:
-                try:
-                    wait(lambda n=n: procs[n].find("final"), FINAL_S, f"final state of {n}")
-                except RuntimeError as exc:
-                    problems.append(str(exc))
+            try:  # (one wait for the group: a node stuck in its start says no final)
+                wait(lambda g=alive: all(procs[n].find("final") for n in g), FINAL_S,
+                     f"final state of {', '.join(alive)}")
+            except RuntimeError as exc:
+                problems.append(str(exc))
         for p in procs.values():
             if p.run.job is not None and p.run.job.poll() is None:
                 p.run.job.kill()

@@ -168,7 +168,8 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main(sys.argv[1:]))
-    except (HspError, NodeError) as exc:
-        emit("error", why=str(exc))
+    except (HspError, NodeError, OSError) as exc:
+        emit("error", why=f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError)
+             else str(exc))
         print(f"standby_node: {exc}", file=sys.stderr)
         sys.exit(1)
