@@ -7,7 +7,17 @@ over for b"), never two actives; 0 lost on every pair.
 
 This test boots a lab of its own (4 nodes, fabric x only, one hub segment) with the lab id
 ``<HSP_TEST_LAB_ID>-n1``, and takes it down at the end: the session's ``lab`` fixture is a
-two-node lab, and the drill cannot use it. Each kind is one boot and one drill (figures below).
+two-node lab, and the drill cannot use it. Each kind is one boot and one drill.
+
+Measured (CI=true HSP_TEST_LAB_ID=np, both kinds, 2026-11-26 12:39 UTC, host shared with one
+other two-node lab): 2 passed in 120 s (pytest's wall time, boots and downs included).
+rxe 49.8 s: boot 13.2 s, pairs up 13.3 s after the spawn; pair a 332 acked (72 by a, 260 by
+d after the takeover), 0 lost, blackout 4899 ms, detected in 2872 ms (heart-beat timeout 3 s
+here); pair b 278 acked, 0 lost, 100 acked after a's takeover, takeover refused; pair c 427
+acked, 0 lost. siw 68.7 s: boot 12.7 s, pairs up 32.2 s; a 344 acked (86 by a, 258 by d), 0
+lost, blackout 5503 ms, detected in 3131 ms; b 694 acked, 0 lost, refused; c 856 acked, 0
+lost. Both: the alarm "n+1 standby already active for a; cannot take over for b", d active
+for a only, never two actives.
 """
 
 from __future__ import annotations
