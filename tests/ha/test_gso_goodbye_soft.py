@@ -37,8 +37,11 @@ def closing(eng: Engine, fn, *args):
         eng.close()
 
 
-def serve_forever(eng: Engine) -> None:
-    eng.serve(until=lambda: False)
+def serve_forever(eng: Engine, bound_s: float = 60.0) -> None:
+    """Serve until the link ends (PeerLeft, what the callers expect); bounded, so a link that
+    never ends fails the test (no PeerLeft) instead of hanging the suite."""
+    end = time.monotonic() + bound_s
+    eng.serve(until=lambda: time.monotonic() > end)
 
 
 def test_peer_of_another_version_is_told_and_both_end_at_once():
