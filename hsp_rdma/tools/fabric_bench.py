@@ -16,22 +16,19 @@ after it; in the lab on the active guest's own clock). The baseline is the same 
 log: every gap between two consecutive acks that does not overlap a pull window (from the
 pull to its plug), between the first step and the last, on the same clock as the stops.
 
-The runners keep their ack log to themselves (``judge_drill`` gets it and the DrillResult
-carries only the figures); ``_capture`` wraps ``judge_drill`` for the length of one run to
-see the log, the step timeline and, in the lab, each ack's time on its node's clock, and puts
-``CarrierStepDriver`` in place of the runners' step driver.
+The runners' hooks give the rest: ``observe`` hands over what their judge gets (the ack log,
+the step timeline and, in the lab, each ack's time on its node's clock), and
+``step_driver`` runs the steps with ``CarrierStepDriver``.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import statistics
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
@@ -126,35 +123,6 @@ class CarrierStepDriver(soft_runner.GsoStepDriver):
                 step = replace(step, fabric=fabric)
             super().run([step])
             prev = step
-
-
-@contextmanager
-def _capture(into: dict[str, Any]) -> Iterator[None]:
-    """For the length of the block, the runners' ``judge_drill`` also leaves its ack log,
-    timeline, per-node ack times and end of steps in INTO (the drill runners hand none of
-    them out; a hook there would replace this)."""
-    from hsp_rdma.tools.drills import lab_runner
-
-    original = soft_runner.judge_drill
-    driver = soft_runner.GsoStepDriver
-    sig = inspect.signature(original)
-
-    def judge_drill(*args: Any, **kwargs: Any) -> DrillResult:
-        bound = sig.bind(*args, **kwargs)
-        bound.apply_defaults()
-        into.update({k: bound.arguments[k]
-                     for k in ("procs", "log", "timeline", "own_t", "done_t")})
-        return original(*args, **kwargs)
-
-    for module in (soft_runner, lab_runner):
-        module.judge_drill = judge_drill  # type: ignore[assignment]
-        module.GsoStepDriver = CarrierStepDriver  # type: ignore[misc]
-    try:
-        yield
-    finally:
-        for module in (soft_runner, lab_runner):
-            module.judge_drill = original  # type: ignore[assignment]
-            module.GsoStepDriver = driver  # type: ignore[misc]
 
 
 def pull_windows(timeline: list[tuple[float, Any]],
@@ -278,9 +246,10 @@ def bench(provider: str, kind: str, lab_id: str, pulls: int, both: bool, rate: i
         length = LEAD_S + pulls * (DOWN_S + warm_s)
         step(f"{pulls} pull(s) of the carrier under {rate} tx/s ({length:.0f} s of steps"
              + (")" if provider == "soft" else f", after the {kind} lab {lab_id} is up)"))
+        runner.step_driver = CarrierStepDriver  # each pull aimed at the carrier
+        runner.observe = seen.update  # the ack log, timeline, ack times, end of steps
         try:
-            with _capture(seen):
-                result = runner.run(scenario)
+            result = runner.run(scenario)
         finally:
             Path(scenario.path).unlink(missing_ok=True)  # type: ignore[arg-type]
             try:
@@ -299,7 +268,8 @@ def bench(provider: str, kind: str, lab_id: str, pulls: int, both: bool, rate: i
 def summarize(result: DrillResult, failures: list[str], seen: dict[str, Any], *,
               provider: str, kind: str, lab_id: str, pulls: int, both: bool, rate: int,
               commit: str, heartbeat_ms: int, warm_s: float = WARM_S) -> dict[str, Any]:
-    """The --json object of one run from the drill's result and what ``_capture`` saw."""
+    """The --json object of one run from the drill's result and what the runner's ``observe``
+    hook saw."""
     if result.acknowledged == 0:
         why = "; ".join(result.problems) or "no transfer was acknowledged"
         raise FabricBenchError(f"the fabric bench measured nothing (the workload never "

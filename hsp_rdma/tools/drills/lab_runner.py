@@ -32,6 +32,7 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -115,6 +116,9 @@ class LabRunner:
     def __init__(self, kind: str, lab_id: str):
         self.kind, self.lab = kind, Lab(lab_id)
         self.owned: bool | None = None
+        # the hooks of soft_runner.SoftRunner (step_driver, observe), alike
+        self.step_driver: type[GsoStepDriver] = GsoStepDriver
+        self.observe: Callable[[dict], None] | None = None
 
     def close(self) -> None:
         if self.owned:
@@ -229,9 +233,9 @@ class LabRunner:
             end = time.monotonic() + seconds
             wait(lambda: time.monotonic() >= end, seconds + 1, "time")
 
-        driver = GsoStepDriver(procs, fault, heal_links,
-                               lambda n, seq, cmd: command_file(shares[n], seq, cmd),
-                               wait, sleep, time.monotonic)
+        driver = self.step_driver(procs, fault, heal_links,
+                                  lambda n, seq, cmd: command_file(shares[n], seq, cmd),
+                                  wait, sleep, time.monotonic)
         def spawn(n: str) -> None:
             procs[n].run.job = lab.spawn(n, [sys.executable, "-m",
                                              "hsp_rdma.tools.drills.drill_node", str(paths[n]),
@@ -270,11 +274,13 @@ class LabRunner:
                 (ack_path.parent / f"{n}-stderr.txt").write_text(err)
         pmem = shares[survivor] / f"pmem-{survivor}.bin"
         journal = shares[survivor] / f"journal-{survivor}.final"
-        result = judge_drill(scenario, procs, read_acklog(ack_path),
-                             _read(pmem), _read(journal), driver.fault_t, problems,
-                             driver.timeline, {i: t for p in procs.values()
-                                               for i, t in p.own_t.items()},
-                             driver.done_t)
+        log = read_acklog(ack_path)
+        own_t = {i: t for p in procs.values() for i, t in p.own_t.items()}
+        if self.observe is not None:
+            self.observe({"procs": procs, "log": log, "timeline": driver.timeline,
+                          "own_t": own_t, "done_t": driver.done_t})
+        result = judge_drill(scenario, procs, log, _read(pmem), _read(journal),
+                             driver.fault_t, problems, driver.timeline, own_t, driver.done_t)
         if judge(scenario, result):
             return replace(result, problems=(*result.problems,
                                              f"the nodes' events and stderr: {evidence}"))

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -277,10 +278,17 @@ class _NodeProc:
 
 
 class SoftRunner:
-    """Runs drills on this host over soft; ``keep`` leaves the work directories."""
+    """Runs drills on this host over soft; ``keep`` leaves the work directories.
+
+    Hooks for tools built on the drills (``tools/fabric_bench.py``): ``step_driver``, the
+    class that runs the steps (GsoStepDriver or a subclass), and ``observe``, called once per
+    run with what the judge is given (``procs``, ``log``: the ack log, ``timeline``,
+    ``own_t``: each ack's time on its node's clock where known, ``done_t``)."""
 
     def __init__(self, keep: bool = False):
         self.keep = keep
+        self.step_driver: type[GsoStepDriver] = GsoStepDriver
+        self.observe: Callable[[dict], None] | None = None
 
     def run(self, scenario: Scenario) -> DrillResult:
         if scenario.nplus1 is not None:  # N actives and a standby host: its own processes
@@ -371,9 +379,9 @@ class SoftRunner:
             for f in links.glob("*.down"):
                 f.unlink(missing_ok=True)
 
-        driver = GsoStepDriver(procs, fault, heal,
-                               lambda n, seq, cmd: command_file(dirs[n], seq, cmd),
-                               _wait, time.sleep, time.monotonic)
+        driver = self.step_driver(procs, fault, heal,
+                                  lambda n, seq, cmd: command_file(dirs[n], seq, cmd),
+                                  _wait, time.sleep, time.monotonic)
         try:
             deadline = time.monotonic() + 60
             while not all(p.find("started") for p in procs.values()):
@@ -414,7 +422,11 @@ class SoftRunner:
         survivor = "b" if procs["b"].find("failover", "active") else "a"
         pmem_file = dirs[survivor] / f"pmem-{survivor}.bin"
         journal_file = dirs[survivor] / f"journal-{survivor}.final"
-        return judge_drill(scenario, procs, read_acklog(ack_path),
+        log = read_acklog(ack_path)
+        if self.observe is not None:
+            self.observe({"procs": procs, "log": log, "timeline": timeline, "own_t": None,
+                          "done_t": done_t})
+        return judge_drill(scenario, procs, log,
                            pmem_file.read_bytes() if pmem_file.exists() else None,
                            journal_file.read_bytes() if journal_file.exists() else None,
                            fault_t, problems, timeline, done_t=done_t)
