@@ -31,8 +31,8 @@ def test_every_command_is_walked() -> None:
     progs = {prog for prog, _ in ALL}
     assert {"hsp-lab", "hsp-lab fault", "hsp-lab up", "hsp-bench", "hsp-bench gso",
             "hsp-bench cext", "hsp-bench disk", "hsp-bench interface-a", "hsp-bench serve",
-            "scripts/demo", "hsp status", "hsp audit"} <= progs
-    assert len(progs) == 1 + 6 + 1 + 5 + 1 + 1 + 2
+            "hsp-bench fabric", "scripts/demo", "hsp status", "hsp audit"} <= progs
+    assert len(progs) == 1 + 6 + 1 + 6 + 1 + 1 + 2
 
 
 @pytest.mark.parametrize(("prog", "parser", "action"), OPTIONS,

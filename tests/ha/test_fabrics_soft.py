@@ -112,9 +112,12 @@ def test_a_pulled_carrier_moves_traffic_to_the_other_fabric_without_an_error(
         assert not work.errors, work.errors
         assert moves and moves[0][:2] == ("x", "y"), moves
         assert a.status()["fabric_switches"] >= 1
-        # the NIC's port-down report is the evidence (soft reports it, as rxe and real NICs
-        # do): a moved at once, on the port, not on heart-beat silence
-        assert a.status()["port_downs"] == 1 and "port down" in moves[0][2], moves
+        # the NIC's port-down report is evidence (soft reports it, as rxe and real NICs do):
+        # a moved at once, on the port or on the break of a channel the same pull caused
+        # (whichever reached the loop first; CI rehearsal 5 saw the break first), never on
+        # heart-beat silence
+        assert a.status()["port_downs"] == 1, a.status()["alarms"]
+        assert "port down" in moves[0][2] or "broke on fabric x" in moves[0][2], moves
         assert any(x.startswith("fabric x: port down") for x in a.status()["alarms"])
         assert fabric(a, "x")["state"] != "up"
         # healed: x is the spare again ("stay": traffic stays on y)
