@@ -45,6 +45,7 @@ from hsp_rdma.tools.drills.acklog import AckLog, AckWriter, pump, read_acklog
 from hsp_rdma.tools.drills.ledger import check_ledger, check_replay, verify_acked
 from hsp_rdma.tools.drills.runner import DrillResult, DrillsUnavailable, judge
 from hsp_rdma.tools.drills.scenario import ACTIVE_NAMES, MAX_ACTIVES, Scenario
+from hsp_rdma.tools.drills.soft_runner import _NodeProc
 from hsp_rdma.tools.lab_config import node_config_text
 
 SUPPORTED = {"wait", "kill", "pause", "resume"}
@@ -366,42 +367,6 @@ def check_soft_host(actives: int, available: int | None = None) -> None:
             f"available: use [nplus1] actives = {fit} or fewer, or free memory")
 
 
-class _Proc:
-    """A node process; its JSON events (``t`` this host's monotonic clock, the driver's too)."""
-
-    def __init__(self, name: str, argv: list[str], work: Path, env: dict):
-        self.name = name
-        self.events: list[dict] = []
-        self.err = open(work / f"{name}.stderr", "w")  # noqa: SIM115 - closed in close()
-        self.out = open(work / f"{name}.events", "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.err, env=env,
-                                     text=True)
-        (work / f"{name}.pid").write_text(str(self.proc.pid))
-        self._t = threading.Thread(target=self._read, daemon=True)
-        self._t.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.out.write(line)
-            self.out.flush()
-            try:
-                self.events.append(json.loads(line))
-            except ValueError:
-                pass
-
-    def find(self, event: str) -> dict | None:
-        return next((e for e in list(self.events) if e.get("event") == event), None)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.kill()
-        self.proc.wait(10)
-        self._t.join(5)
-        self.out.close()
-        self.err.close()
-
-
 class _AckServer:
     """One pair's ack log: the active connects first, the standby session when it serves."""
 
@@ -499,11 +464,11 @@ class SoftNPlus1Runner:
                              for a in actives}}
         (work / "standby.json").write_text(json.dumps(spec))
         py = [sys.executable, "-m", "hsp_rdma.tools.drills."]
-        procs: dict[str, _Proc] = {
-            standby: _Proc(standby, [py[0], py[1], py[2] + "standby_node",
+        procs: dict[str, _NodeProc] = {
+            standby: _NodeProc(standby, [py[0], py[1], py[2] + "standby_node",
                                      str(work / "standby.json")], work, env)}
         for a in actives:
-            procs[a] = _Proc(a, [py[0], py[1], py[2] + "drill_node", str(paths[a][a]),
+            procs[a] = _NodeProc(a, [py[0], py[1], py[2] + "drill_node", str(paths[a][a]),
                                  str(scenario.path), acks[a].addr, str(dirs[a])], work, env)
 
         def fault(node: str, do: str) -> None:

@@ -263,7 +263,7 @@ class _NodeProc:
 
     def find(self, event: str, what: str | None = None) -> dict | None:
         for e in list(self.events):
-            if e["event"] == event and (what is None or e.get("what") == what):
+            if e.get("event") == event and (what is None or e.get("what") == what):
                 return e
         return None
 
