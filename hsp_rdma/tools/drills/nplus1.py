@@ -41,6 +41,7 @@ from typing import Any
 
 from hsp_rdma.errors import ConfigError
 from hsp_rdma.ha.config import parse_node_config
+from hsp_rdma.lab.lab import mem_available_mib
 from hsp_rdma.tools.drills.acklog import AckLog, AckWriter, pump, read_acklog
 from hsp_rdma.tools.drills.ledger import check_ledger, check_replay, verify_acked
 from hsp_rdma.tools.drills.runner import DrillResult, DrillsUnavailable, judge
@@ -342,17 +343,6 @@ TIMEOUTS = {"heartbeat_interval": 100, "heartbeat_timeout": 1000, "connect": 300
             "commit": 5000}
 PMEM_SIZE = "1 MiB"  # per pair (the ledger takes ~26 KiB); the host holds one per active
 DISK_SIZE = 4 << 20
-
-
-def mem_available_mib() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) // 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def check_soft_host(actives: int, available: int | None = None) -> None:
