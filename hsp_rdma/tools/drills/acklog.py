@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -176,6 +178,44 @@ def pump(stream: BinaryIO, writer: AckWriter, node: str,
         writer.append(Ack(transfer_id, clock(), node))
         count += 1
     return count
+
+
+class AckServer:
+    """The driver's end of the nodes' ack streams: every connection to SOCK (listening) is
+    pumped into WRITER, the first as ORDER[0]'s acks (the active when the drill began), every
+    later one as ORDER[1]'s (the node serving after a takeover). ``addr`` is SOCK's port on
+    HOST, as the nodes are told it. ``close`` stops taking connections, closes SOCK and waits
+    for the pumps; WRITER stays the caller's."""
+
+    def __init__(self, sock: socket.socket, writer: AckWriter, host: str = "127.0.0.1",
+                 order: tuple[str, str] = ("a", "b")):
+        sock.settimeout(0.2)
+        self.sock, self.writer, self.order = sock, writer, order
+        self.addr = f"{host}:{sock.getsockname()[1]}"
+        self.stop = threading.Event()
+        self.pumps: list[threading.Thread] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            who = self.order[min(len(self.pumps), 1)]
+            t = threading.Thread(target=lambda c=conn, w=who: pump(c.makefile("rb"),
+                                                                   self.writer, w),
+                                 daemon=True)
+            t.start()
+            self.pumps.append(t)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+        for t in self.pumps:
+            t.join(5)
 
 
 def blackout_ms(acks: Iterable[Ack], fault_ns: int) -> float | None:

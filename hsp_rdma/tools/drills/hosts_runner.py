@@ -87,7 +87,7 @@ from hsp_rdma.ha.config import (
     parse_node_config,
 )
 from hsp_rdma.ha.config import KEYS as NODE_KEYS
-from hsp_rdma.tools.drills.acklog import AckWriter, pump, read_acklog
+from hsp_rdma.tools.drills.acklog import AckServer, AckWriter, read_acklog
 from hsp_rdma.tools.drills.runner import (
     UNTIL_EVENT,
     UNTIL_OWN,
@@ -95,6 +95,7 @@ from hsp_rdma.tools.drills.runner import (
     find_event,
     judge,
     pair_ready,
+    wait_for,
 )
 from hsp_rdma.tools.drills.scenario import Scenario
 from hsp_rdma.tools.drills.soft_runner import GSO_UNTIL, GsoStepDriver, judge_drill
@@ -666,54 +667,20 @@ class _NodeRun:
         self.err.close()
 
 
-class _AckServer:
-    """The driver's end of the ack streams: one connection per serving node, the first from
-    a (the active when the drill began), the next from b."""
-
-    def __init__(self, ack_addr: str, writer: AckWriter):
-        host, _, port = ack_addr.rpartition(":")
-        host = host.strip("[]")
-        try:
-            self.sock = socket.create_server((host, int(port)))
-        except OSError as exc:
-            raise HostsError(f"cannot listen for acknowledgements on {ack_addr}: {exc} (the "
-                             "ack address is this driver's own address as the nodes reach "
-                             "it, with a free port)") from None
-        self.sock.settimeout(0.2)
-        self.addr = f"{host}:{self.sock.getsockname()[1]}"
-        self.writer = writer
-        self.stop = threading.Event()
-        self.pumps: list[threading.Thread] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            who = "a" if not self.pumps else "b"
-            t = threading.Thread(target=lambda c=conn, w=who: pump(c.makefile("rb"),
-                                                                   self.writer, w),
-                                 daemon=True)
-            t.start()
-            self.pumps.append(t)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.sock.close()
-        for t in self.pumps:
-            t.join(5)
+def _ack_server(ack_addr: str, writer: AckWriter) -> AckServer:
+    """The driver's end of the ack streams, listening at ACK_ADDR (acklog.AckServer: one
+    connection per serving node, the first from a, the active when the drill began)."""
+    host, _, port = ack_addr.rpartition(":")
+    host = host.strip("[]")
+    try:
+        sock = socket.create_server((host, int(port)))
+    except OSError as exc:
+        raise HostsError(f"cannot listen for acknowledgements on {ack_addr}: {exc} (the "
+                         "ack address is this driver's own address as the nodes reach "
+                         "it, with a free port)") from None
+    return AckServer(sock, writer, host)
 
 
-def _wait(pred: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no {what} in {timeout:g} s")
-        time.sleep(0.02)
 
 
 class HostsRunner:
@@ -767,7 +734,7 @@ class HostsRunner:
                                                           host.dir)}, journal)
         writer = AckWriter(evidence / "acks.log")
         try:
-            acks = _AckServer(self.pair.ack_addr, writer)
+            acks = _ack_server(self.pair.ack_addr, writer)
         except HostsError:
             writer.close()
             raise
@@ -802,7 +769,7 @@ class HostsRunner:
 
         driver = GsoStepDriver(procs, fault, heal,
                             lambda n, seq, cmd: hosts[n].put_command(seq, cmd),
-                            _wait, time.sleep, time.monotonic)
+                            wait_for, time.sleep, time.monotonic)
         started = False
         try:
             deadline = time.monotonic() + START_TIMEOUT_S
@@ -820,7 +787,7 @@ class HostsRunner:
                     raise RuntimeError(f"node {hosts[n].name} started as {role}, the drill needs "
                                        f"it {want}: the pair is in the wrong roles; the drill "
                                        "was refused before any step")
-            _wait(lambda: pair_ready(procs), START_TIMEOUT_S,
+            wait_for(lambda: pair_ready(procs), START_TIMEOUT_S,
                   "the active's workload to start")
             started = True
             driver.run(scenario.steps)
@@ -865,7 +832,7 @@ class HostsRunner:
         for n, p in procs.items():
             if p.alive():
                 try:
-                    _wait(lambda p=p: p.find("final") or not p.alive(), FINAL_TIMEOUT_S,
+                    wait_for(lambda p=p: p.find("final") or not p.alive(), FINAL_TIMEOUT_S,
                           f"final state of node {hosts[n].name}")
                 except RuntimeError as exc:
                     problems.append(str(exc))

@@ -47,6 +47,7 @@ from hsp_rdma.tools.drills.runner import (
     find_event,
     judge,
     pair_ready,
+    wait_for,
 )
 from hsp_rdma.tools.drills.scenario import Scenario
 from hsp_rdma.tools.drills.soft_runner import PMEM_SIZE, SUPPORTED, GsoStepDriver, judge_drill
@@ -174,12 +175,7 @@ class LabRunner:
                 p.run.job.poll()
 
         def wait(pred, timeout: float, what: str) -> None:
-            deadline = time.monotonic() + timeout
-            while not pred():
-                poll()
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"no {what} in {timeout:g} s")
-                time.sleep(0.01)
+            wait_for(pred, timeout, what, poll, step_s=0.01)
 
         def fault(node: str, step) -> None:
             if step.do in ("pull", "plug"):

@@ -526,3 +526,15 @@ def check_replay(ledger_buf: Buffer, journal_buf: Buffer) -> list[str]:
         problems.append(f"{len(wrong)} account(s) differ from the journal's replay, first "
                         f"{wrong[0]}: {have[wrong[0]]} held, {expect[wrong[0]]} replayed")
     return problems
+
+
+def ledger_problems(who: str, ledger: Buffer | None, journal: Buffer | None) -> list[str]:
+    """What a drill reports of one node's final ledger (``check_ledger``) and of its journal's
+    replay on it (``check_replay``), each prefixed with WHO; nothing for a ledger not given."""
+    if ledger is None:
+        return []
+    ok, why = check_ledger(ledger)
+    out = [] if ok else [f"{who}'s ledger: {w}" for w in why]
+    if journal is not None:
+        out.extend(f"{who}: {w}" for w in check_replay(ledger, journal))
+    return out

@@ -33,7 +33,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -42,9 +41,9 @@ from typing import Any
 from hsp_rdma.errors import ConfigError
 from hsp_rdma.ha.config import parse_node_config
 from hsp_rdma.lab.lab import mem_available_mib
-from hsp_rdma.tools.drills.acklog import AckLog, AckWriter, pump, read_acklog
-from hsp_rdma.tools.drills.ledger import check_ledger, check_replay, verify_acked
-from hsp_rdma.tools.drills.runner import DrillResult, DrillsUnavailable, judge
+from hsp_rdma.tools.drills.acklog import AckLog, AckServer, AckWriter, read_acklog
+from hsp_rdma.tools.drills.ledger import ledger_problems, verify_acked
+from hsp_rdma.tools.drills.runner import DrillResult, DrillsUnavailable, judge, wait_for
 from hsp_rdma.tools.drills.scenario import ACTIVE_NAMES, MAX_ACTIVES, Scenario
 from hsp_rdma.tools.drills.soft_runner import _NodeProc
 from hsp_rdma.tools.lab_config import node_config_text
@@ -177,17 +176,6 @@ class NPlus1Driver:
 
 # ---- judging ------------------------------------------------------------------------------------
 
-def _ledger_problems(who: str, ledger: bytes | None, journal: bytes | None) -> list[str]:
-    out = []
-    if ledger is not None:
-        ok, why = check_ledger(ledger)
-        if not ok:
-            out.extend(f"{who}'s ledger: {w}" for w in why)
-        if journal is not None:
-            out.extend(f"{who}: {w}" for w in check_replay(ledger, journal))
-    return out
-
-
 def judge_nplus1(scenario: Scenario, procs: dict, logs: dict[str, AckLog],
                  dumps: dict[str, dict[str, tuple[bytes | None, bytes | None]]],
                  driver: NPlus1Driver, problems: list[str]) -> DrillResult:
@@ -236,7 +224,7 @@ def judge_nplus1(scenario: Scenario, procs: dict, logs: dict[str, AckLog],
             name = standby if who == "standby" else a
             checked.append(name)
             lost.update(verify_acked(ids, ledger, journal))
-            problems.extend(_ledger_problems(f"pair {a}, node {name}", ledger, journal))
+            problems.extend(ledger_problems(f"pair {a}, node {name}", ledger, journal))
         if not checked:
             problems.append(f"pair {a}: neither node left its P.mem and journal to check")
             lost.update(ids)
@@ -357,49 +345,21 @@ def check_soft_host(actives: int, available: int | None = None) -> None:
             f"available: use [nplus1] actives = {fit} or fewer, or free memory")
 
 
-class _AckServer:
+class _AckLog:
     """One pair's ack log: the active connects first, the standby session when it serves."""
 
     def __init__(self, path: Path, active: str, standby: str):
-        self.writer = AckWriter(path)
         self.path = path
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.2)
-        self.addr = f"127.0.0.1:{self.listener.getsockname()[1]}"
-        self.stop = threading.Event()
-        self.pumps: list[threading.Thread] = []
-        self.order = (active, standby)
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            who = self.order[min(len(self.pumps), 1)]
-            t = threading.Thread(target=lambda c=conn, w=who: pump(c.makefile("rb"),
-                                                                   self.writer, w),
-                                 daemon=True)
-            t.start()
-            self.pumps.append(t)
+        self.writer = AckWriter(path)
+        self.server = AckServer(socket.create_server(("127.0.0.1", 0)), self.writer,
+                                order=(active, standby))
+        self.addr = self.server.addr
 
     def close(self) -> None:
-        self.stop.set()
-        self.listener.close()
-        for t in self.pumps:
-            t.join(5)
+        self.server.close()
         self.writer.close()
 
 
-def _wait(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no {what} in {timeout:g} s")
-        time.sleep(0.02)
 
 
 def _read(path: Path) -> bytes | None:
@@ -448,7 +408,7 @@ class SoftNPlus1Runner:
         for d in dirs.values():
             d.mkdir()
         env = dict(os.environ, HSP_VIA_SOFT_PORT_BASE=str(soft.random_port_base()))
-        acks = {a: _AckServer(work / f"acks-{a}.log", a, standby) for a in actives}
+        acks = {a: _AckLog(work / f"acks-{a}.log", a, standby) for a in actives}
         spec = {"scenario": scenario.path, "dir": str(dirs[standby]),
                 "sessions": {a: {"config": str(paths[a][standby]), "ack": acks[a].addr}
                              for a in actives}}
@@ -469,9 +429,9 @@ class SoftNPlus1Runner:
             except ProcessLookupError:
                 pass
 
-        driver = NPlus1Driver(procs, standby, fault, _wait, time.sleep, time.monotonic)
+        driver = NPlus1Driver(procs, standby, fault, wait_for, time.sleep, time.monotonic)
         try:
-            _wait(lambda: _ready(procs, actives, standby, work), 90,
+            wait_for(lambda: _ready(procs, actives, standby, work), 90,
                   "n+1 pairs up (every active serving, the standby host started)")
             driver.run(scenario.steps)
         except RuntimeError as exc:

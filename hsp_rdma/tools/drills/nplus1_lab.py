@@ -27,7 +27,7 @@ from hsp_rdma.lab import fence_agent
 from hsp_rdma.lab.lab import PERSIST_DIR
 from hsp_rdma.tools.drills.acklog import Ack, AckWriter, read_acklog
 from hsp_rdma.tools.drills.nplus1 import NPlus1Driver, host_note, judge_nplus1, names, write_configs
-from hsp_rdma.tools.drills.runner import DrillResult, DrillsUnavailable, judge
+from hsp_rdma.tools.drills.runner import DrillResult, DrillsUnavailable, judge, wait_for
 from hsp_rdma.tools.drills.scenario import Scenario
 from hsp_rdma.tools.drills.standby_node import dump_names
 from hsp_rdma.tools.guest import GuestRun
@@ -148,12 +148,7 @@ def lab_nplus1(runner, scenario: Scenario) -> DrillResult:
                 p.run.job.poll()
 
     def wait(pred, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not pred():
-            poll()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no {what} in {timeout:g} s")
-            time.sleep(0.01)
+        wait_for(pred, timeout, what, poll, step_s=0.01)
 
     def sleep(seconds: float) -> None:
         end = time.monotonic() + seconds

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,6 +115,19 @@ class Events(Protocol):
     """One node's events as a runner collected them (dicts with ``event``, ``t``, ...)."""
 
     events: list[dict]
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str,
+             poll: Callable[[], None] | None = None, step_s: float = 0.02) -> None:
+    """Until PRED() is true (calling POLL first each time round, when given), every STEP_S;
+    RuntimeError "no WHAT in TIMEOUT s" past TIMEOUT. The drill drivers' wait."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if poll is not None:
+            poll()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no {what} in {timeout:g} s")
+        time.sleep(step_s)
 
 
 def find_event(node: Events, event: str, what: str | None = None, since: int = 0,

@@ -38,8 +38,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from hsp_rdma.tools.drills.acklog import AckWriter, blackout_ms, pump, read_acklog
-from hsp_rdma.tools.drills.ledger import check_ledger, check_replay, verify_acked
+from hsp_rdma.tools.drills.acklog import AckServer, AckWriter, blackout_ms, read_acklog
+from hsp_rdma.tools.drills.ledger import ledger_problems, verify_acked
 from hsp_rdma.tools.drills.runner import (
     UNTIL_EVENT,
     UNTIL_OWN,
@@ -54,6 +54,7 @@ from hsp_rdma.tools.drills.runner import (
     pair_ready,
     switch_count,
     traffic_stops,
+    wait_for,
 )
 from hsp_rdma.tools.drills.scenario import Scenario
 from hsp_rdma.tools.lab_config import write_node_configs
@@ -327,31 +328,10 @@ class SoftRunner:
         env = dict(os.environ, HSP_VIA_SOFT_PORT_BASE=str(soft.random_port_base()),
                    **{soft.LINKS_DIR_ENV: str(links)})
         # the driver's ack log: one connection per serving node
-        listener = socket.create_server(("127.0.0.1", 0))
-        listener.settimeout(0.2)
-        ack_addr = f"127.0.0.1:{listener.getsockname()[1]}"
         ack_path = work / "acks.log"
         writer = AckWriter(ack_path)
-        stop_acks = threading.Event()
-        pumps: list[threading.Thread] = []
-        serving_by: dict[str, str] = {}  # peer address -> node, unknown: "?"
-
-        def accept() -> None:
-            while not stop_acks.is_set():
-                try:
-                    conn, _ = listener.accept()
-                except TimeoutError:
-                    continue
-                except OSError:
-                    return
-                who = "a" if not pumps else "b"  # the first to serve is the active (a)
-                serving_by[str(len(pumps))] = who
-                t = threading.Thread(target=lambda c=conn, w=who: pump(c.makefile("rb"),
-                                                                       writer, w), daemon=True)
-                t.start()
-                pumps.append(t)
-
-        threading.Thread(target=accept, daemon=True).start()
+        acks = AckServer(socket.create_server(("127.0.0.1", 0)), writer)
+        ack_addr = acks.addr
         scen_path = scenario.path or ""
         argv = [sys.executable, "-m", "hsp_rdma.tools.drills.drill_node"]
         procs = {n: _NodeProc(n, [*argv, str(paths[n]), scen_path, ack_addr, str(dirs[n])],
@@ -381,7 +361,7 @@ class SoftRunner:
 
         driver = self.step_driver(procs, fault, heal,
                                   lambda n, seq, cmd: command_file(dirs[n], seq, cmd),
-                                  _wait, time.sleep, time.monotonic)
+                                  wait_for, time.sleep, time.monotonic)
         try:
             deadline = time.monotonic() + 60
             while not all(p.find("started") for p in procs.values()):
@@ -393,7 +373,7 @@ class SoftRunner:
                     raise RuntimeError("the pair did not start in 60 s")
                 time.sleep(0.05)
             if not procs["a"].find("serving"):
-                _wait(lambda: pair_ready(procs), 20, "the active's workload to start")
+                wait_for(lambda: pair_ready(procs), 20, "the active's workload to start")
             driver.run(scenario.steps)
         except RuntimeError as exc:
             problems.append(str(exc))
@@ -408,10 +388,7 @@ class SoftRunner:
                     except subprocess.TimeoutExpired:
                         problems.append(f"node {p.name} did not stop in 15 s")
                 p.close()
-            stop_acks.set()
-            listener.close()
-            for t in pumps:
-                t.join(5)
+            acks.close()
             writer.close()
         return self._judge(scenario, dirs, procs, ack_path, driver.fault_t, problems,
                            driver.timeline, driver.done_t)
@@ -457,12 +434,7 @@ def judge_drill(scenario: Scenario, procs: dict, log, ledger: bytes | None,
     if "disk" not in scenario.workload.targets:
         journal = None
     lost = verify_acked(log.ids, ledger, journal) if final is not None else log.ids
-    if ledger is not None:
-        ok, why = check_ledger(ledger)
-        if not ok:
-            problems.extend(f"survivor's ledger: {w}" for w in why)
-        if journal is not None:
-            problems.extend(f"survivor: {w}" for w in check_replay(ledger, journal))
+    problems.extend(ledger_problems("survivor", ledger, journal))
     # two actives: the old active acknowledged after the new one became active, or became
     # active again itself
     two = False
@@ -503,9 +475,3 @@ def judge_drill(scenario: Scenario, procs: dict, log, ledger: bytes | None,
                        switches, stops, ack_interval_ms(ack_times))
 
 
-def _wait(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no {what} in {timeout:g} s")
-        time.sleep(0.02)
