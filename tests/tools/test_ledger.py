@@ -29,6 +29,7 @@ from hsp_rdma.tools.drills.ledger import (
     ledger_size,
     memo_size_for,
     read_journal,
+    recover_image,
     scan_journal,
     verify_acked,
 )
@@ -224,6 +225,34 @@ def test_recover_after_the_journal_lost_a_record_re_appends_it() -> None:
     disk.buf[8 * JOURNAL_MIN:] = bytes(len(disk.buf) - 8 * JOURNAL_MIN)
     with pytest.raises(LedgerError, match="more than the one interrupted transfer"):
         LedgerWorkload.recover(Ledger.open(pmem), disk, disk.buf)
+
+
+def test_recover_image_judges_what_a_takeover_would_serve() -> None:
+    """CI, n+1 on siw: active b was killed between its journal write (replicated) and its
+    P.mem transaction; the standby host's never-promoted session for b held the journal one
+    transfer ahead. Raw, the replay check names it; recovered as a takeover would, it is
+    clean; the inputs are left untouched; what a takeover cannot repair stays named."""
+    pmem, disk, work = fresh()
+    run(work, 10)
+    work.journal.append(work.random_transfer(random.Random(7)))
+    raw_pmem, raw_disk = bytes(pmem.buf), bytes(disk.buf)
+    assert any("journal ends at transfer 11, ledger at 10" in p
+               for p in check_replay(raw_pmem, raw_disk))
+    ledger, journal = recover_image(raw_pmem, raw_disk)
+    assert check_replay(ledger, journal) == [] and check_ledger(ledger) == (True, [])
+    assert verify_acked(list(range(1, 12)), ledger, journal) == []
+    assert (bytes(pmem.buf), bytes(disk.buf)) == (raw_pmem, raw_disk)
+    # a consistent image is unchanged
+    pmem2, disk2, work2 = fresh()
+    run(work2, 10)
+    assert recover_image(pmem2.buf, disk2.buf) == (bytes(pmem2.buf), bytes(disk2.buf))
+    # the ledger two transfers past its journal: beyond what a takeover repairs, returned as
+    # it was for the checkers to name
+    disk2.buf[8 * JOURNAL_MIN:] = bytes(len(disk2.buf) - 8 * JOURNAL_MIN)
+    ledger, journal = recover_image(pmem2.buf, disk2.buf)
+    assert (ledger, journal) == (bytes(pmem2.buf), bytes(disk2.buf))
+    assert check_replay(ledger, journal) != []
+    assert recover_image(None, disk.buf) == (None, bytes(disk.buf))
 
 
 def test_workloads_of_one_target() -> None:

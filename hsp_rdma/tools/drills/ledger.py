@@ -488,6 +488,27 @@ class LedgerWorkload:
         return Transfer(tid, src, dst, rng.randint(1, max(1, min(have, 1000))))
 
 
+def recover_image(ledger_buf: Buffer | None, journal_buf: Buffer | None,
+                  record_size: int = JOURNAL_MIN) -> tuple[bytes | None, bytes | None]:
+    """Copies of a session's P.mem ledger and journal as a node taking over from them would
+    serve them: ``LedgerWorkload.recover`` run on the copies, so the one transfer an active
+    killed between its journal write and its P.mem transaction left half done is completed
+    (or re-journalled), as a takeover would. A damaged ledger, or a journal more than that one
+    transfer apart, is returned unchanged for the checkers to name."""
+    if ledger_buf is None or journal_buf is None:
+        return (None if ledger_buf is None else bytes(ledger_buf),
+                None if journal_buf is None else bytes(journal_buf))
+    pmem = MemoryPmem(len(ledger_buf))
+    pmem.buf[:] = ledger_buf
+    disk = MemoryDisk(len(journal_buf))
+    disk.buf[:] = journal_buf
+    try:
+        LedgerWorkload.recover(Ledger.open(pmem), disk, journal_buf, record_size)
+    except LedgerError:
+        return bytes(ledger_buf), bytes(journal_buf)
+    return bytes(pmem.buf), bytes(disk.buf)
+
+
 def verify_acked(acked_ids: Sequence[int], ledger_buf: Buffer | None,
                  journal_buf: Buffer | None) -> list[int]:
     """The acknowledged transfers the survivor lacks, sorted: an id past the ledger's last

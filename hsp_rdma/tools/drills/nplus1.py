@@ -42,7 +42,7 @@ from hsp_rdma.errors import ConfigError
 from hsp_rdma.ha.config import parse_node_config
 from hsp_rdma.lab.lab import mem_available_mib
 from hsp_rdma.tools.drills.acklog import AckLog, AckServer, AckWriter, read_acklog
-from hsp_rdma.tools.drills.ledger import ledger_problems, verify_acked
+from hsp_rdma.tools.drills.ledger import ledger_problems, recover_image, verify_acked
 from hsp_rdma.tools.drills.runner import DrillResult, DrillsUnavailable, judge, wait_for
 from hsp_rdma.tools.drills.scenario import ACTIVE_NAMES, MAX_ACTIVES, Scenario
 from hsp_rdma.tools.drills.soft_runner import _NodeProc
@@ -222,6 +222,11 @@ def judge_nplus1(scenario: Scenario, procs: dict, logs: dict[str, AckLog],
             if ledger is None and journal is None:
                 continue
             name = standby if who == "standby" else a
+            if who == "standby" and promoted[a] is None:
+                # a session never promoted holds the image as the killed active left it: at
+                # most one transfer between its journal write and its P.mem transaction,
+                # which a takeover completes; judge what a takeover would serve
+                ledger, journal = recover_image(ledger, journal, scenario.workload.transaction_size)
             checked.append(name)
             lost.update(verify_acked(ids, ledger, journal))
             problems.extend(ledger_problems(f"pair {a}, node {name}", ledger, journal))
