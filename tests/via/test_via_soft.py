@@ -90,7 +90,9 @@ def test_via_semantics_soft(scenario_results: dict, name: str) -> None:
         r = scenario_results.get((side, name))
         assert r is not None, (f"{side} never reported '{name}' (crashed or hung?): "
                                f"{scenario_results['hung']} {scenario_results['stderr']}")
-        assert r["ok"], f"{side} {name} on soft: {r['detail']}"
+        other = scenario_results.get(("client" if side == "server" else "server", name))
+        assert r["ok"], (f"{side} {name} on soft: {r['detail']}; the other side reported "
+                         f"{other}")
     counters = [scenario_results.get((side, "_counters")) for side in ("server", "client")]
     if all(counters) and name == SCENARIOS[-1]:  # (shared-memory run: regions were granted;
         # the scenarios write a region once each, so the writes after a grant, the direct

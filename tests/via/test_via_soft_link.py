@@ -212,3 +212,21 @@ def test_without_the_variable_nothing_is_watched(tmp_path, monkeypatch):
     finally:
         a.close()
         b.close()
+
+
+def test_a_wait_that_times_out_says_where_the_stream_stood(links) -> None:
+    """CI once saw a soft receive never complete (server small_recv, inline): a timed-out
+    wait now names the VI's state and its stream's, the evidence a repeat would leave."""
+    la, lb = _labels()
+    a, b = _End(la, A_IP), _End(lb, B_IP)
+    try:
+        via.VipPostRecv(b.vi, b.desc())
+        _connect(a, b)
+        with pytest.raises(via.VipTimeout) as err:
+            via.VipRecvWait(b.vi, 100)
+        msg = str(err.value)
+        assert "no receive completed in 100 ms (VI CONNECTED, 1 receive(s) untaken" in msg
+        assert "ended=False failed=False closed=False" in msg and "progress thread alive" in msg
+    finally:
+        a.close()
+        b.close()

@@ -2031,6 +2031,20 @@ class Vi:
             head.immediate = immediate
         return head
 
+    def _stream_detail(self) -> str:
+        """For a wait that timed out: where this VI's stream stood (the evidence a rare
+        stall leaves; see the soft provider's tests)."""
+        c = self.conn
+        if c is None:
+            return " (no connection)"
+        n = self.nic.counters
+        return (f" (VI {self.state.name}, {len(self._rq)} receive(s) untaken; stream: "
+                f"ended={c.ended} failed={c.failed} closed={c.closed} waiting={c.waiting} "
+                f"buffered={c.stream.pending()} B, in_frame={c.in_frame}, applied={c.applied}"
+                f", acked={c.acked}, last_sent={c.last_seq}, progress thread "
+                f"{'alive' if c.reader.is_alive() else 'ended'}; NIC frames rx "
+                f"{n['frames_rx']} tx {n['frames_tx']})")
+
     def wait(self, recv: bool, timeout_ms: int | None) -> VipDescriptor:
         cq = self.recv_cq if recv else self.send_cq
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
@@ -2049,7 +2063,8 @@ class Vi:
                                       "receive can complete")
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise VipTimeout(f"no {what} completed in {timeout_ms} ms")
+                raise VipTimeout(f"no {what} completed in {timeout_ms} ms"
+                                 + self._stream_detail())
             conn = self.conn
             if conn is not None and conn.drive(left, self.recvq if recv else self.sendq):
                 continue  # (this thread read the stream: look again)
