@@ -110,6 +110,43 @@ def _is_hello(data: bytes) -> bool:
     return magic == MAGIC and (ftype & ~FRAME_DIR) == ifa.FrameType.HELLO
 
 
+class _TimedLock:
+    """The node's re-entrant lock, timing each outermost hold: a hold longer than
+    ``limit_s`` is remembered (the holding thread's name and how long) for the loop to
+    report. The loop's heart beats wait on this lock, so a thread that keeps it longer than
+    the peer's silence allowance gets the node fenced: this names it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0  # (changed only by the holder)
+        self._since = 0.0
+        self.limit_s = float("inf")
+        self.long: list[tuple[str, float]] = []  # (thread, seconds) not yet reported
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if not self._lock.acquire(blocking, timeout):
+            return False
+        self._depth += 1
+        if self._depth == 1:
+            self._since = time.monotonic()
+        return True
+
+    def release(self) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            held = time.monotonic() - self._since
+            if held > self.limit_s:
+                self.long.append((threading.current_thread().name, held))
+                del self.long[:-8]
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+
 class NodeError(HspError):
     """The node could not start or a call could not be served; the message says why."""
 
@@ -352,7 +389,7 @@ class Node:
             self.disk[d.name] = self._disks[-1]
         self._disk_sizes = tuple(d.size for d in self._disks)  # decode_tx's bounds, per apply
         self.oam = _Oam(self)
-        self._lock = threading.RLock()
+        self._lock = _TimedLock()
         self._cv = threading.Condition()
         self._marks = {ch: (0, 0, 0) for ch in CHANNELS}
         self._requests: queue.Queue = queue.Queue()
@@ -365,6 +402,11 @@ class Node:
         self._carrier = 0  # the index of the fabric the MAIN channels ride
         self.fabric_switches = 0
         self.port_downs = 0  # the NIC said a fabric's port went down (IBV_EVENT_PORT_ERR)
+        # the loop held up (woke late, or waited for the lock) past one heart-beat interval:
+        # its heart beats stopped meanwhile, and the peer may have taken that for a death
+        self.loop_stalls = 0
+        self.longest_stall_ms = 0.0
+        self.on_alarm: Callable[[str], None] | None = None  # each alarm, as it is raised
         self.stale_frames = 0  # frames of an old link on a fabric that no longer carries
         # the last time anything came in on each fabric (the carrier's quiet check)
         self._heard_at = [time.monotonic()] * len(config.fabrics)
@@ -935,6 +977,7 @@ class Node:
                 cqs[cq.fileno()] = (port.index, ch, cq)
                 ep.register(cq.fileno(), select.EPOLLIN)
         interval, quiet = self._interval_s, self._quiet_s
+        self._lock.limit_s = interval / 2  # (longer holds are named if the loop stalls)
         spare = len(self._ports) > 1
         requests = self._requests
         next_hb = time.monotonic()
@@ -959,7 +1002,9 @@ class Node:
                 if due > time.monotonic():  # (past it and still here: no move was possible;
                     wake_at = min(wake_at, due)  # look again at the next heart beat, no spin)
             ready = ep.poll(max(0.0, wake_at - time.monotonic()))
+            woke = time.monotonic()
             with self._lock:  # one hold per wake-up
+                self._check_stall(woke - wake_at)
                 for fd, _ in ready:
                     if fd == wake_r:
                         try:
@@ -1552,6 +1597,30 @@ class Node:
     def _alarm(self, text: str) -> None:
         self.alarms.append(text)
         del self.alarms[:-32]
+        if self.on_alarm is not None:
+            try:
+                self.on_alarm(text)
+            except Exception:  # noqa: BLE001, S110 - the application's hook; the alarm stands
+                pass
+
+    def _check_stall(self, late_s: float) -> None:
+        """Under the lock, once per wake-up: the loop woke LATE_S after it meant to; threads
+        (this one included) may have held the lock long since the last look. Past one
+        heart-beat interval, heart beats stopped that long (the peer may take that for a
+        death): counted, and an alarm names where the time went."""
+        holds, self._lock.long = self._lock.long, []
+        worst = max([late_s, *(held for _name, held in holds)])
+        if worst <= self._interval_s:
+            return
+        self.loop_stalls += 1
+        self.longest_stall_ms = max(self.longest_stall_ms, worst * 1000)
+        where = [f"thread {name} held the node's lock {held * 1000:.0f} ms"
+                 for name, held in holds]
+        if late_s > self._interval_s:
+            where.append(f"the loop woke {late_s * 1000:.0f} ms late: the process itself was "
+                         "held up (stopped, starved of CPU, or its VM paused)")
+        self._alarm(f"the node's loop was held up {worst * 1000:.0f} ms (its heart beats "
+                    f"stopped meanwhile): {'; '.join(where)}")
 
     def _report(self, event: dict, keep: bool = False) -> None:
         """Tell the peer on oam (the node's own message, not the application's). KEEP: a
@@ -1608,6 +1677,8 @@ class Node:
                             for i, f in enumerate(self.config.fabrics)],
                 "fabric_switches": self.fabric_switches,
                 "port_downs": self.port_downs,
+                "loop_stalls": self.loop_stalls,
+                "longest_stall_ms": round(self.longest_stall_ms, 1),
                 "stale_frames": self.stale_frames,
                 "channels": {ch.name.lower(): self._channel_status(ch) for ch in CHANNELS},
                 "pmem": {"size": len(self._pmem),

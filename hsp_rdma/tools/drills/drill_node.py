@@ -577,6 +577,8 @@ def main(argv: list[str]) -> int:
                 gso_side.carrier_moved(old, new)
 
         node.on_fabric_switch = fabric_switched
+    if hasattr(node, "on_alarm"):  # the node's own alarms (a loop held up, a link lost...)
+        node.on_alarm = lambda text: emit("node_alarm", text=text)
     gate = app.Gate()  # where a GSO freezes the workload
     position: dict = {}  # the workload's, for the GSO's blob and events
     gso_side: GsoSide | None = None

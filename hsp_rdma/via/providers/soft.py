@@ -1302,9 +1302,12 @@ class _Conn:
 
     def _fail(self, exc: BaseException) -> None:
         """The stream failed (or was refused, or ended on purpose) in whichever thread read
-        it: report as the progress thread always did; the progress thread ends it."""
+        it: report as the progress thread always did; the progress thread ends it.
+        `ended` is set only once the report is made: the progress thread, seeing it, stops
+        and marks the stream failed, and a report made after that was dropped (`_broken`
+        takes a failed stream as reported), which left the VI CONNECTED and its receive
+        pending forever (CI stop 20; tests/via/test_via_soft_stall.py)."""
         vi, nic = self.vi, self.vi.nic
-        self.ended = True
         try:
             raise exc
         except _Refused as r:
@@ -1329,6 +1332,7 @@ class _Conn:
         except Exception as exc2:  # noqa: BLE001 - a provider bug still ends in ERROR
             vi._broken(self, "PROTOCOL", f"the soft provider failed on a frame: {exc2!r}")
         finally:
+            self.ended = True  # (after the report and `drain`: the progress thread ends it)
             with self.wlock:
                 self.failed = True
                 self.wlock.notify_all()
