@@ -45,6 +45,9 @@ class _End:
 def pair(monkeypatch):
     monkeypatch.setattr(soft, "PORT_BASE", soft.random_port_base())
     monkeypatch.setenv("HSP_VIA_SOFT_LOCAL", "0")  # every byte inline on TCP, as CI's case
+    # The waiter's one poll of the stream spans the whole wait (a loaded host cannot hand
+    # the frame to the progress thread in a gap between two of the waiter's polls)
+    monkeypatch.setattr(soft, "ACK_TICK_S", 5.0)
     tag = str(time.monotonic_ns())[-8:]
     server, client = _End(f"ss{tag}", SERVER_IP), _End(f"sc{tag}", CLIENT_IP)
     yield server, client
