@@ -83,6 +83,8 @@ from hsp_rdma.core.failover import Verdict
 from hsp_rdma.core.frames import HEADER, MAGIC, Channel, crc32c
 from hsp_rdma.core.ifa import FRAME_DIR, Commit
 from hsp_rdma.errors import HspError
+from hsp_rdma.ha import carrier
+from hsp_rdma.ha.carrier import CarrierWatch
 from hsp_rdma.ha.config import NodeConfig
 from hsp_rdma.ha.image import crc32c_hardware
 from hsp_rdma.ha.pmem_store import PmemStore
@@ -407,6 +409,9 @@ class Node:
         self.loop_stalls = 0
         self.longest_stall_ms = 0.0
         self.on_alarm: Callable[[str], None] | None = None  # each alarm, as it is raised
+        # the fabrics' netdev link events (two fabrics; opened by the loop, or a test's)
+        self.carrier_watch: carrier.CarrierWatch | None = None
+        self._port_out = [False] * len(config.fabrics)  # a port down taken, not yet back
         self.stale_frames = 0  # frames of an old link on a fabric that no longer carries
         # the last time anything came in on each fabric (the carrier's quiet check)
         self._heard_at = [time.monotonic()] * len(config.fabrics)
@@ -979,6 +984,9 @@ class Node:
         interval, quiet = self._interval_s, self._quiet_s
         self._lock.limit_s = interval / 2  # (longer holds are named if the loop stalls)
         spare = len(self._ports) > 1
+        watch = self._open_carrier_watch() if spare else None
+        if watch is not None:
+            ep.register(watch.fileno(), select.EPOLLIN)
         requests = self._requests
         next_hb = time.monotonic()
         with self._lock:
@@ -1012,6 +1020,8 @@ class Node:
                                 pass
                         except BlockingIOError:
                             pass
+                    elif watch is not None and fd == watch.fileno():
+                        self._carrier_changes(watch)
                     else:
                         fab, ch, cq = cqs[fd]
                         cq.take_event()
@@ -1023,6 +1033,38 @@ class Node:
                 if self._pending_lost:
                     self._feed_lost()
         ep.close()
+        if watch is not None:
+            watch.close()
+
+    def _open_carrier_watch(self) -> CarrierWatch | None:
+        """The kernel's link events for each fabric's netdev (``ha.carrier``): a carrier lost
+        there is that fabric's port down, at once, on siw too (no port event of its own).
+        ``carrier_watch`` set before start (a test's) is used as it is."""
+        if self.carrier_watch is not None:
+            return self.carrier_watch
+        found = {}
+        for port in self._ports:
+            dev = carrier.netdev_of(port.config.local)
+            if dev is not None:
+                found[port.index] = dev
+        if not found:
+            return None  # (the soft provider on loopback: no carrier to lose)
+        try:
+            self.carrier_watch = carrier.CarrierWatch(found)
+        except OSError as exc:
+            self._alarm(f"cannot watch the fabrics' link events ({exc}): a pulled cable is "
+                        "found by heart-beat silence or the NIC's own port event only")
+            return None
+        return self.carrier_watch
+
+    def _carrier_changes(self, watch: CarrierWatch) -> None:
+        for fab, netdev, up in watch.changes():
+            name = self._ports[fab].config.name
+            if up:
+                self._port_out[fab] = False
+                self._alarm(f"fabric {name}: {netdev} has its carrier again")
+            else:
+                self._port_down(fab, f"{netdev}: carrier lost")
 
     def _serve_requests(self) -> None:
         while True:
@@ -1047,6 +1089,10 @@ class Node:
         retries: the carrier moves at once, and the links are made again in the background
         (the reconnects succeed once the port is back). With one fabric: an alarm only; the
         heart beats and the failure detector judge the peer as before."""
+        if len(self._ports) > 1:  # (until the fabric is warm again or its carrier back)
+            if self._port_out[fab]:
+                return  # already taken (the NIC's port event and its netdev's carrier)
+            self._port_out[fab] = True
         self.port_downs += 1
         name = self._ports[fab].config.name
         self._alarm(f"fabric {name}: port down ({why})")
@@ -1312,6 +1358,7 @@ class Node:
             if port.warm():
                 if self._warm_since[port.index] is None:
                     self._warm_since[port.index] = now
+                    self._port_out[port.index] = False  # (a port down is news again)
                     if port.index != self._carrier and self.fabric_switches:
                         self._alarm(f"fabric {port.config.name}: warm again (a spare)")
             else:
