@@ -77,6 +77,17 @@ FABRIC_ATTEMPT_S = 5.0
 LISTEN_SLICE_S = 0.25
 KEEPALIVE_S = 0.5
 KEEPALIVE_DEAD = 6
+# A GSO's link lost before the marker, with another fabric open: how long the active tries to
+# connect it again there (never past its copy timer) before the GSO aborts as on any loss.
+# A pulled cable shows to a side only when it sends (a write or a kick failing after the RC
+# retries) or as the peer's silence (KEEPALIVE_DEAD kicks missed: 3 s), so the two sides may
+# see it up to that far apart. The active, frozen, tries 3 s (its blackout grows by that
+# much when no fabric answers: a standby that died); the standby, frozen anyway and bounded
+# by its gso timer, tries 3 s longer, so its window still covers the active's when it saw
+# the loss that much earlier, and meets it when it saw it that much later (the active's
+# connector retries, or its listener takes the waiting request, within the overlap).
+RELINK_S = 3.0
+RELINK_STANDBY_S = RELINK_S + KEEPALIVE_DEAD * KEEPALIVE_S
 
 
 class SwitchoverError(HspError):
@@ -107,6 +118,19 @@ _PORT_FIELDS = ("nic", "ptag", "vi", "image_handle", "marker_handle", "src_marke
 
 # A node in one of these states has no GSO in progress (no timer, nothing frozen).
 RESTING = frozenset({gso.GsoState.NORMAL_ACTIVE, gso.GsoState.NORMAL_STANDBY})
+# A push GSO whose link is lost in one of these states continues on another fabric open for
+# it (``Engine._relink``), below the machine, which never sees the loss. They are the copy
+# before the marker, on both sides: A in COPYING has not posted the marker (CopyComplete
+# posts it and leaves COPYING in the same feed), B in GSO_INTERRUPT has not seen it (seeing
+# it leaves for VERIFYING in the same feed). There the image is frozen on A and nothing on B
+# depends on what landed so far: the copy starts again from its first byte on the new VI
+# (writes of the same frozen bytes are idempotent, the header's digest covers the whole
+# image) and the marker still goes last on the VI that carried every write (RC order).
+# Not continued: PRE_GSO / START_GSO (the application has not stopped: aborting costs
+# nothing, and a Ready lost with the old link would leave A waiting for it), a pull (B's
+# reads use a registration made on the old fabric's NIC), and anything after the marker
+# (A in doubt fences, as on any loss: it must never continue there).
+RELINKABLE = frozenset({gso.GsoState.COPYING, gso.GsoState.GSO_INTERRUPT})
 
 
 class _ConnectFailed(SwitchoverError):
@@ -136,6 +160,8 @@ class GsoReport:
     resume_s: float = 0.0  # B: the application's resume, before "done" leaves
     reason: str = ""
     writes: int = 0  # RDMA Writes posted (push, on A) or RDMA Reads (pull, on B)
+    relinks: list = field(default_factory=list)  # the link lost and connected again: "x->y"
+    relink_s: float = 0.0  # time spent connecting the link again (within the copy)
 
     @property
     def blackout_s(self) -> float:
@@ -338,6 +364,10 @@ class Engine:
     _last_heard: float = 0.0  # the last receive completion (any message, a kick included)
     _last_sent: float = 0.0
     _rest_since: float = 0.0  # when the machine last came to rest (0: not resting)
+    _links: list = field(default_factory=list)  # the FabricLinks connect_fabrics was given
+    _relinking: bool = False  # the link moves to another fabric in the middle of a GSO
+    # the link moved to another fabric in the middle of a GSO (a text for the log)
+    on_relink: Callable[[str], None] = lambda what: None
 
     # ---- set-up --------------------------------------------------------------------
     @classmethod
@@ -614,7 +644,7 @@ class Engine:
         if name not in self._ports:
             raise ConfigError(f"fabric {name} is not open for the GSO (open: "
                               f"{', '.join(self.fabrics)}): add_fabric it first")
-        if self.machine.state not in RESTING:
+        if self.machine.state not in RESTING and not self._relinking:
             raise SwitchoverError(f"a GSO is in progress ({self.machine.state.value}) on "
                                   f"fabric {self.fabric}: its link cannot move to {name}")
         self._drop_connection()
@@ -653,6 +683,8 @@ class Engine:
         if not links:
             raise ConfigError("no fabric to connect the GSO's link on")
         links = sorted(links, key=lambda ln: ln.name == last)  # (stable: x before y)
+        if not self._relinking:
+            self._links = list(links)  # (a GSO's link lost before its marker moves on them)
         if self.peer.hello is not None or self.link_error:
             self._drop_connection()  # a link that was up before: connected anew
         if len(links) == 1:
@@ -728,6 +760,95 @@ class Engine:
                                   "link is not given up")
         self._lose_link(why)
 
+    # ---- a GSO's link lost before the marker: continued on another fabric ----------------
+    def _watched(self) -> bool:
+        """A GSO phase in which the link's silence is judged as a resting link's is (both
+        sides kick every keepalive_s): the copy before the marker. A pulled cable shows on
+        RC only to a side that sends, and during the copy the standby sends nothing."""
+        m = self.machine
+        return bool(self.keepalive_s) and len(self._links) > 1 \
+            and m.mode is gso.GsoMode.PUSH and m.state in RELINKABLE
+
+    def _relinkable(self) -> bool:
+        """The link, lost now, may be connected again on another fabric and the GSO go on:
+        a push GSO in a RELINKABLE state, another fabric open, no Goodbye, and fewer
+        relinks in this GSO than other fabrics."""
+        m, rep = self.machine, self._current
+        return (len(self._links) > 1 and self.peer_goodbye is None and not self._relinking
+                and m.mode is gso.GsoMode.PUSH and m.state in RELINKABLE
+                and rep is not None and rep.epoch == m.epoch
+                and len(rep.relinks) < len(self._links) - 1)
+
+    def _relink(self) -> bool:
+        """Connect the lost link again on another fabric, the lost one tried last, within
+        RELINK_S (the standby RELINK_STANDBY_S), never past the machine's deadline; the side
+        that connects or listens is the one connect_fabrics was given. Messages the peer
+        sent on the old link and not yet fed stay. False (the link still lost, its error
+        saying why) when nothing answered in time."""
+        m, rep = self.machine, self._current
+        now = self.clock()
+        budget = RELINK_S if m.role is gso.Role.ACTIVE else RELINK_STANDBY_S
+        if m.deadline is not None:
+            budget = min(budget, m.deadline - now)
+        why, old = self.link_error, self.fabric
+        if budget < 0.2:
+            return False
+        inbox = list(self._inbox)
+        self._relinking = True
+        try:
+            self.connect_fabrics(self._links, budget, last=old)
+        except (SwitchoverError, via.VipError) as exc:
+            rep.relink_s += self.clock() - now
+            self.link_error = (f"{why}; not connected again on another fabric within "
+                               f"{budget:.1f} s: {exc}")
+            self._posted.clear()
+            self.on_relink(f"epoch {m.epoch}: the link on fabric {old} was lost ({why}); "
+                           f"no other fabric answered in {budget:.1f} s: the GSO ends")
+            return False
+        finally:
+            self._relinking = False
+        took = self.clock() - now
+        rep.relink_s += took
+        rep.relinks.append(f"{old}->{self.fabric}")
+        self._inbox.extendleft(reversed(inbox))
+        self.on_relink(f"epoch {m.epoch}: the link on fabric {old} was lost ({why}); "
+                       f"connected again on fabric {self.fabric} in {took * 1000:.0f} ms, "
+                       f"the GSO continues there")
+        return True
+
+    def _continue(self) -> None:
+        """The GSO on the new link: A copies the image again from its first byte (the
+        marker goes last on this VI); B looks at the marker again."""
+        m = self.machine
+        if m.state is gso.GsoState.COPYING:
+            self._copy = _Copy(m.epoch, m.image_length,
+                               self.image.digest_start(m.epoch, self.digest_algo),
+                               memoryview(self.image.buf))
+            return
+        expected = gso.marker_value(m.epoch)
+        value = MARKER.unpack_from(self.marker_buf, 0)[0]
+        self._feed(self._execute(gso.PollMarker(expected, 0 if value == expected else value,
+                                                m.deadline)))
+
+    def _watch(self, since: float, where: str) -> None:
+        """Connected: a kick every keepalive_s, and the link lost when the peer was silent
+        for KEEPALIVE_DEAD of them (counted from SINCE at the earliest)."""
+        if not self.link_up:
+            return
+        now = self.clock()
+        quiet = now - max(self._last_heard, since)
+        if quiet >= self.keepalive_s * KEEPALIVE_DEAD:
+            self._lose_link(f"nothing heard from the peer on fabric {self.fabric} in "
+                            f"{now - self._last_heard:.1f} s {where} (keep-alive every "
+                            f"{self.keepalive_s:g} s)")
+            return
+        if now - self._last_sent >= self.keepalive_s:
+            self._last_sent = now
+            try:
+                self._kick()
+            except (SwitchoverError, via.VipError) as exc:
+                self._lose_link(f"keep-alive on fabric {self.fabric}: {exc}")
+
     def silent_s(self) -> float:
         """Seconds since the peer was last heard on the link (any message, a kick too)."""
         return self.clock() - self._last_heard
@@ -802,7 +923,7 @@ class Engine:
                 why = (f"{p.what} completed with status 0x{d.status:x}"
                        f"{' (' + d.reason + ')' if getattr(d, 'reason', '') else ''} (the "
                        "peer, its read permission or the link is gone)")
-                if copying and self._copy.epoch == p.epoch:
+                if copying and self._copy.epoch == p.epoch and not self._relinkable():
                     self._current.reason = why
                     self._abandon_copy()
                     event = gso.CopyFailed(p.epoch, why)
@@ -945,6 +1066,9 @@ class Engine:
             if follow is not None:
                 pending.extend(self._machine_feed(follow))
         if self.link_error and not self._lost_fed:
+            if self._relinkable() and self._relink():
+                self._continue()  # on the new link; the machine never saw the loss
+                return
             self._lost_fed = True
             self._feed(gso.AllFabricsLost())
 
@@ -1257,6 +1381,7 @@ class Engine:
         control frame (a Cancel from A must not wait for the deadline)."""
         poll = self.profile.marker_poll
         looks = 0
+        watched, since = self._watched(), self.clock()
         while True:
             value = MARKER.unpack_from(self.marker_buf, 0)[0]
             if value != not_equal_to:
@@ -1264,9 +1389,15 @@ class Engine:
             now = self.clock()
             if now >= deadline or not self.link_up:
                 return gso.Tick()
+            if watched and (poll.mode is PollMode.DOORBELL or looks % 64 == 0):
+                # the link's silence judged as the active judges it during its copy
+                self._watch(since, "while waiting for the marker")
+                if not self.link_up:
+                    return gso.Tick()
             if poll.mode is PollMode.DOORBELL:
                 # asleep until a message comes: the doorbell (look again) or a control frame
-                msg = self._receive(deadline, doorbell=True)
+                wake = min(deadline, now + self.keepalive_s) if watched else deadline
+                msg = self._receive(wake, doorbell=True)
                 if msg is not None and msg is not DOORBELL:
                     return msg
                 continue
@@ -1335,24 +1466,13 @@ class Engine:
         iWARP). During a GSO the machine's timers judge the silence instead."""
         now = self.clock()
         if not resting:
-            self._rest_since = 0.0  # (a GSO's silences are its timers' business)
+            self._rest_since = 0.0  # (a GSO's silences are its timers' business, but for
+            if self._watched():  # the copy before the marker, which may change fabric)
+                self._watch(0.0, "during the GSO's copy")
             return
         if not self._rest_since:
             self._rest_since = now
-        if not self.link_up:
-            return
-        quiet = now - max(self._last_heard, self._rest_since)
-        if quiet >= self.keepalive_s * KEEPALIVE_DEAD:
-            self._lose_link(f"nothing heard from the peer on fabric {self.fabric} in "
-                            f"{now - self._last_heard:.1f} s (keep-alive every "
-                            f"{self.keepalive_s:g} s)")
-            return
-        if now - self._last_sent >= self.keepalive_s:
-            self._last_sent = now
-            try:
-                self._kick()
-            except (SwitchoverError, via.VipError) as exc:
-                self._lose_link(f"keep-alive on fabric {self.fabric}: {exc}")
+        self._watch(self._rest_since, "")
 
     def close(self, drain_s: float = 2.0) -> None:
         """Let what is posted go out (a last "done" or "abort" must reach the peer), then

@@ -328,3 +328,33 @@ def test_the_gso_command_says_what_is_wrong() -> None:
     assert run_command(node, {"do": "gso", "copy_s": 2}, side) == (True, "started 2.0")
     ok, why = run_command(node, {"do": "dance"}, side)
     assert not ok and "'gso'" in why
+
+
+def test_fabric_x_pulled_during_the_copy_continues_the_gso_on_y_over_soft(
+        tmp_path, monkeypatch) -> None:
+    """pull-x-during-gso: fabric x of the active (the GSO's link and Interface A's carrier) is
+    pulled while the paced copy runs. Both engines connect the GSO's link again on y (the
+    machine never sees the loss), the active copies the image again from its first byte on
+    the new VI, the marker goes last there: the GSO completes, the roles change, nothing
+    acknowledged is lost, never two actives, and the reports say the link moved x -> y."""
+    name = "pull-x-during-gso"
+    scenario = load_scenario(find_scenario(name))
+    assert unsupported(scenario) is None and lab_runner.unsupported(scenario) is None
+    assert scenario.checks.fabric_switch is True
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    result = SoftRunner(keep=True).run(scenario)
+    assert judge(scenario, result) == [], result
+    assert result.lost == 0 and not result.two_actives and result.acknowledged > 500, result
+    (work,) = tmp_path.glob(f"hsp-drill-{name}-*")
+    a = [json.loads(line) for line in (work / "a.events").read_text().splitlines()]
+    b = [json.loads(line) for line in (work / "b.events").read_text().splitlines()]
+    assert _gso(a, "copy_started")["fabric"] == "x"
+    done_a, done_b = _gso(a, "done"), _gso(b, "done")
+    assert done_a["outcome"] == done_b["outcome"] == "completed", (done_a, done_b)
+    for done in (done_a, done_b):
+        assert done["relinks"] == ["x->y"] and done["fabric"] == "y", done
+        assert 0 < done["relink_ms"] < 6000, done
+    relink = _gso(a, "relink")
+    assert "connected again on fabric y" in relink["detail"], relink
+    assert _gso(b, "switched")["active"] and not _gso(a, "switched")["active"]
+    assert _gso(a, "thawed") is None  # never resumed: the standby took over

@@ -143,9 +143,11 @@ class GsoSide:
     or on y when x does not answer (the listener listens on both). When it breaks while no
     GSO runs (a VI error, or the peer silent for a few keep-alives: a pulled cable shows on
     an idle link only so), it connects again on whichever fabric answers, x tried first. A
-    GSO runs on the fabric the link is on; a fabric lost under the copy aborts that GSO (the
-    active thaws and serves), and the link then comes up again on the other fabric for the
-    next one. A ``gso`` request waits for a link that was heard from lately.
+    GSO runs on the fabric the link is on; a fabric lost under a push copy, before the
+    marker, moves the link to the other fabric and the copy starts again there (the engine's
+    relink, a few seconds at most); when that fails too, the GSO aborts (the active thaws and
+    serves), and the link then comes up again on the other fabric for the next one. A
+    ``gso`` request waits for a link that was heard from lately.
 
     The image is this node's P.mem, the state Interface A protects: at the freeze (the
     engine's StopApplication) the ledger workload is stopped at its gate (a transfer in
@@ -168,9 +170,10 @@ class GsoSide:
     resync of what the new active wrote meanwhile). A GSO that resumes the old active after
     its marker (a fence confirmed the peer down) tells its engine it serves again.
 
-    Events (``gso``, with ``phase``): connected, requested, frozen, copy_started,
-    handed_over, thawed, done (outcome, reason, role, blackout_ms, copy_ms, image_bytes),
-    switched, link_gone, error.
+    Events (``gso``, with ``phase``): connected, requested, frozen, copy_started, relink
+    (detail: the link moved to another fabric during the copy, or could not), handed_over,
+    thawed, done (outcome, reason, role, blackout_ms, copy_ms, image_bytes, relinks,
+    relink_ms), switched, link_gone, error.
     """
 
     def __init__(self, node: Node, engine: FailoverEngine, gate: app.Gate, stop: threading.Event,
@@ -209,6 +212,8 @@ class GsoSide:
         self.eng.on_alarm = lambda why: emit("gso", phase="alarm", reason=why)
         self.eng.on_copy_start = self._copy_started
         self.eng.on_marker_write = self._handing_over
+        self.eng.on_relink = lambda what: emit("gso", phase="relink", detail=what,
+                                               fabric=self.eng.fabric)
         self.connected = threading.Event()
         self.ended = ""  # why the GSO side stopped (its link gone, an error)
         self._cv = threading.Condition()
@@ -393,7 +398,8 @@ class GsoSide:
              blackout_ms=round(rep.blackout_s * 1000, 1),
              copy_ms=None if copy_ms is None else round(copy_ms, 1),
              phases_ms=rep.phases_ms(), serving=self.eng.machine.serving,
-             alarm=self.eng.alarm, link_error=self.eng.link_error)
+             alarm=self.eng.alarm, link_error=self.eng.link_error,
+             relinks=rep.relinks, relink_ms=round(rep.relink_s * 1000, 1))
         if rep.outcome == "completed" and rep.role == "active":
             # the peer resumed from our image and said "done": this node is the standby
             # now. Its workload (frozen at the gate) ends: it sees the node not serving.
