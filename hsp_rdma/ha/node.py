@@ -1462,7 +1462,11 @@ class Node:
                 except via.VipError as exc:  # (VipTimeout too)
                     if connects or not isinstance(exc, via.VipTimeout):
                         with self._lock:
-                            link.lost = f"reconnecting: {exc}"
+                            why = f"reconnecting: {exc}"
+                            if why != link.lost:  # (each new reason once: the evidence)
+                                self._alarm(f"{ch.name.lower()} on fabric {cfg.name}: "
+                                            f"{why}")
+                            link.lost = why
                     if connects:
                         failed = ch
                         # the fabric is likely down (a pulled cable): the other channels'
