@@ -157,10 +157,10 @@ def test_bad_nplus1_scenarios_are_refused_naming_the_field(top, steps, says) -> 
 
 
 def test_steps_the_nplus1_runners_do_not_do_are_named() -> None:
-    s = scen(steps='[[steps]]\ndo = "gso"\n[[steps]]\ndo = "wait"\nuntil = "resync-done"\n')
+    s = scen(steps='[[steps]]\ndo = "audit"\n[[steps]]\ndo = "wait"\nuntil = "resync-done"\n')
     why = why_unavailable(SoftTarget(), s)
-    assert "step gso: not built for n+1 drills" in why and "wait until resync-done" in why
-    assert "step gso" in why_unavailable(LabTarget("rxe", "x"), s)
+    assert "step audit: not built for n+1 drills" in why and "wait until resync-done" in why
+    assert "step audit" in why_unavailable(LabTarget("rxe", "x"), s)
     assert "not built" in why_unavailable(HostsTarget((Path("a"), Path("b"))), s)
 
 

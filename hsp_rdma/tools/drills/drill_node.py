@@ -177,8 +177,10 @@ class GsoSide:
     """
 
     def __init__(self, node: Node, engine: FailoverEngine, gate: app.Gate, stop: threading.Event,
-                 position: Callable[[], dict], serving: threading.Event):
+                 position: Callable[[], dict], serving: threading.Event,
+                 session: str | None = None):
         self.node, self.fo, self.gate, self.stop = node, engine, gate, stop
+        self.session = session  # (an n+1 standby host's session: named in every event)
         self.position, self.serving = position, serving
         cfg = node.config
         fab = cfg.fabrics[0]
@@ -209,10 +211,10 @@ class GsoSide:
         a, b = sorted((cfg.name, cfg.peer))
         self.eng.discriminator = f"gso:{a}-{b}".encode()[:48]
         self.eng.digest_algo = DIGESTS[profile.digest]
-        self.eng.on_alarm = lambda why: emit("gso", phase="alarm", reason=why)
+        self.eng.on_alarm = lambda why: self._emit(phase="alarm", reason=why)
         self.eng.on_copy_start = self._copy_started
         self.eng.on_marker_write = self._handing_over
-        self.eng.on_relink = lambda what: emit("gso", phase="relink", detail=what,
+        self.eng.on_relink = lambda what: self._emit(phase="relink", detail=what,
                                                fabric=self.eng.fabric)
         self.connected = threading.Event()
         self.ended = ""  # why the GSO side stopped (its link gone, an error)
@@ -223,7 +225,12 @@ class GsoSide:
         self.completed = False
         self._handed_over = False  # the marker went out and no end of that GSO came yet
         self._reported = 0  # eng.reports told as gso done events
-        self._thread = threading.Thread(target=self._run, name="gso", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"gso-{session}" if session
+                                        else "gso", daemon=True)
+
+    def _emit(self, **kw) -> None:
+        """A ``gso`` event (with the session it belongs to, on an n+1 standby host)."""
+        emit("gso", **kw, **({"session": self.session} if self.session else {}))
 
     def start(self) -> None:
         """The engine's thread: connect, then serve. (Opening and registering every fabric's
@@ -307,7 +314,7 @@ class GsoSide:
         try:
             while not self.stop.is_set():
                 hello = eng.connect_fabrics(self.links, GSO_CONNECT_S, last=lost)
-                emit("gso", phase="connected", serving=eng.machine.serving,
+                self._emit(phase="connected", serving=eng.machine.serving,
                      peer_region=hello.region_size, epoch=eng.machine.epoch,
                      chunk=eng.chunk_size, depth=eng.queue_depth, fabric=eng.fabric)
                 self.connected.set()
@@ -316,7 +323,7 @@ class GsoSide:
                 except PeerLeft as exc:
                     self.connected.clear()
                     self._flush_reports()
-                    emit("gso", phase="link_gone", reason=str(exc), fabric=eng.fabric,
+                    self._emit(phase="link_gone", reason=str(exc), fabric=eng.fabric,
                          serving=eng.machine.serving)
                     if eng.peer_goodbye is not None:
                         raise  # the peer ended the pair: never again
@@ -325,7 +332,7 @@ class GsoSide:
             self.ended = str(exc)
         except HspError as exc:
             self.ended = str(exc)
-            emit("gso", phase="error", reason=str(exc), state=eng.machine.state.value)
+            self._emit(phase="error", reason=str(exc), state=eng.machine.state.value)
         finally:
             self.connected.clear()
             self._refuse_waiting()
@@ -365,7 +372,7 @@ class GsoSide:
                 eng.request_gso()
                 ok, detail = True, (f"GSO epoch {eng.machine.epoch} started ({length} B image"
                                     + (f", copy paced to {copy_s:g} s" if copy_s else "") + ")")
-                emit("gso", phase="requested", epoch=eng.machine.epoch, image_bytes=length,
+                self._emit(phase="requested", epoch=eng.machine.epoch, image_bytes=length,
                      copy_s=copy_s, fabric=eng.fabric)
             except (GsoRefused, SwitchoverError) as exc:
                 ok, detail = False, str(exc)
@@ -392,7 +399,7 @@ class GsoSide:
             if rep.copy_start_t else None
         reason = rep.reason or (f"LINK_LOST: {self.eng.link_error}" if self.eng.link_error
                                 else "")
-        emit("gso", phase="done", epoch=rep.epoch, outcome=rep.outcome, role=rep.role,
+        self._emit(phase="done", epoch=rep.epoch, outcome=rep.outcome, role=rep.role,
              fabric=self.eng.fabric,
              reason=reason, image_bytes=rep.image_bytes, writes=rep.writes,
              blackout_ms=round(rep.blackout_s * 1000, 1),
@@ -408,7 +415,7 @@ class GsoSide:
             self.serving.clear()
             switched_over(self.fo, False)
             self.gate.thaw()  # (the workload leaves the gate: it no longer serves)
-            emit("gso", phase="switched", epoch=rep.epoch, active=False,
+            self._emit(phase="switched", epoch=rep.epoch, active=False,
                  failover_state=self.fo.machine.state.value, **self.position())
 
     # ---- the application hooks (called by the engine, in its thread) -----------------------
@@ -419,12 +426,12 @@ class GsoSide:
         with self.node._lock:  # at a transaction fence: no local write in progress
             self.eng.image.pmem[:] = pmem
         pos = self.position()
-        emit("gso", phase="frozen", epoch=self.eng.machine.epoch,
+        self._emit(phase="frozen", epoch=self.eng.machine.epoch,
              took_ms=round((time.monotonic() - t0) * 1000, 1), **pos)
         return json.dumps({"from": self.node.config.name, **pos}).encode()
 
     def _copy_started(self, epoch: int, length: int) -> None:
-        emit("gso", phase="copy_started", epoch=epoch, image_bytes=length, fabric=self.eng.fabric,
+        self._emit(phase="copy_started", epoch=epoch, image_bytes=length, fabric=self.eng.fabric,
              paced_Bps=round(self.eng.copy_rate_Bps))
 
     def _handing_over(self, value: int) -> None:
@@ -435,7 +442,7 @@ class GsoSide:
         confirmed the peer down) tells it again that it is the active (_thaw)."""
         self._handed_over = True
         switched_over(self.fo, False)
-        emit("gso", phase="handed_over", epoch=self.eng.machine.epoch, marker=value,
+        self._emit(phase="handed_over", epoch=self.eng.machine.epoch, marker=value,
              failover_state=self.fo.machine.state.value)
 
     def _thaw(self) -> None:
@@ -443,7 +450,7 @@ class GsoSide:
             self._handed_over = False
             switched_over(self.fo, True)
         self.gate.thaw()
-        emit("gso", phase="thawed", epoch=self.eng.machine.epoch, **self.position())
+        self._emit(phase="thawed", epoch=self.eng.machine.epoch, **self.position())
 
     def _resume(self, pmem: memoryview, blob: bytes) -> None:
         """B ("IRET"): the verified image's P.mem becomes this node's P.mem. It should equal
@@ -460,16 +467,16 @@ class GsoSide:
             for off in differ:  # (none when the replica was exact: the drill says so)
                 mine[off:off + PAGE] = pmem[off:off + PAGE]
         switched_over(self.fo, True)
-        emit("gso", phase="switched", epoch=self.eng.machine.epoch, active=True,
+        self._emit(phase="switched", epoch=self.eng.machine.epoch, active=True,
              pages_differing=len(differ), failover_state=self.fo.machine.state.value,
              took_ms=round((time.monotonic() - t0) * 1000, 1),
              blob=blob.rstrip(b"\0").decode(errors="replace"))
 
     def _stop_standby(self) -> None:
-        emit("gso", phase="standby_stopped", epoch=self.eng.machine.epoch)
+        self._emit(phase="standby_stopped", epoch=self.eng.machine.epoch)
 
     def _resume_standby(self, needs_resync: bool) -> None:
-        emit("gso", phase="standby_resumed", epoch=self.eng.machine.epoch,
+        self._emit(phase="standby_resumed", epoch=self.eng.machine.epoch,
              needs_resync=needs_resync)
 
     def close(self) -> None:

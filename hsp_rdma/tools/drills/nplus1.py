@@ -6,15 +6,21 @@ session per active, each session's P.mem, journal disk, state directory, epochs 
 socket its own). A scenario says ``[nplus1] actives = N`` (``scenario.py``).
 
 Steps: wait (for; until promoted: a session of the standby host promoted; refused: the host
-refused a takeover; suspected: a session suspected its active), kill, pause, resume (node:
-an active by name, or "standby"). Every pair has its own ack log (the active's acks, then the
-standby session's once it serves).
+refused a takeover, by failover or by GSO; suspected: a session suspected its active;
+gso-done: a GSO with the host ended, on the host's side), kill, pause, resume (node: an
+active by name, or "standby"), gso (node: the active that switches over to the standby host;
+the drill command ``gso`` to that active, answered once its GSO started). Every pair has its
+own ack log (the active's acks, then the standby session's once it serves).
 
 Judged per pair (``judge_nplus1``): the pair's acknowledged transfers all on the standby
 host's session for it (its P.mem ledger and journal, as the drill left them: the survivor's
 copy for a pair it took over, the replica for the others; a running active's own copy too),
 with the pair drills' ledger checks (``check_ledger``, ``check_replay``); who serves it at
-the end; two actives (the active acknowledged after its session promoted); a pair whose
+the end; two actives (the active acknowledged after its session promoted or took it over by
+GSO); a pair switched over by GSO: its active's GSO completed, the host acknowledged after
+it (the old active, now its standby, stopped before the host: only the host's copy is
+judged); a GSO the host refused: the active never froze for it (the Abort came before its
+freeze), its GSO ended aborted and it acknowledged after the refusal; a pair whose
 active still ran after the takeover must have had its commits acknowledged after it (still
 protected). The host: never active for two pairs; every refusal alarm it raised.
 
@@ -43,13 +49,20 @@ from hsp_rdma.ha.config import parse_node_config
 from hsp_rdma.lab.lab import mem_available_mib
 from hsp_rdma.tools.drills.acklog import AckLog, AckServer, AckWriter, read_acklog
 from hsp_rdma.tools.drills.ledger import ledger_problems, recover_image, verify_acked
-from hsp_rdma.tools.drills.runner import DrillResult, DrillsUnavailable, judge, wait_for
+from hsp_rdma.tools.drills.runner import (
+    COMMAND_TIMEOUT_S,
+    DrillResult,
+    DrillsUnavailable,
+    command_file,
+    judge,
+    wait_for,
+)
 from hsp_rdma.tools.drills.scenario import ACTIVE_NAMES, MAX_ACTIVES, Scenario
 from hsp_rdma.tools.drills.soft_runner import _NodeProc
 from hsp_rdma.tools.lab_config import node_config_text
 
-SUPPORTED = {"wait", "kill", "pause", "resume"}
-UNTIL = {"promoted", "refused", "suspected"}
+SUPPORTED = {"wait", "kill", "pause", "resume", "gso"}
+UNTIL = {"promoted", "refused", "suspected", "gso-done"}
 # the standby host's failover note that ends ``wait until`` each event
 UNTIL_NOTE = {"promoted": "active", "refused": "takeover_refused", "suspected": "suspected"}
 REFUSAL = "n+1 standby already active for {active}; cannot take over for {other}"
@@ -119,6 +132,30 @@ def write_configs(info: Mapping[str, Any], out: Path, actives: tuple[str, ...], 
 
 # ---- the steps ----------------------------------------------------------------------------------
 
+def host_gso(events: list[dict], phase: str, since: int = 0, session: str | None = None,
+             **match: Any) -> dict | None:
+    """The first ``gso`` event PHASE (of SESSION, with MATCH's values) from index SINCE on."""
+    for e in events[since:]:
+        if (e.get("event") == "gso" and e.get("phase") == phase
+                and (session is None or e.get("session") == session)
+                and all(e.get(k) == v for k, v in match.items())):
+            return e
+    return None
+
+
+def took_over(events: list[dict], session: str) -> tuple[dict | None, str | None]:
+    """The standby host's first event of taking over SESSION's pair and how: a GSO it resumed
+    from ("gso"), else its failover promotion ("failover"); (None, None) when neither."""
+    fo_e = host_note(events, "active", session=session)
+    gso_e = host_gso(events, "switched", session=session, active=True)
+    # a GSO's resume makes the session's failover engine active too (SwitchedOver): its
+    # "active" note may come first; the earlier event is the takeover's time
+    firsts = [e for e in (fo_e, gso_e) if e is not None]
+    if not firsts:
+        return None, None
+    return min(firsts, key=lambda e: e.get("t", 0)), "gso" if gso_e is not None else "failover"
+
+
 class Procs:
     """name -> object with ``events`` (list of dicts, ``t`` on the driver's clock)."""
 
@@ -136,14 +173,20 @@ def host_note(events: list[dict], what: str, since: int = 0,
 class NPlus1Driver:
     """Runs an n+1 scenario's steps. PROCS: node name -> its events; STANDBY: the host's
     name; FAULT(node, do) kills, pauses or resumes NODE; WAIT(pred, timeout, what) waits
-    (RuntimeError when it runs out); SLEEP(s); CLOCK(). ``fault_t``: the clock at the first
-    kill or pause; ``timeline``: (clock, step) as run; ``kills``: node -> clock of its kill."""
+    (RuntimeError when it runs out); SLEEP(s); CLOCK(); PUT_COMMAND(node, seq, command)
+    drops a drill command file in NODE's directory (a gso step). ``fault_t``: the clock at
+    the first kill or pause; ``timeline``: (clock, step) as run; ``kills``: node -> clock of
+    its kill; ``gsos``: (node, clock) of each gso step."""
 
     def __init__(self, procs: dict, standby: str, fault: Callable[[str, str], None],
                  wait: Callable[[Callable[[], Any], float, str], None],
-                 sleep: Callable[[float], None], clock: Callable[[], float]):
+                 sleep: Callable[[float], None], clock: Callable[[], float],
+                 put_command: Callable[[str, int, dict], None] | None = None):
         self.procs, self.standby, self.fault = procs, standby, fault
         self.wait, self.sleep, self.clock = wait, sleep, clock
+        self.put_command = put_command
+        self.seq: dict[str, int] = {}
+        self.gsos: list[tuple[str, float]] = []
         self.fault_t: float | None = None
         self.timeline: list[tuple[float, Any]] = []
         self.kills: dict[str, float] = {}
@@ -156,11 +199,15 @@ class NPlus1Driver:
             self.timeline.append((now, step))
             if step.do == "wait":
                 if step.until is not None:
-                    since, note = self.since, UNTIL_NOTE[step.until]
-                    host = self.procs[self.standby]
-                    self.wait(lambda s=since, n=note, h=host: host_note(h.events, n, s),
-                              step.timeout_s or 60, f"event {step.until} from the standby "
-                              f"host ({self.standby})")
+                    since, host = self.since, self.procs[self.standby]
+                    if step.until == "gso-done":
+                        def seen(s=since, h=host):
+                            return host_gso(h.events, "done", s)
+                    else:
+                        def seen(s=since, n=UNTIL_NOTE[step.until], h=host):
+                            return host_note(h.events, n, s)
+                    self.wait(seen, step.timeout_s or 60, f"event {step.until} from the "
+                              f"standby host ({self.standby})")
                 if step.wait_s:
                     self.sleep(step.wait_s)
                 continue
@@ -170,8 +217,35 @@ class NPlus1Driver:
                 self.fault_t = now
             if step.do == "kill":
                 self.kills[node] = now
+            if step.do == "gso":
+                self.gsos.append((node, now))
+                self.command(node, {"do": "gso"})
+                continue
             self.fault(node, step.do)
         self.done_t = self.clock()
+
+    def command(self, node: str, command: dict) -> dict:
+        """Send COMMAND to NODE and wait for its command_done; RuntimeError if not ok."""
+        if self.put_command is None:
+            raise RuntimeError(f"this n+1 runner sends no drill command ({command['do']})")
+        seq = self.seq[node] = self.seq.get(node, 0) + 1
+        start = len(self.procs[node].events)
+        self.put_command(node, seq, command)
+        done: list[dict] = []
+
+        def answered() -> bool:
+            for e in self.procs[node].events[start:]:
+                if e.get("event") == "command_done" and e.get("seq") == seq:
+                    done.append(e)
+                    return True
+            return False
+
+        self.wait(answered, COMMAND_TIMEOUT_S, f"command_done of {command['do']} (cmd-{seq}) "
+                  f"from node {node}")
+        if not done[0].get("ok"):
+            raise RuntimeError(f"node {node} could not {command['do']}: "
+                               f"{done[0].get('detail') or 'no detail given'}")
+        return done[0]
 
 
 # ---- judging ------------------------------------------------------------------------------------
@@ -189,12 +263,14 @@ def judge_nplus1(scenario: Scenario, procs: dict, logs: dict[str, AckLog],
     final = next((e for e in host if e.get("event") == "final"), None)
     if final is None:
         problems.append(f"the standby host ({standby}) gave no final state")
-    promoted = {a: host_note(host, "active", session=a) for a in actives}
+    took_how = {a: took_over(host, a) for a in actives}
+    promoted = {a: e for a, (e, _how) in took_how.items()}  # by failover or by GSO
     took = [a for a, e in promoted.items() if e is not None]
     if len(took) > 1:
         problems.append(f"the standby host became active for {len(took)} pairs "
                         f"({', '.join(took)}): it may serve one at a time")
-    refusals = [{"session": e.get("session"), "why": e.get("why"), "t": e.get("t")}
+    refusals = [{"session": e.get("session"), "why": e.get("why"), "t": e.get("t"),
+                 **({"gso_epoch": e["gso_epoch"]} if "gso_epoch" in e else {})}
                 for e in host if e.get("event") == "failover"
                 and e.get("what") == "takeover_refused"]
     # the refusal alarm as the issue words it, naming the pair served and the one refused
@@ -215,6 +291,10 @@ def judge_nplus1(scenario: Scenario, procs: dict, logs: dict[str, AckLog],
         lost: set[int] = set()
         checked = []
         for who, (ledger, journal) in dumps.get(a, {}).items():
+            if who == "active" and took_how[a][1] == "gso":
+                # a switched over to the host: it is the host's standby now, stopped before
+                # the host (which acknowledged on): the host's copy is the pair's
+                continue
             if "pmem" not in targets:
                 ledger = None
             if "disk" not in targets:
@@ -248,6 +328,44 @@ def judge_nplus1(scenario: Scenario, procs: dict, logs: dict[str, AckLog],
             row["served_by"] = a
         else:
             row["served_by"] = None  # its active is dead and nobody took over
+        if took_how[a][1] == "gso":
+            done = next((e for e in procs[a].events if e.get("event") == "gso"
+                         and e.get("phase") == "done" and e.get("outcome") == "completed"),
+                        None)
+            row["gso"] = {"outcome": "completed" if done else None,
+                          "blackout_ms": done.get("blackout_ms") if done else None,
+                          "copy_ms": done.get("copy_ms") if done else None}
+            if done is None:
+                problems.append(f"pair {a}: the standby host resumed from {a}'s image, but "
+                                f"{a}'s GSO did not say it completed")
+            fin = procs[a].find("final") if hasattr(procs[a], "find") else None
+            serves = (((fin or {}).get("status") or {}).get("failover") or {}).get("serving")
+            if serves:
+                two = True
+                problems.append(f"pair {a}: node {a} still served at the end, after its GSO "
+                                "to the standby host (two actives)")
+        for r in refusals:
+            if r["session"] != a or "gso_epoch" not in r:
+                continue
+            ev = [e for e in procs[a].events if e.get("event") == "gso"
+                  and e.get("epoch") == r["gso_epoch"]]
+            froze = any(e.get("phase") == "frozen" for e in ev)
+            end = next((e for e in ev if e.get("phase") == "done"), None)
+            after = sum(1 for x in acks if x.node == a and x.t_ns / 1e9 > (r["t"] or 0))
+            row["gso_refused"] = {"epoch": r["gso_epoch"], "froze": froze,
+                                  "outcome": end.get("outcome") if end else None,
+                                  "reason": end.get("reason") if end else None,
+                                  "acks_after": after}
+            if froze:
+                problems.append(f"pair {a}: node {a} froze for GSO epoch {r['gso_epoch']}, "
+                                "which the standby host refused (the refusal must come "
+                                "before the freeze)")
+            if end is None or end.get("outcome") != "aborted":
+                problems.append(f"pair {a}: node {a}'s refused GSO epoch {r['gso_epoch']} "
+                                f"did not end aborted ({end.get('outcome') if end else 'no end'})")
+            if killed is None and after == 0:
+                problems.append(f"pair {a}: node {a} acknowledged nothing after the standby "
+                                "host refused its GSO (it must keep serving)")
         if took_t is not None:
             old = [x.t_ns for x in acks if x.node == a]
             new = [x.t_ns for x in acks if x.node == standby]
@@ -274,6 +392,8 @@ def judge_nplus1(scenario: Scenario, procs: dict, logs: dict[str, AckLog],
                                 "no longer protected")
         if killed is not None and took_t is None:
             row["refused"] = any(r["session"] == a for r in refusals)
+        if took_how[a][1] is not None:
+            row["taken_by"] = took_how[a][1]
         lost_total += row["lost"]
         acked_total += row["acknowledged"]
         pairs[a] = row
@@ -294,7 +414,8 @@ def judge_nplus1(scenario: Scenario, procs: dict, logs: dict[str, AckLog],
     return DrillResult(scenario.name, acked_total, lost_total, two,
                        first.get("blackout_ms") if first else None,
                        first.get("detect_ms") if first else None,
-                       0, 0, bool(took), False, tuple(problems), nplus1=nplus1)
+                       0, 0, any(how == "failover" for _e, how in took_how.values()),
+                       False, tuple(problems), nplus1=nplus1)
 
 
 def describe(row: Mapping[str, Any]) -> list[str]:
@@ -315,6 +436,15 @@ def describe(row: Mapping[str, Any]) -> list[str]:
             extra += f", {p['acks_after_takeover']} acked after the takeover"
         if p.get("refused"):
             extra += ", takeover refused"
+        if p.get("taken_by") == "gso":
+            g = p.get("gso") or {}
+            extra += (f", switched over by GSO (its blackout {g.get('blackout_ms')} ms, copy "
+                      f"{g.get('copy_ms')} ms)")
+        if p.get("gso_refused"):
+            g = p["gso_refused"]
+            extra += (f", GSO epoch {g['epoch']} refused ({g['outcome']} {g['reason']}, "
+                      f"{'frozen' if g['froze'] else 'never frozen'}, {g['acks_after']} acked "
+                      "after)")
         lines.append(f"{row['name']}: pair {a}-{n1['standby']}: acknowledged "
                      f"{p['acknowledged']} ({p['by_active']} by {a}, {p['by_standby']} by "
                      f"{n1['standby']}), lost {p['lost']}, served by {serves}{extra}")
@@ -434,7 +564,11 @@ class SoftNPlus1Runner:
             except ProcessLookupError:
                 pass
 
-        driver = NPlus1Driver(procs, standby, fault, wait_for, time.sleep, time.monotonic)
+        def put_command(node: str, seq: int, command: dict) -> None:
+            command_file(dirs[node], seq, command)
+
+        driver = NPlus1Driver(procs, standby, fault, wait_for, time.sleep, time.monotonic,
+                              put_command)
         try:
             wait_for(lambda: _ready(procs, actives, standby, work), 90,
                   "n+1 pairs up (every active serving, the standby host started)")

@@ -27,7 +27,13 @@ from hsp_rdma.lab import fence_agent
 from hsp_rdma.lab.lab import PERSIST_DIR
 from hsp_rdma.tools.drills.acklog import Ack, AckWriter, read_acklog
 from hsp_rdma.tools.drills.nplus1 import NPlus1Driver, host_note, judge_nplus1, names, write_configs
-from hsp_rdma.tools.drills.runner import DrillResult, DrillsUnavailable, judge, wait_for
+from hsp_rdma.tools.drills.runner import (
+    DrillResult,
+    DrillsUnavailable,
+    command_file,
+    judge,
+    wait_for,
+)
 from hsp_rdma.tools.drills.scenario import Scenario
 from hsp_rdma.tools.drills.standby_node import dump_names
 from hsp_rdma.tools.guest import GuestRun
@@ -177,7 +183,10 @@ def lab_nplus1(runner, scenario: Scenario) -> DrillResult:
                 and all(procs[a].find("serving") is not None for a in actives))
 
     py = [sys.executable, "-m"]
-    driver = NPlus1Driver(procs, standby, fault, wait, sleep, time.monotonic)
+    def put_command(node: str, seq: int, command: dict) -> None:
+        command_file(shares[node], seq, command)  # (the guest lists its share: 9p)
+
+    driver = NPlus1Driver(procs, standby, fault, wait, sleep, time.monotonic, put_command)
     t_ready = None
     try:
         # the standby host first (its sessions listen), then the actives

@@ -49,7 +49,8 @@ only after the last action step.
 Steps (``do``) and their fields: wait (for | until [timeout]), kill / pause / resume / restart
 (node; restart boots a killed node, which rejoins),
 pull / plug (node, fabric), netem (node, fabric, spec: tc's words or "clear"), gso (starts a
-Graceful Switch Over, does not wait for it), corrupt (what: block | page, index; always on
+Graceful Switch Over, does not wait for it; in an n+1 drill node = the active that switches
+over to the standby host), corrupt (what: block | page, index; always on
 the standby), heal (clears every netem and plugs every pulled fabric), audit (runs one and
 waits for it).
 """
@@ -263,7 +264,7 @@ ACTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "pull": (("node", "fabric"), ()),
     "plug": (("node", "fabric"), ()),
     "netem": (("node", "fabric", "spec"), ()),
-    "gso": ((), ()),
+    "gso": ((), ("node",)),  # node: n+1 drills only (the active that switches over)
     "corrupt": (("what", "index"), ("node",)),
     "heal": ((), ()),
     "audit": ((), ()),
@@ -403,6 +404,14 @@ def _parse_step(src: _Source, raw: Any, index: int,
         raise src.error(f"{what}: until = \"{values['until']}\" is an n+1 drill's event (the "
                         "standby host refused a takeover): add [nplus1] actives = N",
                         "until", "steps", index)
+    if action == "gso" and "node" in values and step_fields is STEP_FIELDS:
+        raise src.error(f"{what}: a pair's GSO starts on the node serving, without node; node "
+                        "names the active of an n+1 drill that switches over to the standby "
+                        "host ([nplus1] actives = N)", "node", "steps", index)
+    if action == "gso" and step_fields is not STEP_FIELDS and values.get("node") in (
+            None, "standby"):
+        raise src.error(f"{what}: an n+1 drill's gso needs node = an active by name (the one "
+                        "that switches over to the standby host)", "node", "steps", index)
     if action == "corrupt" and values.get("node", "standby") != "standby":
         raise src.error(f"{what}: only the standby is corrupted (the audit repairs it from "
                         "the active, which is authoritative)", "node", "steps", index)

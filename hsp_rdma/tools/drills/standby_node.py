@@ -9,11 +9,19 @@ promotes (its active lost, fenced), it runs the scenario's ledger workload on th
 P.mem and journal disk (continuing the active's ledger, as drill_node does on a pair's
 standby) and sends its acks to that pair's ACK.
 
+GSO (a scenario with a gso step): every session carries a GSO engine (drill_node's
+``GsoSide``, listening with its pair's discriminator, its image the session's P.mem, its
+epochs under the session's state_dir; ``StandbyHost.attach_gso`` guards it), so an active can
+switch over to this host: the session becomes that pair's active (its workload as after a
+promotion), the active its standby. A Start-GSO while another session serves is refused by
+the host (``takeover_refused`` note, Abort BUSY to that active, which keeps serving).
+
 Events on stdout, one JSON line each, ``t`` this host's monotonic clock: ``started`` (pid, node,
 sessions, failed), ``failover`` (a session's engine note, with ``session``: suspected, fencing,
 fence_result, active, takeover_refused, alarm, ...), ``serving`` (session, epoch, last_id),
-``ack`` (session, id; ACK "stdout" only), ``workload_stopped`` (session, why), ``final`` (the
-host's status: active session, refusals; each session's acked count) once ``DIR/stop`` exists,
+``ack`` (session, id; ACK "stdout" only), ``workload_stopped`` (session, why), ``gso``
+(session, phase: drill_node's GSO events), ``final`` (the host's status: active session,
+refusals, GSO states; each session's acked count) once ``DIR/stop`` exists,
 after each session's P.mem is dumped to ``DIR/pmem-<node>-<peer>.bin`` and its journal disk to
 ``DIR/journal-<node>-<peer>.final``; ``error`` (why) when the host cannot start (exit 1).
 """
@@ -33,7 +41,7 @@ from hsp_rdma.errors import HspError
 from hsp_rdma.ha.node import NodeError
 from hsp_rdma.ha.standby_host import StandbyHost
 from hsp_rdma.tools.drills import app
-from hsp_rdma.tools.drills.drill_node import _DiskSink, _PmemSink, emit
+from hsp_rdma.tools.drills.drill_node import GsoSide, _DiskSink, _PmemSink, emit
 from hsp_rdma.tools.drills.scenario import load_scenario
 
 
@@ -50,6 +58,7 @@ class Session:
         self.node = host.nodes[peer]
         self.engine = host.engines[peer]
         self.serving = threading.Event()
+        self.gate = app.Gate()  # where a GSO from this session (switch-back) freezes it
         self.engine.on_role = lambda role: (self.serving.set() if role == "active"
                                             else self.serving.clear())
         self.acked = 0
@@ -95,7 +104,7 @@ class Session:
                 self.acked += 1
 
             app.run(wl, spec.rate, ack, lambda: self.stop.is_set() or not self.engine.serving,
-                    random.Random(os.getpid() ^ hash(self.peer)))
+                    random.Random(os.getpid() ^ hash(self.peer)), gate=self.gate)
             if not self.stop.is_set():
                 emit("not_serving", session=self.peer, acked=self.acked)
                 self.serving.clear()
@@ -116,11 +125,22 @@ def main(argv: list[str]) -> int:
     work = Path(spec["dir"])
     scenario = load_scenario(spec["scenario"])
     sessions_spec = spec["sessions"]
-    host = StandbyHost([s["config"] for s in sessions_spec.values()])
+    with_gso = any(step.do == "gso" for step in scenario.steps)
+    host = StandbyHost([s["config"] for s in sessions_spec.values()], gso=with_gso)
     stop = threading.Event()
     sessions = {peer: Session(host, peer, scenario, s["ack"], stop)
                 for peer, s in sessions_spec.items() if peer in host.nodes}
     seen = {peer: 0 for peer in host.engines}
+    sides: dict[str, GsoSide] = {}
+    try:
+        for peer, s in sessions.items() if with_gso else ():
+            # NICs opened and registered before the sessions start (as drill_node does)
+            sides[peer] = GsoSide(host.nodes[peer], host.engines[peer], s.gate, stop,
+                                  lambda s=s: {"acked": s.acked}, s.serving, session=peer)
+            host.attach_gso(peer, sides[peer].eng)
+    except BaseException:
+        host.close()
+        raise
 
     def watch() -> None:  # every session's engine notes, as events
         while not stop.is_set():
@@ -131,6 +151,8 @@ def main(argv: list[str]) -> int:
                     if n["n"] > seen[peer]:
                         seen[peer] = n["n"]
                         emit("failover", session=peer, **n)
+                        if n.get("what") == "suspected" and peer in sides:
+                            sides[peer].suspected()  # AllFabricsLost for its GSO machine
             time.sleep(0.01)
 
     threading.Thread(target=watch, daemon=True).start()
@@ -141,6 +163,9 @@ def main(argv: list[str]) -> int:
              failed=dict(host.failed))
         for s in sessions.values():
             s.thread.start()
+        for peer, side in sides.items():
+            if peer in host.started:
+                side.start()
         while "stop" not in os.listdir(work):  # listed, not stat'ed (a 9p share)
             time.sleep(0.02)
         stop.set()
@@ -157,10 +182,18 @@ def main(argv: list[str]) -> int:
                 d = node.disk["journal"]
                 (work / journal_name).write_bytes(d.read(0, d.size))
         emit("final", host=st["host"], acked={p: s.acked for p, s in sessions.items()},
+             gso={p: {"state": side.eng.machine.state.value, "epoch": side.eng.machine.epoch,
+                      "connected": side.connected.is_set(), "ended": side.ended}
+                  for p, side in sides.items()},
              workload_error={p: s.error for p, s in sessions.items() if s.error},
              roles={p: ss.get("role") for p, ss in st["sessions"].items()})
     finally:
         stop.set()
+        for side in sides.values():
+            if side._thread.ident is not None:
+                side.close()
+            else:  # (its session never started)
+                side.eng.close(drain_s=0)
         host.close()
     return 0
 
