@@ -11,6 +11,9 @@ the active while a GSO copies on x: the GSO completes or is abandoned cleanly (j
 soft_runner.gso_problems), the carrier stays on x, never two actives. pull-both: both fabrics
 of the active pulled: the fencing path; one node wins at the lab's fence device (the active
 outdating the standby, or the standby fencing the active and promoting), one serves.
+pull-x-during-gso: x, the GSO's link and the carrier, pulled on the active during a GSO's
+copy: both engines connect the GSO's link again on y (each saw x silent for 3 s) and the copy
+starts again there; the GSO completes (relinks x->y on both nodes), the carrier moves to y.
 All: 0 lost. Each prints its traffic-stop figures (the report's ``traffic_stops``).
 
 Measured (CI=true HSP_TEST_LAB_ID=d13, both kinds, 2026-11-26, on a host shared with one or
@@ -44,11 +47,17 @@ pytestmark = pytest.mark.lab
 # y links coming up with no receive posted (a failed first connect had flushed them), and it
 # is fixed in the node. After the fix, each passed on siw and rxe
 # (hsp-failover-test --lab siw|rxe, 2026-11-26).
-@pytest.mark.parametrize("drill", ["pull-x-both", "flap-x", "pull-y-during-gso", "pull-both"])
+# pull-x-during-gso (the GSO's link moves to y during the copy) passed on both kinds with
+# hsp-failover-test --lab rxe|siw, 2026-11-26 (relinked in 77-183 ms after 3 s of silence).
+@pytest.mark.parametrize("drill", ["pull-x-both", "flap-x", "pull-y-during-gso", "pull-both",
+                                   "pull-x-during-gso"])
 def test_fabric_drills_run_in_the_lab(healthy_lab: Lab, drill: str) -> None:
     kind = healthy_lab.status()["rdma"]
     runner = LabRunner(kind, healthy_lab.lab_id)
     scenario = load_scenario(find_scenario(drill))
+    events: dict[str, list[dict]] = {}
+    runner.observe = lambda seen: events.update(
+        {n: list(p.events) for n, p in seen["procs"].items()})
     result = runner.run(scenario)
     runner.close()  # the session's lab: not booted by the runner, left up
     print(f"{kind} {drill}: acknowledged {result.acknowledged}, lost {result.lost}, "
@@ -67,6 +76,15 @@ def test_fabric_drills_run_in_the_lab(healthy_lab: Lab, drill: str) -> None:
         assert result.traffic_stop_ms <= scenario.checks.max_traffic_stop_ms, result
     elif drill == "pull-y-during-gso":
         assert result.fabric_switches == 0, result  # y was the spare: the carrier stayed
+    elif drill == "pull-x-during-gso":
+        # the GSO went on over y and completed on both nodes: never aborted
+        for n in ("a", "b"):
+            done = next(e for e in events[n] if e.get("event") == "gso"
+                        and e.get("phase") == "done")
+            print(f"{kind} {drill} node {n}: {done['outcome']}, relinks {done['relinks']} in "
+                  f"{done['relink_ms']} ms, blackout {done['blackout_ms']} ms")
+            assert done["outcome"] == "completed" and done["relinks"] == ["x->y"], done
+        assert result.fabric_switches >= 1, result
     # pull-both: either node may win at the fence device (quiet pair: the active outdates
     # the standby and serves alone; loaded lab: the standby fences the active and promotes);
     # judged above: one serves, never two actives, nothing lost, traffic back within 15 s
