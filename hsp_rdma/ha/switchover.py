@@ -8,7 +8,16 @@ is standby, so the standby resumes in place ("IRET") and switch-back needs no ne
 
 The engine carries out every action the machine emits and feeds every I/O outcome back as an
 event: a send or write completed in error, or a receive failing, is the loss of the only
-fabric (AllFabricsLost), fed after the current action list has run to its end. Sends never
+fabric (AllFabricsLost), fed after the current action list has run to its end. With a second
+fabric open (``add_fabric``, ``connect_fabrics``), a push GSO's link lost before the marker
+(RELINKABLE: A copying, B waiting for the marker) is first connected again on the other
+fabric within a few seconds (``_relink``) and the copy starts again there from its first
+byte; only when that fails is the loss fed. Why that never makes two actives: B resumes only
+on this epoch's marker, which A posts only after CopyComplete on the VI it then holds (every
+write of the image before it, RC order), and A thaws before the marker only by an abort after
+which it never posts that marker; a write of the old VI landing late carries the same frozen
+bytes; a B that gave up (its budget or timer) no longer polls, and one at rest ignores any
+marker (a new GSO zeroes the word, and each epoch has its own value). Sends never
 block: control frames, image writes and the marker are posted and their completions reaped as
 they come, so the copy runs while the machine keeps getting ticks (its copy timeout and the
 standby's Abort work while writes are in flight).

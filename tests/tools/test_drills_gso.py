@@ -65,6 +65,13 @@ def test_kill_the_standby_during_a_gso_over_soft(tmp_path, monkeypatch) -> None:
     assert done["outcome"] == "aborted" and done["role"] == "active" and done["serving"], done
     assert done["copy_ms"] < DRILL_COPY_S * 1000, done  # it never finished its copy
     assert thawed["t"] >= copy["t"] and thawed["acked"] == frozen["acked"], (frozen, thawed)
+    # the GSO's link lost before the marker: the active tries the other fabric first (at most
+    # RELINK_S), where no standby answers, then aborts as on any loss (unless the failure
+    # detector's suspicion ended the GSO before the engine saw its VI break)
+    relink = _gso(a, "relink")
+    if relink is not None:
+        assert "no other fabric answered" in relink["detail"], relink
+        assert done["relinks"] == [] and thawed["t"] - relink["t"] < 1.0, (relink, thawed)
     final = next(e for e in a if e["event"] == "final")
     assert final["acked"] > thawed["acked"] + 100, (thawed, final)
     assert final["gso"]["state"] == "NORMAL_ACTIVE" and not final["gso"]["frozen"], final
