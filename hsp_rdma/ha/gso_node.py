@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                  phases_ms=rep.phases_ms(), serving=eng.machine.serving, alarm=eng.alarm,
                  stale_ignored=eng.machine.stale_ignored,
                  markers_ignored=eng.markers_ignored, fence=eng.fence_results,
-                 link_error=eng.link_error)
+                 link_error=eng.link_error, relinks=rep.relinks)
             took_over = rep.role == "standby" and rep.outcome == "completed"
             if (rep.role == "active" and rep.stop_t) or took_over:
                 emit("pmem", epoch=rep.epoch, role=rep.role, counter=app.counter,

@@ -1,7 +1,7 @@
 """The GSO's link on two fabrics in the lab, on rxe and siw (issue 13): gso_node pairs given
 fabric y too (--y-device ...). With x pulled the link comes up on y and a GSO completes
-there; x pulled under the copy aborts that GSO cleanly (the active thaws and serves, the
-standby never resumes), and the link comes up again on y, where the next GSO completes. And
+there; x pulled under the copy: the GSO's link is connected again on y and the copy starts
+again there, the GSO completes (the active never thaws), and the next GSO runs on y. And
 the shipped drill gso-x-down (drill nodes under load: Interface A moves to y, then the GSO)."""
 
 from __future__ import annotations
@@ -48,13 +48,19 @@ def test_x_down_the_link_comes_up_on_y_and_a_gso_completes_there(healthy_lab: La
     assert only(a, "end")["serving"] and not only(b, "end")["serving"]
 
 
-def test_x_lost_under_the_copy_thaws_the_active_then_a_gso_completes_on_y(
-        healthy_lab: Lab) -> None:
+def test_x_lost_under_the_copy_the_gso_continues_on_y_and_completes(healthy_lab: Lab) -> None:
+    """x pulled on the standby's side while the active copies: both engines see x silent (or
+    its VI fail), connect the GSO's link again on y, and the active copies the image again
+    from its first byte there, the marker last on that VI: GSO 1 completes on y without the
+    active ever thawing, the image resumed is the one frozen (same P.mem CRC on both), and
+    GSO 2 (back) runs on y."""
     lab = healthy_lab
     ya, yb = y_args(lab)
+    # The copy timers leave room for 3 s of silence, the relink and a second copy of 48 MiB
+    # (rxe in the lab: ~6 s for one): with 15 s and 10 s, one run in three aborted on them.
     a, b = start_pair(lab, 48 * MiB, runs=2,
-                      extra_a=(*ya, "--copy-timeout", "10", "--gso-timeout", "20"),
-                      extra_b=(*yb, "--copy-timeout", "15"), timeout=240)
+                      extra_a=(*ya, "--copy-timeout", "30", "--gso-timeout", "45"),
+                      extra_b=(*yb, "--copy-timeout", "30"), timeout=240)
     try:
         wait_event([b], "frozen")
         time.sleep(0.3)
@@ -64,19 +70,27 @@ def test_x_lost_under_the_copy_thaws_the_active_then_a_gso_completes_on_y(
         lab.fault("a", "link", "x", "up")
     assert res.rc == {"a": 0, "b": 0}, (res.stderr, a.events, b.events)
     first, second = b.of("gso")
-    # GSO 1, on x: aborted; the active thawed at the counter it froze at and served on
-    assert first["fabric"] == "x" and first["outcome"] == "aborted" and first["serving"]
+    for n, run in (("a", a), ("b", b)):
+        for g in run.of("gso"):
+            print(f"{n}: epoch {g['epoch']} {g['role']} {g['outcome']} on {g['fabric']} "
+                  f"relinks {g['relinks']} copy {g['copy_s']:.2f} s {g['reason']!r} "
+                  f"{g['link_error']!r}")
+    # GSO 1: lost on x during the copy, continued and completed on y; b never thawed
+    assert first["outcome"] == "completed" and first["role"] == "active", \
+        f"b: {b.of('gso')} a: {a.of('gso')}"
+    assert first["fabric"] == "y" and first["relinks"] == ["x->y"], first
+    assert not b.of("thawed"), b.events
+    took = a.of("gso")[0]
+    assert took["outcome"] == "completed" and took["relinks"] == ["x->y"], took
     frozen = b.of("frozen")[0]
-    assert only(b, "thawed")["counter"] == frozen["counter"]
-    assert only(b, "serving")["counter"] == frozen["counter"] + 1000
-    assert a.of("gso")[0]["outcome"] == "aborted", "the standby never resumed from GSO 1"
-    # the link came up again on y, and GSO 2 ran there and completed
-    assert [e["fabric"] for e in b.of("connected")] == ["x", "y"]
-    assert b.of("request")[1]["fabric"] == "y"
-    assert second["fabric"] == "y" and second["outcome"] == "completed"
-    assert [g["outcome"] for g in a.of("gso")][-1] == "completed"
-    assert only(a, "resumed")["counter"] == frozen["counter"] + 2000
-    assert only(a, "end")["serving"] and not only(b, "end")["serving"]
+    assert a.of("resumed")[0]["counter"] == frozen["counter"]
+    pm_b, pm_a = b.of("pmem")[0], a.of("pmem")[0]
+    assert pm_b["epoch"] == pm_a["epoch"] == first["epoch"], (pm_b, pm_a)
+    assert pm_b["pmem_crc"] == pm_a["pmem_crc"], (pm_b, pm_a)  # the image frozen = resumed
+    # GSO 2, back from a to b, on y: completed
+    assert second["fabric"] == "y" and second["outcome"] == "completed", second
+    assert [g["outcome"] for g in a.of("gso")] == ["completed", "completed"]
+    assert only(b, "end")["serving"] and not only(a, "end")["serving"]
 
 
 def test_gso_x_down_drill(healthy_lab: Lab) -> None:
