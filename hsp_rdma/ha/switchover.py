@@ -848,8 +848,8 @@ class Engine:
         quiet = now - max(self._last_heard, since)
         if quiet >= self.keepalive_s * KEEPALIVE_DEAD:
             self._lose_link(f"nothing heard from the peer on fabric {self.fabric} in "
-                            f"{now - self._last_heard:.1f} s {where} (keep-alive every "
-                            f"{self.keepalive_s:g} s)")
+                            f"{now - self._last_heard:.1f} s{' ' + where if where else ''} "
+                            f"(keep-alive every {self.keepalive_s:g} s)")
             return
         if now - self._last_sent >= self.keepalive_s:
             self._last_sent = now
