@@ -283,6 +283,20 @@ def check_sessions(cfgs: list[NodeConfig]) -> None:
     # the sessions' listeners on one address: a discriminator maps to a port, and two
     # channels of different sessions that map to the same port could not both listen there
     ports: dict[tuple[str, str, int], tuple[str, str]] = {}
+    for c, fab, chan, key in _channel_ports(cfgs):
+        if key in ports and ports[key][0] != c.peer:
+            p, other = ports[key]
+            raise StandbyHostError(
+                f"the sessions for {p} and {c.peer}: channel {other} of one and {chan} of "
+                f"the other map to the same port {key[2]} on {fab.local} ({fab.rdma_device}, "
+                f"fabric {fab.name}); rename one of the nodes, or give that session another "
+                "local address")
+        ports[key] = (c.peer, chan)
+
+
+def _channel_ports(cfgs: Iterable[NodeConfig]):
+    """(config, fabric, channel name, (device, local address, port)) of every channel
+    listener of CFGS' sessions, on the devices whose discriminator -> port map is known."""
     for c in cfgs:
         for fab in c.fabrics:
             port_of = _port_of(fab.rdma_device)
@@ -290,15 +304,7 @@ def check_sessions(cfgs: list[NodeConfig]) -> None:
                 continue
             for ch in CHANNELS:
                 disc = Node._disc(SimpleNamespace(config=c), ch)
-                key = (fab.rdma_device, fab.local, port_of(disc))
-                if key in ports and ports[key][0] != c.peer:
-                    p, chan = ports[key]
-                    raise StandbyHostError(
-                        f"the sessions for {p} and {c.peer}: channel {chan} of one and "
-                        f"{ch.name.lower()} of the other map to the same port {key[2]} on "
-                        f"{fab.local} ({fab.rdma_device}, fabric {fab.name}); rename one of "
-                        "the nodes, or give that session another local address")
-                ports[key] = (c.peer, ch.name.lower())
+                yield c, fab, ch.name.lower(), (fab.rdma_device, fab.local, port_of(disc))
 
 
 def check_memory(costs: dict[str, dict], limit: int | None, source: str,
@@ -392,18 +398,13 @@ class StandbyHost:
     def _check_gso_port(self, peer: str, engine) -> None:
         """The GSO listener of PEER must not map to the port of another session's listener
         (a channel, another GSO engine) on the same address."""
-        taken: dict[tuple[str, str, int], str] = {}
-        for p, c in self.configs.items():
-            for fab in c.fabrics:
+        taken: dict[tuple[str, str, int], str] = {
+            key: f"channel {chan} of the session for {c.peer}"
+            for c, _fab, chan, key in _channel_ports(self.configs.values())}
+        for p, other in self.gso_engines.items():
+            for fab in self.configs[p].fabrics:
                 port_of = _port_of(fab.rdma_device)
-                if port_of is None:
-                    continue
-                for ch in CHANNELS:
-                    disc = Node._disc(SimpleNamespace(config=c), ch)
-                    taken[(fab.rdma_device, fab.local, port_of(disc))] = (
-                        f"channel {ch.name.lower()} of the session for {p}")
-                other = self.gso_engines.get(p)
-                if other is not None:
+                if port_of is not None:
                     taken[(fab.rdma_device, fab.local, port_of(other.discriminator))] = (
                         f"the GSO listener of the session for {p}")
         for fab in self.configs[peer].fabrics:

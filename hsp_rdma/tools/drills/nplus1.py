@@ -50,11 +50,11 @@ from hsp_rdma.lab.lab import mem_available_mib
 from hsp_rdma.tools.drills.acklog import AckLog, AckServer, AckWriter, read_acklog
 from hsp_rdma.tools.drills.ledger import ledger_problems, recover_image, verify_acked
 from hsp_rdma.tools.drills.runner import (
-    COMMAND_TIMEOUT_S,
     DrillResult,
     DrillsUnavailable,
     command_file,
     judge,
+    send_command,
     wait_for,
 )
 from hsp_rdma.tools.drills.scenario import ACTIVE_NAMES, MAX_ACTIVES, Scenario
@@ -228,24 +228,7 @@ class NPlus1Driver:
         """Send COMMAND to NODE and wait for its command_done; RuntimeError if not ok."""
         if self.put_command is None:
             raise RuntimeError(f"this n+1 runner sends no drill command ({command['do']})")
-        seq = self.seq[node] = self.seq.get(node, 0) + 1
-        start = len(self.procs[node].events)
-        self.put_command(node, seq, command)
-        done: list[dict] = []
-
-        def answered() -> bool:
-            for e in self.procs[node].events[start:]:
-                if e.get("event") == "command_done" and e.get("seq") == seq:
-                    done.append(e)
-                    return True
-            return False
-
-        self.wait(answered, COMMAND_TIMEOUT_S, f"command_done of {command['do']} (cmd-{seq}) "
-                  f"from node {node}")
-        if not done[0].get("ok"):
-            raise RuntimeError(f"node {node} could not {command['do']}: "
-                               f"{done[0].get('detail') or 'no detail given'}")
-        return done[0]
+        return send_command(self, node, command)
 
 
 # ---- judging ------------------------------------------------------------------------------------

@@ -230,6 +230,30 @@ def command_file(folder: Path, seq: int, command: dict[str, Any]) -> Path:
     return path
 
 
+
+def send_command(driver, node: str, command: dict) -> dict:
+    """DRIVER's (its procs, seq, put_command, wait) COMMAND to NODE, and the wait for NODE's
+    command_done of it; RuntimeError if it does not come or is not ok."""
+    seq = driver.seq[node] = driver.seq.get(node, 0) + 1
+    start = len(driver.procs[node].events)
+    driver.put_command(node, seq, command)
+    done: list[dict] = []
+
+    def answered() -> bool:
+        for e in driver.procs[node].events[start:]:
+            if e.get("event") == "command_done" and e.get("seq") == seq:
+                done.append(e)
+                return True
+        return False
+
+    driver.wait(answered, COMMAND_TIMEOUT_S, f"command_done of {command['do']} (cmd-{seq}) "
+                f"from node {node}")
+    if not done[0].get("ok"):
+        raise RuntimeError(f"node {node} could not {command['do']}: "
+                           f"{done[0].get('detail') or 'no detail given'}")
+    return done[0]
+
+
 class StepDriver:
     """Runs a scenario's steps on nodes a (the active when the drill began) and b. PROCS:
     name -> the node's events; FAULT(node, step) does kill/pause/resume/pull/plug/netem;
@@ -262,25 +286,7 @@ class StepDriver:
 
     def command(self, node: str, command: dict) -> dict:
         """Send COMMAND to NODE and wait for its command_done; RuntimeError if not ok."""
-        self.seq[node] += 1
-        seq = self.seq[node]
-        start = len(self.procs[node].events)
-        self.put_command(node, seq, command)
-        done: list[dict] = []
-
-        def answered() -> bool:
-            for e in self.procs[node].events[start:]:
-                if e.get("event") == "command_done" and e.get("seq") == seq:
-                    done.append(e)
-                    return True
-            return False
-
-        self.wait(answered, COMMAND_TIMEOUT_S, f"command_done of {command['do']} (cmd-{seq}) "
-                  f"from node {node}")
-        if not done[0].get("ok"):
-            raise RuntimeError(f"node {node} could not {command['do']}: "
-                               f"{done[0].get('detail') or 'no detail given'}")
-        return done[0]
+        return send_command(self, node, command)
 
     def run(self, steps) -> None:
         role_of = {"active": "a", "standby": "b"}
