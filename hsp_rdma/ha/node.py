@@ -408,6 +408,7 @@ class Node:
         # its heart beats stopped meanwhile, and the peer may have taken that for a death
         self.loop_stalls = 0
         self.longest_stall_ms = 0.0
+        self._stall_alarm_at = float("-inf")
         self.on_alarm: Callable[[str], None] | None = None  # each alarm, as it is raised
         # the fabrics' netdev link events (two fabrics; opened by the loop, or a test's)
         self.carrier_watch: carrier.CarrierWatch | None = None
@@ -968,34 +969,45 @@ class Node:
 
     def _loop_body(self) -> None:
         ep = select.epoll()
-        wake_r = self._wake_r
-        ep.register(wake_r, select.EPOLLIN)
-        # Only receive queues wake the loop. Send completions free a buffer slot and nothing
-        # else (a broken link shows on the receive queue and as a cm event too), so they are
-        # taken only when the slots run out (``_send``): no wake-up and no CQ poll per frame
-        # out. Slots (credits + 4) are fewer than the provider's send queue holds.
-        cqs = {}
-        for port in self._ports:
-            for ch, link in port.links.items():
-                cq = link.vi.recv_cq
-                cq.arm()
-                cqs[cq.fileno()] = (port.index, ch, cq)
-                ep.register(cq.fileno(), select.EPOLLIN)
+        watch = None
+        try:
+            wake_r = self._wake_r
+            ep.register(wake_r, select.EPOLLIN)
+            # Only receive queues wake the loop. Send completions free a buffer slot and
+            # nothing else (a broken link shows on the receive queue and as a cm event too),
+            # so they are taken only when the slots run out (``_send``): no wake-up and no CQ
+            # poll per frame out. Slots (credits + 4) are fewer than the provider's send
+            # queue holds.
+            cqs = {}
+            for port in self._ports:
+                for ch, link in port.links.items():
+                    cq = link.vi.recv_cq
+                    cq.arm()
+                    cqs[cq.fileno()] = (port.index, ch, cq)
+                    ep.register(cq.fileno(), select.EPOLLIN)
+            self._lock.limit_s = self._interval_s / 2  # (longer holds: named in a stall)
+            watch = self._open_carrier_watch() if len(self._ports) > 1 else None
+            if watch is not None:
+                ep.register(watch.fileno(), select.EPOLLIN)
+            next_hb = time.monotonic()
+            with self._lock:
+                # the quiet check counts from here (connecting took seconds with no frame)
+                self._heard_at = [next_hb] * len(self._ports)
+                for port in self._ports:  # anything that completed before the loop ran
+                    for ch in CHANNELS:
+                        self._reap(port.index, ch, False)
+                        self._reap(port.index, ch, True)
+            self._run_loop(ep, wake_r, cqs, watch, next_hb)
+        finally:
+            ep.close()
+            if watch is not None:
+                watch.close()
+
+    def _run_loop(self, ep, wake_r: int, cqs: dict, watch: CarrierWatch | None,
+                  next_hb: float) -> None:
         interval, quiet = self._interval_s, self._quiet_s
-        self._lock.limit_s = interval / 2  # (longer holds are named if the loop stalls)
         spare = len(self._ports) > 1
-        watch = self._open_carrier_watch() if spare else None
-        if watch is not None:
-            ep.register(watch.fileno(), select.EPOLLIN)
         requests = self._requests
-        next_hb = time.monotonic()
-        with self._lock:
-            # the quiet check counts from here (connecting took seconds with no frame)
-            self._heard_at = [next_hb] * len(self._ports)
-            for port in self._ports:  # anything that completed before the loop ran
-                for ch in CHANNELS:
-                    self._reap(port.index, ch, False)
-                    self._reap(port.index, ch, True)
         while not self._stop:
             now = time.monotonic()
             if now >= next_hb:
@@ -1032,9 +1044,6 @@ class Node:
                     self._serve_requests()
                 if self._pending_lost:
                     self._feed_lost()
-        ep.close()
-        if watch is not None:
-            watch.close()
 
     def _open_carrier_watch(self) -> CarrierWatch | None:
         """The kernel's link events for each fabric's netdev (``ha.carrier``): a carrier lost
@@ -1665,13 +1674,20 @@ class Node:
             return
         self.loop_stalls += 1
         self.longest_stall_ms = max(self.longest_stall_ms, worst * 1000)
+        now = time.monotonic()
+        # an alarm when it was long enough for the carrier's quiet check (or the peer's) to
+        # fire, at most one a second (a starved guest stalls often: the count says how often)
+        if worst < self._quiet_s or now - self._stall_alarm_at < 1.0:
+            return
+        self._stall_alarm_at = now
         where = [f"thread {name} held the node's lock {held * 1000:.0f} ms"
                  for name, held in holds]
         if late_s > self._interval_s:
             where.append(f"the loop woke {late_s * 1000:.0f} ms late: the process itself was "
                          "held up (stopped, starved of CPU, or its VM paused)")
         self._alarm(f"the node's loop was held up {worst * 1000:.0f} ms (its heart beats "
-                    f"stopped meanwhile): {'; '.join(where)}")
+                    f"stopped meanwhile; {self.loop_stalls} stall(s) of over one heart-beat "
+                    f"interval so far): {'; '.join(where)}")
 
     def _report(self, event: dict, keep: bool = False) -> None:
         """Tell the peer on oam (the node's own message, not the application's). KEEP: a
