@@ -36,9 +36,11 @@ def device(node: str, fab: str) -> str:
     return f"soft:{node}" if fab == "x" else f"soft:{node}y"
 
 
-def engine(node: str, serving: bool) -> Engine:
+def engine(node: str, serving: bool,
+           timeouts: gso.Timeouts = gso.Timeouts(ready=5, copy=10, done=5, gso=20),  # noqa: B008
+           **open_kw) -> Engine:
     eng = Engine.open(device(node, "x"), pick_profile("soft:a", load_profiles()), 1 << 16, 256,
-                      serving=serving, timeouts=gso.Timeouts(ready=5, copy=10, done=5, gso=20))
+                      serving=serving, timeouts=timeouts, **open_kw)
     eng.add_fabric("y", device(node, "y"))
     eng.keepalive_s = 0.1
     return eng
@@ -50,9 +52,10 @@ def links(node: str, connector: bool) -> list[FabricLink]:
             for f in ("x", "y")]
 
 
-def pair(attempt_s: float = 2.0):
-    """a listens (standby), b connects (active); both connected: (a, b)."""
-    a, b = engine("a", False), engine("b", True)
+def pair(attempt_s: float = 2.0, **engine_kw):
+    """a listens (standby), b connects (active); both connected: (a, b). ENGINE_KW: both
+    engines' (``engine``)."""
+    a, b = engine("a", False, **engine_kw), engine("b", True, **engine_kw)
     t, box = in_thread(a.connect_fabrics, links("a", False), 30)
     b.connect_fabrics(links("b", True), 30, attempt_s)
     t.join(30)

@@ -9,56 +9,20 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
 from pair_helpers import in_thread
+from test_gso_fabrics_soft import _own_ports_and_links, pair, pull  # noqa: F401 (fixture)
 
 from hsp_rdma.core import gso
-from hsp_rdma.core.profiles import load_profiles, pick_profile
-from hsp_rdma.ha.switchover import RELINK_S, Engine, FabricLink
-from hsp_rdma.via.providers import soft
+from hsp_rdma.ha.switchover import RELINK_S, Engine
 
-IPS = {("a", "x"): "127.0.0.1", ("b", "x"): "127.0.0.2",
-       ("a", "y"): "127.0.0.3", ("b", "y"): "127.0.0.4"}
 BOUND_S = 40.0
-
-
-@pytest.fixture(autouse=True)
-def _own_ports_and_links(monkeypatch, tmp_path):
-    monkeypatch.setattr(soft, "PORT_BASE", soft.random_port_base())
-    monkeypatch.setenv(soft.LINKS_DIR_ENV, str(tmp_path))
-
-
-def device(node: str, fab: str) -> str:
-    return f"soft:{node}" if fab == "x" else f"soft:{node}y"
-
-
-def engine(node: str, serving: bool) -> Engine:
-    eng = Engine.open(device(node, "x"), pick_profile("soft:a", load_profiles()), 1 << 16, 256,
-                      serving=serving, timeouts=gso.Timeouts(ready=5, copy=6, done=5, gso=9),
-                      chunk_size=4096)
-    eng.add_fabric("y", device(node, "y"))
-    eng.keepalive_s = 0.1
-    return eng
-
-
-def links(node: str, connector: bool) -> list[FabricLink]:
-    peer = "a" if node == "b" else "b"
-    return [FabricLink(f, device(node, f), IPS[(node, f)], IPS[(peer, f)] if connector else None)
-            for f in ("x", "y")]
-
-
-def pull(tmp_path, node: str, fab: str) -> None:
-    (tmp_path / f"{device(node, fab).split(':')[1]}.down").touch()
 
 
 def gso_with_x_pulled(tmp_path) -> tuple[Engine, Engine, list[str], list[str]]:
     """a listens (standby), b connects (active); b's copy paced to ~1.5 s, x of b pulled
     0.3 s into it; both served until each reported the GSO."""
-    a, b = engine("a", False), engine("b", True)
-    t, box = in_thread(a.connect_fabrics, links("a", False), 30)
-    b.connect_fabrics(links("b", True), 30, 2.0)
-    t.join(30)
-    assert "error" not in box and a.fabric == b.fabric == "x", box
+    a, b = pair(timeouts=gso.Timeouts(ready=5, copy=6, done=5, gso=9), chunk_size=4096)
+    assert a.fabric == b.fabric == "x"
     b.image.pmem[:] = bytes(range(256)) * (len(b.image.pmem) // 256)
     said_a, said_b, thawed = [], [], []
     a.on_relink, b.on_relink = said_a.append, said_b.append

@@ -16,29 +16,13 @@ import threading
 import time
 
 import pytest
+from test_via_soft_link import _connect, _End
 
 from hsp_rdma import via
 from hsp_rdma.via.providers import soft
 
 SERVER_IP, CLIENT_IP = "127.0.0.1", "127.0.0.2"
-DISC = b"stall-test"
 HOLD_S = 0.5
-
-
-class _End:
-    def __init__(self, label: str, ip: str):
-        self.ip = ip
-        self.nic = via.VipOpenNic(f"soft:{label}")
-        self.errors: list = []
-        via.VipErrorCallback(self.nic, None, lambda _c, e: self.errors.append(e))
-        self.ptag = via.VipCreatePtag(self.nic)
-        self.buf = bytearray(256)
-        self.mh = via.VipRegisterMem(self.nic, self.buf, via.MemAttributes(ptag=self.ptag))
-        self.vi = via.VipCreateVi(self.nic, via.ViAttributes(ptag=self.ptag))
-
-    def desc(self, n: int) -> via.VipDescriptor:
-        return via.VipDescriptor(segments=[via.DataSegment(via.address_of(self.buf), self.mh,
-                                                           n)])
 
 
 @pytest.fixture
@@ -71,30 +55,10 @@ def _hold_reports(monkeypatch, vi) -> list:
     return held
 
 
-def _connect(server: _End, client: _End) -> None:
-    got: list = []
-
-    def accept() -> None:
-        try:
-            req = via.VipConnectWait(server.nic, via.NetAddress(server.ip, DISC), 5000)
-            via.VipConnectAccept(req, server.vi)
-            got.append(None)
-        except via.VipError as exc:
-            got.append(exc)
-
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            via.VipConnectRequest(client.vi, via.NetAddress(client.ip, b""),
-                                  via.NetAddress(server.ip, DISC), 5000)
-            break
-        except via.VipNoMatch:
-            assert time.monotonic() < deadline, "the server never listened"
-            time.sleep(0.02)
-    t.join(7)
-    assert got == [None], got
+def _connect_pair(server: _End, client: _End) -> None:
+    """CLIENT's VI connects to SERVER's (test_via_soft_link's _connect); both CONNECTED."""
+    _connect(client, server, 5000)
+    assert via.VipQueryVi(server.vi)[0] is via.ViState.CONNECTED
 
 
 def _wait_in_thread(vi) -> tuple[threading.Thread, list]:
@@ -121,15 +85,15 @@ def _until_waiter_reads(conn) -> None:
 @pytest.mark.parametrize("end", ["length_error", "peer_closed"])
 def test_a_waiter_that_ends_the_stream_reports_it(pair, monkeypatch, end):
     server, client = pair
-    via.VipPostRecv(server.vi, server.desc(16))
-    _connect(server, client)
+    via.VipPostRecv(server.vi, server.desc(n=16))
+    _connect_pair(server, client)
     conn = server.vi.conn
     held = _hold_reports(monkeypatch, server.vi)
     t, out = _wait_in_thread(server.vi)
     _until_waiter_reads(conn)
     if end == "length_error":
         client.buf[:64] = bytes(range(64))
-        via.VipPostSend(client.vi, client.desc(64))
+        via.VipPostSend(client.vi, client.desc(n=64))
     else:
         via.VipDisconnect(client.vi)
     t.join(8)
