@@ -90,6 +90,9 @@ def show(r: dict[str, Any], console: Console) -> None:
     t2.add_row(f"baseline ack gap ({b.get('clock', '-')})", str(b.get("gaps", 0)), "-",
                _ms(b.get("p50_ms")), _ms(b.get("p99_ms")), _ms(b.get("max_ms")), "")
     console.print(t2)
+    if r.get("stop_vs_baseline") is not None:
+        console.print(Text(f"ratio: median stop / median baseline ack gap = "
+                           f"{r['stop_vs_baseline']:.2f}"))
     if b.get("max_at_s") is not None:
         after = b.get("max_after_plug_s")
         console.print(Text(f"the longest baseline gap began {b['max_at_s']:.1f} s after the "

@@ -332,6 +332,9 @@ def summarize(result: DrillResult, failures: list[str], seen: dict[str, Any], *,
     goal_ms = GOAL_INTERVALS * heartbeat_ms
     summary = _summary(measured)
     met = None if summary is None else summary["p50"] <= goal_ms
+    # the ratio to the same run's reference: how many ordinary ack gaps a pull costs
+    ratio = (None if summary is None or baseline is None or not baseline["p50_ms"]
+             else round(summary["p50"] / baseline["p50_ms"], 2))
     device = (f"{kind} in lab {lab_id} (two QEMU guests, fabrics x and y)" if provider != "soft"
               else "soft VIA provider on this host (TCP on loopback; a pull is its link "
                    "emulation's NIC down)")
@@ -360,7 +363,8 @@ def summarize(result: DrillResult, failures: list[str], seen: dict[str, Any], *,
             "commit": commit,
             "heartbeat_interval_ms": heartbeat_ms, "goal_ms": goal_ms,
             "stops": stops, "stop_ms": summary, "goal_met": met,
-            "baseline": baseline, "ack_interval_ms": result.ack_interval_ms,
+            "baseline": baseline, "stop_vs_baseline": ratio,
+            "ack_interval_ms": result.ack_interval_ms,
             "acknowledged": result.acknowledged, "lost": result.lost,
             "failover": result.failover, "fabric_switches": result.fabric_switches,
             "fabrics_at_end": at_end,

@@ -38,6 +38,7 @@ def test_two_pulls_over_soft_give_one_stop_each_and_a_baseline() -> None:
     # the method names what was pulled, how, the rate, commit mode and heart-beat interval
     assert r["heartbeat_interval_ms"] > 0 and r["goal_ms"] == 2 * r["heartbeat_interval_ms"]
     assert r["goal_met"] == (r["stop_ms"]["p50"] <= r["goal_ms"])
+    assert r["stop_vs_baseline"] == round(r["stop_ms"]["p50"] / b["p50_ms"], 2)
     for words in ("carrier", "200 tx/s", "commit applied", "heart-beat interval",
                   "on the active", "soft"):
         assert words in r["method"], (words, r["method"])
