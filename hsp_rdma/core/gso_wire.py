@@ -43,6 +43,19 @@ class Hello:
     version: int = PROTOCOL_VERSION
 
 
+@dataclass(frozen=True, slots=True)
+class Stripe:
+    """Sent on the link, after Hello, by a node that stripes a push's copy across its two
+    fabrics: on its other fabric (the one the link is not on) its image takes RDMA Writes
+    with REGION_HANDLE (at Hello's region_addr), and FENCE_ADDR/FENCE_HANDLE is a word the
+    peer may RDMA-Read there, the stripe's fence before the marker. Like Hello it belongs to
+    the connection (no epoch, never fed to the machine)."""
+
+    region_handle: int
+    fence_addr: int
+    fence_handle: int
+
+
 GOODBYE_TEXT = 192  # bytes of UTF-8 reason a Goodbye carries (cut there, NUL-padded)
 
 
@@ -58,7 +71,8 @@ class Goodbye:
     text: str
 
 
-WireMessage = StartGso | Ready | Sealed | Digest | Done | Abort | Cancel | Hello | Goodbye
+WireMessage = (StartGso | Ready | Sealed | Digest | Done | Abort | Cancel | Hello | Goodbye
+               | Stripe)
 
 # type number, payload struct, fields of the dataclass in payload order (epoch excluded).
 LAYOUTS: dict[type, tuple[int, struct.Struct, tuple[str, ...]]] = {
@@ -75,6 +89,7 @@ LAYOUTS: dict[type, tuple[int, struct.Struct, tuple[str, ...]]] = {
     Sealed: (7, struct.Struct("<QIQH"), ("address", "handle", "image_length", "digest_algo")),
     Goodbye: (8, struct.Struct(f"<H{GOODBYE_TEXT}s"), ("reason", "text")),
     Digest: (9, struct.Struct("<32s"), ("digest",)),
+    Stripe: (10, struct.Struct("<IQI"), ("region_handle", "fence_addr", "fence_handle")),
 }
 _BY_TYPE = {num: (cls, st, fields) for cls, (num, st, fields) in LAYOUTS.items()}
 _CONVERT = {"digest_algo": DigestAlgo, "reason": AbortReason, "serving": bool,
@@ -123,6 +138,6 @@ def decode_message(buf: bytes | bytearray | memoryview) -> tuple[WireMessage, in
         raise FrameError(f"{cls.__name__}: {exc}") from None
     for name in _TEXT & values.keys():
         values[name] = values[name].rstrip(b"\0").decode("utf-8", errors="replace")
-    if cls not in (Hello, Goodbye):
+    if cls not in (Hello, Goodbye, Stripe):
         values["epoch"] = frame.epoch
     return cls(**values), frame.sequence

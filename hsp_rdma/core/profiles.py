@@ -97,6 +97,11 @@ class Profile:
     completion_wait: str = "busy"
     # The GSO image digest: "crc32" (zlib), "crc32c" (the compiled CRC-32C) or "blake2b".
     digest: str = "crc32"
+    # A push's digest taken in a worker thread beside the copy (the compiled digests run
+    # without the GIL), not inline between the writes: worth it where a second CPU is free
+    # while the copy runs (the soft provider on one host); not in a 1-vCPU lab guest, where
+    # the device's own kernel work needs that CPU.
+    digest_thread: bool = False
     notes: str = ""
     path: str | None = None
 
@@ -212,9 +217,10 @@ FIELDS: dict[str, tuple[Any, str]] = {
                                   f'to {MAX_SLEEP_US}')),
     "completion_wait": (lambda v: v if v in ("busy", "event") else None, '"busy" or "event"'),
     "digest": (lambda v: v if v in DIGESTS else None, ", ".join(f'"{d}"' for d in DIGESTS)),
+    "digest_thread": (_check_bool, "true or false"),
     "notes": (_check_notes, "a string"),
 }
-OPTIONAL = frozenset({"notes", "completion_wait", "digest"})
+OPTIONAL = frozenset({"notes", "completion_wait", "digest", "digest_thread"})
 
 
 def line_of(text: str, key: str) -> int | None:

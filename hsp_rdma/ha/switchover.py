@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from hsp_rdma import via
 from hsp_rdma.core import gso
 from hsp_rdma.core.frames import PROTOCOL_VERSION
-from hsp_rdma.core.gso_wire import Goodbye, Hello, decode_message, encode_message
+from hsp_rdma.core.gso_wire import Goodbye, Hello, Stripe, decode_message, encode_message
 from hsp_rdma.core.profiles import MAX_QUEUE_DEPTH, PollMode, Profile
 from hsp_rdma.errors import ConfigError, FrameError, HspError, IllegalTransition
 from hsp_rdma.ha.connect import ATTEMPT_S, HELLO_WAIT_S, PERMANENT, Attempts, retry_until
@@ -97,6 +97,11 @@ KEEPALIVE_DEAD = 6
 # connector retries, or its listener takes the waiting request, within the overlap).
 RELINK_S = 3.0
 RELINK_STANDBY_S = RELINK_S + KEEPALIVE_DEAD * KEEPALIVE_S
+# Striping (Engine.stripe): once the link is up on one fabric, a second VI connects on the
+# other (discriminator + STRIPE_SUFFIX) within STRIPE_WAIT_S, or the pair runs unstriped.
+STRIPE_WAIT_S = 3.0
+STRIPE_SUFFIX = b"/stripe"
+FENCE_AT = 64  # where in src_marker's page the stripe's fence read lands (8 bytes)
 
 
 class SwitchoverError(HspError):
@@ -171,6 +176,8 @@ class GsoReport:
     writes: int = 0  # RDMA Writes posted (push, on A) or RDMA Reads (pull, on B)
     relinks: list = field(default_factory=list)  # the link lost and connected again: "x->y"
     relink_s: float = 0.0  # time spent connecting the link again (within the copy)
+    fabrics: str = ""  # A (push): the fabrics the copy's writes went over: "x", or "x+y"
+    stripe_writes: int = 0  # A (push): of ``writes``, those on the stripe
 
     @property
     def blackout_s(self) -> float:
@@ -241,6 +248,29 @@ class _Copy:
     digested: int = HEADER_SPACE  # the chunks before this are digested (all posted already)
     inflight: int = 0
     header_posted: bool = False
+    job: _DigestJob | None = None  # the digest taken in a worker thread (profile digest_thread)
+    stripe_inflight: int = 0  # this copy's writes in flight on the stripe
+    stripe_used: str = ""  # the stripe's fabric, once some of this copy's writes went there
+    fence: int = 0  # the stripe's fence read: 0 not posted, 1 in flight, 2 completed
+
+
+@dataclass
+class _Stripe:
+    """A push's second VI, on the fabric the link is not on: data writes only (the header and
+    the marker stay on the link). RC orders writes within one VI, never across two, and an
+    iWARP write completes once sent, not once placed; so before the header goes on the link,
+    an RDMA Read of the peer's fence word on the stripe completes: its response follows every
+    earlier write of the stripe into the peer's memory (IB and iWARP alike)."""
+
+    fabric: str
+    vi: object
+    image_handle: object  # our image's registration on that fabric
+    scratch_handle: object  # src_marker's there (the fence read lands at FENCE_AT)
+    region_handle: int  # the peer's image there (at Hello's region_addr)
+    fence_addr: int
+    fence_handle: int
+    posted: deque = field(default_factory=deque)  # _Posted, oldest first
+    writes: int = 0
 
 
 @dataclass
@@ -260,12 +290,14 @@ class _Pull:
 
 
 class _DigestJob:
-    """A (pull): the frozen image's digest, taken in a worker thread while the peer reads
-    it. The thread only reads the image; ``result()`` is None until it is done."""
+    """A: the frozen image's digest, taken in a worker thread while the peer reads it (pull)
+    or while the copy's writes go out (push, profile digest_thread). The thread only reads
+    the image; ``digest`` is empty until ``done``."""
 
     def __init__(self, image: StateImage, epoch: int, length: int, algo: gso.DigestAlgo,
                  clock: Clock, corrupt: bool):
         self.epoch, self.digest, self.took_s, self.error = epoch, b"", 0.0, ""
+        self.length = length
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"gso-digest-{epoch}",
                                         args=(image, length, algo, clock, corrupt), daemon=True)
@@ -327,6 +359,14 @@ class Engine:
     peer_name: str | None = None  # the peer's name for the fence action's plug=
     on_alarm: Callable[[str], None] = lambda why: None
     store: EpochStore | None = None  # epochs persisted before the actions that use them
+    digest_thread: bool = False  # a push's digest in a worker thread beside the copy
+    # With two fabrics: a second VI on the fabric the link is not on, and a push's writes
+    # spread over both (both nodes must say so; a peer that does not is run unstriped)
+    stripe: bool = False
+    _stripe: _Stripe | None = None
+    stripe_note: str = ""  # why the pair runs unstriped although stripe is asked
+    _peer_stripe: Stripe | None = None  # the peer's Stripe on this connection
+    fence_buf: mmap.mmap | None = None  # the word the peer's stripe fence reads
     _persisted: Epochs | None = None
     _current: GsoReport | None = None
     _send_seq: int = 0
@@ -424,7 +464,8 @@ class Engine:
                    src_marker_handle=src_marker_handle, ctl_buf=ctl, ctl_handle=ctl_handle,
                    machine=machine, profile=profile, app=app or Application(),
                    chunk_size=chunk_size or profile.chunk_size, queue_depth=depth,
-                   fence=fence, peer_name=peer_name, store=store, _persisted=saved)
+                   fence=fence, peer_name=peer_name, store=store, _persisted=saved,
+                   digest_thread=profile.digest_thread)
 
     def _post_recv(self, slot: int) -> None:
         d = via.VipDescriptor(segments=[via.DataSegment(
@@ -688,14 +729,23 @@ class Engine:
         (the one the link was just lost on) tried after the others: the connector (links
         with a peer) tries each for ATTEMPT_S in turn; the listener listens on every one and
         takes the first connection, on whichever fabric. Until TIMEOUT_S; ``self.fabric``
-        then names the fabric the link is on. One link: ``connect``."""
+        then names the fabric the link is on. One link: ``connect``. With ``stripe`` and two
+        links, the stripe then connects on the other fabric (``_open_stripe``)."""
         if not links:
             raise ConfigError("no fabric to connect the GSO's link on")
         links = sorted(links, key=lambda ln: ln.name == last)  # (stable: x before y)
         if not self._relinking:
             self._links = list(links)  # (a GSO's link lost before its marker moves on them)
+        self._close_stripe()  # its VI is the other fabric's: the link may move there
         if self.peer.hello is not None or self.link_error:
             self._drop_connection()  # a link that was up before: connected anew
+        hello = self._connect_link(links, timeout_s, attempt_s)
+        if len(links) > 1 and self.stripe and not self._relinking:
+            self._open_stripe(links)
+        return hello
+
+    def _connect_link(self, links: list[FabricLink], timeout_s: float,
+                      attempt_s: float) -> Hello:
         if len(links) == 1:
             self.use_fabric(links[0].name)
             return self.connect(links[0].local, links[0].peer, timeout_s)
@@ -760,6 +810,143 @@ class Engine:
                 self.on_connect_failed(f"fabric {link.name}: {exc}")
                 self._reset_link()
         return None
+
+    # ---- striping: a second VI on the other fabric --------------------------------------
+    def _open_stripe(self, links: list[FabricLink]) -> None:
+        """The link is up: connect the stripe on the other fabric of LINKS. Each side sends
+        its Stripe (its image's handle and its fence word on that fabric) and waits for the
+        peer's; then the side that connected the link connects the stripe and the other
+        accepts it, within STRIPE_WAIT_S. Anything short of that leaves the pair unstriped
+        (``stripe_note`` says why, on_connect_failed hears it); the link stays as it is."""
+        other = next(ln for ln in links if ln.name != self.fabric)
+        port = self._ports[other.name]
+        deadline = self.clock() + STRIPE_WAIT_S
+        try:
+            if not self.profile.rdma_read:
+                raise SwitchoverError(f"hw profile '{self.profile.name}' says rdma_read = "
+                                      "false, and the stripe's fence is an RDMA Read")
+            if "fence_handle" not in port:
+                if self.fence_buf is None:
+                    self.fence_buf = mmap.mmap(-1, mmap.PAGESIZE)
+                port["fence_handle"] = via.VipRegisterMem(port["nic"], self.fence_buf,
+                                                          via.MemAttributes(
+                                                              ptag=port["ptag"],
+                                                              enable_rdma_read=True))
+            self._send(Stripe(int(port["image_handle"]), via.address_of(self.fence_buf),
+                              int(port["fence_handle"])))
+            while self._peer_stripe is None:
+                msg = self._receive(deadline)
+                if msg is None and self._peer_stripe is None:
+                    raise SwitchoverError(
+                        f"the peer sent no Stripe in {STRIPE_WAIT_S:g} s"
+                        + (f" (the link broke: {self.link_error})" if not self.link_up else
+                           ": it does not stripe (give both nodes stripe / --fabrics 2)"))
+                if msg is not None:
+                    self._inbox.append(msg)
+            local = via.NetAddress(other.local, self.discriminator + STRIPE_SUFFIX)
+            if other.peer is not None:
+                remote = via.NetAddress(other.peer, self.discriminator + STRIPE_SUFFIX)
+                while True:  # the peer listens only once it has our Stripe: a refusal
+                    try:  # before that is tried again
+                        via.VipConnectRequest(port["vi"], local, remote, self._ms_left(deadline))
+                        break
+                    except via.VipError:
+                        self._disconnect(port["vi"])
+                        if self.clock() + 0.05 >= deadline:
+                            raise
+                        time.sleep(0.05)
+            else:
+                req = via.VipConnectWait(port["nic"], local, self._ms_left(deadline))
+                via.VipConnectAccept(req, port["vi"])
+        except (SwitchoverError, via.VipError) as exc:
+            self._disconnect(port["vi"])
+            self.stripe_note = f"no stripe on fabric {other.name}: {exc}"
+            self.on_connect_failed(self.stripe_note)
+            return
+        ps = self._peer_stripe
+        self._stripe = _Stripe(other.name, port["vi"], port["image_handle"],
+                               port["src_marker_handle"], ps.region_handle, ps.fence_addr,
+                               ps.fence_handle)
+        self.stripe_note = ""
+
+    def _ms_left(self, deadline: float) -> int:
+        return max(1, int((deadline - self.clock()) * 1000))
+
+    @staticmethod
+    def _disconnect(vi) -> None:
+        """VI back to IDLE, whatever it was, its completions (flushes) taken."""
+        try:
+            via.VipDisconnect(vi)
+        except via.VipError:
+            pass
+        try:
+            while via.VipSendDone(vi) is not None:
+                pass
+            while via.VipRecvDone(vi) is not None:
+                pass
+        except via.VipError:
+            pass
+
+    @property
+    def striped(self) -> str:
+        """The stripe's fabric when one is connected, else ""."""
+        return self._stripe.fabric if self._stripe is not None else ""
+
+    def _close_stripe(self) -> None:
+        """Disconnect the stripe (idempotent); the peer's Stripe is forgotten with it."""
+        s, self._stripe, self._peer_stripe = self._stripe, None, None
+        if s is not None:
+            self._disconnect(s.vi)
+
+    def _lose_stripe(self, why: str) -> None:
+        """The stripe failed (WHY): it is closed, and a copy that used it and has not fenced
+        it starts again from its first byte on the link alone. Its writes may not have
+        landed (an iWARP write completes once sent); the link's own writes in flight
+        complete as they come. The marker still goes last, on the link."""
+        fabric = self._stripe.fabric
+        self._close_stripe()
+        self.stripe_note = f"the stripe on fabric {fabric} was lost: {why}"
+        c = self._copy
+        if c is None or not c.stripe_used or c.fence == 2:
+            self.on_relink(self.stripe_note)
+            return
+        c.next = c.digested = HEADER_SPACE
+        c.digest = self.image.digest_start(c.epoch, self.digest_algo)
+        c.stripe_inflight, c.stripe_used, c.fence = 0, "", 0
+        self._current.relinks.append(f"{self.fabric}+{fabric}->{self.fabric}")
+        self.on_relink(f"epoch {c.epoch}: {self.stripe_note}; the copy starts again on fabric "
+                       f"{self.fabric} alone")
+
+    def _post_stripe(self, desc, what: str, epoch: int) -> None:
+        via.VipPostSend(self._stripe.vi, desc)
+        self._stripe.posted.append(_Posted(desc, what, epoch))
+
+    def _reap_stripe(self, timeout_ms: int = 0) -> None:
+        """Take the stripe's send completions (wait up to TIMEOUT_MS for the first); a
+        completion in error loses the stripe (``_lose_stripe``)."""
+        s, wait = self._stripe, timeout_ms
+        while s is not None and s.posted:
+            try:
+                d = via.VipSendWait(s.vi, max(1, wait)) if wait else via.VipSendDone(s.vi)
+            except via.VipTimeout:
+                return
+            except via.VipError as exc:
+                self._lose_stripe(f"send queue: {exc}")
+                return
+            if d is None:
+                return
+            wait = 0
+            p = s.posted.popleft()
+            if p.desc is not d or d.status & via.VIP_STATUS_ERROR_MASK:
+                self._lose_stripe(f"{p.what} completed with status 0x{d.status:x}"
+                                  if p.desc is d else f"{p.what}: completions out of order")
+                return
+            c = self._copy
+            if c is not None and c.epoch == p.epoch:
+                if p.what == "fence":
+                    c.fence = 2
+                else:
+                    c.stripe_inflight -= 1
 
     def drop_link(self, why: str) -> None:
         """Give the link up (WHY) while no GSO runs: the next ``serve`` raises PeerLeft and
@@ -832,7 +1019,8 @@ class Engine:
         if m.state is gso.GsoState.COPYING:
             self._copy = _Copy(m.epoch, m.image_length,
                                self.image.digest_start(m.epoch, self.digest_algo),
-                               memoryview(self.image.buf))
+                               memoryview(self.image.buf),
+                               job=self._push_digest(m.epoch, m.image_length, again=True))
             return
         expected = gso.marker_value(m.epoch)
         value = MARKER.unpack_from(self.marker_buf, 0)[0]
@@ -880,6 +1068,7 @@ class Engine:
             self._posted.clear()  # their completions can only be flushes now
             self._abandon_copy()
             self._pull = None
+            self._close_stripe()  # (a relink may take its fabric)
             self._find_goodbye()
 
     def _find_goodbye(self) -> None:
@@ -1013,6 +1202,9 @@ class Engine:
                 continue
             if isinstance(msg, Hello) and self.peer.hello is not None:
                 continue  # a repeated Hello changes nothing once connected
+            if isinstance(msg, Stripe):
+                self._peer_stripe = msg  # for _open_stripe (which waits for it); to any
+                return None  # other caller, as if nothing came
             if isinstance(msg, Goodbye):
                 # the peer ends the pair: like a link loss to the machine (a GSO in progress
                 # aborts, the application thaws), and serve() then ends with its reason
@@ -1304,9 +1496,25 @@ class Engine:
             # A marker left over from an earlier switch-over lands late, before the copy.
             self._write_marker(gso.marker_value(epoch - 1) if epoch > 1 else 0xFABE)
         self._copy = _Copy(epoch, length, self.image.digest_start(epoch, self.digest_algo),
-                           memoryview(self.image.buf))
+                           memoryview(self.image.buf), job=self._push_digest(epoch, length))
         self.on_copy_start(epoch, length)
         return None
+
+    def _push_digest(self, epoch: int, length: int, again: bool = False) -> _DigestJob | None:
+        """The digest thread of a push (profile digest_thread), or None (inline). It starts
+        with the copy: the image is frozen from StopApplication on, and the thread only
+        reads it. A copy started AGAIN on another fabric (the same GSO, the image still
+        frozen) keeps its job."""
+        if not self.digest_thread:
+            return None
+        for job in self._digest_jobs if again else ():
+            if job.epoch == epoch and not job.error and job.length == length:
+                return job
+        job = _DigestJob(self.image, epoch, length, self.digest_algo, self.clock,
+                         self.corrupt_image)
+        self._digest_jobs = [j for j in self._digest_jobs if not j.done]
+        self._digest_jobs.append(job)
+        return job
 
     def _abandon_copy(self) -> None:
         """Post no more writes of this copy; the marker is never written for it. Writes in
@@ -1324,13 +1532,40 @@ class Engine:
             sent_s = self.clock() - self._current.copy_start_t
             limit = min(c.end, HEADER_SPACE + self.chunk_size
                         + int(sent_s * self.copy_rate_Bps))
-        while c.next < limit and c.inflight < self.queue_depth:
+        s = self._stripe if self.machine.mode is gso.GsoMode.PUSH else None
+        depth = self.queue_depth
+        while c.next < limit:
             n = min(self.chunk_size, c.end - c.next)
-            self._post_write(c.next, n, hello.region_addr + c.next, hello.region_handle, "write",
-                             c.epoch)
-            c.inflight += 1
+            # the link, unless the stripe has fewer in flight (or the link is full)
+            if c.inflight < depth and (s is None or c.inflight <= c.stripe_inflight
+                                       or c.stripe_inflight >= depth):
+                self._post_write(c.next, n, hello.region_addr + c.next, hello.region_handle,
+                                 "write", c.epoch)
+                c.inflight += 1
+            elif s is not None and c.stripe_inflight < depth:
+                try:
+                    self._post_stripe(via.VipDescriptor(
+                        control=via.VIP_CONTROL_OP_RDMAWRITE,
+                        segments=[via.DataSegment(via.address_of(self.image.buf, c.next),
+                                                  s.image_handle, n)],
+                        address=via.AddressSegment(hello.region_addr + c.next,
+                                                   s.region_handle)), "write", c.epoch)
+                except via.VipError as exc:
+                    self._lose_stripe(f"posting a write: {exc}")
+                    return None
+                c.stripe_inflight += 1
+                c.stripe_used = s.fabric
+                s.writes += 1
+                self._current.writes += 1
+                self._current.stripe_writes += 1
+            else:
+                break
             c.next += n
-        if c.digested < c.next:
+        if s is not None:
+            self._reap_stripe(0)
+            if self._stripe is None:
+                return None  # the stripe was lost (the copy may start again, on the link)
+        if c.job is None and c.digested < c.next:
             # the oldest posted chunk not yet digested, while the writes fly (the image is
             # frozen: the bytes digested are the bytes the writes carry); then completions
             # without waiting, and the next pump posts again before digesting the next chunk
@@ -1343,19 +1578,54 @@ class Engine:
         if c.next >= c.end and c.inflight == 0:
             if c.header_posted:
                 self._current.copy_end_t = self.clock()
+                self._current.fabrics = "+".join(filter(None, (self.fabric, c.stripe_used)))
                 self._abandon_copy()
                 return gso.CopyComplete(c.epoch)
-            digest = c.digest.digest()
-            if self.corrupt_image:
-                digest = bytes([digest[0] ^ 1]) + digest[1:]
+            if c.stripe_used and c.fence != 2:
+                if c.stripe_inflight:  # the stripe's last writes first
+                    self._reap_stripe(wait_ms)
+                    return None
+                if c.fence == 0:  # every stripe write completed: its fence read
+                    try:
+                        self._post_stripe(via.VipDescriptor(
+                            control=via.VIP_CONTROL_OP_RDMAREAD,
+                            segments=[via.DataSegment(via.address_of(self.src_marker, FENCE_AT),
+                                                      s.scratch_handle, MARKER.size)],
+                            address=via.AddressSegment(s.fence_addr, s.fence_handle)),
+                            "fence", c.epoch)
+                    except via.VipError as exc:
+                        self._lose_stripe(f"posting the fence read: {exc}")
+                        return None
+                    c.fence = 1
+                self._reap_stripe(wait_ms)
+                return None
+            if c.job is not None:
+                # every data write landed; the header waits for the digest thread
+                if not c.job.done:
+                    c.job.join(max(1, wait_ms) / 1000)
+                    return None
+                self._current.digest_s = c.job.took_s
+                if c.job.error:
+                    why = f"digesting the image failed: {c.job.error}"
+                    self._current.reason = why
+                    self._abandon_copy()
+                    return gso.CopyFailed(c.epoch, why)
+                digest = c.job.digest  # (corrupt_image applied in the thread)
+            else:
+                digest = c.digest.digest()
+                if self.corrupt_image:
+                    digest = bytes([digest[0] ^ 1]) + digest[1:]
             hdr = self.image.header(c.epoch, digest, self.digest_algo)
             self.image.buf[:len(hdr)] = hdr
             self._post_write(0, len(hdr), hello.region_addr, hello.region_handle, "header",
                              c.epoch)
             c.header_posted = True
             c.inflight += 1
-        if c.inflight == 0 and c.next < c.end:  # paced, nothing in flight: time must pass
-            time.sleep(min(wait_ms / 1000, 0.02))
+        if c.inflight == 0 and c.next < c.end and not c.stripe_inflight:
+            time.sleep(min(wait_ms / 1000, 0.02))  # paced, nothing in flight: time must pass
+        if c.inflight == 0 and c.stripe_inflight:
+            self._reap_stripe(wait_ms)  # only the stripe has writes in flight
+            return None
         return self._reap(wait_ms)
 
     def _post_write(self, off: int, n: int, raddr: int, rhandle: int, what: str,
@@ -1487,6 +1757,7 @@ class Engine:
         """Let what is posted go out (a last "done" or "abort" must reach the peer), then
         disconnect and free everything."""
         deadline = self.clock() + drain_s
+        self._close_stripe()
         for job in self._digest_jobs:
             job.join(drain_s)  # a digest thread reads the image buffer closed below
         self._digest_job = None

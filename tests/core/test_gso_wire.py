@@ -110,7 +110,7 @@ def test_digest_type_numbers_are_kept() -> None:
     from hsp_rdma.core.gso_wire import LAYOUTS
     assert {cls.__name__: num for cls, (num, _st, _f) in LAYOUTS.items()} == {
         "StartGso": 1, "Ready": 2, "Done": 3, "Abort": 4, "Cancel": 5, "Hello": 6,
-        "Sealed": 7, "Goodbye": 8, "Digest": 9}
+        "Sealed": 7, "Goodbye": 8, "Digest": 9, "Stripe": 10}
     old_sealed = encode(Frame(Channel.GSO, 7, 3, 1, bytes(54)))
     with pytest.raises(FrameError, match="Sealed: payload of 54 bytes, expected 22"):
         decode_message(old_sealed)
@@ -118,3 +118,11 @@ def test_digest_type_numbers_are_kept() -> None:
         decode_message(encode(Frame(Channel.GSO, 9, 3, 1, bytes(4))))
     assert decode_message(encode_message(Digest(3, bytes(range(32))), 5)) == (
         Digest(3, bytes(range(32))), 5)
+
+
+def test_stripe_round_trips_without_an_epoch() -> None:
+    from hsp_rdma.core.gso_wire import Stripe
+    msg = Stripe(region_handle=0xDEADBEEF, fence_addr=0x7F00_0000_1000, fence_handle=7)
+    assert decode_message(encode_message(msg, 4)) == (msg, 4)
+    with pytest.raises(FrameError, match="Stripe: payload of 3 bytes, expected 16"):
+        decode_message(encode(Frame(Channel.GSO, 10, 0, 1, bytes(3))))
