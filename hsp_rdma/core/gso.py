@@ -75,6 +75,7 @@ went down arrives after it came back.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hsp_rdma.core.frames import MAX_EPOCH, PROTOCOL_VERSION
@@ -990,6 +991,11 @@ class GsoMachine:
     deadline: float | None = None
     stale_ignored: int = 0
     broken: IllegalTransition | None = None
+    # An outside refusal of a Start-GSO the machine itself finds nothing wrong with (an n+1
+    # standby host already active for another pair: BUSY), asked as the machine's own
+    # problems are: the refusal takes the table's START_GSO_BAD row, as theirs do (epoch
+    # adopted, Abort with that reason back, nothing stops). None: no outside say.
+    refuse_start: Callable[[GsoMachine, StartGso], AbortReason | None] | None = None
 
     @classmethod
     def active(cls, epoch: int = 0, region_size: int = 0, timeouts: Timeouts | None = None,
@@ -1095,7 +1101,7 @@ class GsoMachine:
             return R.VERSION_MISMATCH
         if msg.image_length > self.region_size:
             return R.IMAGE_TOO_LARGE
-        return None
+        return self.refuse_start(self, msg) if self.refuse_start is not None else None
 
     def _request_problem(self, req: RequestGso) -> str | None:
         if req.peer_version != PROTOCOL_VERSION:

@@ -151,10 +151,10 @@ def session_memory(cfg: NodeConfig, gso_blob: int | None = None) -> dict:
 class GuardedGsoMachine(gso.GsoMachine):
     """A session's GSO machine on an n+1 standby host: a Start-GSO of a new epoch that reaches
     it resting as a standby is first put to ``guard(epoch)`` (the host: None, go ahead; a
-    text, refused). A refused one is classified as the table's ``START_GSO_BAD`` with reason
-    BUSY, so the machine takes its own refusal row (epoch adopted, Abort(BUSY) sent, nothing
-    stops); the table itself is core/gso.py's, unchanged. The guard is asked once per epoch
-    (the classifier and the Abort's reason both ask ``_start_problem``)."""
+    text, refused), through the machine's public ``refuse_start``: a refused one is the
+    table's ``START_GSO_BAD`` with reason BUSY, so the machine takes its own refusal row
+    (epoch adopted, Abort(BUSY) sent, nothing stops); the table is core/gso.py's, unchanged.
+    The guard is asked once per epoch (the classifier and the Abort's reason both ask)."""
 
     guard: Callable[[int], str | None] | None = None
     refused_epoch: int = 0
@@ -163,13 +163,14 @@ class GuardedGsoMachine(gso.GsoMachine):
     def guarding(cls, machine: gso.GsoMachine,
                  guard: Callable[[int], str | None]) -> GuardedGsoMachine:
         """MACHINE's state (epochs, timeouts, region) in a guarded machine."""
-        return cls(**{f.name: getattr(machine, f.name) for f in fields(gso.GsoMachine)},
-                   guard=guard)
+        m = cls(**{f.name: getattr(machine, f.name) for f in fields(gso.GsoMachine)})
+        m.guard, m.refuse_start = guard, cls._ask_guard
+        return m
 
-    def _start_problem(self, msg: gso.StartGso) -> gso.AbortReason | None:
-        problem = gso.GsoMachine._start_problem(self, msg)
-        if problem is not None or self.state is not gso.GsoState.NORMAL_STANDBY:
-            return problem
+    def _ask_guard(self, msg: gso.StartGso) -> gso.AbortReason | None:
+        """``refuse_start``: only a new epoch reaching the machine resting as a standby."""
+        if self.state is not gso.GsoState.NORMAL_STANDBY:
+            return None
         if msg.epoch == self.refused_epoch:
             return gso.AbortReason.BUSY
         if self.guard is not None and msg.epoch > self.seen and self.guard(msg.epoch):
