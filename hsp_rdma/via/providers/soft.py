@@ -476,18 +476,35 @@ class CompletionQueue:
         self.nic, self.vipl, self.entries = nic, vipl, entries
         self.fifo: deque[tuple[Vi, bool]] = deque()
         self.users = 0
-        self._cv = threading.Condition()
+        # The per-completion paths take the condition's lock itself (a Condition's `with`
+        # is two Python calls more) and notify only when a thread sleeps on it.
+        self._lock = threading.RLock()
+        self._cv = threading.Condition(self._lock)
         self._gen = 0
+        self._sleepers = 0  # threads in _cv.wait (changed under the lock)
         self._efd = -1
 
     def push(self, vi: Vi, recv: bool) -> None:
-        with self._cv:
+        with self._lock:
             self._gen += 1
             if self.vipl:
                 self.fifo.append((vi, recv))
-            self._cv.notify_all()
+            if self._sleepers:
+                self._cv.notify_all()
             if self._efd >= 0:
                 os.eventfd_write(self._efd, 1)
+
+    def sleep(self, gen: int, timeout_s: float | None) -> None:
+        """Sleep until a completion is pushed after generation GEN was read (at once if one
+        was already), or TIMEOUT_S passes."""
+        with self._lock:
+            if self._gen != gen:
+                return
+            self._sleepers += 1
+            try:
+                self._cv.wait(timeout_s)
+            finally:
+                self._sleepers -= 1
 
     def fileno(self) -> int:
         with self._cv:
@@ -513,7 +530,7 @@ class CompletionQueue:
     def done(self) -> tuple[Vi, bool] | None:
         """(vi, is_recv_queue) of the oldest completion whose descriptor is at its queue's
         head, or None (entries for descriptors already taken are dropped)."""
-        with self._cv:
+        with self._lock:
             while self.fifo:
                 vi, recv = self.fifo.popleft()
                 q = vi.recvq if recv else vi.sendq
@@ -528,9 +545,11 @@ class CompletionQueue:
 
     def wait(self, timeout_ms: float) -> None:
         """Sleep until a completion is queued (VIPL CQs) or TIMEOUT_MS passes."""
-        with self._cv:
-            if not self.fifo:
-                self._cv.wait(max(timeout_ms, 0) / 1000)
+        with self._lock:
+            if self.fifo:
+                return
+            gen = self._gen
+        self.sleep(gen, max(timeout_ms, 0) / 1000)
 
     def close(self) -> None:
         with self._cv:
@@ -1103,6 +1122,10 @@ class _Conn:
         self.wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         weakref.finalize(self, os.close, self.wake)  # (any thread may still write it)
         self.waiting = 0  # threads reading as waiters now
+        # The progress thread is (about to be) asleep on the stream for up to ACK_TICK_S: it set
+        # this before it looked whether an ACK is owed, so a waiter that leaves one owed and
+        # sees it False knows the progress thread will see the ACK (no wake-up needed).
+        self.parked = False
         self.last_wait = 0.0  # when a waiting thread last read
         self.ended = False  # the stream failed or ended: nothing more is read
         self.drain = False  # (after our NAK: read until the peer closes)
@@ -1141,24 +1164,28 @@ class _Conn:
     # ---- writing ------------------------------------------------------------------------
     def send(self, parts: list, op: tuple | None = None) -> int:
         """Queue a frame (header + payload views) in stream order; with OP = (desc, segs)
-        the frame is one of ours that the peer acknowledges: its seq is returned."""
+        the frame is one of ours that the peer acknowledges: its seq is returned, and its
+        header, PARTS[0], is given as the fields (kind, flags, addr, rkey, value, length),
+        packed here once its seq is known."""
         with self.wlock:
             seq = 0
             if op is not None:
                 seq = self.last_seq = next(self.seq) & _MASK
-                hdr = parts[0]
+                kind, flags, addr, rkey, value, length = parts[0]
                 # An ACK still owed goes out before (a SEND: on) any operation of ours, so
                 # the peer never sees a later operation of ours before the ACK of its own.
                 owed = self.applied != self.ack_sent
                 if owed:
                     self.ack_sent = self.applied
-                if owed and hdr[2] == SEND:
-                    parts[0] = hdr[:3] + bytes((hdr[3] | F_ACKED,)) + struct.pack(
-                        "!IQ", seq, self.ack_sent) + hdr[16:]
-                else:
-                    parts[0] = hdr[:4] + struct.pack("!I", seq) + hdr[8:]
-                    if owed:
-                        parts.insert(0, frame(ACK, seq=self.ack_sent))
+                    # (an ACK delay still set would start the next one in the past: that
+                    # receive's ACK then went as a frame of its own at once)
+                    self.ack_due = 0.0
+                if owed and kind == SEND:  # (a SEND's address field is free: the ACK rides)
+                    flags |= F_ACKED
+                    addr = self.ack_sent
+                parts[0] = HDR.pack(MAGIC, kind, flags, seq, addr, rkey, value & _MASK, length)
+                if owed and kind != SEND:
+                    parts.insert(0, frame(ACK, seq=self.ack_sent))
                 if not self.pending:
                     self.ack_wait_t = time.monotonic()
                 self.pending.append((seq, op[0], op[1]))
@@ -1210,6 +1237,7 @@ class _Conn:
         with self.wlock:  # (an RLock: send() takes it again) one decision with close()'s
             if self.applied != self.ack_sent:
                 self.ack_sent = self.applied
+                self.ack_due = 0.0
                 self.send([frame(ACK, seq=self.applied)])
 
     def close(self) -> None:
@@ -1263,13 +1291,14 @@ class _Conn:
             self.last_wait = time.monotonic()
             owed = self.applied != self.ack_sent
             self.plock.release()
-        if owed:  # the progress thread sends it if the application does not answer in time
-            os.eventfd_write(self.wake, 1)  # (it may be asleep on a wait taken before)
-        return True
+        if owed and self.parked:  # the progress thread sends it if the application does
+            os.eventfd_write(self.wake, 1)  # not answer in time: wake it if it sleeps on a
+        return True  # wait taken before (else it sees the ACK owed when it next looks)
 
     def _pump(self, limit: float, poller: select.poll) -> None:
         """Under plock: wait at most LIMIT s for a frame at a frame boundary, then apply every
-        frame that has arrived. Owed ACKs and the ACK timeout are looked after on the way."""
+        frame that the read brought. Owed ACKs and the ACK timeout are looked after on the
+        way."""
         stream = self.stream
         while True:
             if stream.pending() == 0:
@@ -1298,6 +1327,12 @@ class _Conn:
             self.in_frame = False
             if self.closed:
                 raise _Closed()
+            if not stream.pending():  # what had arrived is applied: no poll for more (a
+                # system call a message: the caller comes back if it still waits)
+                if self.applied != self.ack_sent and self.ack_due <= time.monotonic():
+                    self.ack_due = 0.0
+                    self.flush_ack()
+                return
             limit = 0  # (and on with what is there already)
 
     def _fail(self, exc: BaseException) -> None:
@@ -1349,11 +1384,16 @@ class _Conn:
                 if WAITER_READS and (self.waiting or quiet > 0):
                     time.sleep(max(quiet, LINGER_S / 4))
                     continue
+                self.parked = True  # (before the look at the ACK owed: see __init__)
                 wait = ACK_TICK_S
                 if self.applied != self.ack_sent:
                     wait = max(0.0, min(wait, self.ack_due - time.monotonic()))
                 ready = self.stream.pending() > 0
-                for fd, _ev in ([] if ready else poller.poll(wait * 1000)):
+                try:
+                    events = [] if ready else poller.poll(wait * 1000)
+                finally:
+                    self.parked = False
+                for fd, _ev in events:
                     if fd == self.wake:
                         try:
                             os.eventfd_read(self.wake)
@@ -1968,17 +2008,15 @@ class Vi:
                     conn.asked.add(rkey)
                 flags |= F_GRANT
         if op == _OP_RDMAREAD:
-            parts = [frame(READ_REQ, addr=raddr, rkey=rkey, value=total)]
+            parts = [(READ_REQ, 0, raddr, rkey, total, 0)]
         else:
             kind = SEND if op == _OP_SENDRECV else WRITE
             if conn.cma_out and total >= CMA_MIN:  # same host: the peer copies from us
                 iov = b"".join(IOV.pack(r.addr + o, n) for r, o, n in segs if n)
-                parts = [frame(kind, addr=raddr, rkey=rkey, value=desc.immediate,
-                               length=len(iov), flags=flags | F_CMA), iov]
+                parts = [(kind, flags | F_CMA, raddr, rkey, desc.immediate, len(iov)), iov]
                 self.nic.count("cma_bytes_tx", total)
             else:
-                parts = [frame(kind, addr=raddr, rkey=rkey, value=desc.immediate,
-                               length=total, flags=flags)]
+                parts = [(kind, flags, raddr, rkey, desc.immediate, total)]
                 parts += [r.view[o:o + n] for r, o, n in segs if n]
                 self.nic.count("bytes_tx", total)
         self.nic.count("frames_tx")
@@ -2054,8 +2092,7 @@ class Vi:
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
         what = "receive" if recv else "send"
         while True:
-            with cq._cv:
-                gen = cq._gen
+            gen = cq._gen  # (one attribute read: no lock needed under the GIL)
             d = self.done(recv)
             if d is not None:
                 return d
@@ -2072,10 +2109,8 @@ class Vi:
             conn = self.conn
             if conn is not None and conn.drive(left, self.recvq if recv else self.sendq):
                 continue  # (this thread read the stream: look again)
-            with cq._cv:
-                if cq._gen == gen:
-                    cq._cv.wait(left if conn is None or not WAITER_READS
-                                else min(left or PLOCK_WAIT_S, PLOCK_WAIT_S))
+            cq.sleep(gen, left if conn is None or not WAITER_READS
+                     else min(left or PLOCK_WAIT_S, PLOCK_WAIT_S))
 
 
 def resize_cq(cq: CompletionQueue, entries: int) -> None:
