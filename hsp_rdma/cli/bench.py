@@ -98,6 +98,10 @@ def build_parser() -> Parser:
                    help="the data path: push (the active RDMA-writes the image), pull (the "
                         "standby RDMA-reads it) or both, one after the other in the same lab "
                         "run, one result per mode (default: %(default)s)")
+    g.add_argument("--fabrics", choices=("1", "2", "both"), default="1",
+                   help="push over fabric x alone (1), striped across x and y (2: both nodes "
+                        "open both fabrics, the copy's writes spread over a VI on each), or "
+                        "both, one after the other in the same lab run (default: %(default)s)")
     g.add_argument("--keep", action="store_true", help="leave the lab up")
     g.add_argument("--check", action="store_true",
                    help="exit 1 when the printed goal (median blackout <= size / ib_write_bw "
@@ -128,6 +132,14 @@ def _joint_problem(args: argparse.Namespace) -> str | None:
         args.lab = "rxe"  # (None until here: --provider soft refuses an explicit --lab)
     if args.cmd == "gso" and args.peer and not (args.device and args.local_ip):
         return "--peer needs --device and --local-ip"
+    if args.cmd == "gso" and args.fabrics != "1" and (args.peer or args.provider == "soft"):
+        return (f"--fabrics {args.fabrics} runs in the lab (--lab rxe|siw), whose nodes have "
+                "fabrics x and y; on two real hosts run gso_node with --y-device, "
+                "--y-local-ip, --y-peer-ip and --stripe")
+    if args.cmd == "gso" and args.fabrics != "1" and (args.mode != "push"
+                                                      or args.fabric != "x"):
+        return (f"--fabrics {args.fabrics} stripes a push from fabric x across x and y: use "
+                "--mode push and --fabric x (a pull's reads run on one VI)")
     if args.cmd == "gso" and args.peer and args.mode != "push":
         return (f"--mode {args.mode} runs in the lab (--lab rxe|siw): a pull's copy is timed "
                 "on the standby, whose events stay on the other host; use --mode push with "
@@ -191,7 +203,8 @@ def show(r: dict[str, Any], out: Console | None = None) -> None:
     ref = r.get("reference_event_MBps")
     mode = r.get("mode", "push")
     read = r.get("baseline_ib_read_bw_MBps")
-    t = table(f"GSO stop-and-copy ({mode}) vs ib_write_bw and an "
+    striped = ", striped over fabrics x and y" if r.get("fabrics") == 2 else ""
+    t = table(f"GSO stop-and-copy ({mode}{striped}) vs ib_write_bw and an "
               f"event-driven pyverbs writer ({r['device']}, profile {r['profile']}, same run)",
               "#bytes", "chunk", "depth", "ib_write_bw [MB/sec]", "pyverbs event [MB/sec]",
               "stop-and-copy [MB/sec]", "ratio to ib_write_bw", "ratio to pyverbs",
@@ -250,6 +263,26 @@ def show_modes(results: list[dict[str, Any]], out: Console | None = None) -> Non
     out.print(t)
 
 
+def show_fabrics(results: list[dict[str, Any]], out: Console | None = None) -> None:
+    """One fabric beside two (the push striped across x and y), same run (--fabrics both)."""
+    out = console if out is None else out
+    t = table("one fabric vs two (push), same run", "fabrics", "copy went over",
+              "stop-and-copy [MB/sec]", "ratio to pyverbs (one fabric)", "writes on y",
+              "blackout t_typical [msec]", "blackout t_max [msec]")
+    for r in results:
+        ratio, share = r["ratio_vs_event"], r.get("stripe_share")
+        t.add_row(str(r.get("fabrics", 1)), ", ".join(r.get("fabrics_used") or ["?"]),
+                  f"{r['stop_and_copy_MBps']:.2f}", f"{ratio:.2f}" if ratio is not None else "-",
+                  f"{share:.0%}" if share is not None else "-",
+                  f"{r['blackout_ms']['p50']:.1f}", f"{r['blackout_ms']['max']:.1f}")
+    out.print(t)
+    if len(results) == 2 and results[0]["stop_and_copy_MBps"]:
+        gain = results[1]["stop_and_copy_MBps"] / results[0]["stop_and_copy_MBps"]
+        out.print(Text(f"two fabrics / one: {gain:.2f} x the copy rate; the hw profile's "
+                       f"stripe = {'true' if gain > 1 else 'false'} keeps the faster",
+                       style="dim"))
+
+
 def show_cext(r: dict[str, Any], console: Console) -> None:
     """The cext bench's tables."""
     rounds = f", median of {r['rounds']} rounds" if r["rounds"] > 1 else ""
@@ -306,7 +339,8 @@ def run_gso(args: argparse.Namespace) -> int:
     with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(),
                   TextColumn("{task.completed}/{task.total} GSO", markup=False),
                   TimeElapsedColumn(), console=console, transient=True) as prog:
-        task = prog.add_task("", total=args.runs * len(gso_bench.modes_of(args)))
+        task = prog.add_task("", total=args.runs * len(gso_bench.modes_of(args))
+                             * len(gso_bench.fabric_counts(args)))
 
         def step(msg: str) -> None:
             prog.update(task, description=msg)
@@ -321,8 +355,10 @@ def run_gso(args: argparse.Namespace) -> int:
     else:
         for r in results:
             show(r)
-        if len(results) > 1:
+        if len(gso_bench.modes_of(args)) > 1:
             show_modes(results)
+        if len(gso_bench.fabric_counts(args)) > 1:
+            show_fabrics(results)
     met = all(gso_bench.goals_met(r) for r in results)
     return EXIT_FAILED if args.check and not met else EXIT_OK
 

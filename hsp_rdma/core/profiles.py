@@ -102,6 +102,10 @@ class Profile:
     # while the copy runs (the soft provider on one host); not in a 1-vCPU lab guest, where
     # the device's own kernel work needs that CPU.
     digest_thread: bool = False
+    # With two fabrics, a push's copy striped across both (a second VI on the other fabric;
+    # both nodes must say so): the default is what `hsp-bench gso --fabrics both` measured
+    # faster on the device.
+    stripe: bool = False
     notes: str = ""
     path: str | None = None
 
@@ -218,9 +222,10 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "completion_wait": (lambda v: v if v in ("busy", "event") else None, '"busy" or "event"'),
     "digest": (lambda v: v if v in DIGESTS else None, ", ".join(f'"{d}"' for d in DIGESTS)),
     "digest_thread": (_check_bool, "true or false"),
+    "stripe": (_check_bool, "true or false"),
     "notes": (_check_notes, "a string"),
 }
-OPTIONAL = frozenset({"notes", "completion_wait", "digest", "digest_thread"})
+OPTIONAL = frozenset({"notes", "completion_wait", "digest", "digest_thread", "stripe"})
 
 
 def line_of(text: str, key: str) -> int | None:

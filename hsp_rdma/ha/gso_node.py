@@ -101,6 +101,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "comes up on x or y, and again on either when it breaks while no GSO runs)")
     p.add_argument("--y-local-ip", help="fabric y: this node's IPv4 there")
     p.add_argument("--y-peer-ip", help="fabric y: the peer's IPv4 there (with --peer-ip)")
+    p.add_argument("--stripe", action=argparse.BooleanOptionalAction, default=None,
+                   help="with fabric y: stripe a push's copy across x and y (both nodes; "
+                        "default: the hw profile's stripe)")
     p.add_argument("--serving", action="store_true", help="start as the active")
     p.add_argument("--pmem", type=size_arg(64, 1 << 34, "--pmem"), default=16 << 20)
     p.add_argument("--blob", type=size_arg(0, 1 << 24, "--blob"), default=4096)
@@ -137,6 +140,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             bool(args.y_peer_ip) != bool(args.peer_ip and args.y_device):
         p.error("fabric y needs --y-device and --y-local-ip, and --y-peer-ip exactly when "
                 "--peer-ip is given")
+    if args.stripe and not args.y_device:
+        p.error("--stripe needs fabric y (--y-device, --y-local-ip): a stripe is a second VI "
+                "on the fabric the link is not on")
     if not args.connect_timeout > 0:
         p.error(f"--connect-timeout should be more than 0 seconds, not {args.connect_timeout}")
     return args
@@ -166,12 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         eng.add_fabric("y", args.y_device)
         eng.keepalive_s = KEEPALIVE_S
         links.append(FabricLink("y", args.y_device, args.y_local_ip, args.y_peer_ip))
+        eng.stripe = profile.stripe if args.stripe is None else args.stripe
 
     def connected(hello) -> None:
         emit("connected", profile=profile.name, chunk=eng.chunk_size, depth=eng.queue_depth,
              peer_region=hello.region_size, serving=eng.machine.serving,
              epoch=eng.machine.epoch, seen=eng.machine.seen,
-             marker_wait=profile.marker_poll.mode.value, fabric=eng.fabric)
+             marker_wait=profile.marker_poll.mode.value, fabric=eng.fabric,
+             stripe=eng.striped, stripe_note=eng.stripe_note)
 
     def serve(until) -> None:
         """serve UNTIL; with two fabrics, a link lost while no GSO runs is connected again
@@ -235,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
                  phases_ms=rep.phases_ms(), serving=eng.machine.serving, alarm=eng.alarm,
                  stale_ignored=eng.machine.stale_ignored,
                  markers_ignored=eng.markers_ignored, fence=eng.fence_results,
-                 link_error=eng.link_error, relinks=rep.relinks)
+                 link_error=eng.link_error, relinks=rep.relinks, fabrics=rep.fabrics,
+                 stripe_writes=rep.stripe_writes)
             took_over = rep.role == "standby" and rep.outcome == "completed"
             if (rep.role == "active" and rep.stop_t) or took_over:
                 emit("pmem", epoch=rep.epoch, role=rep.role, counter=app.counter,

@@ -101,6 +101,11 @@ RELINK_STANDBY_S = RELINK_S + KEEPALIVE_DEAD * KEEPALIVE_S
 # other (discriminator + STRIPE_SUFFIX) within STRIPE_WAIT_S, or the pair runs unstriped.
 STRIPE_WAIT_S = 3.0
 STRIPE_SUFFIX = b"/stripe"
+# A stripe with writes in flight and none completed for this long is lost: a pulled cable
+# shows on iWARP (TCP retransmitting) only after minutes; a healthy one completes a chunk in
+# a fraction of this even in the lab (1 MiB at ~10 MB/s: ~0.1 s).
+STRIPE_STALL_S = 2.0
+WITHDRAWN = Stripe(0, 0, 0)  # "my stripe is gone": the peer disconnects its end at once
 FENCE_AT = 64  # where in src_marker's page the stripe's fence read lands (8 bytes)
 
 
@@ -271,6 +276,7 @@ class _Stripe:
     fence_handle: int
     posted: deque = field(default_factory=deque)  # _Posted, oldest first
     writes: int = 0
+    progress_t: float = 0.0  # the last completion, or the post that found none in flight
 
 
 @dataclass
@@ -906,6 +912,14 @@ class Engine:
         fabric = self._stripe.fabric
         self._close_stripe()
         self.stripe_note = f"the stripe on fabric {fabric} was lost: {why}"
+        if self.link_up:
+            # The peer disconnects its end as it reads this, before the marker (which
+            # follows on the link): a write of ours still on its way there (iWARP: in a TCP
+            # send queue, until a cable comes back) can then never land in its image.
+            try:
+                self._send(WITHDRAWN)
+            except (SwitchoverError, via.VipError) as exc:
+                self._lose_link(f"withdrawing the stripe: {exc}")
         c = self._copy
         if c is None or not c.stripe_used or c.fence == 2:
             self.on_relink(self.stripe_note)
@@ -917,9 +931,23 @@ class Engine:
         self.on_relink(f"epoch {c.epoch}: {self.stripe_note}; the copy starts again on fabric "
                        f"{self.fabric} alone")
 
+    def _take_withdrawal(self) -> None:
+        """B, the marker seen, before it verifies: read the control frames already here. A
+        stripe the active withdrew (sent before the copy it restarted on the link, so before
+        the marker) is closed now, before the image is taken; other frames wait in the
+        inbox, in order."""
+        while self._stripe is not None and self.link_up:
+            msg = self._receive(0, block=False)
+            if msg is None:
+                return
+            self._inbox.append(msg)
+
     def _post_stripe(self, desc, what: str, epoch: int) -> None:
-        via.VipPostSend(self._stripe.vi, desc)
-        self._stripe.posted.append(_Posted(desc, what, epoch))
+        s = self._stripe
+        via.VipPostSend(s.vi, desc)
+        if not s.posted:
+            s.progress_t = self.clock()
+        s.posted.append(_Posted(desc, what, epoch))
 
     def _reap_stripe(self, timeout_ms: int = 0) -> None:
         """Take the stripe's send completions (wait up to TIMEOUT_MS for the first); a
@@ -937,6 +965,7 @@ class Engine:
                 return
             wait = 0
             p = s.posted.popleft()
+            s.progress_t = self.clock()
             if p.desc is not d or d.status & via.VIP_STATUS_ERROR_MASK:
                 self._lose_stripe(f"{p.what} completed with status 0x{d.status:x}"
                                   if p.desc is d else f"{p.what}: completions out of order")
@@ -1202,6 +1231,10 @@ class Engine:
                 continue
             if isinstance(msg, Hello) and self.peer.hello is not None:
                 continue  # a repeated Hello changes nothing once connected
+            if msg == WITHDRAWN:
+                self._close_stripe()  # the peer lost its stripe: ours goes too, now
+                self.stripe_note = "the peer withdrew the stripe (it lost it)"
+                return None
             if isinstance(msg, Stripe):
                 self._peer_stripe = msg  # for _open_stripe (which waits for it); to any
                 return None  # other caller, as if nothing came
@@ -1353,6 +1386,8 @@ class Engine:
             case gso.VerifyImage(epoch=epoch, image_length=length, digest_algo=algo,
                                  digest=expected):
                 self.on_marker(gso.marker_value(epoch))
+                if self._stripe is not None:
+                    self._take_withdrawal()
                 if self.hold_verify_s:
                     time.sleep(self.hold_verify_s)
                 t0 = self.clock()
@@ -1563,6 +1598,9 @@ class Engine:
             c.next += n
         if s is not None:
             self._reap_stripe(0)
+            if self._stripe is not None and s.posted \
+                    and self.clock() - s.progress_t > STRIPE_STALL_S:
+                self._lose_stripe(f"no write completed on it in {STRIPE_STALL_S:g} s")
             if self._stripe is None:
                 return None  # the stripe was lost (the copy may start again, on the link)
         if c.job is None and c.digested < c.next:

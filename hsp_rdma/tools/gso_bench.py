@@ -16,6 +16,10 @@ receipt of "done", which the standby sends only after its application resumed, s
 upper bound of the real blackout, on one clock; the phases say where the time went (active:
 freeze, copy, marker, await_done; pull: seal, await_done; standby: pull, verify, resume). Goals: copy >= 0.95 x the
 event-driven reference, and the median blackout <= median copy + median verify + 20 ms.
+--fabrics 2 runs the push with both nodes on fabrics x and y, its copy striped across them (a
+second VI on y; the header and marker on x after a fence read on y); --fabrics both runs one
+fabric, then two, in the same lab boot: the baselines and references ran on x alone, so the
+two-fabric copy's ratios are to one fabric's figures.
 """
 
 from __future__ import annotations
@@ -51,6 +55,12 @@ def profile_for(device: str, user_dir: str | None) -> Profile:
     """The hw profile of DEVICE, searched from USER_DIR (--profiles) down to the packaged ones."""
     return pick_profile(device, load_profiles(user_dir=user_dir),
                         searched=profile_dirs(user_dir))
+
+
+def fabric_counts(args) -> tuple[int, ...]:
+    """The fabric counts ARGS.fabrics asks for (1 when it names none), in the order they run."""
+    fabrics = str(getattr(args, "fabrics", "1"))
+    return (1, 2) if fabrics == "both" else (int(fabrics),)
 
 
 def modes_of(args) -> tuple[str, ...]:
@@ -106,19 +116,21 @@ def bench_gso_lab(args, step: Callable[[str], None] = _quiet,
 
         results = []
         for mode in modes:
-            step(f"{args.runs} GSO(s), {mode}")
-            flag = ("--mode", mode)
-            a, b = start_pair(lab, args.size, args.runs, fabric=args.fabric, chunk=chunk,
-                              depth=depth, timeout=120 + args.runs * (5 + args.size / 2e6),
-                              on_event=on_event, profiles=args.profiles, extra_a=flag,
-                              extra_b=flag)
-            res = finish_pair(a, b)
-            results.append(summarize(
-                args, a.events + b.events, base.row["bw_avg_MBps"], base.retries, device,
-                profile, chunk, depth, ref_bw=ref["MBps"], mode=mode, read_bw=read_bw,
-                ref_region=region, ref_one_chunk_bw=ref1["MBps"],
-                extra=f"rc {res.rc} {res.stderr.get('a', '')[-300:]}"
-                      f" {res.stderr.get('b', '')[-300:]}") | {"lab": args.lab})
+            for nf in fabric_counts(args):
+                step(f"{args.runs} GSO(s), {mode}" + (", striped over x and y" if nf == 2
+                                                      else ""))
+                flag = ("--mode", mode)
+                a, b = start_pair(lab, args.size, args.runs, fabric=args.fabric, chunk=chunk,
+                                  depth=depth, timeout=120 + args.runs * (5 + args.size / 2e6),
+                                  on_event=on_event, profiles=args.profiles, extra_a=flag,
+                                  extra_b=flag, stripe_on="y" if nf == 2 else None)
+                res = finish_pair(a, b)
+                results.append(summarize(
+                    args, a.events + b.events, base.row["bw_avg_MBps"], base.retries, device,
+                    profile, chunk, depth, ref_bw=ref["MBps"], mode=mode, read_bw=read_bw,
+                    ref_region=region, ref_one_chunk_bw=ref1["MBps"], fabrics=nf,
+                    extra=f"rc {res.rc} {res.stderr.get('a', '')[-300:]}"
+                          f" {res.stderr.get('b', '')[-300:]}") | {"lab": args.lab})
         return results
     finally:
         if booted and not args.keep:
@@ -147,7 +159,7 @@ def summarize(args, events: list[dict], base_bw: float, base_retries: int, devic
               profile: Profile, chunk: int, depth: int, ref_bw: float | None = None,
               extra: str = "", expect: int | None = None, mode: str = "push",
               read_bw: float | None = None, ref_region: int | None = None,
-              ref_one_chunk_bw: float | None = None) -> dict[str, Any]:
+              ref_one_chunk_bw: float | None = None, fabrics: int = 1) -> dict[str, Any]:
     """The bench's result from gso_node events (lab and real hosts alike). EXPECT is how
     many GSOs these events saw from the active side (on two hosts: this host's half).
     REF_BW: the event-driven pyverbs reference, when it ran (lab). MODE: the data path the
@@ -186,8 +198,19 @@ def summarize(args, events: list[dict], base_bw: float, base_retries: int, devic
     goal = round(statistics.median(copy_ms) + verify_p50 + BLACKOUT_SLACK_MS, 1)
     p50 = round(statistics.median(blk), 1)
     poll = profile.marker_poll
+    used = sorted({c.get("fabrics") or "?" for c in copies})
+    if fabrics == 2 and used != ["x+y"]:
+        # a striped run whose copies did not all stripe measures something else: say so
+        connected = [e for e in events if e["event"] == "connected" and e.get("stripe_note")]
+        raise HspError(f"--fabrics 2: the copies went over {', '.join(used)}, not x+y"
+                       + (f" ({connected[0]['stripe_note']})" if connected else ""))
+    writes = sum(c.get("writes", 0) for c in copies)
     return {
         "mode": mode,
+        "fabrics": fabrics,
+        "fabrics_used": used,
+        "stripe_share": (round(sum(c.get("stripe_writes", 0) for c in copies) / writes, 3)
+                         if fabrics == 2 and writes else None),
         "state_bytes": args.size, "image_bytes": gsos[0]["image_bytes"],
         "stop_and_copy_MBps": round(copy_bw, 2),
         "baseline_ib_write_bw_MBps": base_bw,

@@ -31,9 +31,11 @@ def start_pair(lab: Lab, pmem: int, runs: int, fabric: str = "x", chunk: int = 0
                depth: int = 0, timeout: float = 300.0, extra_a: tuple[str, ...] = (),
                extra_b: tuple[str, ...] = (),
                on_event: Callable[[str, dict], None] | None = None,
-               profiles: str | None = None) -> tuple[GuestRun, GuestRun]:
+               profiles: str | None = None,
+               stripe_on: str | None = None) -> tuple[GuestRun, GuestRun]:
     """Node a starts as standby (listens), node b as active (connects) on FABRIC. PROFILES:
-    a user's hw-profile directory (the guests see the host's files at the same paths)."""
+    a user's hw-profile directory (the guests see the host's files at the same paths).
+    STRIPE_ON: the other fabric, opened on both nodes, a push's copy striped across both."""
     info = lab.info()
     runs_by_node = {}
     for node, role_args in (("a", ["--name", "a"]),
@@ -45,6 +47,7 @@ def start_pair(lab: Lab, pmem: int, runs: int, fabric: str = "x", chunk: int = 0
                 "--runs", str(runs), *(("--chunk", str(chunk)) if chunk else ()),
                 *(("--depth", str(depth)) if depth else ()),
                 *(("--profiles", profiles) if profiles else ()),
+                *(_stripe_args(info, node, stripe_on) if stripe_on else ()),
                 *(extra_a if node == "a" else extra_b)]
         run = runs_by_node[node] = GuestRun(node, on_event=on_event)
         run.job = lab.spawn(node, argv, timeout=timeout, on_stdout=run.feed)
@@ -52,6 +55,13 @@ def start_pair(lab: Lab, pmem: int, runs: int, fabric: str = "x", chunk: int = 0
         if node == "a":
             _wait_listening(lab)
     return runs_by_node["a"], runs_by_node["b"]
+
+
+def _stripe_args(info: dict, node: str, fabric: str) -> list[str]:
+    """gso_node's options for a second fabric, FABRIC (gso_node calls it y), striped."""
+    f = info[node][fabric]
+    argv = ["--y-device", f["rdma_dev"], "--y-local-ip", f["ipv4"], "--stripe"]
+    return argv + (["--y-peer-ip", info["a"][fabric]["ipv4"]] if node == "b" else [])
 
 
 def _wait_listening(lab: Lab) -> None:

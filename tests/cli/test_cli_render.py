@@ -185,3 +185,31 @@ def test_gso_both_modes_print_one_result_per_mode(monkeypatch: pytest.MonkeyPatc
     assert bench.run_gso(bench.build_parser().parse_args(["gso", "--mode", "both",
                                                           "--json"])) == 0
     assert [r["mode"] for r in json.loads(capsys.readouterr().out)] == ["push", "pull"]
+
+
+def test_gso_fabrics_both_prints_one_fabric_beside_two(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys) -> None:
+    one = GSO | {"fabrics": 1, "fabrics_used": ["x"], "stripe_share": None}
+    two = GSO | {"fabrics": 2, "fabrics_used": ["x+y"], "stripe_share": 0.499,
+                 "stop_and_copy_MBps": GSO["stop_and_copy_MBps"] * 0.86}
+    out = io.StringIO()
+    monkeypatch.setattr(bench, "console", make_console(file=out, width=250))
+    monkeypatch.setattr(gso_bench, "bench_gso_lab", lambda args, step, on_gso: [one, two])
+    assert bench.run_gso(bench.build_parser().parse_args(["gso", "--fabrics", "both"])) == 0
+    text = out.getvalue()
+    assert "one fabric vs two (push), same run" in text and "striped over fabrics x and y" in text
+    assert "50%" in text and "two fabrics / one: 0.86 x" in text and "stripe = false" in text
+    assert bench.run_gso(bench.build_parser().parse_args(["gso", "--fabrics", "both",
+                                                          "--json"])) == 0
+    assert [r["fabrics"] for r in json.loads(capsys.readouterr().out)] == [1, 2]
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["gso", "--fabrics", "2", "--mode", "pull"], "use --mode push and --fabric x"),
+    (["gso", "--fabrics", "both", "--fabric", "y"], "use --mode push and --fabric x"),
+    (["gso", "--fabrics", "2", "--provider", "soft"], "runs in the lab"),
+])
+def test_gso_fabrics_refuses_what_cannot_stripe(argv, says, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        bench.build_parser().parse_args(argv)
+    assert exc.value.code == 64 and says in capsys.readouterr().err

@@ -2,7 +2,8 @@
 fabric y too (--y-device ...). With x pulled the link comes up on y and a GSO completes
 there; x pulled under the copy: the GSO's link is connected again on y and the copy starts
 again there, the GSO completes (the active never thaws), and the next GSO runs on y. And
-the shipped drill gso-x-down (drill nodes under load: Interface A moves to y, then the GSO)."""
+the shipped drill gso-x-down (drill nodes under load: Interface A moves to y, then the GSO).
+And a copy striped across x and y (--stripe), with y pulled under a second one."""
 
 from __future__ import annotations
 
@@ -91,6 +92,45 @@ def test_x_lost_under_the_copy_the_gso_continues_on_y_and_completes(healthy_lab:
     assert second["fabric"] == "y" and second["outcome"] == "completed", second
     assert [g["outcome"] for g in a.of("gso")] == ["completed", "completed"]
     assert only(b, "end")["serving"] and not only(a, "end")["serving"]
+
+
+def test_a_striped_copy_goes_over_x_and_y_and_y_pulled_under_it_restarts_on_x(
+        healthy_lab: Lab) -> None:
+    """--stripe on both nodes: the link on x, the stripe's VI on y. GSO 1 (b to a) spreads
+    its writes over both (the fence read on y before the header and marker on x), and the
+    image resumed is the one frozen. GSO 2 (back, a to b): y pulled on a's side 0.3 s into
+    the copy; the stripe is lost (a completion in error, or none in 2 s: a pulled iWARP
+    cable shows as TCP retransmitting), a withdraws it, copies again from the first byte on x
+    alone, and the GSO completes with the frozen image; a never thaws."""
+    lab = healthy_lab
+    a, b = start_pair(lab, 32 * MiB, runs=2, stripe_on="y",
+                      extra_a=("--copy-timeout", "30", "--gso-timeout", "45"),
+                      extra_b=("--copy-timeout", "30", "--gso-timeout", "45"), timeout=240)
+    try:
+        try:
+            wait_event([a], "frozen", timeout=150)  # a freezes for GSO 2 only
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; b's events: {b.events}") from None
+        time.sleep(0.3)
+        lab.fault("a", "link", "y", "down")
+        res = finish_pair(a, b, timeout=200)
+    finally:
+        lab.fault("a", "link", "y", "up")
+    assert res.rc == {"a": 0, "b": 0}, (res.stderr, a.events, b.events)
+    for n, run in (("a", a), ("b", b)):
+        for g in run.of("gso"):
+            print(f"{n}: epoch {g['epoch']} {g['role']} {g['outcome']} over {g['fabrics']!r} "
+                  f"writes {g['writes']} (y {g['stripe_writes']}) relinks {g['relinks']} "
+                  f"copy {g['copy_s']:.2f} s {g['reason']!r}")
+    assert only(a, "connected")["stripe"] == only(b, "connected")["stripe"] == "y"
+    first, second = b.of("gso")[0], a.of("gso")[1]
+    assert first["role"] == "active" and first["outcome"] == "completed", first
+    assert first["fabrics"] == "x+y" and 0 < first["stripe_writes"] < first["writes"], first
+    assert pmem_crc(b, "active", first["epoch"]) == pmem_crc(a, "standby", first["epoch"])
+    assert second["role"] == "active" and second["outcome"] == "completed", second
+    assert second["relinks"] == ["x+y->x"] and second["fabrics"] == "x", second
+    assert pmem_crc(a, "active", second["epoch"]) == pmem_crc(b, "standby", second["epoch"])
+    assert not a.of("thawed") and only(b, "end")["serving"], (a.events, b.events)
 
 
 def test_gso_x_down_drill(healthy_lab: Lab) -> None:
