@@ -159,13 +159,23 @@ def fabrics_table(fabrics: Any) -> Table:
     ``active``) and when the peer's last heart beat came on it."""
     rows = [f for f in fabrics if isinstance(f, dict)] if isinstance(fabrics, list) else []
     known = ("name", "rdma_device", "state", "carrier", "heard_ms_ago")
-    extra = _extra_keys(rows, (*known, "active"))
+    extra = _extra_keys(rows, (*known, "active", "reconnect"))
     t = table("fabrics", "fabric", "rdma device", "state", "carries traffic",
-              "heard [ms ago]", *extra, justify="left")
+              "heard [ms ago]", "reconnect thread", *extra, justify="left")
     for f in rows:
         f = {**f, "carrier": f.get("carrier", f.get("active"))}
-        t.add_row(*(cell(f.get(k)) for k in (*known, *extra)))
+        t.add_row(*(cell(f.get(k)) for k in known), _reconnect_cell(f.get("reconnect")),
+                  *(cell(f.get(k)) for k in extra))
     return t
+
+
+def _reconnect_cell(r: Any) -> str:
+    """What a fabric's reconnect thread does, for how long, and what it has to connect."""
+    if not isinstance(r, dict):
+        return cell(r)
+    text = f"{r.get('doing', '?')} ({cell(r.get('for_ms'))} ms)"
+    pending = r.get("pending")
+    return text + (f"; to connect: {', '.join(map(str, pending))}" if pending else "")
 
 
 def channels_table(channels: Any) -> tuple[Table, Table | None]:

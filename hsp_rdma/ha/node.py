@@ -434,6 +434,10 @@ class Node:
         self._running = False
         self._reconnect: set[tuple[int, Channel]] = set()  # (fabric, channel)
         self._reconnect_wake = [threading.Event() for _ in config.fabrics]
+        # what each fabric's reconnect thread is doing and since when (status evidence: a
+        # step that lasts is a thread blocked in it, e.g. a disconnect towards a dead peer)
+        self._reconnect_doing: list[tuple[str, float]] = [("not started", time.monotonic())
+                                                          for _ in config.fabrics]
         self._reconnectors: dict[int, threading.Thread] = {}
         self.reconnects = 0
         # fault injection for drills and tests (tools/ifa_pair --kill-mid-tx): called with
@@ -1421,6 +1425,11 @@ class Node:
                                 f"{type(exc).__name__}: {exc}; trying again")
                 time.sleep(self.RECONNECT_PAUSE_S)
 
+    def _doing(self, fab: int, what: str) -> None:
+        """FAB's reconnect thread begins WHAT (shown in status with how long it has lasted)."""
+        if self._reconnect_doing[fab][0] != what:
+            self._reconnect_doing[fab] = (what, time.monotonic())
+
     def _reconnect_rounds(self, fab: int) -> None:
         connects = self.config.role == "active"
         port = self._ports[fab]
@@ -1434,6 +1443,7 @@ class Node:
                 todo.remove(failed)  # keeps failing never holds the others back
                 todo.append(failed)
             if connects and not todo:
+                self._doing(fab, "idle: nothing to connect")
                 wake.wait(1.0)
                 wake.clear()
                 continue
@@ -1450,7 +1460,9 @@ class Node:
                         # for it, and a connection made without posting them again came up
                         # with none (siw lab: warm y links with 0 of 32 receives, broken by
                         # the peer's first HELLO when traffic moved there).
+                        self._doing(fab, f"resetting {ch.name.lower()} before connecting")
                         self._reset_link(fab, ch)
+                        self._doing(fab, f"connecting {ch.name.lower()} to {cfg.peer}")
                         via.VipConnectRequest(link.vi, local,
                                               via.NetAddress(cfg.peer, self._disc(ch)),
                                               RECONNECT_CONNECT_MS)
@@ -1459,13 +1471,17 @@ class Node:
                                 via.VipQueryVi(link.vi)[0] is via.ViState.CONNECTED):
                             # left by traffic that moved away: torn down, so the peer sees
                             # it and connects it again (no frame of the old link can come)
+                            self._doing(fab, f"tearing down {ch.name.lower()} (traffic left)")
                             self._reset_link(fab, ch)
+                        self._doing(fab, "listening" + (f" ({len(todo)} to connect)" if todo
+                                                        else ""))
                         req = via.VipConnectWait(port.nic, local, 50 if todo else 200)
                         if link.up:
                             with self._lock:
                                 self._lose(fab, ch, "the peer connected this channel again "
                                                     "(its side broke)")
                                 self._feed_lost()
+                        self._doing(fab, f"accepting {ch.name.lower()}")
                         self._reset_link(fab, ch)
                         via.VipConnectAccept(req, link.vi)
                 except via.VipError as exc:  # (VipTimeout too)
@@ -1485,8 +1501,10 @@ class Node:
                         # after the pause, starts again with the first channel left.
                         break
                     continue
+                self._doing(fab, f"joining {ch.name.lower()} (HELLO)")
                 self._rejoined(fab, ch)
             if connects and todo:
+                self._doing(fab, "pausing between rounds")
                 wake.wait(self.RECONNECT_PAUSE_S)
                 wake.clear()
 
@@ -1722,11 +1740,17 @@ class Node:
         port = self._ports[i] if i < len(self._ports) else None
         ups = [ln.up for ln in port.links.values()] if port else []
         heard = self._hb_heard[i]
+        doing, since = self._reconnect_doing[i]
         return {"name": f.name, "rdma_device": f.rdma_device,
                 "state": "up" if ups and all(ups) else ("connecting" if any(ups) else "down"),
                 "carrier": bool(port) and i == self._carrier,
                 "active": bool(port) and i == self._carrier,
-                "heard_ms_ago": None if heard is None else round((now - heard) * 1000, 1)}
+                "heard_ms_ago": None if heard is None else round((now - heard) * 1000, 1),
+                # the reconnect thread: the channels it has to connect, what it is doing
+                # and for how long (a step that lasts is where it is blocked)
+                "reconnect": {"pending": sorted(ch.name.lower() for fab, ch in self._reconnect
+                                                if fab == i),
+                              "doing": doing, "for_ms": round((now - since) * 1000, 1)}}
 
     def status(self) -> dict:
         with self._lock:

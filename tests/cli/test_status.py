@@ -249,3 +249,18 @@ def test_the_hsp_command_as_installed(node) -> None:
                                                                       COLUMNS="200"))
     assert res.returncode == 0, res.stderr
     assert "hsp status: node a (active), epoch 7" in res.stdout and ODD in res.stdout
+
+
+def test_a_fabrics_reconnect_thread_shows_what_it_does_and_for_how_long(node,
+                                                                        capsys) -> None:
+    sock, state = node
+    state["status"]["fabrics"][1]["reconnect"] = {
+        "pending": ["health", "pmem"], "doing": "connecting health to 10.77.2.2",
+        "for_ms": 8123.4}
+    out = hsp_main(capsys, "status", "--socket", str(sock))[1]
+    assert "reconnect thread" in out
+    # the cell wraps: its column's pieces, row after row, read as one text
+    cells = [line.split("│")[-2].strip() for line in out.splitlines()
+             if line.count("│") == 7 and "reconnect" not in line]
+    assert "connecting health to 10.77.2.2 (8123.4 ms); to connect: health, pmem" in \
+        " ".join(c for c in cells if c and c != "-"), out

@@ -103,7 +103,10 @@ def test_status_has_the_contract_shape_and_is_served(node: Node, tmp_path: Path)
     assert set(st["pmem"]) >= {"size", "in_flight", "last_committed", "last_applied"}
     assert set(st["disks"]["data"]) >= {"path", "size", "writes", "bytes", "in_flight",
                                         "last_applied"}
+    reconnect = st["fabrics"][0].pop("reconnect")
     assert st["fabrics"] == [{"name": "x", "rdma_device": "rxe0", "state": "down",
                               "carrier": False, "active": False, "heard_ms_ago": None}]
+    assert reconnect["pending"] == [] and reconnect["doing"] == "not started"
+    assert reconnect["for_ms"] >= 0
     assert st["fabric_switches"] == 0
     assert control_request(tmp_path / "control.sock", "digest")["pmem"] == crc32c(bytes(1 << 16))
