@@ -36,6 +36,7 @@ from hsp_rdma.errors import ControlError
 from hsp_rdma.ha.config import load_node_config
 from hsp_rdma.ha.control import control_request
 from hsp_rdma.ha.standby_host import (
+    GSO_BLOB,
     StandbyHost,
     check_memory,
     check_sessions,
@@ -43,6 +44,7 @@ from hsp_rdma.ha.standby_host import (
     pinned_now,
     session_memory,
 )
+from hsp_rdma.units import size_arg
 
 console = make_console()
 
@@ -57,6 +59,11 @@ def build_parser() -> Parser:
                              "RLIMIT_MEMLOCK (nothing is started)")
     me.add_argument("configs", nargs="+", type=Path, metavar="CONFIG",
                     help="the standby's TOML of each pair")
+    me.add_argument("--gso", nargs="?", const=GSO_BLOB, default=None, metavar="BLOB",
+                    type=size_arg(0, 1 << 24, "--gso"),
+                    help="each session also carries a GSO engine (its state image: header, "
+                         f"P.mem and an application blob of BLOB bytes, default {GSO_BLOB}; "
+                         "marker pages; control buffers), counted per fabric")
     me.add_argument("--json", action="store_true", help="print JSON instead of tables")
     run = sub.add_parser("run", epilog=EXIT_CODES_HELP,
                          help="run every session until Ctrl-C or SIGTERM")
@@ -82,16 +89,19 @@ def _mib(n: Any) -> str:
 
 
 def memory_table(mem: dict) -> None:
+    gso = any(m.get("gso") for m in mem["sessions"].values())
     t = table("memory per protected active (MiB)", "session", "fabrics", "P.mem",
-              "channel buffers / fabric", "pinned (RLIMIT_MEMLOCK)", "resident",
-              "disks (not pinned)")
+              "channel buffers / fabric", *(("GSO engine / fabric",) if gso else ()),
+              "pinned (RLIMIT_MEMLOCK)", "resident", "disks (not pinned)")
     for peer, m in mem["sessions"].items():
         t.add_row(Text(peer), str(m["fabrics"]), _mib(m["pmem_size"]),
-                  _mib(m["per_fabric"]["channel_buffers"]), _mib(m["pinned"]["total"]),
-                  _mib(m["resident"]), _mib(m["not_pinned"]["disks"]))
+                  _mib(m["per_fabric"]["channel_buffers"]),
+                  *((_mib(m["per_fabric"].get("gso")),) if gso else ()),
+                  _mib(m["pinned"]["total"]), _mib(m["resident"]),
+                  _mib(m["not_pinned"]["disks"]))
     tot = mem["total"]
-    t.add_row(Text("total", style="bold"), "", _mib(tot["pmem"]), "", _mib(tot["pinned"]),
-              _mib(tot["resident"]), "")
+    t.add_row(Text("total", style="bold"), "", _mib(tot["pmem"]), "", *(("",) if gso else ()),
+              _mib(tot["pinned"]), _mib(tot["resident"]), "")
     t.columns[0].justify = "left"
     console.print(t)
     limit = mem["memlock_limit"]
@@ -103,7 +113,7 @@ def memory_table(mem: dict) -> None:
 def cmd_memory(args: argparse.Namespace) -> int:
     cfgs = [load_node_config(p) for p in args.configs]
     check_sessions(cfgs)
-    costs = {c.peer: session_memory(c) for c in cfgs}
+    costs = {c.peer: session_memory(c, args.gso) for c in cfgs}
     limit, source = memlock_limit(f.rdma_device for c in cfgs for f in c.fabrics)
     before = pinned_now()
     total = sum(c["pinned"]["total"] for c in costs.values())

@@ -315,6 +315,15 @@ def test_the_memory_command_shows_each_session_and_refuses_over_the_limit(
     assert mem["sessions"]["a2"]["pinned"]["total"] == one
     assert nplus1_cli.main(["memory", *map(str, paths)]) == 0
     assert "memory per protected active" in capsys.readouterr().out
+    # --gso: each session's GSO engine too (image = header + P.mem + blob, 2 marker pages,
+    # control buffers), per fabric, in the pinned total and the table
+    assert nplus1_cli.main(["memory", "--gso", "--json", *map(str, paths)]) == 0
+    g = json.loads(capsys.readouterr().out)["sessions"]["a2"]
+    assert g["gso"] == sh.gso_memory(load_node_config(paths[1]), sh.GSO_BLOB)
+    assert g["pinned"]["total"] == one + g["gso"]["per_fabric"] * g["fabrics"]
+    assert g["gso"]["image"] >= 16 * 2**20 + sh.GSO_BLOB
+    assert nplus1_cli.main(["memory", "--gso", "64KiB", *map(str, paths)]) == 0
+    assert "GSO" in capsys.readouterr().out  # its column (the header wraps)
     limit = 2 * one
     said = f"RLIMIT_MEMLOCK {limit} bytes"
     monkeypatch.setattr(nplus1_cli, "memlock_limit", lambda _devs=(): (limit, said))
