@@ -1131,7 +1131,8 @@ class _Conn:
         self.drain = False  # (after our NAK: read until the peer closes)
         self.closed = False  # VipDisconnect / destroy: nothing more is reported or applied
         self.failed = False  # the stream broke or was refused: the VI is in ERROR
-        self.wlock = threading.Condition(threading.RLock())
+        self._wl = threading.RLock()  # (the per-operation paths take it itself: a Condition's
+        self.wlock = threading.Condition(self._wl)  # `with` is two Python calls more)
         self.backlog: deque = deque()
         self.writing = False
         self.seq = itertools.count(1)
@@ -1167,7 +1168,7 @@ class _Conn:
         the frame is one of ours that the peer acknowledges: its seq is returned, and its
         header, PARTS[0], is given as the fields (kind, flags, addr, rkey, value, length),
         packed here once its seq is known."""
-        with self.wlock:
+        with self._wl:
             seq = 0
             if op is not None:
                 seq = self.last_seq = next(self.seq) & _MASK
@@ -1533,7 +1534,7 @@ class _Conn:
         """An RDMA Write as one copy into the peer's granted region, if it may go that way
         now (nothing of ours unacknowledged, the range in the grant, the owner's slot still
         the region's); False: it goes as a frame."""
-        with self.wlock:
+        with self._wl:
             if (self.pending or self.closed or self.failed or g.closed
                     or not g.addr <= raddr or raddr + total > g.addr + g.length
                     or not g.valid()):
@@ -1546,8 +1547,9 @@ class _Conn:
                         return False  # deregistered meanwhile: the frame path says so
                     g.view[at:at + n] = src
                     at += n
-        self.vi.nic.count("shm_bytes_tx", total)
-        self.vi.nic.count("shm_writes_tx")
+        counters = self.vi.nic.counters
+        counters["shm_bytes_tx"] += total
+        counters["shm_writes_tx"] += 1
         return True
 
     def drop_grants(self) -> None:
@@ -1976,7 +1978,9 @@ class Vi:
             raise VipInvalidParameter(f"control 0x{desc.control:x} names no operation")
         if op != _OP_SENDRECV and desc.address is None:
             raise VipInvalidParameter("an RDMA descriptor needs an AddressSegment")
-        total = sum(n for _r, _o, n in segs)
+        total = 0
+        for _r, _o, n in segs:
+            total += n
         if total > self.max_transfer:
             raise VipInvalidParameter(f"{total} bytes exceed the VI's max transfer size "
                                       f"{self.max_transfer}")
@@ -2001,8 +2005,8 @@ class Vi:
         if op == _OP_RDMAWRITE and not imm and conn.cma_pid:
             g = conn.grants.get(rkey)
             if g is not None and conn.shm_write(g, raddr, segs, total):
-                self._complete_send(desc, _ST_DONE)  # in the peer's memory
-                return
+                self._complete(desc, False, _ST_DONE | _ST_OP_OF[op], total)  # in the peer's
+                return  # memory
             if g is None and rkey not in conn.asked:
                 with conn.wlock:
                     conn.asked.add(rkey)
@@ -2014,12 +2018,12 @@ class Vi:
             if conn.cma_out and total >= CMA_MIN:  # same host: the peer copies from us
                 iov = b"".join(IOV.pack(r.addr + o, n) for r, o, n in segs if n)
                 parts = [(kind, flags | F_CMA, raddr, rkey, desc.immediate, len(iov)), iov]
-                self.nic.count("cma_bytes_tx", total)
+                self.nic.counters["cma_bytes_tx"] += total
             else:
                 parts = [(kind, flags, raddr, rkey, desc.immediate, total)]
                 parts += [r.view[o:o + n] for r, o, n in segs if n]
-                self.nic.count("bytes_tx", total)
-        self.nic.count("frames_tx")
+                self.nic.counters["bytes_tx"] += total
+        self.nic.counters["frames_tx"] += 1
         conn.send(parts, (desc, segs))
         if conn.failed or conn.closed:
             # The stream ended while this was posted (after the flush): flushed too.
