@@ -1638,8 +1638,9 @@ class _Conn:
         """Fill SPANS (region, offset, length; TOTAL bytes) from the stream, or with IOVS
         from the sender's memory. False if a region was deregistered meanwhile."""
         pins = [r.pin(off, n) for r, off, n in spans]  # (held: the buffer stays mapped)
-        if any(v is None for v in pins):
-            return False
+        for v in pins:  # (a loop, not any() over a generator: this runs once a message)
+            if v is None:
+                return False
         if iovs is None:
             for v in pins:
                 self.stream.into(v)
@@ -1672,7 +1673,9 @@ class _Conn:
                 raise _Refused(seq, Status.RDMA_PROT_ERROR, "PROTECTION", "refused_handle",
                                "RDMA Write into a region deregistered meanwhile")
         else:
-            cap = sum(n for _r, _o, n in segs)
+            cap = 0
+            for _r, _o, n in segs:
+                cap += n
             if length > cap:
                 why = f"a {length}-byte message arrived for a {cap}-byte receive descriptor"
                 raise _Refused(seq, Status.REMOTE_DESC_ERROR, "LENGTH_ERROR", "length_errors",
@@ -2057,8 +2060,10 @@ class Vi:
 
     def _complete_send(self, desc: VipDescriptor, status: Status, reason: str = "") -> None:
         status = int(status) | _ST_OP_OF.get(int(desc.control) & _OP_MASK, _ST_OP_SEND)
-        self._complete(desc, False, status, sum(s.length for s in desc.segments),
-                       reason=reason)
+        length = 0
+        for seg in desc.segments:
+            length += seg.length
+        self._complete(desc, False, status, length, reason=reason)
 
     def done(self, recv: bool) -> VipDescriptor | None:
         q = self.recvq if recv else self.sendq
