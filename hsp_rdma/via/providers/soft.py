@@ -1055,6 +1055,20 @@ class _Stream:
     def pending(self) -> int:
         return self.hi - self.lo
 
+    def fill(self) -> int:
+        """With nothing buffered: one read of what the socket brings, blocking at most its
+        receive timeout (SO_RCVTIMEO); the bytes read, 0 if none came in that time. _Eof at
+        the end of the stream."""
+        self.lo = self.hi = 0
+        try:
+            got = self.sock.recv_into(self.mv)
+        except BlockingIOError:
+            return 0
+        if got == 0:
+            raise _Eof(mid=False)
+        self.hi = got
+        return got
+
     def _need(self, n: int) -> None:
         while self.hi - self.lo < n:
             if self.lo and len(self.buf) - self.lo < n:
@@ -1312,7 +1326,10 @@ class _Conn:
                     else:
                         self.ack_due = 0.0
                         self.flush_ack()
-                if not poller.poll(max(0, wait) * 1000):
+                # A waiter with a whole tick to wait reads at once (the socket's receive
+                # timeout is the tick): one system call a message instead of poll + read.
+                if not (stream.fill() if wait >= ACK_TICK_S and poller is self._wpoll
+                        else poller.poll(max(0, wait) * 1000)):
                     now = time.monotonic()
                     if self.applied != self.ack_sent and self.ack_due <= now:
                         self.ack_due = 0.0
