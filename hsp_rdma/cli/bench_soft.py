@@ -72,14 +72,23 @@ def show(r: dict[str, Any], console: Console) -> None:
                "(full round trips, not halved)", "path", "t_min [usec]", "t_typical [usec]",
                "t_avg [usec]", "99% percentile [usec]", "99.9% percentile [usec]",
                "t_max [usec]")
-    for name, key in (("AF_UNIX socket ping-pong", "unix_socket"), ("soft VIs", "soft_vi")):
-        s = rt[key]
-        t4.add_row(name, *(f"{s[k]:.2f}" for k in ("t_min_us", "t_typical_us", "t_avg_us",
-                                                   "p99_us", "p99_9_us", "t_max_us")))
+    for name, key in (("AF_UNIX socket ping-pong", "unix_socket"), ("soft VIs", "soft_vi"),
+                      ("AF_UNIX, both ends in one thread (floor)", "unix_socket_one_thread"),
+                      ("soft VIs, both ends in one thread (floor)", "soft_vi_one_thread")):
+        s = rt.get(key)
+        if s:
+            t4.add_row(name, *(f"{s[k]:.2f}" for k in ("t_min_us", "t_typical_us", "t_avg_us",
+                                                       "p99_us", "p99_9_us", "t_max_us")))
     console.print(t4)
     console.print(Text.assemble("round trip ratio (soft / Unix socket, t_typical): ",
                                 goal_cell(f"{rt['ratio']:.2f} (goal <= {rt['goal']})",
                                           rt["met"])))
+    if "floor_ratio" in rt:  # the CPU work alone, beside the goal's baseline
+        console.print(Text(
+            f"floor: soft's own work per round trip, both ends in one thread (no sleep, no "
+            f"wake-up), is {rt['floor_ratio']:.2f} x the Unix-socket ping-pong's round trip"
+            + (": above 1, the goal cannot be met on this host by waking faster"
+               if rt["floor_ratio"] > rt["goal"] else ""), style="dim"))
     console.print(Text(f"method: {r['method']}", style="dim"))
 
 

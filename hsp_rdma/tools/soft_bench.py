@@ -10,7 +10,10 @@ ctypes) of the image's size between two pre-faulted buffers, median of several c
 copy >= 0.8 x memcpy); and the send/receive round trip of a 64-byte message over two soft VIs
 (this process and an echo process, 127.0.0.1 -> 127.0.0.2: post the receive, post the send,
 until both completed) beside the same message bounced over an AF_UNIX stream socket between
-this process and an echo process (goal: soft round trip <= 1 x the Unix socket's). Also, to
+this process and an echo process (goal: soft round trip <= 1 x the Unix socket's). Beside
+those, the floor under each: the same round trip with both ends in this one thread, driven in
+turn (two soft VIs of this process; a socketpair), so no thread sleeps or wakes: the CPU work
+of the VIPL calls and the provider per round trip, against the socket calls'. Also, to
 tell the provider's copy from the engine's work around it (the active digests the image inside
 the copy phase): the soft provider's RDMA Write alone, this process writing an image-sized
 via.shared_buffer of another process in chunk-sized writes (post all, wait all; median of
@@ -28,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +53,7 @@ LAT_ITERS = 2000
 WARMUP = 200
 MEMCPY_REPS = 7
 ECHO_DISC = b"hsp-soft-bench"
+ONE_THREAD_DISC = b"hsp-soft-bench-one-thread"
 WRITE_DISC = b"hsp-soft-bench-write"
 WRITE_REPS = 7
 
@@ -226,6 +231,91 @@ def soft_rtt(size: int, iters: int, env: dict[str, str]) -> list[float]:
     return out
 
 
+def unix_rtt_one_thread(size: int, iters: int) -> list[float]:
+    """Round trips (us) of SIZE bytes over an AF_UNIX socketpair, both ends in this thread
+    (send, receive, send back, receive): the socket calls' own cost, no wake-up."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    msg, buf = b"p" * size, bytearray(size)
+    view = memoryview(buf)
+    out = []
+    try:
+        for i in range(iters + WARMUP):
+            t0 = time.perf_counter()
+            a.sendall(msg)
+            got = 0
+            while got < size:
+                got += b.recv_into(view[got:])
+            b.sendall(view)
+            got = 0
+            while got < size:
+                got += a.recv_into(view[got:])
+            if i >= WARMUP:
+                out.append((time.perf_counter() - t0) * 1e6)
+    finally:
+        a.close()
+        b.close()
+    return out
+
+
+def soft_rtt_one_thread(size: int, iters: int) -> list[float]:
+    """Round trips (us) of SIZE bytes between two soft VIs of this process, both ends driven
+    by this thread in turn, as soft_rtt and the echo process do it (each receive is read and
+    applied by the thread waiting for it): the CPU work of the VIPL calls and the provider per
+    round trip with no thread sleeping or waking, the floor under soft_rtt on this host."""
+    nic_a, vi_a, _ba, send_a, recv_a = _soft_end("one-a", size)
+    nic_b, vi_b, _bb, send_b, recv_b = _soft_end("one-b", size)
+    accepted: list[BaseException | None] = []
+
+    def accept() -> None:
+        try:
+            req = via.VipConnectWait(nic_b, via.NetAddress(ECHO_IP, ONE_THREAD_DISC), 15_000)
+            via.VipPostRecv(vi_b, recv_b)
+            via.VipConnectAccept(req, vi_b)
+            accepted.append(None)
+        except BaseException as exc:  # noqa: BLE001 - raised in the bench's thread
+            accepted.append(exc)
+
+    t = threading.Thread(target=accept, name="soft-bench-accept", daemon=True)
+    t.start()
+    out = []
+    try:
+        deadline = time.monotonic() + 15
+        while True:  # the accepting thread may not listen yet
+            try:
+                via.VipConnectRequest(vi_a, via.NetAddress(PING_IP, b""),
+                                      via.NetAddress(ECHO_IP, ONE_THREAD_DISC), 2000)
+                break
+            except (via.VipNoMatch, via.VipNotReachable):
+                if time.monotonic() > deadline or accepted:
+                    raise
+                time.sleep(0.05)
+        t.join(15)
+        if not accepted or accepted[0] is not None:
+            raise HspError(f"the one-thread round trip did not connect: {accepted}")
+        for i in range(iters + WARMUP):
+            t0 = time.perf_counter()
+            via.VipPostRecv(vi_a, recv_a)
+            via.VipPostSend(vi_a, send_a)
+            if i:  # b's previous answer: acknowledged by the send just posted
+                via.VipSendWait(vi_b, 10_000)
+            via.VipRecvWait(vi_b, 10_000)
+            via.VipPostRecv(vi_b, recv_b)
+            via.VipPostSend(vi_b, send_b)
+            via.VipRecvWait(vi_a, 10_000)
+            via.VipSendWait(vi_a, 10_000)
+            if i >= WARMUP:
+                out.append((time.perf_counter() - t0) * 1e6)
+        via.VipSendWait(vi_b, 10_000)
+        via.VipDisconnect(vi_a)
+    except via.VipError as exc:
+        raise HspError(f"the one-thread soft round trip failed: {exc}") from exc
+    finally:
+        via.VipCloseNic(nic_a)
+        via.VipCloseNic(nic_b)
+        t.join(1)
+    return out
+
+
 def soft_write_MBps(size: int, chunk: int, env: dict[str, str],
                     reps: int = WRITE_REPS) -> tuple[float, float, dict[str, int]]:
     """RDMA Writes of SIZE bytes in CHUNK-sized descriptors from this process into a
@@ -379,6 +469,9 @@ def bench_gso_soft(args, step: Callable[[str], None] = _quiet,
     step(f"round trip: {LAT_BYTES} B x {iters} over soft VIs")
     soft = soft_rtt(LAT_BYTES, iters, env)
     u, s = _lat_stats(unix), _lat_stats(soft)
+    step(f"round trip floors: {LAT_BYTES} B x {iters}, both ends in one thread")
+    u1 = _lat_stats(unix_rtt_one_thread(LAT_BYTES, iters))
+    s1 = _lat_stats(soft_rtt_one_thread(LAT_BYTES, iters))
     step(f"RDMA Write alone: {image} bytes in {chunk}-byte writes into another process")
     wbw, wbest, wcounters = soft_write_MBps(image, chunk, env)
     rtt_ratio = round(s["t_typical_us"] / u["t_typical_us"], 2)
@@ -403,7 +496,10 @@ def bench_gso_soft(args, step: Callable[[str], None] = _quiet,
                            "frame_writes": wcounters.get("frames_tx", 0)},
             "round_trip": {"bytes": LAT_BYTES, "iterations": iters, "soft_vi": s,
                            "unix_socket": u, "ratio": rtt_ratio, "goal": RTT_GOAL,
-                           "met": rtt_ratio <= RTT_GOAL},
+                           "met": rtt_ratio <= RTT_GOAL,
+                           # the floors: no thread sleeps or wakes (see the method)
+                           "soft_vi_one_thread": s1, "unix_socket_one_thread": u1,
+                           "floor_ratio": round(s1["t_typical_us"] / u["t_typical_us"], 2)},
             "method": " ".join(__doc__.split("Method: ", 1)[1].split()),
         })
     return out

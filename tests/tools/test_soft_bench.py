@@ -31,6 +31,10 @@ def test_soft_gso_bench_runs_two_nodes_and_both_baselines(monkeypatch, capsys):
     assert 0 < rt["unix_socket"]["t_min_us"] <= rt["unix_socket"]["t_typical_us"]
     assert 0 < rt["soft_vi"]["t_min_us"] <= rt["soft_vi"]["t_typical_us"]
     assert rt["met"] == (rt["ratio"] <= rt["goal"])
+    for floor in ("soft_vi_one_thread", "unix_socket_one_thread"):
+        assert 0 < rt[floor]["t_min_us"] <= rt[floor]["t_typical_us"]
+    assert rt["floor_ratio"] == pytest.approx(
+        rt["soft_vi_one_thread"]["t_typical_us"] / rt["unix_socket"]["t_typical_us"], abs=0.01)
     w = r["rdma_write"]
     assert w["MBps"] > 0 and w["best_MBps"] >= w["MBps"] and w["direct_writes"] > 0
     assert "ib_write_bw" not in json.dumps({k: v for k, v in r.items() if k != "method"})
@@ -39,6 +43,7 @@ def test_soft_gso_bench_runs_two_nodes_and_both_baselines(monkeypatch, capsys):
     text = out.getvalue()
     assert "memcpy, one core [MB/sec]" in text and "AF_UNIX socket" in text
     assert "RDMA Write alone" in text
+    assert "both ends in one thread (floor)" in text and "floor: soft's own work" in text
     assert "method:" in text
 
 
