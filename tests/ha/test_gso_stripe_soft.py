@@ -34,15 +34,18 @@ def striped_pair(stripe_a: bool = True, stripe_b: bool = True, **engine_kw):
     return a, b, said
 
 
-def gso_once(a: Engine, b: Engine) -> None:
-    b.image.pmem[:] = bytes(range(256)) * (len(b.image.pmem) // 256)
-    b.request_gso()
+def gso_once(standby: Engine, active: Engine) -> None:
+    """One GSO from ACTIVE (its P.mem filled with a pattern) to STANDBY, both served until
+    each reported it (bounded)."""
+    active.image.pmem[:] = bytes(range(256)) * (len(active.image.pmem) // 256)
+    active.request_gso()
     end = time.monotonic() + BOUND_S
-    t, box = in_thread(a.serve, lambda: len(a.reports) > 0 or time.monotonic() > end)
-    b.serve(until=lambda: len(b.reports) > 0 or time.monotonic() > end)
+    t, box = in_thread(standby.serve,
+                       lambda: len(standby.reports) > 0 or time.monotonic() > end)
+    active.serve(until=lambda: len(active.reports) > 0 or time.monotonic() > end)
     t.join(30)
     assert "error" not in box, box
-    assert a.reports and b.reports, (a.machine.state, b.machine.state)
+    assert standby.reports and active.reports, (standby.machine.state, active.machine.state)
 
 
 def test_a_striped_copy_spreads_over_x_and_y_and_the_standby_takes_over():
@@ -59,12 +62,7 @@ def test_a_striped_copy_spreads_over_x_and_y_and_the_standby_takes_over():
         # and back: the new active pushes over its own stripe, the same connections
         a.reports.clear()
         b.reports.clear()
-        a.request_gso()
-        end = time.monotonic() + BOUND_S
-        t, box = in_thread(b.serve, lambda: len(b.reports) > 0 or time.monotonic() > end)
-        a.serve(until=lambda: len(a.reports) > 0 or time.monotonic() > end)
-        t.join(30)
-        assert "error" not in box, box
+        gso_once(b, a)
         assert [r.outcome for r in a.reports + b.reports] == ["completed", "completed"]
         assert a.reports[0].fabrics == "x+y" and b.machine.serving
     finally:
