@@ -278,7 +278,6 @@ class _Stripe:
     fence_addr: int
     fence_handle: int
     posted: deque = field(default_factory=deque)  # _Posted, oldest first
-    writes: int = 0
     progress_t: float = 0.0  # the last completion, or the post that found none in flight
 
 
@@ -748,17 +747,7 @@ class Engine:
     def _drop_connection(self) -> None:
         """The current VI disconnected and IDLE, its flushed completions taken, nothing of
         that connection left; no receive is posted again (connect posts them)."""
-        try:
-            via.VipDisconnect(self.vi)
-        except via.VipError:
-            pass
-        try:
-            while via.VipRecvDone(self.vi) is not None:
-                pass
-            while via.VipSendDone(self.vi) is not None:
-                pass
-        except via.VipError:
-            pass
+        self._disconnect(self.vi)
         self._recv_slots.clear()
         self._posted.clear()
         self._inbox.clear()
@@ -1382,11 +1371,7 @@ class Engine:
             case gso.RevokeRead():
                 self._revoke_read()
             case gso.DigestImage(epoch=epoch, image_length=length):
-                self._digest_job = _DigestJob(self._worker(), self.image, epoch, length,
-                                              self.digest_algo,
-                                              self.clock, self.corrupt_image)
-                self._digest_jobs = [j for j in self._digest_jobs if not j.done]
-                self._digest_jobs.append(self._digest_job)
+                self._digest_job = self._start_digest(epoch, length)
             case gso.StartPull(epoch=epoch, address=addr, handle=handle, image_length=length):
                 self._current.copy_start_t = now
                 self._current.image_bytes = length
@@ -1587,6 +1572,11 @@ class Engine:
         for job in self._digest_jobs if again else ():
             if job.epoch == epoch and not job.error and job.length == length:
                 return job
+        return self._start_digest(epoch, length)
+
+    def _start_digest(self, epoch: int, length: int) -> _DigestJob:
+        """The frozen image's digest handed to the digest worker (push or pull), kept among
+        the jobs close() waits for."""
         job = _DigestJob(self._worker(), self.image, epoch, length, self.digest_algo, self.clock,
                          self.corrupt_image)
         self._digest_jobs = [j for j in self._digest_jobs if not j.done]
@@ -1632,7 +1622,6 @@ class Engine:
                     return None
                 c.stripe_inflight += 1
                 c.stripe_used = s.fabric
-                s.writes += 1
                 self._current.writes += 1
                 self._current.stripe_writes += 1
             else:
