@@ -138,6 +138,8 @@ class FailoverEngine:
         self.sync: ResyncSource | None = None  # this node is the SyncSource
         self.sync_target_since: float | None = None  # this node is the SyncTarget
         self._sync_request: dict | None = None  # the target's request, heard on oam
+        self._full_for: str | None = None  # the target (name-incarnation) whose full resync
+        # this process took on: its later "full" requests go on from the bitmaps instead
         self._request_id: str | None = None  # this node's last request, as SyncTarget
         self._requests_made = 0
         self._stepping = False  # a resync step runs (its submissions report Progress)
@@ -539,8 +541,9 @@ class FailoverEngine:
         takes the request on (everything dirty when full); a serving node with none running
         starts one (the peer restarted within the heart-beat timeout, or asked after this
         side's resync ended); otherwise kept for the next StartResync(SyncSource)."""
-        full = bool(ev.get("full"))
-        self._note("resync_request", now, full=full, id=ev.get("id"))
+        full = self._full(ev)
+        self._note("resync_request", now, full=full, id=ev.get("id"),
+                   **({"asked_full": True} if full != bool(ev.get("full")) else {}))
         if self.sync is None and self.machine.serving and self.machine.connected:
             self.sync = ResyncSource(self.node, self.dirty, self.resync_rate, now)
         if self.sync is None:
@@ -552,6 +555,24 @@ class FailoverEngine:
             self.sync.begin(full)
         elif full:
             self.sync.begin(True)  # everything dirty again, what is in flight included
+
+    def _full(self, req: dict) -> bool:
+        """Whether the SyncTarget's request REQ starts a full resync. Once one has begun for a
+        target process (its request id names it: ``<node>-<incarnation>-<n>``), every block
+        is dirty in this side's bitmaps (persisted) until that target applied it, and the
+        target keeps what it applied; so its later full requests (it asks full at every
+        SyncTarget start, after a link blip too) go on from the bitmaps. Starting over each
+        time never finished a full resync on a link that blinks more often than one takes
+        (rehearsal 8, siw kill-active-rejoin). A restarted target is a new incarnation (a
+        new full resync); this process restarted forgets, and its persisted extents hold the
+        full resync's rest."""
+        if not req.get("full"):
+            return False
+        who = str(req.get("id", "")).rpartition("-")[0]
+        if who and who == self._full_for:
+            return False
+        self._full_for = who or None
+        return True
 
     def peer_restarted(self) -> None:
         """In the loop: the node started a new session (the peer is a new process). A resync
@@ -593,7 +614,7 @@ class FailoverEngine:
         req, self._sync_request = self._sync_request, None
         if req is not None:
             self.sync.answers = req.get("id")
-            self.sync.begin(bool(req.get("full")))
+            self.sync.begin(self._full(req))
 
     def _send_request(self) -> None:
         # a node that restarted asks for everything: what it holds may differ from the active

@@ -123,7 +123,10 @@ class _TimedLock:
         self._depth = 0  # (changed only by the holder)
         self._since = 0.0
         self.limit_s = float("inf")
-        self.long: list[tuple[str, float]] = []  # (thread, seconds) not yet reported
+        self.long: list[tuple[str, float, dict]] = []  # (thread, seconds, what it did) not
+        # yet reported
+        self.work: dict[str, float] = {}  # what the current hold did: seconds waiting for a
+        # send slot, frames taken in (the holder adds, ``spent``)
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         if not self._lock.acquire(blocking, timeout):
@@ -131,15 +134,22 @@ class _TimedLock:
         self._depth += 1
         if self._depth == 1:
             self._since = time.monotonic()
+            if self.work:
+                self.work = {}
         return True
+
+    def spent(self, what: str, amount: float) -> None:
+        """Under the lock: the current hold did AMOUNT of WHAT (named in a long hold)."""
+        self.work[what] = self.work.get(what, 0.0) + amount
 
     def release(self) -> None:
         self._depth -= 1
         if self._depth == 0:
             held = time.monotonic() - self._since
             if held > self.limit_s:
-                self.long.append((threading.current_thread().name, held))
+                self.long.append((threading.current_thread().name, held, self.work))
                 del self.long[:-8]
+                self.work = {}
         self._lock.release()
 
     def __enter__(self) -> bool:
@@ -147,6 +157,20 @@ class _TimedLock:
 
     def __exit__(self, *_exc: object) -> None:
         self.release()
+
+
+def _work_said(work: dict[str, float]) -> str:
+    """What a long hold of the node's lock did, for its stall alarm ("" when nothing known)."""
+    said = []
+    if work.get("frames"):
+        said.append(f"{work['frames']:.0f} frame(s) taken in, {work.get('applied', 0):.0f} "
+                    "transaction(s) applied")
+    if work.get("send_wait"):
+        said.append(f"{work['send_wait'] * 1000:.0f} ms waiting for a send slot (the wire or "
+                    "the peer's transport is slow)")
+    if work.get("persist"):
+        said.append(f"{work['persist'] * 1000:.0f} ms writing the P.mem store")
+    return f" ({'; '.join(said)})" if said else ""
 
 
 class NodeError(HspError):
@@ -792,12 +816,15 @@ class Node:
         return auditor
 
     def _persist_pmem(self, writes, durable: bool) -> None:
+        began = time.monotonic()
         try:
             self.pmem_store.record(writes, durable)
         except OSError as exc:
             raise NodeError(f"P.mem store {self.pmem_store.dir}: cannot write the transaction "
                             f"({exc.strerror}); nothing of it was applied here: free space "
                             "or fix the state directory ([pmem] persist)") from None
+        finally:
+            self._lock.spent("persist", time.monotonic() - began)
 
     @property
     def pmem_durable(self) -> bool:
@@ -1010,13 +1037,22 @@ class Node:
     def _run_loop(self, ep, wake_r: int, cqs: dict, watch: CarrierWatch | None,
                   next_hb: float) -> None:
         interval, quiet = self._interval_s, self._quiet_s
+        budget = interval / 4  # of frame work per wake-up; the rest waits for the next
         spare = len(self._ports) > 1
         requests = self._requests
+        health = [(port.index, port.links[Channel.HEALTH]) for port in self._ports]
+        behind: set[int] = set()  # receive queues left with work at the budget's end
         while not self._stop:
             now = time.monotonic()
             if now >= next_hb:
                 next_hb = now + interval
                 with self._lock:
+                    # heart beats already in are taken before the detector judges: a loop
+                    # that was held up (or a process starved) must not take its own delay
+                    # for the peer's silence
+                    for fab, link in health:
+                        if link.up:
+                            self._reap(fab, Channel.HEALTH, True)
                     self._heartbeat(now)
             wake_at = next_hb
             if spare:  # the carrier's quiet check runs at its own time too
@@ -1025,10 +1061,12 @@ class Node:
                 due = self._heard_at[self._carrier] + quiet + 0.001
                 if due > time.monotonic():  # (past it and still here: no move was possible;
                     wake_at = min(wake_at, due)  # look again at the next heart beat, no spin)
-            ready = ep.poll(max(0.0, wake_at - time.monotonic()))
+            ready = ep.poll(0.0 if behind else max(0.0, wake_at - time.monotonic()))
             woke = time.monotonic()
             with self._lock:  # one hold per wake-up
-                self._check_stall(woke - wake_at)
+                self._check_stall(0.0 if behind else woke - wake_at)
+                todo = behind
+                behind = set()
                 for fd, _ in ready:
                     if fd == wake_r:
                         try:
@@ -1039,11 +1077,15 @@ class Node:
                     elif watch is not None and fd == watch.fileno():
                         self._carrier_changes(watch)
                     else:
-                        fab, ch, cq = cqs[fd]
-                        cq.take_event()
-                        # (a received CREDIT that pumps DATA finds its send slots in _send,
-                        # which takes the send completions when none is free)
-                        self._reap(fab, ch, True)
+                        cqs[fd][2].take_event()
+                        todo.add(fd)
+                # (a received CREDIT that pumps DATA finds its send slots in _send, which
+                # takes the send completions when none is free)
+                until = woke + budget
+                for fd in sorted(todo, key=lambda f: cqs[f][1] is not Channel.HEALTH):
+                    fab, ch, _cq = cqs[fd]
+                    if self._reap(fab, ch, True, until):
+                        behind.add(fd)
                 if requests.queue:  # (a peek; what comes later wakes the loop again)
                     self._serve_requests()
                 if self._pending_lost:
@@ -1163,7 +1205,10 @@ class Node:
             d.slot = slot
         via.VipPostRecv(link.vi, d)
 
-    def _reap(self, fab: int, ch: Channel, recv: bool) -> None:
+    def _reap(self, fab: int, ch: Channel, recv: bool, until: float | None = None) -> bool:
+        """Take the completions on one queue; True when it stopped at UNTIL (monotonic) with
+        more perhaps waiting (the loop comes back for them: a stream of frames never holds the
+        lock past it, so heart beats go out in time)."""
         link = self._ports[fab].links[ch]
         done = via.VipRecvDone if recv else via.VipSendDone
         vi = link.vi
@@ -1172,9 +1217,9 @@ class Node:
                 d = done(vi)
             except via.VipError as exc:
                 self._lose(fab, ch, str(exc))
-                return
+                return False
             if d is None:
-                return
+                return False
             if not recv:
                 link.free.append(d.slot)
                 if d.status & _STATUS_ERROR:
@@ -1182,6 +1227,8 @@ class Node:
                                f"({getattr(d, 'reason', '') or hex(d.status)})")
                 continue
             self._on_recv(fab, ch, link, d)
+            if until is not None and time.monotonic() >= until:
+                return True
 
     def _on_recv(self, fab: int, ch: Channel, link: _ChannelLink, d) -> None:
         if d.status & _STATUS_ERROR:
@@ -1197,6 +1244,7 @@ class Node:
         except via.VipError as exc:
             self._lose(fab, ch, f"cannot re-post a receive: {exc}")
         if data:  # a zero-length message is the peer's kick (see _kick), not a frame
+            self._lock.spent("frames", 1)
             if not link.up:  # a runtime reconnect's new connection, not fed Connected yet
                 link.early.append(data)
                 return
@@ -1602,11 +1650,14 @@ class Node:
             # its way: sleep on the send queue until it comes (GIL released, woken by the
             # completion itself; no polling). Only the peer's transport is waited on, never
             # its software or our own loop, so holding the lock cannot deadlock.
+            waited = time.monotonic()
             try:
                 d = via.VipSendWait(link.vi, SEND_SLOT_WAIT_MS)
             except via.VipTimeout:
                 self._lose(fab, act.channel, f"no send completion in {SEND_SLOT_WAIT_MS} ms")
                 return
+            finally:
+                self._lock.spent("send_wait", time.monotonic() - waited)
             link.free.append(d.slot)
             if d.status & _STATUS_ERROR:
                 self._lose(fab, act.channel, f"send completed in error "
@@ -1641,6 +1692,7 @@ class Node:
                     self.failover.heard(act.message, now, self._ports[fab].config.name)
                 return ifa.Applied(ch, act.txid)
             kind, items = ifa.decode_tx(act.message, len(self._pmem), self._disk_sizes)
+            self._lock.spent("applied", 1)
             if kind is ifa.TxKind.PMEM:
                 if self.pmem_store is not None:  # first: a store that fails applies nothing
                     self._persist_pmem(items, False)
@@ -1687,7 +1739,7 @@ class Node:
         heart-beat interval, heart beats stopped that long (the peer may take that for a
         death): counted, and an alarm names where the time went."""
         holds, self._lock.long = self._lock.long, []
-        worst = max([late_s, *(held for _name, held in holds)])
+        worst = max([late_s, *(held for _name, held, _work in holds)])
         if worst <= self._interval_s:
             return
         self.loop_stalls += 1
@@ -1698,8 +1750,8 @@ class Node:
         if worst < self._quiet_s or now - self._stall_alarm_at < 1.0:
             return
         self._stall_alarm_at = now
-        where = [f"thread {name} held the node's lock {held * 1000:.0f} ms"
-                 for name, held in holds]
+        where = [f"thread {name} held the node's lock {held * 1000:.0f} ms{_work_said(work)}"
+                 for name, held, work in holds]
         if late_s > self._interval_s:
             where.append(f"the loop woke {late_s * 1000:.0f} ms late: the process itself was "
                          "held up (stopped, starved of CPU, or its VM paused)")

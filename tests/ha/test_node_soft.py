@@ -125,6 +125,7 @@ def test_a_held_up_loop_is_counted_and_names_the_thread_that_held_it(pair) -> No
     def hog() -> None:
         with active._lock:
             time.sleep(3 * interval)
+            active._lock.spent("send_wait", 2 * interval)  # what the hold says it did
 
     t = threading.Thread(target=hog, name="hog-thread")
     t.start()
@@ -136,6 +137,7 @@ def test_a_held_up_loop_is_counted_and_names_the_thread_that_held_it(pair) -> No
     assert st["loop_stalls"] == 1 and st["longest_stall_ms"] >= 3 * interval * 1000 * 0.9
     (alarm,) = [a for a in st["alarms"] if "held up" in a]
     assert "thread hog-thread held the node's lock" in alarm, alarm
+    assert f"({2 * interval * 1000:.0f} ms waiting for a send slot" in alarm, alarm
     assert alarm in seen  # the hook saw it as it was raised
     # holds shorter than an interval are no stall
     with active._lock:
@@ -149,3 +151,33 @@ def test_a_held_up_loop_is_counted_and_names_the_thread_that_held_it(pair) -> No
         active._check_stall(4 * interval)
     assert active.status()["loop_stalls"] == 2
     assert "the process itself was held up" in active.status()["alarms"][-1]
+
+
+def test_a_stream_of_frames_does_not_hold_the_loop_past_a_heart_beat(pair) -> None:
+    """The standby applies slowly (15 ms a transaction, a slow disk or a starved guest) while
+    the active sends a window of them at once. The loop takes frames for a quarter of a
+    heart-beat interval per wake-up and comes back for the rest, so its heart beats go on and
+    no stall is counted; taking the whole window in one hold (the old loop: ~0.5 s here) had
+    the peer call it silent (CI's siw kill-active-rejoin, 2026-11-26)."""
+    active, standby, _ = pair
+    real = standby._apply
+
+    def slow(act, fab=0):
+        if act.channel is Channel.PMEM:
+            time.sleep(0.015)
+        return real(act, fab)
+
+    standby._apply = slow
+    interval = standby.heartbeat_interval_s
+    count = 40
+    assert 0.015 * count > 4 * interval  # one hold for all of them would be a stall
+    for i in range(count):
+        with active.pmem.transaction(commit="async") as tx:
+            tx.write(i * 64, bytes([i + 1]) * 64)
+    deadline = time.monotonic() + 20
+    while standby.pmem.read((count - 1) * 64, 1) != bytes([count]):
+        assert time.monotonic() < deadline, "the standby did not apply the stream"
+        time.sleep(0.01)
+    st = standby.status()
+    assert st["loop_stalls"] == 0, (st["longest_stall_ms"], st["alarms"][-3:])
+    assert standby.pmem.read(0, count * 64) == active.pmem.read(0, count * 64)

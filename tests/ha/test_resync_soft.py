@@ -134,14 +134,11 @@ def test_pull_the_only_fabric_then_plug_it_resyncs_what_changed(pair, tmp_path) 
     assert "active" not in events(b) and a.failover.serving
 
 
-def test_a_restarted_standby_rejoins_with_a_full_resync(pair, tmp_path) -> None:
-    """The standby's process dies (its node closed: P.mem gone); the active outdates it and
-    serves alone. The standby starts again from its configuration and state directory: it
-    persisted epochs, so it is a restarted node (Consistent at best, never promotes itself)
-    with an empty P.mem: it asks for everything. The active sees a new incarnation in its
-    HELLO, starts a new session, and the full resync leaves both sides byte-equal; then the
-    pair replicates again."""
-    (a, b), _links = (pair[0]["a"], pair[0]["b"]), pair[1]
+def restart_standby(pair) -> tuple[Node, Node]:
+    """The standby's process dies (its node closed: P.mem and disk copy gone) while the active
+    writes; it starts again from its configuration and state directory and is resynced in
+    full. Returns (a, the new b) once both say ACTIVE / STANDBY."""
+    a, b = pair[0]["a"], pair[0]["b"]
     wait_until(lambda: b.status()["heartbeats"]["received"] >= 3)
     for i in range(6):
         with a.pmem.transaction(commit="applied") as tx:
@@ -172,6 +169,16 @@ def test_a_restarted_standby_rejoins_with_a_full_resync(pair, tmp_path) -> None:
                   [(e["what"], e.get("side"), e.get("full")) for e in n.failover.history][-14:],
                   st["failover"]["resync"])
         raise
+    return a, b2
+
+
+def test_a_restarted_standby_rejoins_with_a_full_resync(pair, tmp_path) -> None:
+    """The standby's process dies; the active outdates it and serves alone. The standby starts
+    again: it persisted epochs, so it is a restarted node (Consistent at best, never promotes
+    itself) with an empty P.mem: it asks for everything. The active sees a new incarnation in
+    its HELLO, starts a new session, and the full resync leaves both sides byte-equal; then the
+    pair replicates again."""
+    a, b2 = restart_standby(pair)
     assert b2.pmem.read(0, len(a.pmem.buf)) == a.pmem.read(0, len(a.pmem.buf))
     assert b2.disk["journal"].digest() == a.disk["journal"].digest()
     req = [e for e in a.failover.history if e["what"] == "resync_request"]
@@ -181,3 +188,31 @@ def test_a_restarted_standby_rejoins_with_a_full_resync(pair, tmp_path) -> None:
         tx.write(60 * PAGE, b"rejoined")
     assert b2.pmem.read(60 * PAGE, 8) == b"rejoined"
     assert a.status()["epoch"] == b2.status()["epoch"] == 1 and "active" not in events(b2)
+
+
+def test_a_restarted_standbys_next_resync_goes_on_from_the_bitmaps(pair, tmp_path) -> None:
+    """The restarted standby asks for a full resync at every SyncTarget start (it cannot tell
+    what it holds), after a link blip too. The active took one full resync on for that process
+    already: every block the standby lacks since is in the active's bitmaps, so it sends those
+    only. (Starting over at each blip never finished a full resync on a link that blinks more
+    often than one takes: CI's siw kill-active-rejoin, 2026-11-26.)"""
+    a, b2 = restart_standby(pair)
+    links = pair[1]
+    (links / "a.down").touch()
+    wait_until(lambda: a.status()["failover"]["serving_alone"], what="a serving alone")
+    for i in range(30, 33):  # three pages changed while alone
+        with a.pmem.transaction(commit="applied") as tx:
+            tx.write(i * PAGE, bytes([i]) * 50)
+    (links / "a.down").unlink()
+    wait_until(lambda: a.status()["failover"]["state"] == "ACTIVE"
+               and b2.status()["failover"]["state"] == "STANDBY"
+               and len([e for e in a.failover.history if e["what"] == "resync_done"]) >= 2,
+               timeout=30, what="the second resync done")
+    req = [e for e in a.failover.history if e["what"] == "resync_request" and "id" in e]
+    assert req[0]["full"] is True and "asked_full" not in req[0], req
+    assert req[-1]["full"] is False and req[-1]["asked_full"] is True, req  # asked, not redone
+    assert req[-1]["id"].rpartition("-")[0] == req[0]["id"].rpartition("-")[0]
+    done = [e for e in a.failover.history if e["what"] == "resync_done"][-1]
+    assert done["side"] == "SyncSource" and done["bytes"] == 3 * PAGE, done
+    assert b2.pmem.read(0, len(a.pmem.buf)) == a.pmem.read(0, len(a.pmem.buf))
+    assert b2.disk["journal"].digest() == a.disk["journal"].digest()
