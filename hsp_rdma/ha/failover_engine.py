@@ -60,7 +60,12 @@ from hsp_rdma.core.frames import Channel
 from hsp_rdma.core.ifa import FRAME_DIR, HEADER, Commit, FrameType
 from hsp_rdma.ha.fence import FenceAgent
 from hsp_rdma.ha.persist import Epochs, EpochStore
-from hsp_rdma.ha.resync import REQUEST_WAIT_S, DirtyTracker, ResyncSource
+from hsp_rdma.ha.resync import (
+    REQUEST_WAIT_S,
+    RESTARTED_REQUEST_WAIT_S,
+    DirtyTracker,
+    ResyncSource,
+)
 
 HEARTBEAT = struct.Struct("<dQQB")  # sender's clock, count, its epoch, flags:
 SERVES, UNFIT = 1, 2  # it serves; its data cannot be promoted (Inconsistent or Outdated)
@@ -138,6 +143,7 @@ class FailoverEngine:
         self.sync: ResyncSource | None = None  # this node is the SyncSource
         self.sync_target_since: float | None = None  # this node is the SyncTarget
         self._sync_request: dict | None = None  # the target's request, heard on oam
+        self._request_wait = REQUEST_WAIT_S  # before a resync begins unasked (from bitmaps)
         self._full_for: str | None = None  # the target (name-incarnation) whose full resync
         # this process took on: its later "full" requests go on from the bitmaps instead
         self._request_id: str | None = None  # this node's last request, as SyncTarget
@@ -541,6 +547,7 @@ class FailoverEngine:
         takes the request on (everything dirty when full); a serving node with none running
         starts one (the peer restarted within the heart-beat timeout, or asked after this
         side's resync ended); otherwise kept for the next StartResync(SyncSource)."""
+        self._request_wait = REQUEST_WAIT_S
         full = self._full(ev)
         self._note("resync_request", now, full=full, id=ev.get("id"),
                    **({"asked_full": True} if full != bool(ev.get("full")) else {}))
@@ -581,6 +588,8 @@ class FailoverEngine:
         now = self.clock()
         self._note("peer_restarted", now)
         self._sync_request = None
+        self._request_wait = RESTARTED_REQUEST_WAIT_S  # it asks: a resync unasked would end
+        # in a done that answers no request (the restarted target keeps waiting for its own)
         if self.sync is not None:
             self._stop_resync(now)
             self.sync = ResyncSource(self.node, self.dirty, self.resync_rate, now)
@@ -640,8 +649,8 @@ class FailoverEngine:
 
     def _resync_step_once(self, now: float) -> None:
         src = self.sync
-        if not src.began and now - src.started >= REQUEST_WAIT_S:
-            self._note("resync_request", now, full=False, waited_s=REQUEST_WAIT_S)
+        if not src.began and now - src.started >= self._request_wait:
+            self._note("resync_request", now, full=False, waited_s=self._request_wait)
             src.begin(False)  # the peer did not ask: it may not have noticed the outage
         if not src.step(now) or src.done_sent:
             return

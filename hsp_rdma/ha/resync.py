@@ -25,7 +25,9 @@ queued in the core when the link is down, sent when it is back): the SyncTarget 
 (full: it has nothing to go by, e.g. it restarted with an empty P.mem); the SyncSource answers
 ``{"resync": "done", "bytes": N}`` only after every resync transaction was applied there, so
 the target is UpToDate again exactly when it has everything. A source that hears no request
-in ``REQUEST_WAIT_S`` starts from its bitmap anyway (the peer may not have noticed the outage).
+in ``REQUEST_WAIT_S`` starts from its bitmap anyway (the peer may not have noticed the outage);
+after the peer restarted it waits ``RESTARTED_REQUEST_WAIT_S``: a restarted peer always asks (for
+everything), and a bitmap resync begun first would end in a ``done`` that answers nothing.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ TX_MAX = 64 << 10  # bytes of one resync transaction
 IN_FLIGHT = 512 << 10  # resync bytes sent and not yet applied on the target: the
 # application's transactions queue behind at most this much on their channel
 REQUEST_WAIT_S = 2.0
+RESTARTED_REQUEST_WAIT_S = 30.0  # (a restarted guest's first request took >2 s on a slow
+# host: the bitmap resync began and said done, the drill took that for the full one)
 
 
 class DirtyTracker:
