@@ -144,8 +144,9 @@ class FailoverEngine:
         self.sync_target_since: float | None = None  # this node is the SyncTarget
         self._sync_request: dict | None = None  # the target's request, heard on oam
         self._request_wait = REQUEST_WAIT_S  # before a resync begins unasked (from bitmaps)
-        self._full_for: str | None = None  # the target (name-incarnation) whose full resync
-        # this process took on: its later "full" requests go on from the bitmaps instead
+        self._full_for = ("", "")  # (target name-incarnation, request id) of the full
+        # resync this process took on: that target's later "full" requests go on from the
+        # bitmaps instead
         self._request_id: str | None = None  # this node's last request, as SyncTarget
         self._requests_made = 0
         self._stepping = False  # a resync step runs (its submissions report Progress)
@@ -572,13 +573,15 @@ class FailoverEngine:
         time never finished a full resync on a link that blinks more often than one takes
         (rehearsal 8, siw kill-active-rejoin). A restarted target is a new incarnation (a
         new full resync); this process restarted forgets, and its persisted extents hold the
-        full resync's rest."""
+        full resync's rest. The same request asked again (kept for the next StartResync, then
+        taken) is the same answer."""
         if not req.get("full"):
             return False
-        who = str(req.get("id", "")).rpartition("-")[0]
-        if who and who == self._full_for:
+        rid = str(req.get("id", ""))
+        who = rid.rpartition("-")[0]
+        if who and who == self._full_for[0] and rid != self._full_for[1]:
             return False
-        self._full_for = who or None
+        self._full_for = (who, rid)
         return True
 
     def peer_restarted(self) -> None:

@@ -48,8 +48,8 @@ TX_MAX = 64 << 10  # bytes of one resync transaction
 IN_FLIGHT = 512 << 10  # resync bytes sent and not yet applied on the target: the
 # application's transactions queue behind at most this much on their channel
 REQUEST_WAIT_S = 2.0
-RESTARTED_REQUEST_WAIT_S = 30.0  # (a restarted guest's first request took >2 s on a slow
-# host: the bitmap resync began and said done, the drill took that for the full one)
+RESTARTED_REQUEST_WAIT_S = 30.0  # after the peer restarted (a restarted guest on a slow host
+# may take seconds to ask; a resync begun unasked would say done to nobody first)
 
 
 class DirtyTracker:
