@@ -1057,7 +1057,8 @@ class Node:
             wake_at = next_hb
             if spare:  # the carrier's quiet check runs at its own time too
                 with self._lock:
-                    self._check_carrier(now, quiet)
+                    if self._check_carrier(now, quiet):
+                        behind.update(cqs)  # frames left in: taken at once, budgeted
                 due = self._heard_at[self._carrier] + quiet + 0.001
                 if due > time.monotonic():  # (past it and still here: no move was possible;
                     wake_at = min(wake_at, due)  # look again at the next heart beat, no spin)
@@ -1372,29 +1373,34 @@ class Node:
         if self._pending_lost:
             self._feed_lost()
 
-    def _check_carrier(self, now: float, quiet: float) -> None:
+    def _check_carrier(self, now: float, quiet: float) -> bool:
         """Nothing in on the carrier for QUIET s while another fabric, warm, was heard at
         least one heart-beat interval after the carrier last was: move there. Frames already
         completed on every fabric are taken first (this loop may itself have been held up:
-        then every fabric looks quiet, and nothing moves)."""
+        then every fabric looks quiet, and nothing moves), within the loop's budget of a
+        quarter interval: each queue still gives at least one frame, and one frame is enough
+        to say its fabric was heard. True when frames were left for the loop to take."""
         carrier = self._carrier
         if now - self._heard_at[carrier] <= quiet:
-            return
+            return False
+        until = time.monotonic() + self._interval_s / 4
+        cut = False
         for port in self._ports:
             for ch in CHANNELS:
-                self._reap(port.index, ch, True)
+                cut |= self._reap(port.index, ch, True, until)
         if self._pending_lost:
             self._feed_lost()
         now = time.monotonic()
         if self._carrier != carrier or now - self._heard_at[carrier] <= quiet:
-            return
+            return cut
         # a fabric that just came back is no target for a move on silence alone (a cable
         # that flaps would take the traffic each time it is plugged); a break still moves
         other = self._spare(stable_s=FAILBACK_STABLE_S)
         if other is None or self._heard_at[other] - self._heard_at[carrier] < self._interval_s:
-            return  # nowhere better to go (both quiet: the failure detector's matter)
+            return cut  # nowhere better to go (both quiet: the failure detector's matter)
         self._switch(other, f"nothing came in on fabric {self._ports[carrier].config.name} "
                             f"for {(now - self._heard_at[carrier]) * 1000:.0f} ms")
+        return cut
 
     def _check_hellos(self, now: float) -> None:
         """After a move, a channel whose new link got no HELLO from the peer in HELLO_DUE_S
