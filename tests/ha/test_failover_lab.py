@@ -129,10 +129,12 @@ def test_shipped_drills_run_in_the_lab(healthy_lab: Lab, drill: str) -> None:
     assert result.failover == (drill in ("kill-active-rejoin", "kill-active",
                                          "gso-under-load")), result
     # The workload kept acknowledging (liveness; lost == 0 and the judge are the correctness
-    # checks). Not a rate: on a slower 2-CPU host (rehearsal of 2026-11-26, lab perftest ~3x
-    # below earlier machines) corrupt-and-audit acknowledged 70 (audits in a 1-vCPU guest,
-    # one ack per 81 ms) and gso-under-load 97 (its 2.6 s blackout), both with 0 lost.
-    assert result.acknowledged > 50, result
+    # checks). Not a rate: an `applied` commit is a round trip through two 1-vCPU TCG guests,
+    # so the count follows the host's speed. Seen on 2-CPU hosts: corrupt-and-audit 70 (one
+    # ack per 81 ms), then 47 on both kinds in rehearsal 10 (133-151 ms per ack; 69-125 in
+    # eight runs right after on the same host), gso-under-load 97 (its 2.6 s blackout); all
+    # with 0 lost. A workload that stopped acknowledges a handful at most.
+    assert result.acknowledged > 20, result
     if drill == "pull-fabric-10s":
         assert result.resync and 0 < result.resync_bytes < 8 << 20, result
     elif drill in ("kill-standby-rejoin", "kill-active-rejoin"):  # a restarted node: in full
