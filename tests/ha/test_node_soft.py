@@ -153,6 +153,18 @@ def test_a_held_up_loop_is_counted_and_names_the_thread_that_held_it(pair) -> No
     assert "the process itself was held up" in active.status()["alarms"][-1]
 
 
+def slow_pmem_apply(node: Node, seconds: float) -> None:
+    """NODE takes SECONDS to apply each P.mem transaction (a slow disk, a starved guest)."""
+    real = node._apply
+
+    def slow(act, fab=0):
+        if act.channel is Channel.PMEM:
+            time.sleep(seconds)
+        return real(act, fab)
+
+    node._apply = slow
+
+
 def test_a_stream_of_frames_does_not_hold_the_loop_past_a_heart_beat(pair) -> None:
     """The standby applies slowly (15 ms a transaction, a slow disk or a starved guest) while
     the active sends a window of them at once. The loop takes frames for a quarter of a
@@ -160,14 +172,7 @@ def test_a_stream_of_frames_does_not_hold_the_loop_past_a_heart_beat(pair) -> No
     no stall is counted; taking the whole window in one hold (the old loop: ~0.5 s here) had
     the peer call it silent (CI's siw kill-active-rejoin, 2026-11-26)."""
     active, standby, _ = pair
-    real = standby._apply
-
-    def slow(act, fab=0):
-        if act.channel is Channel.PMEM:
-            time.sleep(0.015)
-        return real(act, fab)
-
-    standby._apply = slow
+    slow_pmem_apply(standby, 0.015)
     interval = standby.heartbeat_interval_s
     count = 40
     assert 0.015 * count > 4 * interval  # one hold for all of them would be a stall
@@ -189,14 +194,7 @@ def test_the_carrier_check_takes_waiting_frames_within_the_loops_budget(pair) ->
     interval, each queue giving at least one frame (enough to say its fabric was heard), and
     says frames were left; the loop takes the rest and every transaction is applied."""
     active, standby, _ = pair
-    real = standby._apply
-
-    def slow(act, fab=0):
-        if act.channel is Channel.PMEM:
-            time.sleep(0.015)
-        return real(act, fab)
-
-    standby._apply = slow
+    slow_pmem_apply(standby, 0.015)
     interval = standby.heartbeat_interval_s
     count = 24  # within the peer's credits: the sender needs no credit back meanwhile
     with standby._lock:  # the loop held up while a window of transactions comes in
