@@ -1057,7 +1057,7 @@ class Node:
             wake_at = next_hb
             if spare:  # the carrier's quiet check runs at its own time too
                 with self._lock:
-                    if self._check_carrier(now, quiet):
+                    if self._check_carrier(now, quiet, budget):
                         behind.update(cqs)  # frames left in: taken at once, budgeted
                 due = self._heard_at[self._carrier] + quiet + 0.001
                 if due > time.monotonic():  # (past it and still here: no move was possible;
@@ -1373,17 +1373,17 @@ class Node:
         if self._pending_lost:
             self._feed_lost()
 
-    def _check_carrier(self, now: float, quiet: float) -> bool:
+    def _check_carrier(self, now: float, quiet: float, budget: float) -> bool:
         """Nothing in on the carrier for QUIET s while another fabric, warm, was heard at
         least one heart-beat interval after the carrier last was: move there. Frames already
         completed on every fabric are taken first (this loop may itself have been held up:
-        then every fabric looks quiet, and nothing moves), within the loop's budget of a
-        quarter interval: each queue still gives at least one frame, and one frame is enough
-        to say its fabric was heard. True when frames were left for the loop to take."""
+        then every fabric looks quiet, and nothing moves), for BUDGET s at most (the loop's
+        per wake-up): each queue still gives at least one frame, and one frame is enough to
+        say its fabric was heard. True when frames were left for the loop to take."""
         carrier = self._carrier
         if now - self._heard_at[carrier] <= quiet:
             return False
-        until = time.monotonic() + self._interval_s / 4
+        until = time.monotonic() + budget
         cut = False
         for port in self._ports:
             for ch in CHANNELS:
