@@ -106,6 +106,11 @@ class Profile:
     # both nodes must say so): the default is what `hsp-bench gso --fabrics both` measured
     # faster on the device.
     stripe: bool = False
+    # When a link comes up, a zero-length RDMA Write into each of the peer's GSO regions (image
+    # and marker). The soft provider grants a same-host peer direct access to a shared region
+    # on its first write there; primed, the first switch-over's writes are direct copies too,
+    # not frames the standby copies. Off for verbs devices: a write there gains nothing.
+    prime_writes: bool = False
     notes: str = ""
     path: str | None = None
 
@@ -223,9 +228,11 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "digest": (lambda v: v if v in DIGESTS else None, ", ".join(f'"{d}"' for d in DIGESTS)),
     "digest_thread": (_check_bool, "true or false"),
     "stripe": (_check_bool, "true or false"),
+    "prime_writes": (_check_bool, "true or false"),
     "notes": (_check_notes, "a string"),
 }
-OPTIONAL = frozenset({"notes", "completion_wait", "digest", "digest_thread", "stripe"})
+OPTIONAL = frozenset({"notes", "completion_wait", "digest", "digest_thread", "stripe",
+                      "prime_writes"})
 
 
 def line_of(text: str, key: str) -> int | None:

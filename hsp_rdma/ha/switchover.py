@@ -617,6 +617,8 @@ class Engine:
             else:
                 self._inbox.append(msg)
         self._peer_role(self.peer.hello)
+        if self.profile.prime_writes:
+            self._prime(self.peer.hello, who)
         self._last_heard = self._last_sent = self.clock()
         return self.peer.hello
 
@@ -668,6 +670,25 @@ class Engine:
         self._post_send(via.VipDescriptor(segments=[via.DataSegment(
             via.address_of(self.src_marker, MARKER.size), self.src_marker_handle, 0)]),
             "control")
+
+    def _prime(self, hello: Hello, who: str) -> None:
+        """Profile prime_writes: a zero-length RDMA Write into the peer's image and into its
+        marker, which change no byte there. The soft provider grants a proven same-host peer
+        direct access to a shared region on its first write into it, so the first switch-over
+        copies straight into the standby's memory, as the later ones do (without this, its
+        writes went as frames the standby copied: 18-40 ms against 4-7). They complete as
+        the kick does; one that fails loses the link like any send."""
+        for addr, handle in ((hello.region_addr, hello.region_handle),
+                             (hello.marker_addr, hello.marker_handle)):
+            try:
+                self._post_send(via.VipDescriptor(
+                    control=via.VIP_CONTROL_OP_RDMAWRITE,
+                    segments=[via.DataSegment(via.address_of(self.src_marker, MARKER.size),
+                                              self.src_marker_handle, 0)],
+                    address=via.AddressSegment(addr, handle)), "control")
+            except (via.VipError, SwitchoverError) as exc:
+                raise _ConnectFailed(f"the connection to {who} broke as it came up, priming "
+                                     f"its regions: {exc}") from exc
 
     def _reset_link(self) -> None:
         """After a failed attempt: the VI back to IDLE, every receive posted again, nothing

@@ -47,3 +47,23 @@ def test_buffer_kinds_and_large_buffers() -> None:
 def test_frames_uses_the_compiled_crc() -> None:
     assert frames.NATIVE_CRC32C
     assert frames.crc32c(b"123456789") == 0xE3069283
+
+
+def test_the_interleaved_chains_join_on_every_block_boundary() -> None:
+    """The hardware path runs three chains over blocks of 8192 (then 256) bytes and joins
+    them: lengths and offsets around every boundary give the table path's value (itself
+    checked against the reference above), chained or not."""
+    if not native.HARDWARE:
+        pytest.skip("this CPU has no SSE4.2 crc32: only the table path runs")
+    rng = random.Random(5)
+    blob = rng.randbytes(3 * 8192 * 2 + 3 * 256 * 3 + 64)
+    lengths = {n + d for n in (3 * 256, 6 * 256, 3 * 8192, 6 * 8192, 3 * 8192 + 3 * 256)
+               for d in range(-9, 10)} | {rng.randrange(len(blob) - 16) for _ in range(200)}
+    for length in sorted(lengths):
+        off = length % 13
+        data = blob[off:off + length]
+        seed = rng.getrandbits(32)
+        want = native.crc32c(data, seed, False)
+        assert native.crc32c(data, seed, True) == want, (length, off)
+        cut = rng.randrange(length + 1)
+        assert native.crc32c(data[cut:], native.crc32c(data[:cut], seed)) == want, (length, cut)

@@ -36,6 +36,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from hsp_rdma.cext.memcopy import copy as _copy
 from hsp_rdma.via import shm
 from hsp_rdma.via.constants import Control, Reliability, Status, VipReturn, ViState
 from hsp_rdma.via.types import (
@@ -1562,7 +1563,9 @@ class _Conn:
                     src = r.pin(o, n)
                     if src is None:
                         return False  # deregistered meanwhile: the frame path says so
-                    g.view[at:at + n] = src
+                    # (without the GIL from 64 KiB on: the digest worker of a GSO runs
+                    # beside a copy; the view over the peer's map keeps it mapped meanwhile)
+                    _copy(g.view[at:at + n], src, True)
                     at += n
         counters = self.vi.nic.counters
         counters["shm_bytes_tx"] += total
