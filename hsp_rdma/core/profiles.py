@@ -110,7 +110,7 @@ class Profile:
     # and marker). The soft provider grants a same-host peer direct access to a shared region
     # on its first write there; primed, the first switch-over's writes are direct copies too,
     # not frames the standby copies. Off for verbs devices: a write there gains nothing.
-    prime_writes: bool = False
+    prime_grants: bool = False
     notes: str = ""
     path: str | None = None
 
@@ -228,11 +228,11 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "digest": (lambda v: v if v in DIGESTS else None, ", ".join(f'"{d}"' for d in DIGESTS)),
     "digest_thread": (_check_bool, "true or false"),
     "stripe": (_check_bool, "true or false"),
-    "prime_writes": (_check_bool, "true or false"),
+    "prime_grants": (_check_bool, "true or false"),
     "notes": (_check_notes, "a string"),
 }
 OPTIONAL = frozenset({"notes", "completion_wait", "digest", "digest_thread", "stripe",
-                      "prime_writes"})
+                      "prime_grants"})
 
 
 def line_of(text: str, key: str) -> int | None:

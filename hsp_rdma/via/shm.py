@@ -3,14 +3,14 @@
 Any provider registers it as it registers any buffer (for the verbs provider it is just page-
 aligned shared memory, as ``mmap.mmap(-1, size)`` is). The soft provider recognises it: a peer
 process on the same host that was proven to be the peer (the soft handshake), and that RDMA-
-writes into a region registered over it, is granted a mapping of exactly that region (write
-access only if the region allows remote writes), so its later writes are one memcpy straight
-into our memory, with no message, as on a NIC.
+writes into or RDMA-reads from a region registered over it, is granted a mapping of exactly
+that region (write access only if the region allows remote writes), so its later writes and
+reads are one copy straight into or out of our memory, with no message, as on a NIC.
 
 Layout of the memfd: page 0 is the allocation's grant table (written by the owner only, mapped
 read-only by grantees), the buffer follows it. The table has one slot (rkey, rights) per granted
 registration; deregistering a region clears its slot, and a grantee looks at its slot before
-every write (a cleared or changed slot: the write goes the message way, where the owner refuses
+every write or read (a cleared or changed slot: it goes the message way, where the owner refuses
 it as deregistered).
 """
 

@@ -1,7 +1,8 @@
-"""The soft provider's one-sided same-host RDMA Write (host, no lab): a region registered over
-``via.shared_buffer`` is granted to the proven same-host peer after its first (checked) write,
-and later writes are one memcpy into it, with no frame; everything else still goes as a frame
-and is refused by the owner as before.
+"""The soft provider's one-sided same-host RDMA Write and Read (host, no lab): a region
+registered over ``via.shared_buffer`` is granted to the proven same-host peer after its first
+(checked) write or read, with the region's remote rights, and later writes or reads are one
+copy into or out of it, with no frame; everything else still goes as a frame and is refused by
+the owner as before.
 
 Also: the same-host stream moves from TCP to a Unix socket that takes only the proven peer.
 
@@ -32,7 +33,7 @@ class Pair:
     registered without remote rights (H_NONE), page 0 not registered. PEER: a source buffer,
     its VI connected to OWN's."""
 
-    def __init__(self, target=None):
+    def __init__(self, target=None, read: bool = False):
         self.own = via.VipOpenNic("soft:own")
         self.peer = via.VipOpenNic("soft:peer")
         self.errors: list = []
@@ -50,10 +51,15 @@ class Pair:
         self.hs = via.VipRegisterMem(self.peer, self.src, via.MemAttributes(ptag=self.pptag))
         self.rbuf = bytearray(64)
         self.hr = via.VipRegisterMem(self.own, self.rbuf, via.MemAttributes(ptag=self.optag))
-        self.ovi = via.VipCreateVi(self.own, via.ViAttributes(ptag=self.optag,
-                                                              enable_rdma_write=True))
-        self.pvi = via.VipCreateVi(self.peer, via.ViAttributes(ptag=self.pptag,
-                                                               enable_rdma_write=True))
+        if read:  # READ: pages 1-2 registered again, remote read only (H_READ)
+            self.h_read = via.VipRegisterMem(self.own, view[PAGE:3 * PAGE], via.MemAttributes(
+                ptag=self.optag, enable_rdma_read=True))
+            self.dst = bytearray(2 * PAGE)
+            self.hd = via.VipRegisterMem(self.peer, self.dst, via.MemAttributes(ptag=self.pptag))
+        self.ovi = via.VipCreateVi(self.own, via.ViAttributes(
+            ptag=self.optag, enable_rdma_write=True, enable_rdma_read=read))
+        self.pvi = via.VipCreateVi(self.peer, via.ViAttributes(
+            ptag=self.pptag, enable_rdma_write=True, enable_rdma_read=read))
         via.VipPostRecv(self.ovi, via.VipDescriptor(segments=[
             via.DataSegment(via.address_of(self.rbuf), self.hr, 64)]))
 
@@ -81,6 +87,15 @@ class Pair:
             segments=[via.DataSegment(via.address_of(self.src, src_off), self.hs, n)],
             address=via.AddressSegment(self.base + off, handle if handle is not None
                                        else self.h)))
+        return via.VipSendWait(self.pvi, 5000)
+
+    def read(self, off: int, n: int, handle=None, dst_off: int = 0) -> via.VipDescriptor:
+        """RDMA Read N bytes at OFF of the target buffer into dst[DST_OFF:]; its completion."""
+        via.VipPostSend(self.pvi, via.VipDescriptor(
+            control=via.Control.OP_RDMAREAD,
+            segments=[via.DataSegment(via.address_of(self.dst, dst_off), self.hd, n)],
+            address=via.AddressSegment(self.base + off, handle if handle is not None
+                                       else self.h_read)))
         return via.VipSendWait(self.pvi, 5000)
 
     def counters(self, nic) -> dict:
@@ -188,6 +203,85 @@ def test_direct_writes_outside_the_grant_are_refused_by_the_owner(pair: Pair,
         time.sleep(0.01)
     assert [e.code for e in pair.errors] == ["PROTECTION"]
     expect(pair, changed)
+
+
+@pytest.fixture
+def rpair(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(soft, "PORT_BASE", soft.random_port_base())
+    p = Pair(read=True)
+    p.mem[PAGE:3 * PAGE] = os.urandom(2 * PAGE)  # what the reads must bring back
+    yield p
+    p.close()
+
+
+def test_reads_after_the_grant_come_without_a_frame(rpair: Pair) -> None:
+    p = rpair
+    assert ok(p.read(PAGE, 100))  # a frame, asking for the grant
+    p.granted()
+    g = p.pvi.conn.grants[int(p.h_read)]
+    assert g.rights == soft.EN_READ and g.mm.closed is False
+    rx = p.counters(p.own).get("frames_rx", 0)
+    for i in range(20):
+        assert ok(p.read(PAGE + 200 * i, 200, dst_off=200 * i))
+    assert p.counters(p.peer)["shm_reads"] == 20
+    assert p.counters(p.own).get("frames_rx", 0) == rx, "a direct read sent a frame"
+    assert p.dst[:4000] == p.mem[PAGE:PAGE + 4000]
+    # a write the owner's application makes is seen by the next read, with no message
+    p.mem[2 * PAGE:2 * PAGE + 8] = b"newvalue"
+    assert ok(p.read(2 * PAGE, 8, dst_off=PAGE))
+    assert p.dst[PAGE:PAGE + 8] == b"newvalue"
+
+
+def test_a_read_only_grant_is_never_written_through(rpair: Pair) -> None:
+    p = rpair
+    before = bytes(p.mem)
+    assert ok(p.read(PAGE, 16))
+    p.granted()
+    d = p.write(PAGE, 64, handle=p.h_read)  # the region allows no remote write
+    assert d.status & via.VIP_STATUS_RDMA_PROT_ERROR, hex(d.status)
+    assert p.counters(p.own).get("refused_permission") == 1, p.counters(p.own)
+    assert p.counters(p.peer).get("shm_writes_tx", 0) == 0
+    assert bytes(p.mem) == before
+
+
+@pytest.mark.parametrize("what", ["past_the_end", "no_read_right", "deregistered"])
+def test_direct_reads_outside_the_grant_are_refused_by_the_owner(rpair: Pair,
+                                                                 what: str) -> None:
+    p = rpair
+    assert ok(p.read(PAGE, 16))
+    p.granted()
+    if what == "past_the_end":
+        d, counter = p.read(3 * PAGE - 8, 64), "refused_range"
+    elif what == "no_read_right":
+        d, counter = p.read(PAGE, 64, handle=p.h), "refused_permission"  # write-only region
+    else:
+        via.VipDeregisterMem(p.own, None, p.h_read)
+        d, counter = p.read(PAGE + 64, 64), "refused_handle"
+    assert d.status & via.VIP_STATUS_RDMA_PROT_ERROR, hex(d.status)
+    assert p.counters(p.own).get(counter) == 1, p.counters(p.own)
+    assert p.counters(p.peer).get("shm_reads", 0) == 0
+
+
+def test_a_grant_of_a_deregistered_region_is_unmapped_at_the_next_grant(rpair: Pair) -> None:
+    """A pull registers the image for remote read for one switch-over: the grants of the
+    registrations that ended must not pile up as mappings."""
+    p = rpair
+    assert ok(p.read(PAGE, 16))
+    p.granted()
+    old = p.pvi.conn.grants[int(p.h_read)]
+    via.VipDeregisterMem(p.own, None, p.h_read)
+    view = memoryview(p.mem)
+    p.h_read = via.VipRegisterMem(p.own, view[PAGE:3 * PAGE], via.MemAttributes(
+        ptag=p.optag, enable_rdma_read=True))
+    assert ok(p.read(PAGE, 16))  # asks for the new registration's grant
+    t0 = time.monotonic()
+    while int(p.h_read) not in p.pvi.conn.grants and time.monotonic() - t0 < 3:
+        time.sleep(0.005)
+    assert sorted(p.pvi.conn.grants) == [int(p.h_read)]
+    assert old.closed and old.mm.closed
+    assert ok(p.read(PAGE + 16, 16, dst_off=16))
+    assert p.counters(p.peer)["shm_reads"] == 1
+    assert p.dst[:32] == p.mem[PAGE:PAGE + 32]
 
 
 def test_ordinary_buffers_and_write_protected_regions_are_never_granted(

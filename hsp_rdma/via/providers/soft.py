@@ -9,9 +9,9 @@ the VI goes to ERROR with the error callback, as a remote access error does on v
 127.0.0.1 and between any two Linux hosts.
 
 Same host (both ends proven to each other, see F_LOCAL): the stream moves to a Unix socket
-(F_UNIX), send data is copied from the sender's memory (F_CMA), and an RDMA Write into a
-region registered over a ``via.shared_buffer`` is, once the owner granted it (F_GRANT), one
-memcpy into the peer's memory with no frame at all.
+(F_UNIX), send data is copied from the sender's memory (F_CMA), and an RDMA Write into or an
+RDMA Read from a region registered over a ``via.shared_buffer`` is, once the owner granted it
+(F_GRANT), one copy into or out of the peer's memory with no frame at all.
 """
 
 from __future__ import annotations
@@ -143,16 +143,18 @@ F_CMA = 4
 # receive waits up to ACK_DELAY_S for its application to answer (the ACK then rides on the
 # answer, one frame and one wake-up fewer for the peer) before it sends a plain ACK.
 F_ACKED = 8
-# Same host, one-sided writes (hsp_rdma.via.shm): a WRITE with F_GRANT asks, once per region
-# and connection, for the region itself. When the receiver applied it (every check passed) and
-# the region lies in a shared_buffer of its own, it answers GRANT before the write's ACK: its
-# memfd (as /proc/PID/fd/FD of the proven peer pid), where the region starts in it, its length,
-# and the grant-table slot the region holds. The writer maps exactly those pages (read-write:
-# only regions that allow remote writes are granted) and from then on an RDMA Write into that
-# region, posted while nothing of ours is unacknowledged (so it lands after everything posted
-# before it), is one memcpy into the peer's memory: no frame, complete when copied. Before each
-# such write the writer checks the range against the grant and the slot against the owner's
-# table (cleared on deregistration); anything else goes as a frame, refused by the owner.
+# Same host, one-sided writes and reads (hsp_rdma.via.shm): a WRITE or READ_REQ with F_GRANT
+# asks, once per region and connection, for the region itself. When the receiver applied it
+# (every check passed) and the region lies in a shared_buffer of its own, it answers GRANT
+# before the write's ACK or the read's READ_RESP: its memfd (as /proc/PID/fd/FD of the proven
+# peer pid), where the region starts in it, its length, the grant-table slot the region holds,
+# and the region's remote rights (flags: EN_WRITE, EN_READ). The peer maps exactly those pages
+# (writable only with EN_WRITE) and from then on an RDMA Write into that region (EN_WRITE) or
+# an RDMA Read from it (EN_READ), posted while nothing of ours is unacknowledged (so it comes
+# after everything posted before it), is one copy into or out of the peer's memory: no frame,
+# complete when copied. Before each such operation the peer checks the range against the grant
+# and the slot against the owner's table (cleared on deregistration); anything else goes as a
+# frame, refused by the owner. A grant whose slot was cleared is unmapped at the next grant.
 F_GRANT = 16
 # Same host, the stream itself: a READY with F_LOCAL|F_UNIX (the initiator proved the
 # acceptor's pid) asks to move the VI's stream to a Unix socket (TCP loopback costs tens of
@@ -393,9 +395,11 @@ class Region:
         self.view = view
         self.nic, self.ptag, self.key = nic, attrs.ptag, key
         self.remote_write, self.remote_read = attrs.enable_rdma_write, attrs.enable_rdma_read
+        self.rights = (EN_WRITE if self.remote_write else 0) | (EN_READ if self.remote_read
+                                                                 else 0)
         self.closed = False
         # Same host: the shared_buffer this region lies in (peers may be granted a mapping)
-        self.shm = shm.lookup(self.addr, self.length) if self.remote_write else None
+        self.shm = shm.lookup(self.addr, self.length) if self.rights else None
         self.slot = -1  # its grant-table slot, once granted
 
     def grant(self) -> tuple[int, int, int] | None:
@@ -412,7 +416,7 @@ class Region:
             return None
         if self.slot < 0:
             try:
-                self.slot = alloc.claim(self.key, EN_WRITE)
+                self.slot = alloc.claim(self.key, self.rights)
             except (ValueError, TypeError):  # (the table closed meanwhile, as above)
                 return None
             if self.slot < 0:
@@ -1497,6 +1501,8 @@ class _Conn:
             self._expect_seq(seq)
             region = self._region(seq, rkey, addr, value, write=False)
             off = addr - region.addr
+            if flags & F_GRANT and self.cma_pid:
+                self._grant(region)  # (first: the reader holds it when the read completes)
             self.send([frame(READ_RESP, seq=seq, length=value), region.view[off:off + value]])
             nic.count("rdma_read_bytes_tx", value)
             self.applied = seq
@@ -1511,18 +1517,22 @@ class _Conn:
             raise _Garbage(f"unexpected frame {_NAMES.get(kind, kind)} on a connected VI")
 
     def _grant(self, region: Region) -> None:
-        """The proven same-host peer wrote into REGION (every check passed) and asked for
-        it: grant it, if it lies in a shared_buffer of ours (sent before the write's ACK)."""
+        """The proven same-host peer wrote into or read from REGION (every check passed) and
+        asked for it: grant it, if it lies in a shared_buffer of ours (sent before the write's
+        ACK or the read's response), with the region's remote rights."""
         g = region.grant()
         if g is None:
             return
         fd, off, slot = g
         self.vi.nic.count("shm_grants_tx")
-        self.send([frame(GRANT, addr=region.addr, rkey=region.key, value=slot, flags=EN_WRITE,
-                         length=GRANT_BODY.size), GRANT_BODY.pack(fd, off, region.length)])
+        self.send([frame(GRANT, addr=region.addr, rkey=region.key, value=slot,
+                         flags=region.rights, length=GRANT_BODY.size),
+                   GRANT_BODY.pack(fd, off, region.length)])
 
     def _take_grant(self, rkey: int, addr: int, slot: int, rights: int, length: int) -> None:
-        """The peer grants region RKEY: map exactly its pages of the peer's memfd."""
+        """The peer grants region RKEY: map exactly its pages of the peer's memfd, writable
+        only if RIGHTS say remote write. Grants whose region the peer deregistered since (a
+        pull's read registration lives one switch-over) are unmapped here."""
         if length != GRANT_BODY.size:
             raise _Garbage(f"GRANT with a {length}-byte body")
         fd, off, size = GRANT_BODY.unpack(self.stream.take(length))
@@ -1530,10 +1540,10 @@ class _Conn:
             raise _Garbage(f"GRANT of handle {rkey:#x}, which was never asked for")
         self.asked.discard(rkey)
         try:
-            if not (rights & EN_WRITE and 0 <= slot < shm.SLOTS and size
-                    and off >= shm.PAGE and size <= MAX_TRANSFER):
+            if not (rights and not rights & ~(EN_WRITE | EN_READ) and 0 <= slot < shm.SLOTS
+                    and size and off >= shm.PAGE and size <= MAX_TRANSFER):
                 raise ValueError(f"slot {slot}, offset {off}, {size} bytes, rights {rights}")
-            g = _Grant.map(self.cma_pid, fd, off, size, addr, rkey, slot)
+            g = _Grant.map(self.cma_pid, fd, off, size, addr, rkey, slot, rights)
         except (OSError, ValueError) as exc:  # (no direct path: the writes stay frames)
             self.vi.nic.count("shm_grants_unusable")
             self.vi.nic.note(f"grant of handle {rkey:#x} not usable: {exc}")
@@ -1543,15 +1553,20 @@ class _Conn:
                 g.close()
                 return
             old = self.grants.pop(rkey, None)
-            self.grants[rkey] = g
             if old is not None:
                 old.close()
+            for k, stale in list(self.grants.items()):
+                if not stale.valid():
+                    del self.grants[k]
+                    stale.close()
+            self.grants[rkey] = g
         self.vi.nic.count("shm_grants_rx")
 
-    def shm_write(self, g: _Grant, raddr: int, segs: list, total: int) -> bool:
-        """An RDMA Write as one copy into the peer's granted region, if it may go that way
-        now (nothing of ours unacknowledged, the range in the grant, the owner's slot still
-        the region's); False: it goes as a frame."""
+    def shm_copy(self, g: _Grant, raddr: int, segs: list, total: int, write: bool) -> bool:
+        """An RDMA Write (WRITE) as one copy into the peer's granted region, or an RDMA Read
+        as one copy out of it into our segments, if it may go that way now (nothing of ours
+        unacknowledged, so it comes after everything posted before it; the range in the
+        grant; the owner's slot still the region's); False: it goes as a frame."""
         with self._wl:
             if (self.pending or self.closed or self.failed or g.closed
                     or not g.addr <= raddr or raddr + total > g.addr + g.length
@@ -1560,16 +1575,24 @@ class _Conn:
             at = g.start + raddr - g.addr
             for r, o, n in segs:
                 if n:
-                    src = r.pin(o, n)
-                    if src is None:
+                    mine = r.pin(o, n)
+                    if mine is None:
                         return False  # deregistered meanwhile: the frame path says so
                     # (without the GIL from 64 KiB on: the digest worker of a GSO runs
-                    # beside a copy; the view over the peer's map keeps it mapped meanwhile)
-                    _copy(g.view[at:at + n], src, True)
+                    # beside a copy; the view over the peer's map keeps it mapped meanwhile.
+                    # Into the peer: streaming stores; into ours: cached, our reader is next)
+                    if write:
+                        _copy(g.view[at:at + n], mine, True)
+                    else:
+                        _copy(mine, g.view[at:at + n])
                     at += n
         counters = self.vi.nic.counters
-        counters["shm_bytes_tx"] += total
-        counters["shm_writes_tx"] += 1
+        if write:
+            counters["shm_bytes_tx"] += total
+            counters["shm_writes_tx"] += 1
+        else:
+            counters["shm_read_bytes"] += total
+            counters["shm_reads"] += 1
         return True
 
     def drop_grants(self) -> None:
@@ -1788,30 +1811,32 @@ class _Grant:
     and the peer's grant table (read-only), to check the region is still registered."""
 
     def __init__(self, mm: mmap.mmap, table: mmap.mmap, start: int, addr: int, length: int,
-                 rkey: int, slot: int):
+                 rkey: int, slot: int, rights: int = EN_WRITE):
         self.mm, self.table, self.view = mm, table, memoryview(mm)
         self.start, self.addr, self.length = start, addr, length
-        self.rkey, self.slot = rkey, slot
-        self.want = shm.SLOT.pack(rkey, EN_WRITE)
+        self.rkey, self.slot, self.rights = rkey, slot, rights
+        self.want = shm.SLOT.pack(rkey, rights)
         self.closed = False
 
     @classmethod
     def map(cls, pid: int, fd: int, off: int, size: int, addr: int, rkey: int,
-            slot: int) -> _Grant:
+            slot: int, rights: int = EN_WRITE) -> _Grant:
         path = f"/proc/{pid}/fd/{fd}"
         if not os.readlink(path).startswith(f"/memfd:{shm.MEMFD_NAME}"):
             raise ValueError(f"{path} is not a shared buffer of the soft provider")
-        f = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        writable = bool(rights & EN_WRITE)  # (a read-only grant maps read-only pages)
+        f = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
         try:
             if os.fstat(f).st_size < off + size:
                 raise ValueError(f"{path} is shorter than the granted region")
             lo = off - off % shm.PAGE
             mm = mmap.mmap(f, off + size - lo, offset=lo,
-                           flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+                           flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                           prot=mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0))
             table = mmap.mmap(f, shm.PAGE, offset=0, access=mmap.ACCESS_READ)
         finally:
             os.close(f)
-        return cls(mm, table, off - lo, addr, size, rkey, slot)
+        return cls(mm, table, off - lo, addr, size, rkey, slot, rights)
 
     def valid(self) -> bool:
         at = self.slot * shm.SLOT.size
@@ -2025,17 +2050,19 @@ class Vi:
         if op != _OP_SENDRECV:
             raddr = desc.address.address & 0xFFFFFFFFFFFFFFFF
             rkey = int(desc.address.handle) & 0xFFFFFFFF
-        if op == _OP_RDMAWRITE and not imm and conn.cma_pid:
+        if op != _OP_SENDRECV and not imm and conn.cma_pid:
             g = conn.grants.get(rkey)
-            if g is not None and conn.shm_write(g, raddr, segs, total):
-                self._complete(desc, False, _ST_DONE | _ST_OP_OF[op], total)  # in the peer's
-                return  # memory
+            write = op == _OP_RDMAWRITE
+            if g is not None and g.rights & (EN_WRITE if write else EN_READ) \
+                    and conn.shm_copy(g, raddr, segs, total, write):
+                self._complete(desc, False, _ST_DONE | _ST_OP_OF[op], total)  # straight in or
+                return  # out of the peer's memory
             if g is None and rkey not in conn.asked:
                 with conn.wlock:
                     conn.asked.add(rkey)
                 flags |= F_GRANT
         if op == _OP_RDMAREAD:
-            parts = [(READ_REQ, 0, raddr, rkey, total, 0)]
+            parts = [(READ_REQ, flags & F_GRANT, raddr, rkey, total, 0)]
         else:
             kind = SEND if op == _OP_SENDRECV else WRITE
             if conn.cma_out and total >= CMA_MIN:  # same host: the peer copies from us
