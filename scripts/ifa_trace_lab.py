@@ -43,16 +43,16 @@ def take_event(self):
     rec("W"); return orig_take(self)
 V.CompletionQueue.take_event = take_event
 orig_onrecv = N.Node._on_recv
-def _on_recv(self, ch, link, d):
-    rec("R"); r = orig_onrecv(self, ch, link, d); rec("Re"); return r
+def _on_recv(self, *args):
+    rec("R"); r = orig_onrecv(self, *args); rec("Re"); return r
 N.Node._on_recv = _on_recv
 orig_apply = N.Node._apply
-def _apply(self, act):
-    rec("A"); r = orig_apply(self, act); rec("Ae"); return r
+def _apply(self, *args):
+    rec("A"); r = orig_apply(self, *args); rec("Ae"); return r
 N.Node._apply = _apply
 orig_ps = N.Node._post_send
-def _post_send(self, link, slot, length):
-    rec("S"); r = orig_ps(self, link, slot, length); rec("Se"); return r
+def _post_send(self, *args):
+    rec("S"); r = orig_ps(self, *args); rec("Se"); return r
 N.Node._post_send = _post_send
 prof = cProfile.Profile()
 orig_body = N.Node._loop_body
