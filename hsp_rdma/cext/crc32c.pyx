@@ -133,6 +133,37 @@ cdef extern from *:
     }
 
     #ifdef HSP_X86
+    #ifdef __x86_64__
+    /* the three chains over every 3 * BLOCK bytes at *P, joined into C0 */
+    __attribute__((target("sse4.2")))
+    static inline __attribute__((always_inline))
+    uint64_t hsp_crc_3way(uint64_t c0, const uint8_t **pp, size_t *np, const size_t block,
+                          uint32_t zeros[4][256]) {
+        const uint8_t *p = *pp;
+        size_t n = *np;
+        while (n >= 3 * block) {
+            uint64_t c1 = 0, c2 = 0, w0, w1, w2;
+            const uint8_t *end = p + block;
+            do {
+                memcpy(&w0, p, 8);
+                memcpy(&w1, p + block, 8);
+                memcpy(&w2, p + 2 * block, 8);
+                c0 = _mm_crc32_u64(c0, w0);
+                c1 = _mm_crc32_u64(c1, w1);
+                c2 = _mm_crc32_u64(c2, w2);
+                p += 8;
+            } while (p < end);
+            c0 = hsp_shift(zeros, (uint32_t)c0) ^ (uint32_t)c1;
+            c0 = hsp_shift(zeros, (uint32_t)c0) ^ (uint32_t)c2;
+            p += 2 * block;
+            n -= 3 * block;
+        }
+        *pp = p;
+        *np = n;
+        return c0;
+    }
+    #endif
+
     __attribute__((target("sse4.2")))
     static uint32_t hsp_crc_hw_run(uint32_t crc, const uint8_t *p, size_t n) {
         while (n && ((uintptr_t)p & 7)) {
@@ -140,42 +171,9 @@ cdef extern from *:
             n--;
         }
     #ifdef __x86_64__
-        uint64_t c0 = crc, c1, c2, w0, w1, w2;
-        const uint8_t *end;
-        while (n >= 3 * HSP_LONG) {
-            c1 = c2 = 0;
-            end = p + HSP_LONG;
-            do {
-                memcpy(&w0, p, 8);
-                memcpy(&w1, p + HSP_LONG, 8);
-                memcpy(&w2, p + 2 * HSP_LONG, 8);
-                c0 = _mm_crc32_u64(c0, w0);
-                c1 = _mm_crc32_u64(c1, w1);
-                c2 = _mm_crc32_u64(c2, w2);
-                p += 8;
-            } while (p < end);
-            c0 = hsp_shift(hsp_shift_long, (uint32_t)c0) ^ (uint32_t)c1;
-            c0 = hsp_shift(hsp_shift_long, (uint32_t)c0) ^ (uint32_t)c2;
-            p += 2 * HSP_LONG;
-            n -= 3 * HSP_LONG;
-        }
-        while (n >= 3 * HSP_SHORT) {
-            c1 = c2 = 0;
-            end = p + HSP_SHORT;
-            do {
-                memcpy(&w0, p, 8);
-                memcpy(&w1, p + HSP_SHORT, 8);
-                memcpy(&w2, p + 2 * HSP_SHORT, 8);
-                c0 = _mm_crc32_u64(c0, w0);
-                c1 = _mm_crc32_u64(c1, w1);
-                c2 = _mm_crc32_u64(c2, w2);
-                p += 8;
-            } while (p < end);
-            c0 = hsp_shift(hsp_shift_short, (uint32_t)c0) ^ (uint32_t)c1;
-            c0 = hsp_shift(hsp_shift_short, (uint32_t)c0) ^ (uint32_t)c2;
-            p += 2 * HSP_SHORT;
-            n -= 3 * HSP_SHORT;
-        }
+        uint64_t c0 = crc, w0;
+        c0 = hsp_crc_3way(c0, &p, &n, HSP_LONG, hsp_shift_long);
+        c0 = hsp_crc_3way(c0, &p, &n, HSP_SHORT, hsp_shift_short);
         while (n >= 8) {
             memcpy(&w0, p, 8);
             c0 = _mm_crc32_u64(c0, w0);

@@ -80,23 +80,21 @@ class Pair:
                 time.sleep(0.01)
         t.join()
 
+    def _rdma(self, control, local, local_handle, off: int, n: int, handle) -> via.VipDescriptor:
+        via.VipPostSend(self.pvi, via.VipDescriptor(
+            control=control, segments=[via.DataSegment(local, local_handle, n)],
+            address=via.AddressSegment(self.base + off, handle)))
+        return via.VipSendWait(self.pvi, 5000)
+
     def write(self, off: int, n: int, handle=None, src_off: int = 0) -> via.VipDescriptor:
         """RDMA Write N bytes of src[SRC_OFF:] at OFF of the target buffer; its completion."""
-        via.VipPostSend(self.pvi, via.VipDescriptor(
-            control=via.Control.OP_RDMAWRITE,
-            segments=[via.DataSegment(via.address_of(self.src, src_off), self.hs, n)],
-            address=via.AddressSegment(self.base + off, handle if handle is not None
-                                       else self.h)))
-        return via.VipSendWait(self.pvi, 5000)
+        return self._rdma(via.Control.OP_RDMAWRITE, via.address_of(self.src, src_off), self.hs,
+                          off, n, self.h if handle is None else handle)
 
     def read(self, off: int, n: int, handle=None, dst_off: int = 0) -> via.VipDescriptor:
         """RDMA Read N bytes at OFF of the target buffer into dst[DST_OFF:]; its completion."""
-        via.VipPostSend(self.pvi, via.VipDescriptor(
-            control=via.Control.OP_RDMAREAD,
-            segments=[via.DataSegment(via.address_of(self.dst, dst_off), self.hd, n)],
-            address=via.AddressSegment(self.base + off, handle if handle is not None
-                                       else self.h_read)))
-        return via.VipSendWait(self.pvi, 5000)
+        return self._rdma(via.Control.OP_RDMAREAD, via.address_of(self.dst, dst_off), self.hd,
+                          off, n, self.h_read if handle is None else handle)
 
     def counters(self, nic) -> dict:
         return via.VipQuerySystemManagementInfo(nic)["counters"]
