@@ -107,9 +107,10 @@ class Profile:
     # faster on the device.
     stripe: bool = False
     # When a link comes up, a zero-length RDMA Write into each of the peer's GSO regions (image
-    # and marker). The soft provider grants a same-host peer direct access to a shared region
-    # on its first write there; primed, the first switch-over's writes are direct copies too,
-    # not frames the standby copies. Off for verbs devices: a write there gains nothing.
+    # and marker); in a pull, the first read (4 KiB) alone. The soft provider grants a same-host
+    # peer direct access to a shared region on its first write or read there; primed, the first
+    # switch-over's writes and a pull's reads are direct copies too, not frames the other side
+    # copies. Off for verbs devices: there it gains nothing.
     prime_grants: bool = False
     notes: str = ""
     path: str | None = None

@@ -676,12 +676,12 @@ class Engine:
 
     def _prime(self, hello: Hello, who: str) -> None:
         """Profile prime_grants: a zero-length RDMA Write into the peer's image and into its
-        marker, which change no byte there (a pull's read registration is new each time: its
-        first read goes alone instead, ``_pump_pull``). The soft provider grants a proven same-host peer
+        marker, which change no byte there. The soft provider grants a proven same-host peer
         direct access to a shared region on its first write into it, so the first switch-over
         copies straight into the standby's memory, as the later ones do (without this, its
         writes went as frames the standby copied: 18-40 ms against 4-7). They complete as
-        the kick does; one that fails loses the link like any send."""
+        the kick does; one that fails loses the link like any send. (A pull's read
+        registration is new at each switch-over: its first read goes alone, ``_pump_pull``.)"""
         for addr, handle in ((hello.region_addr, hello.region_handle),
                              (hello.marker_addr, hello.marker_handle)):
             try:
