@@ -437,7 +437,7 @@ class Region:
     def close(self) -> None:
         """Deregistered: the buffer is the caller's again (an mmap can be closed)."""
         self.closed = True
-        if self.slot >= 0:  # grantees see it before their next write
+        if self.slot >= 0:  # grantees see it before their next write or read
             self.shm[0].release(self.slot)
             self.slot = -1
         view, self.view = self.view, memoryview(b"")
