@@ -670,9 +670,13 @@ class Engine:
         send of a new connection unsent until another send is posted (as the Interface A
         node saw, commit bc766cd); this is that other send. The peer takes it as it takes
         the marker's doorbell: a no-op, its receive posted again."""
-        self._post_send(via.VipDescriptor(segments=[via.DataSegment(
-            via.address_of(self.src_marker, MARKER.size), self.src_marker_handle, 0)]),
-            "control")
+        self._post_send(via.VipDescriptor(segments=self._nothing()), "control")
+
+    def _nothing(self) -> list:
+        """The one data segment of a zero-length operation (kick, doorbell, priming write):
+        no byte of our scratch page."""
+        return [via.DataSegment(via.address_of(self.src_marker, MARKER.size),
+                                self.src_marker_handle, 0)]
 
     def _prime(self, hello: Hello, who: str) -> None:
         """Profile prime_grants: a zero-length RDMA Write into the peer's image and into its
@@ -686,9 +690,7 @@ class Engine:
                              (hello.marker_addr, hello.marker_handle)):
             try:
                 self._post_send(via.VipDescriptor(
-                    control=via.VIP_CONTROL_OP_RDMAWRITE,
-                    segments=[via.DataSegment(via.address_of(self.src_marker, MARKER.size),
-                                              self.src_marker_handle, 0)],
+                    control=via.VIP_CONTROL_OP_RDMAWRITE, segments=self._nothing(),
                     address=via.AddressSegment(addr, handle)), "control")
             except (via.VipError, SwitchoverError) as exc:
                 raise _ConnectFailed(f"the connection to {who} broke as it came up, priming "
@@ -1749,9 +1751,7 @@ class Engine:
         # order: it arrives after the marker landed), so a standby whose profile says
         # "doorbell" sleeps on its receive queue instead of polling memory. Any standby
         # takes it as a no-op; it uses one of the receives the peer keeps posted.
-        bell = via.VipDescriptor(segments=[via.DataSegment(
-            via.address_of(self.src_marker, MARKER.size), self.src_marker_handle, 0)])
-        self._post_send(bell, "control")
+        self._post_send(via.VipDescriptor(segments=self._nothing()), "control")
 
     def _poll_marker(self, not_equal_to: int, deadline: float) -> gso.Event:
         """Look at the marker word per the profile's marker_poll; between looks, take any

@@ -312,7 +312,7 @@ def _verify(offer: tuple, want: bytes) -> int:
     return pid if got == 16 and bytes(probe) == want else 0
 
 
-def _enable_bits(attrs: ViAttributes) -> int:
+def _enable_bits(attrs: ViAttributes | MemAttributes) -> int:
     return (EN_WRITE if attrs.enable_rdma_write else 0) | (EN_READ if attrs.enable_rdma_read
                                                            else 0)
 
@@ -395,8 +395,7 @@ class Region:
         self.view = view
         self.nic, self.ptag, self.key = nic, attrs.ptag, key
         self.remote_write, self.remote_read = attrs.enable_rdma_write, attrs.enable_rdma_read
-        self.rights = (EN_WRITE if self.remote_write else 0) | (EN_READ if self.remote_read
-                                                                 else 0)
+        self.rights = _enable_bits(attrs)
         self.closed = False
         # Same host: the shared_buffer this region lies in (peers may be granted a mapping)
         self.shm = shm.lookup(self.addr, self.length) if self.rights else None
@@ -1811,7 +1810,7 @@ class _Grant:
     and the peer's grant table (read-only), to check the region is still registered."""
 
     def __init__(self, mm: mmap.mmap, table: mmap.mmap, start: int, addr: int, length: int,
-                 rkey: int, slot: int, rights: int = EN_WRITE):
+                 rkey: int, slot: int, rights: int):
         self.mm, self.table, self.view = mm, table, memoryview(mm)
         self.start, self.addr, self.length = start, addr, length
         self.rkey, self.slot, self.rights = rkey, slot, rights
@@ -1820,7 +1819,7 @@ class _Grant:
 
     @classmethod
     def map(cls, pid: int, fd: int, off: int, size: int, addr: int, rkey: int,
-            slot: int, rights: int = EN_WRITE) -> _Grant:
+            slot: int, rights: int) -> _Grant:
         path = f"/proc/{pid}/fd/{fd}"
         if not os.readlink(path).startswith(f"/memfd:{shm.MEMFD_NAME}"):
             raise ValueError(f"{path} is not a shared buffer of the soft provider")
