@@ -260,26 +260,62 @@ def test_direct_reads_outside_the_grant_are_refused_by_the_owner(rpair: Pair,
     assert p.counters(p.peer).get("shm_reads", 0) == 0
 
 
-def test_a_grant_of_a_deregistered_region_is_unmapped_at_the_next_grant(rpair: Pair) -> None:
-    """A pull registers the image for remote read for one switch-over: the grants of the
-    registrations that ended must not pile up as mappings."""
+def _reregister_and_read(p: Pair, lo: int = PAGE, hi: int = 3 * PAGE) -> None:
+    """As a pull's active does at each switch-over: a new remote-read registration (of pages
+    LO..HI) replaces the last; the next read asks for its grant, which then arrives."""
+    via.VipDeregisterMem(p.own, None, p.h_read)
+    p.h_read = via.VipRegisterMem(p.own, memoryview(p.mem)[lo:hi], via.MemAttributes(
+        ptag=p.optag, enable_rdma_read=True))
+    assert ok(p.read(lo, 16))  # a frame, asking for the new registration's grant
+    t0 = time.monotonic()
+    while int(p.h_read) not in p.pvi.conn.grants and time.monotonic() - t0 < 3:
+        time.sleep(0.005)
+
+
+def test_a_grant_of_a_deregistered_region_ends_at_the_next_grant_which_reuses_its_mapping(
+        rpair: Pair) -> None:
+    """A pull registers the image for remote read for one switch-over: the grant of the
+    registration that ended is dropped, and the next registration of the same pages is
+    granted through the same mapping (not mapped and populated again)."""
     p = rpair
     assert ok(p.read(PAGE, 16))
     p.granted()
     old = p.pvi.conn.grants[int(p.h_read)]
-    via.VipDeregisterMem(p.own, None, p.h_read)
-    view = memoryview(p.mem)
-    p.h_read = via.VipRegisterMem(p.own, view[PAGE:3 * PAGE], via.MemAttributes(
-        ptag=p.optag, enable_rdma_read=True))
-    assert ok(p.read(PAGE, 16))  # asks for the new registration's grant
-    t0 = time.monotonic()
-    while int(p.h_read) not in p.pvi.conn.grants and time.monotonic() - t0 < 3:
-        time.sleep(0.005)
+    _reregister_and_read(p)
     assert sorted(p.pvi.conn.grants) == [int(p.h_read)]
-    assert old.closed and old.mm.closed
+    new = p.pvi.conn.grants[int(p.h_read)]
+    assert old.closed and not new.closed
+    assert new.map is old.map and not new.mm.closed and new.map.users == 1
+    assert p.counters(p.peer)["shm_maps_reused"] == 1
     assert ok(p.read(PAGE + 16, 16, dst_off=16))
     assert p.counters(p.peer)["shm_reads"] == 1
     assert p.dst[:32] == p.mem[PAGE:PAGE + 32]
+    p.mem[PAGE + 16:PAGE + 24] = b"newbytes"  # the reused mapping shows the owner's writes
+    assert ok(p.read(PAGE + 16, 8, dst_off=100))
+    assert p.dst[100:108] == b"newbytes"
+
+
+def test_mappings_no_grant_uses_are_unmapped_beyond_the_spares(rpair: Pair) -> None:
+    """Registrations of other pages each time: every new grant maps anew, and the mappings
+    no grant uses are kept only up to SPARE_MAPS (then unmapped, oldest first); closing
+    the connection unmaps everything."""
+    p = rpair
+    assert ok(p.read(PAGE, 16))
+    p.granted()
+    first = p.pvi.conn.grants[int(p.h_read)].map
+    spans = [(PAGE, 2 * PAGE), (2 * PAGE, 3 * PAGE), (PAGE, 3 * PAGE - 8), (PAGE + 8, 3 * PAGE)]
+    for lo, hi in spans:
+        _reregister_and_read(p, lo, hi)
+        assert sorted(p.pvi.conn.grants) == [int(p.h_read)]
+        maps = list(p.pvi.conn.maps.values())
+        assert sum(mp.users for mp in maps) == 1
+        assert len(maps) <= 1 + soft.SPARE_MAPS, [mp.key for mp in maps]
+    assert first.mm.closed, "the oldest mapping no grant uses was kept"
+    assert "shm_maps_reused" not in p.counters(p.peer)
+    kept = list(p.pvi.conn.maps.values())
+    via.VipDisconnect(p.pvi)
+    assert not p.pvi.conn or not p.pvi.conn.maps
+    assert all(mp.mm.closed and mp.table.closed for mp in kept)
 
 
 def test_ordinary_buffers_and_write_protected_regions_are_never_granted(

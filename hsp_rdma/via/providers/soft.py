@@ -169,6 +169,9 @@ F_UNIX = 32
 UNIX_NAME = 16
 GRANT_BODY = struct.Struct("!IQQ")  # fd, region offset in the memfd, region length
 ACK_DELAY_S = 0.0005
+# Mappings of a peer's shared buffer that no grant uses any more, kept per connection for the
+# next grant of the same pages (a pull's next read registration of the same image).
+SPARE_MAPS = 2
 LOCAL = struct.Struct("!16sIQ16s")  # boot id, pid, cookie address, nonce
 IOV = struct.Struct("!QI")  # address, length
 CMA_MIN = 4096  # smaller messages travel inline (one syscall either way)
@@ -1167,6 +1170,7 @@ class _Conn:
         self.expect_cma_ok = False  # (the initiator, having offered)
         self.asked: set[int] = set()  # rkeys of the peer's we asked a grant for (once each)
         self.grants: dict[int, _Grant] = {}  # the peer's regions we may write into directly
+        self.maps: dict[tuple, _Map] = {}  # their mappings, and spares (oldest used first)
         self.reader = threading.Thread(target=self._read_loop, daemon=True,
                                        name=f"via-soft-vi{vi.serial}")
         self.writer = threading.Thread(target=self._write_loop, daemon=True,
@@ -1542,7 +1546,7 @@ class _Conn:
             if not (rights and not rights & ~(EN_WRITE | EN_READ) and 0 <= slot < shm.SLOTS
                     and size and off >= shm.PAGE and size <= MAX_TRANSFER):
                 raise ValueError(f"slot {slot}, offset {off}, {size} bytes, rights {rights}")
-            g = _Grant.map(self.cma_pid, fd, off, size, addr, rkey, slot, rights)
+            g = _Grant.map(self.cma_pid, fd, off, size, addr, rkey, slot, rights, self._mapping)
         except (OSError, ValueError) as exc:  # (no direct path: the writes stay frames)
             self.vi.nic.count("shm_grants_unusable")
             self.vi.nic.note(f"grant of handle {rkey:#x} not usable: {exc}")
@@ -1550,6 +1554,7 @@ class _Conn:
         with self.wlock:
             if self.closed or self.failed:
                 g.close()
+                self._drop_spares(0)
                 return
             old = self.grants.pop(rkey, None)
             if old is not None:
@@ -1559,7 +1564,24 @@ class _Conn:
                     del self.grants[k]
                     stale.close()
             self.grants[rkey] = g
+            self._drop_spares(SPARE_MAPS)
         self.vi.nic.count("shm_grants_rx")
+
+    def _mapping(self, key: tuple, make: Callable[[], _Map]) -> _Map:
+        """The mapping KEY names (a spare, or one a grant uses), else MAKE's (made without
+        the lock: mapping populates every page); counted as used by the grant it is for."""
+        with self.wlock:
+            mp = self.maps.pop(key, None)
+            if mp is not None:
+                self.maps[key] = mp  # (last: the spares are dropped oldest first)
+                mp.users += 1
+                self.vi.nic.count("shm_maps_reused")
+                return mp
+        mp = make()
+        mp.users += 1
+        with self.wlock:
+            self.maps[key] = mp
+        return mp
 
     def shm_copy(self, g: _Grant, raddr: int, segs: list, total: int, write: bool) -> bool:
         """An RDMA Write (WRITE) as one copy into the peer's granted region, or an RDMA Read
@@ -1599,6 +1621,14 @@ class _Conn:
             for g in self.grants.values():
                 g.close()
             self.grants.clear()
+            self._drop_spares(0)
+
+    def _drop_spares(self, keep: int) -> None:
+        """Under wlock: unmap the mappings no grant uses but the KEEP last used."""
+        spare = [mp for mp in self.maps.values() if not mp.users]
+        for mp in spare[:max(0, len(spare) - keep)]:
+            del self.maps[mp.key]
+            mp.close()
 
     def _idle(self) -> None:
         """The socket was silent for ACK_TICK_S: fail the VI if the oldest operation in
@@ -1805,47 +1835,72 @@ class _NoPoll:
 _NEVER = _NoPoll()
 
 
-class _Grant:
-    """A peer's region mapped into this process (its pages of the peer's memfd, read-write)
-    and the peer's grant table (read-only), to check the region is still registered."""
+class _Map:
+    """One mapping of a peer's shared-buffer pages (and of its grant table), shared by the
+    grants of those same pages with the same rights. A pull registers the image for remote
+    read anew at every switch-over: mapping 16 MiB with MAP_POPULATE costs about 2 ms, which
+    the grant of the next registration of the same pages does not pay again."""
 
-    def __init__(self, mm: mmap.mmap, table: mmap.mmap, start: int, addr: int, length: int,
-                 rkey: int, slot: int, rights: int):
-        self.mm, self.table, self.view = mm, table, memoryview(mm)
+    def __init__(self, key: tuple, mm: mmap.mmap, table: mmap.mmap):
+        self.key, self.mm, self.table = key, mm, table
+        self.users = 0  # grants using it now (a spare when 0: kept for the next grant)
+
+    def close(self) -> None:
+        self.mm.close()
+        self.table.close()
+
+
+class _Grant:
+    """A peer's region mapped into this process (its pages of the peer's memfd, writable only
+    if the grant allows remote write) and the peer's grant table (read-only), to check the
+    region is still registered."""
+
+    def __init__(self, mp: _Map, start: int, addr: int, length: int, rkey: int, slot: int,
+                 rights: int):
+        self.map, self.mm, self.table, self.view = mp, mp.mm, mp.table, memoryview(mp.mm)
         self.start, self.addr, self.length = start, addr, length
         self.rkey, self.slot, self.rights = rkey, slot, rights
         self.want = shm.SLOT.pack(rkey, rights)
-        self.closed = False
+        self.closed = False  # (MP.users counts this grant already: see _Conn._mapping)
 
     @classmethod
-    def map(cls, pid: int, fd: int, off: int, size: int, addr: int, rkey: int,
-            slot: int, rights: int) -> _Grant:
+    def map(cls, pid: int, fd: int, off: int, size: int, addr: int, rkey: int, slot: int,
+            rights: int, mapping: Callable[[tuple, Callable[[], _Map]], _Map]) -> _Grant:
+        """The grant of the pages OFF..OFF+SIZE of the peer's memfd FD, through
+        MAPPING(key, make): the mapping of those pages with that protection, made if new."""
         path = f"/proc/{pid}/fd/{fd}"
         if not os.readlink(path).startswith(f"/memfd:{shm.MEMFD_NAME}"):
             raise ValueError(f"{path} is not a shared buffer of the soft provider")
         writable = bool(rights & EN_WRITE)  # (a read-only grant maps read-only pages)
         f = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
         try:
-            if os.fstat(f).st_size < off + size:
+            st = os.fstat(f)
+            if st.st_size < off + size:
                 raise ValueError(f"{path} is shorter than the granted region")
             lo = off - off % shm.PAGE
-            mm = mmap.mmap(f, off + size - lo, offset=lo,
-                           flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
-                           prot=mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0))
-            table = mmap.mmap(f, shm.PAGE, offset=0, access=mmap.ACCESS_READ)
+
+            def make() -> _Map:
+                mm = mmap.mmap(f, off + size - lo, offset=lo,
+                               flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                               prot=mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0))
+                return _Map(key, mm, mmap.mmap(f, shm.PAGE, offset=0, access=mmap.ACCESS_READ))
+
+            key = (st.st_dev, st.st_ino, lo, off + size - lo, writable)
+            mp = mapping(key, make)
         finally:
             os.close(f)
-        return cls(mm, table, off - lo, addr, size, rkey, slot, rights)
+        return cls(mp, off - lo, addr, size, rkey, slot, rights)
 
     def valid(self) -> bool:
         at = self.slot * shm.SLOT.size
         return self.table[at:at + shm.SLOT.size] == self.want
 
     def close(self) -> None:
-        self.closed = True
-        self.view.release()
-        self.mm.close()
-        self.table.close()
+        """This grant is no longer used; its mapping stays (the connection drops spares)."""
+        if not self.closed:
+            self.closed = True
+            self.view.release()
+            self.map.users -= 1
 
 
 def _rest(parts: list, sent: int) -> list:
