@@ -298,6 +298,7 @@ class _Pull:
     digested: int = 0  # [HEADER_SPACE, digested) is in the digest (0: not started)
     digest: object = None  # the payload's digest, taken chunk by chunk as the reads land
     bound: bytes = b""  # the header fields the digest began with
+    follower: _PullDigest | None = None  # (profile digest_thread) the digest worker's part
 
 
 class _DigestWorker:
@@ -358,6 +359,62 @@ class _DigestJob:
             self.error = f"{type(exc).__name__}: {exc}"
         self.took_s = clock() - t0
         self._done.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def join(self, timeout_s: float) -> None:
+        self._done.wait(timeout_s)
+
+
+class _PullDigest:
+    """B (pull, profile digest_thread): the payload's digest taken by the digest worker
+    beside the reads, following them as they land (they complete in order, and they are the
+    only writes into the buffer during the pull, so what is digested is what verify sees).
+    The engine says how far the reads landed (``advance``); ``cancel`` when the pull ends
+    otherwise. It gives up if nothing lands for IDLE_S (a pull no one cancelled)."""
+
+    IDLE_S = 10.0
+
+    def __init__(self, worker: _DigestWorker, buf, digest, start: int, end: int,
+                 clock: Clock):
+        self.digest, self.end, self.clock = digest, end, clock
+        self.busy_s, self.error = 0.0, ""
+        self._landed, self._cancelled = start, False
+        self._cv = threading.Condition()
+        self._done = threading.Event()
+        worker.submit(lambda: self._run(buf, start))
+
+    def advance(self, landed: int) -> None:
+        with self._cv:
+            self._landed = landed
+            self._cv.notify()
+
+    def cancel(self) -> None:
+        with self._cv:
+            self._cancelled = True
+            self._cv.notify()
+
+    def _run(self, buf, at: int) -> None:
+        try:
+            with memoryview(buf) as view:
+                while at < self.end:
+                    with self._cv:
+                        while self._landed <= at and not self._cancelled:
+                            if not self._cv.wait(self.IDLE_S) and self._landed <= at:
+                                raise TimeoutError(f"no read landed for {self.IDLE_S:.0f} s")
+                        if self._cancelled:
+                            return
+                        upto = min(self._landed, self.end)
+                    t0 = self.clock()
+                    self.digest.update(view[at:upto])  # (CRC-32C: without the GIL)
+                    self.busy_s += self.clock() - t0
+                    at = upto
+        except Exception as exc:  # noqa: BLE001 - the pull fails with it (_pump_pull)
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._done.set()
 
     @property
     def done(self) -> bool:
@@ -1148,7 +1205,7 @@ class Engine:
             self.link_error = why
             self._posted.clear()  # their completions can only be flushes now
             self._abandon_copy()
-            self._pull = None
+            self._drop_pull()
             self._close_stripe()  # (a relink may take its fabric)
             self._find_goodbye()
 
@@ -1208,13 +1265,15 @@ class Engine:
                     event = gso.CopyFailed(p.epoch, why)
                 elif pulling:
                     self._current.reason = why
-                    self._pull = None
+                    self._drop_pull()
                     event = gso.PullFailed(p.epoch, why)
                 self._lose_link(why)
                 return event
             if pulling:
                 self._pull.inflight -= 1
                 self._pull.landed += d.segments[0].length  # (one segment a read)
+                if self._pull.follower is not None:
+                    self._pull.follower.advance(self._pull.landed)
             elif copying and self._copy.epoch == p.epoch:
                 self._copy.inflight -= 1
             elif p.what == "marker" and self._current is not None:
@@ -1403,9 +1462,10 @@ class Engine:
                 self._current.copy_start_t = now
                 self._current.image_bytes = length
                 self._landed = None
+                self._drop_pull()
                 self._pull = _Pull(epoch, length, addr, handle)
             case gso.CancelPull():
-                self._pull = None  # reads in flight land and are reaped; none is posted
+                self._drop_pull()  # reads in flight land and are reaped; none is posted
             case gso.WriteMarker(value=value):
                 self.on_marker_write(value)
                 self._write_marker(value)
@@ -1539,17 +1599,22 @@ class Engine:
 
     def _pump_pull(self, wait_ms: int) -> gso.Event | None:
         """Keep queue_depth RDMA Reads in flight (one segment each: iWARP scatters a read
-        into one), digesting each chunk once its read completed while the next ones fly;
+        into one), digesting each chunk once its read completed while the next ones fly
+        (profile digest_thread: in the digest worker, following the reads as they land);
         PullComplete when the last landed and is digested. Waits at most WAIT_MS for one."""
         p = self._pull
-        if p.digested < p.landed and p.landed >= HEADER_SPACE:
+        if p.digest is None and p.landed >= HEADER_SPACE:
             # Our own reads are the only writes into this buffer during the pull: a chunk
             # that landed stays as it landed until verify, so digesting it now is digesting
             # it at verify, minus the wait. The header (first chunk) gives the bound fields.
+            p.digest, p.bound = self.image.landing_digest(p.epoch, self.machine.digest_algo)
+            p.digested = HEADER_SPACE
+            if self.digest_thread:
+                p.follower = _PullDigest(self._worker(), self.image.buf, p.digest,
+                                         HEADER_SPACE, p.end, self.clock)
+                p.follower.advance(p.landed)
+        if p.follower is None and p.digest is not None and p.digested < p.landed:
             t0 = self.clock()
-            if p.digest is None:
-                p.digest, p.bound = self.image.landing_digest(p.epoch, self.machine.digest_algo)
-                p.digested = HEADER_SPACE
             n = min(self.chunk_size, p.landed - p.digested)
             p.digest.update(memoryview(self.image.buf)[p.digested:p.digested + n])
             p.digested += n
@@ -1569,13 +1634,34 @@ class Engine:
             self._current.writes += 1
             p.inflight += 1
             p.next += n
+            # (the worker digests what landed while the next reads go: a direct read has
+            # completed already, so it is reaped now, not after the whole queue was posted)
+            if p.follower is not None and ((event := self._reap(0)) is not None
+                                           or self._pull is not p):
+                return event
+        if p.follower is not None:
+            if p.follower.error:
+                self._drop_pull()
+                self._current.reason = f"digest of the pulled image failed: {p.follower.error}"
+                return gso.PullFailed(p.epoch, self._current.reason)
+            if p.inflight == 0 and p.next >= p.end:
+                p.follower.join(wait_ms / 1000)  # (nothing in flight: wait for the digest)
+            if p.follower.done and not p.follower.error:
+                p.digested = p.end
+                self._current.digest_s = p.follower.busy_s
         if p.next >= p.end and p.inflight == 0 and p.digested >= p.end:
             self._current.copy_end_t = self.clock()
             self._landed = (p.epoch, self.machine.digest_algo, p.bound, p.digest.digest())
             self._pull = None
             return gso.PullComplete(p.epoch)
-        # more landed than digested: take what completed, do not sleep on the next one
-        return self._reap(0 if p.digested < p.landed else wait_ms)
+        # more landed than digested here: take what completed, do not sleep on the next one
+        return self._reap(0 if p.follower is None and p.digested < p.landed else wait_ms)
+
+    def _drop_pull(self) -> None:
+        """The pull ends without completing (or another starts): its digest stops too."""
+        if self._pull is not None and self._pull.follower is not None:
+            self._pull.follower.cancel()
+        self._pull = None
 
     def _start_copy(self, epoch: int, length: int) -> gso.Event | None:
         """Begin the copy of [HEADER_SPACE, length); the serve loop pumps it."""
@@ -1856,7 +1942,9 @@ class Engine:
         disconnect and free everything."""
         deadline = self.clock() + drain_s
         self._close_stripe()
-        for job in self._digest_jobs:
+        pull = self._pull
+        self._drop_pull()
+        for job in self._digest_jobs + ([pull.follower] if pull and pull.follower else []):
             job.join(drain_s)  # a digest thread reads the image buffer closed below
         self._digest_job = None
         if self._digest_worker is not None:

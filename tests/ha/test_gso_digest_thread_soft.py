@@ -1,15 +1,23 @@
-"""A push's image digest taken in a worker thread beside the copy (profile ``digest_thread``),
-over the soft provider on this host: the standby verifies it and takes over with the active's
-P.mem; a wrong digest from the thread is refused as the inline one is (the active thaws); the
-soft profile turns the thread on (measured: `hsp-bench gso --provider soft`)."""
+"""The image digest taken in a worker thread beside the copy (profile ``digest_thread``), over
+the soft provider on this host. Push: the active's, beside its writes; the standby verifies it
+and takes over with the active's P.mem; a wrong digest from the thread is refused as the
+inline one is (the active thaws). Pull: the standby's, following its reads as they land; the
+same outcomes; a cancelled or unfed one frees the worker. The soft profile turns the thread on
+(measured: `hsp-bench gso --provider soft`)."""
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 from test_gso_fabrics_soft import _own_ports_and_links, gso_once, pair  # noqa: F401
 
+from hsp_rdma.core import gso
+from hsp_rdma.core.gso import DigestAlgo
 from hsp_rdma.core.profiles import PACKAGED_PROFILE_DIR, load_profiles, pick_profile
+from hsp_rdma.ha import switchover
+from hsp_rdma.ha.image import Digest
 
 
 def test_the_soft_profile_takes_the_digest_in_a_thread():
@@ -57,3 +65,100 @@ def test_a_wrong_digest_from_the_thread_is_refused_and_the_active_thaws():
     finally:
         a.close()
         b.close()
+
+
+def _followers(monkeypatch) -> list:
+    """Every _PullDigest the engines start (the worker's digest of a pull)."""
+    made: list = []
+
+    class Recorded(switchover._PullDigest):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            made.append(self)
+
+    monkeypatch.setattr(switchover, "_PullDigest", Recorded)
+    return made
+
+
+def _pulling_pair():
+    a, b = _threaded_pair()
+    for eng in (a, b):
+        eng.mode = gso.GsoMode.PULL
+        eng.chunk_size = 8192  # many reads: the worker follows them as they land
+    return a, b
+
+
+def test_a_pull_digested_by_the_worker_as_the_reads_land_verifies_and_carries_pmem(
+        monkeypatch):
+    made = _followers(monkeypatch)
+    a, b = _pulling_pair()
+    try:
+        data = os.urandom(len(b.image.pmem))
+        b.image.pmem[:] = data
+        thawed = []
+        b.app.thaw = lambda: thawed.append(1)
+        gso_once(a, b)
+        assert [r.outcome for r in a.reports + b.reports] == ["completed", "completed"], \
+            [(r.role, r.reason) for r in a.reports + b.reports]
+        assert bytes(a.image.pmem) == data
+        assert a.machine.serving and not b.machine.serving and not thawed
+        assert a.reports[0].writes > 4  # (the standby's reads)
+        [f] = made
+        assert f.done and not f.error and a.reports[0].digest_s == f.busy_s > 0
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_pull_whose_digest_differs_from_the_workers_is_refused_and_the_active_thaws(
+        monkeypatch):
+    made = _followers(monkeypatch)
+    a, b = _pulling_pair()
+    try:
+        b.corrupt_image = True  # the active's Digest is wrong: the worker's must not match
+        thawed = []
+        b.app.thaw = lambda: thawed.append(1)
+        gso_once(a, b)
+        assert [r.outcome for r in a.reports + b.reports] == ["aborted", "aborted"], \
+            [(r.role, r.outcome, r.reason) for r in a.reports + b.reports]
+        assert "digest" in a.reports[0].reason.lower(), a.reports[0].reason
+        assert b.machine.serving and not a.machine.serving and thawed == [1]
+        assert len(made) == 1 and made[0].done
+    finally:
+        a.close()
+        b.close()
+
+
+def _worker_free(worker: switchover._DigestWorker) -> bool:
+    ran = threading.Event()
+    worker.submit(ran.set)
+    return ran.wait(5)
+
+
+def test_a_cancelled_pull_digest_frees_the_worker_at_once():
+    worker = switchover._DigestWorker("test-digest")
+    try:
+        buf = bytearray(64 << 10)
+        f = switchover._PullDigest(worker, buf, Digest(DigestAlgo.CRC32C), 128, len(buf),
+                                   time.monotonic)
+        f.advance(4096)
+        f.cancel()  # (the link was lost: no more reads land)
+        f.join(5)
+        assert f.done and not f.error
+        assert _worker_free(worker)
+    finally:
+        worker.stop()
+
+
+def test_a_pull_digest_nobody_feeds_gives_up_and_says_so(monkeypatch):
+    monkeypatch.setattr(switchover._PullDigest, "IDLE_S", 0.2)
+    worker = switchover._DigestWorker("test-digest")
+    try:
+        buf = bytearray(64 << 10)
+        f = switchover._PullDigest(worker, buf, Digest(DigestAlgo.CRC32C), 128, len(buf),
+                                   time.monotonic)
+        f.join(5)
+        assert f.done and "no read landed" in f.error
+        assert _worker_free(worker)
+    finally:
+        worker.stop()
