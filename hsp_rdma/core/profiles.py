@@ -97,8 +97,9 @@ class Profile:
     completion_wait: str = "busy"
     # The GSO image digest: "crc32" (zlib), "crc32c" (the compiled CRC-32C) or "blake2b".
     digest: str = "crc32"
-    # A push's digest taken in a worker thread beside the copy (the compiled digests run
-    # without the GIL), not inline between the writes: worth it where a second CPU is free
+    # The copy's digest taken in a worker thread beside it (the compiled digests run
+    # without the GIL), not inline between the posts: a push's on the active, a pull's on
+    # the standby (following the reads as they land). Worth it where a second CPU is free
     # while the copy runs (the soft provider on one host); not in a 1-vCPU lab guest, where
     # the device's own kernel work needs that CPU.
     digest_thread: bool = False
