@@ -113,6 +113,9 @@ FENCE_AT = 64  # where in src_marker's page the stripe's fence read lands (8 byt
 # Profile prime_grants, pull: the first read, alone (the header and the start of the payload);
 # the grant comes with its answer, and the next reads, of a chunk each, go direct.
 PRIME_READ = 4096
+# Profile digest_thread, pull: the worker's digest gives up when no read landed for the copy
+# timeout and this much more (the copy timer cancels the pull first: this is a safety net).
+PULL_DIGEST_IDLE_S = 5.0
 
 
 class SwitchoverError(HspError):
@@ -373,13 +376,13 @@ class _PullDigest:
     beside the reads, following them as they land (they complete in order, and they are the
     only writes into the buffer during the pull, so what is digested is what verify sees).
     The engine says how far the reads landed (``advance``); ``cancel`` when the pull ends
-    otherwise. It gives up if nothing lands for IDLE_S (a pull no one cancelled)."""
-
-    IDLE_S = 10.0
+    otherwise (the copy timer's CancelPull included). It gives up if nothing lands for
+    IDLE_S (the copy timeout + PULL_DIGEST_IDLE_S): only a pull that no one cancelled, by a
+    bug, gets there."""
 
     def __init__(self, worker: _DigestWorker, buf, digest, start: int, end: int,
-                 clock: Clock):
-        self.digest, self.end, self.clock = digest, end, clock
+                 clock: Clock, idle_s: float):
+        self.digest, self.end, self.clock, self.idle_s = digest, end, clock, idle_s
         self.busy_s, self.error = 0.0, ""
         self._landed, self._cancelled = start, False
         self._cv = threading.Condition()
@@ -402,8 +405,8 @@ class _PullDigest:
                 while at < self.end:
                     with self._cv:
                         while self._landed <= at and not self._cancelled:
-                            if not self._cv.wait(self.IDLE_S) and self._landed <= at:
-                                raise TimeoutError(f"no read landed for {self.IDLE_S:.0f} s")
+                            if not self._cv.wait(self.idle_s) and self._landed <= at:
+                                raise TimeoutError(f"no read landed for {self.idle_s:g} s")
                         if self._cancelled:
                             return
                         upto = min(self._landed, self.end)
@@ -1611,7 +1614,8 @@ class Engine:
             p.digested = HEADER_SPACE
             if self.digest_thread:
                 p.follower = _PullDigest(self._worker(), self.image.buf, p.digest,
-                                         HEADER_SPACE, p.end, self.clock)
+                                         HEADER_SPACE, p.end, self.clock,
+                                         self.machine.timeouts.copy + PULL_DIGEST_IDLE_S)
                 p.follower.advance(p.landed)
         if p.follower is None and p.digest is not None and p.digested < p.landed:
             t0 = self.clock()

@@ -140,7 +140,7 @@ def test_a_cancelled_pull_digest_frees_the_worker_at_once():
     try:
         buf = bytearray(64 << 10)
         f = switchover._PullDigest(worker, buf, Digest(DigestAlgo.CRC32C), 128, len(buf),
-                                   time.monotonic)
+                                   time.monotonic, idle_s=30)
         f.advance(4096)
         f.cancel()  # (the link was lost: no more reads land)
         f.join(5)
@@ -150,13 +150,12 @@ def test_a_cancelled_pull_digest_frees_the_worker_at_once():
         worker.stop()
 
 
-def test_a_pull_digest_nobody_feeds_gives_up_and_says_so(monkeypatch):
-    monkeypatch.setattr(switchover._PullDigest, "IDLE_S", 0.2)
+def test_a_pull_digest_nobody_feeds_gives_up_and_says_so():
     worker = switchover._DigestWorker("test-digest")
     try:
         buf = bytearray(64 << 10)
         f = switchover._PullDigest(worker, buf, Digest(DigestAlgo.CRC32C), 128, len(buf),
-                                   time.monotonic)
+                                   time.monotonic, idle_s=0.2)
         f.join(5)
         assert f.done and "no read landed" in f.error
         assert _worker_free(worker)
