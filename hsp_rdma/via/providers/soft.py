@@ -1889,7 +1889,11 @@ class _Grant:
             mp = mapping(key, make)
         finally:
             os.close(f)
-        return cls(mp, off - lo, addr, size, rkey, slot, rights)
+        try:
+            return cls(mp, off - lo, addr, size, rkey, slot, rights)
+        except ValueError:  # (the connection closed and unmapped it meanwhile)
+            mp.users -= 1
+            raise
 
     def valid(self) -> bool:
         at = self.slot * shm.SLOT.size
