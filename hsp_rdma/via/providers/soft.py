@@ -36,6 +36,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from hsp_rdma.cext import softpath as _compiled
 from hsp_rdma.cext.memcopy import copy as _copy
 from hsp_rdma.via import shm
 from hsp_rdma.via.constants import Control, Reliability, Status, VipReturn, ViState
@@ -1185,49 +1186,11 @@ class _Conn:
             self.reader.start()
 
     # ---- writing ------------------------------------------------------------------------
-    def send(self, parts: list, op: tuple | None = None) -> int:
-        """Queue a frame (header + payload views) in stream order; with OP = (desc, segs)
-        the frame is one of ours that the peer acknowledges: its seq is returned, and its
-        header, PARTS[0], is given as the fields (kind, flags, addr, rkey, value, length),
-        packed here once its seq is known."""
-        with self._wl:
-            seq = 0
-            if op is not None:
-                seq = self.last_seq = next(self.seq) & _MASK
-                kind, flags, addr, rkey, value, length = parts[0]
-                # An ACK still owed goes out before (a SEND: on) any operation of ours, so
-                # the peer never sees a later operation of ours before the ACK of its own.
-                owed = self.applied != self.ack_sent
-                if owed:
-                    self.ack_sent = self.applied
-                    # (an ACK delay still set would start the next one in the past: that
-                    # receive's ACK then went as a frame of its own at once)
-                    self.ack_due = 0.0
-                if owed and kind == SEND:  # (a SEND's address field is free: the ACK rides)
-                    flags |= F_ACKED
-                    addr = self.ack_sent
-                parts[0] = HDR.pack(MAGIC, kind, flags, seq, addr, rkey, value & _MASK, length)
-                if owed and kind != SEND:
-                    parts.insert(0, frame(ACK, seq=self.ack_sent))
-                if not self.pending:
-                    self.ack_wait_t = time.monotonic()
-                self.pending.append((seq, op[0], op[1]))
-            if self.closed or self.failed:
-                return seq
-            if not self.backlog and not self.writing:
-                try:
-                    sent = self.sock.sendmsg(parts, [], socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    sent = 0
-                except OSError:
-                    self._break_stream()
-                    return seq
-                parts = _rest(parts, sent)
-                if not parts:
-                    return seq
-            self.backlog.extend(parts)
-            self.wlock.notify_all()
-            return seq
+    # Queue a frame (header + payload views) in stream order; with OP = (desc, segs) the
+    # frame is one of ours that the peer acknowledges: its seq is returned, and its header,
+    # PARTS[0], is given as the fields (kind, flags, addr, rkey, value, length), packed once
+    # its seq is known. An ACK still owed goes before (a SEND: on) it. Compiled (softpath).
+    send = _compiled.send
 
     def _write_loop(self) -> None:
         while True:
@@ -1290,76 +1253,16 @@ class _Conn:
     # LINGER_S (frames nobody waits for: writes, ACKs, a failure to report); it stays off the
     # socket otherwise, so a waiting thread's message wakes no one else. `plock` is held by
     # the one thread reading; the stream is read only under it.
-    def drive(self, limit: float | None, q: deque) -> bool:
-        """As a waiting thread: read and apply what the stream brings, waiting at most LIMIT s
-        (None: one tick) for it. False if this thread cannot (another thread reads now, the
-        stream ended, or this is the progress thread): then wait for a completion instead.
-        Q: the work queue waited on; if its head completed meanwhile (the progress thread
-        read it before this thread took the stream), nothing is read."""
-        if (not WAITER_READS or self.ended or self.closed or not self.started
-                or threading.current_thread() is self.reader):
-            return False
-        if not self.plock.acquire(timeout=PLOCK_WAIT_S if limit is None
-                                  else max(0.0, min(limit, PLOCK_WAIT_S))):
-            return False
-        self.waiting += 1
-        try:
-            done = self.vi._done
-            if not (self.ended or self.closed or (q and q[0].wr_id in done)):
-                self._pump(ACK_TICK_S if limit is None else limit, self._wpoll)
-        except BaseException as exc:  # noqa: BLE001 - handled as the progress thread would
-            self._fail(exc)
-        finally:
-            self.waiting -= 1
-            self.last_wait = time.monotonic()
-            owed = self.applied != self.ack_sent
-            self.plock.release()
-        if owed and self.parked:  # the progress thread sends it if the application does
-            os.eventfd_write(self.wake, 1)  # not answer in time: wake it if it sleeps on a
-        return True  # wait taken before (else it sees the ACK owed when it next looks)
-
-    def _pump(self, limit: float, poller: select.poll) -> None:
-        """Under plock: wait at most LIMIT s for a frame at a frame boundary, then apply every
-        frame that the read brought. Owed ACKs and the ACK timeout are looked after on the
-        way."""
-        stream = self.stream
-        while True:
-            if stream.pending() == 0:
-                wait = min(limit, ACK_TICK_S)
-                owed = self.applied != self.ack_sent
-                if owed:
-                    now = time.monotonic()
-                    if self.ack_due > now:
-                        wait = min(wait, self.ack_due - now)
-                    else:
-                        self.ack_due = 0.0
-                        self.flush_ack()
-                # A waiter with a whole tick to wait reads at once (the socket's receive
-                # timeout is the tick): one system call a message instead of poll + read.
-                if not (stream.fill() if wait >= ACK_TICK_S and poller is self._wpoll
-                        else poller.poll(max(0, wait) * 1000)):
-                    now = time.monotonic()
-                    if self.applied != self.ack_sent and self.ack_due <= now:
-                        self.ack_due = 0.0
-                        self.flush_ack()
-                    if self.pending and (now - max(self.ack_wait_t, stream.rx_t)) * 1000 \
-                            >= ACK_TIMEOUT_MS:
-                        self._idle()
-                    return
-                stream.rx_t = time.monotonic()
-            h = stream.header()
-            self.in_frame = True
-            self._apply(h)
-            self.in_frame = False
-            if self.closed:
-                raise _Closed()
-            if not stream.pending():  # what had arrived is applied: no poll for more (a
-                # system call a message: the caller comes back if it still waits)
-                if self.applied != self.ack_sent and self.ack_due <= time.monotonic():
-                    self.ack_due = 0.0
-                    self.flush_ack()
-                return
-            limit = 0  # (and on with what is there already)
+    # drive(limit, q): as a waiting thread, read and apply what the stream brings, waiting at
+    # most LIMIT s (None: one tick) for it. False if this thread cannot (another thread reads
+    # now, the stream ended, or this is the progress thread): then wait for a completion
+    # instead. Q: the work queue waited on; if its head completed meanwhile (the progress
+    # thread read it before this thread took the stream), nothing is read. Compiled.
+    drive = _compiled.drive
+    # _pump(limit, poller): under plock, wait at most LIMIT s for a frame at a frame boundary,
+    # then apply every frame that the read brought (SEND and ACK frames wholly read: compiled;
+    # any other, _apply). Owed ACKs and the ACK timeout are looked after on the way. Compiled.
+    _pump = _compiled.pump
 
     def _fail(self, exc: BaseException) -> None:
         """The stream failed (or was refused, or ended on purpose) in whichever thread read
@@ -1919,6 +1822,17 @@ def _rest(parts: list, sent: int) -> list:
     return rest
 
 
+# The per-message path in compiled code (hsp_rdma/cext/softpath.pyx), on these constants.
+_ST_FLUSHED = int(Status.DONE | Status.DESC_FLUSHED_ERROR)
+_compiled.configure(MAGIC, HDR.size, **{k: v for k, v in globals().items() if k.isupper()
+                                        or k.startswith(("_ST_", "_OP_", "_CTL_"))},
+                    MemHandle=MemHandle, ViState=ViState, _rest=_rest, _Closed=_Closed,
+                    _Eof=_Eof, module=sys.modules[__name__],
+                    VipInvalidParameter=VipInvalidParameter, VipInvalidPtag=VipInvalidPtag,
+                    VipInvalidRdmaRead=VipInvalidRdmaRead, VipInvalidState=VipInvalidState,
+                    VipErrorResource=VipErrorResource, VipTimeout=VipTimeout)
+
+
 # ---- the VI ---------------------------------------------------------------------------------------
 class Vi:
     """A VI; connected, one TCP stream. Descriptors complete in post order per queue."""
@@ -2048,120 +1962,17 @@ class Vi:
         self.nic.vi_by_serial.pop(self.serial, None)
 
     # ---- data transfer --------------------------------------------------------------------
-    def _segs(self, desc: VipDescriptor) -> list[tuple[Region, int, int]]:
-        if len(desc.segments) > MAX_SEGMENTS:
-            raise VipInvalidParameter(f"{len(desc.segments)} data segments: the soft provider "
-                                      f"takes at most {MAX_SEGMENTS} per descriptor")
-        out = []
-        regions = self.nic.regions
-        for seg in desc.segments:
-            r = regions.get(int(seg.handle))
-            if r is None or r.closed or (isinstance(seg.handle, MemHandle)
-                                         and seg.handle.mr is not r):
-                raise VipInvalidParameter(f"memory handle {int(seg.handle)} is not registered "
-                                          "on this NIC")
-            if r.ptag is not self.attrs.ptag:
-                raise VipInvalidPtag("the memory and the VI have different ptags")
-            if seg.length < 0 or not (r.addr <= seg.address and seg.address + seg.length
-                                      <= r.addr + r.length):
-                raise VipInvalidParameter(
-                    f"segment 0x{seg.address:x}+{seg.length} lies outside its registered "
-                    f"region 0x{r.addr:x}+{r.length}")
-            out.append((r, seg.address - r.addr, seg.length))
-        return out
+    # Compiled (softpath): _segs(desc), DESC's data segments as (region, offset, length),
+    # each checked (registered on this NIC, the VI's ptag, inside its region); post_send(desc),
+    # the checks, then the frame (same host, granted: one copy into or out of the peer's
+    # memory); post_recv(desc).
+    _segs = _compiled.segs
+    post_send = _compiled.post_send
+    post_recv = _compiled.post_recv
 
-    def post_send(self, desc: VipDescriptor) -> None:
-        control = int(desc.control)
-        op = control & _OP_MASK
-        segs = self._segs(desc)
-        imm = bool(control & _CTL_IMM)
-        if op == _OP_RDMAREAD:
-            if not self.attrs.enable_rdma_read:
-                raise VipInvalidRdmaRead("RDMA Read needs enable_rdma_read on the VI")
-            if imm:
-                raise VipInvalidParameter("an RDMA Read carries no immediate data")
-        elif op != _OP_SENDRECV and op != _OP_RDMAWRITE:
-            raise VipInvalidParameter(f"control 0x{desc.control:x} names no operation")
-        if op != _OP_SENDRECV and desc.address is None:
-            raise VipInvalidParameter("an RDMA descriptor needs an AddressSegment")
-        total = 0
-        for _r, _o, n in segs:
-            total += n
-        if total > self.max_transfer:
-            raise VipInvalidParameter(f"{total} bytes exceed the VI's max transfer size "
-                                      f"{self.max_transfer}")
-        if self.state is ViState.ERROR:
-            raise VipInvalidState(f"VI is in ERROR ({self.why_error}): VipDisconnect it, "
-                                  "then reconnect")
-        conn = self.conn
-        if self.state is not ViState.CONNECTED or conn is None:
-            raise VipInvalidState(f"VI is {self.state.name}: connect it before posting sends")
-        if len(self.sendq) >= QUEUE_DEPTH:
-            raise VipErrorResource(f"the send queue is full ({QUEUE_DEPTH} descriptors): take "
-                                   "completions with VipSendDone/VipSendWait")
-        with self._lock:
-            desc.status = 0
-            desc.wr_id = next(self._ids)
-            self.sendq.append(desc)
-        flags = F_IMM if imm else 0
-        raddr = rkey = 0
-        if op != _OP_SENDRECV:
-            raddr = desc.address.address & 0xFFFFFFFFFFFFFFFF
-            rkey = int(desc.address.handle) & 0xFFFFFFFF
-        if op != _OP_SENDRECV and not imm and conn.cma_pid:
-            g = conn.grants.get(rkey)
-            write = op == _OP_RDMAWRITE
-            if g is not None and g.rights & (EN_WRITE if write else EN_READ) \
-                    and conn.shm_copy(g, raddr, segs, total, write):
-                self._complete(desc, False, _ST_DONE | _ST_OP_OF[op], total)  # straight in or
-                return  # out of the peer's memory
-            if g is None and rkey not in conn.asked:
-                with conn.wlock:
-                    conn.asked.add(rkey)
-                flags |= F_GRANT
-        if op == _OP_RDMAREAD:
-            parts = [(READ_REQ, flags & F_GRANT, raddr, rkey, total, 0)]
-        else:
-            kind = SEND if op == _OP_SENDRECV else WRITE
-            if conn.cma_out and total >= CMA_MIN:  # same host: the peer copies from us
-                iov = b"".join(IOV.pack(r.addr + o, n) for r, o, n in segs if n)
-                parts = [(kind, flags | F_CMA, raddr, rkey, desc.immediate, len(iov)), iov]
-                self.nic.counters["cma_bytes_tx"] += total
-            else:
-                parts = [(kind, flags, raddr, rkey, desc.immediate, total)]
-                parts += [r.view[o:o + n] for r, o, n in segs if n]
-                self.nic.counters["bytes_tx"] += total
-        self.nic.counters["frames_tx"] += 1
-        conn.send(parts, (desc, segs))
-        if conn.failed or conn.closed:
-            # The stream ended while this was posted (after the flush): flushed too.
-            with self._lock:
-                if desc.wr_id not in self._done and desc in self.sendq:
-                    self._done[desc.wr_id] = (int(Status.DONE | Status.DESC_FLUSHED_ERROR),
-                                              0, None, "flushed")
-            self.send_cq.push(self, False)
-
-    def post_recv(self, desc: VipDescriptor) -> None:
-        if self.state is ViState.ERROR:
-            raise VipInvalidState(f"VI is in ERROR ({self.why_error}): VipDisconnect it, "
-                                  "then reconnect")
-        if len(self.recvq) >= QUEUE_DEPTH:
-            raise VipErrorResource(f"the receive queue is full ({QUEUE_DEPTH} descriptors)")
-        segs = self._segs(desc)
-        with self._lock:
-            desc.status = 0
-            desc.wr_id = next(self._ids)
-            self._segs_of[desc.wr_id] = segs
-            self.recvq.append(desc)
-            self._rq.append(desc)
-
-    def _complete(self, desc: VipDescriptor, recv: bool, status: Status, length: int,
-                  immediate: int | None = None, reason: str = "") -> None:
-        with self._lock:
-            if desc.wr_id in self._done:
-                return
-            self._done[desc.wr_id] = (int(status), length, immediate, reason)
-        (self.recv_cq if recv else self.send_cq).push(self, recv)
+    # _complete(desc, recv, status, length, immediate=None, reason=""): DESC completed
+    # (once: a second completion of it is ignored); its queue's CQ is told. Compiled.
+    _complete = _compiled.complete
 
     def _complete_send(self, desc: VipDescriptor, status: Status, reason: str = "") -> None:
         status = int(status) | _ST_OP_OF.get(int(desc.control) & _OP_MASK, _ST_OP_SEND)
@@ -2170,22 +1981,9 @@ class Vi:
             length += seg.length
         self._complete(desc, False, status, length, reason=reason)
 
-    def done(self, recv: bool) -> VipDescriptor | None:
-        q = self.recvq if recv else self.sendq
-        with self._lock:
-            if not q:
-                return None
-            head = q[0]
-            got = self._done.pop(head.wr_id, None)
-            if got is None:
-                return None
-            q.popleft()
-            self._segs_of.pop(head.wr_id, None)
-        status, length, immediate, reason = got
-        head.status, head.length, head.reason = status, length, reason
-        if immediate is not None:
-            head.immediate = immediate
-        return head
+    # done(recv): the head of the work queue if it completed (status, length, immediate data,
+    # reason filled in), else None. Compiled.
+    done = _compiled.take
 
     def _stream_detail(self) -> str:
         """For a wait that timed out: where this VI's stream stood (the evidence a rare
@@ -2201,30 +1999,9 @@ class Vi:
                 f"{'alive' if c.reader.is_alive() else 'ended'}; NIC frames rx "
                 f"{n['frames_rx']} tx {n['frames_tx']})")
 
-    def wait(self, recv: bool, timeout_ms: int | None) -> VipDescriptor:
-        cq = self.recv_cq if recv else self.send_cq
-        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
-        what = "receive" if recv else "send"
-        while True:
-            gen = cq._gen  # (one attribute read: no lock needed under the GIL)
-            d = self.done(recv)
-            if d is not None:
-                return d
-            if not (self.recvq if recv else self.sendq):
-                raise VipInvalidState(f"no descriptor posted on the {what} queue: nothing to "
-                                      "wait for")
-            if recv and self.state is not ViState.CONNECTED:
-                raise VipInvalidState(f"VI is {self.state.name} without a connection: no "
-                                      "receive can complete")
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise VipTimeout(f"no {what} completed in {timeout_ms} ms"
-                                 + self._stream_detail())
-            conn = self.conn
-            if conn is not None and conn.drive(left, self.recvq if recv else self.sendq):
-                continue  # (this thread read the stream: look again)
-            cq.sleep(gen, left if conn is None or not WAITER_READS
-                     else min(left or PLOCK_WAIT_S, PLOCK_WAIT_S))
+    # wait(recv, timeout_ms): the head of the work queue once it completed; this thread reads
+    # the VI's stream meanwhile when it may (_Conn.drive), else sleeps on the CQ. Compiled.
+    wait = _compiled.wait
 
 
 def resize_cq(cq: CompletionQueue, entries: int) -> None:
