@@ -63,6 +63,34 @@ cdef object _monotonic = time.monotonic
 cdef object _eventfd_write = os.eventfd_write
 
 
+# ---- the provider's objects: their hot fields as C struct fields ---------------------------
+# The provider's classes derive from these (_Conn, Vi, _Stream, CompletionQueue, Region): its
+# Python code reads and writes these fields as attributes, as before; the functions here reach
+# them without a dictionary lookup.
+cdef class ConnBase:
+    cdef public object vi, sock, stream, _wl, wlock, backlog, pending, plock, _wpoll, reader
+    cdef public object seq, applied, ack_sent, acked, last_seq, ack_due, ack_wait_t, last_wait
+    cdef public object writing, closed, failed, ended, started, parked, in_frame, waiting, wake
+    cdef public object cma_pid, cma_out, grants, asked
+
+
+cdef class ViBase:
+    cdef public object nic, attrs, state, conn, send_cq, recv_cq, sendq, recvq, _rq, _segs_of
+    cdef public object _done, _ids, _lock, why_error
+
+
+cdef class StreamBase:
+    cdef public object sock, buf, mv, lo, hi, rx_t
+
+
+cdef class CQBase:
+    cdef public object _lock, _cv, _gen, vipl, fifo, _sleepers, _efd
+
+
+cdef class RegionBase:
+    cdef public object addr, length, view, ptag, closed
+
+
 def configure(bytes magic, int hdr_size, **k):
     """The provider's constants, classes and helpers, by their names there (its frame
     header must be the layout packed here)."""
@@ -172,39 +200,40 @@ def send(conn, list parts, op=None):
     seq is returned, and its header, PARTS[0], is given as the fields (kind, flags, addr,
     rkey, value, length), packed here once its seq is known. Sent at once if the socket takes
     it and nothing waits before it, else left to the writer thread."""
+    cdef ConnBase c = conn
     cdef uint32_t seq = 0, applied, ack_sent
     cdef int kind, flags, owed
     cdef Py_ssize_t sent, total = -1
-    lock = conn._wl
+    lock = c._wl
     lock.acquire()
     try:
         if op is not None:
-            seq = (next(conn.seq) & MASK)
-            conn.last_seq = seq
+            seq = (next(c.seq) & MASK)
+            c.last_seq = seq
             kind, flags, addr, rkey, value, length = parts[0]
             # An ACK still owed goes out before (a SEND: on) any operation of ours, so the
             # peer never sees a later operation of ours before the ACK of its own.
-            applied, ack_sent = conn.applied, conn.ack_sent
+            applied, ack_sent = c.applied, c.ack_sent
             owed = applied != ack_sent
             if owed:
-                conn.ack_sent = ack_sent = applied
+                c.ack_sent = ack_sent = applied
                 # (an ACK delay still set would start the next one in the past: that
                 # receive's ACK then went as a frame of its own at once)
-                conn.ack_due = 0.0
+                c.ack_due = 0.0
                 if kind == K_SEND:  # (a SEND's address field is free: the ACK rides)
                     flags |= F_ACKED
                     addr = ack_sent
             parts[0] = _header(kind, flags, seq, addr, rkey, <uint32_t>(value & MASK), length)
             if owed and kind != K_SEND:
                 parts.insert(0, _header(K_ACK, 0, ack_sent, 0, 0, 0, 0))
-            pending = conn.pending
+            pending = c.pending
             if not pending:
-                conn.ack_wait_t = _monotonic()
+                c.ack_wait_t = _monotonic()
             pending.append((seq, op[0], op[1]))
-        if conn.closed or conn.failed:
+        if c.closed or c.failed:
             return seq
-        if not conn.backlog and not conn.writing:
-            sock = conn.sock
+        if not c.backlog and not c.writing:
+            sock = c.sock
             try:
                 sent = _sendmsg_small(sock.fileno(), parts, &total)
                 if sent == -3:  # (large, or many buffers: the socket module's sendmsg)
@@ -222,8 +251,8 @@ def send(conn, list parts, op=None):
             parts = _rest(parts, sent)
             if not parts:
                 return seq
-        conn.backlog.extend(parts)
-        conn.wlock.notify_all()
+        c.backlog.extend(parts)
+        c.wlock.notify_all()
         return seq
     finally:
         lock.release()
@@ -232,24 +261,26 @@ def send(conn, list parts, op=None):
 # ---- completions ----------------------------------------------------------------------------
 cdef _push(cq, vi, bint recv):
     """The provider's CompletionQueue.push."""
-    lock = cq._lock
+    cdef CQBase q = cq
+    lock = q._lock
     lock.acquire()
     try:
-        cq._gen += 1
-        if cq.vipl:
-            cq.fifo.append((vi, recv))
-        if cq._sleepers:
-            cq._cv.notify_all()
-        if cq._efd >= 0:
-            _eventfd_write(cq._efd, 1)
+        q._gen += 1
+        if q.vipl:
+            q.fifo.append((vi, recv))
+        if q._sleepers:
+            q._cv.notify_all()
+        if q._efd >= 0:
+            _eventfd_write(q._efd, 1)
     finally:
         lock.release()
 
 
 cdef _complete(vi, desc, bint recv, int status, length, immediate, str reason):
     """The provider's Vi._complete."""
-    cdef dict done = vi._done
-    lock = vi._lock
+    cdef ViBase v = vi
+    cdef dict done = v._done
+    lock = v._lock
     lock.acquire()
     try:
         wr = desc.wr_id
@@ -258,7 +289,7 @@ cdef _complete(vi, desc, bint recv, int status, length, immediate, str reason):
         done[wr] = (status, length, immediate, reason)
     finally:
         lock.release()
-    _push(vi.recv_cq if recv else vi.send_cq, vi, recv)
+    _push(v.recv_cq if recv else v.send_cq, vi, recv)
 
 
 def complete(vi, desc, bint recv, status, length, immediate=None, str reason=""):
@@ -269,9 +300,10 @@ def complete(vi, desc, bint recv, status, length, immediate=None, str reason="")
 def take(vi, bint recv):
     """The provider's Vi.done: the head of the work queue if it completed (its status,
     length, immediate data and reason filled in), else None."""
-    q = vi.recvq if recv else vi.sendq
-    cdef dict done = vi._done
-    lock = vi._lock
+    cdef ViBase v = vi
+    q = v.recvq if recv else v.sendq
+    cdef dict done = v._done
+    lock = v._lock
     lock.acquire()
     try:
         if not q:
@@ -281,7 +313,7 @@ def take(vi, bint recv):
         if got is None:
             return None
         q.popleft()
-        vi._segs_of.pop(head.wr_id, None)
+        v._segs_of.pop(head.wr_id, None)
     finally:
         lock.release()
     status, length, immediate, reason = got
@@ -296,12 +328,13 @@ def take(vi, bint recv):
 # ---- receiving ------------------------------------------------------------------------------
 cdef bint _ack_ok(conn, uint32_t seq):
     """An ACK of SEQ would be taken by _complete_upto without a protocol error."""
-    cdef uint32_t acked = conn.acked
+    cdef ConnBase c = conn
+    cdef uint32_t acked = c.acked
     if seq == acked:
         return True
-    if ((seq - acked) & MASK) > ((<uint32_t>conn.last_seq - acked) & MASK):
+    if ((seq - acked) & MASK) > ((<uint32_t>c.last_seq - acked) & MASK):
         return False  # (an ACK for an operation never sent)
-    for s, desc, _segs in conn.pending:
+    for s, desc, _segs in c.pending:
         if ((seq - <uint32_t>s) & MASK) >= (1u << 31):
             break
         if (int(desc.control) & OP_MASK) == OP_READ:
@@ -311,12 +344,13 @@ cdef bint _ack_ok(conn, uint32_t seq):
 
 cdef _complete_upto(conn, vi, uint32_t seq):
     """The provider's _Conn._complete_upto, once _ack_ok said yes."""
+    cdef ConnBase c = conn
     cdef int status
-    if seq == <uint32_t>conn.acked:
+    if seq == <uint32_t>c.acked:
         return
-    conn.acked = seq
-    conn.ack_wait_t = _monotonic()
-    pending = conn.pending
+    c.acked = seq
+    c.ack_wait_t = _monotonic()
+    pending = c.pending
     while pending and ((seq - <uint32_t>pending[0][0]) & MASK) < (1u << 31):
         _s, desc, _segs = pending.popleft()
         status = ST_DONE | ST_OP_OF.get(int(desc.control) & OP_MASK, ST_OP_SEND)
@@ -330,19 +364,21 @@ def apply_buffered(conn) -> int:
     """Apply the ACK frames and the SEND frames of inline data, each wholly in the stream's
     buffer, that come first in it, as the provider's _apply would; stop before any other
     frame, and before one that _apply would refuse (so that it does). The frames applied."""
-    stream = conn.stream
-    vi = conn.vi
+    cdef ConnBase c = conn
+    cdef StreamBase st = c.stream
+    cdef ViBase v = c.vi
+    vi = c.vi
     cdef Py_buffer view
-    cdef Py_ssize_t lo = stream.lo, hi = stream.hi, left, k, cap, at
+    cdef Py_ssize_t lo = st.lo, hi = st.hi, left, k, cap, at
     cdef int applied = 0, kind, flags, status
     cdef uint32_t seq, rkey, value, length, ack
     cdef uint64_t addr
     cdef const uint8_t *h
     cdef uintptr_t dst
-    counters = vi.nic.counters
-    PyObject_GetBuffer(stream.buf, &view, PyBUF_SIMPLE)
+    counters = v.nic.counters
+    PyObject_GetBuffer(st.buf, &view, PyBUF_SIMPLE)
     try:
-        while hi - lo >= HDR_SIZE and not conn.closed:
+        while hi - lo >= HDR_SIZE and not c.closed:
             h = <const uint8_t *>view.buf + lo
             if h[0] != MAGIC0 or h[1] != MAGIC1:
                 break
@@ -356,7 +392,7 @@ def apply_buffered(conn) -> int:
                     break
                 counters["frames_rx"] += 1
                 lo += HDR_SIZE
-                stream.lo = lo
+                st.lo = lo
                 _complete_upto(conn, vi, seq)
                 applied += 1
                 continue
@@ -365,13 +401,13 @@ def apply_buffered(conn) -> int:
             ack = <uint32_t>(addr & MASK)
             if flags & F_ACKED and not _ack_ok(conn, ack):
                 break
-            if seq != ((<uint32_t>conn.applied + 1) & MASK):
+            if seq != ((<uint32_t>c.applied + 1) & MASK):
                 break
-            rq = vi._rq
+            rq = v._rq
             if not rq:
                 break
             desc = rq[0]
-            segs = vi._segs_of.get(desc.wr_id, [])
+            segs = v._segs_of.get(desc.wr_id, [])
             cap = 0
             for r, off, n in segs:
                 if r.closed:
@@ -384,7 +420,7 @@ def apply_buffered(conn) -> int:
             counters["frames_rx"] += 1
             if flags & F_ACKED:
                 _complete_upto(conn, vi, ack)
-            lock = vi._lock
+            lock = v._lock
             lock.acquire()
             try:
                 if not rq or rq[0] is not desc:
@@ -402,13 +438,13 @@ def apply_buffered(conn) -> int:
                 at += k
                 left -= k
             lo += HDR_SIZE + length
-            stream.lo = lo
+            st.lo = lo
             status = ST_RECEIVED | (ST_IMM if flags & F_IMM else 0)
             # Applied before the receiver can see it (as _receive: a VipDisconnect right
             # after the completion still acknowledges it).
-            conn.applied = seq
-            if not conn.ack_due:
-                conn.ack_due = _monotonic() + ACK_DELAY_S
+            c.applied = seq
+            if not c.ack_due:
+                c.ack_due = _monotonic() + ACK_DELAY_S
             _complete(vi, desc, True, status, length, value if flags & F_IMM else None, "")
             applied += 1
     finally:
@@ -420,14 +456,15 @@ def apply_buffered(conn) -> int:
 def segs(vi, desc) -> list:
     """The provider's Vi._segs: DESC's data segments as (region, offset, length), each
     checked (registered on this NIC, the VI's ptag, inside its region)."""
+    cdef ViBase v = vi
     segments = desc.segments
     if len(segments) > MAX_SEGMENTS:
         raise InvalidParameter(f"{len(segments)} data segments: the soft provider takes at "
                                f"most {MAX_SEGMENTS} per descriptor")
     cdef list out = []
-    cdef dict regions = vi.nic.regions
+    cdef dict regions = v.nic.regions
     cdef Py_ssize_t address, length, base
-    ptag = vi.attrs.ptag
+    ptag = v.attrs.ptag
     for seg in segments:
         handle = seg.handle
         r = regions.get(int(handle))
@@ -445,19 +482,20 @@ def segs(vi, desc) -> list:
 
 def post_recv(vi, desc):
     """The provider's Vi.post_recv."""
-    if vi.state is ERROR:
-        raise InvalidState(f"VI is in ERROR ({vi.why_error}): VipDisconnect it, then reconnect")
-    if len(vi.recvq) >= QUEUE_DEPTH:
+    cdef ViBase v = vi
+    if v.state is ERROR:
+        raise InvalidState(f"VI is in ERROR ({v.why_error}): VipDisconnect it, then reconnect")
+    if len(v.recvq) >= QUEUE_DEPTH:
         raise ErrorResource(f"the receive queue is full ({QUEUE_DEPTH} descriptors)")
     sg = segs(vi, desc)
-    lock = vi._lock
+    lock = v._lock
     lock.acquire()
     try:
         desc.status = 0
-        wr = desc.wr_id = next(vi._ids)
-        vi._segs_of[wr] = sg
-        vi.recvq.append(desc)
-        vi._rq.append(desc)
+        wr = desc.wr_id = next(v._ids)
+        v._segs_of[wr] = sg
+        v.recvq.append(desc)
+        v._rq.append(desc)
     finally:
         lock.release()
 
@@ -465,6 +503,7 @@ def post_recv(vi, desc):
 def post_send(vi, desc):
     """The provider's Vi.post_send: checks, then the frame (or, same host, one copy straight
     into or out of the peer's granted memory)."""
+    cdef ViBase v = vi
     cdef int control = int(desc.control)
     cdef int op = control & OP_MASK
     cdef bint imm = (control & CTL_IMM) != 0, write
@@ -472,7 +511,7 @@ def post_send(vi, desc):
     cdef int flags, kind
     sg = segs(vi, desc)
     if op == OP_READ:
-        if not vi.attrs.enable_rdma_read:
+        if not v.attrs.enable_rdma_read:
             raise InvalidRdmaRead("RDMA Read needs enable_rdma_read on the VI")
         if imm:
             raise InvalidParameter("an RDMA Read carries no immediate data")
@@ -485,21 +524,21 @@ def post_send(vi, desc):
     if total > vi.max_transfer:
         raise InvalidParameter(f"{total} bytes exceed the VI's max transfer size "
                                f"{vi.max_transfer}")
-    state = vi.state
+    state = v.state
     if state is ERROR:
-        raise InvalidState(f"VI is in ERROR ({vi.why_error}): VipDisconnect it, then reconnect")
-    conn = vi.conn
+        raise InvalidState(f"VI is in ERROR ({v.why_error}): VipDisconnect it, then reconnect")
+    conn = v.conn
     if state is not CONNECTED or conn is None:
         raise InvalidState(f"VI is {state.name}: connect it before posting sends")
-    sendq = vi.sendq
+    sendq = v.sendq
     if len(sendq) >= QUEUE_DEPTH:
         raise ErrorResource(f"the send queue is full ({QUEUE_DEPTH} descriptors): take "
                             "completions with VipSendDone/VipSendWait")
-    lock = vi._lock
+    lock = v._lock
     lock.acquire()
     try:
         desc.status = 0
-        desc.wr_id = next(vi._ids)
+        desc.wr_id = next(v._ids)
         sendq.append(desc)
     finally:
         lock.release()
@@ -522,7 +561,7 @@ def post_send(vi, desc):
                 finally:
                     conn.wlock.release()
                 flags |= F_GRANT
-    counters = vi.nic.counters
+    counters = v.nic.counters
     if op == OP_READ:
         parts = [(K_READ_REQ, flags & F_GRANT, raddr, rkey, total, 0)]
     else:
@@ -543,11 +582,11 @@ def post_send(vi, desc):
         # The stream ended while this was posted (after the flush): flushed too.
         lock.acquire()
         try:
-            if desc.wr_id not in vi._done and desc in sendq:
-                vi._done[desc.wr_id] = (ST_FLUSHED, 0, None, "flushed")
+            if desc.wr_id not in v._done and desc in sendq:
+                v._done[desc.wr_id] = (ST_FLUSHED, 0, None, "flushed")
         finally:
             lock.release()
-        _push(vi.send_cq, vi, False)
+        _push(v.send_cq, vi, False)
 
 
 # ---- waiting: whoever waits reads (see the provider's _Conn.drive) --------------------------
@@ -555,56 +594,57 @@ def pump(conn, double limit, poller):
     """The provider's _Conn._pump: under plock, wait at most LIMIT s for a frame at a frame
     boundary, then apply every frame that the read brought. Owed ACKs and the ACK timeout
     are looked after on the way."""
-    stream = conn.stream
+    cdef ConnBase c = conn
+    cdef StreamBase st = c.stream
     cdef double wait, now, tick
     cdef Py_ssize_t got
     while True:
-        if stream.hi == stream.lo:
+        if st.hi == st.lo:
             tick = P.ACK_TICK_S
             wait = min(limit, tick)
-            if conn.applied != conn.ack_sent:
+            if c.applied != c.ack_sent:
                 now = _monotonic()
-                if conn.ack_due > now:
-                    wait = min(wait, conn.ack_due - now)
+                if c.ack_due > now:
+                    wait = min(wait, c.ack_due - now)
                 else:
-                    conn.ack_due = 0.0
+                    c.ack_due = 0.0
                     conn.flush_ack()
             # A waiter with a whole tick to wait reads at once (the socket's receive timeout
             # is the tick): one system call a message instead of poll + read.
-            if wait >= tick and poller is conn._wpoll:
-                stream.lo = stream.hi = 0
+            if wait >= tick and poller is c._wpoll:
+                st.lo = st.hi = 0
                 try:
-                    got = stream.sock.recv_into(stream.mv)
+                    got = st.sock.recv_into(st.mv)
                 except BlockingIOError:
                     got = 0
                 else:
                     if got == 0:
                         raise Eof(mid=False)
-                    stream.hi = got
+                    st.hi = got
             else:
                 got = len(poller.poll(max(0.0, wait) * 1000))
             if not got:
                 now = _monotonic()
-                if conn.applied != conn.ack_sent and conn.ack_due <= now:
-                    conn.ack_due = 0.0
+                if c.applied != c.ack_sent and c.ack_due <= now:
+                    c.ack_due = 0.0
                     conn.flush_ack()
-                if conn.pending and (now - max(<double>conn.ack_wait_t, <double>stream.rx_t)) \
+                if c.pending and (now - max(<double>c.ack_wait_t, <double>st.rx_t)) \
                         * 1000 >= P.ACK_TIMEOUT_MS:
                     conn._idle()
                 return
-            stream.rx_t = _monotonic()
+            st.rx_t = _monotonic()
         # (the SEND and ACK frames already read, here; then any other one by _apply)
-        if not apply_buffered(conn) or stream.hi != stream.lo:
-            h = stream.header()
-            conn.in_frame = True
+        if not apply_buffered(conn) or st.hi != st.lo:
+            h = st.header()
+            c.in_frame = True
             conn._apply(h)
-            conn.in_frame = False
-        if conn.closed:
+            c.in_frame = False
+        if c.closed:
             raise Closed()
-        if stream.hi == stream.lo:  # what had arrived is applied: no poll for more (a
+        if st.hi == st.lo:  # what had arrived is applied: no poll for more (a
             # system call a message: the caller comes back if it still waits)
-            if conn.applied != conn.ack_sent and conn.ack_due <= _monotonic():
-                conn.ack_due = 0.0
+            if c.applied != c.ack_sent and c.ack_due <= _monotonic():
+                c.ack_due = 0.0
                 conn.flush_ack()
             return
         limit = 0  # (and on with what is there already)
@@ -616,35 +656,37 @@ def drive(conn, limit, q) -> bool:
     (another thread reads now, the stream ended, or this is the progress thread): then wait
     for a completion instead. Q: the work queue waited on; if its head completed meanwhile
     (the progress thread read it before this thread took the stream), nothing is read."""
+    cdef ConnBase c = conn
     cdef double plock_wait = P.PLOCK_WAIT_S
     cdef bint owed
-    if (not P.WAITER_READS or conn.ended or conn.closed or not conn.started
-            or conn.reader.ident == PyThread_get_thread_ident()):
+    if (not P.WAITER_READS or c.ended or c.closed or not c.started
+            or c.reader.ident == PyThread_get_thread_ident()):
         return False
-    plock = conn.plock
+    plock = c.plock
     if not plock.acquire(True, plock_wait if limit is None
                          else max(0.0, min(<double>limit, plock_wait))):
         return False
-    conn.waiting += 1
+    c.waiting += 1
     try:
-        if not (conn.ended or conn.closed or (q and q[0].wr_id in conn.vi._done)):
-            pump(conn, P.ACK_TICK_S if limit is None else limit, conn._wpoll)
+        if not (c.ended or c.closed or (q and q[0].wr_id in c.vi._done)):
+            pump(conn, P.ACK_TICK_S if limit is None else limit, c._wpoll)
     except BaseException as exc:  # noqa: BLE001 - handled as the progress thread would
         conn._fail(exc)
     finally:
-        conn.waiting -= 1
-        conn.last_wait = _monotonic()
-        owed = conn.applied != conn.ack_sent
+        c.waiting -= 1
+        c.last_wait = _monotonic()
+        owed = c.applied != c.ack_sent
         plock.release()
-    if owed and conn.parked:  # the progress thread sends it if the application does
-        _eventfd_write(conn.wake, 1)  # not answer in time: wake it if it sleeps on a
+    if owed and c.parked:  # the progress thread sends it if the application does
+        _eventfd_write(c.wake, 1)  # not answer in time: wake it if it sleeps on a
     return True  # wait taken before (else it sees the ACK owed when it next looks)
 
 
 def wait(vi, bint recv, timeout_ms):
     """The provider's Vi.wait: the head of the work queue once it completed; this thread
     reads the VI's stream meanwhile when it may (drive), else sleeps on the CQ."""
-    cq = vi.recv_cq if recv else vi.send_cq
+    cdef ViBase v = vi
+    cq = v.recv_cq if recv else v.send_cq
     cdef double deadline = 0.0, plock_wait
     cdef bint forever = timeout_ms is None
     if not forever:
@@ -655,17 +697,17 @@ def wait(vi, bint recv, timeout_ms):
         d = take(vi, recv)
         if d is not None:
             return d
-        q = vi.recvq if recv else vi.sendq
+        q = v.recvq if recv else v.sendq
         if not q:
             raise InvalidState(f"no descriptor posted on the {what} queue: nothing to wait "
                                "for")
-        if recv and vi.state is not CONNECTED:
-            raise InvalidState(f"VI is {vi.state.name} without a connection: no receive can "
+        if recv and v.state is not CONNECTED:
+            raise InvalidState(f"VI is {v.state.name} without a connection: no receive can "
                                "complete")
         left = None if forever else deadline - _monotonic()
         if left is not None and left <= 0:
             raise Timeout(f"no {what} completed in {timeout_ms} ms" + vi._stream_detail())
-        conn = vi.conn
+        conn = v.conn
         if conn is not None and drive(conn, left, q):
             continue  # (this thread read the stream: look again)
         plock_wait = P.PLOCK_WAIT_S

@@ -378,7 +378,7 @@ class Ptag:
         self.closed = True
 
 
-class Region:
+class Region(_compiled.RegionBase):
     """A registered buffer: its address range, ptag, RDMA enable bits and a byte view."""
 
     def __init__(self, nic: Nic, buffer, attrs: MemAttributes, key: int):
@@ -471,7 +471,7 @@ def deregister(nic: Nic, handle) -> None:
 
 
 # ---- completion queues ------------------------------------------------------------------------
-class CompletionQueue:
+class CompletionQueue(_compiled.CQBase):
     """Completions of the work queues attached to it. VIPL CQs (``vipl=True``) keep which
     work queue completed, in order; ``fileno()`` is an eventfd that is readable while a
     completion is there to take (cleared when VipCQDone finds none), for event loops."""
@@ -1034,7 +1034,7 @@ def _close(s: socket.socket) -> None:
 
 
 # ---- one connection's stream --------------------------------------------------------------------
-class _Stream:
+class _Stream(_compiled.StreamBase):
     """Buffered reads from a socket: headers out of a buffer, payloads straight into their
     destination (a registered region) once the buffered bytes are used up."""
 
@@ -1115,7 +1115,7 @@ class _Stream:
             k += got
 
 
-class _Conn:
+class _Conn(_compiled.ConnBase):
     """One connected VI's TCP stream: a writer side (non-blocking first, then a writer thread
     for what the socket would not take) and the progress thread that reads and applies."""
 
@@ -1834,7 +1834,7 @@ _compiled.configure(MAGIC, HDR.size, **{k: v for k, v in globals().items() if k.
 
 
 # ---- the VI ---------------------------------------------------------------------------------------
-class Vi:
+class Vi(_compiled.ViBase):
     """A VI; connected, one TCP stream. Descriptors complete in post order per queue."""
 
     def __init__(self, nic: Nic, attrs: ViAttributes, send_cq: CompletionQueue | None = None,
