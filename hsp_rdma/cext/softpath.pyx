@@ -50,7 +50,7 @@ cdef uint8_t MAGIC0, MAGIC1
 cdef int K_SEND, K_ACK, K_WRITE, K_READ_REQ, F_ACKED, F_IMM, F_CMA, F_GRANT
 cdef int OP_MASK, OP_SEND, OP_WRITE, OP_READ, CTL_IMM, EN_WRITE, EN_READ
 cdef int ST_DONE, ST_RECEIVED, ST_IMM, ST_OP_SEND, ST_FLUSHED
-cdef Py_ssize_t QUEUE_DEPTH, MAX_SEGMENTS, CMA_MIN
+cdef Py_ssize_t QUEUE_DEPTH, MAX_SEGMENTS, CMA_MIN, MAX_TRANSFER
 cdef dict ST_OP_OF
 cdef double ACK_DELAY_S
 cdef object _rest, IOV_PACK, ERROR, CONNECTED, MemHandle
@@ -97,7 +97,7 @@ def configure(bytes magic, int hdr_size, **k):
     global MAGIC0, MAGIC1, K_SEND, K_ACK, K_WRITE, K_READ_REQ, F_ACKED, F_IMM, F_CMA, F_GRANT
     global OP_MASK, OP_SEND, OP_WRITE, OP_READ, CTL_IMM, EN_WRITE, EN_READ
     global ST_DONE, ST_RECEIVED, ST_IMM, ST_OP_SEND, ST_FLUSHED, QUEUE_DEPTH, MAX_SEGMENTS
-    global CMA_MIN, ST_OP_OF, ACK_DELAY_S, _rest, IOV_PACK, ERROR, CONNECTED, MemHandle
+    global CMA_MIN, MAX_TRANSFER, ST_OP_OF, ACK_DELAY_S, _rest, IOV_PACK, ERROR, CONNECTED, MemHandle
     global InvalidParameter, InvalidPtag, InvalidRdmaRead, InvalidState, ErrorResource
     global Timeout, Closed, Eof, P
     if hdr_size != HDR_SIZE or len(magic) != 2:
@@ -112,6 +112,7 @@ def configure(bytes magic, int hdr_size, **k):
     ST_DONE, ST_RECEIVED, ST_IMM = k["_ST_DONE"], k["_ST_RECEIVED"], k["_ST_IMM"]
     ST_OP_SEND, ST_FLUSHED, ST_OP_OF = k["_ST_OP_SEND"], k["_ST_FLUSHED"], k["_ST_OP_OF"]
     QUEUE_DEPTH, MAX_SEGMENTS, CMA_MIN = k["QUEUE_DEPTH"], k["MAX_SEGMENTS"], k["CMA_MIN"]
+    MAX_TRANSFER = k["MAX_TRANSFER"]
     ACK_DELAY_S, _rest, IOV_PACK = k["ACK_DELAY_S"], k["_rest"], k["IOV"].pack
     ERROR, CONNECTED, MemHandle = k["ViState"].ERROR, k["ViState"].CONNECTED, k["MemHandle"]
     InvalidParameter, InvalidPtag = k["VipInvalidParameter"], k["VipInvalidPtag"]
@@ -410,7 +411,7 @@ def apply_buffered(conn) -> int:
             segs = v._segs_of.get(desc.wr_id, [])
             cap = 0
             for r, off, n in segs:
-                if r.closed:
+                if (<RegionBase>r).closed:
                     cap = -1
                     break
                 cap += n
@@ -433,7 +434,7 @@ def apply_buffered(conn) -> int:
                 if not left:
                     break
                 k = min(<Py_ssize_t>n, left)
-                dst = <uintptr_t>r.addr + <uintptr_t>off
+                dst = <uintptr_t>(<RegionBase>r).addr + <uintptr_t>off
                 memcpy(<void *>dst, <const uint8_t *>view.buf + at, k)
                 at += k
                 left -= k
@@ -465,6 +466,7 @@ def segs(vi, desc) -> list:
     cdef dict regions = v.nic.regions
     cdef Py_ssize_t address, length, base
     ptag = v.attrs.ptag
+    cdef RegionBase r
     for seg in segments:
         handle = seg.handle
         r = regions.get(int(handle))
@@ -473,7 +475,8 @@ def segs(vi, desc) -> list:
         if r.ptag is not ptag:
             raise InvalidPtag("the memory and the VI have different ptags")
         address, length, base = seg.address, seg.length, r.addr
-        if length < 0 or not (base <= address and address + length <= base + <Py_ssize_t>r.length):
+        if length < 0 or not (base <= address
+                              and address + length <= base + <Py_ssize_t>r.length):
             raise InvalidParameter(f"segment 0x{address:x}+{length} lies outside its registered "
                                    f"region 0x{base:x}+{r.length}")
         out.append((r, address - base, length))
@@ -521,9 +524,9 @@ def post_send(vi, desc):
         raise InvalidParameter("an RDMA descriptor needs an AddressSegment")
     for _r, _o, n in sg:
         total += <Py_ssize_t>n
-    if total > vi.max_transfer:
-        raise InvalidParameter(f"{total} bytes exceed the VI's max transfer size "
-                               f"{vi.max_transfer}")
+    limit = v.attrs.max_transfer_size or MAX_TRANSFER  # (the provider's Vi.max_transfer)
+    if total > limit:
+        raise InvalidParameter(f"{total} bytes exceed the VI's max transfer size {limit}")
     state = v.state
     if state is ERROR:
         raise InvalidState(f"VI is in ERROR ({v.why_error}): VipDisconnect it, then reconnect")
@@ -634,7 +637,7 @@ def pump(conn, double limit, poller):
                 return
             st.rx_t = _monotonic()
         # (the SEND and ACK frames already read, here; then any other one by _apply)
-        if not apply_buffered(conn) or st.hi != st.lo:
+        if not (P.COMPILED_APPLY and apply_buffered(conn)) or st.hi != st.lo:
             h = st.header()
             c.in_frame = True
             conn._apply(h)

@@ -61,14 +61,17 @@ def _finish(p: subprocess.Popen, timeout: float) -> tuple[str, str, bool]:
         return out, err, True
 
 
-@pytest.fixture(scope="module", params=["same-host", "inline", "shared-memory"])
+@pytest.fixture(scope="module", params=["same-host", "inline", "shared-memory", "python-apply"])
 def scenario_results(request: pytest.FixtureRequest) -> dict:
     """Once with the same-host path (SEND/WRITE data of 4 KiB and more copied from the
     sender's memory), once with every byte inline on the stream (the path across hosts),
     once with every region a via.shared_buffer (RDMA Writes as direct copies into the
-    peer's memory once granted: scenarios_shm.py)."""
+    peer's memory once granted: scenarios_shm.py), once with every frame applied by the
+    provider's Python path (the SEND and ACK frames are otherwise applied by its compiled
+    path: both must give every semantic)."""
     env = _env()
     env["HSP_VIA_SOFT_LOCAL"] = "0" if request.param == "inline" else "1"
+    env["HSP_VIA_SOFT_COMPILED_APPLY"] = "0" if request.param == "python-apply" else "1"
     script = "scenarios_shm.py" if request.param == "shared-memory" else "scenarios.py"
     server = _spawn(env, script, "server", "--dump-after", "50", dev="soft:server")
     time.sleep(0.2)

@@ -98,6 +98,10 @@ ACK_TICK_S = max(0.05, min(1.0, ACK_TIMEOUT_MS / 4000))
 # the progress thread reads everything, the waiter sleeps on the completion queue); the
 # progress thread keeps off the stream while waiters read and for LINGER_S after the last.
 WAITER_READS = os.environ.get("HSP_VIA_SOFT_WAITER_READS", "1") != "0"
+# SEND and ACK frames wholly read are applied by compiled code (hsp_rdma/cext/softpath.pyx),
+# every other frame by _apply; HSP_VIA_SOFT_COMPILED_APPLY=0: every frame by _apply (the
+# conformance suite runs both ways: tests/via/test_via_soft.py).
+COMPILED_APPLY = os.environ.get("HSP_VIA_SOFT_COMPILED_APPLY", "1") != "0"
 LINGER_S = 0.002
 PLOCK_WAIT_S = 0.002
 # Link emulation (drills): with HSP_VIA_SOFT_LINKS_DIR=DIR set when a NIC soft:NAME opens, a
