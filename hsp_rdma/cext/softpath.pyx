@@ -55,7 +55,7 @@ cdef dict ST_OP_OF
 cdef double ACK_DELAY_S
 cdef object _rest, IOV_PACK, ERROR, CONNECTED, MemHandle
 cdef object InvalidParameter, InvalidPtag, InvalidRdmaRead, InvalidState, ErrorResource
-cdef object Timeout, Closed, Eof
+cdef object Timeout, Closed, Eof, Garbage
 cdef object P  # the provider's module: its tunables are read there at each use (tests set them)
 cdef uint32_t MASK = 0xFFFFFFFF
 cdef uint64_t MASK64 = 0xFFFFFFFFFFFFFFFF
@@ -99,7 +99,7 @@ def configure(bytes magic, int hdr_size, **k):
     global ST_DONE, ST_RECEIVED, ST_IMM, ST_OP_SEND, ST_FLUSHED, QUEUE_DEPTH, MAX_SEGMENTS
     global CMA_MIN, MAX_TRANSFER, ST_OP_OF, ACK_DELAY_S, _rest, IOV_PACK, ERROR, CONNECTED, MemHandle
     global InvalidParameter, InvalidPtag, InvalidRdmaRead, InvalidState, ErrorResource
-    global Timeout, Closed, Eof, P
+    global Timeout, Closed, Eof, Garbage, P
     if hdr_size != HDR_SIZE or len(magic) != 2:
         raise ValueError(f"softpath packs {HDR_SIZE}-byte headers; the provider's are "
                          f"{hdr_size}")
@@ -118,7 +118,7 @@ def configure(bytes magic, int hdr_size, **k):
     InvalidParameter, InvalidPtag = k["VipInvalidParameter"], k["VipInvalidPtag"]
     InvalidRdmaRead, InvalidState = k["VipInvalidRdmaRead"], k["VipInvalidState"]
     ErrorResource, Timeout = k["VipErrorResource"], k["VipTimeout"]
-    Closed, Eof, P = k["_Closed"], k["_Eof"], k["module"]
+    Closed, Eof, Garbage, P = k["_Closed"], k["_Eof"], k["_Garbage"], k["module"]
 
 
 cdef inline void _put32(uint8_t *p, uint32_t v) noexcept nogil:
@@ -327,24 +327,33 @@ def take(vi, bint recv):
 
 
 # ---- receiving ------------------------------------------------------------------------------
-cdef bint _ack_ok(conn, uint32_t seq):
-    """An ACK of SEQ would be taken by _complete_upto without a protocol error."""
+cdef str _ack_refusal(conn, uint32_t seq):
+    """Why an ACK of SEQ is a protocol error, or None: _complete_upto may take it."""
     cdef ConnBase c = conn
     cdef uint32_t acked = c.acked
     if seq == acked:
-        return True
+        return None
     if ((seq - acked) & MASK) > ((<uint32_t>c.last_seq - acked) & MASK):
-        return False  # (an ACK for an operation never sent)
+        return f"ACK {seq} for an operation never sent (last sent {c.last_seq})"
     for s, desc, _segs in c.pending:
         if ((seq - <uint32_t>s) & MASK) >= (1u << 31):
             break
         if (int(desc.control) & OP_MASK) == OP_READ:
-            return False  # (an ACK before the response to an RDMA Read)
-    return True
+            return f"ACK {seq} before the response to RDMA Read {s}"
+    return None
+
+
+def complete_upto(conn, uint32_t seq):
+    """The provider's _Conn._complete_upto: every operation of ours up to and including SEQ
+    was applied by the peer; they complete. A protocol error (raised) changes nothing."""
+    why = _ack_refusal(conn, seq)
+    if why is not None:
+        raise Garbage(why)
+    _complete_upto(conn, (<ConnBase>conn).vi, seq)
 
 
 cdef _complete_upto(conn, vi, uint32_t seq):
-    """The provider's _Conn._complete_upto, once _ack_ok said yes."""
+    """complete_upto, once _ack_refusal found nothing wrong."""
     cdef ConnBase c = conn
     cdef int status
     if seq == <uint32_t>c.acked:
@@ -389,7 +398,7 @@ def apply_buffered(conn) -> int:
             addr = be64toh(addr)
             rkey, value, length = _get32(h + 16), _get32(h + 20), _get32(h + 24)
             if kind == K_ACK:
-                if length or not _ack_ok(conn, seq):
+                if length or _ack_refusal(conn, seq) is not None:
                     break
                 counters["frames_rx"] += 1
                 lo += HDR_SIZE
@@ -400,7 +409,7 @@ def apply_buffered(conn) -> int:
             if kind != K_SEND or flags & ~(F_ACKED | F_IMM) or hi - lo < HDR_SIZE + length:
                 break
             ack = <uint32_t>(addr & MASK)
-            if flags & F_ACKED and not _ack_ok(conn, ack):
+            if flags & F_ACKED and _ack_refusal(conn, ack) is not None:
                 break
             if seq != ((<uint32_t>c.applied + 1) & MASK):
                 break

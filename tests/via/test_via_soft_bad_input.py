@@ -250,6 +250,8 @@ PROTOCOL = {
     "garbage_after_handshake": lambda: random.Random(5).randbytes(200),
     "ack_for_nothing": lambda: soft.frame(soft.ACK, seq=5),
     "ack_with_payload": lambda: soft.frame(soft.ACK, seq=0, length=8) + bytes(8),
+    "send_acking_nothing": lambda: soft.frame(soft.SEND, seq=1, addr=9, flags=soft.F_ACKED,
+                                              length=4) + b"abcd",
     "sequence_skips": lambda: soft.frame(soft.SEND, seq=7, length=4) + b"abcd",
     "send_longer_than_any": lambda: soft.frame(soft.SEND, seq=1, length=soft.MAX_TRANSFER + 1),
     "read_response_unasked": lambda: soft.frame(soft.READ_RESP, seq=1, length=4) + b"abcd",
