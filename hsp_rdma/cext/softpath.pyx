@@ -261,7 +261,7 @@ def send(conn, list parts, op=None):
 
 # ---- completions ----------------------------------------------------------------------------
 cdef _push(cq, vi, bint recv):
-    """The provider's CompletionQueue.push."""
+    """push, for the functions here."""
     cdef CQBase q = cq
     lock = q._lock
     lock.acquire()
@@ -275,6 +275,12 @@ cdef _push(cq, vi, bint recv):
             _eventfd_write(q._efd, 1)
     finally:
         lock.release()
+
+
+def push(cq, vi, bint recv):
+    """The provider's CompletionQueue.push: a completion of VI's receive (RECV) or send
+    queue is there to take (sleepers woken, the eventfd written)."""
+    _push(cq, vi, recv)
 
 
 cdef _complete(vi, desc, bint recv, int status, length, immediate, str reason):

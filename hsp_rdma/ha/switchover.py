@@ -336,16 +336,30 @@ class _DigestWorker:
         self.submit(None)
 
 
-class _DigestJob:
+class _WorkerJob:
+    """A job of the digest worker: ``done`` once it ended (its outcome in its fields)."""
+
+    def __init__(self):
+        self._done = threading.Event()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def join(self, timeout_s: float) -> None:
+        self._done.wait(timeout_s)
+
+
+class _DigestJob(_WorkerJob):
     """A: the frozen image's digest, taken by the engine's digest worker while the peer reads
     it (pull) or while the copy's writes go out (push, profile digest_thread). It only reads
     the image; ``digest`` is empty until ``done``."""
 
     def __init__(self, worker: _DigestWorker, image: StateImage, epoch: int, length: int,
                  algo: gso.DigestAlgo, clock: Clock, corrupt: bool):
+        super().__init__()
         self.epoch, self.digest, self.took_s, self.error = epoch, b"", 0.0, ""
         self.length = length
-        self._done = threading.Event()
         worker.submit(lambda: self._run(image, length, algo, clock, corrupt))
 
     def _run(self, image, length, algo, clock, corrupt) -> None:
@@ -363,15 +377,8 @@ class _DigestJob:
         self.took_s = clock() - t0
         self._done.set()
 
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
 
-    def join(self, timeout_s: float) -> None:
-        self._done.wait(timeout_s)
-
-
-class _PullDigest:
+class _PullDigest(_WorkerJob):
     """B (pull, profile digest_thread): the payload's digest taken by the digest worker
     beside the reads, following them as they land (they complete in order, and they are the
     only writes into the buffer during the pull, so what is digested is what verify sees).
@@ -382,11 +389,11 @@ class _PullDigest:
 
     def __init__(self, worker: _DigestWorker, buf, digest, start: int, end: int,
                  clock: Clock, idle_s: float):
+        super().__init__()
         self.digest, self.end, self.clock, self.idle_s = digest, end, clock, idle_s
         self.busy_s, self.error = 0.0, ""
         self._landed, self._cancelled = start, False
         self._cv = threading.Condition()
-        self._done = threading.Event()
         worker.submit(lambda: self._run(buf, start))
 
     def advance(self, landed: int) -> None:
@@ -418,13 +425,6 @@ class _PullDigest:
             self.error = f"{type(exc).__name__}: {exc}"
         finally:
             self._done.set()
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    def join(self, timeout_s: float) -> None:
-        self._done.wait(timeout_s)
 
 
 @dataclass

@@ -496,15 +496,9 @@ class CompletionQueue(_compiled.CQBase):
         self._sleepers = 0  # threads in _cv.wait (changed under the lock)
         self._efd = -1
 
-    def push(self, vi: Vi, recv: bool) -> None:
-        with self._lock:
-            self._gen += 1
-            if self.vipl:
-                self.fifo.append((vi, recv))
-            if self._sleepers:
-                self._cv.notify_all()
-            if self._efd >= 0:
-                os.eventfd_write(self._efd, 1)
+    # push(vi, recv): a completion of VI's receive (RECV) or send queue is there to take
+    # (sleepers woken, the eventfd written). Compiled.
+    push = _compiled.push
 
     def sleep(self, gen: int, timeout_s: float | None) -> None:
         """Sleep until a completion is pushed after generation GEN was read (at once if one
