@@ -1,6 +1,7 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True
-"""The soft VIA provider's per-message path, compiled: sending a frame, applying the SEND and
-ACK frames already read, recording and taking completions. The provider
+"""The soft VIA provider's per-message path, compiled: posting, sending a frame, waiting (the
+waiting thread reads the stream), applying the SEND and ACK frames already read, recording and
+taking completions. The provider
 (hsp_rdma/via/providers/soft.py) owns the protocol and its objects; these functions act on
 those same objects (a connection, a VI, their queues and locks) by the same rules, without the
 interpreter's cost per step. What they do not take on (an RDMA operation, a frame not wholly
@@ -97,7 +98,8 @@ def configure(bytes magic, int hdr_size, **k):
     global MAGIC0, MAGIC1, K_SEND, K_ACK, K_WRITE, K_READ_REQ, F_ACKED, F_IMM, F_CMA, F_GRANT
     global OP_MASK, OP_SEND, OP_WRITE, OP_READ, CTL_IMM, EN_WRITE, EN_READ
     global ST_DONE, ST_RECEIVED, ST_IMM, ST_OP_SEND, ST_FLUSHED, QUEUE_DEPTH, MAX_SEGMENTS
-    global CMA_MIN, MAX_TRANSFER, ST_OP_OF, ACK_DELAY_S, _rest, IOV_PACK, ERROR, CONNECTED, MemHandle
+    global CMA_MIN, MAX_TRANSFER, ST_OP_OF, ACK_DELAY_S, _rest, IOV_PACK, ERROR, CONNECTED
+    global MemHandle
     global InvalidParameter, InvalidPtag, InvalidRdmaRead, InvalidState, ErrorResource
     global Timeout, Closed, Eof, Garbage, P
     if hdr_size != HDR_SIZE or len(magic) != 2:
@@ -147,12 +149,6 @@ cdef bytes _header(int kind, int flags, uint32_t seq, uint64_t addr, uint32_t rk
     _put32(h + 20, value)
     _put32(h + 24, length)
     return out
-
-
-def header(int kind, int flags, uint32_t seq, uint64_t addr, uint32_t rkey, uint32_t value,
-           uint32_t length):
-    """The provider's HDR.pack(MAGIC, kind, flags, seq, addr, rkey, value, length)."""
-    return _header(kind, flags, seq, addr, rkey, value, length)
 
 
 # ---- sending ------------------------------------------------------------------------------
@@ -412,7 +408,8 @@ def apply_buffered(conn) -> int:
                 _complete_upto(conn, vi, seq)
                 applied += 1
                 continue
-            if kind != K_SEND or flags & ~(F_ACKED | F_IMM) or hi - lo < HDR_SIZE + length:
+            if kind != K_SEND or flags & ~(F_ACKED | F_IMM) \
+                    or hi - lo < HDR_SIZE + <Py_ssize_t>length:
                 break
             ack = <uint32_t>(addr & MASK)
             if flags & F_ACKED and _ack_refusal(conn, ack) is not None:
@@ -479,7 +476,6 @@ def segs(vi, desc) -> list:
                                f"most {MAX_SEGMENTS} per descriptor")
     cdef list out = []
     cdef dict regions = v.nic.regions
-    cdef Py_ssize_t address, length, base
     ptag = v.attrs.ptag
     cdef RegionBase r
     for seg in segments:
@@ -490,8 +486,7 @@ def segs(vi, desc) -> list:
         if r.ptag is not ptag:
             raise InvalidPtag("the memory and the VI have different ptags")
         address, length, base = seg.address, seg.length, r.addr
-        if length < 0 or not (base <= address
-                              and address + length <= base + <Py_ssize_t>r.length):
+        if length < 0 or not (base <= address and address + length <= base + r.length):
             raise InvalidParameter(f"segment 0x{address:x}+{length} lies outside its registered "
                                    f"region 0x{base:x}+{r.length}")
         out.append((r, address - base, length))

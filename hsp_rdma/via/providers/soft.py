@@ -1061,20 +1061,6 @@ class _Stream(_compiled.StreamBase):
     def pending(self) -> int:
         return self.hi - self.lo
 
-    def fill(self) -> int:
-        """With nothing buffered: one read of what the socket brings, blocking at most its
-        receive timeout (SO_RCVTIMEO); the bytes read, 0 if none came in that time. _Eof at
-        the end of the stream."""
-        self.lo = self.hi = 0
-        try:
-            got = self.sock.recv_into(self.mv)
-        except BlockingIOError:
-            return 0
-        if got == 0:
-            raise _Eof(mid=False)
-        self.hi = got
-        return got
-
     def _need(self, n: int) -> None:
         while self.hi - self.lo < n:
             if self.lo and len(self.buf) - self.lo < n:
