@@ -300,6 +300,21 @@ def complete(vi, desc, bint recv, status, length, immediate=None, str reason="")
     _complete(vi, desc, recv, int(status), length, immediate, reason)
 
 
+cdef _complete_send(vi, desc, int status, str reason):
+    """complete_send, for the functions here."""
+    status |= ST_OP_OF.get(int(desc.control) & OP_MASK, ST_OP_SEND)
+    length = 0
+    for seg in desc.segments:
+        length += seg.length
+    _complete(vi, desc, False, status, length, None, reason)
+
+
+def complete_send(vi, desc, status, str reason=""):
+    """The provider's Vi._complete_send: the send DESC completed with STATUS (its operation's
+    bits added) and its whole length."""
+    _complete_send(vi, desc, int(status), reason)
+
+
 def take(vi, bint recv):
     """The provider's Vi.done: the head of the work queue if it completed (its status,
     length, immediate data and reason filled in), else None."""
@@ -357,7 +372,6 @@ def complete_upto(conn, uint32_t seq):
 cdef _complete_upto(conn, vi, uint32_t seq):
     """complete_upto, once _ack_refusal found nothing wrong."""
     cdef ConnBase c = conn
-    cdef int status
     if seq == <uint32_t>c.acked:
         return
     c.acked = seq
@@ -365,11 +379,7 @@ cdef _complete_upto(conn, vi, uint32_t seq):
     pending = c.pending
     while pending and ((seq - <uint32_t>pending[0][0]) & MASK) < (1u << 31):
         _s, desc, _segs = pending.popleft()
-        status = ST_DONE | ST_OP_OF.get(int(desc.control) & OP_MASK, ST_OP_SEND)
-        length = 0
-        for seg in desc.segments:
-            length += seg.length
-        _complete(vi, desc, False, status, length, None, "")
+        _complete_send(vi, desc, ST_DONE, "")
 
 
 def apply_buffered(conn) -> int:

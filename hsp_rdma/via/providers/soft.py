@@ -1948,12 +1948,9 @@ class Vi(_compiled.ViBase):
     # (once: a second completion of it is ignored); its queue's CQ is told. Compiled.
     _complete = _compiled.complete
 
-    def _complete_send(self, desc: VipDescriptor, status: Status, reason: str = "") -> None:
-        status = int(status) | _ST_OP_OF.get(int(desc.control) & _OP_MASK, _ST_OP_SEND)
-        length = 0
-        for seg in desc.segments:
-            length += seg.length
-        self._complete(desc, False, status, length, reason=reason)
+    # _complete_send(desc, status, reason=""): the send DESC completed with STATUS (its
+    # operation's bits added) and its whole length. Compiled.
+    _complete_send = _compiled.complete_send
 
     # done(recv): the head of the work queue if it completed (status, length, immediate data,
     # reason filled in), else None. Compiled.
