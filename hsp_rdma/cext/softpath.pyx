@@ -51,7 +51,7 @@ cdef uint8_t MAGIC0, MAGIC1
 cdef int K_SEND, K_ACK, K_WRITE, K_READ_REQ, F_ACKED, F_IMM, F_CMA, F_GRANT
 cdef int OP_MASK, OP_SEND, OP_WRITE, OP_READ, CTL_IMM, EN_WRITE, EN_READ
 cdef int ST_DONE, ST_RECEIVED, ST_IMM, ST_OP_SEND, ST_FLUSHED
-cdef Py_ssize_t QUEUE_DEPTH, MAX_SEGMENTS, CMA_MIN, MAX_TRANSFER
+cdef Py_ssize_t QUEUE_DEPTH, MAX_SEGMENTS, CMA_MIN
 cdef dict ST_OP_OF
 cdef double ACK_DELAY_S
 cdef object _rest, IOV_PACK, ERROR, CONNECTED, MemHandle
@@ -98,7 +98,7 @@ def configure(bytes magic, int hdr_size, **k):
     global MAGIC0, MAGIC1, K_SEND, K_ACK, K_WRITE, K_READ_REQ, F_ACKED, F_IMM, F_CMA, F_GRANT
     global OP_MASK, OP_SEND, OP_WRITE, OP_READ, CTL_IMM, EN_WRITE, EN_READ
     global ST_DONE, ST_RECEIVED, ST_IMM, ST_OP_SEND, ST_FLUSHED, QUEUE_DEPTH, MAX_SEGMENTS
-    global CMA_MIN, MAX_TRANSFER, ST_OP_OF, ACK_DELAY_S, _rest, IOV_PACK, ERROR, CONNECTED
+    global CMA_MIN, ST_OP_OF, ACK_DELAY_S, _rest, IOV_PACK, ERROR, CONNECTED
     global MemHandle
     global InvalidParameter, InvalidPtag, InvalidRdmaRead, InvalidState, ErrorResource
     global Timeout, Closed, Eof, Garbage, P
@@ -114,7 +114,6 @@ def configure(bytes magic, int hdr_size, **k):
     ST_DONE, ST_RECEIVED, ST_IMM = k["_ST_DONE"], k["_ST_RECEIVED"], k["_ST_IMM"]
     ST_OP_SEND, ST_FLUSHED, ST_OP_OF = k["_ST_OP_SEND"], k["_ST_FLUSHED"], k["_ST_OP_OF"]
     QUEUE_DEPTH, MAX_SEGMENTS, CMA_MIN = k["QUEUE_DEPTH"], k["MAX_SEGMENTS"], k["CMA_MIN"]
-    MAX_TRANSFER = k["MAX_TRANSFER"]
     ACK_DELAY_S, _rest, IOV_PACK = k["ACK_DELAY_S"], k["_rest"], k["IOV"].pack
     ERROR, CONNECTED, MemHandle = k["ViState"].ERROR, k["ViState"].CONNECTED, k["MemHandle"]
     InvalidParameter, InvalidPtag = k["VipInvalidParameter"], k["VipInvalidPtag"]
@@ -544,7 +543,7 @@ def post_send(vi, desc):
         raise InvalidParameter("an RDMA descriptor needs an AddressSegment")
     for _r, _o, n in sg:
         total += <Py_ssize_t>n
-    limit = v.attrs.max_transfer_size or MAX_TRANSFER  # (the provider's Vi.max_transfer)
+    limit = vi.max_transfer
     if total > limit:
         raise InvalidParameter(f"{total} bytes exceed the VI's max transfer size {limit}")
     state = v.state

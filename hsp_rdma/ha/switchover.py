@@ -384,8 +384,8 @@ class _PullDigest(_WorkerJob):
     only writes into the buffer during the pull, so what is digested is what verify sees).
     The engine says how far the reads landed (``advance``); ``cancel`` when the pull ends
     otherwise (the copy timer's CancelPull included). It gives up if nothing lands for
-    IDLE_S (the copy timeout + PULL_DIGEST_IDLE_S): only a pull that no one cancelled, by a
-    bug, gets there."""
+    IDLE_S (the engine gives the copy timeout + PULL_DIGEST_IDLE_S): only a pull that no one
+    cancelled, by a bug, gets there."""
 
     def __init__(self, worker: _DigestWorker, buf, digest, start: int, end: int,
                  clock: Clock, idle_s: float):
