@@ -123,6 +123,7 @@ def build_parser() -> Parser:
     p.checks.append(_joint_problem)
     p.checks.append(bench_disk.joint_problem)
     p.checks.append(bench_fabric.joint_problem)
+    p.checks.append(bench_ifa.joint_problem)
     return p
 
 

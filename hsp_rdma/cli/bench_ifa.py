@@ -1,6 +1,7 @@
 """`hsp-bench interface-a --lab rxe|siw`: Interface A's commit latency per mode beside
-ib_send_lat, transactions/s per size and CPU per second at fixed rates, one lab pair, one run
-(the work is in hsp_rdma.tools.ifa_bench)."""
+ib_send_lat, transactions/s per size and CPU per second at fixed rates, one lab pair, one run;
+`--provider soft`: the same over the software VIA provider, two processes of this host, beside
+a Unix-socket ping-pong (the work is in hsp_rdma.tools.ifa_bench)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,12 @@ LAB_ID = "ifabench"
 def add_parser(sub: argparse._SubParsersAction) -> Parser:
     p = sub.add_parser("interface-a", help="Interface A: commit latency per mode beside "
                        "ib_send_lat, tx/s at 64 B/4 KiB/64 KiB, CPU at fixed rates")
-    p.add_argument("--lab", choices=RDMA_KINDS, default="rxe", help="soft device of the lab")
+    p.add_argument("--lab", choices=RDMA_KINDS, default=None,
+                   help="soft device of the lab (default: rxe)")
+    p.add_argument("--provider", choices=("verbs", "soft"), default="verbs",
+                   help="verbs: the lab's RDMA devices, beside ib_send_lat; soft: the software "
+                        "VIA provider, two processes on this host (no lab), beside a "
+                        "Unix-socket ping-pong (default: %(default)s)")
     add_lab_id(p, LAB_ID, "the lab to use, booted (and ended) when it is down", subcommand=True)
     p.add_argument("--iters", type=bounded(int, 100, 100_000, "--iters"), default=1000,
                    help="commits per mode and ib_send_lat iterations (default: 1000)")
@@ -38,6 +44,18 @@ def add_parser(sub: argparse._SubParsersAction) -> Parser:
                         "ib_send_lat typical; loop CPU <= 3%% at the highest rate)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     return p
+
+
+def joint_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong across interface-a's options (exit 64), or None."""
+    if getattr(args, "cmd", None) != "interface-a":
+        return None
+    if args.provider == "soft" and args.lab is not None:
+        return ("--lab makes no sense with --provider soft: its two nodes run as two processes "
+                "on this host; drop --lab, or use --provider verbs")
+    if args.provider == "verbs" and args.lab is None:
+        args.lab = "rxe"
+    return None
 
 
 def _rates(text: str) -> tuple[int, ...]:
@@ -59,14 +77,16 @@ def show(r: dict[str, Any], console: Console) -> None:
     for mode, s in r["commit_us"].items():
         t.add_row(mode, str(s["iterations"]), f"{s['min']:.1f}", f"{s['p50']:.1f}",
                   f"{s['avg']:.1f}", f"{s['p99']:.1f}", f"{s['p99_9']:.1f}", f"{s['max']:.1f}")
-    b = r["baseline_ib_send_lat_us"]
-    t.add_row("ib_send_lat (RTT/2)", "", f"{b['t_min_us']:.1f}", f"{b['t_typical_us']:.1f}",
+    soft = "baseline_unix_socket_us" in r
+    b = r["baseline_unix_socket_us" if soft else "baseline_ib_send_lat_us"]
+    t.add_row("Unix-socket ping-pong (RTT/2)" if soft else "ib_send_lat (RTT/2)", "", f"{b['t_min_us']:.1f}", f"{b['t_typical_us']:.1f}",
               f"{b['t_avg_us']:.1f}", f"{b['p99_us']:.1f}", f"{b['p99_9_us']:.1f}",
               f"{b['t_max_us']:.1f}")
     console.print(t)
     g = r["goals"]
     console.print(Text.assemble(
-        "goal: applied median <= 1.5 x 2 x ib_send_lat typical = ", f"{g['goal_us']:.1f} usec: ",
+        f"goal: applied median <= 1.5 x 2 x {'the ping-pong' if soft else 'ib_send_lat'} "
+        "typical = ", f"{g['goal_us']:.1f} usec: ",
         goal_cell(f"{g['applied_p50_us']:.1f} usec (ratio to one round trip "
                   f"{r['ratio_applied_p50_vs_rtt']:.2f})", g["latency_met"])))
     t = table("Interface A throughput (async, then a sync)", "#bytes", "#transactions",
@@ -108,7 +128,8 @@ def show(r: dict[str, Any], console: Console) -> None:
 
 def run(args: argparse.Namespace, console: Console) -> int:
     with console.status(Text("")) as status:
-        r = ifa_bench.bench_lab(args, step=lambda m: status.update(Text(m)))
+        bench = ifa_bench.bench_soft if args.provider == "soft" else ifa_bench.bench_lab
+        r = bench(args, step=lambda m: status.update(Text(m)))
     if args.json:
         print(json.dumps(r, indent=1))
     else:

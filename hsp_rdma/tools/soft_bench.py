@@ -23,6 +23,7 @@ several passes after a first that obtains the grant), beside the same memcpy.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import os
 import random  # noqa: F401 - (tests pick port bases with soft_bench.random)
@@ -87,31 +88,62 @@ def run_pair(args, mode: str, chunk: int, depth: int, env: dict[str, str],
              timeout: float = 120.0) -> tuple[list[dict], dict[str, int], dict[str, str]]:
     """gso_node a (standby) and b (active) as two processes; their events, exit codes and
     the tails of their stderr."""
-    runs = {n: GuestRun(n, on_event=on_event) for n in ("a", "b")}
-    procs = {n: subprocess.Popen(_node_argv(n, args, chunk, depth, mode), env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for n in ("a", "b")}
-    deadline = time.monotonic() + timeout
-    rc, err = {}, {}
-    try:
-        for n in ("b", "a"):
-            p = procs[n]
-            for chunk_out in iter(lambda p=p: p.stdout.readline(), b""):
-                runs[n].feed(chunk_out)
-                if time.monotonic() > deadline:
-                    raise HspError(f"gso_node {n} gave no result in {timeout:.0f} s")
-            rc[n] = p.wait(max(1.0, deadline - time.monotonic()))
-            err[n] = p.stderr.read().decode(errors="replace")[-500:]
-    except subprocess.TimeoutExpired as exc:
-        raise HspError(f"gso_node gave no result in {timeout:.0f} s") from exc
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            for f in (p.stdout, p.stderr):
-                f.close()
-    return runs["a"].events + runs["b"].events, rc, err
+    return run_procs({n: _node_argv(n, args, chunk, depth, mode) for n in ("a", "b")}, env,
+                     on_event, timeout, "gso_node")
+
+
+def run_procs(argvs: dict[str, list[str]], env: dict[str, str],
+              on_event: Callable[[str, dict], None] | None = None, timeout: float = 120.0,
+              what: str = "the pair") -> tuple[list[dict], dict[str, int], dict[str, str]]:
+    """Run each of ARGVS (node name -> argv) as a process of this host, their standard outputs
+    read all at once (JSON events, as from lab guests); return when all ended: the events
+    (in the order of ARGVS), the exit codes and the tails of their stderr. A process still
+    running after TIMEOUT s is killed, and that is an HspError naming it."""
+    runs = {n: GuestRun(n, on_event=on_event) for n in argvs}
+    lock = threading.Lock()  # (on_event is called from one reader at a time)
+
+    def feed(n: str, line: bytes) -> None:
+        with lock:
+            runs[n].feed(line)
+
+    with contextlib.ExitStack() as stack:  # (stderr to files: a pipe could fill and stop it)
+        errs = {n: stack.enter_context(tempfile.TemporaryFile()) for n in argvs}
+        procs = {n: subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=errs[n])
+                 for n, argv in argvs.items()}
+
+        def read(n: str, p: subprocess.Popen) -> None:
+            for line in iter(p.stdout.readline, b""):
+                feed(n, line)
+
+        readers = [threading.Thread(target=read, args=(n, p), name=f"soft-bench-out-{n}",
+                                    daemon=True) for n, p in procs.items()]
+        for t in readers:
+            t.start()
+        deadline = time.monotonic() + timeout
+        rc, err = {}, {}
+        try:
+            for n, p in procs.items():
+                try:
+                    rc[n] = p.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    raise HspError(f"{what} {n} gave no result in {timeout:.0f} s "
+                                   "(killed)") from None
+            for t in readers:
+                t.join(5)
+            for n, f in errs.items():
+                f.seek(0)
+                err[n] = f.read().decode(errors="replace")[-500:]
+        finally:
+            for p in procs.values():
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            for t in readers:
+                t.join(5)
+            for p in procs.values():
+                p.stdout.close()
+    return [e for r in runs.values() for e in r.events], rc, err
 
 
 # ---- baselines -------------------------------------------------------------------------------
