@@ -645,6 +645,16 @@ def pump(conn, double limit, poller):
                     st.hi = got
             else:
                 got = len(poller.poll(max(0.0, wait) * 1000))
+                if got:  # read what is there now (the frames it brings are applied below,
+                    st.lo = st.hi = 0  # compiled, rather than one header at a time by _apply)
+                    try:
+                        got = st.sock.recv_into(st.mv, 0, MSG_DONTWAIT)
+                    except BlockingIOError:
+                        got = 0
+                    else:
+                        if got == 0:
+                            raise Eof(mid=False)
+                        st.hi = got
             if not got:
                 now = _monotonic()
                 if c.applied != c.ack_sent and c.ack_due <= now:
