@@ -1744,7 +1744,10 @@ class Node:
         (this one included) may have held the lock long since the last look. Past one
         heart-beat interval, heart beats stopped that long (the peer may take that for a
         death): counted, and an alarm names where the time went."""
-        holds, self._lock.long = self._lock.long, []
+        holds = self._lock.long
+        if not holds and late_s <= self._interval_s:
+            return  # (the usual case, once per wake-up: nothing to look at)
+        self._lock.long = []
         worst = max([late_s, *(held for _name, held, _work in holds)])
         if worst <= self._interval_s:
             return

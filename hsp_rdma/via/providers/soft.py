@@ -526,7 +526,9 @@ class CompletionQueue(_compiled.CQBase):
         """As the verbs provider's: consume the pending event without blocking (the
         eventfd drained); True if there was one. Then take the completions (``Vi.done``):
         one that lands after this writes the eventfd again, so none is missed."""
-        fd = self.fileno()
+        fd = self._efd  # (made by fileno(), which an event loop called to get here)
+        if fd < 0:
+            fd = self.fileno()
         try:
             os.eventfd_read(fd)
             return True
