@@ -111,6 +111,7 @@ def result(r: dict[str, Any], base_key: str, base: dict[str, float], measured: t
     cpu_top = r["cpu"][top]
     return {
         "lab": where,
+        "provider": "verbs" if base_key == "baseline_ib_send_lat_us" else "soft",
         "commit_us": r["latency"],
         base_key: base,
         "ratio_applied_p50_vs_rtt": round(applied_p50 / (2 * typical), 2),

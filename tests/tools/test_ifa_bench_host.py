@@ -79,6 +79,7 @@ def test_interface_a_over_soft_runs_two_nodes_beside_a_unix_ping_pong(monkeypatc
     args = argparse.Namespace(iters=200, tput_s=0.3, cpu_s=0.5, rates=(1000,))
     r = ifa_bench.bench_soft(args)
     assert r["lab"] == "soft provider, this host" and "baseline_ib_send_lat_us" not in r
+    assert r["provider"] == "soft"
     base = r["baseline_unix_socket_us"]
     assert 0 < base["t_min_us"] <= base["t_typical_us"] <= base["t_max_us"]
     for mode in ("async", "received", "applied"):
