@@ -612,6 +612,21 @@ def post_send(vi, desc):
 
 
 # ---- waiting: whoever waits reads (see the provider's _Conn.drive) --------------------------
+cdef Py_ssize_t _fill(StreamBase st, int flags) except -1:
+    """Read into the empty stream buffer (FLAGS: MSG_DONTWAIT, or 0 to wait up to the socket's
+    receive timeout): the bytes read, 0 if none came; the peer's end of stream raises."""
+    cdef Py_ssize_t got
+    st.lo = st.hi = 0
+    try:
+        got = st.sock.recv_into(st.mv, 0, flags)
+    except BlockingIOError:
+        return 0
+    if got == 0:
+        raise Eof(mid=False)
+    st.hi = got
+    return got
+
+
 def pump(conn, double limit, poller):
     """The provider's _Conn._pump: under plock, wait at most LIMIT s for a frame at a frame
     boundary, then apply every frame that the read brought. Owed ACKs and the ACK timeout
@@ -634,27 +649,11 @@ def pump(conn, double limit, poller):
             # A waiter with a whole tick to wait reads at once (the socket's receive timeout
             # is the tick): one system call a message instead of poll + read.
             if wait >= tick and poller is c._wpoll:
-                st.lo = st.hi = 0
-                try:
-                    got = st.sock.recv_into(st.mv)
-                except BlockingIOError:
-                    got = 0
-                else:
-                    if got == 0:
-                        raise Eof(mid=False)
-                    st.hi = got
+                got = _fill(st, 0)
             else:
                 got = len(poller.poll(max(0.0, wait) * 1000))
-                if got:  # read what is there now (the frames it brings are applied below,
-                    st.lo = st.hi = 0  # compiled, rather than one header at a time by _apply)
-                    try:
-                        got = st.sock.recv_into(st.mv, 0, MSG_DONTWAIT)
-                    except BlockingIOError:
-                        got = 0
-                    else:
-                        if got == 0:
-                            raise Eof(mid=False)
-                        st.hi = got
+                if got:  # read what is there now: the frames it brings are applied below,
+                    got = _fill(st, MSG_DONTWAIT)  # compiled (not one header at a time)
             if not got:
                 now = _monotonic()
                 if c.applied != c.ack_sent and c.ack_due <= now:
