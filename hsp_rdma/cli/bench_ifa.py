@@ -77,11 +77,12 @@ def show(r: dict[str, Any], console: Console) -> None:
     for mode, s in r["commit_us"].items():
         t.add_row(mode, str(s["iterations"]), f"{s['min']:.1f}", f"{s['p50']:.1f}",
                   f"{s['avg']:.1f}", f"{s['p99']:.1f}", f"{s['p99_9']:.1f}", f"{s['max']:.1f}")
-    soft = "baseline_unix_socket_us" in r
-    b = r["baseline_unix_socket_us" if soft else "baseline_ib_send_lat_us"]
-    t.add_row("Unix-socket ping-pong (RTT/2)" if soft else "ib_send_lat (RTT/2)", "", f"{b['t_min_us']:.1f}", f"{b['t_typical_us']:.1f}",
-              f"{b['t_avg_us']:.1f}", f"{b['p99_us']:.1f}", f"{b['p99_9_us']:.1f}",
-              f"{b['t_max_us']:.1f}")
+    provider = r.get("provider", "verbs")
+    soft = provider == "soft"
+    b = r[ifa_bench.BASELINE_KEY[provider]]
+    t.add_row("Unix-socket ping-pong (RTT/2)" if soft else "ib_send_lat (RTT/2)", "",
+              f"{b['t_min_us']:.1f}", f"{b['t_typical_us']:.1f}", f"{b['t_avg_us']:.1f}",
+              f"{b['p99_us']:.1f}", f"{b['p99_9_us']:.1f}", f"{b['t_max_us']:.1f}")
     console.print(t)
     g = r["goals"]
     console.print(Text.assemble(

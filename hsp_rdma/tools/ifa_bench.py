@@ -79,7 +79,7 @@ def run_bench(lab: Lab, lat_iters: int = 1000, tput_s: float = 3.0, cpu_s: float
     if not got:
         raise LabError(f"the Interface A bench did not finish: active exit {res['b'][0]}, "
                        f"standby exit {res['a'][0]}:\n{res['b'][1][-1500:]}\n{res['a'][1][-800:]}")
-    return result(got[0], "baseline_ib_send_lat_us", {k: lat.row[k] for k in BASE_KEYS},
+    return result(got[0], "verbs", {k: lat.row[k] for k in BASE_KEYS},
                   measured, lab.status().get("rdma"), lat.notes, (
                       f"one lab pair, fabric {fabric}: ib_send_lat -s {LAT_BYTES} -n "
                       f"{lat_iters} (half round trip), then " + _pair_method(lat_iters, tput_s,
@@ -88,6 +88,8 @@ def run_bench(lab: Lab, lat_iters: int = 1000, tput_s: float = 3.0, cpu_s: float
 
 
 BASE_KEYS = ("t_min_us", "t_typical_us", "t_avg_us", "p99_us", "p99_9_us", "t_max_us")
+# The same run's baseline, per provider: where the JSON puts it.
+BASELINE_KEY = {"verbs": "baseline_ib_send_lat_us", "soft": "baseline_unix_socket_us"}
 
 
 def _pair_method(lat_iters: int, tput_s: float, cpu_s: float) -> str:
@@ -100,10 +102,10 @@ def _pair_method(lat_iters: int, tput_s: float, cpu_s: float) -> str:
             "(the standby's over its own)")
 
 
-def result(r: dict[str, Any], base_key: str, base: dict[str, float], measured: tuple[int, ...],
+def result(r: dict[str, Any], provider: str, base: dict[str, float], measured: tuple[int, ...],
            where: str | None, notes: list[str], method: str, bench_s: float) -> dict[str, Any]:
     """The bench's JSON from the active's "bench" event R and the same run's baseline BASE
-    (perftest's words, half a round trip) under BASE_KEY."""
+    (perftest's words, half a round trip), under PROVIDER's BASELINE_KEY."""
     typical = base["t_typical_us"]
     applied_p50 = r["latency"]["applied"]["p50"]
     goal_us = GOAL_RATIO * 2 * typical
@@ -111,9 +113,9 @@ def result(r: dict[str, Any], base_key: str, base: dict[str, float], measured: t
     cpu_top = r["cpu"][top]
     return {
         "lab": where,
-        "provider": "verbs" if base_key == "baseline_ib_send_lat_us" else "soft",
+        "provider": provider,
         "commit_us": r["latency"],
-        base_key: base,
+        BASELINE_KEY[provider]: base,
         "ratio_applied_p50_vs_rtt": round(applied_p50 / (2 * typical), 2),
         "tx_per_s": {k: v["tx_per_s"] for k, v in r["throughput"].items()},
         "throughput": r["throughput"],
@@ -133,24 +135,10 @@ def result(r: dict[str, Any], base_key: str, base: dict[str, float], measured: t
     }
 
 
-def _half_rtt(rtts_us: list[float]) -> dict[str, float]:
-    """Round trips (us) in perftest's words for a latency test: half of each, after the
-    warm-up (min, typical = median, average, p99, p99.9, max)."""
-    s = sorted(x / 2 for x in rtts_us)
-    n = len(s)
-
-    def at(q: float) -> float:
-        return round(s[min(n - 1, int(q * n))], 2)
-
-    return {"t_min_us": round(s[0], 2), "t_typical_us": at(0.5),
-            "t_avg_us": round(sum(s) / n, 2), "p99_us": at(0.99), "p99_9_us": at(0.999),
-            "t_max_us": round(s[-1], 2)}
-
-
 def bench_soft(args, step: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     """The same bench over the software VIA provider: two processes of this host (see the
     module's doc), beside a Unix-socket ping-pong of the same run."""
-    env = soft_bench._child_env()
+    env = soft_bench.child_env()
     step(f"Unix-socket ping-pong {LAT_BYTES} B x {args.iters}")
     unix = soft_bench.unix_rtt(LAT_BYTES, args.iters, env)
     measured = cpu_rates(tuple(args.rates))
@@ -181,7 +169,8 @@ def bench_soft(args, step: Callable[[str], None] = lambda _m: None) -> dict[str,
         raise HspError(f"the Interface A bench over soft VIs did not finish: active exit "
                        f"{rc.get('b')}, standby exit {rc.get('a')}:\n{err.get('b', '')}\n"
                        f"{err.get('a', '')}")
-    return result(got[0], "baseline_unix_socket_us", _half_rtt(unix), measured,
+    return result(got[0], "soft",
+                  soft_bench.lat_stats([x / 2 for x in unix]), measured,
                   "soft provider, this host", [], (
                       f"two processes of this host, soft:a on {soft_bench.STANDBY_IP} and "
                       f"soft:b on {soft_bench.ACTIVE_IP} (one host: the provider's frames go "

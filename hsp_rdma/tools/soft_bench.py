@@ -63,7 +63,7 @@ def _quiet(_msg: str) -> None:
     pass
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     """The children's environment: a soft port base of this run's own unless one is set
     (ports base..base+9999 stay below the ephemeral range), so parallel runs do not meet."""
     env = dict(os.environ)
@@ -162,7 +162,8 @@ def memcpy_MBps(size: int, reps: int = MEMCPY_REPS) -> float:
     return size / statistics.median(times) / 1e6
 
 
-def _lat_stats(rtts_us: list[float]) -> dict[str, float]:
+def lat_stats(rtts_us: list[float]) -> dict[str, float]:
+    """Latencies (us) in perftest's words: min, typical (median), average, p99, p99.9, max."""
     return {"t_min_us": round(min(rtts_us), 2), "t_typical_us": round(statistics.median(rtts_us), 2),
             "t_avg_us": round(statistics.fmean(rtts_us), 2),
             "p99_us": round(percentile(rtts_us, 99), 2),
@@ -477,7 +478,7 @@ def bench_gso_soft(args, step: Callable[[str], None] = _quiet,
     profile = profile_for("soft:a", args.profiles)
     chunk = args.chunk or profile.chunk_size
     depth = args.depth or profile.queue_depth
-    env = _child_env()
+    env = child_env()
     seen: list[dict] = []
 
     def on_event(_node: str, ev: dict) -> None:
@@ -500,10 +501,10 @@ def bench_gso_soft(args, step: Callable[[str], None] = _quiet,
     unix = unix_rtt(LAT_BYTES, iters, env)
     step(f"round trip: {LAT_BYTES} B x {iters} over soft VIs")
     soft = soft_rtt(LAT_BYTES, iters, env)
-    u, s = _lat_stats(unix), _lat_stats(soft)
+    u, s = lat_stats(unix), lat_stats(soft)
     step(f"round trip floors: {LAT_BYTES} B x {iters}, both ends in one thread")
-    u1 = _lat_stats(unix_rtt_one_thread(LAT_BYTES, iters))
-    s1 = _lat_stats(soft_rtt_one_thread(LAT_BYTES, iters))
+    u1 = lat_stats(unix_rtt_one_thread(LAT_BYTES, iters))
+    s1 = lat_stats(soft_rtt_one_thread(LAT_BYTES, iters))
     step(f"RDMA Write alone: {image} bytes in {chunk}-byte writes into another process")
     wbw, wbest, wcounters = soft_write_MBps(image, chunk, env)
     rtt_ratio = round(s["t_typical_us"] / u["t_typical_us"], 2)
