@@ -86,7 +86,8 @@ def build_parser() -> Parser:
     g.add_argument("--runs", type=bounded(int, 1, 1000, "--runs"), default=5,
                    help="switch-overs, alternating direction")
     g.add_argument("--chunk", type=size_arg(4096, 1 << 30, "--chunk"), default=0,
-                   help="RDMA Write size (default: the device's hw profile)")
+                   help="RDMA Write size, and a pull's RDMA Read size (default: the "
+                        "device's hw profile, chunk_size and read_chunk_size)")
     g.add_argument("--depth", type=bounded(int, 1, MAX_QUEUE_DEPTH, "--depth"), default=0,
                    help="writes in flight, at most what a VI carries besides the control "
                         "frames (default: the device's hw profile)")
@@ -210,14 +211,15 @@ def show(r: dict[str, Any], out: Console | None = None) -> None:
               "#bytes", "chunk", "depth", "ib_write_bw [MB/sec]", "pyverbs event [MB/sec]",
               "stop-and-copy [MB/sec]", "ratio to ib_write_bw", "ratio to pyverbs",
               f"goal: >= {r.get('copy_goal', 0.95)} x pyverbs",
-              *(("ib_read_bw [MB/sec]", "ratio to ib_read_bw") if read else ()))
+              *(("read chunk", "ib_read_bw [MB/sec]", "ratio to ib_read_bw") if read else ()))
     t.add_row(str(r["image_bytes"]), str(r["chunk"]), str(r["queue_depth"]),
               f"{r['baseline_ib_write_bw_MBps']:.2f}", f"{ref:.2f}" if ref else "-",
               f"{r['stop_and_copy_MBps']:.2f}", f"{r['ratio']:.2f}",
               f"{r['ratio_vs_event']:.2f}" if ref else "-",
               goal_cell("met" if r["copy_goal_met"] else "missed", r["copy_goal_met"])
               if ref else "- (no reference on real hosts)",
-              *((f"{read:.2f}", f"{r['ratio_vs_ib_read_bw']:.2f}") if read else ()))
+              *((str(r.get("read_chunk") or r["chunk"]), f"{read:.2f}",
+                 f"{r['ratio_vs_ib_read_bw']:.2f}") if read else ()))
     out.print(t)
     b = r["blackout_ms"]
     wait = ("Sealed, then reads the image" if mode == "pull"

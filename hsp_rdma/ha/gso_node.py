@@ -108,7 +108,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pmem", type=size_arg(64, 1 << 34, "--pmem"), default=16 << 20)
     p.add_argument("--blob", type=size_arg(0, 1 << 24, "--blob"), default=4096)
     p.add_argument("--runs", type=int, default=1)
-    p.add_argument("--chunk", type=size_arg(512, 1 << 30, "--chunk"), default=0)
+    p.add_argument("--chunk", type=size_arg(512, 1 << 30, "--chunk"), default=0,
+                   help="a push's write size, and a pull's read size unless --read-chunk "
+                        "(default: the hw profile's chunk_size and read_chunk_size)")
+    p.add_argument("--read-chunk", type=size_arg(512, 1 << 30, "--read-chunk"), default=0,
+                   help="a pull's RDMA Read size (default: --chunk, else the hw profile's)")
     p.add_argument("--depth", type=int, default=0)
     p.add_argument("--digest", choices=("crc32", "crc32c", "blake2b"), default=None,
                    help="the image digest (default: the hw profile's digest)")
@@ -161,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                       timeouts=timeouts, app=Application(freeze=app.freeze, thaw=app.thaw,
                                                          resume=app.resume),
                       chunk_size=args.chunk, queue_depth=args.depth, fence=fence,
-                      peer_name=args.peer_name, state_dir=args.state_dir)
+                      peer_name=args.peer_name, state_dir=args.state_dir,
+                      read_chunk_size=args.read_chunk)
     eng.on_alarm = lambda why: emit("alarm", reason=why, serving=eng.machine.serving)
     eng.on_connect_failed = lambda why: emit("connect_retry", reason=why)
     eng.digest_algo = DIGESTS[args.digest or profile.digest]
@@ -175,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         eng.stripe = profile.stripe if args.stripe is None else args.stripe
 
     def connected(hello) -> None:
-        emit("connected", profile=profile.name, chunk=eng.chunk_size, depth=eng.queue_depth,
+        emit("connected", profile=profile.name, chunk=eng.chunk_size,
+             read_chunk=eng.read_chunk_size, depth=eng.queue_depth,
              peer_region=hello.region_size, serving=eng.machine.serving,
              epoch=eng.machine.epoch, seen=eng.machine.seen,
              marker_wait=profile.marker_poll.mode.value, fabric=eng.fabric,

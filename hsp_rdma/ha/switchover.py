@@ -453,6 +453,7 @@ class Engine:
     clock: Clock = time.monotonic
     digest_algo: gso.DigestAlgo = gso.DigestAlgo.CRC32
     chunk_size: int = 0
+    read_chunk_size: int = 0  # a pull's RDMA Read size (0: chunk_size)
     queue_depth: int = 0
     peer: Peer = field(default_factory=Peer)
     reports: list[GsoReport] = field(default_factory=list)
@@ -526,8 +527,11 @@ class Engine:
              serving: bool, epoch: int = 0, timeouts: gso.Timeouts | None = None,
              app: Application | None = None, chunk_size: int = 0,
              queue_depth: int = 0, fence: FenceAgent | None = None,
-             peer_name: str | None = None, state_dir: str | None = None) -> Engine:
+             peer_name: str | None = None, state_dir: str | None = None,
+             read_chunk_size: int = 0) -> Engine:
         """Open DEVICE and register the state buffer, the marker and the control slots.
+        CHUNK_SIZE (0: the profile's) sizes a push's writes and, unless READ_CHUNK_SIZE
+        names one, a pull's reads (the profile's read_chunk when neither is given).
         STATE_DIR: where the epochs persist; a node restarted with the same directory
         continues from what it saw, so nothing of an earlier epoch can start or complete
         a GSO on it."""
@@ -565,7 +569,9 @@ class Engine:
                    marker_buf=marker, marker_handle=marker_handle, src_marker=src_marker,
                    src_marker_handle=src_marker_handle, ctl_buf=ctl, ctl_handle=ctl_handle,
                    machine=machine, profile=profile, app=app or Application(),
-                   chunk_size=chunk_size or profile.chunk_size, queue_depth=depth,
+                   chunk_size=chunk_size or profile.chunk_size,
+                   read_chunk_size=read_chunk_size or chunk_size or profile.read_chunk,
+                   queue_depth=depth,
                    fence=fence, peer_name=peer_name, store=store, _persisted=saved,
                    digest_thread=profile.digest_thread,
                    _digest_worker=_DigestWorker(f"gso-digest-{device}")
@@ -1617,18 +1623,19 @@ class Engine:
                                          HEADER_SPACE, p.end, self.clock,
                                          self.machine.timeouts.copy + PULL_DIGEST_IDLE_S)
                 p.follower.advance(p.landed)
+        chunk = self.read_chunk_size or self.chunk_size
         if p.follower is None and p.digest is not None and p.digested < p.landed:
             t0 = self.clock()
-            n = min(self.chunk_size, p.landed - p.digested)
+            n = min(chunk, p.landed - p.digested)
             p.digest.update(memoryview(self.image.buf)[p.digested:p.digested + n])
             p.digested += n
             self._current.digest_s += self.clock() - t0
-        depth, first = self.queue_depth, self.chunk_size
+        depth, first = self.queue_depth, chunk
         if self.profile.prime_grants and p.landed == 0:
             # a small first read alone: its answer brings the grant, the rest go direct
             depth, first = 1, PRIME_READ
         while p.next < p.end and p.inflight < depth:
-            n = min(self.chunk_size if p.next else first, p.end - p.next)
+            n = min(chunk if p.next else first, p.end - p.next)
             d = via.VipDescriptor(
                 control=via.VIP_CONTROL_OP_RDMAREAD,
                 segments=[via.DataSegment(via.address_of(self.image.buf, p.next),

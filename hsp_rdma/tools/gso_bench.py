@@ -9,7 +9,8 @@ i x chunk, so both touch fresh pages (lab only; the reference as it was before, 
 chunk-sized buffer, runs too and is reported beside it); then the demo application switches over back and
 forth --runs times with a state image of --size, per --mode: push (the active RDMA-writes the
 image, then the marker) or pull (the active seals it, the standby RDMA-reads it; ib_write_bw's
-twin ib_read_bw at the same size and depth is the pull's perftest baseline), both in the same
+twin ib_read_bw at the pull's read size (the profile's read_chunk_size; --chunk sets both) and
+the same depth is the pull's perftest baseline), both in the same
 run when asked. Stop-and-copy MB/s = image bytes / (first data write posted .. last completed)
 on the active (push), or (first read posted .. last completed) on the standby (pull). Blackout = the active's freeze .. the active's
 receipt of "done", which the standby sends only after its application resumed, so it is an
@@ -83,6 +84,7 @@ def bench_gso_lab(args, step: Callable[[str], None] = _quiet,
         device = info["b"][args.fabric]["rdma_dev"]
         profile = profile_for(device, args.profiles)
         chunk = args.chunk or profile.chunk_size
+        read_chunk = args.chunk or profile.read_chunk  # a pull's reads (--chunk: both)
         depth = args.depth or profile.queue_depth
         iters = max(args.size // chunk, 50)
         step(f"baseline: ib_write_bw -s {chunk} -t {depth} -n {iters}")
@@ -103,10 +105,11 @@ def bench_gso_lab(args, step: Callable[[str], None] = _quiet,
                                timeout=60 + chunk * iters / 1e6, writer="pyverbs")
         read_bw = None
         if "pull" in modes:
-            step(f"baseline for pull: ib_read_bw -s {chunk} -t {depth} -n {iters}")
+            r_iters = max(args.size // read_chunk, 50)
+            step(f"baseline for pull: ib_read_bw -s {read_chunk} -t {depth} -n {r_iters}")
             read_bw = perftest.run(lab, "ib_read_bw", args.fabric,
-                                   ("-s", str(chunk), "-t", str(depth), "-n", str(iters)),
-                                   timeout=600).row["bw_avg_MBps"]
+                                   ("-s", str(read_chunk), "-t", str(depth), "-n",
+                                    str(r_iters)), timeout=600).row["bw_avg_MBps"]
         seen: list[dict] = []
 
         def on_event(node: str, ev: dict) -> None:
@@ -119,7 +122,7 @@ def bench_gso_lab(args, step: Callable[[str], None] = _quiet,
             for nf in fabric_counts(args):
                 step(f"{args.runs} GSO(s), {mode}" + (", striped over x and y" if nf == 2
                                                       else ""))
-                flag = ("--mode", mode)
+                flag = ("--mode", mode, "--read-chunk", str(read_chunk))
                 a, b = start_pair(lab, args.size, args.runs, fabric=args.fabric, chunk=chunk,
                                   depth=depth, timeout=120 + args.runs * (5 + args.size / 2e6),
                                   on_event=on_event, profiles=args.profiles, extra_a=flag,
@@ -129,6 +132,7 @@ def bench_gso_lab(args, step: Callable[[str], None] = _quiet,
                     args, a.events + b.events, base.row["bw_avg_MBps"], base.retries, device,
                     profile, chunk, depth, ref_bw=ref["MBps"], mode=mode, read_bw=read_bw,
                     ref_region=region, ref_one_chunk_bw=ref1["MBps"], fabrics=nf,
+                    read_chunk=read_chunk,
                     extra=f"rc {res.rc} {res.stderr.get('a', '')[-300:]}"
                           f" {res.stderr.get('b', '')[-300:]}") | {"lab": args.lab})
         return results
@@ -159,7 +163,8 @@ def summarize(args, events: list[dict], base_bw: float, base_retries: int, devic
               profile: Profile, chunk: int, depth: int, ref_bw: float | None = None,
               extra: str = "", expect: int | None = None, mode: str = "push",
               read_bw: float | None = None, ref_region: int | None = None,
-              ref_one_chunk_bw: float | None = None, fabrics: int = 1) -> dict[str, Any]:
+              ref_one_chunk_bw: float | None = None, fabrics: int = 1,
+              read_chunk: int | None = None) -> dict[str, Any]:
     """The bench's result from gso_node events (lab and real hosts alike). EXPECT is how
     many GSOs these events saw from the active side (on two hosts: this host's half).
     REF_BW: the event-driven pyverbs reference, when it ran (lab). MODE: the data path the
@@ -240,6 +245,8 @@ def summarize(args, events: list[dict], base_bw: float, base_retries: int, devic
         "phases_ms": {name: _stats(v) for name, v in phase_runs.items()},
         "marker_wait": poll.mode.value + (f" {poll.sleep_us} us" if poll.sleep_us else ""),
         "runs": args.runs, "device": device, "profile": profile.name, "chunk": chunk,
+        # a pull's RDMA Read size (the profile's read_chunk_size; --chunk sets both)
+        "read_chunk": (read_chunk or chunk) if mode == "pull" else None,
         "queue_depth": depth, "baseline_retries": base_retries,
         "per_run": [{"epoch": e["epoch"], "copy_MBps": round(c["copy_MBps"], 2),
                      "blackout_ms": round(e["blackout_s"] * 1000, 1),

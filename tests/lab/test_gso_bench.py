@@ -35,13 +35,16 @@ def test_tiny_gso_bench_reports_both_references_and_the_phases(lab: Lab) -> None
     blk = r["blackout_ms"]
     assert blk["min"] == min(run["blackout_ms"] for run in r["per_run"])
     assert r["blackout_goal_met"] == (blk["p50"] <= r["blackout_goal_ms"])
-    assert r["marker_wait"] == "sleep 1000 us" and r["profile"] == args.lab
-    assert r["baseline_ib_read_bw_MBps"] is None
+    assert r["marker_wait"] == "doorbell" and r["profile"] == args.lab
+    assert r["baseline_ib_read_bw_MBps"] is None and r["read_chunk"] is None
+    # rxe writes 1 MiB at once, reads 64 KiB (the profile's read_chunk_size); siw 64 KiB
+    assert r["chunk"] == (1 << 20 if args.lab == "rxe" else 64 << 10)
     # the pull, same lab run, same baselines: its copy is the standby's reads
     assert pull["mode"] == "pull" and len(pull["per_run"]) == 2
     assert pull["baseline_ib_write_bw_MBps"] == r["baseline_ib_write_bw_MBps"]
     read = pull["baseline_ib_read_bw_MBps"]
     assert read > 0 and pull["ratio_vs_ib_read_bw"] == pytest.approx(
         pull["stop_and_copy_MBps"] / read, rel=0.01)
+    assert pull["read_chunk"] == 64 << 10
     assert {"seal", "await_done", "pull", "verify", "resume"} <= set(pull["phases_ms"])
     assert pull["blackout_ms"]["max"] >= pull["phases_ms"]["seal"]["max"] > 0
