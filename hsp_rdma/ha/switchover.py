@@ -61,7 +61,7 @@ from hsp_rdma import via
 from hsp_rdma.core import gso
 from hsp_rdma.core.frames import PROTOCOL_VERSION
 from hsp_rdma.core.gso_wire import Goodbye, Hello, Stripe, decode_message, encode_message
-from hsp_rdma.core.profiles import MAX_QUEUE_DEPTH, PollMode, Profile
+from hsp_rdma.core.profiles import MAX_QUEUE_DEPTH, PollMode, Profile, Transport
 from hsp_rdma.errors import ConfigError, FrameError, HspError, IllegalTransition
 from hsp_rdma.ha.connect import ATTEMPT_S, HELLO_WAIT_S, PERMANENT, Attempts, retry_until
 from hsp_rdma.ha.fence import FenceAgent
@@ -79,6 +79,11 @@ if MAX_QUEUE_DEPTH + CTL_SLOTS + 1 > via.QUEUE_DEPTH:
     raise ImportError("profiles.MAX_QUEUE_DEPTH exceeds what a VI's send queue can hold")
 Clock = Callable[[], float]
 DOORBELL = object()  # what _receive returns for the marker's doorbell, when asked
+# Transports on which a send or RDMA Write completes only once the peer's end of the link
+# acknowledged it (InfiniBand and RoCE RC), so a completion is as good as a message heard
+# for the link's silence. Not iWARP (a write completes once TCP took it) nor the soft
+# provider (a same-host write into a granted region completes once copied).
+ACKED_BY_PEER = frozenset({Transport.ROCE_V2, Transport.IB})
 # Two fabrics (x, y): how long one fabric is tried before the next, the listener's look at
 # each fabric's listener in turn, and the resting link's keep-alive (a zero-length send; a
 # link silent for KEEPALIVE_DEAD sends is lost, and connected again on a fabric that answers).
@@ -1287,6 +1292,10 @@ class Engine:
                 self._copy.inflight -= 1
             elif p.what == "marker" and self._current is not None:
                 self._current.marker_t = self.clock()
+            if self.profile.transport in ACKED_BY_PEER:
+                # the peer's end of the link acknowledged it: the link is not silent (a
+                # kick queued behind megabytes of the copy's writes comes late, its ack not)
+                self._last_heard = self.clock()
         return event
 
     def _send(self, msg) -> None:
@@ -1864,7 +1873,9 @@ class Engine:
             if now >= deadline or not self.link_up:
                 return gso.Tick()
             if watched and (poll.mode is PollMode.DOORBELL or looks % 64 == 0):
-                # the link's silence judged as the active judges it during its copy
+                # the link's silence judged as the active judges it during its copy (the
+                # kicks' completions first: on RC they are the peer's acks)
+                self._reap()
                 self._watch(since, "while waiting for the marker")
                 if not self.link_up:
                     return gso.Tick()

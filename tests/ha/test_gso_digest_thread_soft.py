@@ -95,7 +95,7 @@ def _pulling_pair():
     a, b = _threaded_pair()
     for eng in (a, b):
         eng.mode = gso.GsoMode.PULL
-        eng.chunk_size = 8192  # many reads: the worker follows them as they land
+        eng.read_chunk_size = 8192  # many reads: the worker follows them as they land
     return a, b
 
 
