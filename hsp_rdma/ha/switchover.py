@@ -1292,9 +1292,10 @@ class Engine:
                 self._copy.inflight -= 1
             elif p.what == "marker" and self._current is not None:
                 self._current.marker_t = self.clock()
-            if self.profile.transport in ACKED_BY_PEER:
-                # the peer's end of the link acknowledged it: the link is not silent (a
-                # kick queued behind megabytes of the copy's writes comes late, its ack not)
+            if self.profile.transport in ACKED_BY_PEER and self.machine.state not in RESTING:
+                # in a GSO, the peer's end of the link acknowledged it: the link is not
+                # silent (a kick queued behind megabytes of the copy's writes comes late,
+                # the acks of those writes do not). At rest only the peer's own kicks count.
                 self._last_heard = self.clock()
         return event
 
