@@ -341,7 +341,8 @@ def test_bench_on_two_hosts_serve_and_peer(healthy_lab: Lab) -> None:
 
     info = healthy_lab.info()
     a, b = info["a"]["x"], info["b"]["x"]
-    common = ["--size", "2MiB", "--runs", "2"]
+    # 64 KiB chunks: perftest's rounds take at least 50 writes, 50 MiB at rxe's 1 MiB
+    common = ["--size", "2MiB", "--runs", "2", "--chunk", "64KiB"]
     srv = healthy_lab.spawn("a", [sys.executable, "-m", "hsp_rdma.cli.bench", "serve",
                                   "--device", a["rdma_dev"], "--local-ip", a["ipv4"], *common],
                             timeout=240)

@@ -16,8 +16,10 @@ pytestmark = pytest.mark.lab
 
 
 def test_tiny_gso_bench_reports_both_references_and_the_phases(lab: Lab) -> None:
+    # 64 KiB chunks, not the profile's: perftest and the references take at least 50 writes
+    # (50 MiB at rxe's 1 MiB: 40 s more). The profile's sizes reach gso_node in test_gso_lab.
     args = argparse.Namespace(lab=lab.info()["rdma"], lab_id=lab.lab_id, size=2 << 20, runs=2,
-                              chunk=0, depth=0, fabric="x", keep=True, profiles=None,
+                              chunk=64 << 10, depth=0, fabric="x", keep=True, profiles=None,
                               mode="both")
     r, pull = json.loads(json.dumps(gso_bench.bench_gso_lab(args)))
     assert r["mode"] == "push" and r["runs"] == 2 and len(r["per_run"]) == 2
@@ -37,14 +39,13 @@ def test_tiny_gso_bench_reports_both_references_and_the_phases(lab: Lab) -> None
     assert r["blackout_goal_met"] == (blk["p50"] <= r["blackout_goal_ms"])
     assert r["marker_wait"] == "doorbell" and r["profile"] == args.lab
     assert r["baseline_ib_read_bw_MBps"] is None and r["read_chunk"] is None
-    # rxe writes 1 MiB at once, reads 64 KiB (the profile's read_chunk_size); siw 64 KiB
-    assert r["chunk"] == (1 << 20 if args.lab == "rxe" else 64 << 10)
+    assert r["chunk"] == 64 << 10
     # the pull, same lab run, same baselines: its copy is the standby's reads
     assert pull["mode"] == "pull" and len(pull["per_run"]) == 2
     assert pull["baseline_ib_write_bw_MBps"] == r["baseline_ib_write_bw_MBps"]
     read = pull["baseline_ib_read_bw_MBps"]
     assert read > 0 and pull["ratio_vs_ib_read_bw"] == pytest.approx(
         pull["stop_and_copy_MBps"] / read, rel=0.01)
-    assert pull["read_chunk"] == 64 << 10
+    assert pull["read_chunk"] == 64 << 10  # (--chunk sets both sizes)
     assert {"seal", "await_done", "pull", "verify", "resume"} <= set(pull["phases_ms"])
     assert pull["blackout_ms"]["max"] >= pull["phases_ms"]["seal"]["max"] > 0
