@@ -11,7 +11,7 @@ from test_gso_fabrics_soft import _own_ports_and_links, gso_once  # noqa: F401
 
 from hsp_rdma.core import gso
 from hsp_rdma.core.profiles import load_profiles, pick_profile
-from hsp_rdma.ha.switchover import HEADER_SPACE
+from hsp_rdma.ha.switchover import HEADER_SPACE, Engine
 
 WRITE, READ = 32 << 10, 4 << 10
 
@@ -57,7 +57,7 @@ def test_an_explicit_chunk_size_sizes_the_reads_too_unless_a_read_chunk_is_given
     assert prof.read_chunk == 64 << 10
     for kw, want in (({}, (1 << 20, 64 << 10)), ({"chunk_size": WRITE}, (WRITE, WRITE)),
                      ({"chunk_size": WRITE, "read_chunk_size": READ}, (WRITE, READ))):
-        eng = fab.Engine.open("soft:a", prof, 1 << 16, 256, serving=False, **kw)
+        eng = Engine.open("soft:a", prof, 1 << 16, 256, serving=False, **kw)
         try:
             assert (eng.chunk_size, eng.read_chunk_size) == want, kw
         finally:
