@@ -35,7 +35,9 @@ application runs again: a read with the old handle then fails.
 
 Where the digest is taken (the profile's ``digest``, CRC32C for rxe/siw/soft). Push: the
 active posts every write the queue depth allows, then digests the oldest posted chunk while
-they fly, one chunk per pump; the header (with the digest) goes last, before the marker; the
+they fly, one chunk per pump; the header (with the digest) is posted right behind the last
+write, without waiting for their completions (the queue pair carries them in order; a
+striped copy first fences its stripe), and the marker only after the header completed; the
 standby digests the whole image after the marker (it cannot know earlier what landed). Pull:
 the standby digests each chunk as its read completes (reads complete in order, and its own
 reads are the only writes into its buffer during the pull, so a chunk digested then is the
@@ -181,7 +183,7 @@ class GsoReport:
     image_bytes: int = 0
     stop_t: float = 0.0  # A: application frozen
     copy_start_t: float = 0.0
-    copy_end_t: float = 0.0  # A: last data write completed
+    copy_end_t: float = 0.0  # A: the header write completed (posted behind the data writes)
     marker_t: float = 0.0  # A: marker write completed
     sealed_t: float = 0.0  # A (pull): image sealed and open for read, Sealed posted
     done_t: float = 0.0  # A: "done" received (B resumed before sending it)
@@ -197,6 +199,7 @@ class GsoReport:
     relink_s: float = 0.0  # time spent connecting the link again (within the copy)
     fabrics: str = ""  # A (push): the fabrics the copy's writes went over: "x", or "x+y"
     stripe_writes: int = 0  # A (push): of ``writes``, those on the stripe
+    header_behind: int = 0  # A (push): data writes still in flight when the header was posted
 
     @property
     def blackout_s(self) -> float:
@@ -1782,12 +1785,18 @@ class Engine:
             c.digested += n
             self._current.digest_s += self.clock() - t0
             return self._reap(0)
-        if c.next >= c.end and c.inflight == 0:
-            if c.header_posted:
-                self._current.copy_end_t = self.clock()
-                self._current.fabrics = "+".join(filter(None, (self.fabric, c.stripe_used)))
-                self._abandon_copy()
-                return gso.CopyComplete(c.epoch)
+        if c.next >= c.end and c.inflight == 0 and c.header_posted:
+            self._current.copy_end_t = self.clock()
+            self._current.fabrics = "+".join(filter(None, (self.fabric, c.stripe_used)))
+            self._abandon_copy()
+            return gso.CopyComplete(c.epoch)
+        if c.next >= c.end and not c.header_posted and (c.inflight == 0 or not c.stripe_used):
+            # The header goes right behind the last data write on the link's queue pair,
+            # without waiting for their completions: the queue pair carries them in order,
+            # and the marker goes only after the header's own completion (which on RC also
+            # means every earlier write was acknowledged). That saves one round trip off the
+            # copy and the blackout. A striped copy still waits: its stripe's writes are
+            # ordered with the header only by the fence read.
             if c.stripe_used and c.fence != 2:
                 if c.stripe_inflight:  # the stripe's last writes first
                     self._reap_stripe(wait_ms)
@@ -1806,28 +1815,32 @@ class Engine:
                     c.fence = 1
                 self._reap_stripe(wait_ms)
                 return None
+            digest = None
             if c.job is not None:
-                # every data write landed; the header waits for the digest thread
-                if not c.job.done:
+                # every data write is posted; the header waits for the digest thread
+                if c.job.done:
+                    self._current.digest_s = c.job.took_s
+                    if c.job.error:
+                        why = f"digesting the image failed: {c.job.error}"
+                        self._current.reason = why
+                        self._abandon_copy()
+                        return gso.CopyFailed(c.epoch, why)
+                    digest = c.job.digest  # (corrupt_image applied in the thread)
+                elif c.inflight == 0:
                     c.job.join(max(1, wait_ms) / 1000)
                     return None
-                self._current.digest_s = c.job.took_s
-                if c.job.error:
-                    why = f"digesting the image failed: {c.job.error}"
-                    self._current.reason = why
-                    self._abandon_copy()
-                    return gso.CopyFailed(c.epoch, why)
-                digest = c.job.digest  # (corrupt_image applied in the thread)
             else:
                 digest = c.digest.digest()
                 if self.corrupt_image:
                     digest = bytes([digest[0] ^ 1]) + digest[1:]
-            hdr = self.image.header(c.epoch, digest, self.digest_algo)
-            self.image.buf[:len(hdr)] = hdr
-            self._post_write(0, len(hdr), hello.region_addr, hello.region_handle, "header",
-                             c.epoch)
-            c.header_posted = True
-            c.inflight += 1
+            if digest is not None:
+                hdr = self.image.header(c.epoch, digest, self.digest_algo)
+                self.image.buf[:len(hdr)] = hdr
+                self._post_write(0, len(hdr), hello.region_addr, hello.region_handle,
+                                 "header", c.epoch)
+                self._current.header_behind = c.inflight
+                c.header_posted = True
+                c.inflight += 1
         if c.inflight == 0 and c.next < c.end and not c.stripe_inflight:
             time.sleep(min(wait_ms / 1000, 0.02))  # paced, nothing in flight: time must pass
         if c.inflight == 0 and c.stripe_inflight:

@@ -82,6 +82,8 @@ def test_gso_of_16mib_and_switch_back_continue_the_application(healthy_lab: Lab)
         ph = g["phases_ms"]
         assert set(ph) == {"freeze", "copy", "marker", "await_done"}
         assert g["blackout_s"] * 1000 >= ph["copy"] + s["verify_s"] * 1000 + s["resume_s"] * 1000
+    # the header went right behind the last data writes, not after their completions
+    assert max(e["header_behind"] for e in a.of("gso") + b.of("gso") if e["role"] == "active") > 0
 
 
 PULL = ("--mode", "pull")
