@@ -37,6 +37,7 @@ from hsp_rdma.cli.common import (
     RawDescriptionHelpFormatter,
     add_lab_id,
     bounded,
+    copy_spread,
     goal_cell,
     literal,
     make_console,
@@ -221,11 +222,9 @@ def show(r: dict[str, Any], out: Console | None = None) -> None:
               *((str(r.get("read_chunk") or r["chunk"]), f"{read:.2f}",
                  f"{r['ratio_vs_ib_read_bw']:.2f}") if read else ()))
     out.print(t)
-    per = [p["copy_MBps"] for p in r.get("per_run") or () if p.get("copy_MBps")]
-    if len(per) > 1:
-        # the table's figure is their median: the spread says how far one run is to be read
-        out.print(Text(f"stop-and-copy per run [MB/sec]: {min(per):.2f} .. {max(per):.2f} "
-                       f"over {len(per)} runs (the table: their median)", style="dim"))
+    spread = copy_spread(r)
+    if spread is not None:
+        out.print(spread)
     b = r["blackout_ms"]
     wait = ("Sealed, then reads the image" if mode == "pull"
             else f"the marker: {r.get('marker_wait', '?')}")

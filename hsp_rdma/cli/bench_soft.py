@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from hsp_rdma.cli.common import EXIT_FAILED, EXIT_OK, goal_cell, table
+from hsp_rdma.cli.common import EXIT_FAILED, EXIT_OK, copy_spread, goal_cell, table
 from hsp_rdma.tools import soft_bench
 
 # What `--provider soft` cannot take (exit 64): the soft pair runs on this host.
@@ -46,6 +46,9 @@ def show(r: dict[str, Any], console: Console) -> None:
                   f"{w['MBps']:.1f} (RDMA Write alone)", f"{w['ratio_vs_memcpy']:.3f}",
                   f"{w['direct_writes']} direct, {w['frame_writes']} frames")
     console.print(t)
+    spread = copy_spread(r)
+    if spread is not None:
+        console.print(spread)
     b = r["blackout_ms"]
     t2 = table(f"switch-over blackout over {r['runs']} runs", "t_min [msec]",
                "t_typical [msec]", "99% [msec]", "t_max [msec]",

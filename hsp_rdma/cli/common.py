@@ -157,6 +157,16 @@ def goal_cell(text: str, met: bool) -> Text:
     return Text(text, style="green" if met else "red")
 
 
+def copy_spread(r: dict) -> Text | None:
+    """The GSO bench's per-run stop-and-copy rates as one line (min .. max; the table gives
+    their median), so a reader sees how far one run is to be read; None under two runs."""
+    per = [p["copy_MBps"] for p in r.get("per_run") or () if p.get("copy_MBps")]
+    if len(per) < 2:
+        return None
+    return Text(f"stop-and-copy per run [MB/sec]: {min(per):.2f} .. {max(per):.2f} over "
+                f"{len(per)} runs (the table: their median)", style="dim")
+
+
 def run_cli(prog: str, body: Callable[[], int]) -> int:
     """Run BODY; an HspError becomes one line on stderr and its documented exit code."""
     try:

@@ -43,6 +43,7 @@ def test_soft_gso_bench_runs_two_nodes_and_both_baselines(monkeypatch, capsys):
     text = out.getvalue()
     assert "memcpy, one core [MB/sec]" in text and "AF_UNIX socket" in text
     assert "RDMA Write alone" in text
+    assert "stop-and-copy per run [MB/sec]: " in text and " over 2 runs" in text
     assert "both ends in one thread (floor)" in text and "floor: soft's own work" in text
     assert "method:" in text
 
