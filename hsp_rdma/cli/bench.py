@@ -121,6 +121,8 @@ def build_parser() -> Parser:
                     help="this host's IPv4 on that device")
     for opt in ("--size", "--runs", "--chunk", "--depth", "--profiles"):
         sv._add_action(next(a for a in g._actions if opt in a.option_strings))
+    sv.add_argument("--wait", type=bounded(float, 1, 86400, "--wait"), default=600.0,
+                    help="seconds to wait for the peer's 'hsp-bench gso --peer' to connect")
     p.checks.append(bench_soft.joint_problem)
     p.checks.append(_joint_problem)
     p.checks.append(bench_disk.joint_problem)
@@ -373,11 +375,13 @@ def run_gso(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     """`hsp-bench serve`: the standby side on two real hosts."""
     profile = gso_bench.profile_for(args.device, args.profiles)  # a wrong device fails here
-    console.print(f"serving: ib_write_bw server on {args.device} (profile {profile.name}), "
-                  f"then {args.runs} GSO(s) of {format_size(args.size)} at {args.local_ip}")
+    console.print(f"serving: {args.runs} GSO(s) of {format_size(args.size)} at "
+                  f"{args.local_ip}, and ib_write_bw servers on {args.device} (profile "
+                  f"{profile.name}) for the peer's baseline until they are done; waiting up "
+                  f"to {args.wait:g} s for the peer")
     with console.status(Text("")) as status:
         r = gso_bench.serve_peer(args, step=literal(status.update))
-    console.print(f"served {r['served']} GSO(s)"
+    console.print(f"served {r['served']} GSO(s) and {r['baseline_runs']} ib_write_bw run(s)"
                   + (f"; errors: {r['errors']}" if r["errors"] else ""))
     return EXIT_OK if r["served"] and not r["errors"] else EXIT_FAILED
 

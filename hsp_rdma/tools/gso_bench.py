@@ -29,6 +29,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -42,8 +43,13 @@ from hsp_rdma.tools.gso_pair import finish_pair, start_pair
 from hsp_rdma.units import percentile
 
 BLACKOUT_SLACK_MS = 20.0  # the goal: copy + verify + this
-# ib_write_bw runs per two-host bench (the peer serves as many); the median is the baseline
+# ib_write_bw runs per two-host bench; the median is the baseline
 BASELINE_ROUNDS = 3
+BASELINE_RETRIES = 10  # attempts beyond BASELINE_ROUNDS before the two-host bench gives up
+SETTLE_S = 2.0  # between two ib_write_bw attempts of the two-host baseline
+PERFTEST_ROUND_S = 30.0  # one such run's connection and exchange; its bytes add 1 s per MB
+NODE_GRACE_S = 60.0  # 'hsp-bench serve' ends its gso_node this long after it should have
+SERVER_FAILS = 5  # ib_write_bw servers failing in a row that end 'hsp-bench serve'
 REFERENCE_PORT = DEFAULT_PORT + 100  # the pyverbs reference's server (cext_peer serve) ...
 COPY_GOAL = 0.95  # the goal: copy >= this x the event-driven reference
 
@@ -278,9 +284,20 @@ def _node_argv(args, chunk: int, depth: int, serving: bool) -> list[str]:
 
 
 def _perftest_argv(args, chunk: int, depth: int) -> list[str]:
-    iters = max(args.size // chunk, 50)
     return ["ib_write_bw", "-d", args.device, "-R", "-F", "-s", str(chunk), "-t", str(depth),
-            "-n", str(iters)]
+            "-n", str(_perftest_iters(args, chunk))]
+
+
+def _perftest_iters(args, chunk: int) -> int:
+    return max(args.size // chunk, 50)
+
+
+def _round_timeout(args, chunk: int) -> float:
+    """The longest one ib_write_bw run of the two-host baseline may take: PERFTEST_ROUND_S
+    for the connection and parameter exchange, then 1 s per MB. The lab's soft devices
+    under TCG on a loaded host ran the two-host test's 50 writes of 64 KiB at 0.6-4 MB/s,
+    in 1-6 s. Past this limit the run is stuck (LAB.md pitfall 1), not slow."""
+    return PERFTEST_ROUND_S + _perftest_iters(args, chunk) * chunk / 1e6
 
 
 def _run_node(argv: list[str], timeout: float) -> list[dict]:
@@ -288,9 +305,13 @@ def _run_node(argv: list[str], timeout: float) -> list[dict]:
         res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
         raise HspError(f"gso_node gave no result in {timeout:.0f} s") from exc
-    events = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
-    if res.returncode != 0 and not any(e["event"] == "error" for e in events):
-        raise HspError(f"gso_node exited {res.returncode}: {res.stderr.strip()[-500:]}")
+    return _node_events(res.returncode, res.stdout, res.stderr)
+
+
+def _node_events(rc: int, stdout: str, stderr: str) -> list[dict]:
+    events = [json.loads(ln) for ln in stdout.splitlines() if ln.startswith("{")]
+    if rc != 0 and not any(e["event"] == "error" for e in events):
+        raise HspError(f"gso_node exited {rc}: {stderr.strip()[-500:]}")
     return events
 
 
@@ -299,41 +320,52 @@ def _real_params(args) -> tuple[Profile, int, int]:
     return profile, args.chunk or profile.chunk_size, args.depth or profile.queue_depth
 
 
-def _baseline_rounds(args, chunk: int, depth: int) -> tuple[float, int]:
-    """BASELINE_ROUNDS ib_write_bw runs against the peer's servers, one per round (the
-    peer's serve_peer runs as many servers); the median of the rounds that measured. A
-    run that completes but reports a 0.00 average (seen under TCG) is not a measurement;
-    it is dropped, and counted with the connection retries in the second value."""
-    rows, retries, res = [], 0, None
-    for _round in range(BASELINE_ROUNDS):
-        for _attempt in range(10):
+def _baseline_rounds(args, chunk: int, depth: int,
+                     step: Callable[[str], None] = _quiet) -> tuple[float, int]:
+    """BASELINE_ROUNDS ib_write_bw runs against the peer's servers (serve_peer keeps one
+    listening until its GSOs are done); the median of the rounds that measured, and the
+    retries. Every attempt after the first starts SETTLE_S after the last one ended, so the
+    peer's next server listens (a client that comes too early is rejected, and can leave
+    that server stuck: LAB.md pitfall 1); an attempt that outlasts _round_timeout is
+    ended and tried again, as is one the peer rejected or that reported a zero average
+    (seen under TCG). Every retry is counted in the second value."""
+    rows, retries, said = [], 0, ""
+    limit = _round_timeout(args, chunk) + SETTLE_S
+    attempts = 0
+    while len(rows) < BASELINE_ROUNDS:
+        if attempts >= BASELINE_ROUNDS + BASELINE_RETRIES:
+            raise HspError(f"ib_write_bw to {args.peer}: {len(rows)} of {BASELINE_ROUNDS} "
+                           f"runs measured in {attempts} attempts; is 'hsp-bench serve' "
+                           f"running there with the same --size and --chunk? Last: {said}")
+        if attempts:
+            time.sleep(SETTLE_S)
+        attempts += 1
+        step(f"baseline: ib_write_bw run {len(rows) + 1}/{BASELINE_ROUNDS} to {args.peer}"
+             + (f" (retries: {retries})" if retries else ""))
+        try:
             res = subprocess.run([*_perftest_argv(args, chunk, depth), args.peer],
-                                 capture_output=True, text=True, timeout=600, check=False)
-            if res.returncode == 0:
-                break
+                                 capture_output=True, text=True, timeout=limit, check=False)
+        except subprocess.TimeoutExpired:
             retries += 1
-            time.sleep(1)  # the peer's ib_write_bw server may not listen yet
-        else:
-            raise HspError(f"ib_write_bw to {args.peer} failed: is 'hsp-bench serve' "
-                           f"running there? {res.stderr.strip()[-300:]}")
+            said = f"a run gave no result in {limit:.0f} s (ended, tried again)"
+            continue
+        if res.returncode != 0:
+            retries += 1
+            said = f"exit {res.returncode}: {res.stderr.strip()[-300:]}"
+            continue
         row = perftest.parse_table("ib_write_bw", res.stdout)
         if row.get("bw_avg_MBps", 0.0) > 0:
             rows.append(row["bw_avg_MBps"])
         else:
             retries += 1
-    if not rows:
-        raise HspError(f"ib_write_bw to {args.peer} completed {BASELINE_ROUNDS} times but "
-                       "reported a zero average each time; no baseline to compare with "
-                       f"(last output: {res.stdout.strip()[-300:]})")
+            said = f"a zero average: {res.stdout.strip()[-300:]}"
     return statistics.median(rows), retries
 
 
 def bench_gso_peer(args, step: Callable[[str], None] = _quiet) -> dict[str, Any]:
     """Active side on two real hosts: ib_write_bw to the peer, then the GSO runs."""
     profile, chunk, depth = _real_params(args)
-    step(f"baseline: {BASELINE_ROUNDS} ib_write_bw runs to {args.peer}")
-    base_bw, retries = _baseline_rounds(args, chunk, depth)
-    time.sleep(2)  # the peer starts its gso_node listener after its perftest server ends
+    base_bw, retries = _baseline_rounds(args, chunk, depth, step)
     step(f"{args.runs} GSO(s) with {args.peer}")
     events = _run_node(_node_argv(args, chunk, depth, True),
                        timeout=120 + args.runs * (5 + args.size / 2e6))
@@ -343,17 +375,57 @@ def bench_gso_peer(args, step: Callable[[str], None] = _quiet) -> dict[str, Any]
 
 
 def serve_peer(args, step: Callable[[str], None] = _quiet) -> dict[str, Any]:
-    """Standby side on two real hosts: an ib_write_bw server, then a gso_node listener;
-    what it served and the errors it saw."""
+    """Standby side on two real hosts: a gso_node listener for the peer's GSOs and, beside
+    it until that node ends, one ib_write_bw server after another for the peer's baseline
+    (as many as the peer runs, its retries included: there is no count to agree on). A
+    server that outlasts _round_timeout is ended and another started: one left stuck by a
+    client that came too early (LAB.md pitfall 1) must not keep the peer from measuring.
+    What it served, the errors it saw and the ib_write_bw runs that completed."""
     _profile, chunk, depth = _real_params(args)
-    for n in range(BASELINE_ROUNDS):
-        step(f"ib_write_bw server {n + 1}/{BASELINE_ROUNDS} on {args.device}")
-        res = subprocess.run(_perftest_argv(args, chunk, depth), capture_output=True,
-                             text=True, timeout=600, check=False)
-        if res.returncode != 0:
-            raise HspError(f"ib_write_bw server failed: {res.stderr.strip()[-300:]}")
-    step(f"gso_node listening at {args.local_ip}")
-    events = _run_node(_node_argv(args, chunk, depth, False),
-                       timeout=180 + args.runs * (5 + args.size / 2e6))
+    limit = args.wait + args.runs * (5 + args.size / 2e6) + NODE_GRACE_S
+    deadline = time.monotonic() + limit
+    runs = fails = 0
+    srv: subprocess.Popen | None = None
+    srv_end = 0.0
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
+            tempfile.TemporaryFile("w+") as srv_err:
+        node = subprocess.Popen([*_node_argv(args, chunk, depth, False), "--connect-timeout",
+                                 str(args.wait)], stdout=out, stderr=err, text=True)
+        try:
+            while node.poll() is None:
+                if time.monotonic() > deadline:
+                    raise HspError(f"gso_node gave no result in {limit:.0f} s")
+                if srv is None:
+                    step(f"gso_node listening at {args.local_ip}, ib_write_bw server on "
+                         f"{args.device}: {runs} baseline run(s) served")
+                    srv_err.seek(0)
+                    srv_err.truncate()
+                    srv = subprocess.Popen(_perftest_argv(args, chunk, depth),
+                                           stdout=subprocess.DEVNULL, stderr=srv_err)
+                    srv_end = time.monotonic() + _round_timeout(args, chunk)
+                rc = srv.poll()
+                if rc is None and time.monotonic() > srv_end:  # stuck, or idle: a fresh one
+                    srv.kill()
+                    srv.wait()
+                    srv = None
+                elif rc is not None:
+                    srv = None
+                    runs += rc == 0
+                    fails = 0 if rc == 0 else fails + 1
+                    if fails >= SERVER_FAILS:
+                        srv_err.seek(0)
+                        raise HspError(f"ib_write_bw server on {args.device} failed "
+                                       f"{fails} times in a row: "
+                                       f"{srv_err.read().strip()[-300:]}")
+                time.sleep(0.1)
+        finally:
+            for proc in (srv, node):
+                if proc is not None and proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        out.seek(0)
+        err.seek(0)
+        events = _node_events(node.returncode, out.read(), err.read())
     return {"served": len([e for e in events if e["event"] == "gso"]),
-            "errors": [e["error"] for e in events if e["event"] == "error"]}
+            "errors": [e["error"] for e in events if e["event"] == "error"],
+            "baseline_runs": runs}
