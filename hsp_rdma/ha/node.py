@@ -1243,6 +1243,11 @@ class Node:
         try:
             self._post_recv(link, d.slot, size)
         except via.VipError as exc:
+            # Not posted, so the reset before the reconnect must post it again. Left out,
+            # each message that came just before a loss took one receive with it; a link
+            # down to none has its every new connection broken by the peer's first message
+            # (rxe lab, pull-fabric-10s: health made and lost every 0.3 s for 2 minutes).
+            link.unposted.append(d.slot)
             self._lose(fab, ch, f"cannot re-post a receive: {exc}")
         if data:  # a zero-length message is the peer's kick (see _kick), not a frame
             self._lock.spent("frames", 1)
