@@ -311,13 +311,20 @@ def _run_node(argv: list[str], timeout: float) -> list[dict]:
 def _node_events(rc: int, stdout: str, stderr: str) -> list[dict]:
     events = [json.loads(ln) for ln in stdout.splitlines() if ln.startswith("{")]
     if rc != 0 and not any(e["event"] == "error" for e in events):
-        raise HspError(f"gso_node exited {rc}: {stderr.strip()[-500:]}")
+        said = stderr.strip()
+        if "Traceback (most recent call last)" in said:  # its last line says what it was
+            said = said.splitlines()[-1]
+        raise HspError(f"gso_node exited {rc}: {said[-500:]}")
     return events
 
 
 def _real_params(args) -> tuple[Profile, int, int]:
     profile = profile_for(args.device, args.profiles)
     return profile, args.chunk or profile.chunk_size, args.depth or profile.queue_depth
+
+
+# What ib_write_bw says when the device is not there (a wrong --device, no RDMA module)
+_NO_DEVICE = ("Did not detect devices", "Unable to find the Infiniband/RoCE device")
 
 
 def _baseline_rounds(args, chunk: int, depth: int,
@@ -350,8 +357,11 @@ def _baseline_rounds(args, chunk: int, depth: int,
             said = f"a run gave no result in {limit:.0f} s (ended, tried again)"
             continue
         if res.returncode != 0:
-            retries += 1
             said = f"exit {res.returncode}: {res.stderr.strip()[-300:]}"
+            if any(s in res.stderr for s in _NO_DEVICE):  # no retry will find it
+                raise HspError(f"ib_write_bw on {args.device}: {said}; check --device "
+                               "(ibv_devices lists this host's RDMA devices)")
+            retries += 1
             continue
         row = perftest.parse_table("ib_write_bw", res.stdout)
         if row.get("bw_avg_MBps", 0.0) > 0:

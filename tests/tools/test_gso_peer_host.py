@@ -37,6 +37,10 @@ FAKE = textwrap.dedent('''\
         print("Unexpected CM event bl blka 8\\n Unable to perform rdma_client function",
               file=sys.stderr)
         sys.exit(1)
+    elif what == "nodev":
+        print(" Did not detect devices \\n If device exists, check if driver is up\\n"
+              " Unable to find the Infiniband/RoCE device", file=sys.stderr)
+        sys.exit(1)
     elif what == "fail":
         print("Couldn't listen to port 18515", file=sys.stderr)
         sys.exit(1)
@@ -135,3 +139,21 @@ def test_a_gso_node_that_outlives_the_wait_is_ended(fake, monkeypatch):
     monkeypatch.setattr(gso_bench, "NODE_GRACE_S", 0.0)
     with pytest.raises(HspError, match="gso_node gave no result in"):
         gso_bench.serve_peer(args(wait=1.0, runs=1, size=4096))
+
+
+def test_no_device_ends_the_baseline_at_once_with_what_to_check(fake, monkeypatch):
+    monkeypatch.setenv("FAKE_CLIENT", "nodev")
+    with pytest.raises(HspError, match=r"(?s)ib_write_bw on rxe0: exit 1: Did not detect devices.*"
+                                       r"check --device \(ibv_devices"):
+        gso_bench._baseline_rounds(args(), 4096, 4)
+    assert len(pids(fake, "client")) == 1, "retried a missing device"
+
+
+def test_a_node_that_crashed_is_reported_by_its_last_line(fake, monkeypatch):
+    monkeypatch.setenv("FAKE_SERVER", "ok")
+    code = ("import sys; sys.stderr.write('Traceback (most recent call last):\\n  File x\\n"
+            "VipErrorResource: rdma_get_devices: No such device\\n'); sys.exit(1)")
+    monkeypatch.setattr(gso_bench, "_node_argv", lambda *_a, **_k: [sys.executable, "-c", code])
+    with pytest.raises(HspError) as exc:
+        gso_bench.serve_peer(args())
+    assert str(exc.value) == "gso_node exited 1: VipErrorResource: rdma_get_devices: No such device"
