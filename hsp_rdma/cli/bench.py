@@ -122,7 +122,8 @@ def build_parser() -> Parser:
     for opt in ("--size", "--runs", "--chunk", "--depth", "--profiles"):
         sv._add_action(next(a for a in g._actions if opt in a.option_strings))
     sv.add_argument("--wait", type=bounded(float, 1, 86400, "--wait"), default=600.0,
-                    help="seconds to wait for the peer's 'hsp-bench gso --peer' to connect")
+                    help="seconds from the start until the peer's 'hsp-bench gso --peer' "
+                         "connects its GSO runs (its ib_write_bw baseline comes first)")
     p.checks.append(bench_soft.joint_problem)
     p.checks.append(_joint_problem)
     p.checks.append(bench_disk.joint_problem)
