@@ -26,6 +26,7 @@ two-fabric copy's ratios are to one fabric's figures.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -384,10 +385,18 @@ def bench_gso_peer(args, step: Callable[[str], None] = _quiet) -> dict[str, Any]
                      depth, expect=(args.runs + 1) // 2) | {"peer": args.peer}
 
 
+def _said_connected(out) -> bool:
+    """Has the gso_node writing to OUT (a file) said it connected? Read without moving the
+    offset it writes at."""
+    fd = out.fileno()
+    return b'{"event": "connected"' in os.pread(fd, os.fstat(fd).st_size, 0)
+
+
 def serve_peer(args, step: Callable[[str], None] = _quiet) -> dict[str, Any]:
     """Standby side on two real hosts: a gso_node listener for the peer's GSOs and, beside
-    it until that node ends, one ib_write_bw server after another for the peer's baseline
-    (as many as the peer runs, its retries included: there is no count to agree on). A
+    it until the peer's GSO runs connect, one ib_write_bw server after another for the
+    peer's baseline (as many as the peer runs, its retries included: there is no count to
+    agree on; none runs during the GSOs). A
     server that outlasts _round_timeout is ended and another started: one left stuck by a
     client that came too early (LAB.md pitfall 1) must not keep the peer from measuring.
     What it served, the errors it saw and the ib_write_bw runs that completed."""
@@ -397,6 +406,7 @@ def serve_peer(args, step: Callable[[str], None] = _quiet) -> dict[str, Any]:
     runs = fails = 0
     srv: subprocess.Popen | None = None
     srv_end = 0.0
+    baseline = True  # until the peer's GSO runs connect: its baseline is over then
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
             tempfile.TemporaryFile("w+") as srv_err:
         node = subprocess.Popen([*_node_argv(args, chunk, depth, False), "--connect-timeout",
@@ -405,6 +415,16 @@ def serve_peer(args, step: Callable[[str], None] = _quiet) -> dict[str, Any]:
             while node.poll() is None:
                 if time.monotonic() > deadline:
                     raise HspError(f"gso_node gave no result in {limit:.0f} s")
+                if baseline and _said_connected(out):
+                    baseline = False  # no server beside the GSOs: none starts in them
+                    if srv is not None:
+                        srv.kill()
+                        srv.wait()
+                        srv = None
+                    step(f"{args.runs} GSO(s) with the peer; {runs} baseline run(s) served")
+                if not baseline:
+                    time.sleep(0.2)
+                    continue
                 if srv is None:
                     step(f"gso_node listening at {args.local_ip}, ib_write_bw server on "
                          f"{args.device}: {runs} baseline run(s) served")

@@ -157,3 +157,42 @@ def test_a_node_that_crashed_is_reported_by_its_last_line(fake, monkeypatch):
     with pytest.raises(HspError) as exc:
         gso_bench.serve_peer(args())
     assert str(exc.value) == "gso_node exited 1: VipErrorResource: rdma_get_devices: No such device"
+
+
+def test_no_server_runs_once_the_peers_gso_runs_connect(fake, monkeypatch):
+    """The baseline is over when the peer's GSO node connects: the server then running is
+    ended and none starts while the GSOs run (they would take the CPU they measure)."""
+    monkeypatch.setenv("FAKE_SERVER", "ok")
+    log = fake / "server.log"
+    code = textwrap.dedent(f"""\
+        import sys, time
+        def count():
+            try:
+                return len(open({str(log)!r}).read().split())
+            except FileNotFoundError:
+                return 0
+        time.sleep(1.0)
+        print('{{"event": "connected", "t": 0}}', flush=True)
+        time.sleep(0.5)
+        first = count()
+        time.sleep(1.5)
+        open({str(fake / "counts")!r}, "w").write("%d %d" % (first, count()))
+        print('{{"event": "gso"}}', flush=True)
+        """)
+    monkeypatch.setattr(gso_bench, "_node_argv", lambda *_a, **_k: [sys.executable, "-c", code])
+    r = gso_bench.serve_peer(args(runs=1))
+    assert r["served"] == 1 and r["baseline_runs"] >= 1
+    first, last = map(int, (fake / "counts").read_text().split())
+    assert first >= 1 and last == first, "a server started after the peer's GSOs connected"
+    assert not any(alive(p) for p in pids(fake, "server")), "a server was left running"
+
+
+def test_the_connected_event_is_read_without_moving_the_writers_offset(tmp_path):
+    with open(tmp_path / "out", "w+") as out:
+        out.write('{"event": "started"}\n')
+        out.flush()
+        assert not gso_bench._said_connected(out)
+        out.write('{"event": "connected", "t": 1}\n')
+        out.flush()
+        at = out.tell()
+        assert gso_bench._said_connected(out) and out.tell() == at
