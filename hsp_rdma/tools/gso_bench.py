@@ -419,7 +419,7 @@ def serve_peer(args, step: Callable[[str], None] = _quiet) -> dict[str, Any]:
                     baseline = False  # no server beside the GSOs: none starts in them
                     if srv is not None:
                         srv.kill()
-                        srv.wait()
+                        runs += srv.wait() == 0  # (it may have ended its run just before)
                         srv = None
                     step(f"{args.runs} GSO(s) with the peer; {runs} baseline run(s) served")
                 if not baseline:
