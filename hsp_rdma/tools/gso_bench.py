@@ -331,7 +331,7 @@ _NO_DEVICE = ("Did not detect devices", "Unable to find the Infiniband/RoCE devi
 def _baseline_rounds(args, chunk: int, depth: int,
                      step: Callable[[str], None] = _quiet) -> tuple[float, int]:
     """BASELINE_ROUNDS ib_write_bw runs against the peer's servers (serve_peer keeps one
-    listening until its GSOs are done); the median of the rounds that measured, and the
+    listening until this side's GSO runs connect); the median of the rounds that measured, and the
     retries. Every attempt after the first starts SETTLE_S after the last one ended, so the
     peer's next server listens (a client that comes too early is rejected, and can leave
     that server stuck: LAB.md pitfall 1); an attempt that outlasts _round_timeout is
@@ -385,6 +385,12 @@ def bench_gso_peer(args, step: Callable[[str], None] = _quiet) -> dict[str, Any]
                      depth, expect=(args.runs + 1) // 2) | {"peer": args.peer}
 
 
+def _end(proc: subprocess.Popen) -> int:
+    """Kill PROC (nothing to kill once it ended) and reap it; its exit status."""
+    proc.kill()
+    return proc.wait()
+
+
 def _said_connected(out) -> bool:
     """Has the gso_node writing to OUT (a file) said it connected? Read without moving the
     offset it writes at."""
@@ -402,11 +408,11 @@ def serve_peer(args, step: Callable[[str], None] = _quiet) -> dict[str, Any]:
     What it served, the errors it saw and the ib_write_bw runs that completed."""
     _profile, chunk, depth = _real_params(args)
     limit = args.wait + args.runs * (5 + args.size / 2e6) + NODE_GRACE_S
+    late = f"gso_node gave no result in {limit:.0f} s"
     deadline = time.monotonic() + limit
     runs = fails = 0
     srv: subprocess.Popen | None = None
     srv_end = 0.0
-    baseline = True  # until the peer's GSO runs connect: its baseline is over then
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
             tempfile.TemporaryFile("w+") as srv_err:
         node = subprocess.Popen([*_node_argv(args, chunk, depth, False), "--connect-timeout",
@@ -414,17 +420,17 @@ def serve_peer(args, step: Callable[[str], None] = _quiet) -> dict[str, Any]:
         try:
             while node.poll() is None:
                 if time.monotonic() > deadline:
-                    raise HspError(f"gso_node gave no result in {limit:.0f} s")
-                if baseline and _said_connected(out):
-                    baseline = False  # no server beside the GSOs: none starts in them
+                    raise HspError(late)
+                if _said_connected(out):  # the baseline is over: no server beside the GSOs
                     if srv is not None:
-                        srv.kill()
-                        runs += srv.wait() == 0  # (it may have ended its run just before)
+                        runs += _end(srv) == 0  # (it may have ended its run just before)
                         srv = None
                     step(f"{args.runs} GSO(s) with the peer; {runs} baseline run(s) served")
-                if not baseline:
-                    time.sleep(0.2)
-                    continue
+                    try:
+                        node.wait(timeout=max(0.0, deadline - time.monotonic()))
+                    except subprocess.TimeoutExpired:
+                        raise HspError(late) from None
+                    break
                 if srv is None:
                     step(f"gso_node listening at {args.local_ip}, ib_write_bw server on "
                          f"{args.device}: {runs} baseline run(s) served")
@@ -435,8 +441,7 @@ def serve_peer(args, step: Callable[[str], None] = _quiet) -> dict[str, Any]:
                     srv_end = time.monotonic() + _round_timeout(args, chunk)
                 rc = srv.poll()
                 if rc is None and time.monotonic() > srv_end:  # stuck, or idle: a fresh one
-                    srv.kill()
-                    srv.wait()
+                    _end(srv)
                     srv = None
                 elif rc is not None:
                     srv = None
@@ -450,9 +455,8 @@ def serve_peer(args, step: Callable[[str], None] = _quiet) -> dict[str, Any]:
                 time.sleep(0.1)
         finally:
             for proc in (srv, node):
-                if proc is not None and proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+                if proc is not None:
+                    _end(proc)
         out.seek(0)
         err.seek(0)
         events = _node_events(node.returncode, out.read(), err.read())
