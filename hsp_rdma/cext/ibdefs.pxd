@@ -214,9 +214,11 @@ cdef extern from "<infiniband/verbs.h>" nogil:
 
     cdef enum ibv_qp_attr_mask:
         IBV_QP_STATE
+        IBV_QP_ACCESS_FLAGS
 
     cdef struct ibv_qp_attr:
         ibv_qp_state qp_state
+        unsigned int qp_access_flags
 
     ssize_t ibv_query_gid_table(ibv_context *context, ibv_gid_entry *entries,
                                 size_t max_entries, uint32_t flags)

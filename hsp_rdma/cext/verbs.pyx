@@ -1021,6 +1021,34 @@ cdef class CMId:
             raise VerbsError("ibv_query_qp", rc)
         return QP_STATES.get(a.qp_state, str(a.qp_state))
 
+    def serve_reads(self, bint allowed):
+        """Whether the queue pair serves the peer's RDMA Reads: IBV_ACCESS_REMOTE_READ in its
+        access flags, changed in place (RTS to RTS allows it; on iWARP the driver changes the
+        flag in any state). Returns the access flags before the change. A read that comes
+        while it is off is refused by the responder (an invalid-request NAK on RoCE, a
+        terminate on iWARP): the reader's completion fails and the connection breaks, as for
+        a read outside any registration."""
+        cdef ibv_qp_attr a
+        cdef ibv_qp_init_attr ia
+        cdef int rc
+        cdef unsigned int before
+        if not self.has_qp:
+            raise VerbsError("ibv_modify_qp", 22, "no queue pair")
+        memset(&a, 0, sizeof(a))
+        rc = ibv_query_qp(self.cid.qp, &a, IBV_QP_ACCESS_FLAGS, &ia)
+        if rc:
+            raise VerbsError("ibv_query_qp", rc, "access flags")
+        before = a.qp_access_flags
+        if allowed:
+            a.qp_access_flags = before | IBV_ACCESS_REMOTE_READ
+        else:
+            a.qp_access_flags = before & ~(<unsigned int>IBV_ACCESS_REMOTE_READ)
+        if a.qp_access_flags != before:
+            rc = ibv_modify_qp(self.cid.qp, &a, IBV_QP_ACCESS_FLAGS)
+            if rc:
+                raise VerbsError("ibv_modify_qp", rc, "access flags")
+        return before
+
     def to_error(self):
         """Move the queue pair to ERR: every posted work request completes flushed."""
         cdef ibv_qp_attr a

@@ -289,9 +289,10 @@ def client_rdma_read(c: Ctx) -> dict:
                                remote=via.AddressSegment(naddr, nh)))
     d = via.VipSendWait(vi, 20000)
     if c.nic.iwarp and not d.status & via.VIP_STATUS_ERROR_MASK:
-        # Known siw (kernel 6.1) gap: the responder checks the QP's remote-read right but
-        # not the memory's (no IB_ACCESS_REMOTE_READ test in siw_qp_rx.c / siw_qp_tx.c), so
-        # this read succeeds. Recorded, not hidden; rxe and hardware refuse it.
+        # Known siw (kernel 6.1) gap: the responder checks neither the memory's remote-read
+        # right nor the queue pair's (no IB_ACCESS_REMOTE_READ or SIW_RDMA_READ_ENABLED test
+        # in siw_qp_rx.c / siw_qp_tx.c), so this read succeeds. Recorded, not hidden; rxe
+        # and hardware refuse it.
         out["siw_remote_read_unchecked"] = True
         out.update(c.finish(vi, peer_first=False))
         return out
@@ -300,6 +301,90 @@ def client_rdma_read(c: Ctx) -> dict:
     check(len(c.errors) > n0, "error callback did not fire")
     out.update(c.finish(vi, peer_first=False))
     out.update(refused=why, bad_read_status=hex(d.status), callback=c.errors[-1][1].code)
+    return out
+
+
+# ---- 3b. via.serve_reads: a VI that serves no reads refuses every read ----------------------
+def _gate_read(c: Ctx, vi: via.Vi, raddr: int, rh: int, off: int) -> int:
+    """One 8 KiB RDMA Read of the peer's pattern (one segment: iWARP); its status."""
+    via.VipPostSend(vi, c.desc((off, 8192), control=via.VIP_CONTROL_OP_RDMAREAD,
+                               remote=via.AddressSegment(raddr, rh)))
+    return via.VipSendWait(vi, 20000).status
+
+
+def server_read_gate(c: Ctx) -> dict:
+    vi = c.vi(enable_rdma_read=True)
+    if getattr(c.nic, "iwarp", False):  # siw serves reads whatever the queue pair says
+        why = expect(via.VipNotSupported, via.serve_reads, vi, False)
+        via.VipDestroyVi(vi)
+        return {"iwarp": why}
+    c.put(0, pattern(21, 8192))
+    out = {}
+    # 1. closed before the connection: it holds for the connection
+    via.serve_reads(vi, False)
+    via.VipPostRecv(vi, c.desc((100000, MSG)))
+    c.accept(vi, b"read_gate")
+    c.send(vi, 200000, ADDR.pack(via.address_of(c.buf), c.h, 0, 0))
+    d = via.VipRecvWait(vi, 30000)  # flushed when the refused read breaks the connection
+    out["closed_at_connect"] = hex(d.status)
+    check(bool(d.status & via.VIP_STATUS_ERROR_MASK), f"receive 0x{d.status:x} after a read "
+          "the VI should have refused")
+    check(wait_state(vi, via.ViState.ERROR, 15), f"VI {vi.state.name} after a refused read")
+    via.VipDisconnect(vi)
+    # 2. opened while IDLE, closed again while connected
+    via.serve_reads(vi, True)
+    via.VipPostRecv(vi, c.desc((100000, MSG)))
+    c.accept(vi, b"read_gate")
+    c.send(vi, 200000, ADDR.pack(via.address_of(c.buf), c.h, 0, 0))
+    check(c.recv(vi, 100000)[:5] == b"close", "the client's 'close' did not come")
+    via.VipPostRecv(vi, c.desc((100000, MSG)))
+    via.serve_reads(vi, False)
+    c.send(vi, 200000, b"closed")
+    d = via.VipRecvWait(vi, 30000)
+    out["closed_while_connected"] = hex(d.status)
+    check(bool(d.status & via.VIP_STATUS_ERROR_MASK), f"receive 0x{d.status:x} after a read "
+          "the VI should have refused")
+    out.update(c.finish(vi, peer_first=True))
+    return out
+
+
+def client_read_gate(c: Ctx) -> dict:
+    vi = c.vi(enable_rdma_read=True)
+    if getattr(c.nic, "iwarp", False):
+        why = expect(via.VipNotSupported, via.serve_reads, vi, False)
+        via.VipDestroyVi(vi)
+        return {"iwarp": why}
+    out = {}
+    via.VipPostRecv(vi, c.desc((100000, MSG)))
+    c.connect(vi, b"read_gate")
+    raddr, rh, _a, _h = ADDR.unpack(c.recv(vi, 100000)[:ADDR.size])
+    n0 = len(c.errors)
+    st = _gate_read(c, vi, raddr, rh, 300000)
+    out["refused_at_connect"] = hex(st)
+    check(bool(st & via.VIP_STATUS_ERROR_MASK), f"a read from a VI that serves none: 0x{st:x}")
+    check(wait_state(vi, via.ViState.ERROR, 15), f"VI {vi.state.name} after a refused read")
+    check(len(c.errors) > n0, "error callback did not fire")
+    via.VipDisconnect(vi)
+    while via.VipRecvDone(vi) is not None:
+        pass
+    via.VipPostRecv(vi, c.desc((100000, MSG)))
+    c.connect(vi, b"read_gate")
+    raddr, rh, _a, _h = ADDR.unpack(c.recv(vi, 100000)[:ADDR.size])
+    c.put(300000, bytes(8192))
+    st = _gate_read(c, vi, raddr, rh, 300000)
+    check(st == via.VIP_STATUS_DONE | via.VIP_STATUS_OP_RDMA_READ, f"read status 0x{st:x}")
+    check(c.get(300000, 8192) == pattern(21, 8192), "RDMA Read data mismatch")
+    st = _gate_read(c, vi, raddr, rh, 310000)  # (over soft's shared memory: the granted path)
+    check(st == via.VIP_STATUS_DONE | via.VIP_STATUS_OP_RDMA_READ, f"read status 0x{st:x}")
+    via.VipPostRecv(vi, c.desc((100000, MSG)))
+    c.send(vi, 200000, b"close")
+    check(c.recv(vi, 100000)[:6] == b"closed", "the server's 'closed' did not come")
+    c.put(320000, bytes(8192))
+    st = _gate_read(c, vi, raddr, rh, 320000)
+    out["refused_after_close"] = hex(st)
+    check(bool(st & via.VIP_STATUS_ERROR_MASK), f"a read after serve_reads(False): 0x{st:x}")
+    check(c.get(320000, 8192) == bytes(8192), "a refused read brought data")
+    out.update(c.finish(vi, peer_first=False))
     return out
 
 
@@ -631,9 +716,9 @@ def client_cq_notify(c: Ctx) -> dict:
     return out
 
 
-SCENARIOS = ["send_recv", "rdma_write", "rdma_read", "small_recv", "empty_rq", "local",
-             "reject", "no_match", "connect_timeout", "reliability", "disconnect_flush",
-             "reset", "cq_notify"]
+SCENARIOS = ["send_recv", "rdma_write", "rdma_read", "read_gate", "small_recv", "empty_rq",
+             "local", "reject", "no_match", "connect_timeout", "reliability",
+             "disconnect_flush", "reset", "cq_notify"]
 
 
 def run(side: str, args) -> int:

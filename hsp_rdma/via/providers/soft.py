@@ -441,12 +441,16 @@ class Region(_compiled.RegionBase):
         v = self.view[off:off + n]
         return v if len(v) == n else None
 
+    def withdraw(self) -> None:
+        """Clear its grant-table slot: grantees see it before their next write or read."""
+        if self.slot >= 0:
+            self.shm[0].release(self.slot)
+            self.slot = -1
+
     def close(self) -> None:
         """Deregistered: the buffer is the caller's again (an mmap can be closed)."""
         self.closed = True
-        if self.slot >= 0:  # grantees see it before their next write or read
-            self.shm[0].release(self.slot)
-            self.slot = -1
+        self.withdraw()
         view, self.view = self.view, memoryview(b"")
         try:
             view.release()
@@ -1157,6 +1161,7 @@ class _Conn(_compiled.ConnBase):
         self.expect_cma_ok = False  # (the initiator, having offered)
         self.asked: set[int] = set()  # rkeys of the peer's we asked a grant for (once each)
         self.grants: dict[int, _Grant] = {}  # the peer's regions we may write into directly
+        self.read_grants: set[Region] = set()  # ours granted through the peer's reads
         self.maps: dict[tuple, _Map] = {}  # their mappings, and spares (oldest used first)
         self.reader = threading.Thread(target=self._read_loop, daemon=True,
                                        name=f"via-soft-vi{vi.serial}")
@@ -1395,6 +1400,9 @@ class _Conn(_compiled.ConnBase):
             off = addr - region.addr
             if flags & F_GRANT and self.cma_pid:
                 self._grant(region)  # (first: the reader holds it when the read completes)
+                self.read_grants.add(region)
+                if not self.vi.serves_reads:  # closed meanwhile: its withdrawal may miss it
+                    self.withdraw_read_grants()
             self.send([frame(READ_RESP, seq=seq, length=value), region.view[off:off + value]])
             nic.count("rdma_read_bytes_tx", value)
             self.applied = seq
@@ -1420,6 +1428,14 @@ class _Conn(_compiled.ConnBase):
         self.send([frame(GRANT, addr=region.addr, rkey=region.key, value=slot,
                          flags=region.rights, length=GRANT_BODY.size),
                    GRANT_BODY.pack(fd, off, region.length)])
+
+    def withdraw_read_grants(self) -> None:
+        """The regions granted to the peer through its reads on this connection lose their
+        grant-table slots (the peer checks the slot before each one-sided copy, so its next
+        read or write of them goes as a frame); the regions stay registered."""
+        for region in list(self.read_grants):
+            region.withdraw()
+        self.read_grants.clear()
 
     def _take_grant(self, rkey: int, addr: int, slot: int, rights: int, length: int) -> None:
         """The peer grants region RKEY: map exactly its pages of the peer's memfd, writable
@@ -1563,6 +1579,10 @@ class _Conn(_compiled.ConnBase):
         if region.ptag is not vi.attrs.ptag:
             raise _Refused(seq, Status.RDMA_PROT_ERROR, "PROTECTION", "refused_ptag",
                            f"{what} into handle {rkey:#x}: the region's ptag is not the VI's")
+        if not write and not vi.serves_reads:
+            raise _Refused(seq, Status.RDMA_PROT_ERROR, "PROTECTION", "refused_permission",
+                           f"RDMA Read from handle {rkey:#x}: this VI serves no RDMA Reads "
+                           "now (via.serve_reads)")
         if not (region.remote_write if write else region.remote_read):
             raise _Refused(seq, Status.RDMA_PROT_ERROR, "PROTECTION", "refused_permission",
                            f"{what} into handle {rkey:#x}: the region was registered without "
@@ -1849,6 +1869,7 @@ class Vi(_compiled.ViBase):
         self._lock = threading.Lock()
         self.conn: _Conn | None = None
         self.peer_attrs: ViAttributes | None = None
+        self.serves_reads = True  # (via.serve_reads)
         self._notify: list[threading.Thread] = []
         nic.vis.append(self)
         nic.vi_by_serial[self.serial] = self
@@ -1856,6 +1877,16 @@ class Vi(_compiled.ViBase):
     @property
     def max_transfer(self) -> int:
         return self.attrs.max_transfer_size or MAX_TRANSFER
+
+    def serve_reads(self, allowed: bool) -> None:
+        """via.serve_reads. Off: read requests are refused from now on, and the same-host
+        read grants this connection gave are withdrawn (their slots cleared: the peer's next
+        read goes as a frame, refused); on: reads are served again (as frames on this
+        connection, since the peer asks each region's grant only once)."""
+        self.serves_reads = allowed
+        conn = self.conn
+        if not allowed and conn is not None:
+            conn.withdraw_read_grants()
 
     # ---- connection ---------------------------------------------------------------------
     def _establish(self, conn: _Conn, peer: ViAttributes) -> None:

@@ -358,6 +358,7 @@ class Vi:
         self.state = ViState.IDLE
         self.cmid = None
         self.peer_gone = False
+        self.serves_reads = True  # (via.serve_reads: the queue pair's IBV_ACCESS_REMOTE_READ)
         self.why_error = "no reason recorded"  # what put the VI in ERROR, for messages
         self.serial = next(nic._serials)
         self._send_base = self.serial << (SEQ_BITS + 1)  # | sequence: a send's work id
@@ -576,8 +577,31 @@ class Vi:
                                  "the iWARP connection came up")
             self.recv_cq.wait(min(left * 1000, 200))
 
+    def serve_reads(self, allowed: bool) -> None:
+        """via.serve_reads: kept for every queue pair of this VI, applied now if connected.
+        Not on iWARP: siw (Linux 6.1) records the queue pair's remote-read flag but serves
+        a read request whatever it says (siw_qp_rx.c checks only the region's rights), so
+        the flag would promise what the device does not do."""
+        if self.nic.iwarp:
+            raise VipNotSupported(f"{self.nic.name} is iWARP: its queue pairs serve every "
+                                  "read the region allows (siw ignores the queue pair's "
+                                  "remote-read flag); register a region for remote read "
+                                  "only while its reads may be served")
+        self.serves_reads = allowed
+        if self.cmid is not None and self.state is ViState.CONNECTED:
+            try:
+                self.cmid.serve_reads(allowed)
+            except VerbsError as exc:
+                if allowed:
+                    raise VipErrorResource(f"cannot open the VI for the peer's RDMA Reads: "
+                                           f"{exc}", exc.errno) from exc
+                # Fail closed: a queue pair that may still serve reads is ended.
+                self._lost(f"cannot close the VI for the peer's RDMA Reads: {exc}")
+
     def _established(self) -> None:
         self.state = ViState.CONNECTED
+        if not self.serves_reads:  # the connection manager's queue pair serves reads
+            self.serve_reads(False)
         if self.peer_gone:  # the peer left before we saw the connection come up
             self._fail("CONN_LOST", "the peer disconnected as the connection came up")
 
