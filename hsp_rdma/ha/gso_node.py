@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                  stale_ignored=eng.machine.stale_ignored,
                  markers_ignored=eng.markers_ignored, fence=eng.fence_results,
                  link_error=eng.link_error, relinks=rep.relinks, fabrics=rep.fabrics,
-                 stripe_writes=rep.stripe_writes, header_behind=rep.header_behind)
+                 stripe_writes=rep.stripe_writes, header_behind=rep.header_behind,
+                 read_registered=rep.read_registered)
             took_over = rep.role == "standby" and rep.outcome == "completed"
             if (rep.role == "active" and rep.stop_t) or took_over:
                 emit("pmem", epoch=rep.epoch, role=rep.role, counter=app.counter,

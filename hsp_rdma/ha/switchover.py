@@ -200,6 +200,9 @@ class GsoReport:
     fabrics: str = ""  # A (push): the fabrics the copy's writes went over: "x", or "x+y"
     stripe_writes: int = 0  # A (push): of ``writes``, those on the stripe
     header_behind: int = 0  # A (push): data writes still in flight when the header was posted
+    # A (pull): when the image's read registration was made: "start-gso" (before the freeze,
+    # the link serving no reads until the seal) or "seal" (iWARP: no such gate)
+    read_registered: str = ""
 
     @property
     def blackout_s(self) -> float:
@@ -209,7 +212,8 @@ class GsoReport:
     def phases_ms(self) -> dict[str, float]:
         """Where the time went, on this node's clock. Push: A's freeze (stop .. first
         write), copy, marker, and the wait for "done"; B's verify and resume. Pull: A's seal
-        (stop .. Sealed posted: blob, digest, header, registration) and the wait for "done";
+        (stop .. Sealed posted: blob, header, the link opened for reads, or on iWARP the
+        registration) and the wait for "done";
         B's pull (first read posted .. last completed), verify and resume."""
         pairs: tuple = ()
         if self.role == "active" and self.stop_t and self.mode == "pull":
@@ -1625,6 +1629,9 @@ class Engine:
                 self._current.reason = f"cannot open the image for remote read: {exc}"
                 return gso.SealFailed(epoch, self._current.reason)
             self._read_handle, self._read_nic, self._read_vi = handle, self.nic, self.vi
+            self._current.read_registered = "seal"
+        else:
+            self._current.read_registered = "start-gso"
         if self._gated_vi is not None:
             vi, self._gated_vi = self._gated_vi, None
             try:

@@ -108,6 +108,11 @@ def test_pull_gso_and_switch_back_continue_the_application(healthy_lab: Lab) -> 
     s = next(e for e in a.of("gso") if e["role"] == "standby")
     assert set(g["phases_ms"]) == {"seal", "await_done"}
     assert set(s["phases_ms"]) == {"pull", "verify", "resume"}
+    # rxe: registered for read at Start-GSO (the link refused reads until the seal); siw
+    # serves reads whatever the queue pair says, so it registers at the seal
+    kind = healthy_lab.info()["rdma"]
+    assert {e["read_registered"] for e in b.of("gso") + a.of("gso") if e["role"] == "active"} \
+        == {"seal" if kind == "siw" else "start-gso"}
     # (a pull reads in the profile's read_chunk_size: on rxe 64 KiB, though it writes 1 MiB)
     assert s["writes"] == -(-s["image_bytes"] // only(a, "connected")["read_chunk"]), "reads"
     # the standby's pull, verify and resume all lie inside the active's blackout
