@@ -511,8 +511,8 @@ __all__ = [
     "VipSendNotify",
     "VipSendWait",
     "VipSetViAttributes",
-    "serve_reads",
     "VipTimeout",
     "address_of",
+    "serve_reads",
     "shared_buffer",
 ]
