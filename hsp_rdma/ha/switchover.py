@@ -22,9 +22,12 @@ block: control frames, image writes and the marker are posted and their completi
 they come, so the copy runs while the machine keeps getting ticks (its copy timeout and the
 standby's Abort work while writes are in flight).
 
-Pull mode (``Engine.mode``, the active's choice, announced in Start-GSO): the active freezes,
-writes the image header (without a digest) into its own buffer and registers the image a
-second time, for remote read only, for this epoch only; the handle travels in Sealed. Then it
+Pull mode (``Engine.mode``, the active's choice, announced in Start-GSO): the image is
+registered a second time, for remote read only, for this GSO only. Where the link can refuse
+reads (``via.serve_reads``: RoCE, IB, soft) that happens at Start-GSO, before the freeze, on a
+link that serves no reads until the seal; on iWARP (no such gate) at the seal. The active
+freezes, writes the image header (without a digest) into its own buffer, opens the link to
+reads (or registers), and the handle travels in Sealed. Then it
 digests the frozen image in a worker thread while the standby reads it (both only read it)
 and sends the digest in Digest. The standby RDMA-reads the image in chunks of the profile's
 size, queue_depth reads in flight, one segment per read (iWARP scatters a read into one
@@ -1595,7 +1598,7 @@ class Engine:
     def _register_read(self) -> None:
         """Pull, at Start-GSO (the application still runs): close the link's VI to the
         peer's reads (via.serve_reads), then register the image for remote read, for this
-        GSO only. Registering 16 MiB pins 4096 pages, 6-7 ms in the lab's guests: done here,
+        GSO only. Registering 16 MiB pins 4096 pages, 2-7 ms in the lab's guests: done here,
         it is out of the blackout, and the seal only opens the VI again. Until then no read
         is served whatever handle it names (and the peer learns this one only in Sealed).
         Where the VI has no such gate (iWARP), or a step fails, nothing is registered here:
