@@ -1023,11 +1023,11 @@ cdef class CMId:
 
     def serve_reads(self, bint allowed):
         """Whether the queue pair serves the peer's RDMA Reads: IBV_ACCESS_REMOTE_READ in its
-        access flags, changed in place (RTS to RTS allows it; on iWARP the driver changes the
-        flag in any state). Returns the access flags before the change. A read that comes
-        while it is off is refused by the responder (an invalid-request NAK on RoCE, a
-        terminate on iWARP): the reader's completion fails and the connection breaks, as for
-        a read outside any registration."""
+        access flags, changed in place (RTS to RTS allows it). Returns the access flags
+        before the change. On RoCE/IB a read that comes while it is off is refused by the
+        responder (an invalid-request NAK): the reader's completion fails and the connection
+        breaks, as for a read outside any registration. siw (Linux 6.1) stores the flag and
+        never tests it: the VIA layer does not offer this on iWARP."""
         cdef ibv_qp_attr a
         cdef ibv_qp_init_attr ia
         cdef int rc

@@ -247,12 +247,12 @@ def serve_reads(vi: Vi, allowed: bool) -> None:
     """Whether VI serves the peer's RDMA Reads (an extension; VIPL has no such call). Every
     VI serves them by default, as VIPL's do; off, a read the peer posts on this connection
     is refused whatever region it names: it completes in error on the peer
-    (``RDMA_PROT_ERROR`` over soft, a remote-access error over verbs) and the connection
-    breaks, as for a read outside any registration. The setting holds across reconnections
+    (``RDMA_PROT_ERROR`` over soft; over RoCE the responder answers an invalid-request NAK)
+    and the connection breaks, as for a read outside any registration. The setting holds across reconnections
     of VI, and takes effect at once on a connected VI: verbs changes the queue pair's
     IBV_ACCESS_REMOTE_READ in place; soft refuses read requests and withdraws the same-host
     read grants it gave on the connection. ``VipNotSupported`` on iWARP: siw serves every
-    read the region allows, whatever the queue pair's flag says. A GSO's pull opens the
+    read request whatever the queue pair's flag says. A GSO's pull opens the
     frozen image this way, so that its read registration can be made before the freeze
     (where the device has no such gate, it registers at the seal)."""
     vi.serve_reads(bool(allowed))

@@ -580,12 +580,13 @@ class Vi:
     def serve_reads(self, allowed: bool) -> None:
         """via.serve_reads: kept for every queue pair of this VI, applied now if connected.
         Not on iWARP: siw (Linux 6.1) records the queue pair's remote-read flag but serves
-        a read request whatever it says (siw_qp_rx.c checks only the region's rights), so
-        the flag would promise what the device does not do."""
+        a read request whatever it says (siw_qp_rx.c and siw_qp_tx.c never test it), so the
+        flag would promise what the device does not do. The GIL is held throughout: close()
+        clears has_qp under the GIL before it destroys the queue pair."""
         if self.nic.iwarp:
-            raise VipNotSupported(f"{self.nic.name} is iWARP: its queue pairs serve every "
-                                  "read the region allows (siw ignores the queue pair's "
-                                  "remote-read flag); register a region for remote read "
+            raise VipNotSupported(f"{self.nic.name} is iWARP: its queue pairs serve the "
+                                  "peer's RDMA Reads whatever their remote-read flag says "
+                                  "(siw never tests it); register a region for remote read "
                                   "only while its reads may be served")
         self.serves_reads = allowed
         if self.cmid is not None and self.state is ViState.CONNECTED:
