@@ -1598,8 +1598,9 @@ class Engine:
     def _register_read(self) -> None:
         """Pull, at Start-GSO (the application still runs): close the link's VI to the
         peer's reads (via.serve_reads), then register the image for remote read, for this
-        GSO only. Registering 16 MiB pins 4096 pages, 2-7 ms in the lab's guests: done here,
-        it is out of the blackout, and the seal only opens the VI again. Until then no read
+        GSO only. Registering pins the image's pages, a cost that grows with it (16 MiB: 1-7
+        ms in the lab's guests; 128 MiB: 7-14 ms): done here, it is out of the blackout, and
+        the seal only opens the VI again. Until then no read
         is served whatever handle it names (and the peer learns this one only in Sealed).
         Where the VI has no such gate (iWARP), or a step fails, nothing is registered here:
         the seal registers, as it did before, so the image is never readable unfrozen."""
