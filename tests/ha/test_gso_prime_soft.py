@@ -73,6 +73,10 @@ def test_a_pull_reads_a_small_first_chunk_alone_then_straight_from_the_active(mo
         assert [r.outcome for r in a.reports + b.reports] == ["completed", "completed"], \
             [(r.role, r.reason) for r in a.reports + b.reports]
         assert bytes(a.image.pmem) == data
+        # registered for read at Start-GSO (the link serving no reads until the seal), and
+        # nothing of it left open once the GSO ended
+        assert b.reports[0].read_registered == "start-gso" and "seal" in b.reports[0].phases_ms()
+        assert b._read_handle is None and b._gated_vi is None and b.vi.serves_reads
         reads = a.reports[0].writes  # (the standby's RDMA Reads, for a pull)
         direct = a.nic.counters["shm_reads"]
         assert (reads, direct) == ((2, 1) if prime else (1, 0)), (reads, direct)

@@ -1,15 +1,15 @@
 """A pull's read registration is made at Start-GSO, before the freeze, on a link that serves
 no RDMA Reads until the seal (``via.serve_reads``); the registration is gone and the link
-serves reads again once the GSO ended, however it ended. Soft provider, this host; the lab
-tests the same on rxe (and that siw, which has no such gate, registers at the seal)."""
+serves reads again once the GSO ended, however it ended (a completed pull: in
+test_gso_prime_soft). Soft provider, this host; the lab tests the same on rxe (and that siw,
+which has no such gate, registers at the seal)."""
 
 from __future__ import annotations
 
-import os
 import time
 
 import test_gso_fabrics_soft as fab
-from test_gso_fabrics_soft import _own_ports_and_links, gso_once  # noqa: F401
+from test_gso_fabrics_soft import _own_ports_and_links  # noqa: F401
 
 from hsp_rdma import via
 from hsp_rdma.core import gso
@@ -51,20 +51,3 @@ def test_a_pull_registers_at_start_gso_and_the_link_refuses_reads_until_the_seal
         a.close()
         b.close()
 
-
-def test_a_completed_pull_says_where_it_registered_and_leaves_nothing_open():
-    a, b = fab.pair()
-    try:
-        a.mode = b.mode = gso.GsoMode.PULL
-        data = os.urandom(len(b.image.pmem))
-        b.image.pmem[:] = data
-        gso_once(a, b)
-        assert [r.outcome for r in a.reports + b.reports] == ["completed", "completed"], \
-            [(r.role, r.reason) for r in a.reports + b.reports]
-        assert bytes(a.image.pmem) == data
-        assert b.reports[0].read_registered == "start-gso"
-        assert "seal" in b.reports[0].phases_ms()
-        assert b._read_handle is None and b._gated_vi is None and b.vi.serves_reads
-    finally:
-        a.close()
-        b.close()
