@@ -37,6 +37,9 @@ CHANNELS = ("health", "oam", "pmem", "disk", "config")  # shown first, in this o
 CHANNEL_COUNTERS = {"sent_msgs": "sent [msgs]", "sent_bytes": "sent [bytes]",
                     "recv_msgs": "recv [msgs]", "recv_bytes": "recv [bytes]",
                     "credits": "credits"}
+# In --json only: one more column folds the table's headers at 120 columns (the width
+# off a terminal).
+CHANNEL_JSON_ONLY = ("receives_posted",)
 PMEM_FIELDS = {"size": "size [bytes]", "in_flight": "in flight [tx]",
                "last_committed": "last committed", "last_applied": "last applied"}
 DISK_FIELDS = {"path": "path", "size": "size [bytes]", "writes": "writes",
@@ -184,7 +187,7 @@ def channels_table(channels: Any) -> tuple[Table, Table | None]:
     channels = _dict(channels)
     names = [c for c in CHANNELS if c in channels] + [c for c in channels if c not in CHANNELS]
     rows = [_dict(channels[n]) for n in names]
-    extra = _extra_keys(rows, ("state", "refused", *CHANNEL_COUNTERS))
+    extra = _extra_keys(rows, ("state", "refused", *CHANNEL_COUNTERS, *CHANNEL_JSON_ONLY))
     t = table("channels", "channel", "state", *CHANNEL_COUNTERS.values(), "refused [frames]",
               *extra)
     causes = table("refused frames by cause", "channel", "cause", "frames", justify="left")

@@ -1796,6 +1796,11 @@ class Node:
     def _channel_status(self, ch: Channel) -> dict:
         st = self._sess(self._carrier, ch).streams[ch].status()
         link = self._port.links[ch] if self._port else None
+        if link is not None:
+            # The receives on the VI's queue (posted, or completed and not yet taken): the
+            # link's credits when healthy. Fewer on a connected link is a lost receive, which
+            # breaks the link at the peer's next message when none is left.
+            st["receives_posted"] = len(link.vi.recvq)
         if link is None or not link.up:
             st["state"] = "error" if link is not None and link.lost else "connecting"
             if link is not None and link.lost:

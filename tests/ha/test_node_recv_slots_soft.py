@@ -48,6 +48,7 @@ def test_receives_not_posted_again_are_posted_at_the_reconnect(tmp_path: Path,
         link = b._port.links[Channel.HEALTH]
         credits = b.config.replication.credits
         assert len(link.vi.recvq) == credits
+        assert b.status()["channels"]["health"]["receives_posted"] == credits
         left["fails"] = FAILS
         deadline = time.monotonic() + 30
         while left["fails"] and time.monotonic() < deadline:
@@ -66,6 +67,7 @@ def test_receives_not_posted_again_are_posted_at_the_reconnect(tmp_path: Path,
         assert beats is not None, (b.status()["channels"]["health"], len(link.vi.recvq),
                                    link.unposted, b.status()["alarms"][-5:])
         assert len(link.vi.recvq) == credits and not link.unposted
+        assert b.status()["channels"]["health"]["receives_posted"] == credits
         assert any("cannot re-post a receive" in x for x in b.status()["alarms"])
         time.sleep(1.0)
         assert b.heartbeats["received"] > beats, "no heart beat came after the reconnect"
