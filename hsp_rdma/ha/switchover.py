@@ -495,8 +495,6 @@ class Engine:
     _pull: _Pull | None = None
     mode: gso.GsoMode = gso.GsoMode.PUSH  # how this node's GSO requests move the image
     _read_handle: object = None  # A (pull): the image's registration for remote read
-    _read_vi: object = None  # (its nic and VI: the link it was made for)
-    _read_nic: object = None
     _gated_vi: object = None  # A (pull): the VI serving no reads from Start-GSO to the seal
     _digest_job: _DigestJob | None = None  # A (pull): the digest taken while B reads
     _digest_jobs: list = field(default_factory=list)  # every one started (joined at close)
@@ -1611,11 +1609,16 @@ class Engine:
             return
         self._gated_vi = self.vi
         try:
-            handle = via.VipRegisterMem(self.nic, self.image.buf, via.MemAttributes(
-                ptag=self.ptag, enable_rdma_read=True))
+            self._register_for_read()
         except via.VipError:
-            return  # (the seal registers, and reports its failure)
-        self._read_handle, self._read_nic, self._read_vi = handle, self.nic, self.vi
+            pass  # (the seal registers, and reports its failure)
+
+    def _register_for_read(self) -> None:
+        """This GSO's registration of the image for remote read only (VipError if refused).
+        On this link's NIC: a pull's link does not move until the GSO ended (no relink, no
+        use_fabric), and the GSO's end deregisters it."""
+        self._read_handle = via.VipRegisterMem(self.nic, self.image.buf, via.MemAttributes(
+            ptag=self.ptag, enable_rdma_read=True))
 
     def _seal(self, epoch: int, length: int) -> gso.Event:
         """Pull: write the frozen image's header into our own buffer (its digest field left
@@ -1624,15 +1627,12 @@ class Engine:
         if Start-GSO closed it, the VI's service of reads. RevokeRead closes both."""
         hdr = self.image.header(epoch, bytes(32), self.digest_algo)
         self.image.buf[:len(hdr)] = hdr
-        if self._read_handle is None or self._read_vi is not self.vi:
-            self._drop_read()
+        if self._read_handle is None:  # (iWARP, or the registration at Start-GSO failed)
             try:
-                handle = via.VipRegisterMem(self.nic, self.image.buf, via.MemAttributes(
-                    ptag=self.ptag, enable_rdma_read=True))
+                self._register_for_read()
             except via.VipError as exc:
                 self._current.reason = f"cannot open the image for remote read: {exc}"
                 return gso.SealFailed(epoch, self._current.reason)
-            self._read_handle, self._read_nic, self._read_vi = handle, self.nic, self.vi
             self._current.read_registered = "seal"
         else:
             self._current.read_registered = "start-gso"
@@ -1670,9 +1670,8 @@ class Engine:
         serve reads again (as every VI does outside a pull: its other regions' rights are
         the gate), in that order: a read between the two finds no registration."""
         if self._read_handle is not None:
-            handle, nic = self._read_handle, self._read_nic
-            self._read_handle = self._read_nic = self._read_vi = None
-            via.VipDeregisterMem(nic, self.image.buf, handle)
+            handle, self._read_handle = self._read_handle, None
+            via.VipDeregisterMem(self.nic, self.image.buf, handle)
         if self._gated_vi is not None:
             vi, self._gated_vi = self._gated_vi, None
             try:
