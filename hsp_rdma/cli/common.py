@@ -157,6 +157,17 @@ def goal_cell(text: str, met: bool) -> Text:
     return Text(text, style="green" if met else "red")
 
 
+def blackout_goal(r: dict) -> tuple[tuple[str, str], tuple[str, Text]]:
+    """The GSO bench's blackout goal as two columns (headers, cells): each run's overhead
+    (its blackout less its own copy and verify), and the verdict on their median."""
+    over = r.get("overhead_ms") or {}
+    slack = r.get("blackout_slack_ms", 20)
+    return (("overhead: blackout - copy - verify, per run [msec]",
+             f"goal: overhead t_typical <= {slack:g} [msec]"),
+            (f"{over['p50']:.1f} (max {over['max']:.1f})" if over else "-",
+             goal_cell("met" if r["blackout_goal_met"] else "missed", r["blackout_goal_met"])))
+
+
 def copy_spread(r: dict) -> Text | None:
     """The GSO bench's per-run stop-and-copy rates as one line (min .. max; the table gives
     their median), so a reader sees how far one run is to be read; None under two runs."""

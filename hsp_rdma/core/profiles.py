@@ -34,8 +34,9 @@ HOW_TO_ADD = (f"add a TOML profile to a directory given with --profiles DIR, to 
 
 IB_MTUS = (256, 512, 1024, 2048, 4096)
 # RDMA Writes in flight during a GSO copy: a VI's send queue (256 descriptors) less the
-# control frames that share it (16) and the marker; the engine checks the same bound.
-MAX_QUEUE_DEPTH = 239
+# control frames that share it (16), the header and the landed read behind the last writes;
+# the engine checks the same bound.
+MAX_QUEUE_DEPTH = 238
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
 _SLEEP = re.compile(r"sleep_us:(\d+)\Z")
 MAX_SLEEP_US = 100_000

@@ -251,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
                  markers_ignored=eng.markers_ignored, fence=eng.fence_results,
                  link_error=eng.link_error, relinks=rep.relinks, fabrics=rep.fabrics,
                  stripe_writes=rep.stripe_writes, header_behind=rep.header_behind,
-                 read_registered=rep.read_registered)
+                 read_registered=rep.read_registered, landed_by=rep.landed_by,
+                 landed_read_ms=(round((rep.copy_end_t - rep.header_t) * 1000, 2)
+                                 if rep.landed_by == "read" and rep.header_t else None))
             took_over = rep.role == "standby" and rep.outcome == "completed"
             if (rep.role == "active" and rep.stop_t) or took_over:
                 emit("pmem", epoch=rep.epoch, role=rep.role, counter=app.counter,

@@ -42,10 +42,12 @@ BYTE_BUDGET = 32 << 20  # default iterations: about this much data per size (TCG
 
 def run_writer_pair(lab, fabric: str, mode: str, size: int, depth: int, iters: int,
                     poll: str, port: int, timeout: float,
-                    writer: str = "cext", region: int = 0) -> dict[str, Any]:
+                    writer: str = "cext", region: int = 0,
+                    landed_read: bool = False) -> dict[str, Any]:
     """Server role on node a, client on node b; the client's result event. WRITER "pyverbs"
     runs the event-driven pyverbs reference as the client (RDMA Write only). REGION: the
-    bytes the writes tile (write i at offset i x SIZE mod REGION); SIZE alone when 0."""
+    bytes the writes tile (write i at offset i x SIZE mod REGION); SIZE alone when 0.
+    LANDED_READ: the pyverbs writer ends with a read behind its writes, timed with them."""
     info = lab.info()
     a, b = info["a"][fabric], info["b"][fabric]
     common = ["--mode", mode, "--port", str(port), "--size", str(size), "--depth", str(depth),
@@ -69,7 +71,8 @@ def run_writer_pair(lab, fabric: str, mode: str, size: int, depth: int, iters: i
         argv = [sys.executable, "-m", "hsp_rdma.tools.pyverbs_writer", "--ip", b["ipv4"],
                 "--peer", a["ipv4"], "--port", str(port), "--size", str(size), "--depth",
                 str(depth), "--iters", str(iters), "--watchdog", str(timeout),
-                *(("--region", str(region)) if region else ())]
+                *(("--region", str(region)) if region else ()),
+                *(("--landed-read",) if landed_read else ())]
     else:
         argv = [sys.executable, "-m", "hsp_rdma.tools.cext_peer", "client", "--device",
                 b["rdma_dev"], "--ip", b["ipv4"], "--peer", a["ipv4"], "--poll", poll, *common]

@@ -5,7 +5,11 @@ connects to a cext_peer server (which publishes its buffer's address and rkey in
 private data), keeps DEPTH signaled writes of SIZE in flight (write i goes to offset
 i x SIZE mod REGION on both sides, so with --region it moves a fresh region like the GSO's copy
 does, not one small buffer again and again) and sleeps on its completion
-channel between completions, as an application that does not spin would. perftest cannot do
+channel between completions, as an application that does not spin would. With --landed-read,
+the last write's completion is followed by an 8-byte RDMA Read of the server's buffer, and the
+time runs to that read's completion: on iWARP a write completes once TCP took it, and the read's
+response comes only after every earlier write landed (the GSO's push ends the same way there).
+perftest cannot do
 this for RDMA Write ("Events feature not available on WRITE verb"), and in a 1-vCPU lab guest
 a busy poller takes the CPU the soft device needs, so this is the honest reference beside
 ib_write_bw. It uses Debian's pyverbs only (of hsp_rdma just the stdlib-only wire constants
@@ -37,7 +41,7 @@ def _event(ch, want: int, what: str):
 
 
 def write_bw(ip: str, peer: str, port: int, size: int, depth: int, iters: int,
-             region: int = 0) -> dict:
+             region: int = 0, landed_read: bool = False) -> dict:
     import pyverbs.cm_enums as ce
     import pyverbs.enums as e
     from pyverbs.cmid import CMID, AddrInfo, CMEventChannel, ConnParam
@@ -69,6 +73,7 @@ def write_bw(ip: str, peer: str, port: int, size: int, depth: int, iters: int,
     magic, raddr, rkey, rlen = ACCEPT.unpack_from(bytes(data or b"").ljust(ACCEPT.size, b"\0"))
     if magic != ACCEPT_MAGIC or rlen < region:
         raise RuntimeError(f"the server's accept data is not a cext_peer's ({bytes(data)[:16]!r})")
+    rmr = MR(cid.pd, 8, e.IBV_ACCESS_LOCAL_WRITE)  # where the landed read lands
     posted = done = 0
     waits = 0
     t0 = time.perf_counter()
@@ -77,7 +82,8 @@ def write_bw(ip: str, peer: str, port: int, size: int, depth: int, iters: int,
         k = posted % slices
         cid.post_write(mrs[k], size, raddr + k * size, rkey, e.IBV_SEND_SIGNALED)
         posted += 1
-    while done < iters:
+    last_t = t0
+    while done < iters + landed_read:
         n, wcs = cq.poll(depth)
         if not n:
             cq.req_notify()
@@ -89,8 +95,13 @@ def write_bw(ip: str, peer: str, port: int, size: int, depth: int, iters: int,
                 continue
         for wc in wcs:
             if wc.status != e.IBV_WC_SUCCESS:
-                raise RuntimeError(f"RDMA Write completed with status {wc.status}")
+                raise RuntimeError(f"RDMA {'Read' if done >= iters else 'Write'} completed "
+                                   f"with status {wc.status}")
         done += n
+        if done == iters:  # the last write completed; the landed read, if asked, follows
+            last_t = time.perf_counter()
+            if landed_read:
+                cid.post_read(rmr, 8, raddr, rkey, e.IBV_SEND_SIGNALED)
         while posted < iters and posted - done < depth:
             k = posted % slices
             cid.post_write(mrs[k], size, raddr + k * size, rkey, e.IBV_SEND_SIGNALED)
@@ -98,7 +109,10 @@ def write_bw(ip: str, peer: str, port: int, size: int, depth: int, iters: int,
     secs = time.perf_counter() - t0
     cid.disconnect()
     return {"bytes": size, "iterations": iters, "depth": depth, "seconds": secs,
-            "MBps": size * iters / secs / (1 << 20), "sleeps": waits, "region": region}
+            "MBps": size * iters / secs / (1 << 20), "sleeps": waits, "region": region,
+            "landed_read": landed_read,
+            # the landed read's share: last write completed .. the read completed
+            "landed_read_ms": round((secs - (last_t - t0)) * 1000, 2) if landed_read else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, required=True, help="writes in all")
     p.add_argument("--region", type=int, default=0,
                    help="bytes the writes tile, a multiple of --size (default: --size)")
+    p.add_argument("--landed-read", action="store_true",
+                   help="end with an 8-byte RDMA Read behind the writes, timed with them")
     p.add_argument("--watchdog", type=float, default=300.0,
                    help="exit with tracebacks after this many seconds (default 300)")
     args = p.parse_args(argv)
@@ -119,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.dump_traceback_later(args.watchdog, exit=True)
     try:
         res = write_bw(args.ip, args.peer, args.port, args.size, args.depth, args.iters,
-                       args.region)
+                       args.region, args.landed_read)
     except Exception as exc:  # noqa: BLE001 - one JSON line for the orchestrator, exit 1
         print(json.dumps({"event": "error", "role": "pyverbs",
                           "error": f"{type(exc).__name__}: {exc}"}), flush=True)

@@ -94,7 +94,7 @@ def test_gso_peer_needs_device_and_address(run) -> None:
 def test_gso_depth_beyond_what_a_vi_carries_is_a_usage_error(run) -> None:
     """Refused at parse time, before a lab boots or a baseline runs (a VI's send queue holds
     256 descriptors, shared with the control frames)."""
-    refused(run("hsp-bench", "gso", "--depth", "1024"), "--depth should be between 1 and 239")
+    refused(run("hsp-bench", "gso", "--depth", "1024"), "--depth should be between 1 and 238")
 
 
 def test_pull_on_two_hosts_is_refused_at_parse_time() -> None:

@@ -305,6 +305,6 @@ def test_no_match_names_the_search_path_and_how_to_add(search, tmp_path):
 def test_queue_depth_is_bounded_by_what_a_vi_carries():
     from hsp_rdma.core.profiles import MAX_QUEUE_DEPTH
 
-    assert parse_profile(with_field("queue_depth", str(MAX_QUEUE_DEPTH))).queue_depth == 239
+    assert parse_profile(with_field("queue_depth", str(MAX_QUEUE_DEPTH))).queue_depth == 238
     with pytest.raises(ConfigError, match=f"between 1 and {MAX_QUEUE_DEPTH}"):
         parse_profile(with_field("queue_depth", str(MAX_QUEUE_DEPTH + 1)))

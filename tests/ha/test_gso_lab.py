@@ -373,5 +373,6 @@ def test_bench_on_two_hosts_serve_and_peer(healthy_lab: Lab) -> None:
     # the blackout contains the copy: freeze .. "done" >= image bytes at the copy's rate
     copy_ms = r["image_bytes"] / (run["copy_MBps"] * (1 << 20)) * 1000
     assert run["blackout_ms"] >= copy_ms - 0.2
-    assert r["blackout_goal_met"] == (blk["p50"] <= r["blackout_goal_ms"])
+    # the verdict is each run's own overhead (blackout - copy - verify), by its median
+    assert r["blackout_goal_met"] == (r["overhead_ms"]["p50"] <= r["blackout_slack_ms"])
     assert served.rc == 0 and "served 2 GSO(s) and " in served.stdout, served.stdout
