@@ -204,6 +204,15 @@ def cext_lab(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         return cext_bench.bench_lab(args, step=lambda msg: prog.update(task, description=msg))
 
 
+def ref_cell(r: dict[str, Any]) -> str:
+    """The pyverbs reference's cell: the mean of its runs before and after the switch-overs,
+    and the two runs."""
+    ref, runs = r.get("reference_event_MBps"), r.get("reference_event_runs_MBps")
+    if not ref:
+        return "-"
+    return f"{ref:.2f}" + (f" ({runs[0]:.2f} / {runs[1]:.2f})" if runs else "")
+
+
 def show(r: dict[str, Any], out: Console | None = None) -> None:
     """The GSO bench's tables, on OUT (this module's console unless told)."""
     out = console if out is None else out
@@ -213,12 +222,13 @@ def show(r: dict[str, Any], out: Console | None = None) -> None:
     striped = ", striped over fabrics x and y" if r.get("fabrics") == 2 else ""
     t = table(f"GSO stop-and-copy ({mode}{striped}) vs ib_write_bw and an "
               f"event-driven pyverbs writer ({r['device']}, profile {r['profile']}, same run)",
-              "#bytes", "chunk", "depth", "ib_write_bw [MB/sec]", "pyverbs event [MB/sec]",
+              "#bytes", "chunk", "depth", "ib_write_bw [MB/sec]",
+              "pyverbs event, mean (before / after) [MB/sec]",
               "stop-and-copy [MB/sec]", "ratio to ib_write_bw", "ratio to pyverbs",
               f"goal: >= {r.get('copy_goal', 0.95)} x pyverbs",
               *(("read chunk", "ib_read_bw [MB/sec]", "ratio to ib_read_bw") if read else ()))
     t.add_row(str(r["image_bytes"]), str(r["chunk"]), str(r["queue_depth"]),
-              f"{r['baseline_ib_write_bw_MBps']:.2f}", f"{ref:.2f}" if ref else "-",
+              f"{r['baseline_ib_write_bw_MBps']:.2f}", ref_cell(r),
               f"{r['stop_and_copy_MBps']:.2f}", f"{r['ratio']:.2f}",
               f"{r['ratio_vs_event']:.2f}" if ref else "-",
               goal_cell("met" if r["copy_goal_met"] else "missed", r["copy_goal_met"])

@@ -6,7 +6,10 @@ busy-polls); an event-driven RDMA Write reference written with pyverbs (an imple
 independent of our bindings, asleep on its completion channel) writes the same bytes in chunks
 of the same size at the same depth over a region of the image's size, write i at offset
 i x chunk, so both touch fresh pages (lab only; the reference as it was before, rewriting one
-chunk-sized buffer, runs too and is reported beside it); then the demo application switches over back and
+chunk-sized buffer, runs too and is reported beside it). The reference runs before the
+switch-overs and again after each mode's runs, so every mode's copy is bracketed by two of its
+runs; the copy's ratio is to their mean, and both are reported (a lab guest's speed drifts
+within one boot). Then the demo application switches over back and
 forth --runs times with a state image of --size, per --mode: push (the active RDMA-writes the
 image, then the marker) or pull (the active seals it, the standby RDMA-reads it; ib_write_bw's
 twin ib_read_bw at the pull's read size (the profile's read_chunk_size; --chunk sets both) and
@@ -31,6 +34,7 @@ two-fabric copy's ratios are to one fabric's figures.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import statistics
@@ -108,13 +112,17 @@ def bench_gso_lab(args, step: Callable[[str], None] = _quiet,
                             ("-s", str(chunk), "-t", str(depth), "-n", str(iters)), timeout=600)
         # The same region as the GSO's image: each write lands on fresh pages, as the copy's do.
         region = max(args.size // chunk, 1) * chunk
-        step(f"reference: pyverbs event-driven RDMA Write {chunk} x {iters}, depth {depth}, "
-             f"over {region} bytes")
-        ref = run_writer_pair(lab, args.fabric, "write", chunk, depth, iters, "event",
-                              # ... on a port of its own per run: iWARP holds a used one a while
-                              REFERENCE_PORT + int(time.time()) % 500,
-                              timeout=60 + chunk * iters / 1e6,
-                              writer="pyverbs", region=region, landed_read=landed)
+        def reference(when: str) -> dict[str, Any]:
+            step(f"reference ({when}): pyverbs event-driven RDMA Write {chunk} x {iters}, "
+                 f"depth {depth}, over {region} bytes")
+            return run_writer_pair(lab, args.fabric, "write", chunk, depth, iters, "event",
+                                   # a port of its own per run: iWARP holds a used one a while
+                                   REFERENCE_PORT + next(ports) % 500,
+                                   timeout=60 + chunk * iters / 1e6,
+                                   writer="pyverbs", region=region, landed_read=landed)
+
+        ports = itertools.count(int(time.time()))
+        ref = reference("before the switch-overs")
         step("reference, as before: the same writes into one chunk-sized buffer")
         ref1 = run_writer_pair(lab, args.fabric, "write", chunk, depth, iters, "event",
                                REFERENCE_PORT + 500 + int(time.time()) % 500,
@@ -145,14 +153,19 @@ def bench_gso_lab(args, step: Callable[[str], None] = _quiet,
                                   on_event=on_event, profiles=args.profiles, extra_a=flag,
                                   extra_b=flag, stripe_on="y" if nf == 2 else None)
                 res = finish_pair(a, b)
+                after = reference(f"after the {mode} runs")
                 results.append(summarize(
                     args, a.events + b.events, base.row["bw_avg_MBps"], base.retries, device,
-                    profile, chunk, depth, ref_bw=ref["MBps"], mode=mode, read_bw=read_bw,
+                    profile, chunk, depth, ref_bw=(ref["MBps"] + after["MBps"]) / 2,
+                    mode=mode, read_bw=read_bw,
                     ref_region=region, ref_one_chunk_bw=ref1["MBps"], fabrics=nf,
-                    ref_landed_ms=ref.get("landed_read_ms"),
+                    ref_landed_ms=(None if ref.get("landed_read_ms") is None else
+                                   (ref["landed_read_ms"] + after["landed_read_ms"]) / 2),
+                    ref_runs=(ref["MBps"], after["MBps"]),
                     read_chunk=read_chunk,
                     extra=f"rc {res.rc} {res.stderr.get('a', '')[-300:]}"
                           f" {res.stderr.get('b', '')[-300:]}") | {"lab": args.lab})
+                ref = after  # the next mode's runs are bracketed by this one and the next
         return results
     finally:
         if booted and not args.keep:
@@ -184,12 +197,14 @@ def summarize(args, events: list[dict], base_bw: float, base_retries: int, devic
               read_bw: float | None = None, ref_region: int | None = None,
               ref_one_chunk_bw: float | None = None, fabrics: int = 1,
               read_chunk: int | None = None,
-              ref_landed_ms: float | None = None) -> dict[str, Any]:
+              ref_landed_ms: float | None = None,
+              ref_runs: tuple[float, float] | None = None) -> dict[str, Any]:
     """The bench's result from gso_node events (lab and real hosts alike). EXPECT is how
     many GSOs these events saw from the active side (on two hosts: this host's half).
     REF_BW: the event-driven pyverbs reference, when it ran (lab). MODE: the data path the
     runs used; a pull's copy is measured on the standby (READ_BW: ib_read_bw, when it ran).
-    REF_LANDED_MS: the reference's landed read (iWARP), when it ended with one."""
+    REF_LANDED_MS: the reference's landed read (iWARP), when it ended with one. REF_RUNS: the
+    reference's runs before and after these switch-overs (REF_BW is their mean)."""
     expect = args.runs if expect is None else expect
     gsos = [e for e in events if e["event"] == "gso" and e["role"] == "active"]
     failed = [e for e in events if e["event"] == "gso" and e["outcome"] != "completed"]
@@ -247,6 +262,8 @@ def summarize(args, events: list[dict], base_bw: float, base_retries: int, devic
         "ratio_vs_ib_read_bw": (round(copy_bw / read_bw, 3)
                                 if mode == "pull" and read_bw else None),
         "reference_event_MBps": round(ref_bw, 2) if ref_bw else None,
+        # the runs it is the mean of: before these switch-overs, after them
+        "reference_event_runs_MBps": [round(v, 2) for v in ref_runs] if ref_runs else None,
         "reference_region_bytes": ref_region,
         # the reference as it was: every write into the same chunk-sized buffer
         "reference_one_chunk_event_MBps": round(ref_one_chunk_bw, 2) if ref_one_chunk_bw
@@ -259,7 +276,7 @@ def summarize(args, events: list[dict], base_bw: float, base_retries: int, devic
         "landed_by": sorted({c.get("landed_by") or "?" for c in copies}) if mode == "push"
         else None,
         "landed_read_ms": _p50_max(landed_ms) if landed_ms else None,
-        "reference_landed_read_ms": ref_landed_ms,
+        "reference_landed_read_ms": round(ref_landed_ms, 2) if ref_landed_ms else None,
         "copy_goal": COPY_GOAL,
         "copy_goal_met": (copy_bw >= COPY_GOAL * ref_bw) if ref_bw else None,
         "blackout_ms": {"min": round(min(blk), 1), "p50": p50,

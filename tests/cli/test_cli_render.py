@@ -31,6 +31,7 @@ GSO = {
     "blackout_goal_ms": 800.0, "blackout_goal_met": False, "verify_ms_p50": 12.0,
     "overhead_ms": {"p50": 28.0, "max": 41.0}, "blackout_slack_ms": 20.0,
     "method": "freeze .. done [ms]", "mode": "push", "reference_event_MBps": 22.0,
+    "reference_event_runs_MBps": [21.5, 22.5],
     "ratio_vs_event": 0.83, "copy_goal": 0.95, "copy_goal_met": False,
     "marker_wait": "yield", "per_run": [{"epoch": e, "copy_MBps": v, "blackout_ms": 950.0,
                                          "copy_ms": 880.0}
@@ -79,7 +80,8 @@ def test_gso_tables_keep_units_and_user_text() -> None:
     text = printed(bench.show, GSO)
     for word in ("ib_write_bw [MB/sec]", "stop-and-copy [MB/sec]", "t_min [msec]",
                  "t_typical [msec]", "99% [msec]", "28.0 (max 41.0)", "missed",
-                 "pyverbs event [MB/sec]", "t_max [msec]",
+                 "pyverbs event, mean (before / after) [MB/sec]", "22.00 (21.50 / 22.50)",
+                 "t_max [msec]",
                  ODD, "method: freeze .. done [ms]",
                  "stop-and-copy per run [MB/sec]: 17.50 .. 21.00 over 3 runs"):
         assert word in text, word

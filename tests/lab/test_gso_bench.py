@@ -30,6 +30,10 @@ def test_tiny_gso_bench_reports_both_references_and_the_phases(lab: Lab) -> None
     assert r["reference_region_bytes"] == args.size and r["reference_one_chunk_event_MBps"] > 0
     assert r["ratio"] == pytest.approx(copy / base, rel=0.01)
     assert r["ratio_vs_event"] == pytest.approx(copy / ref, rel=0.01)
+    # the reference ran before the push's switch-overs and after them; the copy's ratio is to
+    # their mean, and the pull's runs are bracketed by the push's second and one more
+    before, after = r["reference_event_runs_MBps"]
+    assert min(before, after) > 0 and ref == pytest.approx((before + after) / 2, abs=0.01)
     assert r["copy_goal_met"] == (copy >= gso_bench.COPY_GOAL * ref)
     ph = r["phases_ms"]
     assert {"freeze", "copy", "marker", "await_done", "verify", "resume"} <= set(ph)
@@ -58,5 +62,6 @@ def test_tiny_gso_bench_reports_both_references_and_the_phases(lab: Lab) -> None
         pull["stop_and_copy_MBps"] / read, rel=0.01)
     assert pull["read_chunk"] == 64 << 10  # (--chunk sets both sizes)
     assert pull["landed_by"] is None and pull["landed_read_ms"] is None
+    assert pull["reference_event_runs_MBps"][0] == after
     assert {"seal", "await_done", "pull", "verify", "resume"} <= set(pull["phases_ms"])
     assert pull["blackout_ms"]["max"] >= pull["phases_ms"]["seal"]["max"] > 0
