@@ -196,6 +196,7 @@ class _ChannelLink:
     up: bool = False
     lost: str = ""
     unposted: list[int] = field(default_factory=list)  # receive slots flushed in error
+    short: int = 0  # heart beats in a row that found fewer receives than credits, link up
     early: list[bytes] = field(default_factory=list)  # frames of a new connection before
     # the reconnect thread fed it Connected (the loop reaps while that thread connects)
 
@@ -1054,6 +1055,7 @@ class Node:
                         if link.up:
                             self._reap(fab, Channel.HEALTH, True)
                     self._heartbeat(now)
+                    self._check_receives()
             wake_at = next_hb
             if spare:  # the carrier's quiet check runs at its own time too
                 with self._lock:
@@ -1743,6 +1745,25 @@ class Node:
                 self.on_alarm(text)
             except Exception:  # noqa: BLE001, S110 - the application's hook; the alarm stands
                 pass
+
+    def _check_receives(self) -> None:
+        """Each heart beat (under the lock): a connected link whose VI holds fewer receives
+        than its credits lost one, and the peer's next messages past those left break it
+        (VIPL: a message with no receive posted). Two beats in a row (one could catch a
+        connection being made) raise one alarm; the count back to its credits ends it."""
+        credits = self.config.replication.credits
+        for port in self._ports:
+            for ch, link in port.links.items():
+                posted = len(link.vi.recvq)
+                if not link.up or posted >= credits:
+                    link.short = 0
+                    continue
+                link.short += 1
+                if link.short == 2:
+                    self._alarm(f"{ch.name.lower()} on fabric {port.config.name}: {posted} of "
+                                f"{credits} receives posted on a connected link: a receive "
+                                "was lost, and a burst of the peer's messages larger than "
+                                "those left will break the link")
 
     def _check_stall(self, late_s: float) -> None:
         """Under the lock, once per wake-up: the loop woke LATE_S after it meant to; threads

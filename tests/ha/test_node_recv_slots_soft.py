@@ -74,3 +74,40 @@ def test_receives_not_posted_again_are_posted_at_the_reconnect(tmp_path: Path,
     finally:
         for n in (a, b):
             n.close()
+
+
+def test_a_connected_link_short_of_receives_raises_an_alarm(tmp_path: Path,
+                                                            monkeypatch) -> None:
+    # A receive lost by the node itself (here taken off the VI's queue behind its back) is
+    # not seen by the peer until a burst of messages outruns those left: the node says so
+    # at its heart beats, once, with the count, while the link still serves.
+    monkeypatch.setattr(soft, "PORT_BASE", soft.random_port_base())
+    paths = write_node_configs(INFO, tmp_path, pmem_size="64 KiB",
+                               timeouts={"connect": 20000})
+    a, b = (Node(load_node_config(paths[n])) for n in ("a", "b"))
+    try:
+        errors = start_nodes((a, b))
+        assert not errors, errors
+        link = b._port.links[Channel.PMEM]
+        credits = b.config.replication.credits
+        time.sleep(0.5)
+        assert not [x for x in b.status()["alarms"] if "receives posted" in x]
+        with b._lock:
+            link.vi.recvq.pop()  # the last posted: the peer's messages use it last
+        deadline = time.monotonic() + 10
+        said = []
+        while not said and time.monotonic() < deadline:
+            said = [x for x in b.status()["alarms"] if "receives posted" in x]
+            time.sleep(0.05)
+        assert said == [(f"pmem on fabric x: {credits - 1} of {credits} receives posted on a "
+                        "connected link: a receive was lost, and a burst of the peer's "
+                        "messages larger than those left will break the link")], said
+        assert b.status()["channels"]["pmem"]["receives_posted"] == credits - 1
+        time.sleep(1.0)  # once, not at every beat
+        assert len([x for x in b.status()["alarms"] if "receives posted" in x]) == 1
+        assert b.status()["channels"]["pmem"]["state"] == "connected"
+        with a.pmem.transaction() as tx:  # the link still serves
+            tx.write(0, b"still here")
+    finally:
+        for n in (a, b):
+            n.close()
