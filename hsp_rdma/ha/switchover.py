@@ -42,7 +42,8 @@ they fly, one chunk per pump; the header (with the digest) is posted right behin
 write, without waiting for their completions (the queue pair carries them in order; a
 striped copy first fences its stripe), and the marker only after the header completed (on
 iWARP, where a write completes once TCP took it, after the landed read posted behind the
-header completed too: LANDED_BY_READ); the standby digests the whole image after the marker (it cannot know earlier what landed). Pull:
+header completed too: LANDED_BY_READ); the standby digests the whole image after the marker
+(it cannot know earlier what landed). Pull:
 the standby digests each chunk as its read completes (reads complete in order, and its own
 reads are the only writes into its buffer during the pull, so a chunk digested then is the
 chunk verify sees), so verify is the header checks and a comparison. The active digests the

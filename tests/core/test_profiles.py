@@ -65,9 +65,10 @@ def test_shipped_profiles_load_and_pick_by_device():
     soft = pick_profile("soft:a", profiles)
     assert (rxe.digest, siw.digest, soft.digest, mlx5.digest) == (
         "crc32c", "crc32c", "crc32c", "crc32")
-    # measured in the lab: rxe writes 1 MiB at once faster, reads 64 KiB faster
+    # measured in the lab: rxe writes 1 MiB at once faster, reads 64 KiB faster; siw writes
+    # 256 KiB faster
     assert (rxe.chunk_size, rxe.read_chunk, siw.chunk_size, siw.read_chunk) == (
-        1 << 20, 64 << 10, 64 << 10, 64 << 10)
+        1 << 20, 64 << 10, 256 << 10, 64 << 10)
 
 
 def test_no_profile_for_device_names_the_known_globs():
