@@ -285,7 +285,8 @@ def summarize(args, events: list[dict], base_bw: float, base_retries: int, devic
         # the verdict pairs each run's blackout with its own copy and verify (overhead_ms):
         # the medians' sum (blackout_goal_ms) mixes runs, which a noisy host moves by more
         # than the 20 ms allowed
-        "blackout_goal_ms": goal, "blackout_goal_met": overhead["p50"] <= BLACKOUT_SLACK_MS,
+        "blackout_goal_ms": goal,
+        "blackout_goal_met": bool(overhead) and overhead["p50"] <= BLACKOUT_SLACK_MS,
         "blackout_slack_ms": BLACKOUT_SLACK_MS,
         "verify_ms_p50": round(verify_p50, 1) if verify else None,
         # the active's digest: on the copy's critical path (push: between posting writes;
