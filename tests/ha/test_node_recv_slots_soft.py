@@ -23,12 +23,17 @@ INFO = {"a": {"x": {"rdma_dev": "soft:a", "ipv4": "127.0.0.1"}},
 FAILS = 5
 
 
-def test_receives_not_posted_again_are_posted_at_the_reconnect(tmp_path: Path,
-                                                                monkeypatch) -> None:
+def two_nodes(tmp_path: Path, monkeypatch) -> tuple[Node, Node]:
+    """Nodes a and b over the soft provider on this host, not started."""
     monkeypatch.setattr(soft, "PORT_BASE", soft.random_port_base())
     paths = write_node_configs(INFO, tmp_path, pmem_size="64 KiB",
                                timeouts={"connect": 20000})
-    a, b = (Node(load_node_config(paths[n])) for n in ("a", "b"))
+    return Node(load_node_config(paths["a"])), Node(load_node_config(paths["b"]))
+
+
+def test_receives_not_posted_again_are_posted_at_the_reconnect(tmp_path: Path,
+                                                                monkeypatch) -> None:
+    a, b = two_nodes(tmp_path, monkeypatch)
     post = Node._post_recv
     left = {"fails": 0}
 
@@ -81,10 +86,7 @@ def test_a_connected_link_short_of_receives_raises_an_alarm(tmp_path: Path,
     # A receive lost by the node itself (here taken off the VI's queue behind its back) is
     # not seen by the peer until a burst of messages outruns those left: the node says so
     # at its heart beats, once, with the count, while the link still serves.
-    monkeypatch.setattr(soft, "PORT_BASE", soft.random_port_base())
-    paths = write_node_configs(INFO, tmp_path, pmem_size="64 KiB",
-                               timeouts={"connect": 20000})
-    a, b = (Node(load_node_config(paths[n])) for n in ("a", "b"))
+    a, b = two_nodes(tmp_path, monkeypatch)
     try:
         errors = start_nodes((a, b))
         assert not errors, errors
