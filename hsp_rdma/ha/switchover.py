@@ -187,6 +187,12 @@ class _ConnectFailed(SwitchoverError):
     """A connection that broke or stayed silent as it came up: worth another attempt."""
 
 
+def lands_by_read(profile: Profile) -> bool:
+    """Does a push on PROFILE's device end its copy with the landed read (LANDED_BY_READ, and
+    a profile that reads at all)? The bench's reference ends the same way where it does."""
+    return profile.transport in LANDED_BY_READ and profile.rdma_read
+
+
 def _marker_attrs(ptag, profile: Profile):
     """The marker word's registration: the peer writes it (the GSO's marker) and, where the
     profile reads at all, may read it (a push's landed read, LANDED_BY_READ)."""
@@ -1929,7 +1935,7 @@ class Engine:
                 self._current.header_behind = c.inflight
                 c.header_posted = True
                 c.inflight += 1
-                if self.profile.transport in LANDED_BY_READ and self.profile.rdma_read:
+                if lands_by_read(self.profile):
                     self._post_landed(c.epoch)
                     c.landed_posted = True
                     c.inflight += 1

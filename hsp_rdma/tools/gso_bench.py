@@ -47,7 +47,7 @@ from typing import Any
 
 from hsp_rdma.core.profiles import Profile, load_profiles, pick_profile, profile_dirs
 from hsp_rdma.errors import HspError
-from hsp_rdma.ha.switchover import LANDED_BY_READ
+from hsp_rdma.ha.switchover import lands_by_read
 from hsp_rdma.lab import Lab, perftest
 from hsp_rdma.tools.cext_bench import run_writer_pair
 from hsp_rdma.tools.cext_peer import DEFAULT_PORT
@@ -106,7 +106,7 @@ def bench_gso_lab(args, step: Callable[[str], None] = _quiet,
         depth = args.depth or profile.queue_depth
         iters = max(args.size // chunk, 50)
         # where the push's copy ends with a read behind its writes, the reference does too
-        landed = profile.transport in LANDED_BY_READ and profile.rdma_read
+        landed = lands_by_read(profile)
         step(f"baseline: ib_write_bw -s {chunk} -t {depth} -n {iters}")
         base = perftest.run(lab, "ib_write_bw", args.fabric,
                             ("-s", str(chunk), "-t", str(depth), "-n", str(iters)), timeout=600)
